@@ -1,0 +1,1 @@
+"""Broker provisioning: local Apache Kafka (KRaft) from Maven Central, topic declarations."""

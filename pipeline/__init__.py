@@ -1,0 +1,1 @@
+"""callpipe stream side: faust app and agents (thin), pure record transforms, codecs, settings, CLI."""

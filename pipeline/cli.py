@@ -1,0 +1,66 @@
+"""The `callpipe` command. Each area registers its own subcommands; this module only dispatches
+and turns every expected failure into one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from pipeline.keys import KeyError_
+from pipeline.policy import PolicyError
+from pipeline.settings import Settings, SettingsError
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class CliError(Exception):
+    """An expected failure a user can act on: printed as one line, exit status 2 (or .status)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"callpipe: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from infra import cli as infra_cli
+    from jobs import cli as jobs_cli
+    from pipeline import cli_produce, cli_stream
+
+    parser = _Parser(prog="callpipe", description="Privacy-first streaming pipeline for call data.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    infra_cli.register(sub)
+    cli_produce.register(sub)
+    cli_stream.register(sub)
+    jobs_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        handler: Handler = args.func
+        return handler(args, settings)
+    except CliError as exc:
+        print(f"callpipe: error: {exc}", file=sys.stderr)
+        return exc.status
+    except (SettingsError, PolicyError, KeyError_, OSError) as exc:
+        # Settings, policy and key errors name the setting, file and line, never a value.
+        print(f"callpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("callpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

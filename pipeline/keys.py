@@ -1,0 +1,78 @@
+"""The pseudonymization key and the keyed tokens made with it.
+
+A token is HMAC-SHA256(secret, domain NUL value), hex, truncated to 128 bits. The same input
+under the same key version gives the same token, so analysts can join; the domain keeps an
+account id and a phone number that happen to be equal from sharing a token. The secret never
+leaves this object: its repr prints ***.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN_HEX = 32
+
+
+class KeyError_(ValueError):
+    """The key cannot be loaded; the message names the file, never the key."""
+
+
+@dataclass(frozen=True)
+class PseudonymKey:
+    version: str
+    secret: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"PseudonymKey(version={self.version!r}, secret=***)"
+
+    def token(self, domain: str, value: str) -> str:
+        mac = hmac.new(self.secret, domain.encode() + b"\x00" + value.encode(), hashlib.sha256)
+        return mac.hexdigest()[:TOKEN_HEX]
+
+
+def bucket_of(token: str, buckets: int) -> int:
+    """The hash bucket of an account inside a day partition, from its account token."""
+    return int(token[-8:], 16) % buckets
+
+
+def create_key_file(path: Path) -> None:
+    """Write a new random 256-bit key, hex, with mode 0600 (the file is never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+
+
+def load_key(path: Path, version: str) -> PseudonymKey:
+    """Load a hex key file. Refuses files readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read key file ({exc.strerror})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyError_(f"{path}: key file must not be readable by group or others (chmod 600)")
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise KeyError_(f"{path}: key file must hold hex") from None
+    if len(secret) < 16:
+        raise KeyError_(f"{path}: key must be at least 128 bits")
+    return PseudonymKey(version, secret)
+
+
+def key_from_hex(text: str, version: str, origin: str) -> PseudonymKey:
+    """A key given as hex in a setting (origin names the setting in errors)."""
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError:
+        raise KeyError_(f"{origin}: key must be hex") from None
+    if len(secret) < 16:
+        raise KeyError_(f"{origin}: key must be at least 128 bits")
+    return PseudonymKey(version, secret)

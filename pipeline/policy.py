@@ -1,0 +1,83 @@
+"""The policy file (TOML): retention per zone and category, k for aggregates, consent defaults,
+secret attribute names, and where the pseudonymization key comes from.
+
+Validated at start-up; a bad policy is one clear error naming the key and line, before any data
+is touched. `DEFAULT_POLICY` is what applies when no file is given (DESIGN.md "Policy").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used. The message names the file, key and line."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Days to keep, per zone and data category. None means kept until erased."""
+
+    vault_days: int = 90
+    analytics_days: int = 400
+    aggregates_days: int | None = None
+    recording_days: int = 30  # recording_uri, in every zone that holds it
+    transcript_days: int = 30  # transcript (vault) and redacted transcript (analytics)
+
+
+@dataclass(frozen=True)
+class ConsentDefaults:
+    """What applies to a purpose when an account has no consent history for it."""
+
+    recording: bool = False
+    transcription: bool = False
+    analytics: bool = True  # legitimate interest; stops when the account objects
+
+
+DEFAULT_SECRET_NAMES = (
+    "password",
+    "passwd",
+    "pwd",
+    "pin",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "auth",
+    "credential",
+    "private_key",
+    "session",
+    "otp",
+)
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the pseudonymization key comes from: a key file (mode 0600) or an environment variable."""
+
+    file: str | None = None
+    env: str | None = None
+    version: str = "v1"
+
+
+@dataclass(frozen=True)
+class Policy:
+    retention: Retention = field(default_factory=Retention)
+    k: int = 5
+    consent: ConsentDefaults = field(default_factory=ConsentDefaults)
+    secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES
+    key: KeySource = field(default_factory=KeySource)
+    source: str = "<defaults>"
+
+
+DEFAULT_POLICY = Policy()
+
+
+def load_policy(path: Path | None) -> Policy:
+    """Read and validate a policy file; None gives the defaults."""
+    if path is None:
+        return DEFAULT_POLICY
+    from pipeline.policy_check import parse_policy
+
+    return parse_policy(path)

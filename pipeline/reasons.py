@@ -1,0 +1,48 @@
+"""Why a record was rejected or dropped. Reason codes are what dead letters, counters and logs carry.
+
+They never carry field values: a reason says what was wrong, not what the input said.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Rejections: the input goes to calls.dlq with its original bytes."""
+
+    # decoding (stage "decode")
+    MALFORMED = "malformed"  # not parseable at all as the declared format (truncated Avro, broken JSON)
+    UNKNOWN_SCHEMA_ID = "unknown_schema_id"  # Confluent wire format with an id we do not know
+    WRONG_TYPE = "wrong_type"  # a field has the wrong type (string where a long belongs, ...)
+    MISSING_FIELD = "missing_field"  # a required field is absent or null
+    UNKNOWN_ENUM = "unknown_enum"  # kind/direction/status/purpose outside the schema's symbols
+    EMPTY = "empty"  # an empty message or a batch with no events
+    TOO_LARGE = "too_large"  # a message or event over the configured size limit
+    # validation (stage "validate")
+    BAD_TIME = "bad_time"  # timestamps out of order, in the far future or before the epoch of service
+    BAD_DURATION = "bad_duration"  # negative or implausibly long duration
+    BAD_ID = "bad_id"  # empty or oversized identifiers
+    DUPLICATE = "duplicate"  # same event_id twice in one batch
+    # anything unexpected (stage names the place)
+    INTERNAL = "internal_error"
+
+
+class Drop(StrEnum):
+    """Normal, counted outcomes that store nothing (or less) for an event; not dead letters."""
+
+    ERASED = "erased"  # the account was erased before the event's time
+    RECORDING_NO_CONSENT = "recording_no_consent"  # recording_uri removed
+    TRANSCRIPTION_NO_CONSENT = "transcription_no_consent"  # transcript removed
+    ANALYTICS_OBJECTED = "analytics_objected"  # not written to analytics: the account objected
+    RESTRICTED = "restricted"  # vault only: processing restricted
+    SECRET_ATTRIBUTE = "secret_attribute"  # a secret-named attribute was stripped
+
+
+class Stage(StrEnum):
+    DECODE = "decode"
+    VALIDATE = "validate"
+    TAG = "tag"
+    CONSENT = "consent"
+    ROUTE = "route"
+    SINK = "sink"

@@ -1,0 +1,94 @@
+"""One settings object, read once at start-up from CALLPIPE_* environment variables and the policy
+file, validated, then passed in. Nothing else in callpipe reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.policy import DEFAULT_POLICY, Policy, load_policy
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable, never a secret value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"  # CALLPIPE_BOOTSTRAP
+    partitions: int = 4  # CALLPIPE_PARTITIONS: shared by the co-partitioned topics
+    lake: Path = Path("lake")  # CALLPIPE_LAKE
+    buckets: int = 8  # CALLPIPE_BUCKETS: hash buckets of the account inside each day partition
+    home: Path = Path(".cache/callpipe")  # CALLPIPE_HOME: Kafka jars, broker data and logs, pid files
+    kafka_port: int = 9092  # CALLPIPE_KAFKA_PORT (the controller listens on the next port)
+    kafka_data: Path | None = None  # CALLPIPE_KAFKA_DATA (default: <home>/kafka/data)
+    key_file: Path | None = None  # CALLPIPE_KEY_FILE: pseudonymization key file (overrides the policy)
+    flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
+    flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
+    max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
+    log_level: str = "info"  # CALLPIPE_LOG_LEVEL
+    policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.kafka_data or self.home / "kafka" / "data"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def text(name: str, default: str) -> str:
+            return env.get(f"CALLPIPE_{name}", default)
+
+        def number(name: str, default: int, minimum: int = 1) -> int:
+            raw = env.get(f"CALLPIPE_{name}")
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"CALLPIPE_{name} must be an integer") from None
+            if value < minimum:
+                raise SettingsError(f"CALLPIPE_{name} must be at least {minimum}")
+            return value
+
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(f"CALLPIPE_{name}")
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"CALLPIPE_{name} must be a number of seconds") from None
+            if value <= 0:
+                raise SettingsError(f"CALLPIPE_{name} must be positive")
+            return value
+
+        def path(name: str) -> Path | None:
+            raw = env.get(f"CALLPIPE_{name}")
+            return Path(raw) if raw else None
+
+        port = number("KAFKA_PORT", 9092)
+        if port > 65534:
+            raise SettingsError("CALLPIPE_KAFKA_PORT must be below 65535")
+        level = text("LOG_LEVEL", "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise SettingsError("CALLPIPE_LOG_LEVEL must be debug, info, warning or error")
+        return cls(
+            bootstrap=text("BOOTSTRAP", f"127.0.0.1:{port}"),
+            partitions=number("PARTITIONS", 4),
+            lake=path("LAKE") or Path("lake"),
+            buckets=number("BUCKETS", 8),
+            home=path("HOME") or Path(".cache/callpipe"),
+            kafka_port=port,
+            kafka_data=path("KAFKA_DATA"),
+            key_file=path("KEY_FILE"),
+            flush_rows=number("FLUSH_ROWS", 50_000),
+            flush_seconds=seconds("FLUSH_SECONDS", 10.0),
+            max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
+            log_level=level,
+            policy=load_policy(path("POLICY")),
+        )

@@ -1,0 +1,1 @@
+"""Parquet writing: batch -> Arrow table (pure), destination (atomic, idempotent files)."""

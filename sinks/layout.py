@@ -1,0 +1,33 @@
+"""Paths of the lake (DESIGN.md "Lake layout"): zone / table / dt=YYYY-MM-DD / bucket=NN / file.
+
+<lake>/vault/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet        restricted (dirs 0700, files 0600)
+<lake>/analytics/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet    pseudonymized
+<lake>/aggregates/<name>/...                               anonymous, k-checked
+<lake>/_audit/                                             append-only job and request record
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VAULT = "vault"
+ANALYTICS = "analytics"
+AGGREGATES = "aggregates"
+AUDIT = "_audit"
+ZONES = (VAULT, ANALYTICS)
+TABLE = "calls"
+DIR_MODE = {VAULT: 0o700, ANALYTICS: 0o755}
+FILE_MODE = {VAULT: 0o600, ANALYTICS: 0o644}
+
+
+def partition_dir(lake: Path, zone: str, dt: str, bucket: int) -> Path:
+    return lake / zone / TABLE / f"dt={dt}" / f"bucket={bucket:02d}"
+
+
+def table_dir(lake: Path, zone: str) -> Path:
+    return lake / zone / TABLE
+
+
+def glob(lake: Path, zone: str) -> str:
+    """A DuckDB/pyarrow glob over every file of a zone."""
+    return str(table_dir(lake, zone) / "dt=*" / "bucket=*" / "*.parquet")
