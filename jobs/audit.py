@@ -1,0 +1,160 @@
+"""The audit trail: one JSON line per job run or privacy request, under `<lake>/_audit/`.
+
+Append-only by construction: each month has one file, `<lake>/_audit/YYYY-MM.jsonl` (mode 0600,
+folder 0700: it names subjects by token and files by checksum), opened with O_APPEND, written
+with one `write` per entry and fsynced before `record` returns, so an entry that was reported is
+on disk. Nothing in callpipe rewrites or truncates these files; erasure leaves them alone because
+they hold no raw identifier. A process killed mid-write can leave a torn last line; `record`
+starts a fresh line after it and `read` skips it.
+
+An entry:
+
+    {"at": "2026-11-29T14:30:00.123Z", "run": "<uuid4 hex>", "job": "erase",
+     "params": {"subject": "<account token>", ...}, "counts": {...},
+     "files": [{"path": "vault/calls/dt=.../x.parquet", "sha256": "...", "action": "replaced"}],
+     "duration_s": 1.23, "outcome": "ok"}
+
+Subjects appear only as tokens: callers put `subject_ref(key, account_id)` in `params["subject"]`
+(the account's analytics token), and `record` refuses parameter names that would carry a raw id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.keys import PseudonymKey
+from sinks.layout import AUDIT
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+# Parameter names that would put a raw subject identifier into the trail.
+RAW_ID_PARAMS = frozenset({"account", "account_id", "caller", "callee", "phone", "email"})
+FILE_ACTIONS = frozenset({"added", "replaced", "removed", "read"})
+
+
+def subject_ref(key: PseudonymKey, account_id: str) -> str:
+    """How the audit names a subject: the account's keyed token (the analytics `account_token`)."""
+    return key.token("account", account_id)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def audit_dir(lake: Path) -> Path:
+    return lake / AUDIT
+
+
+def record(
+    lake: Path,
+    *,
+    job: str,
+    params: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    files: Iterable[Mapping[str, Any]],
+    duration_s: float,
+    outcome: str,
+    at: datetime | None = None,
+) -> Path:
+    """Append one entry for a job run or request; returns the audit file written.
+
+    `files` items carry path (absolute or relative to the lake), sha256 and action (added,
+    replaced, removed, read). `at` defaults to now (UTC); callers that own a clock pass it.
+    """
+    bad = RAW_ID_PARAMS.intersection(params)
+    if bad:
+        raise ValueError(f"audit params must name subjects by token (subject_ref), not {sorted(bad)}")
+    when = (at or datetime.now(UTC)).astimezone(UTC)
+    entry = {
+        "at": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+        "run": uuid.uuid4().hex,
+        "job": job,
+        "params": dict(params),
+        "counts": dict(counts),
+        "files": [_file_entry(lake, f) for f in files],
+        "duration_s": round(float(duration_s), 3),
+        "outcome": outcome,
+    }
+    line = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS) + b"\n"
+    folder = audit_dir(lake)
+    created_dir = not folder.exists()
+    folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    path = folder / f"{when:%Y-%m}.jsonl"
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a torn line from a killed writer: start a fresh one
+        written = 0
+        while written < len(line):
+            written += os.write(fd, line[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(folder)
+    if created_dir:
+        _fsync_dir(folder.parent)
+    return path
+
+
+def read(lake: Path) -> list[dict[str, Any]]:
+    """Every entry, oldest first. Torn lines (a writer killed mid-line) are skipped."""
+    folder = audit_dir(lake)
+    if not folder.is_dir():
+        return []
+    out: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        for raw in path.read_bytes().split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
+def about(entries: Iterable[Mapping[str, Any]], token: str) -> list[dict[str, Any]]:
+    """The entries that concern one subject (by its token), e.g. for an access request."""
+    return [dict(e) for e in entries if e.get("params", {}).get("subject") == token]
+
+
+def _file_entry(lake: Path, item: Mapping[str, Any]) -> dict[str, Any]:
+    path = Path(str(item["path"]))
+    if path.is_absolute():
+        for base in (lake, lake.resolve()):
+            if path.is_relative_to(base):
+                path = path.relative_to(base)
+                break
+    action = str(item.get("action", ""))
+    if action not in FILE_ACTIONS:
+        raise ValueError(f"audit file action must be one of {sorted(FILE_ACTIONS)}")
+    out = {"path": str(path), "sha256": item.get("sha256"), "action": action}
+    for extra in ("rows", "bytes"):
+        if extra in item:
+            out[extra] = item[extra]
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
