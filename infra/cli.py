@@ -1,9 +1,67 @@
-"""Placeholder: registers no commands yet."""
+"""`callpipe kafka up|down|status` and `callpipe topics create`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
+
+from infra import kafka, topics
+from pipeline.errors import CliError
+from pipeline.settings import Settings
+
+
+def _broker(settings: Settings) -> kafka.Broker:
+    return kafka.broker_for(settings.home, settings.kafka_data_dir, settings.kafka_port)
+
+
+def kafka_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    broker = _broker(settings)
+    try:
+        if args.action == "up":
+            t0 = time.monotonic()
+            if kafka.fetch(broker):
+                print(f"fetched Apache Kafka {kafka.KAFKA_VERSION} into {broker.libs}")
+            pid, started = kafka.up(broker, wait_s=args.wait)
+            took = time.monotonic() - t0
+            state = f"started in {took:.1f}s" if started else "already running"
+            print(f"kafka up: {broker.bootstrap} (pid {pid}, {state}; log {broker.log_file})")
+            return 0
+        if args.action == "down":
+            stopped = kafka.down(broker)
+            print(
+                "kafka down: no broker was running"
+                if stopped is None
+                else f"kafka down: stopped pid {stopped}"
+            )
+            return 0
+        running = kafka.running_pid(broker)
+        if running is None:
+            print("kafka down")
+            return 3
+        answering = kafka.answers(broker.bootstrap)
+        print(f"kafka up: {broker.bootstrap} (pid {running}{'' if answering else ', not answering yet'})")
+        return 0 if answering else 4
+    except kafka.BrokerError as exc:
+        raise CliError(str(exc)) from None
+
+
+def topics_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        outcomes = asyncio.run(topics.create_topics(settings.bootstrap, settings.partitions, args.prefix))
+    except topics.TopicError as exc:
+        raise CliError(str(exc)) from None
+    for o in outcomes:
+        print(f"{o.name}: {o.partitions} partitions ({'created' if o.created else 'exists'})")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to `callpipe`."""
+    k = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development and the demo")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--wait", type=float, default=60.0, help="seconds `up` waits for the broker (default 60)")
+    k.set_defaults(func=kafka_cmd)
+    t = sub.add_parser("topics", help="declare the topics of DESIGN.md (idempotent)")
+    t.add_argument("action", choices=["create"])
+    t.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # tests: isolated topic sets
+    t.set_defaults(func=topics_cmd)

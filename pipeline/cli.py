@@ -5,23 +5,19 @@ and turns every expected failure into one clear line and a non-zero exit, never 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from pipeline.errors import CliError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
 from pipeline.settings import Settings, SettingsError
 
+__all__ = ["CliError", "main"]
+
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-
-class CliError(Exception):
-    """An expected failure a user can act on: printed as one line, exit status 2 (or .status)."""
-
-    def __init__(self, message: str, status: int = 2) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         handler: Handler = args.func
         return handler(args, settings)
     except CliError as exc:

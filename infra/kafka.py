@@ -1,0 +1,300 @@
+"""A real local Apache Kafka (KRaft, one combined broker+controller) without Docker.
+
+fetch   `mvn dependency:copy-dependencies` on infra/pom.xml, once, into <home>/kafka/libs (the
+        Maven repository itself lives in <home>/m2); a later run finds the `.complete` marker.
+up      formats the KRaft storage on first start, starts the broker in its own session, records
+        its pid, and waits until it answers a metadata request. A second `up` reports the
+        running broker. A broker that dies or does not answer in time gives one line and the
+        path of its log, and is stopped.
+down    stops exactly the process `up` started (pid file, checked against its command line)
+        and waits for it to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+INFRA = Path(__file__).resolve().parent
+KAFKA_VERSION = "4.1.1"
+MAIN_CLASS = "kafka.Kafka"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, started or stopped; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class Broker:
+    home: Path  # <home>/kafka
+    data: Path
+    port: int
+
+    @property
+    def libs(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "broker.log"
+
+    @property
+    def out_file(self) -> Path:
+        return self.log_dir / "broker.out"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def broker_for(home: Path, data: Path, port: int) -> Broker:
+    return Broker(home=(home / "kafka").resolve(), data=data.resolve(), port=port)
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def fetch(broker: Broker) -> bool:
+    """Make sure the Kafka jars are in the cache. Returns True when they had to be downloaded."""
+    marker = broker.libs / ".complete"
+    if marker.exists() and marker.read_text().strip() == KAFKA_VERSION:
+        return False
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("mvn not found: install Maven to fetch Apache Kafka from Maven Central")
+    staging = broker.home / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    broker.home.mkdir(parents=True, exist_ok=True)
+    log = broker.home / "fetch.log"
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(INFRA / "pom.xml"),
+        f"-Dmaven.repo.local={broker.home.parent / 'm2'}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
+    with log.open("w") as out:
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if rc != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"fetching Apache Kafka {KAFKA_VERSION} with mvn failed; see {log}")
+    (staging / ".complete").write_text(KAFKA_VERSION + "\n")
+    shutil.rmtree(broker.libs, ignore_errors=True)
+    staging.rename(broker.libs)
+    return True
+
+
+# ---------------------------------------------------------------- process
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java not found: Apache Kafka 4 needs Java 17 or newer")
+    return java
+
+
+def _classpath(broker: Broker) -> str:
+    return str(broker.libs / "*")
+
+
+def _write_config(broker: Broker) -> None:
+    controller = broker.port + 1
+    broker.config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{controller}",
+                f"listeners=PLAINTEXT://127.0.0.1:{broker.port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={broker.data}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "group.initial.rebalance.delay.ms=0",
+                # Topics are declared by `callpipe topics create`; faust creates its own internal ones.
+                "auto.create.topics.enable=true",
+                "message.max.bytes=10485760",
+                "log.retention.check.interval.ms=60000",
+                "",
+            ]
+        )
+    )
+
+
+def _format_storage(broker: Broker) -> None:
+    if (broker.data / "meta.properties").exists():
+        return
+    broker.data.mkdir(parents=True, exist_ok=True)
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cmd = [
+        _java(),
+        "-cp",
+        _classpath(broker),
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(broker.config),
+        "--standalone",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        (broker.log_dir / "format.log").write_text(out.stdout + out.stderr)
+        raise BrokerError(f"formatting KRaft storage failed; see {broker.log_dir / 'format.log'}")
+
+
+def running_pid(broker: Broker) -> int | None:
+    """The pid of the broker this cache started, if it is still alive."""
+    try:
+        pid = int(broker.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if MAIN_CLASS.encode() in cmdline and str(broker.config).encode() in cmdline:
+        return pid
+    return None  # the pid was reused by something else: not ours
+
+
+async def _answers(bootstrap: str, timeout_s: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # A broker still starting refuses connections; aiokafka logs each refusal as an error.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+def answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when a broker at `bootstrap` answers a metadata request."""
+    return asyncio.run(_answers(bootstrap, timeout_s))
+
+
+def up(broker: Broker, wait_s: float = 60.0) -> tuple[int, bool]:
+    """Start the broker unless it runs. Returns (pid, started_now)."""
+    pid = running_pid(broker)
+    if pid is not None:
+        return pid, False
+    fetch(broker)
+    broker.log_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(broker)
+    _format_storage(broker)
+    cmd = [
+        _java(),
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={broker.log_dir}",
+        f"-Dlog4j2.configurationFile={INFRA / 'log4j2.properties'}",
+        "-cp",
+        _classpath(broker),
+        MAIN_CLASS,
+        str(broker.config),
+    ]
+    with broker.out_file.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    broker.pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            broker.pid_file.unlink(missing_ok=True)
+            raise BrokerError(
+                f"the broker exited with status {proc.returncode} while starting; see {broker.log_file}"
+                f" and {broker.out_file}"
+            )
+        if answers(broker.bootstrap, timeout_s=2.0):
+            return proc.pid, True
+        time.sleep(0.5)
+    _stop(proc.pid, 10.0)
+    broker.pid_file.unlink(missing_ok=True)
+    raise BrokerError(f"the broker did not answer within {wait_s:.0f}s; see {broker.log_file}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _stop(pid: int, wait_s: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while _alive(pid):
+        time.sleep(0.1)
+
+
+def down(broker: Broker, wait_s: float = 30.0) -> int | None:
+    """Stop the broker `up` started; returns its pid, or None when none was running."""
+    pid = running_pid(broker)
+    if pid is None:
+        broker.pid_file.unlink(missing_ok=True)
+        return None
+    _stop(pid, wait_s)
+    broker.pid_file.unlink(missing_ok=True)
+    return pid

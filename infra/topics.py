@@ -1,0 +1,85 @@
+"""The topics of DESIGN.md, declared idempotently.
+
+calls.raw, consent.events and privacy.requests are co-partitioned: same partition count, keyed
+by account_id, so one worker sees a subject's consent and calls together. consent.events and
+privacy.requests keep their whole history (no compaction: event-time consent decisions need
+every change, and the compacted state lives in the faust tables' changelogs). calls.raw and
+calls.dlq have bounded retention; the dead letters hold raw personal data, so theirs is short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    config: dict[str, str] = field(default_factory=dict)
+    co_partitioned: bool = True
+
+
+TOPICS = (
+    TopicSpec("calls.raw", {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("consent.events", {"cleanup.policy": "delete", "retention.ms": "-1"}),
+    TopicSpec("privacy.requests", {"cleanup.policy": "delete", "retention.ms": "-1"}),
+    TopicSpec("calls.dlq", {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}),
+)
+
+
+class TopicError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TopicOutcome:
+    name: str
+    partitions: int
+    created: bool
+
+
+async def create_topics(
+    bootstrap: str, partitions: int, prefix: str = "", timeout_s: float = 30.0
+) -> list[TopicOutcome]:
+    """Create the missing topics; check that existing co-partitioned ones have `partitions`."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a refused connection is reported below as one line
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except Exception:
+        await admin.close()
+        raise TopicError(f"no Kafka broker answers at {bootstrap}") from None
+    finally:
+        quiet.setLevel(level)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(prefix + t.name, partitions, 1, topic_configs=t.config) for t in TOPICS]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            response = await admin.create_topics(missing)
+            for name, code, *_ in response.topic_errors:
+                if code not in (0, 36):  # 36: already exists (a concurrent create)
+                    raise TopicError(f"creating topic {name} failed with Kafka error code {code}")
+        described = await admin.describe_topics([prefix + t.name for t in TOPICS])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        outcomes = []
+        for spec in TOPICS:
+            name = prefix + spec.name
+            have = counts.get(name, 0)
+            if spec.co_partitioned and have != partitions:
+                raise TopicError(
+                    f"topic {name} has {have} partitions but CALLPIPE_PARTITIONS is {partitions}; "
+                    "co-partitioned topics must match (recreate the topic or change the setting)"
+                )
+            outcomes.append(TopicOutcome(name, have, name in {t.name for t in missing}))
+        return outcomes
+    finally:
+        await admin.close()

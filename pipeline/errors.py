@@ -1,0 +1,11 @@
+"""Errors grouped by what the caller should do."""
+
+from __future__ import annotations
+
+
+class CliError(Exception):
+    """An expected failure a user can act on: printed as one line, exit status 2 (or .status)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
