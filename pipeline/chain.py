@@ -1,0 +1,117 @@
+"""The processing chain over one batch: validate -> consent and subject state -> route ->
+pseudonymize. Pure: no Kafka, files or clock; `now_ms` and the account states come in.
+
+Every input record is accounted for exactly once:
+    len(records) == len(vault_rows) + len(rejections) + len(erased)
+
+Routing (DESIGN.md "Privacy semantics"):
+  erased before the event's time  -> nothing stored, counted Drop.ERASED
+  restricted                      -> vault only, counted Drop.RESTRICTED
+  objected to analytics           -> vault only, counted Drop.ANALYTICS_OBJECTED
+  otherwise                       -> vault and analytics
+and in both zones recording_uri / transcript are nulled without consent for them at the event's
+time (counted Drop.RECORDING_NO_CONSENT / TRANSCRIPTION_NO_CONSENT).
+
+Rows hold exactly their zone's columns (sinks.schema). What the sink needs beside a row to place
+it, the account token, its hash bucket and the day partition, is in the parallel `*_routes` list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from pipeline.consent import AccountState, apply_consent, decide
+from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.policy import Policy
+from pipeline.pseudonymize import pseudonymize
+from pipeline.reasons import Drop
+from pipeline.validate import Rejection, validate_batch
+
+DEFAULT_BUCKETS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: Kafka partition and offset (for `callpipe ingest`, -1 and the
+    record's position in its file) and its position inside a multi-event message."""
+
+    partition: int
+    offset: int
+    index: int = 0
+
+
+class Route(NamedTuple):
+    """Where the sink puts a row: day partition (from started_at, UTC), bucket, account token."""
+
+    dt: str
+    bucket: int
+    account_token: str
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    vault_rows: list[dict[str, Any]] = field(default_factory=list)
+    vault_routes: list[Route] = field(default_factory=list)
+    analytics_rows: list[dict[str, Any]] = field(default_factory=list)
+    analytics_routes: list[Route] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    erased: list[int] = field(default_factory=list)  # batch positions of dropped (erased) events
+    drops: Counter[Drop] = field(default_factory=Counter)
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def process_batch(
+    records: Sequence[Any],
+    states: Mapping[str, AccountState],
+    policy: Policy,
+    key: PseudonymKey,
+    now_ms: int,
+    *,
+    sources: Sequence[Source] | None = None,
+    buckets: int = DEFAULT_BUCKETS,
+) -> ChainResult:
+    """Run the chain over a batch of decoded CallEvent dicts. `states` maps account_id to its
+    state (absent: no history); `sources` gives each record's lineage (default: partition -1,
+    offset = position in the batch); `buckets` is Settings.buckets."""
+    if sources is not None and len(sources) != len(records):
+        raise ValueError("sources must give one lineage per record")
+    validated = validate_batch(records, policy.secret_names, now_ms)
+    result = ChainResult(rejections=validated.rejections, drops=validated.drops)
+    drops = result.drops
+    tokens: dict[str, tuple[str, int]] = {}
+    for record, index, regions in zip(validated.records, validated.indices, validated.regions, strict=True):
+        account = record["account_id"]
+        decision = decide(states.get(account), record["started_at"], policy.consent)
+        if decision.erased:
+            drops[Drop.ERASED] += 1
+            result.erased.append(index)
+            continue
+        apply_consent(record, decision, drops)
+        source = sources[index] if sources is not None else Source(-1, index, 0)
+        lineage = {
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "source_index": source.index,
+        }
+        if account not in tokens:
+            token = key.token("account", account)
+            tokens[account] = (token, bucket_of(token, buckets))
+        token, bucket = tokens[account]
+        route = Route(_day(record["started_at"]), bucket, token)
+        result.vault_rows.append({**record, **lineage})
+        result.vault_routes.append(route)
+        if decision.restricted:
+            drops[Drop.RESTRICTED] += 1
+        elif not decision.analytics:
+            drops[Drop.ANALYTICS_OBJECTED] += 1
+        else:
+            result.analytics_rows.append(pseudonymize(record, key, regions, lineage))
+            result.analytics_routes.append(route)
+    return result

@@ -1,0 +1,214 @@
+"""Consent and subject state per account, decisions at an event's time, and event-time ordering.
+
+`AccountState` is one account's consent history per purpose and its privacy-request history, a
+small JSON-serializable value (it lives in a faust Table). Histories are kept sorted by event
+time and free of repeats, so recording an event twice, or out of arrival order, changes nothing:
+a replayed or late consent event lands where its time puts it.
+
+`decide(state, at_ms, defaults)` judges an event at its own time against that history (the last
+entry at or before `at_ms` counts):
+  - recording, transcription: the last consent for the purpose; unknown -> the default (no);
+  - analytics: the last of the analytics consents and `object` requests (an objection acts as a
+    withdrawal, a later grant resumes it); unknown -> the default (yes, legitimate interest);
+  - restricted: the last of `restrict`/`unrestrict` is `restrict` -> vault only;
+  - erased: any `erase` at or before the event -> the event is dropped (and counted).
+At equal times a withdrawal sorts after a grant, so it wins (privacy by default).
+
+`EventTimeMerger` holds calls back until the consent and request streams of their partition have
+advanced past the call's time, or have been idle for `max_idle_ms` (Kafka Streams'
+max.task.idle.ms), so a consent change stamped before a call applies to it even when the worker
+reads the call first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pipeline.policy import ConsentDefaults
+from pipeline.reasons import Drop
+
+PURPOSES = ("recording", "transcription", "analytics")
+REQUEST_KINDS = ("erase", "restrict", "unrestrict", "object", "access")
+
+
+class Stream(StrEnum):
+    CONSENT = "consent"
+    REQUESTS = "requests"
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """One account's histories, sorted by time:
+    consents: (at_ms, purpose, granted); requests: (at_ms, kind, request_id)."""
+
+    consents: tuple[tuple[int, str, bool], ...] = ()
+    requests: tuple[tuple[int, str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "consents": [list(c) for c in self.consents],
+            "requests": [list(r) for r in self.requests],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> AccountState:
+        return cls(
+            consents=tuple((int(a), str(p), bool(g)) for a, p, g in doc.get("consents", ())),
+            requests=tuple((int(a), str(k), str(i)) for a, k, i in doc.get("requests", ())),
+        )
+
+
+def _consent_key(entry: tuple[int, str, bool]) -> tuple[int, bool, str]:
+    at, purpose, granted = entry
+    return (at, not granted, purpose)  # at equal times a withdrawal sorts last, so it counts
+
+
+def _request_key(entry: tuple[int, str, str]) -> tuple[int, int, str]:
+    at, kind, request_id = entry
+    return (at, REQUEST_KINDS.index(kind) if kind in REQUEST_KINDS else -1, request_id)
+
+
+def record_consent(state: AccountState | None, event: Mapping[str, Any]) -> AccountState:
+    """The state with a ConsentEvent (purpose, granted, at) added to its history."""
+    state = state or AccountState()
+    entry = (int(event["at"]), str(event["purpose"]), bool(event["granted"]))
+    if entry in state.consents:
+        return state
+    return replace(state, consents=tuple(sorted((*state.consents, entry), key=_consent_key)))
+
+
+def record_request(state: AccountState | None, request: Mapping[str, Any]) -> AccountState:
+    """The state with a PrivacyRequest (request_id, kind, at) added to its history."""
+    state = state or AccountState()
+    entry = (int(request["at"]), str(request["kind"]), str(request["request_id"]))
+    if entry in state.requests:
+        return state
+    return replace(state, requests=tuple(sorted((*state.requests, entry), key=_request_key)))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    erased: bool
+    restricted: bool
+    recording: bool
+    transcription: bool
+    analytics: bool
+
+
+def decide(state: AccountState | None, at_ms: int, defaults: ConsentDefaults) -> Decision:
+    """What may be done with an event of this account at time `at_ms`."""
+    last: dict[str, bool] = {}
+    erased = restricted = False
+    if state is not None:
+        for at, purpose, granted in state.consents:
+            if at > at_ms:
+                break
+            last[purpose] = granted
+        analytics_at = max(
+            (at for at, p, _ in state.consents if p == "analytics" and at <= at_ms), default=-1
+        )
+        for at, kind, _ in state.requests:
+            if at > at_ms:
+                break
+            if kind == "erase":
+                erased = True
+            elif kind == "restrict":
+                restricted = True
+            elif kind == "unrestrict":
+                restricted = False
+            elif kind == "object" and at >= analytics_at:
+                last["analytics"] = False
+    return Decision(
+        erased=erased,
+        restricted=restricted,
+        recording=last.get("recording", defaults.recording),
+        transcription=last.get("transcription", defaults.transcription),
+        analytics=last.get("analytics", defaults.analytics),
+    )
+
+
+def apply_consent(record: dict[str, Any], decision: Decision, drops: Counter[Drop]) -> None:
+    """Null (in place) what the decision does not allow to be kept, counting each removal.
+    Erasure, restriction and objection are routing outcomes, counted by the caller."""
+    if not decision.recording and record.get("recording_uri") is not None:
+        record["recording_uri"] = None
+        drops[Drop.RECORDING_NO_CONSENT] += 1
+    if not decision.transcription and record.get("transcript") is not None:
+        record["transcript"] = None
+        drops[Drop.TRANSCRIPTION_NO_CONSENT] += 1
+
+
+# ---------------------------------------------------------------- event-time ordering
+
+T = TypeVar("T")
+
+
+@dataclass
+class _StreamClock:
+    event_ms: int  # highest event time seen on the stream (its watermark)
+    seen_ms: int  # wall time the stream last delivered something
+
+
+class EventTimeMerger(Generic[T]):
+    """Buffers calls of one partition and releases them in event-time order once both control
+    streams (consent, requests) have passed the call's time or been idle for `max_idle_ms`.
+
+    Time is an argument (`now_ms`, wall clock of the caller). Memory is bounded: beyond
+    `max_buffered` calls the earliest are released regardless, and `forced` counts them.
+    """
+
+    def __init__(self, max_idle_ms: int, now_ms: int, max_buffered: int = 100_000) -> None:
+        if max_idle_ms < 0 or max_buffered < 1:
+            raise ValueError("max_idle_ms must be >= 0 and max_buffered >= 1")
+        self.max_idle_ms = max_idle_ms
+        self.max_buffered = max_buffered
+        self.forced = 0
+        self._clocks = {s: _StreamClock(event_ms=-1, seen_ms=now_ms) for s in Stream}
+        self._heap: list[tuple[int, int, T]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def observe(self, stream: Stream, event_ms: int, now_ms: int) -> None:
+        """A consent event or privacy request with time `event_ms` was applied to the tables."""
+        clock = self._clocks[stream]
+        clock.event_ms = max(clock.event_ms, event_ms)
+        clock.seen_ms = max(clock.seen_ms, now_ms)
+
+    def caught_up(self, stream: Stream, now_ms: int) -> None:
+        """The stream was polled and is active but had nothing new (resets its idle clock)."""
+        self._clocks[stream].seen_ms = max(self._clocks[stream].seen_ms, now_ms)
+
+    def add(self, items: Iterable[tuple[int, T]]) -> None:
+        """Buffer calls given as (event time ms, item)."""
+        for event_ms, item in items:
+            heapq.heappush(self._heap, (event_ms, next(self._seq), item))
+
+    def release(self, now_ms: int) -> list[T]:
+        """The buffered calls that may be processed now, in event-time order."""
+        horizon = self._horizon(now_ms)
+        out: list[T] = []
+        while self._heap and (self._heap[0][0] < horizon or len(self._heap) > self.max_buffered):
+            if self._heap[0][0] > horizon:
+                self.forced += 1
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+    def drain(self) -> list[T]:
+        """Everything buffered, in event-time order (end of input, or shutdown)."""
+        return [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
+
+    def _horizon(self, now_ms: int) -> float:
+        """Calls before this event time are safe to process (an idle stream does not hold back)."""
+        horizon = float("inf")
+        for clock in self._clocks.values():
+            if now_ms - clock.seen_ms < self.max_idle_ms:
+                horizon = min(horizon, clock.event_ms)
+        return horizon

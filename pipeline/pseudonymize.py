@@ -1,0 +1,182 @@
+"""Pseudonymize validated, consent-checked CallEvents into analytics-zone rows.
+
+What a field becomes follows from its PII annotation, through `sinks.schema.ANALYTICS_COLUMNS`
+(the column names) and `RULES` below (the values): one transform per (class, category), so no
+list of fields is kept here. A field whose annotation has no transform fails at start-up
+(`plan()`), never silently passes through raw.
+
+  identifiers       keyed tokens `key.token(domain, value)` (account, org, device, phone)
+  phone numbers     token of the E.164 form, country calling code, number type (mobile, ...)
+  IP addresses      network prefix: /24 for IPv4, /48 for IPv6
+  cell ids          cell_area MCC-MNC-LAC (the cell dropped); an id not in that form: a token
+  recording URI     has_recording only
+  free text         every detected PII span replaced by its label (pipeline.detect)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import Any
+
+import phonenumbers
+
+import schemas
+from pipeline.detect import redact_text
+from pipeline.keys import PseudonymKey
+from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
+
+RECORD = "CallEvent"
+KEY_VERSION = "key_version"
+LINEAGE_NAMES = tuple(f.name for f in LINEAGE)
+
+# (value, key, regions of the call) -> the values of the rule's columns, in ANALYTICS_COLUMNS order
+Transform = Callable[[Any, PseudonymKey, Sequence[str]], tuple[Any, ...]]
+
+_TYPE_NAMES = {
+    getattr(phonenumbers.PhoneNumberType, n): n.lower()
+    for n in vars(phonenumbers.PhoneNumberType)
+    if n.isupper()
+}
+
+
+@lru_cache(maxsize=65536)
+def phone_facts(number: str) -> tuple[int | None, str]:
+    """(country calling code, number type) of an E.164 number; (None, "unknown") otherwise."""
+    if not number.startswith("+"):
+        return None, "unknown"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return None, "unknown"
+    kind = phonenumbers.number_type(parsed)
+    return parsed.country_code, _TYPE_NAMES.get(kind, "unknown")
+
+
+@lru_cache(maxsize=65536)
+def ip_prefix(value: str) -> str | None:
+    """The network prefix of an IP address (/24, /48), or None if it is not an address."""
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+def cell_area(value: str, key: PseudonymKey) -> str:
+    """MCC-MNC-LAC of an MCC-MNC-LAC-CI cell id; a cell token when the id has another form."""
+    parts = value.split("-")
+    if len(parts) == 4 and all(p.isalnum() for p in parts):
+        return "-".join(parts[:3])
+    return "cell:" + key.token("cell", value)
+
+
+def _same(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    return (value,)
+
+
+def _token(domain: str) -> Transform:
+    def transform(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+        return (None if value is None else key.token(domain, value),)
+
+    return transform
+
+
+def _phone(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    if value is None:
+        return (None, None, None)
+    country, kind = phone_facts(value)
+    return (key.token("phone", value), country, kind)
+
+
+def _cell(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    return (None if value is None else cell_area(value, key),)
+
+
+def _ip(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    return (None if value is None else ip_prefix(value),)
+
+
+def _has(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    return (value is not None,)
+
+
+def _text(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    return (None if value is None else redact_text(value, regions),)
+
+
+def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
+    if value is None:
+        return (None,)
+    return ({k: redact_text(v, regions) for k, v in value.items()},)
+
+
+# One transform per (class, category) of ANALYTICS_COLUMNS.
+RULES: dict[tuple[str, str], Transform] = {
+    ("none", "id"): _same,
+    ("direct", "account_id"): _token("account"),
+    ("quasi", "org_id"): _token("org"),
+    ("none", "carrier"): _same,
+    ("none", "kind"): _same,
+    ("none", "direction"): _same,
+    ("direct", "phone"): _phone,
+    ("quasi", "time"): _same,
+    ("quasi", "duration"): _same,
+    ("none", "status"): _same,
+    ("quasi", "location"): _cell,
+    ("direct", "ip"): _ip,
+    ("quasi", "device"): _same,
+    ("direct", "device_id"): _token("device"),
+    ("none", "device"): _same,
+    ("sensitive", "recording"): _has,
+    ("sensitive", "free_text"): _text,
+    ("quasi", "free_text"): _text_map,
+}
+
+
+@dataclass(frozen=True)
+class _Step:
+    path: tuple[str, ...]
+    columns: tuple[str, ...]
+    transform: Transform
+
+
+@cache
+def plan() -> tuple[_Step, ...]:
+    """The steps that turn a CallEvent into an analytics row, from the schema's annotations."""
+    annotated = schemas.pii_fields(RECORD)
+    parents = {a.path.rsplit(".", 1)[0] for a in annotated if "." in a.path}
+    steps = []
+    for ann in annotated:
+        if ann.path in parents:
+            continue
+        rule = (ann.klass, ann.category)
+        if rule not in ANALYTICS_COLUMNS or rule not in RULES:
+            raise ValueError(f"no analytics rule for field {ann.path} ({ann.klass}, {ann.category})")
+        leaf = ann.path.rsplit(".", 1)[-1]
+        columns = tuple(template.format(name=leaf) for template, _type in ANALYTICS_COLUMNS[rule])
+        steps.append(_Step(tuple(ann.path.split(".")), columns, RULES[rule]))
+    return tuple(steps)
+
+
+def pseudonymize(
+    record: Mapping[str, Any], key: PseudonymKey, regions: Sequence[str], lineage: Mapping[str, int]
+) -> dict[str, Any]:
+    """The analytics row of one validated, consent-checked record; `regions` are the call's
+    regions for national numbers in free text, `lineage` its source_* values."""
+    row: dict[str, Any] = {}
+    for step in plan():
+        value: Any = record
+        for part in step.path:
+            value = value.get(part) if value is not None else None
+        for column, out in zip(step.columns, step.transform(value, key, regions), strict=True):
+            row[column] = out
+    row[KEY_VERSION] = key.version
+    for name in LINEAGE_NAMES:
+        row[name] = lineage[name]
+    return row

@@ -1,0 +1,356 @@
+"""Validate and normalize a batch of decoded CallEvent records; strip secret-named attributes.
+
+`strip_secrets` runs before anything else (here and on the dead-letter path), so a credential
+that a carrier put in `attributes` reaches neither the lake nor calls.dlq. `validate_batch` then
+checks each record against the CallEvent schema (required fields, types, enum symbols), sane
+identifiers, times and durations, and duplicate event ids within the batch, and normalizes the
+phone numbers to E.164 where they parse. Each rejection carries one `Reason`, never a value.
+
+Region of a nationally written number (no "+"): there is no setting for it. We take, in order,
+the region of the call's other number when that one is written internationally, then the region
+named in the carrier id (a two-letter ISO region as one of its parts, e.g. "gb-vodafone" or
+"carrier_DE_2"). A number that does not parse as a valid number under those stays as given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import phonenumbers
+
+import schemas
+from pipeline.reasons import Drop, Reason, Stage
+
+RECORD = "CallEvent"
+EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call
+MAX_FUTURE_MS = 24 * 3600 * 1000  # clock skew tolerated ahead of `now_ms`
+MAX_DURATION_S = 48 * 3600
+MAX_ID_LEN = 128
+MAX_PHONE_LEN = 64
+# Annotation categories whose string fields are identifiers: non-empty and bounded.
+ID_CATEGORIES = frozenset({"id", "account_id", "org_id", "carrier", "device_id", "phone"})
+TIME_CATEGORY = "time"
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int  # position of the record in its batch
+    reason: Reason
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The accepted records (normalized copies) with their batch positions and the regions of
+    their numbers (for free-text detection), the rejections, and counted secret strips."""
+
+    records: list[Record] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    regions: list[tuple[str, ...]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    drops: Counter[Drop] = field(default_factory=Counter)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+@lru_cache(maxsize=8192)
+def _is_secret(key: str, names: frozenset[str]) -> bool:
+    parts = [p.lower() for p in _PART.findall(key)]
+    if not parts:
+        return False
+    candidates = set(parts)
+    candidates.update(a + b for a, b in itertools.pairwise(parts))
+    candidates.update(a + "_" + b for a, b in itertools.pairwise(parts))
+    for part in candidates:
+        if part in names or part.rstrip("s") in names:
+            return True
+    # A long name hidden inside a glued part: "userpassword", "clientsecret".
+    return any(len(name) >= 6 and name in part for part in parts for name in names)
+
+
+def is_secret_name(key: str, names: Iterable[str]) -> bool:
+    """True if the attribute key names a secret: a name part ("user_password", "PIN",
+    "authToken", "x-api-key"), compared case-insensitively."""
+    return _is_secret(key, frozenset(n.lower() for n in names))
+
+
+@lru_cache(maxsize=1)
+def _map_fields() -> tuple[str, ...]:
+    out = []
+    for f in schemas.raw(RECORD)["fields"]:
+        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        if any(isinstance(b, dict) and b.get("type") == "map" for b in branches):
+            out.append(f["name"])
+    return tuple(out)
+
+
+def strip_secrets(record: Mapping[str, Any], names: Iterable[str]) -> Record:
+    """A copy of `record` without secret-named keys in its map fields (attributes). Anything that
+    is not a record is returned as it is, so the dead-letter path can call this on any input."""
+    return _strip(record, frozenset(n.lower() for n in names))[0]
+
+
+def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Record, int]:
+    out = dict(record)
+    stripped = 0
+    for name in _map_fields():
+        value = out.get(name)
+        if isinstance(value, Mapping):
+            kept = {k: v for k, v in value.items() if not (isinstance(k, str) and _is_secret(k, names))}
+            stripped += len(value) - len(kept)
+            out[name] = kept
+    return out, stripped
+
+
+_JSON_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+
+
+def strip_secrets_json(raw: bytes, names: Iterable[str]) -> bytes:
+    """Raw JSON bytes (one event or a list of them) without secret-named attributes. Bytes that do
+    not decode as JSON get every `"secret-name": value` pair's value masked as "***" instead;
+    bytes that are not text (Avro) are returned unchanged for the codec to handle."""
+    frozen = frozenset(n.lower() for n in names)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _mask_pairs(raw, frozen)
+    if isinstance(doc, dict):
+        return orjson.dumps(_strip(doc, frozen)[0])
+    if isinstance(doc, list):
+        return orjson.dumps([_strip(d, frozen)[0] if isinstance(d, dict) else d for d in doc])
+    return raw
+
+
+def _mask_pairs(raw: bytes, names: frozenset[str]) -> bytes:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+    def mask(m: re.Match[bytes]) -> bytes:
+        key = m.group(1).decode("utf-8", "replace")
+        if _is_secret(key, names):
+            return m.group(0)[: m.start(2) - m.start(0)] + b'"***"'
+        return m.group(0)
+
+    return _JSON_PAIR.sub(mask, raw)
+
+
+# ---------------------------------------------------------------- schema checks
+
+
+@dataclass(frozen=True)
+class _FieldRule:
+    name: str
+    types: tuple[type, ...]
+    nullable: bool
+    required: bool
+    symbols: frozenset[str] | None
+    category: str
+    nested: tuple[_FieldRule, ...] = ()
+
+
+_PY = {"string": (str,), "int": (int,), "long": (int,), "boolean": (bool,), "double": (float, int)}
+
+
+def _rule(f: Mapping[str, Any], annotations: Mapping[str, str], prefix: str) -> _FieldRule:
+    t = f["type"]
+    branches = t if isinstance(t, list) else [t]
+    nullable = "null" in branches
+    (branch,) = [b for b in branches if b != "null"]
+    symbols = None
+    nested: tuple[_FieldRule, ...] = ()
+    if isinstance(branch, dict):
+        kind = branch["type"]
+        if kind == "enum":
+            types: tuple[type, ...] = (str,)
+            symbols = frozenset(branch["symbols"])
+        elif kind == "map":
+            types = (dict,)
+        elif kind == "record":
+            types = (dict,)
+            nested = tuple(_rule(g, annotations, prefix + f["name"] + ".") for g in branch["fields"])
+        else:
+            types = _PY[kind]
+    else:
+        types = _PY[branch]
+    return _FieldRule(
+        f["name"], types, nullable, "default" not in f, symbols, annotations[prefix + f["name"]], nested
+    )
+
+
+@lru_cache(maxsize=1)
+def _rules() -> tuple[_FieldRule, ...]:
+    annotations = {p.path: p.category for p in schemas.pii_fields(RECORD)}
+    return tuple(_rule(f, annotations, "") for f in schemas.raw(RECORD)["fields"])
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _check_fields(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Reason | None:
+    for rule in rules:
+        value = record.get(rule.name)
+        if value is None:
+            if rule.required or not rule.nullable:
+                return Reason.MISSING_FIELD
+            continue
+        if not _has_type(value, rule.types):
+            return Reason.WRONG_TYPE
+        if rule.symbols is not None and value not in rule.symbols:
+            return Reason.UNKNOWN_ENUM
+        if rule.nested:
+            reason = _check_fields(value, rule.nested)
+            if reason is not None:
+                return reason
+        elif rule.types == (dict,) and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return Reason.WRONG_TYPE
+        if rule.category in ID_CATEGORIES and isinstance(value, str):
+            limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
+            if not value.strip() or len(value) > limit:
+                return Reason.BAD_ID
+    return None
+
+
+def _check_times(record: Mapping[str, Any], now_ms: int) -> Reason | None:
+    started = record["started_at"]
+    answered = record.get("answered_at")
+    ended = record.get("ended_at")
+    latest = now_ms + MAX_FUTURE_MS
+    for t in (started, answered, ended):
+        if t is not None and not EPOCH_OF_SERVICE_MS <= t <= latest:
+            return Reason.BAD_TIME
+    if answered is not None and answered < started:
+        return Reason.BAD_TIME
+    if ended is not None and (ended < started or (answered is not None and ended < answered)):
+        return Reason.BAD_TIME
+    if not 0 <= record["duration_s"] <= MAX_DURATION_S:
+        return Reason.BAD_DURATION
+    return None
+
+
+# ---------------------------------------------------------------- phone numbers
+
+
+@lru_cache(maxsize=65536)
+def international_region(number: str) -> str | None:
+    """The region of a number written internationally ("+..." or "00..."), if it is valid."""
+    text = number.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+"):
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.region_code_for_number(parsed)
+
+
+@lru_cache(maxsize=65536)
+def to_e164(number: str, region: str | None) -> str | None:
+    """E.164 form of `number` (national numbers read in `region`), or None if it is not valid."""
+    text = number.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+") and region is None:
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
+
+
+@lru_cache(maxsize=4096)
+def carrier_region(carrier_id: str) -> str | None:
+    """A two-letter ISO region named as one part of the carrier id, if any."""
+    for part in re.split(r"[^A-Za-z]+", carrier_id):
+        if len(part) == 2 and part.upper() in _REGIONS:
+            return part.upper()
+    return None
+
+
+def normalize_numbers(record: Record) -> tuple[str, ...]:
+    """Rewrite caller and callee to E.164 where they parse; return the call's regions (the
+    numbers' regions, then the carrier's), most specific first, for free-text detection."""
+    caller, callee = record["caller"], record["callee"]
+    r_caller, r_callee = international_region(caller), international_region(callee)
+    fallback = carrier_region(record["carrier_id"])
+    regions: list[str] = []
+    for name, number, own, other in (
+        ("caller", caller, r_caller, r_callee),
+        ("callee", callee, r_callee, r_caller),
+    ):
+        for region in dict.fromkeys(r for r in (own, other, fallback) if r is not None):
+            e164 = to_e164(number, region)
+            if e164 is not None:
+                record[name] = e164
+                regions.append(international_region(e164) or region)
+                break
+    if fallback is not None:
+        regions.append(fallback)
+    return tuple(dict.fromkeys(regions))
+
+
+# ---------------------------------------------------------------- the batch
+
+
+def _project(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Record:
+    """A copy holding exactly the schema's fields (absent optional ones as None)."""
+    out = {}
+    for rule in rules:
+        value = record.get(rule.name)
+        out[rule.name] = _project(value, rule.nested) if rule.nested and value is not None else value
+    return out
+
+
+def validate_batch(records: Sequence[Any], secret_names: Iterable[str], now_ms: int) -> Validated:
+    """Strip secrets, check and normalize every record of a batch. A duplicate event_id within
+    the batch is rejected (the first occurrence is kept)."""
+    names = frozenset(n.lower() for n in secret_names)
+    rules = _rules()
+    out = Validated()
+    seen: set[str] = set()
+    for index, raw in enumerate(records):
+        if not isinstance(raw, Mapping):
+            out.rejections.append(Rejection(index, Reason.MALFORMED, Stage.VALIDATE))
+            continue
+        record, stripped = _strip(raw, names)
+        if stripped:
+            out.drops[Drop.SECRET_ATTRIBUTE] += stripped
+        reason = _check_fields(record, rules) or _check_times(record, now_ms)
+        if reason is None and record["event_id"] in seen:
+            reason = Reason.DUPLICATE
+        if reason is not None:
+            out.rejections.append(Rejection(index, reason, Stage.VALIDATE))
+            continue
+        seen.add(record["event_id"])
+        clean = _project(record, rules)
+        out.regions.append(normalize_numbers(clean))
+        out.records.append(clean)
+        out.indices.append(index)
+    return out
