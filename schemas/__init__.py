@@ -38,6 +38,15 @@ SCHEMA_IDS: dict[int, tuple[str, int]] = {
 }
 ID_OF: dict[str, int] = {name: sid for sid, (name, _v) in SCHEMA_IDS.items()}
 
+# Schema ids of batch messages: one Kafka message whose body is an Avro array of records
+# (high-volume carriers batch). Kept apart from SCHEMA_IDS so ID_OF stays one id per record.
+BATCH_SCHEMA_IDS: dict[int, tuple[str, int]] = {
+    11: ("CallEvent", 1),
+    12: ("ConsentEvent", 1),
+    13: ("PrivacyRequest", 1),
+}
+BATCH_ID_OF: dict[str, int] = {name: sid for sid, (name, _v) in BATCH_SCHEMA_IDS.items()}
+
 
 @dataclass(frozen=True)
 class Pii:
@@ -70,6 +79,12 @@ def _strip_logical(node: Any) -> Any:
 def parsed(name: str) -> Any:
     """fastavro-parsed schema with timestamps as plain longs (epoch milliseconds)."""
     return fastavro.parse_schema(_strip_logical(copy.deepcopy(raw(name))))
+
+
+@cache
+def parsed_batch(name: str) -> Any:
+    """fastavro-parsed array<name> schema (the body of a batch message), timestamps as longs."""
+    return fastavro.parse_schema({"type": "array", "items": _strip_logical(copy.deepcopy(raw(name)))})
 
 
 def _record_of(field_type: Any) -> dict[str, Any] | None:

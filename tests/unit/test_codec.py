@@ -1,0 +1,232 @@
+"""The codec: every format round-trips, JSON and Avro agree, bad input becomes typed rejections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import codec, generate
+from pipeline.codec import FORMAT_HEADER, Decoded, Limits, Lineage, decode_batch, decode_value, encode
+from pipeline.reasons import Reason, Stage
+
+START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+TRAFFIC = generate.generate_traffic(11, 300, START, accounts=60)
+RECORDS: dict[str, list[dict[str, Any]]] = {
+    "CallEvent": TRAFFIC.calls,
+    "ConsentEvent": TRAFFIC.consents,
+    "PrivacyRequest": TRAFFIC.requests
+    or [{"request_id": "r1", "account_id": "a1", "kind": "erase", "at": START}],
+}
+
+
+@dataclass(frozen=True)
+class Msg:
+    value: bytes | None
+    partition: int = 0
+    offset: int = 0
+    headers: Any = None
+
+
+def only_records(out: Decoded) -> list[dict[str, Any]]:
+    assert out.rejections == [], [r.reason for r in out.rejections]
+    return out.records
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+@pytest.mark.parametrize("fmt", ["avro", "json"])
+@pytest.mark.parametrize("batch_size", [1, 7, 500])
+def test_encode_decode_round_trip(name: str, fmt: str, batch_size: int) -> None:
+    records = RECORDS[name]
+    values = encode(records, name, fmt, batch_size)
+    assert len(values) == -(-len(records) // batch_size)
+    out = decode_batch([Msg(v, 3, i) for i, v in enumerate(values)], name)
+    assert only_records(out) == records
+    assert out.lineage[0] == Lineage(3, 0, 0)
+    if batch_size > 1 and len(records) > 1:
+        assert out.lineage[1] == Lineage(3, 0, 1)
+
+
+@pytest.mark.parametrize("fmt", ["avro", "json"])
+def test_format_header_is_honoured(fmt: str) -> None:
+    calls = RECORDS["CallEvent"][:20]
+    for size in (1, 5):
+        header = codec.format_header(fmt, size)
+        values = encode(calls, "CallEvent", fmt, size)
+        out = decode_batch([Msg(v, headers=[header]) for v in values], "CallEvent")
+        assert only_records(out) == calls
+
+
+def test_json_and_avro_give_identical_dicts_including_iso_times() -> None:
+    calls = RECORDS["CallEvent"]
+    avro = decode_batch([Msg(v) for v in encode(calls, "CallEvent", "avro")], "CallEvent")
+    iso = decode_batch([Msg(v) for v in encode(calls, "CallEvent", "json", 50, iso_times=True)], "CallEvent")
+    assert only_records(avro) == only_records(iso) == calls
+
+
+def test_json_array_bare_avro_and_container_are_batches() -> None:
+    calls = RECORDS["CallEvent"][:30]
+    array = orjson.dumps(calls)
+    assert only_records(decode_value(array, "CallEvent")) == calls
+    container = codec.encode_container(calls, "CallEvent")
+    assert only_records(decode_value(container, "CallEvent")) == calls
+    bare = encode(calls[:1], "CallEvent", "avro")[0][5:]  # strip magic byte and schema id
+    assert only_records(decode_value(bare, "CallEvent")) == calls[:1]
+    assert only_records(decode_value(bare, "CallEvent", headers={FORMAT_HEADER: b"avro"})) == calls[:1]
+    batch = encode(calls, "CallEvent", "avro", 30)[0][5:]
+    assert only_records(decode_value(batch, "CallEvent", headers=[(FORMAT_HEADER, b"avro-batch")])) == calls
+
+
+def test_pretty_printed_json_object_is_one_event() -> None:
+    call = RECORDS["CallEvent"][0]
+    value = orjson.dumps(call, option=orjson.OPT_INDENT_2)
+    assert only_records(decode_value(b"\n  " + value, "CallEvent")) == [call]
+
+
+def _call_json(**change: Any) -> bytes:
+    call = dict(RECORDS["CallEvent"][0])
+    for key, value in change.items():
+        if value is ...:
+            call.pop(key, None)
+        else:
+            call[key] = value
+    return orjson.dumps(call)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", Reason.EMPTY),
+        (None, Reason.EMPTY),
+        (b" \n\t", Reason.EMPTY),
+        (b"[]", Reason.EMPTY),
+        (b"{not json", Reason.MALFORMED),
+        (b"\x00\x00\x00", Reason.MALFORMED),
+        (b"\x00\x00\x00\x00\x07" + b"\x02a", Reason.UNKNOWN_SCHEMA_ID),
+        (b"\x00\x00\x00\x00\x02" + b"\x02a", Reason.WRONG_TYPE),  # a ConsentEvent id on calls.raw
+        (b"Obj\x01garbage", Reason.MALFORMED),
+        (b"\x13\x01\x02", Reason.MALFORMED),  # bare Avro, negative string length
+        (_call_json(duration_s="12"), Reason.WRONG_TYPE),
+        (_call_json(duration_s=True), Reason.WRONG_TYPE),
+        (_call_json(duration_s=2**31), Reason.WRONG_TYPE),
+        (_call_json(started_at="yesterday"), Reason.WRONG_TYPE),
+        (_call_json(started_at=1.5e12), Reason.WRONG_TYPE),
+        (_call_json(caller=4420794609), Reason.WRONG_TYPE),
+        (_call_json(attributes={"retries": 3}), Reason.WRONG_TYPE),
+        (_call_json(attributes=["a"]), Reason.WRONG_TYPE),
+        (_call_json(device="phone"), Reason.WRONG_TYPE),
+        (_call_json(account_id=...), Reason.MISSING_FIELD),
+        (_call_json(account_id=None), Reason.MISSING_FIELD),
+        (_call_json(device={"device_id": "d", "os": "iOS", "app_version": "1"}), Reason.MISSING_FIELD),
+        (_call_json(kind="fax"), Reason.UNKNOWN_ENUM),
+        (_call_json(status="ANSWERED"), Reason.UNKNOWN_ENUM),
+        (_call_json(direction=1), Reason.WRONG_TYPE),
+        (b"[1]", Reason.WRONG_TYPE),
+    ],
+)
+def test_bad_values_give_their_reason(value: bytes | None, reason: Reason) -> None:
+    out = decode_value(value, "CallEvent", partition=2, offset=9)
+    assert out.records == []
+    assert [(r.reason, r.stage, r.partition, r.offset) for r in out.rejections] == [
+        (reason, Stage.DECODE, 2, 9)
+    ]
+
+
+def test_truncated_avro_rejects_the_whole_message() -> None:
+    value = encode(RECORDS["CallEvent"][:10], "CallEvent", "avro", 10)[0]
+    for cut in (6, len(value) // 2, len(value) - 1):
+        out = decode_value(value[:cut], "CallEvent")
+        assert out.records == []
+        assert [(r.reason, r.index, r.raw) for r in out.rejections] == [(Reason.MALFORMED, None, value[:cut])]
+    out = decode_value(value + b"\x00", "CallEvent")  # trailing bytes are not silently ignored
+    assert [r.reason for r in out.rejections] == [Reason.MALFORMED]
+
+
+def test_bad_json_line_rejects_only_that_event() -> None:
+    calls = RECORDS["CallEvent"][:4]
+    lines = [codec.to_json(c, "CallEvent") for c in calls]
+    lines[1] = b'{"event_id": "x", "kind": '
+    lines[2] = _call_json(status="lost")
+    out = decode_value(b"\n".join(lines) + b"\n", "CallEvent", partition=1, offset=40)
+    assert out.records == [calls[0], calls[3]]
+    assert out.lineage == [Lineage(1, 40, 0), Lineage(1, 40, 3)]
+    assert [(r.reason, r.index, r.raw) for r in out.rejections] == [
+        (Reason.MALFORMED, 1, lines[1]),
+        (Reason.UNKNOWN_ENUM, 2, lines[2]),
+    ]
+
+
+def test_bad_element_of_json_array_rejects_only_that_event() -> None:
+    calls = RECORDS["CallEvent"][:3]
+    items = [calls[0], {**calls[1], "duration_s": "long"}, calls[2]]
+    out = decode_value(orjson.dumps(items), "CallEvent")
+    assert out.records == [calls[0], calls[2]]
+    assert [(r.reason, r.index) for r in out.rejections] == [(Reason.WRONG_TYPE, 1)]
+
+
+def test_size_limits() -> None:
+    calls = RECORDS["CallEvent"][:5]
+    value = encode(calls, "CallEvent", "json", 5)[0]
+    out = decode_value(value, "CallEvent", limits=Limits(max_message_bytes=len(value) - 1))
+    assert [(r.reason, r.index) for r in out.rejections] == [(Reason.TOO_LARGE, None)]
+    longest = max(len(line) for line in value.split(b"\n"))
+    out = decode_value(value, "CallEvent", limits=Limits(max_event_bytes=longest - 1))
+    assert {r.reason for r in out.rejections} == {Reason.TOO_LARGE}
+    assert len(out.records) + len(out.rejections) == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2026-01-01T00:00:00Z", START),
+        ("2026-01-01T00:00:00.250Z", START + 250),
+        ("2026-01-01T01:00:00+01:00", START),
+        ("2026-01-01T00:00:00", START),  # naive: read as UTC
+        ("2026-01-01", START),
+    ],
+)
+def test_iso_timestamps_become_epoch_ms(text: str, ms: int) -> None:
+    out = decode_value(_call_json(started_at=text), "CallEvent")
+    assert only_records(out)[0]["started_at"] == ms
+
+
+def test_unknown_json_fields_are_ignored_and_optional_fields_default_to_none() -> None:
+    call = RECORDS["CallEvent"][0]
+    required = {k: call[k] for k in ("event_id", "account_id", "org_id", "carrier_id", "kind", "direction")}
+    required |= {k: call[k] for k in ("caller", "callee", "started_at", "duration_s", "status")}
+    out = only_records(decode_value(orjson.dumps({**required, "network": "5G"}), "CallEvent"))
+    assert out[0] == {**dict.fromkeys(call), **required}
+
+
+def test_from_json_raises_value_error_with_reason_code_only() -> None:
+    with pytest.raises(ValueError, match=r"^unknown_enum$"):
+        codec.from_json(orjson.loads(_call_json(kind="secret-value")), "CallEvent")
+
+
+def test_encode_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        encode(RECORDS["CallEvent"], "CallEvent", "xml")
+    with pytest.raises(ValueError):
+        encode(RECORDS["CallEvent"], "CallEvent", "avro", 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    for name in RECORDS:
+        out = decode_value(value, name)
+        assert out.records or out.rejections
+        assert all(r.raw in value for r in out.rejections)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 400), st.binary(min_size=1, max_size=4))
+def test_corrupted_avro_never_raises(cut: int, junk: bytes) -> None:
+    value = encode(RECORDS["CallEvent"][:3], "CallEvent", "avro", 3)[0]
+    mangled = value[:cut] + junk + value[cut + len(junk) :]
+    out = decode_value(mangled, "CallEvent")
+    assert len(out.records) == 3 or [r.index for r in out.rejections] == [None]
