@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.keys import PseudonymKey, key_from_hex, load_key
 from pipeline.policy import DEFAULT_POLICY, Policy, load_policy
 
 
@@ -26,11 +27,25 @@ class Settings:
     kafka_port: int = 9092  # CALLPIPE_KAFKA_PORT (the controller listens on the next port)
     kafka_data: Path | None = None  # CALLPIPE_KAFKA_DATA (default: <home>/kafka/data)
     key_file: Path | None = None  # CALLPIPE_KEY_FILE: pseudonymization key file (overrides the policy)
+    key_hex: str | None = field(default=None, repr=False)  # the variable the policy names (key.env)
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
     policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
+
+    def key(self) -> PseudonymKey:
+        """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
+        version = self.policy.key.version
+        if self.key_file is not None:
+            return load_key(self.key_file, version)
+        if self.policy.key.file:
+            return load_key(Path(self.policy.key.file), version)
+        if self.policy.key.env:
+            if not self.key_hex:
+                raise SettingsError(f"the policy takes the key from {self.policy.key.env}, which is not set")
+            return key_from_hex(self.key_hex, version, self.policy.key.env)
+        raise SettingsError("no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source")
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -77,7 +92,9 @@ class Settings:
         level = text("LOG_LEVEL", "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             raise SettingsError("CALLPIPE_LOG_LEVEL must be debug, info, warning or error")
+        policy = load_policy(path("POLICY"))
         return cls(
+            key_hex=env.get(policy.key.env) if policy.key.env else None,
             bootstrap=text("BOOTSTRAP", f"127.0.0.1:{port}"),
             partitions=number("PARTITIONS", 4),
             lake=path("LAKE") or Path("lake"),
@@ -90,5 +107,5 @@ class Settings:
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
-            policy=load_policy(path("POLICY")),
+            policy=policy,
         )

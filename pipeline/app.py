@@ -1,0 +1,233 @@
+"""The faust app: thin agents that move batches between Kafka and the processing chain.
+
+    consent.events   -> agent `track_consent`  -> Table `consent`   (changelog backed)
+    privacy.requests -> agent `track_requests` -> Table `subjects`  (changelog backed)
+    calls.raw        -> agent `process_calls`  -> PartitionRunner per partition -> lake
+                                                  dead letters     -> calls.dlq
+
+Offsets: the calls agent takes events without acknowledging them (`noack_take`) and acks them
+only once the lake file holding their offsets is durable, so faust never commits past what the
+lake holds. A starting runner asks the lake where its partition ends and skips what it holds,
+so a replay after a crash lands nothing twice. A revoked partition is flushed first.
+
+The control streams are applied one event at a time (a table write needs its event), and each
+applied event moves its partition's event-time watermark, which releases waiting calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import faust
+
+from pipeline.codec import decode_value
+from pipeline.consent import AccountState, Stream, record_consent, record_request
+from pipeline.keys import PseudonymKey
+from pipeline.runner import DeadLetter, PartitionRunner
+from pipeline.settings import Settings
+from sinks.lake import source_name
+
+log = logging.getLogger("callpipe.worker")
+
+CALLS, CONSENT, REQUESTS, DLQ = "calls.raw", "consent.events", "privacy.requests", "calls.dlq"
+APP_ID = "callpipe-stream"
+TAKE_MAX = 2_000  # messages per agent batch
+TAKE_WITHIN_S = 0.25
+TICK_S = 0.25
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> faust.App:
+    """The worker app. `prefix` isolates topic names and the consumer group (tests)."""
+    app = faust.App(
+        f"{prefix}{APP_ID}",
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+        datadir=str(settings.home / "faust" / f"{prefix}{APP_ID}"),
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        producer_max_request_size=10 * 1024 * 1024,
+        consumer_max_fetch_size=8 * 1024 * 1024,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    calls = app.topic(prefix + CALLS, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
+    consent = app.topic(prefix + CONSENT, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
+    requests = app.topic(prefix + REQUESTS, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
+    dlq = app.topic(prefix + DLQ, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
+    consent_table = app.Table(
+        "consent", default=None, partitions=settings.partitions, value_serializer="json"
+    )
+    subjects_table = app.Table(
+        "subjects", default=None, partitions=settings.partitions, value_serializer="json"
+    )
+
+    def states_for(accounts: Iterable[str]) -> Mapping[str, AccountState]:
+        out: dict[str, AccountState] = {}
+        for account in accounts:
+            c = consent_table.get(account)
+            r = subjects_table.get(account)
+            if c is None and r is None:
+                continue
+            out[account] = AccountState(
+                consents=AccountState.from_json(c).consents if c else (),
+                requests=AccountState.from_json(r).requests if r else (),
+            )
+        return out
+
+    runners: dict[int, PartitionRunner] = {}
+    held: dict[int, list[Any]] = defaultdict(list)  # unacked faust events per calls partition
+    lock = asyncio.Lock()
+    counters: dict[str, int] = defaultdict(int)
+
+    def runner(partition: int) -> PartitionRunner:
+        found = runners.get(partition)
+        if found is None:
+            found = PartitionRunner(
+                lake=settings.lake,
+                source=source_name(CALLS, partition),
+                partition=partition,
+                settings=settings,
+                key=key,
+                states_for=states_for,
+                now_ms=now_ms(),
+            )
+            runners[partition] = found
+            log.info("partition %s of %s resumes at offset %s", partition, CALLS, found.next_offset)
+        return found
+
+    async def send_dead(dead: list[DeadLetter], keys: Mapping[tuple[int, int], bytes | None]) -> None:
+        for d in dead:
+            counters[f"dead_letter.{d.reason.value}"] += 1
+            log.warning(
+                "dead letter: topic=%s partition=%s offset=%s index=%s stage=%s reason=%s",
+                CALLS,
+                d.partition,
+                d.offset,
+                d.index,
+                d.stage.value,
+                d.reason.value,
+            )
+            await dlq.send(
+                key=keys.get((d.partition, d.offset)),
+                value=d.raw,
+                headers=d.headers(CALLS),
+                partition=d.partition,
+            )
+
+    async def flush(partitions: Iterable[int], *, force: bool = False) -> None:
+        mono = time.monotonic()
+        for partition in list(partitions):
+            r = runners.get(partition)
+            if r is None or not (force or r.due(mono)):
+                continue
+            await app.producer.flush()  # dead letters of the range are in Kafka before it lands
+            flushed = r.flush()
+            if flushed is not None:
+                counters["flushes"] += 1
+                log.info(
+                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files",
+                    flushed.source,
+                    flushed.first,
+                    flushed.last,
+                    flushed.rows.get("vault", 0),
+                    flushed.rows.get("analytics", 0),
+                    len(flushed.files),
+                )
+            done: list[Any] = []
+            keep: list[Any] = []
+            for event in held[partition]:
+                (done if event.message.offset < r.next_offset else keep).append(event)
+            held[partition] = keep
+            for event in done:
+                event.ack()
+
+    async def pump_all(*, drain: bool = False) -> None:
+        keys: dict[tuple[int, int], bytes | None] = {}
+        for r in runners.values():
+            dead = r.pump(now_ms(), time.monotonic(), drain=drain)
+            if dead:
+                await send_dead(dead, keys)
+        await flush(list(runners))
+
+    @app.agent(consent)
+    async def track_consent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            decoded = decode_value(event.value, "ConsentEvent", headers=event.headers)
+            for rej in decoded.rejections:
+                log.warning(
+                    "rejected consent event: partition=%s offset=%s reason=%s",
+                    event.message.partition,
+                    event.message.offset,
+                    rej.reason.value,
+                )
+            for rec in decoded.records:
+                account = rec["account_id"]
+                prior = consent_table.get(account)
+                state = record_consent(AccountState.from_json(prior) if prior else None, rec)
+                consent_table[account] = state.to_json()
+                r = runner(event.message.partition)
+                r.merger.observe(Stream.CONSENT, rec["at"], now_ms())
+
+    @app.agent(requests)
+    async def track_requests(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            decoded = decode_value(event.value, "PrivacyRequest", headers=event.headers)
+            for rej in decoded.rejections:
+                log.warning(
+                    "rejected privacy request: partition=%s offset=%s reason=%s",
+                    event.message.partition,
+                    event.message.offset,
+                    rej.reason.value,
+                )
+            for rec in decoded.records:
+                account = rec["account_id"]
+                prior = subjects_table.get(account)
+                state = record_request(AccountState.from_json(prior) if prior else None, rec)
+                subjects_table[account] = state.to_json()
+                runner(event.message.partition).merger.observe(Stream.REQUESTS, rec["at"], now_ms())
+
+    @app.agent(calls)
+    async def process_calls(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):  # type: ignore[attr-defined]
+            async with lock:
+                by_partition: dict[int, list[Any]] = defaultdict(list)
+                for event in events:
+                    by_partition[event.message.partition].append(event)
+                keys = {(e.message.partition, e.message.offset): e.message.key for e in events}
+                for partition, part_events in by_partition.items():
+                    r = runner(partition)
+                    held[partition].extend(part_events)
+                    dead = r.feed([e.message for e in part_events], now_ms())
+                    await send_dead(dead, keys)
+                await pump_all()
+
+    @app.timer(TICK_S)
+    async def tick() -> None:
+        async with lock:
+            await pump_all()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        async with lock:
+            gone = [tp.partition for tp in revoked if tp.topic == prefix + CALLS and tp.partition in runners]
+            for partition in gone:
+                runners[partition].pump(now_ms(), time.monotonic(), drain=True)
+            await flush(gone, force=True)
+            for partition in gone:
+                runners.pop(partition, None)
+                held.pop(partition, None)
+
+    app.callpipe_counters = counters  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,296 @@
+"""One source partition's way from messages to the lake, shared by the stream worker and
+`callpipe ingest` so both give the same rows for the same input.
+
+    feed(messages)  decode (batch-wise); undecodable input becomes dead letters at once;
+                    decoded calls wait in an EventTimeMerger until the consent and request
+                    streams of the partition have passed their time (or been idle).
+    pump()          release what may go, run the chain, hand the rows to the LakeWriter with
+                    `through` = the last offset whose every event has been handed over.
+    flush()         land the rows of offsets next..through durably, with a stats record of
+                    what happened to every event of that range (`<lake>/_stats/`).
+
+Messages are released whole and in offset order: the merger's sort key is the running maximum
+of event times, so `through` is exact and a crash replays whole messages only. The lake is the
+source of truth for what was written: offsets below `LakeWriter.next_offset` are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.chain import Source, process_batch
+from pipeline.codec import Decoded, MessageLike, Rejection, decode_value
+from pipeline.consent import AccountState, EventTimeMerger
+from pipeline.keys import PseudonymKey
+from pipeline.reasons import Reason, Stage
+from pipeline.settings import Settings
+from pipeline.validate import strip_secrets_json
+from sinks import files, lineage
+from sinks.lake import Flushed, LakeWriter
+
+log = logging.getLogger("callpipe.runner")
+
+STATS_DIR = "_stats"
+StatesFor = Callable[[Iterable[str]], Mapping[str, AccountState]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message (index None) or one event of a batch message. `raw` is the original
+    bytes with secret-named attributes masked where the format allows it."""
+
+    reason: Reason
+    stage: Stage
+    partition: int
+    offset: int
+    index: int | None
+    raw: bytes
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        out = [
+            ("callpipe.reason", self.reason.value.encode()),
+            ("callpipe.stage", self.stage.value.encode()),
+            ("callpipe.source.topic", topic.encode()),
+            ("callpipe.source.partition", str(self.partition).encode()),
+            ("callpipe.source.offset", str(self.offset).encode()),
+        ]
+        if self.index is not None:
+            out.append(("callpipe.source.index", str(self.index).encode()))
+        return out
+
+
+@dataclass(slots=True)
+class _Message:
+    offset: int
+    waiting: int  # decoded events not yet released
+
+
+class PartitionRunner:
+    def __init__(
+        self,
+        *,
+        lake: Path,
+        source: str,
+        partition: int,
+        settings: Settings,
+        key: PseudonymKey,
+        states_for: StatesFor,
+        now_ms: int,
+    ) -> None:
+        self.partition = partition
+        self.settings = settings
+        self.key = key
+        self.states_for = states_for
+        self.writer = LakeWriter.open(lake, source, settings)
+        self.merger: EventTimeMerger[tuple[int, list[tuple[dict[str, Any], Source]]]] = EventTimeMerger(
+            settings.max_idle_ms, now_ms
+        )
+        self._messages: deque[_Message] = deque()
+        self._consumed = self.writer.next_offset - 1
+        self._key_ms = -1
+        self.counts: Counter[str] = Counter()  # of the offsets not yet flushed
+        self.skipped = 0  # messages the lake already held (replay after a crash)
+
+    @property
+    def next_offset(self) -> int:
+        return self.writer.next_offset
+
+    @property
+    def source(self) -> str:
+        return self.writer.source
+
+    # ------------------------------------------------------------ in
+
+    def feed(self, messages: Sequence[MessageLike], now_ms: int) -> list[DeadLetter]:
+        """Take messages of this partition in offset order; returns the dead letters of decoding."""
+        dead: list[DeadLetter] = []
+        for msg in messages:
+            if msg.offset <= self._consumed:
+                self.skipped += 1
+                continue
+            try:
+                decoded = decode_value(
+                    msg.value, "CallEvent", headers=msg.headers, partition=msg.partition, offset=msg.offset
+                )
+            except Exception as exc:  # the guard: a decoder bug becomes a dead letter, not a crash
+                log.error(
+                    "decode failed: partition=%s offset=%s error=%s",
+                    msg.partition,
+                    msg.offset,
+                    type(exc).__name__,
+                )
+                decoded = Decoded(
+                    rejections=[Rejection(reason=Reason.INTERNAL, index=None, raw=msg.value or b"")]
+                )
+            dead.extend(self._accept(msg.partition, msg.offset, decoded.records, decoded.rejections))
+        return dead
+
+    def feed_records(self, offset: int, decoded: Decoded) -> list[DeadLetter]:
+        """Take the already decoded events of one input unit (`callpipe ingest`: a file record)."""
+        if offset <= self._consumed:
+            self.skipped += 1
+            return []
+        return self._accept(self.partition, offset, decoded.records, decoded.rejections)
+
+    def _accept(
+        self, partition: int, offset: int, records: list[dict[str, Any]], rejections: Sequence[Rejection]
+    ) -> list[DeadLetter]:
+        self._consumed = offset
+        self.counts["messages"] += 1
+        self.counts["events_in"] += len(records) + len(rejections)
+        dead = []
+        for rej in rejections:
+            self.counts[f"dead_letter.{rej.reason.value}"] += 1
+            dead.append(DeadLetter(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
+        self._messages.append(_Message(offset, len(records)))
+        if records:
+            self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
+            items = [(r, Source(partition, offset, i)) for i, r in enumerate(records)]
+            self.merger.add([(self._key_ms, (offset, items))])
+        return dead
+
+    def _mask(self, raw: bytes) -> bytes:
+        return strip_secrets_json(raw, self.settings.policy.secret_names)
+
+    # ------------------------------------------------------------ through the chain
+
+    def pump(self, now_ms: int, mono: float, *, drain: bool = False) -> list[DeadLetter]:
+        released = self.merger.drain() if drain else self.merger.release(now_ms)
+        dead: list[DeadLetter] = []
+        if released:
+            try:
+                dead = self._process(released, now_ms, mono)
+            except Exception as exc:  # the guard: retry message by message, isolate the culprit
+                log.error(
+                    "chain failed on a batch: partition=%s error=%s", self.partition, type(exc).__name__
+                )
+                for one in released:
+                    try:
+                        dead.extend(self._process([one], now_ms, mono))
+                    except Exception as inner:
+                        dead.extend(self._internal(one, inner))
+        self._advance(mono)
+        return dead
+
+    def _internal(
+        self, message: tuple[int, list[tuple[dict[str, Any], Source]]], exc: Exception
+    ) -> list[DeadLetter]:
+        offset, items = message
+        log.error("chain failed: partition=%s offset=%s error=%s", self.partition, offset, type(exc).__name__)
+        for m in self._messages:
+            if m.offset == offset:
+                m.waiting -= len(items)
+        self.counts[f"dead_letter.{Reason.INTERNAL.value}"] += len(items)
+        return [
+            DeadLetter(
+                Reason.INTERNAL, Stage.ROUTE, src.partition, src.offset, src.index, self._reencode(record)
+            )
+            for record, src in items
+        ]
+
+    def _process(
+        self, released: list[tuple[int, list[tuple[dict[str, Any], Source]]]], now_ms: int, mono: float
+    ) -> list[DeadLetter]:
+        records = [r for _off, items in released for r, _src in items]
+        sources = [s for _off, items in released for _r, s in items]
+        states = self.states_for({r["account_id"] for r in records if isinstance(r.get("account_id"), str)})
+        result = process_batch(
+            records,
+            states,
+            self.settings.policy,
+            self.key,
+            now_ms,
+            sources=sources,
+            buckets=self.settings.buckets,
+        )
+        counts = self.counts
+        counts["vault"] += len(result.vault_rows)
+        counts["analytics"] += len(result.analytics_rows)
+        for drop, n in result.drops.items():
+            counts[f"drop.{drop.value}"] += n
+        dead = []
+        by_offset = {m.offset: m for m in self._messages}
+        for rej in result.rejections:
+            src = sources[rej.index]
+            counts[f"dead_letter.{rej.reason.value}"] += 1
+            value = self._reencode(records[rej.index])
+            dead.append(DeadLetter(rej.reason, rej.stage, src.partition, src.offset, src.index, value))
+        for offset, items in released:
+            by_offset[offset].waiting -= len(items)
+        self.writer.add(
+            vault=result.vault_rows,
+            vault_tokens=[route.account_token for route in result.vault_routes],
+            analytics=result.analytics_rows,
+            now=mono,
+        )
+        return dead
+
+    def _reencode(self, record: dict[str, Any]) -> bytes:
+        """A decoded event rejected by validation, as JSON with secret-named attributes masked."""
+        try:
+            raw = orjson.dumps(record, default=str)
+        except TypeError:
+            return b""
+        return self._mask(raw)
+
+    def _advance(self, mono: float) -> None:
+        """Hand over `through`: every message up to it has released all its events."""
+        through = None
+        while self._messages and self._messages[0].waiting <= 0:
+            through = self._messages.popleft().offset
+        if through is not None:
+            self.writer.add(through=through, now=mono)
+
+    # ------------------------------------------------------------ out
+
+    @property
+    def waiting(self) -> int:
+        return len(self.merger)
+
+    def due(self, mono: float) -> bool:
+        return self.writer.due(mono)
+
+    def flush(self) -> Flushed | None:
+        """Land the handed-over offsets; their stats record is written first, under the same
+        range name, and counts only once the range's manifest exists (see `read_stats`)."""
+        first, through = self.writer.next_offset, self.writer.through
+        if through < first:
+            return None
+        write_stats(self.writer.lake, self.source, first, through, self.counts)
+        flushed = self.writer.flush()
+        self.counts = Counter()
+        return flushed
+
+
+def stats_path(lake: Path, source: str, first: int, last: int) -> Path:
+    return lake / STATS_DIR / source / f"{first:012d}-{last:012d}.json"
+
+
+def write_stats(lake: Path, source: str, first: int, last: int, counts: Mapping[str, int]) -> Path:
+    doc = orjson.dumps({"source": source, "first": first, "last": last, "counts": dict(counts)})
+    return files.write_bytes(
+        doc, stats_path(lake, source, first, last), mode=0o600, root=lake, dir_mode=0o700
+    )
+
+
+def read_stats(lake: Path) -> Counter[str]:
+    """Totals of every committed range's stats (a stats file whose range has no manifest is
+    the leftover of an interrupted flush and does not count)."""
+    total: Counter[str] = Counter()
+    root = lake / STATS_DIR
+    if not root.is_dir():
+        return total
+    for source_dir in sorted(root.iterdir()):
+        held = set(lineage.held_ranges(lake, source_dir.name))
+        for path in source_dir.glob("*.json"):
+            doc = orjson.loads(path.read_bytes())
+            if (doc["first"], doc["last"]) in held:
+                total.update(doc["counts"])
+    return total

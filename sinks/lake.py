@@ -1,0 +1,290 @@
+"""The lake as a destination: one `LakeWriter` per source (a topic-partition, or an input file of
+`callpipe ingest`) buffers the rows of both zones and lands each offset range exactly once.
+
+A flush of offsets first..last writes, in this order:
+  1. every file of the range (one per zone x dt x bucket) as a temp file beside its final name,
+     each fsynced, then their folders fsynced: the temps are durable;
+  2. the manifest `_manifest/<source>/<first>-<last>.json` (temp, fsync, rename, fsync): from this
+     instant the range is committed, whatever happens next;
+  3. every temp renamed to its final name, then the folders fsynced.
+Only then does `flush` return and may the caller commit offset last + 1 to Kafka.
+
+`recover(lake, source)`, run when a writer opens, finishes or undoes an interrupted flush: temps
+of a committed range are renamed (rolled forward), temps of an uncommitted range are deleted
+(the range will be consumed again), and it returns the first offset the lake does not hold. The
+consumer starts there; rows of offsets below it that still arrive (a consumer restarted from an
+older committed offset) are dropped by the writer, so a replay never lands a row twice.
+
+Final names tell where a file came from (`calls.raw-p003-o000000001200-o000000001799-vault.parquet`),
+but the manifest is what counts (see sinks.lineage): compaction and erasure rename and delete files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Settings
+from sinks import files, lineage
+from sinks.arrow import Part, analytics_table, buckets_of, partition, vault_table
+from sinks.layout import ANALYTICS, DIR_MODE, VAULT, ZONES, partition_dir, table_dir
+from sinks.lineage import Manifest, ManifestFile
+
+Row = Mapping[str, Any]
+Hook = Callable[[str], None]  # called after each durable step; tests raise in it to simulate a crash
+
+TEMP_RE = re.compile(
+    r"^\.(?P<source>.+)-o(?P<first>\d{12,})-o(?P<last>\d{12,})-(?P<zone>[a-z]+)\.parquet\.tmp$"
+)
+
+
+def source_name(topic: str, partition: int) -> str:
+    """The source name of a Kafka topic-partition, e.g. `calls.raw-p003`."""
+    return lineage.check_source(f"{topic}-p{partition:03d}")
+
+
+def file_source(path: Path) -> str:
+    """The source name of an input file of `callpipe ingest`: its name and a hash of its content,
+    so ingesting the same file twice lands its rows once, and different files never collide."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._-")[:60] or "input"
+    return lineage.check_source(f"ingest-{stem}-{digest.hexdigest()[:12]}")
+
+
+def file_name(source: str, first: int, last: int, zone: str) -> str:
+    return f"{source}-o{first:012d}-o{last:012d}-{zone}.parquet"
+
+
+def _temps(lake: Path, source: str) -> list[tuple[Path, int, int]]:
+    found: list[tuple[Path, int, int]] = []
+    for zone in ZONES:
+        for temp in table_dir(lake, zone).glob(f"dt=*/bucket=*/.{source}-o*.tmp"):
+            match = TEMP_RE.match(temp.name)
+            if match and match["source"] == source:
+                found.append((temp, int(match["first"]), int(match["last"])))
+    return found
+
+
+def recover(lake: Path, source: str) -> int:
+    """Finish or undo an interrupted flush of `source`; the first offset the lake does not hold."""
+    folder = lineage.manifest_dir(lake, source)
+    if folder.is_dir():
+        files.remove_durably(p for p in folder.iterdir() if p.name.endswith(files.TEMP_SUFFIX))
+    held = set(lineage.held_ranges(lake, source))
+    published: set[Path] = set()
+    orphans: list[Path] = []
+    for temp, first, last in _temps(lake, source):
+        if (first, last) in held:
+            published.add(files.publish(temp).parent)
+        else:
+            orphans.append(temp)
+    files.fsync_dirs(published)
+    files.remove_durably(orphans)
+    return max((last for _first, last in held), default=-1) + 1
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """What one flush committed."""
+
+    source: str
+    first: int
+    last: int
+    files: tuple[Path, ...]
+    rows: Mapping[str, int]  # per zone
+
+
+class WriterBroken(RuntimeError):
+    """A flush failed part-way; open a new writer (which recovers) instead of reusing this one."""
+
+
+class LakeWriter:
+    """Buffers the rows of one source and lands them by offset range.
+
+    Feed it with `add` (rows of both zones, plus how far the source has been consumed), ask
+    `due(now)` after each batch, `flush()` when due, then commit offset `next_offset` to Kafka.
+    `now` is any monotonic clock in seconds, given by the caller.
+    """
+
+    def __init__(
+        self,
+        lake: Path,
+        source: str,
+        *,
+        next_offset: int,
+        buckets: int,
+        flush_rows: int,
+        flush_seconds: float,
+        hook: Hook | None = None,
+    ) -> None:
+        self.lake = lake
+        self.source = lineage.check_source(source)
+        self.buckets = buckets
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._hook = hook or (lambda _step: None)
+        self._next = next_offset
+        self._through = next_offset - 1
+        self._vault: list[Row] = []
+        self._tokens: list[str] = []
+        self._analytics: list[Row] = []
+        self._since: float | None = None
+        self._broken = False
+        self.replayed_rows = 0  # rows dropped because the lake already held their offset
+
+    @classmethod
+    def open(cls, lake: Path, source: str, settings: Settings, *, hook: Hook | None = None) -> LakeWriter:
+        """Recover `source` in `lake` (created if missing) and return a writer that continues where
+        the lake ends."""
+        lake.mkdir(parents=True, exist_ok=True)
+        return cls(
+            lake,
+            source,
+            next_offset=recover(lake, source),
+            buckets=settings.buckets,
+            flush_rows=settings.flush_rows,
+            flush_seconds=settings.flush_seconds,
+            hook=hook,
+        )
+
+    @property
+    def next_offset(self) -> int:
+        """The first offset the lake does not hold: where consumption resumes, what to commit."""
+        return self._next
+
+    @property
+    def through(self) -> int:
+        """The last offset handed over with `add(through=...)` (next_offset - 1 when none)."""
+        return self._through
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._vault) + len(self._analytics)
+
+    def add(
+        self,
+        *,
+        vault: Sequence[Row] = (),
+        analytics: Sequence[Row] = (),
+        vault_tokens: Sequence[str] = (),
+        through: int | None = None,
+        now: float,
+    ) -> None:
+        """Buffer rows. `vault_tokens[i]` is the account token of `vault[i]` (the same token its
+        analytics row carries as account_token), so both rows of an event share a bucket.
+        `through`: every message of the source up to this offset has been handed over (its rows
+        are in this call or an earlier one, or it yields none). Rows of later offsets wait for it.
+        """
+        if len(vault_tokens) != len(vault):
+            raise ValueError("one account token per vault row is required")
+        if vault or analytics:
+            self._vault.extend(vault)
+            self._tokens.extend(vault_tokens)
+            self._analytics.extend(analytics)
+            if self._since is None:
+                self._since = now
+        if through is not None and through > self._through:
+            self._through = through
+            if self._since is None:
+                self._since = now
+
+    def due(self, now: float) -> bool:
+        """Whether a flush is due: enough rows, or the oldest buffered input is old enough."""
+        if self._through < self._next:
+            return False
+        if self.pending_rows >= self.flush_rows:
+            return True
+        return self._since is not None and now - self._since >= self.flush_seconds
+
+    def flush(self) -> Flushed | None:
+        """Land offsets next_offset..through durably; None when nothing new was consumed."""
+        if self._broken:
+            raise WriterBroken("a previous flush failed; open a new writer")
+        first, last = self._next, self._through
+        if last < first:
+            return None
+        vault, tokens, vault_later, tokens_later, old_v = _split(self._vault, self._tokens, first, last)
+        analytics, _, analytics_later, _, old_a = _split(self._analytics, None, first, last)
+        try:
+            flushed = self._land(first, last, vault, tokens, analytics)
+        except BaseException:
+            self._broken = True
+            raise
+        self._next = last + 1
+        self.replayed_rows += old_v + old_a
+        self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
+        self._since = self._since if vault_later or analytics_later else None
+        return flushed
+
+    def _parts(self, vault: list[Row], tokens: list[str], analytics: list[Row]) -> list[tuple[str, Part]]:
+        vt = vault_table(vault)
+        at = analytics_table(analytics)
+        parts = [(VAULT, p) for p in partition(vt, VAULT, buckets_of(tokens, self.buckets))]
+        parts += [
+            (ANALYTICS, p) for p in partition(at, ANALYTICS, buckets_of(at["account_token"], self.buckets))
+        ]
+        return parts
+
+    def _land(
+        self, first: int, last: int, vault: list[Row], tokens: list[str], analytics: list[Row]
+    ) -> Flushed:
+        metadata = lineage.lineage_metadata({self.source: [(first, last)]})
+        temps: list[tuple[Path, Path]] = []
+        entries: list[ManifestFile] = []
+        folders: set[Path] = set()
+        rows = {VAULT: 0, ANALYTICS: 0}
+        for zone, part in self._parts(vault, tokens, analytics):
+            folder = partition_dir(self.lake, zone, part.dt, part.bucket)
+            folders |= files.ensure_dir(self.lake, folder, DIR_MODE[zone]) | {folder}
+            final = folder / file_name(self.source, first, last, zone)
+            temps.append(
+                (files.write_temp_parquet(files.table_metadata(part.table, metadata), final, zone), final)
+            )
+            entries.append(ManifestFile(zone, str(final.relative_to(self.lake)), part.table.num_rows))
+            rows[zone] += part.table.num_rows
+            self._hook("temp_written")
+        files.fsync_dirs(folders)
+        self._hook("temps_durable")
+        lineage.write_manifest(self.lake, Manifest(self.source, first, last, tuple(entries)))
+        self._hook("manifest_written")
+        for temp, final in temps:
+            files.publish(temp, final)
+            self._hook("renamed")
+        files.fsync_dirs({final.parent for _temp, final in temps})
+        self._hook("published")
+        return Flushed(self.source, first, last, tuple(final for _temp, final in temps), rows)
+
+
+def _split(
+    rows: list[Row], tokens: list[str] | None, first: int, last: int
+) -> tuple[list[Row], list[str], list[Row], list[str], int]:
+    """Rows (and their tokens) of offsets first..last, those of later offsets, and how many rows
+    were of offsets before `first`: already in the lake, dropped."""
+    now: list[Row] = []
+    later: list[Row] = []
+    tokens_now: list[str] = []
+    tokens_later: list[str] = []
+    for i, row in enumerate(rows):
+        offset = row["source_offset"]
+        if offset > last:
+            later.append(row)
+            if tokens is not None:
+                tokens_later.append(tokens[i])
+        elif offset >= first:
+            now.append(row)
+            if tokens is not None:
+                tokens_now.append(tokens[i])
+    return now, tokens_now, later, tokens_later, len(rows) - len(now) - len(later)
+
+
+def held(lake: Path) -> dict[str, int]:
+    """For every source in the lake, the first offset it does not hold (no recovery is done)."""
+    found = {s: lineage.held_ranges(lake, s) for s in lineage.sources(lake)}
+    return {s: ranges[-1][1] + 1 for s, ranges in found.items() if ranges}
