@@ -1,0 +1,162 @@
+"""Durable, atomic files: a file appears in the lake whole or not at all.
+
+A file is written as a temp file beside its final name (`.<name>.tmp`, in the same folder so the
+rename never crosses a file system), created with its final mode, fsynced, renamed, and the folder
+fsynced so the new name survives a power cut. The stream sink splits these steps (write and fsync
+every temp, commit a manifest, then rename) so a whole offset range lands or none of it;
+`write_parquet` and `write_bytes` do all of them for one file, for the jobs that replace files.
+
+Readers never see temp files: the lake's globs match `*.parquet`, and temp names start with a dot
+and end in `.tmp`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sinks.arrow import ACCOUNT_COLUMN, SORT_COLUMNS
+from sinks.layout import DIR_MODE, FILE_MODE
+
+TEMP_SUFFIX = ".tmp"
+ROW_GROUP_ROWS = 128 * 1024  # per row group: statistics and bloom filters prune at this grain
+BLOOM_FPP = 0.01
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TEMP_SUFFIX}")
+
+
+def final_path(temp: Path) -> Path:
+    if not (temp.name.startswith(".") and temp.name.endswith(TEMP_SUFFIX)):
+        raise ValueError("not a temp file name")
+    return temp.with_name(temp.name[1 : -len(TEMP_SUFFIX)])
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
+    """Create `path` and its missing parents below the existing `root`, each with `mode`.
+
+    Returns the folders whose entries changed (parents of created folders), to be fsynced.
+    """
+    changed: set[Path] = set()
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            os.mkdir(current, mode)
+        except FileExistsError:
+            continue
+        os.chmod(current, mode)  # mkdir's mode is filtered by the umask
+        changed.add(current.parent)
+    return changed
+
+
+def parquet_options(zone: str, table: pa.Table) -> dict[str, Any]:
+    """How every lake file of a zone is written: zstd, statistics, a bloom filter on the account
+    column sized to its distinct values, and the sort order declared in the footer."""
+    account = ACCOUNT_COLUMN[zone]
+    distinct = pc.count_distinct(table.column(account)).as_py() if table.num_rows else 1
+    order = [(account, "ascending"), *((name, "ascending") for name in SORT_COLUMNS)]
+    return {
+        "compression": "zstd",
+        "write_statistics": True,
+        "row_group_size": ROW_GROUP_ROWS,
+        "bloom_filter_options": {account: {"ndv": max(1, min(distinct, ROW_GROUP_ROWS)), "fpp": BLOOM_FPP}},
+        "sorting_columns": pq.SortingColumn.from_ordering(table.schema, order),
+        "store_schema": True,
+    }
+
+
+def _open_new(path: Path, mode: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # also when a stale temp of the same name existed
+    return fd
+
+
+def write_temp_parquet(table: pa.Table, final: Path, zone: str) -> Path:
+    """Write `table` to the temp file of `final` and fsync it; returns the temp path.
+
+    The table's schema metadata becomes the file's key-value metadata (see sinks.lineage).
+    """
+    temp = temp_path(final)
+    fd = _open_new(temp, FILE_MODE[zone])
+    with open(fd, "wb") as out:
+        pq.write_table(table, out, **parquet_options(zone, table))
+        out.flush()
+        os.fsync(out.fileno())
+    return temp
+
+
+def write_temp_bytes(data: bytes, final: Path, mode: int) -> Path:
+    temp = temp_path(final)
+    fd = _open_new(temp, mode)
+    with open(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    return temp
+
+
+def publish(temp: Path, final: Path | None = None) -> Path:
+    """Rename a durable temp file to its final name (the caller fsyncs the folder)."""
+    target = final_path(temp) if final is None else final
+    os.replace(temp, target)
+    return target
+
+
+def fsync_dirs(paths: Iterable[Path]) -> None:
+    for path in sorted(set(paths)):
+        fsync_dir(path)
+
+
+def write_parquet(table: pa.Table, final: Path, zone: str, *, lake: Path) -> Path:
+    """Write one lake file atomically and durably (temp, fsync, rename, fsync of the folder),
+    creating its folders with the zone's mode. For jobs that replace files; keep the lineage
+    metadata of the files replaced (`sinks.lineage.carry_lineage`)."""
+    changed = ensure_dir(lake, final.parent, DIR_MODE[zone])
+    temp = write_temp_parquet(table, final, zone)
+    publish(temp, final)
+    fsync_dirs({final.parent, *changed})
+    return final
+
+
+def write_bytes(data: bytes, final: Path, *, mode: int, root: Path, dir_mode: int) -> Path:
+    """Write a small file atomically and durably (manifests, audit records)."""
+    changed = ensure_dir(root, final.parent, dir_mode)
+    temp = write_temp_bytes(data, final, mode)
+    publish(temp, final)
+    fsync_dirs({final.parent, *changed})
+    return final
+
+
+def remove_durably(paths: Iterable[Path]) -> None:
+    """Delete files (missing ones are fine) and fsync their folders."""
+    folders: set[Path] = set()
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        folders.add(path.parent)
+    fsync_dirs(folders)
+
+
+def table_metadata(table: pa.Table, extra: Mapping[bytes, bytes]) -> pa.Table:
+    """`table` with `extra` added to its schema metadata (written as Parquet key-value metadata)."""
+    merged = dict(table.schema.metadata or {})
+    merged.update(extra)
+    return table.replace_schema_metadata(merged)
