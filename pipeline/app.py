@@ -47,6 +47,8 @@ def now_ms() -> int:
 
 def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> faust.App:
     """The worker app. `prefix` isolates topic names and the consumer group (tests)."""
+    datadir = settings.home / "faust" / f"{prefix}{APP_ID}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{prefix}{APP_ID}",
         broker=f"kafka://{settings.bootstrap}",
@@ -54,7 +56,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         web_enabled=False,
-        datadir=str(settings.home / "faust" / f"{prefix}{APP_ID}"),
+        datadir=str(datadir),
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
@@ -66,12 +68,8 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
     consent = app.topic(prefix + CONSENT, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
     requests = app.topic(prefix + REQUESTS, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
     dlq = app.topic(prefix + DLQ, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
-    consent_table = app.Table(
-        "consent", default=None, partitions=settings.partitions, value_serializer="json"
-    )
-    subjects_table = app.Table(
-        "subjects", default=None, partitions=settings.partitions, value_serializer="json"
-    )
+    consent_table = app.Table("consent", default=None, partitions=settings.partitions)
+    subjects_table = app.Table("subjects", default=None, partitions=settings.partitions)
 
     def states_for(accounts: Iterable[str]) -> Mapping[str, AccountState]:
         out: dict[str, AccountState] = {}
