@@ -15,10 +15,10 @@ One message carries ONE event or a BATCH of events. How a value is recognized, i
    - ``Obj\\x01``: Avro object container file (the batch form files use);
    - ``{`` or ``[`` (after optional whitespace): JSON. A value that parses whole is one object
      or an array of objects; a value that does not, but has several lines, is JSON lines;
-   - anything else: a bare Avro body of one record with the known writer schema. (The first
-     field of every record is a string, so a bare body never starts with 0x00, ``{`` or ``[``
-     unless that string is empty or 5/16 characters long and starts oddly; send the header
-     when that matters.)
+   - anything else: a bare Avro body of one record with the known writer schema. (A bare body
+     starts with the zigzag length of the record's first field, a string: never ``{`` or ``[``
+     (odd, negative lengths), 0x00 only for an empty string, and a whitespace byte only for a
+     5- or 16-byte one; send the header when such a body must not be taken for JSON.)
 
 Rejections carry a reason code and the raw bytes, never an input value. An undecodable Avro
 message rejects the whole message; a bad line in JSON lines (or a bad element of a JSON array)
@@ -33,7 +33,7 @@ another version of the schema are resolved to the known one.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -43,12 +43,31 @@ import fastavro
 import orjson
 
 import schemas
+from pipeline import codec_avro
+from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
 from pipeline.reasons import Reason, Stage
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_HEADER",
+    "Decoded",
+    "Format",
+    "Limits",
+    "Lineage",
+    "MessageLike",
+    "Rejection",
+    "decode_batch",
+    "decode_value",
+    "encode",
+    "encode_container",
+    "format_header",
+    "from_json",
+    "time_fields",
+    "to_json",
+]
 
 FORMAT_HEADER = "callpipe.format"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
 _JSON_START = frozenset(b"{[")
 _WS = b" \t\r\n"
 _MISSING = object()
@@ -119,184 +138,7 @@ class MessageLike(Protocol):
     def headers(self) -> Any: ...
 
 
-class _Bad(Exception):
-    """Internal: carries a reason code, never an input value."""
-
-    def __init__(self, reason: Reason) -> None:
-        self.reason = reason
-
-
 # ---------------------------------------------------------------- JSON, type-checked by schema
-
-Conv = Callable[[Any], Any]
-
-
-def _check_str(v: Any) -> Any:
-    if type(v) is not str:
-        raise _Bad(Reason.WRONG_TYPE)
-    return v
-
-
-def _int_conv(lo: int, hi: int) -> Conv:
-    def conv(v: Any) -> Any:
-        if type(v) is not int or not lo <= v <= hi:
-            raise _Bad(Reason.WRONG_TYPE)
-        return v
-
-    return conv
-
-
-def _time_ms(v: Any) -> Any:
-    if type(v) is int:
-        if not _INT64[0] <= v <= _INT64[1]:
-            raise _Bad(Reason.WRONG_TYPE)
-        return v
-    if type(v) is str:
-        try:
-            when = datetime.fromisoformat(v)
-        except ValueError:
-            raise _Bad(Reason.WRONG_TYPE) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        delta = when - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    raise _Bad(Reason.WRONG_TYPE)
-
-
-def _compile(node: Any) -> Conv:
-    """A converter from a JSON value to the value fastavro would decode, for one schema node."""
-    if isinstance(node, str):
-        node = {"type": node}
-    if isinstance(node, list):
-        return _union(node)
-    kind = node["type"]
-    if isinstance(kind, (dict, list)):
-        return _compile(kind)
-    if kind == "string":
-        return _check_str
-    if kind == "long":
-        if node.get("logicalType") in ("timestamp-millis", "timestamp-micros"):
-            return _time_ms
-        return _int_conv(*_INT64)
-    if kind == "int":
-        return _int_conv(*_INT32)
-    if kind == "boolean":
-        return _check_bool
-    if kind in ("float", "double"):
-        return _check_number
-    if kind == "enum":
-        return _enum(frozenset(node["symbols"]))
-    if kind == "map":
-        return _map(_compile(node["values"]))
-    if kind == "array":
-        return _array(_compile(node["items"]))
-    if kind == "record":
-        return _record(node)
-    raise ValueError(f"unsupported schema type {kind!r}")
-
-
-def _check_bool(v: Any) -> Any:
-    if type(v) is not bool:
-        raise _Bad(Reason.WRONG_TYPE)
-    return v
-
-
-def _check_number(v: Any) -> Any:
-    if type(v) not in (int, float):
-        raise _Bad(Reason.WRONG_TYPE)
-    return float(v)
-
-
-def _enum(symbols: frozenset[str]) -> Conv:
-    def conv(v: Any) -> Any:
-        if type(v) is not str:
-            raise _Bad(Reason.WRONG_TYPE)
-        if v not in symbols:
-            raise _Bad(Reason.UNKNOWN_ENUM)
-        return v
-
-    return conv
-
-
-def _map(values: Conv) -> Conv:
-    def conv(v: Any) -> Any:
-        if type(v) is not dict:
-            raise _Bad(Reason.WRONG_TYPE)
-        return {k: values(x) for k, x in v.items()}
-
-    return conv
-
-
-def _array(items: Conv) -> Conv:
-    def conv(v: Any) -> Any:
-        if type(v) is not list:
-            raise _Bad(Reason.WRONG_TYPE)
-        return [items(x) for x in v]
-
-    return conv
-
-
-def _union(branches: list[Any]) -> Conv:
-    others = [_compile(b) for b in branches if b != "null"]
-    nullable = len(others) < len(branches)
-
-    def conv(v: Any) -> Any:
-        if v is None:
-            if nullable:
-                return None
-            raise _Bad(Reason.MISSING_FIELD)
-        first: _Bad | None = None
-        for branch in others:
-            try:
-                return branch(v)
-            except _Bad as bad:
-                first = first or bad
-        raise first or _Bad(Reason.WRONG_TYPE)
-
-    return conv
-
-
-def _record(node: dict[str, Any]) -> Conv:
-    fields = tuple(
-        (f["name"], _compile(f["type"]), "default" not in f, f.get("default")) for f in node["fields"]
-    )
-
-    def conv(obj: Any) -> Any:
-        if type(obj) is not dict:
-            raise _Bad(Reason.WRONG_TYPE)
-        out = {}
-        get = obj.get
-        for name, convert, required, default in fields:
-            v = get(name)
-            if v is None:
-                if required:
-                    raise _Bad(Reason.MISSING_FIELD)
-                out[name] = default
-            else:
-                out[name] = convert(v)
-        return out
-
-    return conv
-
-
-_CONVERTERS: dict[str, Conv] = {}
-
-
-def from_json(obj: Any, record_name: str) -> dict[str, Any]:
-    """One parsed JSON object -> the record dict Avro would give. Raises ValueError(reason code)."""
-    try:
-        result: dict[str, Any] = _converter(record_name)(obj)
-    except _Bad as bad:
-        raise ValueError(bad.reason.value) from None
-    return result
-
-
-def _converter(record_name: str) -> Conv:
-    conv = _CONVERTERS.get(record_name)
-    if conv is None:
-        conv = _CONVERTERS[record_name] = _compile(schemas.raw(record_name))
-    return conv
-
 
 # ---------------------------------------------------------------- decoding one message value
 
@@ -323,9 +165,9 @@ def _read_avro(body: bytes, schema: Any) -> Any:
     try:
         result = fastavro.schemaless_reader(bio, schema, None)
     except Exception:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ... on bad bytes
-        raise _Bad(Reason.MALFORMED) from None
+        raise Invalid(Reason.MALFORMED) from None
     if bio.tell() != len(body):
-        raise _Bad(Reason.MALFORMED)
+        raise Invalid(Reason.MALFORMED)
     return result
 
 
@@ -343,9 +185,9 @@ def _read_container(value: bytes, record_name: str) -> list[dict[str, Any]]:
         reader = fastavro.reader(io.BytesIO(value), reader_schema=schemas.parsed(record_name))
         records: list[dict[str, Any]] = list(reader)  # type: ignore[arg-type]
     except fastavro.read.SchemaResolutionError:
-        raise _Bad(Reason.WRONG_TYPE) from None
+        raise Invalid(Reason.WRONG_TYPE) from None
     except Exception:
-        raise _Bad(Reason.MALFORMED) from None
+        raise Invalid(Reason.MALFORMED) from None
     for rec in records:  # a writer schema with timestamp logical types yields datetimes
         for key, v in rec.items():
             if isinstance(v, datetime):
@@ -355,25 +197,25 @@ def _read_container(value: bytes, record_name: str) -> list[dict[str, Any]]:
 
 def _avro_confluent(value: bytes, record_name: str) -> tuple[Any, bool]:
     if len(value) < 5:
-        raise _Bad(Reason.MALFORMED)
+        raise Invalid(Reason.MALFORMED)
     sid = int.from_bytes(value[1:5], "big")
     single = schemas.SCHEMA_IDS.get(sid)
     if single is not None:
         if single[0] != record_name:
-            raise _Bad(Reason.WRONG_TYPE)
+            raise Invalid(Reason.WRONG_TYPE)
         return _read_avro(value[5:], schemas.parsed(record_name)), False
     batch = schemas.BATCH_SCHEMA_IDS.get(sid)
     if batch is not None:
         if batch[0] != record_name:
-            raise _Bad(Reason.WRONG_TYPE)
+            raise Invalid(Reason.WRONG_TYPE)
         return _read_avro(value[5:], schemas.parsed_batch(record_name)), True
-    raise _Bad(Reason.UNKNOWN_SCHEMA_ID)
+    raise Invalid(Reason.UNKNOWN_SCHEMA_ID)
 
 
 def _decode_json(
     value: bytes, record_name: str, fmt: Format | None, limits: Limits, out: Decoded, p: int, o: int
 ) -> None:
-    conv = _converter(record_name)
+    conv = converter(record_name)
     records, lineage = out.records, out.lineage
     if fmt is not Format.JSONL:
         try:
@@ -384,36 +226,36 @@ def _decode_json(
             items = parsed if type(parsed) is list else None
             if items is None:
                 if len(value) > limits.max_event_bytes:
-                    raise _Bad(Reason.TOO_LARGE)
+                    raise Invalid(Reason.TOO_LARGE)
                 records.append(conv(parsed))
                 lineage.append(Lineage(p, o, 0))
                 return
             if not items:
-                raise _Bad(Reason.EMPTY)
+                raise Invalid(Reason.EMPTY)
             for i, item in enumerate(items):
                 try:
                     records.append(conv(item))
                     lineage.append(Lineage(p, o, i))
-                except _Bad as bad:
+                except Invalid as bad:
                     _reject(out, bad.reason, i, value, p, o)
             return
     lines = [line for line in value.split(b"\n") if line.strip(_WS)]
     if fmt is not Format.JSONL and len(lines) < 2:
-        raise _Bad(Reason.MALFORMED)
+        raise Invalid(Reason.MALFORMED)
     if not lines:
-        raise _Bad(Reason.EMPTY)
+        raise Invalid(Reason.EMPTY)
     loads = orjson.loads
     for i, line in enumerate(lines):
         try:
             if len(line) > limits.max_event_bytes:
-                raise _Bad(Reason.TOO_LARGE)
+                raise Invalid(Reason.TOO_LARGE)
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError:
-                raise _Bad(Reason.MALFORMED) from None
+                raise Invalid(Reason.MALFORMED) from None
             records.append(conv(obj))
             lineage.append(Lineage(p, o, i))
-        except _Bad as bad:
+        except Invalid as bad:
             _reject(out, bad.reason, i, line, p, o)
 
 
@@ -429,9 +271,9 @@ def _decode_into(
     raw = value if value is not None else b""
     try:
         if not raw or not raw.strip(_WS):
-            raise _Bad(Reason.EMPTY)
+            raise Invalid(Reason.EMPTY)
         if len(raw) > limits.max_message_bytes:
-            raise _Bad(Reason.TOO_LARGE)
+            raise Invalid(Reason.TOO_LARGE)
         if fmt is None:
             first = raw[0]
             if first == 0:
@@ -460,10 +302,10 @@ def _decode_into(
             out.lineage.append(Lineage(p, o, 0))
             return
         if not result:
-            raise _Bad(Reason.EMPTY)
+            raise Invalid(Reason.EMPTY)
         out.records.extend(result)
         out.lineage.extend([Lineage(p, o, i) for i in range(len(result))])
-    except _Bad as bad:
+    except Invalid as bad:
         _reject(out, bad.reason, None, raw, p, o)
 
 
@@ -497,30 +339,6 @@ def decode_batch(
 # ---------------------------------------------------------------- encoding (produce, files, tests)
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def time_fields(record_name: str) -> tuple[str, ...]:
-    """Top-level fields holding timestamps (epoch ms inside callpipe)."""
-    out = []
-    for f in schemas.raw(record_name)["fields"]:
-        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
-        if any(isinstance(t, dict) and t.get("logicalType") == "timestamp-millis" for t in types):
-            out.append(f["name"])
-    return tuple(out)
-
-
-def to_json(record: dict[str, Any], record_name: str, *, iso_times: bool = False) -> bytes:
-    """One record as a JSON object (timestamps epoch ms, or ISO-8601 UTC with iso_times)."""
-    if iso_times:
-        record = dict(record)
-        for name in time_fields(record_name):
-            if record.get(name) is not None:
-                record[name] = _iso(record[name])
-    return orjson.dumps(record)
-
-
 def encode(
     records: Sequence[dict[str, Any]],
     record_name: str,
@@ -539,14 +357,10 @@ def encode(
     chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     if fmt == "avro":
         if batch_size == 1:
-            prefix, schema = (
-                b"\x00" + schemas.ID_OF[record_name].to_bytes(4, "big"),
-                schemas.parsed(record_name),
-            )
-            return [_write_avro(prefix, schema, r) for r in records]
+            prefix = b"\x00" + schemas.ID_OF[record_name].to_bytes(4, "big")
+            return [codec_avro.write_records(prefix, record_name, [r], batch=False) for r in records]
         prefix = b"\x00" + schemas.BATCH_ID_OF[record_name].to_bytes(4, "big")
-        schema = schemas.parsed_batch(record_name)
-        return [_write_avro(prefix, schema, list(c)) for c in chunks]
+        return [codec_avro.write_records(prefix, record_name, list(c), batch=True) for c in chunks]
     if fmt == "json":
         if batch_size == 1:
             return [to_json(r, record_name, iso_times=iso_times) for r in records]
@@ -559,13 +373,6 @@ def format_header(fmt: str, batch_size: int) -> tuple[str, bytes]:
     if fmt == "avro":
         return (FORMAT_HEADER, Format.CONFLUENT.value.encode())
     return (FORMAT_HEADER, (Format.JSON if batch_size == 1 else Format.JSONL).value.encode())
-
-
-def _write_avro(prefix: bytes, schema: Any, datum: Any) -> bytes:
-    bio = io.BytesIO()
-    bio.write(prefix)
-    fastavro.schemaless_writer(bio, schema, datum)
-    return bio.getvalue()
 
 
 def encode_container(records: Iterable[dict[str, Any]], record_name: str, codec: str = "deflate") -> bytes:
