@@ -67,11 +67,14 @@ def record(
     duration_s: float,
     outcome: str,
     at: datetime | None = None,
+    run: str | None = None,
 ) -> Path:
     """Append one entry for a job run or request; returns the audit file written.
 
     `files` items carry path (absolute or relative to the lake), sha256 and action (added,
-    replaced, removed, read). `at` defaults to now (UTC); callers that own a clock pass it.
+    replaced, removed, read), optionally previous_sha256, rows and bytes. `at` defaults to now
+    (UTC); callers that own a clock pass it. `run` is the job's run id (the journal's, for jobs
+    that replace files), a fresh one by default.
     """
     bad = RAW_ID_PARAMS.intersection(params)
     if bad:
@@ -79,7 +82,7 @@ def record(
     when = (at or datetime.now(UTC)).astimezone(UTC)
     entry = {
         "at": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
-        "run": uuid.uuid4().hex,
+        "run": run or uuid.uuid4().hex,
         "job": job,
         "params": dict(params),
         "counts": dict(counts),
@@ -146,7 +149,7 @@ def _file_entry(lake: Path, item: Mapping[str, Any]) -> dict[str, Any]:
     if action not in FILE_ACTIONS:
         raise ValueError(f"audit file action must be one of {sorted(FILE_ACTIONS)}")
     out = {"path": str(path), "sha256": item.get("sha256"), "action": action}
-    for extra in ("rows", "bytes"):
+    for extra in ("previous_sha256", "rows", "bytes"):
         if extra in item:
             out[extra] = item[extra]
     return out

@@ -1,0 +1,139 @@
+"""Erasure: remove one data subject from the vault (account_id) and analytics (account token).
+
+Only files that may hold the subject are rewritten (`jobs.subject.locate`: bucket, statistics,
+Bloom filters, then an exact count), all through one intent journal (`jobs.replace`), so a
+killed run leaves the subject either fully present or fully gone and the next run finishes.
+Physical deletion happens when the job finishes: the old files are replaced, nothing keeps
+them (no snapshots).
+
+Afterwards erasure verifies: every file of both zones, in every bucket, is probed again (footers
+and Bloom filters only), and any file that may still hold the subject is read. Rows found
+outside the subject's bucket (a lake written with another bucket count) are erased in a second
+pass; anything left after it fails the job. The request is recorded in the audit trail by the
+subject's token, never its id.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs import audit
+from jobs.progress import ProgressFn
+from jobs.replace import Change, job_lock, run_change, write_parquet
+from jobs.subject import SUBJECT_COLUMN, Located, locate
+from pipeline.keys import PseudonymKey, bucket_of
+from sinks.layout import ANALYTICS, VAULT
+
+
+class ErasureIncomplete(RuntimeError):
+    """Rows of the subject remain after erasure (the message holds counts, never the id)."""
+
+
+def _values(key: PseudonymKey, account_id: str) -> dict[str, str]:
+    return {VAULT: account_id, ANALYTICS: key.token("account", account_id)}
+
+
+def _erase_files(
+    lake: Path, located: list[Located], values: dict[str, str], progress: ProgressFn | None
+) -> tuple[Change, list[dict[str, Any]], dict[str, int]]:
+    change = Change(lake, "erase")
+    work = []
+    for loc in located:
+        for name, rows in sorted(loc.hits.items()):
+            src = Path(name)
+            work.append((loc.zone, src, rows, change.temp_for(src)))
+    files_audit: list[dict[str, Any]] = []
+    removed = {VAULT: 0, ANALYTICS: 0}
+
+    def write() -> None:
+        for i, (zone, src, _rows, tmp) in enumerate(work, 1):
+            table = pq.read_table(src)
+            column = table[SUBJECT_COLUMN[zone]]
+            kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
+            removed[zone] += table.num_rows - kept.num_rows
+            write_parquet(kept, tmp, zone)
+            files_audit.append(
+                {
+                    "path": str(src.relative_to(lake)),
+                    "sha256": audit.sha256_file(tmp),
+                    "previous_sha256": audit.sha256_file(src),
+                    "action": "replaced",
+                    "rows": kept.num_rows,
+                }
+            )
+            if progress:
+                progress(i, len(work))
+        change.info = {
+            "params": {"subject": values[ANALYTICS]},
+            "counts": dict(removed),
+            "files": files_audit,
+        }
+
+    run_change(change, write)
+    return change, files_audit, removed
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    account_id: str,
+    *,
+    buckets: int,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Erase one account. Returns counts (rows removed per zone, files touched and their share);
+    raises ErasureIncomplete if verification still finds rows."""
+    started = time.monotonic()
+    values = _values(key, account_id)
+    token = values[ANALYTICS]
+    bucket = bucket_of(token, buckets)
+    with job_lock(lake) as recovered:
+        located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
+        change, files_audit, removed = _erase_files(lake, located, values, progress)
+        audit_run = change.run
+        # Verification over every bucket: footers and Bloom filters, then exact counts.
+        verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
+        outside = sum(len(v.hits) for v in verify)
+        if outside:
+            change.finish()  # the first pass is complete; audit it with the second
+            second, more_files, more_removed = _erase_files(lake, verify, values, progress)
+            files_audit += more_files
+            for zone, n in more_removed.items():
+                removed[zone] += n
+            change, audit_run = second, second.run
+            verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
+        remaining = sum(sum(v.hits.values()) for v in verify)
+        files_total = sum(v.files_total for v in verify)
+        counts = {
+            "rows_removed": removed,
+            "files_total": files_total,
+            "files_probed": sum(loc.files_probed for loc in located),
+            "files_maybe": sum(loc.files_maybe for loc in located),
+            "files_rewritten": len(files_audit),
+            "files_touched_share": round(len(files_audit) / files_total, 4) if files_total else 0.0,
+            "files_outside_bucket": outside,
+            "rows_remaining": remaining,
+            "recovered_runs": len(recovered),
+        }
+        duration = time.monotonic() - started
+        audit.record(
+            lake,
+            job="erase",
+            params={"subject": token, "key_version": key.version, "bucket": bucket, "buckets": buckets},
+            counts=counts,
+            files=files_audit,
+            duration_s=duration,
+            outcome="ok" if remaining == 0 else "incomplete",
+            run=audit_run,
+        )
+        change.finish()
+    if remaining:
+        raise ErasureIncomplete(f"{remaining} rows of the subject remain after erasure")
+    return {"subject": token, **counts, "duration_s": round(duration, 3)}

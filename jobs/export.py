@@ -1,0 +1,100 @@
+"""Subject access and portability: everything the lake holds on one account, as JSON.
+
+Vault rows (by account_id), analytics rows (by the account's token) and the audit entries about
+the subject (by token). Every bucket is searched (statistics and Bloom filters keep that cheap),
+so a lake written with another bucket count still answers completely. The export holds the
+subject's personal data: the output file is written with mode 0600, atomically. The request is
+recorded in the audit trail by token.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from jobs import audit
+from jobs.replace import fsync_dir, job_lock
+from jobs.subject import SUBJECT_COLUMN, locate
+from pipeline.keys import PseudonymKey
+from sinks.layout import ANALYTICS, VAULT
+
+ROWS_SQL = """
+SELECT * EXCLUDE (filename)
+FROM read_parquet($files, filename = true, hive_partitioning = false)
+WHERE {column} = $value
+ORDER BY started_at, event_id
+"""
+
+
+def collect(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, as_of: datetime
+) -> dict[str, Any]:
+    """The subject's data as a JSON-ready dict (timestamps stay datetimes until serialized)."""
+    token = key.token("account", account_id)
+    values = {VAULT: account_id, ANALYTICS: token}
+    out: dict[str, Any] = {
+        "subject": {"account_id": account_id, "account_token": token, "key_version": key.version},
+        "generated_at": as_of,
+    }
+    files_read = 0
+    for zone in (VAULT, ANALYTICS):
+        loc = locate(con, lake, zone, values[zone], None)
+        rows: list[dict[str, Any]] = []
+        if loc.hits:
+            sql = ROWS_SQL.format(column=SUBJECT_COLUMN[zone])
+            table = con.sql(sql, params={"files": sorted(loc.hits), "value": values[zone]}).to_arrow_table()
+            rows = [] if table is None else table.to_pylist(maps_as_pydicts="strict")
+        files_read += len(loc.hits)
+        out[zone] = rows
+    out["audit"] = audit.about(audit.read(lake), token)
+    out["counts"] = {"vault": len(out[VAULT]), "analytics": len(out[ANALYTICS]), "audit": len(out["audit"])}
+    out["files_read"] = files_read
+    return out
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    account_id: str,
+    out: Path,
+    *,
+    as_of: datetime,
+) -> dict[str, Any]:
+    """Write the subject's export to `out` (0600); returns the counts."""
+    started = time.monotonic()
+    with job_lock(lake):
+        doc = collect(con, lake, key, account_id, as_of)
+        _write_private(out, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z))
+        duration = time.monotonic() - started
+        audit.record(
+            lake,
+            job="export",
+            params={"subject": doc["subject"]["account_token"], "key_version": key.version},
+            counts={**doc["counts"], "files_read": doc["files_read"]},
+            files=[],
+            duration_s=duration,
+            outcome="ok",
+        )
+    return {"subject": doc["subject"]["account_token"], **doc["counts"], "out": str(out)}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

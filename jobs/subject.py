@@ -1,0 +1,78 @@
+"""Finding one data subject's rows without reading the lake: bucket, statistics, Bloom filters.
+
+Each zone names the subject in one column (vault: account_id, analytics: account_token). The
+files that may hold it are found in three narrowing steps, each cheaper than reading data:
+1. bucket: the subject's rows are written under `bucket=NN`, NN = bucket_of(account token,
+   buckets) (skipped when `bucket` is None, e.g. to verify or for an access request);
+2. statistics: a row group whose min/max of the column excludes the value is skipped
+   (`parquet_metadata`; with rows sorted by account inside a file this prunes row groups);
+3. Bloom filters: DuckDB's `parquet_bloom_probe` reads each remaining row group's filter.
+Only the files left are read, and only their subject column, to count the rows exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from sinks.layout import ANALYTICS, VAULT, table_dir
+
+SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
+
+CANDIDATES_SQL = """
+WITH stats AS (
+    SELECT file_name, row_group_id
+    FROM parquet_metadata($files)
+    WHERE path_in_schema = $column
+      AND coalesce(stats_min_value <= $value, true)
+      AND coalesce(stats_max_value >= $value, true)
+),
+blooms AS (
+    SELECT file_name, row_group_id
+    FROM parquet_bloom_probe($files, $column, $value)
+    WHERE NOT bloom_filter_excludes
+)
+SELECT DISTINCT file_name FROM stats JOIN blooms USING (file_name, row_group_id)
+ORDER BY file_name
+"""
+
+COUNT_SQL = """
+SELECT filename, count(*) AS rows
+FROM read_parquet($files, filename = true, hive_partitioning = false)
+WHERE {column} = $value
+GROUP BY filename
+"""
+
+
+@dataclass(frozen=True)
+class Located:
+    zone: str
+    files_total: int  # files in the zone
+    files_probed: int  # after the bucket step
+    files_maybe: int  # after statistics and Bloom filters
+    hits: dict[str, int]  # file (absolute) -> rows of the subject
+
+
+def zone_files(lake: Path, zone: str, bucket: int | None = None) -> list[Path]:
+    pattern = "dt=*/bucket=*/*.parquet" if bucket is None else f"dt=*/bucket={bucket:02d}/*.parquet"
+    return sorted(table_dir(lake, zone).glob(pattern))
+
+
+def locate(con: duckdb.DuckDBPyConnection, lake: Path, zone: str, value: str, bucket: int | None) -> Located:
+    """The files of `zone` holding rows whose subject column equals `value`, with row counts."""
+    total = len(zone_files(lake, zone))
+    files = [str(f) for f in zone_files(lake, zone, bucket)]
+    column = SUBJECT_COLUMN[zone]
+    if not files:
+        return Located(zone, total, 0, 0, {})
+    maybe = [
+        r[0]
+        for r in con.execute(CANDIDATES_SQL, {"files": files, "column": column, "value": value}).fetchall()
+    ]
+    hits: dict[str, int] = {}
+    if maybe:
+        rows = con.execute(COUNT_SQL.format(column=column), {"files": maybe, "value": value}).fetchall()
+        hits = {name: int(n) for name, n in rows if n}
+    return Located(zone, total, len(files), len(maybe), hits)
