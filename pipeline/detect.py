@@ -15,7 +15,8 @@ value, so the work is ordered cheapest first:
    not parse whole, to find a phone number glued to other digits.
 
 A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
-optionally followed by "number"/"no."/"#"/":") or glued to letters ("A-7723419") is an
+optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
+those, so that a speaker label "Customer:" does not count) or glued to letters ("A-7723419") is an
 identifier, not a phone number; it is still checked as a card number.
 """
 
@@ -26,6 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 import phonenumbers
 
@@ -46,19 +48,31 @@ class Span:
 
 
 _SEP = r"[ \u00a0\-.()/]"
+_DAY = r"(?:0?[1-9]|[12]\d|3[01])"
+_MONTH = r"(?:0?[1-9]|1[0-2])"
+# Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow. A
+# pattern that begins with a character class lets the regex engine skip plain text in C.
+_CLUSTER = re.compile(r"[\d+($€£¥₹][\d \u00a0\-.()/:,%+]*")
+_DIGIT = re.compile(r"\d")
+# Tried at each position of a cluster (match, not search), in this order.
 _SCANNER = re.compile(
     r"""
-    (?P<email>(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})
-  | (?P<iban>\b[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b)
-  | (?P<ipv6>(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:]))
-  | (?P<ipv4>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d))
+    (?P<ipv4>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d))
   | (?P<ordinary>
-        \b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b                    # 2024-03-15
-      | \b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b          # 15/03/2024, 03-15-24
-      | \b\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
+        (?<!\w)\d{4}[-/.]"""
+    + _MONTH
+    + "[-/.]"
+    + _DAY
+    + r"""(?!\d|[-/.]\d)  # 2024-03-15
+      | (?<!\w)"""
+    + _DAY
+    + "[-/.]"
+    + _DAY
+    + r"""[-/.](?:\d{4}|\d{2})(?!\d|[-/.]\d)  # 15/03/2024, 03-15-24
+      | (?<!\w)\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
       | [$€£¥₹]\s?\d[\d,.\u00a0 ]*\d                        # $1,250.00
       | \d[\d,.]*\s?(?:%|percent\b)                         # 12.5%
-      | \d[\d,.\u00a0 ]*\s?(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b
+      | \d[\d,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
       | \d{1,3}(?:,\d{3})+(?:\.\d+)?                        # 1,250,000
     )
   | (?P<run>(?<![\w+])\+?\(?\d(?:"""
@@ -67,14 +81,68 @@ _SCANNER = re.compile(
     """,
     re.VERBOSE,
 )
-_IDENT_BEFORE = re.compile(
-    r"\b(?:order|ticket|invoice|case|ref|reference|booking|tracking|confirmation|serial|policy|claim"
-    r"|account|customer|member|transaction|receipt|item|sku|model|id|version|release|build)\s*"
-    r"(?:number|num|no\.?|nr\.?|id)?\s*[#:]?\s*$|#\s*$|[A-Za-z]-?$",
-    re.IGNORECASE,
+# Found on their own, each anchored on a character that ordinary text rarely holds.
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_IBAN = re.compile(
+    r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)"
+    r"(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b"
 )
+_IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+# Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
+# ones only with a qualifier ("account number ...", so that a speaker label "Customer:" is not).
+_IDENT_WORDS = frozenset(
+    [
+        "order",
+        "ticket",
+        "invoice",
+        "case",
+        "ref",
+        "reference",
+        "booking",
+        "tracking",
+        "confirmation",
+        "serial",
+        "policy",
+        "claim",
+        "transaction",
+        "receipt",
+        "sku",
+        "id",
+        "version",
+        "release",
+        "build",
+    ]
+)
+_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation"])
+_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id"])
+# The text before a number, reversed: separators, an optional "#", then up to two words.
+_REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
+_NON_DIGIT = re.compile(r"\D")
+_START = re.compile(r"[\d+($€£¥₹]")
 _CONTEXT = 32
+_MIN_PHONE_DIGITS = 6
 _AFTER_FIRST_GROUP = re.compile(r"^\S+\s+(\+?\(?\d.*)$")
+
+
+def _is_identifier(text: str, start: int) -> bool:
+    """Whether the number at `start` is an identifier by its context: glued to letters
+    ("A-7723419"), after "#", or after an identifier word ("order", "case no.", ...)."""
+    if start and (
+        text[start - 1].isalpha() or (text[start - 1] == "-" and text[start - 2 : start - 1].isalpha())
+    ):
+        return True
+    m = _REV_WORDS.match(text[max(0, start - _CONTEXT) : start][::-1])
+    if m is None:
+        return False
+    if m.group(1):
+        return True
+    last = (m.group(2) or "")[::-1].lower()
+    before = (m.group(3) or "")[::-1].lower()
+    return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
+
+
 _CARD_SEP = frozenset(" -")
 _VALID = phonenumbers.Leniency.VALID
 
@@ -116,6 +184,23 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
+@cache
+def _trunk_prefix(region: str) -> str | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return None if metadata is None else metadata.national_prefix
+
+
+def _plausibly_national(run: str, region: str) -> bool:
+    """A nationally written number either starts with the region's trunk prefix ("0" in most of
+    the world, so "030 901820") or is long enough to be a whole national number (US "415 555
+    2671", Indian mobiles): a short bare number (ticket 7723419, 2024-0815) is not a phone."""
+    digits = "".join(ch for ch in run if ch.isdigit())
+    prefix = _trunk_prefix(region)
+    if prefix and digits.startswith(prefix):
+        return True
+    return len(digits) >= (9 if prefix else 8)
+
+
 def _phone_valid(run: str, regions: Sequence[str]) -> bool:
     if run.startswith("+"):
         tries: Sequence[str | None] = (None,)
@@ -123,7 +208,7 @@ def _phone_valid(run: str, regions: Sequence[str]) -> bool:
         run = "+" + run[2:]
         tries = (None,)
     else:
-        tries = regions
+        tries = [r for r in regions if _plausibly_national(run, r)]
     for region in tries:
         try:
             number = phonenumbers.parse(run, region)
@@ -135,8 +220,8 @@ def _phone_valid(run: str, regions: Sequence[str]) -> bool:
 
 
 def _phones_in_run(run: str, offset: int, regions: Sequence[str], out: list[Span]) -> None:
-    digits = sum(ch.isdigit() for ch in run)
-    if digits < 6:
+    digits = len(_NON_DIGIT.sub("", run))
+    if digits < _MIN_PHONE_DIGITS:
         return
     if digits <= 17 and _phone_valid(run, regions):
         out.append(Span(offset, offset + len(run), Label.PHONE))
@@ -153,32 +238,108 @@ def _phones_in_run(run: str, offset: int, regions: Sequence[str], out: list[Span
             return
 
 
+def _emails(text: str, out: list[Span]) -> None:
+    at = text.find("@")
+    while at != -1:
+        local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if local is not None and domain is not None:
+            start = local.start()
+            while start < at and text[start] == ".":
+                start += 1
+            out.append(Span(start, domain.end(), Label.EMAIL))
+            at = text.find("@", domain.end())
+        else:
+            at = text.find("@", at + 1)
+
+
+def _ibans(text: str, out: list[Span]) -> None:
+    for m in _IBAN.finditer(text):
+        start = m.start() - 2
+        if _is_iban(text[start : m.end()]):
+            out.append(Span(start, m.end(), Label.IBAN))
+
+
+def _ipv6s(text: str, out: list[Span]) -> None:
+    pos = 0
+    while (m := _IPV6_SEED.search(text, pos)) is not None:
+        start, end = m.start(), m.end()
+        while start > 0 and text[start - 1] in _HEX_COLON:
+            start -= 1
+        while end < len(text) and text[end] in _HEX_COLON:
+            end += 1
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        clear = not (before.isalnum() or before in "_.") and not (after.isalnum() or after == "_")
+        if clear and _is_ip(text[start:end]):
+            out.append(Span(start, end, Label.IP))
+        pos = end
+
+
+def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Span]) -> None:
+    """Cards, IPv4 and phone numbers among the numeric clusters outside `taken` spans."""
+    blocked = iter(taken)
+    block = next(blocked, None)
+    pos = 0
+    for cluster in _CLUSTER.finditer(text):
+        digits = len(_NON_DIGIT.sub("", cluster.group()))
+        if digits < 4 or (digits < _MIN_PHONE_DIGITS and "." not in cluster.group()):
+            continue  # too short for a phone number, card or IPv4 address
+        pos = max(pos, cluster.start())
+        end = cluster.end()
+        while pos < end:
+            while block is not None and block.end <= pos:
+                block = next(blocked, None)
+            if block is not None and block.start <= pos:
+                pos = block.end
+                continue
+            m = _SCANNER.match(text, pos)
+            if m is None:
+                nxt = _START.search(text, pos + 1, end)
+                pos = end if nxt is None else nxt.start()
+                continue
+            pos = m.end()
+            if block is not None and m.end() > block.start:
+                pos = m.start() + 1  # runs into an email/IBAN/IPv6: not a number of its own
+                continue
+            kind = m.lastgroup
+            if kind == "run":
+                _classify_run(text, m.group(), m.start(), regions, out)
+            elif kind == "ipv4" and _is_ip(m.group()):
+                out.append(Span(m.start(), m.end(), Label.IP))
+
+
+def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
+    digits = _NON_DIGIT.sub("", value)
+    if len(digits) < _MIN_PHONE_DIGITS:
+        return
+    if _is_card(value, digits) and not value.startswith("+"):
+        out.append(Span(start, start + len(value), Label.CARD))
+    elif not _is_identifier(text, start):
+        _phones_in_run(value, start, regions, out)
+    else:  # an identifier: only what follows its first group may still be a phone number
+        rest = _AFTER_FIRST_GROUP.search(value)
+        if rest is not None:
+            _phones_in_run(rest.group(1), start + rest.start(1), regions, out)
+
+
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     """PII spans in `text`, sorted and non-overlapping. `regions` are ISO region codes for
     numbers written nationally (the call's own numbers' regions), most likely first."""
-    if not text or ("@" not in text and not any(ch.isdigit() for ch in text)):
+    has_digit = _DIGIT.search(text) is not None
+    has_at = "@" in text
+    if not has_digit and not has_at:
         return []
     spans: list[Span] = []
-    for m in _SCANNER.finditer(text):
-        kind = m.lastgroup
-        value = m.group()
-        if kind == "run":
-            digits = "".join(ch for ch in value if ch.isdigit())
-            if _is_card(value, digits) and not value.startswith("+"):
-                spans.append(Span(m.start(), m.end(), Label.CARD))
-            elif not _IDENT_BEFORE.search(text, max(0, m.start() - _CONTEXT), m.start()):
-                _phones_in_run(value, m.start(), regions, spans)
-            else:  # an identifier: only what follows its first group may still be a phone number
-                rest = _AFTER_FIRST_GROUP.search(value)
-                if rest is not None:
-                    _phones_in_run(rest.group(1), m.start() + rest.start(1), regions, spans)
-        elif kind == "email":
-            spans.append(Span(m.start(), m.end(), Label.EMAIL))
-        elif kind == "iban":
-            if _is_iban(value):
-                spans.append(Span(m.start(), m.end(), Label.IBAN))
-        elif kind in ("ipv4", "ipv6") and _is_ip(value):
-            spans.append(Span(m.start(), m.end(), Label.IP))
+    if has_at:
+        _emails(text, spans)
+    if has_digit:
+        _ibans(text, spans)
+        if ":" in text:
+            _ipv6s(text, spans)
+        taken = sorted(spans, key=lambda s: s.start)
+        _numbers(text, taken, regions, spans)
+    spans.sort(key=lambda s: s.start)
     return spans
 
 
