@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 
 from infra import kafka, topics
 from pipeline.errors import CliError
@@ -56,6 +57,19 @@ def topics_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.demo import run_demo
+
+    if args.events < 100:
+        raise CliError("--events must be at least 100")
+    try:
+        return run_demo(
+            settings, events=args.events, seed=args.seed, lake=args.lake, keep_broker=args.keep_broker
+        )
+    except (kafka.BrokerError, topics.TopicError) as exc:
+        raise CliError(str(exc)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development and the demo")
     k.add_argument("action", choices=["up", "down", "status"])
@@ -65,3 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("action", choices=["create"])
     t.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # tests: isolated topic sets
     t.set_defaults(func=topics_cmd)
+    d = sub.add_parser("demo", help="the whole story end to end: broker, traffic, worker, lake, queries")
+    d.add_argument(
+        "--events", type=int, default=20_000, help="events to produce (default 20000, 1%% malformed)"
+    )
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument(
+        "--lake", type=Path, default=Path("demo-lake"), help="lake root, emptied first (default ./demo-lake)"
+    )
+    d.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    d.set_defaults(func=demo_cmd)

@@ -1,0 +1,167 @@
+"""`callpipe demo`: the whole story on a fresh machine.
+
+Broker up, a fresh set of topics, a pseudonymization key (mode 0600), a realistic day of
+carrier traffic with consent, privacy requests and 1% malformed messages, one worker until the
+lake holds every event, then what happened to each event and a few analyst queries on the
+pseudonymized zone. The worker and (if the demo started it) the broker are stopped at the end.
+The demo lives beside the broker provisioning because it drives it; the pipeline never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from infra import kafka, topics
+from pipeline.generate import generate_bad_messages, generate_traffic
+from pipeline.keys import create_key_file
+from pipeline.produce import Job, publish
+from pipeline.runner import read_stats
+from pipeline.settings import Settings
+from sinks.layout import glob
+
+DAY_MS = 86_400_000
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_broker: bool) -> int:
+    home = settings.home / "demo"
+    home.mkdir(parents=True, exist_ok=True)
+    broker = kafka.broker_for(settings.home, settings.kafka_data_dir, settings.kafka_port)
+    started_broker = kafka.running_pid(broker) is None
+    t0 = time.monotonic()
+    _say("1. broker")
+    pid, _ = kafka.up(broker)
+    _say(
+        f"   Apache Kafka {kafka.KAFKA_VERSION} (KRaft) at {broker.bootstrap}, pid {pid} "
+        f"({time.monotonic() - t0:.1f}s)"
+    )
+    settings = replace(settings, bootstrap=broker.bootstrap, lake=lake)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    prefix = f"demo{stamp}."
+    _say(f"2. topics ({settings.partitions} partitions, co-partitioned by account)")
+    for o in asyncio.run(topics.create_topics(broker.bootstrap, settings.partitions, prefix)):
+        _say(f"   {o.name}")
+
+    key_file = home / "key.hex"
+    if not key_file.exists():
+        create_key_file(key_file)
+    _say(f"3. pseudonymization key {key_file} (mode {oct(key_file.stat().st_mode & 0o777)}; never printed)")
+
+    if lake.exists():
+        shutil.rmtree(lake)
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    start_ms = int(day.timestamp() * 1000)
+    bad_count = max(1, events // 100)
+    traffic = generate_traffic(seed, events - bad_count, start_ms, DAY_MS, accounts=max(50, events // 20))
+    bad = generate_bad_messages(seed, bad_count, start_ms)
+
+    log_path = home / "worker.log"
+    env = {
+        **os.environ,
+        "CALLPIPE_LAKE": str(lake),
+        "CALLPIPE_KEY_FILE": str(key_file),
+        "CALLPIPE_BOOTSTRAP": broker.bootstrap,
+        "CALLPIPE_PARTITIONS": str(settings.partitions),
+        "CALLPIPE_FLUSH_SECONDS": "2",
+    }
+    _say(f"4. worker (log: {log_path})")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--prefix", prefix],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        half = len(traffic.calls) // 2
+        jobs = [
+            Job(prefix + "consent.events", "ConsentEvent", traffic.consents),
+            Job(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
+            Job(prefix + "calls.raw", "CallEvent", traffic.calls[:half], "avro", 1, bad=bad),
+            Job(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
+        ]
+        _say(f"5. carriers produce a day ({day:%Y-%m-%d}) of traffic")
+        summary = asyncio.run(publish(broker.bootstrap, jobs))
+        _say("   " + summary.line())
+        total = events
+        deadline = time.monotonic() + max(120.0, events / 200)
+        stats: Counter[str] = Counter()
+        while time.monotonic() < deadline:
+            stats = read_stats(lake)
+            if stats["events_in"] >= total:
+                break
+            if worker.poll() is not None:
+                _say(f"   the worker exited with status {worker.returncode}; see {log_path}")
+                return 1
+            time.sleep(1.0)
+        took = time.monotonic() - t0
+        _say(f"   the lake holds {stats['events_in']} of {total} events ({took:.0f}s since start)")
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if started_broker and not keep_broker:
+            kafka.down(broker)
+    _summary(lake, stats, total)
+    return 0 if stats["events_in"] == total else 1
+
+
+def _summary(lake: Path, stats: Counter[str], total: int) -> None:
+    con = duckdb.connect()
+    vault = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'vault')}')").fetchall()[0]
+    analytics = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'analytics')}')").fetchall()[0]
+    dead = {k.removeprefix("dead_letter."): n for k, n in stats.items() if k.startswith("dead_letter.")}
+    drops = {k.removeprefix("drop."): n for k, n in stats.items() if k.startswith("drop.")}
+    _say("6. what happened to every event")
+    _say(f"   events in: {stats['events_in']} (produced {total})")
+    _say(f"   vault rows: {vault[0] if vault else 0}    analytics rows: {analytics[0] if analytics else 0}")
+    _say(f"   dead letters (calls.dlq) by reason: {dict(sorted(dead.items()))}")
+    _say(f"   consent and subject outcomes: {dict(sorted(drops.items()))}")
+    accounted = (vault[0] if vault else 0) + sum(dead.values()) + drops.get("erased", 0)
+    _say(
+        f"   accounted: vault {accounted - sum(dead.values()) - drops.get('erased', 0)} + dead letters "
+        f"{sum(dead.values())} + erased {drops.get('erased', 0)} = {accounted}"
+    )
+    _say("7. an analyst's view (pseudonymized zone; no raw identifiers exist there)")
+    view = f"read_parquet('{glob(lake, 'analytics')}')"
+    queries = {
+        "calls per caller country (top 5)": f"""
+            SELECT caller_country AS country, count(*) AS calls, round(avg(duration_s), 1) AS avg_s
+            FROM {view} GROUP BY 1 ORDER BY 2 DESC LIMIT 5""",
+        "answer rate per carrier": f"""
+            SELECT carrier_id, count(*) AS calls,
+                   round(100.0 * avg(CASE WHEN status = 'answered' THEN 1 ELSE 0 END), 1) AS answered_pct
+            FROM {view} GROUP BY 1 ORDER BY 1""",
+        "busiest hours (UTC)": f"""
+            SELECT hour(started_at) AS hour, count(*) AS calls FROM {view}
+            GROUP BY 1 ORDER BY 2 DESC LIMIT 3""",
+        "a redacted transcript": f"""
+            SELECT left(transcript, 160) AS transcript FROM {view}
+            WHERE transcript LIKE '%[PHONE]%' OR transcript LIKE '%[EMAIL]%' LIMIT 1""",
+    }
+    for title, sql in queries.items():
+        _say(f"   -- {title}")
+        result = con.sql(sql)
+        _say("   " + " | ".join(result.columns))
+        for row in result.fetchall():
+            _say("   " + " | ".join(str(v) for v in row))
