@@ -115,7 +115,7 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Record, in
     return out, stripped
 
 
-_JSON_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\]\s]+)')
+_JSON_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*("(?:[^"\\]|\\.)*"?|[^,{}\[\]\s"]+)')
 
 
 def strip_secrets_json(raw: bytes, names: Iterable[str]) -> bytes:

@@ -1,0 +1,157 @@
+"""Analytics rows: tokens, generalized values and redacted text, driven by the annotations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.keys import PseudonymKey
+from pipeline.pseudonymize import RULES, cell_area, ip_prefix, phone_facts, plan, pseudonymize
+from sinks.schema import ANALYTICS_COLUMNS, analytics_schema
+
+KEY = PseudonymKey("v7", b"s" * 32)
+LINEAGE = {"source_partition": 3, "source_offset": 41, "source_index": 2}
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "event_id": "ev-1",
+        "account_id": "acct-1",
+        "org_id": "org-1",
+        "carrier_id": "gb-carrier",
+        "kind": "voice",
+        "direction": "inbound",
+        "caller": "+447911123456",
+        "callee": "+442079460958",
+        "started_at": 1_710_000_000_000,
+        "answered_at": 1_710_000_001_000,
+        "ended_at": 1_710_000_061_000,
+        "duration_s": 60,
+        "status": "answered",
+        "cell_id": "234-15-1234-56789",
+        "caller_ip": "203.0.113.45",
+        "device": {"device_id": "dev-1", "device_type": "phone", "os": "iOS 17", "app_version": "2.4.1"},
+        "recording_uri": "s3://rec/1.wav",
+        "transcript": "call me on 020 7946 0958 or jane@example.com about order 4821937 at 10:30",
+        "attributes": {"note": "from 198.51.100.7", "plan": "gold"},
+    }
+    out.update(overrides)
+    return out
+
+
+def test_rules_cover_the_schema_contract() -> None:
+    assert set(RULES) == set(ANALYTICS_COLUMNS)
+    columns = [c for step in plan() for c in step.columns]
+    assert [*columns, "key_version", "source_partition", "source_offset", "source_index"] == list(
+        analytics_schema().names
+    )
+
+
+def test_row_has_exactly_the_analytics_columns() -> None:
+    row = pseudonymize(record(), KEY, ("GB",), LINEAGE)
+    assert list(row) == list(analytics_schema().names)
+
+
+def test_row_values() -> None:
+    row = pseudonymize(record(), KEY, ("GB",), LINEAGE)
+    assert row["account_token"] == KEY.token("account", "acct-1")
+    assert row["org_token"] == KEY.token("org", "org-1")
+    assert row["caller_token"] == KEY.token("phone", "+447911123456")
+    assert (row["caller_country"], row["caller_type"]) == (44, "mobile")
+    assert (row["callee_country"], row["callee_type"]) == (44, "fixed_line")
+    assert row["device_token"] == KEY.token("device", "dev-1")
+    assert (row["device_type"], row["device_os"], row["device_app_version"]) == ("phone", "iOS 17", "2.4.1")
+    assert row["cell_area"] == "234-15-1234"
+    assert row["caller_ip_prefix"] == "203.0.113.0/24"
+    assert row["has_recording"] is True
+    assert row["transcript"] == "call me on [PHONE] or [EMAIL] about order 4821937 at 10:30"
+    assert row["attributes"] == {"note": "from [IP]", "plan": "gold"}
+    assert row["key_version"] == "v7"
+    assert {k: row[k] for k in LINEAGE} == LINEAGE
+    for name in ("event_id", "carrier_id", "kind", "direction", "started_at", "duration_s", "status"):
+        assert row[name] == record()[name]
+
+
+def test_no_raw_identifier_reaches_the_row() -> None:
+    source = record()
+    row = pseudonymize(source, KEY, ("GB",), LINEAGE)
+    text = repr(row)
+    for raw in (
+        "acct-1",
+        "org-1",
+        "+447911123456",
+        "+442079460958",
+        "203.0.113.45",
+        "dev-1",
+        "s3://rec/1.wav",
+    ):
+        assert raw not in text, raw
+    assert "56789" not in text  # the cell itself
+
+
+def test_nulls_stay_null() -> None:
+    row = pseudonymize(
+        record(
+            cell_id=None, caller_ip=None, device=None, recording_uri=None, transcript=None, attributes=None
+        ),
+        KEY,
+        (),
+        LINEAGE,
+    )
+    for name in ("cell_area", "caller_ip_prefix", "device_token", "device_type", "device_os", "transcript"):
+        assert row[name] is None, name
+    assert row["has_recording"] is False
+    assert row["attributes"] is None
+
+
+def test_tokens_are_keyed_and_domain_separated() -> None:
+    same = record(account_id="x", org_id="x")
+    row = pseudonymize(same, KEY, (), LINEAGE)
+    assert row["account_token"] != row["org_token"]
+    other = pseudonymize(same, PseudonymKey("v8", b"t" * 32), (), LINEAGE)
+    assert other["account_token"] != row["account_token"]
+    assert pseudonymize(same, KEY, (), LINEAGE)["account_token"] == row["account_token"]
+
+
+@pytest.mark.parametrize(
+    ("number", "facts"),
+    [
+        ("+447911123456", (44, "mobile")),
+        ("+442079460958", (44, "fixed_line")),
+        ("+14155552671", (1, "fixed_line_or_mobile")),
+        ("+18005550199", (1, "toll_free")),
+        ("+4930901820", (49, "fixed_line")),
+        ("0207946 0958", (None, "unknown")),  # not normalized: nothing to say
+        ("+999123", (None, "unknown")),
+    ],
+)
+def test_phone_facts(number: str, facts: tuple[int | None, str]) -> None:
+    assert phone_facts(number) == facts
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix"),
+    [
+        ("203.0.113.45", "203.0.113.0/24"),
+        (" 10.1.2.3 ", "10.1.2.0/24"),
+        ("2001:db8:85a3:1:2:3:4:5", "2001:db8:85a3::/48"),
+        ("::ffff:198.51.100.7", "198.51.100.0/24"),
+        ("not-an-ip", None),
+    ],
+)
+def test_ip_prefix(ip: str, prefix: str | None) -> None:
+    assert ip_prefix(ip) == prefix
+
+
+@pytest.mark.parametrize(
+    ("cell", "area"),
+    [
+        ("234-15-1234-56789", "234-15-1234"),
+        ("310-260-7F3A-1B2C", "310-260-7F3A"),
+        ("weird cell 42", "cell:" + KEY.token("cell", "weird cell 42")),
+        ("234-15-1234", "cell:" + KEY.token("cell", "234-15-1234")),
+    ],
+)
+def test_cell_area(cell: str, area: str) -> None:
+    assert cell_area(cell, KEY) == area

@@ -1,0 +1,234 @@
+"""Validation and normalization of CallEvents; secret-named attributes stripped first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+import schemas
+from pipeline.policy import DEFAULT_SECRET_NAMES
+from pipeline.reasons import Drop, Reason, Stage
+from pipeline.validate import (
+    MAX_DURATION_S,
+    is_secret_name,
+    strip_secrets,
+    strip_secrets_json,
+    validate_batch,
+)
+
+NOW = 1_710_500_000_000  # 2024-03-15T10:53:20Z
+T0 = NOW - 3_600_000
+
+
+def call(**overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event_id": "ev-1",
+        "account_id": "acct-1",
+        "org_id": "org-1",
+        "carrier_id": "gb-carrier-1",
+        "kind": "voice",
+        "direction": "outbound",
+        "caller": "+44 20 7946 0958",
+        "callee": "0161 496 0753",
+        "started_at": T0,
+        "answered_at": T0 + 5_000,
+        "ended_at": T0 + 65_000,
+        "duration_s": 60,
+        "status": "answered",
+        "cell_id": "234-15-1234-5678",
+        "caller_ip": "203.0.113.45",
+        "device": {"device_id": "dev-1", "device_type": "phone", "os": "iOS 17", "app_version": "2.4.1"},
+        "recording_uri": "s3://rec/1.wav",
+        "transcript": "hello",
+        "attributes": {"plan": "gold"},
+    }
+    record.update(overrides)
+    return record
+
+
+def one(record: Any) -> tuple[Reason | None, dict[str, Any] | None]:
+    out = validate_batch([record], DEFAULT_SECRET_NAMES, NOW)
+    if out.rejections:
+        (rej,) = out.rejections
+        assert rej.stage == Stage.VALIDATE and rej.index == 0
+        return rej.reason, None
+    return None, out.records[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("password", True),
+        ("user_password", True),
+        ("PIN", True),
+        ("sim_pin", True),
+        ("authToken", True),
+        ("x-api-key", True),
+        ("apiKey", True),
+        ("APIKey", True),
+        ("userpassword", True),
+        ("Client-Secret", True),
+        ("session_id", True),
+        ("credentials", True),
+        ("otp", True),
+        ("plan", False),
+        ("pinned_version", False),
+        ("spinner", False),
+        ("author", False),
+        ("opinion", False),
+        ("region", False),
+    ],
+)
+def test_secret_names(key: str, secret: bool) -> None:
+    assert is_secret_name(key, DEFAULT_SECRET_NAMES) is secret
+
+
+def test_strip_secrets_keeps_everything_else() -> None:
+    record = call(attributes={"plan": "gold", "userPassword": "hunter2", "PIN": "1234"})
+    stripped = strip_secrets(record, DEFAULT_SECRET_NAMES)
+    assert stripped["attributes"] == {"plan": "gold"}
+    assert record["attributes"]["PIN"] == "1234"  # the input is not changed
+    assert {k: v for k, v in stripped.items() if k != "attributes"} == {
+        k: v for k, v in record.items() if k != "attributes"
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"attributes": {"pin": "1234", "plan": "gold"}}', {"attributes": {"plan": "gold"}}),
+        (b'[{"attributes": {"authToken": "t"}}, 7]', [{"attributes": {}}, 7]),
+        (b'{"attributes": null}', {"attributes": None}),
+    ],
+)
+def test_strip_secrets_json(raw: bytes, expected: Any) -> None:
+    assert orjson.loads(strip_secrets_json(raw, DEFAULT_SECRET_NAMES)) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"attributes": {"password": "hunter2", "plan": "gold"',  # truncated JSON
+        b'{"attributes": {"password": hunter2, "plan": "gold"}}',  # unquoted value
+    ],
+)
+def test_strip_secrets_from_broken_json_masks_values(raw: bytes) -> None:
+    out = strip_secrets_json(raw, DEFAULT_SECRET_NAMES)
+    assert b"hunter2" not in out
+    assert b'"plan": "gold"' in out
+
+
+def test_strip_secrets_leaves_binary_alone() -> None:
+    raw = b"\x00\x00\x00\x00\x01\xff\xfe"
+    assert strip_secrets_json(raw, DEFAULT_SECRET_NAMES) == raw
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({}, None),
+        ({"event_id": None}, Reason.MISSING_FIELD),
+        ({"callee": None}, Reason.MISSING_FIELD),
+        ({"device": {"device_type": "phone", "os": "x", "app_version": "1"}}, Reason.MISSING_FIELD),
+        ({"started_at": "2024-03-15T10:00:00Z"}, Reason.WRONG_TYPE),
+        ({"duration_s": True}, Reason.WRONG_TYPE),
+        ({"duration_s": 1.5}, Reason.WRONG_TYPE),
+        ({"attributes": {"plan": 3}}, Reason.WRONG_TYPE),
+        ({"device": "phone"}, Reason.WRONG_TYPE),
+        ({"kind": "fax"}, Reason.UNKNOWN_ENUM),
+        ({"status": "ANSWERED"}, Reason.UNKNOWN_ENUM),
+        ({"event_id": ""}, Reason.BAD_ID),
+        ({"account_id": "   "}, Reason.BAD_ID),
+        ({"org_id": "o" * 129}, Reason.BAD_ID),
+        ({"caller": "1" * 65}, Reason.BAD_ID),
+        ({"device": {"device_id": "", "device_type": "phone", "os": "x", "app_version": "1"}}, Reason.BAD_ID),
+        ({"started_at": 900_000_000_000, "answered_at": None, "ended_at": None}, Reason.BAD_TIME),
+        ({"started_at": NOW + 2 * 86_400_000, "answered_at": None, "ended_at": None}, Reason.BAD_TIME),
+        ({"answered_at": T0 - 1}, Reason.BAD_TIME),
+        ({"ended_at": T0 + 1_000}, Reason.BAD_TIME),  # before answered_at
+        ({"answered_at": None, "ended_at": T0 - 1}, Reason.BAD_TIME),
+        ({"duration_s": -1}, Reason.BAD_DURATION),
+        ({"duration_s": MAX_DURATION_S + 1}, Reason.BAD_DURATION),
+        ({"duration_s": MAX_DURATION_S}, None),
+        ({"answered_at": None, "ended_at": None, "duration_s": 0, "status": "busy"}, None),
+        ({"started_at": NOW + 3_600_000, "answered_at": None, "ended_at": None}, None),  # clock skew
+    ],
+)
+def test_reasons(overrides: dict[str, Any], reason: Reason | None) -> None:
+    assert one(call(**overrides))[0] == reason
+
+
+def test_not_a_record_is_malformed() -> None:
+    assert one(["not", "a", "record"])[0] == Reason.MALFORMED
+
+
+def test_missing_required_field() -> None:
+    for name in schemas.required_fields("CallEvent"):
+        record = call()
+        del record[name]
+        assert one(record)[0] == Reason.MISSING_FIELD, name
+
+
+def test_duplicates_within_a_batch() -> None:
+    batch = [call(event_id="a"), call(event_id="b"), call(event_id="a"), call(event_id="a", duration_s=-1)]
+    out = validate_batch(batch, DEFAULT_SECRET_NAMES, NOW)
+    assert out.indices == [0, 1]
+    assert [(r.index, r.reason) for r in out.rejections] == [(2, Reason.DUPLICATE), (3, Reason.BAD_DURATION)]
+
+
+def test_output_holds_exactly_the_schema_fields() -> None:
+    record = call(extra="dropped")
+    del record["cell_id"]
+    record["device"] = {**record["device"], "serial": "x"}
+    _, out = one(record)
+    assert out is not None
+    assert list(out) == [f["name"] for f in schemas.raw("CallEvent")["fields"]]
+    assert out["cell_id"] is None
+    assert set(out["device"]) == {"device_id", "device_type", "os", "app_version"}
+
+
+def test_secrets_stripped_and_counted() -> None:
+    out = validate_batch(
+        [call(attributes={"plan": "gold", "pin": "1234", "api_key": "k"})], DEFAULT_SECRET_NAMES, NOW
+    )
+    assert out.records[0]["attributes"] == {"plan": "gold"}
+    assert out.drops[Drop.SECRET_ATTRIBUTE] == 2
+
+
+@pytest.mark.parametrize(
+    ("caller", "callee", "carrier", "expected", "regions"),
+    [
+        # the other number's region reads the national one
+        ("+44 20 7946 0958", "0161 496 0753", "c1", ("+442079460958", "+441614960753"), ("GB",)),
+        ("(415) 555-2671", "+1 212 555 0147", "c1", ("+14155552671", "+12125550147"), ("US",)),
+        # neither international: the carrier's region
+        ("030 12345678", "030 901820", "de-telco", ("+493012345678", "+4930901820"), ("DE",)),
+        (
+            "0044 20 7946 0958",
+            "06 12 34 56 78",
+            "carrier_FR_2",
+            ("+442079460958", "+33612345678"),
+            ("GB", "FR"),
+        ),
+        # no region to read it in, or not a valid number: kept as given
+        ("020 7946 0958", "0161 496 0753", "c1", ("020 7946 0958", "0161 496 0753"), ()),
+        ("+44 20 7946 0958", "12", "c1", ("+442079460958", "12"), ("GB",)),
+        ("anonymous", "+1 212 555 0147", "c1", ("anonymous", "+12125550147"), ("US",)),
+    ],
+)
+def test_phone_normalization(
+    caller: str, callee: str, carrier: str, expected: tuple[str, str], regions: tuple[str, ...]
+) -> None:
+    out = validate_batch([call(caller=caller, callee=callee, carrier_id=carrier)], DEFAULT_SECRET_NAMES, NOW)
+    (record,) = out.records
+    assert (record["caller"], record["callee"]) == expected
+    assert out.regions == [regions]
+
+
+def test_input_records_are_not_changed() -> None:
+    record = call(attributes={"pin": "1", "plan": "gold"})
+    before = orjson.dumps(record)
+    validate_batch([record], DEFAULT_SECRET_NAMES, NOW)
+    assert orjson.dumps(record) == before
