@@ -27,11 +27,12 @@ from typing import Any, NamedTuple
 from pipeline.consent import AccountState, apply_consent, decide
 from pipeline.keys import PseudonymKey, bucket_of
 from pipeline.policy import Policy
-from pipeline.pseudonymize import pseudonymize
+from pipeline.pseudonymize import pseudonymize, token_of
 from pipeline.reasons import Drop
 from pipeline.validate import Rejection, validate_batch
 
 DEFAULT_BUCKETS = 8
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ def process_batch(
     result = ChainResult(rejections=validated.rejections, drops=validated.drops)
     drops = result.drops
     tokens: dict[str, tuple[str, int]] = {}
+    days: dict[int, str] = {}
     for record, index, regions in zip(validated.records, validated.indices, validated.regions, strict=True):
         account = record["account_id"]
         decision = decide(states.get(account), record["started_at"], policy.consent)
@@ -101,10 +103,13 @@ def process_batch(
             "source_index": source.index,
         }
         if account not in tokens:
-            token = key.token("account", account)
+            token = token_of(key, "account", account)
             tokens[account] = (token, bucket_of(token, buckets))
         token, bucket = tokens[account]
-        route = Route(_day(record["started_at"]), bucket, token)
+        day = record["started_at"] // DAY_MS
+        if day not in days:
+            days[day] = _day(record["started_at"])
+        route = Route(days[day], bucket, token)
         result.vault_rows.append({**record, **lineage})
         result.vault_routes.append(route)
         if decision.restricted:

@@ -73,16 +73,22 @@ def cell_area(value: str, key: PseudonymKey) -> str:
     parts = value.split("-")
     if len(parts) == 4 and all(p.isalnum() for p in parts):
         return "-".join(parts[:3])
-    return "cell:" + key.token("cell", value)
+    return "cell:" + token_of(key, "cell", value)
 
 
 def _same(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
     return (value,)
 
 
+@lru_cache(maxsize=1 << 17)
+def token_of(key: PseudonymKey, domain: str, value: str) -> str:
+    """`key.token(domain, value)`, remembered: accounts, orgs, numbers and devices repeat."""
+    return key.token(domain, value)
+
+
 def _token(domain: str) -> Transform:
     def transform(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
-        return (None if value is None else key.token(domain, value),)
+        return (None if value is None else token_of(key, domain, value),)
 
     return transform
 
@@ -91,7 +97,7 @@ def _phone(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, 
     if value is None:
         return (None, None, None)
     country, kind = phone_facts(value)
-    return (key.token("phone", value), country, kind)
+    return (token_of(key, "phone", value), country, kind)
 
 
 def _cell(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
@@ -164,18 +170,34 @@ def plan() -> tuple[_Step, ...]:
     return tuple(steps)
 
 
+@cache
+def _compiled() -> tuple[tuple[str, str | None, tuple[str, ...], Transform], ...]:
+    """plan() flattened for the hot path: (field, nested field or None, columns, transform)."""
+    out = []
+    for step in plan():
+        if len(step.path) > 2:
+            raise ValueError("records nest one level deep at most")
+        out.append(
+            (step.path[0], step.path[1] if len(step.path) == 2 else None, step.columns, step.transform)
+        )
+    return tuple(out)
+
+
 def pseudonymize(
     record: Mapping[str, Any], key: PseudonymKey, regions: Sequence[str], lineage: Mapping[str, int]
 ) -> dict[str, Any]:
     """The analytics row of one validated, consent-checked record; `regions` are the call's
     regions for national numbers in free text, `lineage` its source_* values."""
     row: dict[str, Any] = {}
-    for step in plan():
-        value: Any = record
-        for part in step.path:
-            value = value.get(part) if value is not None else None
-        for column, out in zip(step.columns, step.transform(value, key, regions), strict=True):
-            row[column] = out
+    for name, inner, columns, transform in _compiled():
+        value = record.get(name)
+        if inner is not None and value is not None:
+            value = value.get(inner)
+        out = transform(value, key, regions)
+        if len(columns) == 1:
+            row[columns[0]] = out[0]
+        else:
+            row.update(zip(columns, out, strict=True))
     row[KEY_VERSION] = key.version
     for name in LINEAGE_NAMES:
         row[name] = lineage[name]

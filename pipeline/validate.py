@@ -163,6 +163,7 @@ class _FieldRule:
     nested: tuple[_FieldRule, ...] = ()
 
 
+# Exact Python types per Avro type (exact, so True is no int); decoders give plain dicts and strs.
 _PY = {"string": (str,), "int": (int,), "long": (int,), "boolean": (bool,), "double": (float, int)}
 
 
@@ -199,7 +200,7 @@ def _rules() -> tuple[_FieldRule, ...]:
 
 
 def _has_type(value: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    return type(value) in types
 
 
 def _check_fields(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Reason | None:
@@ -217,9 +218,7 @@ def _check_fields(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Rea
             reason = _check_fields(value, rule.nested)
             if reason is not None:
                 return reason
-        elif rule.types == (dict,) and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
+        elif rule.types == (dict,) and not all(type(k) is str and type(v) is str for k, v in value.items()):
             return Reason.WRONG_TYPE
         if rule.category in ID_CATEGORIES and isinstance(value, str):
             limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
@@ -294,26 +293,32 @@ def carrier_region(carrier_id: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=65536)
+def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str, str | None]:
+    """(E.164 or the number as given, its region) with the region hints tried in order: its own
+    international prefix, the other number's region, the carrier's region."""
+    own = international_region(number)
+    for region in (own, other, fallback):
+        if region is not None:
+            e164 = to_e164(number, region)
+            if e164 is not None:
+                return e164, international_region(e164) or region
+    return number, None
+
+
 def normalize_numbers(record: Record) -> tuple[str, ...]:
     """Rewrite caller and callee to E.164 where they parse; return the call's regions (the
     numbers' regions, then the carrier's), most specific first, for free-text detection."""
     caller, callee = record["caller"], record["callee"]
-    r_caller, r_callee = international_region(caller), international_region(callee)
     fallback = carrier_region(record["carrier_id"])
-    regions: list[str] = []
-    for name, number, own, other in (
-        ("caller", caller, r_caller, r_callee),
-        ("callee", callee, r_callee, r_caller),
-    ):
-        for region in dict.fromkeys(r for r in (own, other, fallback) if r is not None):
-            e164 = to_e164(number, region)
-            if e164 is not None:
-                record[name] = e164
-                regions.append(international_region(e164) or region)
-                break
-    if fallback is not None:
-        regions.append(fallback)
-    return tuple(dict.fromkeys(regions))
+    record["caller"], r_caller = _resolve(caller, international_region(callee), fallback)
+    record["callee"], r_callee = _resolve(callee, international_region(caller), fallback)
+    return _regions(r_caller, r_callee, fallback)
+
+
+@lru_cache(maxsize=4096)
+def _regions(*regions: str | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r for r in regions if r is not None))
 
 
 # ---------------------------------------------------------------- the batch

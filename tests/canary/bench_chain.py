@@ -1,0 +1,56 @@
+"""Throughput of the pure chain (`process_batch`) on generated carrier traffic.
+
+    .venv/bin/python tests/canary/bench_chain.py [EVENTS] [BATCH ...]
+
+Generates EVENTS seeded calls with their accounts' consents and privacy requests
+(pipeline.generate), then runs process_batch over them in batches of each BATCH size (default
+1 and 500) and prints events per second of CPU time (the machine may be shared) and of wall
+clock. Timing only; the correctness of the rows is the unit tests' job.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+from pipeline.chain import process_batch
+from pipeline.consent import AccountState, record_consent, record_request
+from pipeline.generate import generate_traffic
+from pipeline.keys import PseudonymKey
+from pipeline.policy import DEFAULT_POLICY
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+KEY = PseudonymKey("v1", b"b" * 32)
+
+
+def main() -> None:
+    events = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    sizes = [int(a) for a in sys.argv[2:]] or [1, 500]
+    traffic = generate_traffic(7, events, START_MS)
+    states: dict[str, AccountState] = {}
+    for c in traffic.consents:
+        states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
+    for r in traffic.requests:
+        states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
+    now = START_MS + 2 * 86_400_000
+    with_text = sum(c["transcript"] is not None for c in traffic.calls)
+    print(f"{events} events ({with_text} with a transcript), {len(states)} accounts with history")
+    for size in sizes:
+        out: Counter[str] = Counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, events, size):
+            result = process_batch(traffic.calls[i : i + size], states, DEFAULT_POLICY, KEY, now)
+            out["vault"] += len(result.vault_rows)
+            out["analytics"] += len(result.analytics_rows)
+            out["rejected"] += len(result.rejections)
+            out["erased"] += len(result.erased)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(
+            f"batch {size:>4}: {events / cpu:,.0f} events/s of CPU time, {events / elapsed:,.0f}/s wall "
+            f"clock ({dict(out)})"
+        )
+
+
+if __name__ == "__main__":
+    main()
