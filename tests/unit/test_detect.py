@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,26 @@ def test_corpus_is_labelled_consistently() -> None:
     assert len(entries) >= 40
     assert {label for e in entries for label, _ in e["pii"]} == {lab.name for lab in Label}
     assert len({e["id"] for e in entries}) == len(entries)
+
+
+def test_generated_transcripts_against_their_ground_truth() -> None:
+    """A second, independently written corpus: pipeline.generate plants PII and ordinary numbers in
+    transcripts of every region it knows and says which is which."""
+    from pipeline.generate import REGIONS, generate_transcript
+
+    labels = {"phone": "PHONE", "email": "EMAIL", "ip": "IP", "card": "CARD", "iban": "IBAN"}
+    rng = random.Random(3)
+    missed, spurious, destroyed = [], [], []
+    for i in range(60 * len(REGIONS)):
+        region = REGIONS[i % len(REGIONS)]
+        t = generate_transcript(rng, region)
+        spans = detect(t.text, (region,))
+        got = [(s.label.name, t.text[s.start : s.end]) for s in spans]
+        expected = [(labels[category], value) for category, value in t.pii]
+        missed += [(region, e) for e in expected if e not in got]
+        spurious += [(region, g) for g in got if g not in expected]
+        redacted = redact(t.text, spans)
+        destroyed += [(region, k) for k in t.keep if k not in redacted]
+    assert missed == []
+    assert spurious == []
+    assert destroyed == []
