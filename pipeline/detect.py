@@ -4,15 +4,19 @@
 with its label ([PHONE], [EMAIL], [IP], [CARD], [IBAN]). Runs on every transcript and attribute
 value, so the work is ordered cheapest first:
 
-1. gate: text without a digit or "@" holds none of these (one C-level scan, no regex);
-2. one compiled scanner, left to right, whose alternatives at each position are tried in order:
-   email, IBAN, IPv6, IPv4, then "ordinary number" shapes that must survive (dates, times,
-   amounts, percentages, version numbers), then runs of digits with phone-like separators.
-   Ordinary shapes are consumed by the scanner, so a digit run never starts inside a date;
+1. gate: a text without a digit or "@" holds none of these;
+2. anchored scans whose compiled pattern starts with a rare character, so the regex engine skips
+   plain text in C: emails from each "@", IBANs from their two check digits, IPv6 from a
+   ":hex:" pair, and numeric clusters from a digit, "+", "(" or currency sign. Inside a cluster
+   one scanner is tried position by position (match, not search): IPv4, then "ordinary number"
+   shapes that must survive (dates, times, amounts, percentages, thousands), then runs of digits
+   with phone-like separators. Ordinary shapes are consumed, so a run never starts inside a date;
 3. checks only on the candidates: ipaddress for IPs, mod-97 for IBANs, Luhn (plus issuer prefix
-   and length) for cards, and phonenumbers (parse + is_valid_number) for digit runs, with the
-   call's own regions for national numbers. PhoneNumberMatcher is used only on a run that does
-   not parse whole, to find a phone number glued to other digits.
+   and length) for cards, and phonenumbers (parse + is_valid_number) for runs of 6+ digits, with
+   the call's own regions for national numbers. A nationally written number must start with the
+   region's trunk prefix ("0" in most countries) or be 9+ digits long (8 where there is no trunk
+   prefix). PhoneNumberMatcher is used only on a run that does not parse whole, to find a
+   phone number glued to other digits.
 
 A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
 optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
