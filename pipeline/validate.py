@@ -97,9 +97,11 @@ def _map_fields() -> tuple[str, ...]:
     return tuple(out)
 
 
-def strip_secrets(record: Mapping[str, Any], names: Iterable[str]) -> Record:
+def strip_secrets(record: Any, names: Iterable[str]) -> Any:
     """A copy of `record` without secret-named keys in its map fields (attributes). Anything that
     is not a record is returned as it is, so the dead-letter path can call this on any input."""
+    if not isinstance(record, Mapping):
+        return record
     return _strip(record, frozenset(n.lower() for n in names))[0]
 
 
@@ -115,23 +117,40 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Record, in
     return out, stripped
 
 
+@lru_cache(maxsize=1)
+def _field_names() -> frozenset[str]:
+    return frozenset(p.path.rsplit(".", 1)[-1] for p in schemas.pii_fields(RECORD))
+
+
+def _deep_strip(node: Any, names: frozenset[str]) -> Any:
+    """Drop secret-named keys at any depth (a raw message may nest attributes, e.g. Avro JSON's
+    {"map": {...}}, or carry unknown fields); the schema's own field names are kept."""
+    if isinstance(node, dict):
+        return {
+            k: _deep_strip(v, names)
+            for k, v in node.items()
+            if k in _field_names() or not _is_secret(k, names)
+        }
+    if isinstance(node, list):
+        return [_deep_strip(v, names) for v in node]
+    return node
+
+
 _JSON_PAIR = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*("(?:[^"\\]|\\.)*"?|[^,{}\[\]\s"]+)')
 
 
 def strip_secrets_json(raw: bytes, names: Iterable[str]) -> bytes:
-    """Raw JSON bytes (one event or a list of them) without secret-named attributes. Bytes that do
-    not decode as JSON get every `"secret-name": value` pair's value masked as "***" instead;
-    bytes that are not text (Avro) are returned unchanged for the codec to handle."""
+    """Raw JSON bytes (one event, a list of them, anything) without secret-named keys at any
+    depth. Bytes that do not decode as JSON get every `"secret-name": value` pair's value masked
+    as "***" instead; bytes that are not text (Avro) are returned unchanged for the codec."""
     frozen = frozenset(n.lower() for n in names)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _mask_pairs(raw, frozen)
-    if isinstance(doc, dict):
-        return orjson.dumps(_strip(doc, frozen)[0])
-    if isinstance(doc, list):
-        return orjson.dumps([_strip(d, frozen)[0] if isinstance(d, dict) else d for d in doc])
-    return raw
+    if not isinstance(doc, dict | list):
+        return raw
+    return orjson.dumps(_deep_strip(doc, frozen))
 
 
 def _mask_pairs(raw: bytes, names: frozenset[str]) -> bytes:

@@ -232,3 +232,24 @@ def test_input_records_are_not_changed() -> None:
     before = orjson.dumps(record)
     validate_batch([record], DEFAULT_SECRET_NAMES, NOW)
     assert orjson.dumps(record) == before
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Avro JSON encoding of the union: {"map": {...}}
+        (
+            b'{"attributes": {"map": {"sip_password": "x", "plan": "gold"}}}',
+            {"attributes": {"map": {"plan": "gold"}}},
+        ),
+        # an unknown top-level field the decoder would ignore still must not reach a dead letter
+        (b'{"event_id": "e", "password": "hunter2"}', {"event_id": "e"}),
+        (b'"just a string"', "just a string"),
+    ],
+)
+def test_strip_secrets_json_at_any_depth(raw: bytes, expected: Any) -> None:
+    assert orjson.loads(strip_secrets_json(raw, DEFAULT_SECRET_NAMES)) == expected
+
+
+def test_strip_secrets_passes_non_records_through() -> None:
+    assert strip_secrets("raw text", DEFAULT_SECRET_NAMES) == "raw text"
