@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.chain import ChainResult, Source, process_batch
-from pipeline.consent import AccountState, record_consent, record_request
+from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.keys import PseudonymKey, bucket_of
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.reasons import Drop, Reason, Stage
@@ -67,8 +69,8 @@ def req(kind: str, at: int = 0) -> dict[str, Any]:
     return {"request_id": f"{kind}-{at}", "kind": kind, "at": at}
 
 
-def run(records: list[Any], st: dict[str, AccountState] | None = None, **kw: Any) -> ChainResult:
-    return process_batch(records, st or {}, DEFAULT_POLICY, KEY, NOW, **kw)
+def run(records: list[Any], known: dict[str, AccountState] | None = None, **kw: Any) -> ChainResult:
+    return process_batch(records, known or {}, DEFAULT_POLICY, KEY, NOW, **kw)
 
 
 def accounted(result: ChainResult, n: int) -> bool:
@@ -145,8 +147,8 @@ def test_mixed_batch_accounts_for_every_event() -> None:
         call(5, "objector"),
         call(6, "ok", kind="fax"),
     ]
-    st = states(gone=[req("erase")], locked=[req("restrict")], objector=[req("object")])
-    result = run(batch, st)
+    known = states(gone=[req("erase")], locked=[req("restrict")], objector=[req("object")])
+    result = run(batch, known)
     assert accounted(result, len(batch))
     assert [r["event_id"] for r in result.vault_rows] == ["ev-1", "ev-4", "ev-5"]
     assert [r["event_id"] for r in result.analytics_rows] == ["ev-1"]
@@ -240,8 +242,8 @@ def test_canary_corpus_through_the_chain() -> None:
                 attributes={"note": e["text"]},
             )
         )
-    st = states(consenting=[grant("transcription")])
-    result = run(batch, st)
+    known = states(consenting=[grant("transcription")])
+    result = run(batch, known)
     assert len(result.analytics_rows) == len(entries)
     drops: Counter[str] = Counter()
     for e, row in zip(entries, result.analytics_rows, strict=True):
@@ -252,3 +254,47 @@ def test_canary_corpus_through_the_chain() -> None:
                 if keep not in text:
                     drops[e["id"]] += 1
     assert not drops
+
+
+EVENTS = st.one_of(
+    st.builds(
+        grant,
+        st.sampled_from(["recording", "transcription", "analytics"]),
+        st.integers(0, 9000),
+        st.booleans(),
+    ),
+    st.builds(
+        req, st.sampled_from(["erase", "restrict", "unrestrict", "object", "access"]), st.integers(0, 9000)
+    ),
+)
+BROKEN = [{}, {"duration_s": -1}, {"kind": "fax"}, {"event_id": ""}, {"started_at": "soon"}]
+
+
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.integers(0, 8), st.integers(-1, len(BROKEN) - 1)), max_size=25
+    ),
+    histories=st.dictionaries(st.sampled_from("abcd"), st.lists(EVENTS, max_size=5)),
+)
+def test_every_event_accounted_for_and_every_rule_kept(
+    calls: list[tuple[str, int, int]], histories: dict[str, list[dict[str, Any]]]
+) -> None:
+    batch = [call(n, account, **(BROKEN[b] if b >= 0 else {})) for account, n, b in calls]
+    account_states = states(**histories)
+    result = run(batch, account_states)
+    assert accounted(result, len(batch))
+    assert len(result.erased) == result.drops[Drop.ERASED]
+    for row in result.vault_rows:
+        decision = decide(account_states.get(row["account_id"]), row["started_at"], DEFAULT_POLICY.consent)
+        assert not decision.erased
+        assert decision.recording or row["recording_uri"] is None
+        assert decision.transcription or row["transcript"] is None
+    allowed = {
+        r["event_id"]
+        for r in result.vault_rows
+        if (
+            d := decide(account_states.get(r["account_id"]), r["started_at"], DEFAULT_POLICY.consent)
+        ).analytics
+        and not d.restricted
+    }
+    assert {r["event_id"] for r in result.analytics_rows} == allowed
