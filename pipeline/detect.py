@@ -93,7 +93,7 @@ _IBAN = re.compile(
     r"(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b"
 )
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
-_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
 # Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
 # ones only with a qualifier ("account number ...", so that a speaker label "Customer:" is not).
 _IDENT_WORDS = frozenset(
@@ -268,10 +268,12 @@ def _ipv6s(text: str, out: list[Span]) -> None:
     pos = 0
     while (m := _IPV6_SEED.search(text, pos)) is not None:
         start, end = m.start(), m.end()
-        while start > 0 and text[start - 1] in _HEX_COLON:
+        while start > 0 and text[start - 1] in _IPV6_CHARS:
             start -= 1
-        while end < len(text) and text[end] in _HEX_COLON:
+        while end < len(text) and text[end] in _IPV6_CHARS:
             end += 1
+        while text[end - 1] == ".":  # a full stop after the address
+            end -= 1
         before = text[start - 1] if start else " "
         after = text[end] if end < len(text) else " "
         clear = not (before.isalnum() or before in "_.") and not (after.isalnum() or after == "_")

@@ -46,6 +46,8 @@ def found(text: str, regions: tuple[str, ...] = ()) -> list[tuple[str, str]]:
             [("IP", "2001:db8::1"), ("IP", "fe80::1ff:fe23:4567:890a")],
         ),
         ("999.1.1.1 is no address", (), []),
+        ("mapped ::ffff:192.0.2.1 too", (), [("IP", "::ffff:192.0.2.1")]),
+        ("port 10.0.0.1:8080", (), [("IP", "10.0.0.1")]),
         # cards (Luhn) and IBANs (mod 97)
         ("card 4111 1111 1111 1111", ("US",), [("CARD", "4111 1111 1111 1111")]),
         ("amex 378282246310005", ("US",), [("CARD", "378282246310005")]),
