@@ -288,6 +288,8 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
     block = next(blocked, None)
     pos = 0
     for cluster in _CLUSTER.finditer(text):
+        if cluster.end() - cluster.start() < 4:
+            continue  # "7 ", "12%": too short for anything
         digits = len(_NON_DIGIT.sub("", cluster.group()))
         if digits < 4 or (digits < _MIN_PHONE_DIGITS and "." not in cluster.group()):
             continue  # too short for a phone number, card or IPv4 address
