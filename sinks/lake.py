@@ -180,10 +180,14 @@ class LakeWriter:
         """Buffer rows. `vault_tokens[i]` is the account token of `vault[i]` (the same token its
         analytics row carries as account_token), so both rows of an event share a bucket.
         `through`: every message of the source up to this offset has been handed over (its rows
-        are in this call or an earlier one, or it yields none). Rows of later offsets wait for it.
+        are in this call or an earlier one, or it yields none). Rows of later offsets wait for it;
+        rows of offsets the lake already holds (a replay) are dropped and counted.
         """
         if len(vault_tokens) != len(vault):
             raise ValueError("one account token per vault row is required")
+        old_vault, (vault, vault_tokens) = _split(vault, vault_tokens, self._next - 1)
+        old_analytics, (analytics, _) = _split(analytics, None, self._next - 1)
+        self.replayed_rows += len(old_vault[0]) + len(old_analytics[0])
         if vault or analytics:
             self._vault.extend(vault)
             self._tokens.extend(vault_tokens)
@@ -210,15 +214,14 @@ class LakeWriter:
         first, last = self._next, self._through
         if last < first:
             return None
-        vault, tokens, vault_later, tokens_later, old_v = _split(self._vault, self._tokens, first, last)
-        analytics, _, analytics_later, _, old_a = _split(self._analytics, None, first, last)
+        (vault, tokens), (vault_later, tokens_later) = _split(self._vault, self._tokens, last)
+        (analytics, _), (analytics_later, _) = _split(self._analytics, None, last)
         try:
             flushed = self._land(first, last, vault, tokens, analytics)
         except BaseException:
             self._broken = True
             raise
         self._next = last + 1
-        self.replayed_rows += old_v + old_a
         self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
         self._since = self._since if vault_later or analytics_later else None
         return flushed
@@ -262,26 +265,22 @@ class LakeWriter:
         return Flushed(self.source, first, last, tuple(final for _temp, final in temps), rows)
 
 
-def _split(
-    rows: list[Row], tokens: list[str] | None, first: int, last: int
-) -> tuple[list[Row], list[str], list[Row], list[str], int]:
-    """Rows (and their tokens) of offsets first..last, those of later offsets, and how many rows
-    were of offsets before `first`: already in the lake, dropped."""
-    now: list[Row] = []
-    later: list[Row] = []
-    tokens_now: list[str] = []
-    tokens_later: list[str] = []
-    for i, row in enumerate(rows):
-        offset = row["source_offset"]
-        if offset > last:
-            later.append(row)
-            if tokens is not None:
-                tokens_later.append(tokens[i])
-        elif offset >= first:
-            now.append(row)
-            if tokens is not None:
-                tokens_now.append(tokens[i])
-    return now, tokens_now, later, tokens_later, len(rows) - len(now) - len(later)
+Split = tuple[list[Row], list[str]]
+
+
+def _split(rows: Sequence[Row], tokens: Sequence[str] | None, last: int) -> tuple[Split, Split]:
+    """(rows of offsets up to `last`, rows of later offsets), each with its tokens if given."""
+    offsets = [row["source_offset"] for row in rows]
+    if not offsets or max(offsets) <= last:
+        return (list(rows), list(tokens or ())), ([], [])
+    if min(offsets) > last:
+        return ([], []), (list(rows), list(tokens or ()))
+    upto = [i for i, offset in enumerate(offsets) if offset <= last]
+    later = [i for i, offset in enumerate(offsets) if offset > last]
+    return (
+        ([rows[i] for i in upto], [tokens[i] for i in upto] if tokens else []),
+        ([rows[i] for i in later], [tokens[i] for i in later] if tokens else []),
+    )
 
 
 def held(lake: Path) -> dict[str, int]:
