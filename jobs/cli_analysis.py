@@ -1,9 +1,132 @@
-"""Placeholder: registers no commands yet."""
+"""The analysts' commands: `callpipe jobs anonymize`, `callpipe jobs report`, `callpipe query`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from pipeline.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersAction) -> None:
     """Add top-level commands to `sub` and `callpipe jobs` commands to `jobs_sub`."""
+    anon = jobs_sub.add_parser(
+        "anonymize", help="build the k-anonymous aggregates zone from analytics (re-runnable)"
+    )
+    anon.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
+    anon.add_argument("--json", action="store_true", help="print the result as JSON")
+    anon.set_defaults(func=cmd_anonymize)
+
+    rep = jobs_sub.add_parser("report", help="volume, retention, stream counters, job history and risk")
+    rep.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
+    rep.add_argument(
+        "--html", type=Path, default=None, metavar="FILE", help="also write a self-contained HTML file"
+    )
+    rep.add_argument("--json", action="store_true", help="print the report data as JSON")
+    rep.add_argument("--sample", type=int, default=1000, help="subjects sampled for unicity (default 1000)")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the unicity draw (default 0)")
+    rep.set_defaults(func=cmd_report)
+
+    query = sub.add_parser("query", help="DuckDB SQL over the analytics and aggregates zones (read-only)")
+    query.add_argument(
+        "sql", help="one SELECT; views: analytics_calls, one per aggregate, vault_calls with --vault"
+    )
+    query.add_argument("--vault", action="store_true", help="also expose the restricted vault as vault_calls")
+    fmt = query.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print rows as a JSON array of objects")
+    fmt.add_argument("--csv", action="store_true", help="print rows as CSV")
+    query.set_defaults(func=cmd_query)
+
+
+def as_of_arg(text: str) -> datetime:
+    """An ISO-8601 time or date; without an offset it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "--as-of must be an ISO-8601 time, e.g. 2026-11-28T00:00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _lake(settings: Settings) -> Path:
+    from pipeline.cli import CliError
+
+    if not settings.lake.is_dir():
+        raise CliError(f"no lake at {settings.lake} (set CALLPIPE_LAKE)")
+    return settings.lake
+
+
+def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.anonymize import AggregateResult, anonymize
+
+    lake = _lake(settings)
+    as_of = args.as_of or datetime.now(UTC)
+
+    def progress(r: AggregateResult) -> None:
+        if not args.json:
+            print(
+                f"{r.name}: {r.published_groups:,} groups published (min subjects {r.min_subjects}),"
+                f" {r.suppressed_groups:,} groups / {r.suppressed_calls:,} calls suppressed below k,"
+                f" {r.carried_groups:,} carried over -> {r.path}",
+                flush=True,
+            )
+
+    con = duckdb.connect()
+    try:
+        result = anonymize(con, lake, k=settings.policy.k, as_of=as_of, progress=progress)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"anonymize: k = {result.k}, {result.source_rows:,} analytics rows, {result.duration_s:.2f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import report, report_html
+    from pipeline.cli import CliError
+
+    lake = _lake(settings)
+    if args.sample < 1:
+        raise CliError("--sample must be at least 1")
+    as_of = args.as_of or datetime.now(UTC)
+    con = duckdb.connect()
+    try:
+        data = report.collect(con, lake, settings.policy, as_of=as_of, sample=args.sample, seed=args.seed)
+    finally:
+        con.close()
+    if args.html is not None:
+        args.html.write_text(report_html.render(data), encoding="utf-8")
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        sys.stdout.write(report.render_text(data))
+        if args.html is not None:
+            print(f"HTML report written to {args.html}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import query
+    from pipeline.cli import CliError
+
+    lake = _lake(settings)
+    try:
+        result = query.run(lake, args.sql, vault=args.vault)
+    except query.QueryError as exc:
+        hint = " (the vault needs --vault)" if "vault_calls" in str(exc) and not args.vault else ""
+        raise CliError(f"{exc}{hint}") from None
+    if args.json:
+        print(query.to_json(result))
+    elif args.csv:
+        sys.stdout.write(query.to_csv(result))
+    else:
+        print(query.to_table(result))
+    return 0

@@ -1,0 +1,361 @@
+"""`callpipe jobs anonymize`: the aggregates zone, built from analytics, k-anonymous by construction.
+
+Each aggregate generalizes the quasi-identifiers of a call (start time to the hour or day, the
+caller's country code, carrier, kind, direction, status, a duration bucket), drops every token,
+and counts per group: `calls`, `subjects` (distinct account tokens) and `duration_s_total`. A group
+is published only if it covers at least k subjects (Policy.k); smaller groups are suppressed and
+counted, and the counts go to the job's output, the Parquet file's key-value metadata and the audit.
+
+Layout and crash safety: an aggregate is one file, `<lake>/aggregates/<name>/<name>.parquet`. It is
+written by DuckDB to a temporary file in the same folder (a dot name no `*.parquet` glob matches),
+fsynced, then renamed over the old file with os.replace and the folder fsynced. A reader therefore
+sees the old aggregate or the new one, never a mix; a killed run leaves at most a stray temporary
+file that the next run removes. Re-running replaces each aggregate with a fresh build.
+
+Aggregates are kept (retention `aggregates_days`, none by default) while analytics expires: rows of
+periods older than the oldest analytics row still present are carried over from the previous build
+of the same definition, so history survives analytics retention without ever being recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from jobs import audit
+from sinks import layout
+
+# Duration buckets: (label, lower bound in seconds, inclusive). A call lands in the last bucket whose
+# bound it reaches; unanswered calls have duration 0.
+DURATION_BUCKETS: tuple[tuple[str, int], ...] = (
+    ("0s", 0),
+    ("1-59s", 1),
+    ("1-5m", 60),
+    ("5-15m", 300),
+    ("15-60m", 900),
+    ("60m+", 3600),
+)
+
+# Generalized quasi-identifiers: output column -> SQL expression over the analytics columns.
+DIMENSIONS: dict[str, str] = {
+    "caller_country": "caller_country",
+    "carrier_id": "carrier_id",
+    "kind": "kind",
+    "direction": "direction",
+    "status": "status",
+    "duration_bucket": "",  # filled in from DURATION_BUCKETS below
+}
+# Time grains: output column -> SQL expression (UTC, whatever the session time zone).
+GRAINS: dict[str, str] = {
+    "hour": "time_bucket(INTERVAL 1 HOUR, started_at)",  # TIMESTAMPTZ; buckets are in UTC
+    "day": "CAST(timezone('UTC', started_at) AS DATE)",
+}
+
+
+def duration_bucket_sql(column: str = "duration_s") -> str:
+    arms = " ".join(
+        f"WHEN {column} >= {low} THEN '{label}'" for label, low in reversed(DURATION_BUCKETS) if low > 0
+    )
+    return f"CASE {arms} WHEN {column} IS NULL THEN NULL ELSE '{DURATION_BUCKETS[0][0]}' END"
+
+
+DIMENSIONS["duration_bucket"] = duration_bucket_sql()
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One published table: a time grain and the generalized dimensions it groups by."""
+
+    name: str
+    grain: str  # a key of GRAINS
+    dimensions: tuple[str, ...]  # keys of DIMENSIONS
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.grain not in GRAINS:
+            raise ValueError(f"aggregate {self.name}: unknown grain {self.grain}")
+        unknown = set(self.dimensions) - set(DIMENSIONS)
+        if unknown:
+            raise ValueError(f"aggregate {self.name}: unknown dimensions {sorted(unknown)}")
+
+    @property
+    def definition(self) -> str:
+        """A fingerprint of what the rows mean: carry-over only happens between equal definitions."""
+        text = "|".join([self.grain, GRAINS[self.grain], *(f"{d}={DIMENSIONS[d]}" for d in self.dimensions)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+AGGREGATES: tuple[Aggregate, ...] = (
+    Aggregate(
+        "calls_hourly",
+        "hour",
+        ("caller_country", "carrier_id", "direction", "status", "duration_bucket"),
+        "calls per UTC hour, caller country code, carrier, direction, status and duration bucket",
+    ),
+    Aggregate(
+        "calls_daily",
+        "day",
+        ("caller_country", "carrier_id", "kind", "direction", "status"),
+        "calls per UTC day, caller country code, carrier, kind, direction and status",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    name: str
+    path: str  # relative to the lake
+    published_groups: int
+    published_calls: int
+    suppressed_groups: int  # groups with fewer than k subjects, not published
+    suppressed_calls: int  # calls inside them
+    carried_groups: int  # rows kept from the previous build (periods older than analytics)
+    min_subjects: int | None  # over the published rows; >= k by construction
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AnonymizeResult:
+    k: int
+    as_of: str
+    source_rows: int
+    aggregates: tuple[AggregateResult, ...]
+    duration_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def aggregate_path(lake: Path, name: str) -> Path:
+    return lake / layout.AGGREGATES / name / f"{name}.parquet"
+
+
+def groups_sql(agg: Aggregate, source: str) -> str:
+    """Every group of `agg` over `source` (a table expression), before suppression. Parameter $as_of."""
+    dims = ",\n    ".join(f"{DIMENSIONS[d]} AS {d}" for d in agg.dimensions)
+    return f"""
+SELECT
+    {GRAINS[agg.grain]} AS {agg.grain},
+    {dims},
+    count(*) AS calls,
+    count(DISTINCT account_token) AS subjects,
+    coalesce(sum(duration_s), 0)::BIGINT AS duration_s_total
+FROM {source}
+WHERE started_at < $as_of
+GROUP BY ALL
+"""
+
+
+def columns(agg: Aggregate) -> list[str]:
+    return [agg.grain, *agg.dimensions, "calls", "subjects", "duration_s_total"]
+
+
+def anonymize(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    *,
+    k: int,
+    as_of: datetime,
+    aggregates: tuple[Aggregate, ...] = AGGREGATES,
+    progress: Callable[[AggregateResult], None] | None = None,
+) -> AnonymizeResult:
+    """Build every aggregate from the analytics zone as of `as_of` and record the run in the audit."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    started = time.monotonic()
+    params = {"k": k, "as_of": as_of.isoformat(), "aggregates": [a.name for a in aggregates]}
+    try:
+        source_rows, results = _build_all(con, lake, k, as_of, aggregates, progress)
+    except BaseException as exc:
+        audit.record(
+            lake,
+            job="anonymize",
+            params=params,
+            counts={},
+            files=[],
+            duration_s=time.monotonic() - started,
+            outcome=f"failed: {type(exc).__name__}",
+        )
+        raise
+    result = AnonymizeResult(k, as_of.isoformat(), source_rows, tuple(results), time.monotonic() - started)
+    counts: dict[str, int] = {"source_rows": source_rows}
+    for r in results:
+        counts[f"{r.name}.published_groups"] = r.published_groups
+        counts[f"{r.name}.suppressed_groups"] = r.suppressed_groups
+        counts[f"{r.name}.suppressed_calls"] = r.suppressed_calls
+        counts[f"{r.name}.carried_groups"] = r.carried_groups
+    audit.record(
+        lake,
+        job="anonymize",
+        params=params,
+        counts=counts,
+        files=[{"path": r.path, "sha256": r.sha256, "action": "replaced"} for r in results],
+        duration_s=result.duration_s,
+        outcome="ok",
+    )
+    return result
+
+
+def _build_all(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    k: int,
+    as_of: datetime,
+    aggregates: tuple[Aggregate, ...],
+    progress: Callable[[AggregateResult], None] | None,
+) -> tuple[int, list[AggregateResult]]:
+    has_data = any((lake / layout.ANALYTICS).glob("calls/dt=*/**/*.parquet"))
+    view = f"_anon_src_{uuid.uuid4().hex[:8]}"
+    if has_data:
+        files = _quote(layout.glob(lake, layout.ANALYTICS))
+        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{files}')")
+        row = con.execute(
+            f"SELECT count(*) FROM {view} WHERE started_at < $as_of", {"as_of": as_of}
+        ).fetchone()
+        source_rows = int(row[0]) if row else 0
+    else:
+        source_rows = 0
+    results = []
+    try:
+        for agg in aggregates:
+            res = _build_one(con, lake, agg, view if has_data else None, k, as_of)
+            results.append(res)
+            if progress is not None:
+                progress(res)
+    finally:
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    return source_rows, results
+
+
+def _build_one(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    agg: Aggregate,
+    source: str | None,
+    k: int,
+    as_of: datetime,
+) -> AggregateResult:
+    final = aggregate_path(lake, agg.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stray in final.parent.glob(f".{agg.name}.*.tmp"):
+        stray.unlink()  # left by a killed run; never visible to readers
+    groups = f"_anon_groups_{uuid.uuid4().hex[:8]}"
+    cols = ", ".join(columns(agg))
+    if source is not None:
+        con.execute(f"CREATE TEMP TABLE {groups} AS {groups_sql(agg, source)}", {"as_of": as_of})
+    else:  # no analytics at all: an empty frame of the right shape
+        con.execute(
+            f"CREATE TEMP TABLE {groups} AS {groups_sql(agg, _empty_source())} LIMIT 0", {"as_of": as_of}
+        )
+    try:
+        stats = con.execute(
+            f"""SELECT
+                  count(*) FILTER (WHERE subjects >= $k),
+                  coalesce(sum(calls) FILTER (WHERE subjects >= $k), 0),
+                  count(*) FILTER (WHERE subjects < $k),
+                  coalesce(sum(calls) FILTER (WHERE subjects < $k), 0),
+                  min({agg.grain})
+                FROM {groups}""",
+            {"k": k},
+        ).fetchone()
+        assert stats is not None
+        published, published_calls, suppressed, suppressed_calls, oldest = stats
+        carry = _carry_over_sql(con, final, agg, oldest)
+        tmp = final.parent / f".{agg.name}.{uuid.uuid4().hex[:8]}.tmp"
+        body = f"SELECT {cols} FROM {groups} WHERE subjects >= $k"
+        copy_params: dict[str, object] = {"k": k}
+        if carry:
+            body = f"{body} UNION ALL {carry[0]}"
+            copy_params.update(carry[2])
+        meta = {
+            "callpipe.aggregate": agg.name,
+            "callpipe.definition": agg.definition,
+            "callpipe.k": str(k),
+            "callpipe.as_of": as_of.isoformat(),
+            "callpipe.suppressed_groups": str(suppressed),
+            "callpipe.suppressed_calls": str(suppressed_calls),
+            "callpipe.description": agg.description,
+        }
+        kv = ", ".join(f"'{key}': '{_quote(value)}'" for key, value in meta.items())
+        con.execute(
+            f"COPY ({body} ORDER BY {agg.grain}) TO '{_quote(str(tmp))}' "
+            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{{kv}}})",
+            copy_params,
+        )
+        row = con.execute(f"SELECT min(subjects) FROM read_parquet('{_quote(str(tmp))}')").fetchone()
+        min_subjects = row[0] if row else None
+        if min_subjects is not None and min_subjects < k:  # cannot happen; never publish if it does
+            tmp.unlink()
+            raise RuntimeError(f"aggregate {agg.name}: a group below k reached the output")
+        _fsync_file(tmp)
+        os.chmod(tmp, 0o644)
+        digest = audit.sha256_file(tmp)
+        os.replace(tmp, final)  # the commit point: readers see the old file or the new one
+        _fsync_dir(final.parent)
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {groups}")
+    return AggregateResult(
+        name=agg.name,
+        path=str(final.relative_to(lake)),
+        published_groups=int(published) + (carry[1] if carry else 0),
+        published_calls=int(published_calls),
+        suppressed_groups=int(suppressed),
+        suppressed_calls=int(suppressed_calls),
+        carried_groups=carry[1] if carry else 0,
+        min_subjects=min_subjects,
+        sha256=digest,
+    )
+
+
+def _carry_over_sql(
+    con: duckdb.DuckDBPyConnection, final: Path, agg: Aggregate, oldest: object
+) -> tuple[str, int, dict[str, object]] | None:
+    """(SELECT over the previous build's rows older than `oldest`, their count, its parameters)."""
+    if not final.exists():
+        return None
+    path = _quote(str(final))
+    meta = dict(
+        con.execute(f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata('{path}')").fetchall()
+    )
+    if meta.get("callpipe.definition") != agg.definition:
+        return None  # a changed definition: old rows would mean something else
+    cols = ", ".join(columns(agg))
+    params: dict[str, object] = {} if oldest is None else {"oldest": oldest}
+    where = "TRUE" if oldest is None else f"{agg.grain} < $oldest"
+    sql = f"SELECT {cols} FROM read_parquet('{path}') WHERE {where}"
+    row = con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
+    carried = int(row[0]) if row else 0
+    return (sql, carried, params) if carried else None
+
+
+def _empty_source() -> str:
+    return (
+        "(SELECT NULL::TIMESTAMPTZ AS started_at, NULL::SMALLINT AS caller_country,"
+        " NULL::VARCHAR AS carrier_id, NULL::VARCHAR AS kind, NULL::VARCHAR AS direction,"
+        " NULL::VARCHAR AS status,"
+        " NULL::INTEGER AS duration_s, NULL::VARCHAR AS account_token)"
+    )
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    _fsync_file(folder)

@@ -1,0 +1,312 @@
+"""`callpipe jobs report`: what the lake holds, how old it is against the policy, what the stream
+counted, which jobs ran, and the measured re-identification risk. Text, JSON or one HTML file.
+
+`collect` gathers plain data (JSON-ready dicts and lists); `render_text` and `report_html.render`
+only format it. Data sources:
+
+- zones: one DuckDB pass per zone over its Parquet files (grouped by file: rows, rows holding a
+  transcript or a recording, oldest call, rows past each retention limit), file sizes from the
+  file system. Only counts and timestamps are read, never content.
+- stream counters, the `<lake>/_stats/` convention: any number of JSON files anywhere under
+  `<lake>/_stats/` (e.g. `_stats/<writer>/<first-offset>-<last-offset>.json`), each one object
+        {"writer": "worker-1", "from": "<ISO-8601>", "to": "<ISO-8601>",
+         "counts": {"consent.granted.recording": 3, "consent.denied.analytics": 1,
+                    "dlq.malformed": 2, "drop.recording_no_consent": 5, "written.vault": 900}}
+  Each file holds the counts of one flush interval only (deltas, never running totals), is written
+  atomically (temp + rename) and never changed, so any number of workers and restarts add up by
+  summing. Counter names: `consent.<granted|denied>.<purpose>`, `dlq.<Reason>`, `drop.<Drop>`,
+  `written.<zone>`. Audit entries whose counts use the same names (e.g. `callpipe ingest`) are
+  added too.
+- job history: `jobs.audit.read`.
+- risk: `jobs.risk.measure` (k-anonymity of each aggregate, unicity at both resolutions).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from jobs import audit, risk
+from pipeline.policy import Policy
+from sinks import layout
+
+STATS = "_stats"
+COUNTER_PREFIXES = ("consent.", "dlq.", "drop.", "written.")
+HISTORY = 50  # job runs shown
+
+# (zone, category, SQL predicate saying a row holds it, Retention attribute)
+CATEGORIES: dict[str, list[tuple[str, str, str]]] = {
+    layout.VAULT: [
+        ("calls", "TRUE", "vault_days"),
+        ("transcripts", "transcript IS NOT NULL", "transcript_days"),
+        ("recordings", "recording_uri IS NOT NULL", "recording_days"),
+    ],
+    layout.ANALYTICS: [
+        ("calls", "TRUE", "analytics_days"),
+        ("transcripts", "transcript IS NOT NULL", "transcript_days"),
+        ("recordings", "coalesce(has_recording, false)", "recording_days"),
+    ],
+}
+
+
+def collect(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    policy: Policy,
+    *,
+    as_of: datetime,
+    sample: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data."""
+    volume: list[dict[str, Any]] = []
+    retention: list[dict[str, Any]] = []
+    for zone in (layout.VAULT, layout.ANALYTICS):
+        days, ret = _zone(con, lake, zone, policy, as_of)
+        volume += days
+        retention += ret
+    aggregates = _aggregates(con, lake)
+    retention += [
+        {
+            "zone": layout.AGGREGATES,
+            "category": a["name"],
+            "oldest": a["oldest"],
+            "limit_days": policy.retention.aggregates_days,
+            "age_days": _age(a["oldest"], as_of),
+            "past_limit": 0,
+        }
+        for a in aggregates
+    ]
+    entries = audit.read(lake)
+    return {
+        "lake": str(lake),
+        "as_of": as_of.isoformat(),
+        "policy": {"k": policy.k, "source": policy.source, "retention": vars(policy.retention)},
+        "zones": _totals(volume),
+        "volume": volume,
+        "aggregates": aggregates,
+        "retention": retention,
+        "stream": _stream(lake, entries),
+        "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
+        "jobs_total": len(entries),
+        "risk": risk.measure(con, lake, as_of=as_of, sample=sample, seed=seed),
+    }
+
+
+def _zone(
+    con: duckdb.DuckDBPyConnection, lake: Path, zone: str, policy: Policy, as_of: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    files = sorted(layout.table_dir(lake, zone).glob("dt=*/**/*.parquet"))
+    cats = CATEGORIES[zone]
+    if not files:
+        return [], [
+            {
+                "zone": zone,
+                "category": c,
+                "oldest": None,
+                "limit_days": getattr(policy.retention, attr),
+                "age_days": None,
+                "past_limit": 0,
+            }
+            for c, _, attr in cats
+        ]
+    cutoffs = {c: as_of - timedelta(days=getattr(policy.retention, attr)) for c, _, attr in cats}
+    select = ", ".join(
+        f"count(*) FILTER (WHERE {pred}) AS n_{c}, min(started_at) FILTER (WHERE {pred}) AS oldest_{c},"
+        f" count(*) FILTER (WHERE {pred} AND started_at < $cut_{c}) AS past_{c}"
+        for c, pred, _ in cats
+    )
+    listing = ", ".join(f"'{_quote(str(f))}'" for f in files)
+    rows = con.execute(
+        f"SELECT filename, {select} FROM read_parquet([{listing}], filename = true) GROUP BY filename",
+        {f"cut_{c}": cut for c, cut in cutoffs.items()},
+    ).fetchall()
+    per_day: dict[str, dict[str, Any]] = {}
+    oldest: dict[str, Any] = {}
+    past: dict[str, int] = defaultdict(int)
+    for row in rows:
+        path = Path(row[0])
+        dt = next((p[3:] for p in path.parts if p.startswith("dt=")), "?")
+        day = per_day.setdefault(
+            dt, {"zone": zone, "dt": dt, "files": 0, "bytes": 0} | {c: 0 for c, _, _ in cats}
+        )
+        day["files"] += 1
+        day["bytes"] += path.stat().st_size
+        for i, (c, _, _) in enumerate(cats):
+            count, first, over = row[1 + 3 * i : 4 + 3 * i]
+            day[c] += int(count)
+            past[c] += int(over)
+            if first is not None and (c not in oldest or first < oldest[c]):
+                oldest[c] = first
+    for day in per_day.values():
+        day["rows"] = day.pop("calls")
+    ret = [
+        {
+            "zone": zone,
+            "category": c,
+            "oldest": oldest[c].astimezone(UTC).isoformat() if c in oldest else None,
+            "limit_days": getattr(policy.retention, attr),
+            "age_days": _age(oldest[c].astimezone(UTC).isoformat() if c in oldest else None, as_of),
+            "past_limit": past[c],
+        }
+        for c, _, attr in cats
+    ]
+    return [per_day[d] for d in sorted(per_day)], ret
+
+
+def _totals(volume: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for day in volume:
+        t = out.setdefault(
+            day["zone"],
+            {
+                "zone": day["zone"],
+                "days": 0,
+                "rows": 0,
+                "files": 0,
+                "bytes": 0,
+                "transcripts": 0,
+                "recordings": 0,
+            },
+        )
+        t["days"] += 1
+        for key in ("rows", "files", "bytes", "transcripts", "recordings"):
+            t[key] += day[key]
+    return list(out.values())
+
+
+def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path) -> list[dict[str, Any]]:
+    root = lake / layout.AGGREGATES
+    out = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            continue
+        listing = ", ".join(f"'{_quote(str(f))}'" for f in files)
+        cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet([{listing}])").fetchall()}
+        time_col = "hour" if "hour" in cols else "day" if "day" in cols else None
+        first = f"min({time_col})" if time_col else "NULL"
+        row = con.execute(f"SELECT count(*), {first} FROM read_parquet([{listing}])").fetchone()
+        assert row is not None
+        oldest = row[1]
+        if isinstance(oldest, datetime):
+            oldest = oldest.astimezone(UTC).isoformat()
+        elif oldest is not None:
+            oldest = datetime(oldest.year, oldest.month, oldest.day, tzinfo=UTC).isoformat()
+        out.append(
+            {
+                "name": folder.name,
+                "rows": int(row[0]),
+                "files": len(files),
+                "bytes": sum(f.stat().st_size for f in files),
+                "oldest": oldest,
+            }
+        )
+    return out
+
+
+def _stream(lake: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    counts: dict[str, int] = defaultdict(int)
+    sources = 0
+    root = lake / STATS
+    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: skipped, the file count says so
+        if isinstance(doc, dict) and isinstance(doc.get("counts"), dict):
+            sources += 1
+            _add(counts, doc["counts"])
+    for entry in entries:
+        if isinstance(entry.get("counts"), dict) and entry.get("job") in ("ingest", "worker", "stream"):
+            sources += 1
+            _add(counts, entry["counts"])
+    groups: dict[str, dict[str, int]] = {"consent": {}, "dlq": {}, "drop": {}, "written": {}}
+    for name, value in sorted(counts.items()):
+        head, _, rest = name.partition(".")
+        groups[head][rest] = value
+    return {"sources": sources, **groups}
+
+
+def _add(counts: dict[str, int], new: dict[str, Any]) -> None:
+    for name, value in new.items():
+        if isinstance(name, str) and name.startswith(COUNTER_PREFIXES) and isinstance(value, int):
+            counts[name] += value
+
+
+def _job(entry: dict[str, Any]) -> dict[str, Any]:
+    counts = entry.get("counts") or {}
+    shown = {k: v for k, v in counts.items() if isinstance(v, int | float)}
+    return {
+        "at": entry.get("at"),
+        "job": entry.get("job"),
+        "outcome": entry.get("outcome"),
+        "duration_s": entry.get("duration_s"),
+        "files": len(entry.get("files") or []),
+        "counts": dict(list(shown.items())[:6]),
+    }
+
+
+def _age(iso: str | None, as_of: datetime) -> float | None:
+    if iso is None:
+        return None
+    return round((as_of - datetime.fromisoformat(iso)).total_seconds() / 86400, 1)
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def render_text(data: dict[str, Any]) -> str:
+    """The report for a terminal."""
+    out = [f"callpipe report — lake {data['lake']} as of {data['as_of']} (k = {data['policy']['k']})", ""]
+    out.append("Zones")
+    for z in data["zones"]:
+        out.append(
+            f"  {z['zone']:<10} {z['rows']:>12,} rows  {z['files']:>6} files  {_size(z['bytes']):>9}"
+            f"  {z['days']:>4} days  transcripts {z['transcripts']:,}  recordings {z['recordings']:,}"
+        )
+    for a in data["aggregates"]:
+        out.append(f"  aggregates/{a['name']:<14} {a['rows']:>8,} groups  {_size(a['bytes'])}")
+    out += ["", "Retention (oldest data against the policy limit)"]
+    for r in data["retention"]:
+        limit = "kept" if r["limit_days"] is None else f"{r['limit_days']} d"
+        age = "-" if r["age_days"] is None else f"{r['age_days']} d"
+        flag = "OVER LIMIT" if r["past_limit"] else "ok"
+        out.append(
+            f"  {r['zone']:<10} {r['category']:<14} oldest {age:>8}  limit {limit:>6}"
+            f"  rows past limit {r['past_limit']:,}  {flag}"
+        )
+    s = data["stream"]
+    out += ["", f"Stream counters ({s['sources']} sources)"]
+    for group in ("consent", "drop", "dlq", "written"):
+        items = ", ".join(f"{k} {v:,}" for k, v in s[group].items()) or "none recorded"
+        out.append(f"  {group:<8} {items}")
+    out += ["", f"Risk: k-anonymity of the aggregates (k = {data['policy']['k']})"]
+    for a in data["risk"]["k_anonymity"]:
+        out.append(
+            f"  {a['name']:<14} {a['groups']:>8,} groups  min subjects {a['min_subjects']}"
+            f"  median {a['median_subjects']}  below k {a['below_k']}"
+            f"  suppressed {a['suppressed_groups']} groups / {a['suppressed_calls']} calls"
+        )
+    out.append("Risk: unicity of the analytics zone (share singled out by p known points)")
+    for u in data["risk"]["unicity"]:
+        shares = "  ".join(f"p={p['points']}: {p['share']:.1%} (n={p['sampled']})" for p in u["by_points"])
+        out.append(f"  {u['label']:<44} {shares or 'no data'}")
+    out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
+    for j in data["jobs"]:
+        out.append(f"  {j['at']}  {j['job']:<10} {j['outcome']:<10} {j['duration_s']} s  files {j['files']}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,97 @@
+"""`callpipe query`: named views, the vault only on request, read-only, three output formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from analysis_lake import T0, crowd, vault_row, write_zone
+
+from jobs import query
+from jobs.anonymize import anonymize
+
+
+@pytest.fixture
+def full_lake(lake: Path) -> Path:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=3))
+    write_zone(lake, "vault", [vault_row(s, T0) for s in range(3)])
+    anonymize(duckdb.connect(), lake, k=5, as_of=datetime(2026, 7, 1, tzinfo=UTC))
+    return lake
+
+
+def test_views_name_analytics_and_each_aggregate(full_lake: Path) -> None:
+    assert set(query.views(full_lake)) == {"analytics_calls", "calls_hourly", "calls_daily"}
+    assert set(query.views(full_lake, vault=True)) == {
+        "analytics_calls",
+        "calls_hourly",
+        "calls_daily",
+        "vault_calls",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT count(*) AS n FROM analytics_calls", [(18,)]),
+        ("SELECT sum(calls) FROM calls_hourly", [(18,)]),
+        ("SELECT count(DISTINCT dt) FROM analytics_calls", [(1,)]),
+        ("WITH x AS (SELECT subjects FROM calls_daily) SELECT min(subjects) FROM x", [(6,)]),
+        ("FROM calls_daily SELECT calls", [(18,)]),
+    ],
+)
+def test_select_queries(full_lake: Path, sql: str, expected: list[tuple]) -> None:
+    assert query.run(full_lake, sql).rows == expected
+
+
+def test_vault_needs_the_flag(full_lake: Path) -> None:
+    with pytest.raises(query.QueryError, match="vault_calls"):
+        query.run(full_lake, "SELECT count(*) FROM vault_calls")
+    assert query.run(full_lake, "SELECT count(*) FROM vault_calls", vault=True).rows == [(3,)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM read_parquet('{lake}/vault/calls/*/*/*.parquet')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "COPY (SELECT 1) TO '{lake}/aggregates/x.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "SET enable_external_access = true",
+        "ATTACH '{lake}/x.duckdb'",
+        "INSTALL httpfs",
+        "SELECT 1; SELECT 2",
+        "PRAGMA version",
+    ],
+)
+def test_writes_and_reads_outside_the_views_are_refused(full_lake: Path, sql: str) -> None:
+    before = sorted(p for p in full_lake.rglob("*") if "_audit" not in p.parts)
+    with pytest.raises(query.QueryError):
+        query.run(full_lake, sql.format(lake=full_lake))
+    assert sorted(p for p in full_lake.rglob("*") if "_audit" not in p.parts) == before
+
+
+def test_output_formats() -> None:
+    result = query.Result(("a", "when"), [(1, datetime(2026, 6, 1, tzinfo=UTC)), (None, None)])
+    assert json.loads(query.to_json(result)) == [
+        {"a": 1, "when": "2026-06-01T00:00:00+00:00"},
+        {"a": None, "when": None},
+    ]
+    assert list(csv.reader(io.StringIO(query.to_csv(result)))) == [
+        ["a", "when"],
+        ["1", "2026-06-01T00:00:00+00:00"],
+        ["", ""],
+    ]
+    table = query.to_table(result).splitlines()
+    assert table[0].split() == ["a", "when"]
+    assert table[3].split() == ["NULL", "NULL"]
+    assert table[-1] == "(2 rows)"
+
+
+def test_empty_lake_has_no_views(lake: Path) -> None:
+    assert query.views(lake) == {}
+    assert query.run(lake, "SELECT 42").rows == [(42,)]

@@ -1,0 +1,141 @@
+"""The report: volume per zone and day, retention against the policy, stream counters, job history,
+risk figures; text and self-contained HTML renderings."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from analysis_lake import T0, analytics_row, crowd, vault_row, write_zone
+
+from jobs import audit, report, report_html
+from jobs.anonymize import anonymize
+from pipeline.policy import DEFAULT_POLICY
+
+AS_OF = T0 + timedelta(days=40)  # vault limit 90 d, transcripts 30 d
+
+
+@pytest.fixture
+def data(lake: Path) -> dict:
+    vault = [vault_row(s, T0 + timedelta(days=d), transcript="hello") for s in range(3) for d in (0, 20)]
+    vault += [vault_row(9, T0 + timedelta(days=20), recording_uri="s3://rec/1")]
+    write_zone(lake, "vault", vault)
+    analytics = [*crowd(subjects=6, hours=2), analytics_row(1, T0 + timedelta(days=20), has_recording=True)]
+    write_zone(lake, "analytics", analytics)
+    con = duckdb.connect()
+    anonymize(con, lake, k=5, as_of=AS_OF)
+    stats = lake / "_stats" / "worker-1"
+    stats.mkdir(parents=True)
+    (stats / "0-99.json").write_text(
+        json.dumps(
+            {
+                "writer": "worker-1",
+                "counts": {
+                    "dlq.malformed": 2,
+                    "drop.recording_no_consent": 4,
+                    "consent.granted.recording": 1,
+                    "other": 5,
+                },
+            }
+        )
+    )
+    (stats / "100-199.json").write_text(json.dumps({"counts": {"dlq.malformed": 1, "dlq.bad_time": 3}}))
+    (stats / "torn.json").write_text("{not json")
+    audit.record(
+        lake,
+        job="ingest",
+        params={},
+        counts={"written.vault": 7, "dlq.malformed": 10},
+        files=[],
+        duration_s=0.5,
+        outcome="ok",
+    )
+    return report.collect(con, lake, DEFAULT_POLICY, as_of=AS_OF, sample=100, seed=1)
+
+
+def _day(data: dict, zone: str, dt: str) -> dict:
+    return next(d for d in data["volume"] if d["zone"] == zone and d["dt"] == dt)
+
+
+def test_volume_per_zone_and_day(data: dict) -> None:
+    assert _day(data, "vault", "2026-06-01") | {"bytes": 0, "files": 0} == {
+        "zone": "vault",
+        "dt": "2026-06-01",
+        "rows": 3,
+        "files": 0,
+        "bytes": 0,
+        "transcripts": 3,
+        "recordings": 0,
+    }
+    assert (_day(data, "vault", "2026-06-21")["rows"], _day(data, "vault", "2026-06-21")["recordings"]) == (
+        4,
+        1,
+    )
+    assert _day(data, "analytics", "2026-06-21")["recordings"] == 1
+    zones = {z["zone"]: z for z in data["zones"]}
+    assert (zones["vault"]["rows"], zones["vault"]["days"], zones["analytics"]["rows"]) == (7, 2, 13)
+    assert zones["vault"]["files"] >= 2 and zones["vault"]["bytes"] > 0
+    assert {a["name"] for a in data["aggregates"]} == {"calls_hourly", "calls_daily"}
+
+
+def test_retention_names_rows_past_each_limit(data: dict) -> None:
+    ret = {(r["zone"], r["category"]): r for r in data["retention"]}
+    assert ret[("vault", "calls")]["past_limit"] == 0  # 40 days < 90
+    assert ret[("vault", "transcripts")]["past_limit"] == 3  # the June 1st transcripts, 40 days > 30
+    assert ret[("vault", "transcripts")]["age_days"] == 40.0
+    assert ret[("vault", "recordings")]["past_limit"] == 0
+    assert ret[("analytics", "transcripts")]["oldest"] is None
+    assert ret[("aggregates", "calls_daily")]["limit_days"] is None
+
+
+def test_stream_counters_add_up_across_files_and_audit(data: dict) -> None:
+    stream = data["stream"]
+    assert stream["sources"] == 3
+    assert stream["dlq"] == {"bad_time": 3, "malformed": 13}
+    assert stream["drop"] == {"recording_no_consent": 4}
+    assert stream["consent"] == {"granted.recording": 1}
+    assert stream["written"] == {"vault": 7}
+
+
+def test_job_history_newest_first(data: dict) -> None:
+    assert [j["job"] for j in data["jobs"]] == ["ingest", "anonymize"]
+    assert data["jobs"][1]["files"] == 2
+
+
+def test_risk_figures_included(data: dict) -> None:
+    assert {k["name"] for k in data["risk"]["k_anonymity"]} == {"calls_hourly", "calls_daily"}
+    assert [u["resolution"] for u in data["risk"]["unicity"]] == ["fine", "coarse"]
+
+
+def test_text_rendering(data: dict) -> None:
+    text = report.render_text(data)
+    assert "transcripts" in text and "OVER LIMIT" in text
+    assert "calls_hourly" in text and "p=4" in text
+    json.dumps(data)  # the --json output needs no custom encoder
+
+
+def test_html_is_self_contained_with_charts(data: dict) -> None:
+    page = report_html.render(data)
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == 6
+    assert "<script" not in page
+    # nothing fetched: the only URL is the SVG namespace
+    assert set(re.findall(r"https?://[^\"' )]+", page)) <= {"http://www.w3.org/2000/svg"}
+    assert not re.search(r"\b(src|href)=", page)
+
+
+def test_html_escapes_text_from_the_lake(data: dict) -> None:
+    data = {**data, "lake": "<script>x</script>"}
+    assert "<script>x" not in report_html.render(data)
+
+
+def test_empty_lake(lake: Path) -> None:
+    con = duckdb.connect()
+    data = report.collect(con, lake, DEFAULT_POLICY, as_of=datetime(2026, 7, 1, tzinfo=UTC))
+    assert data["volume"] == [] and data["jobs"] == []
+    assert "<svg" in report_html.render(data)
+    assert "Zones" in report.render_text(data)
