@@ -45,15 +45,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import audit
+from sinks.files import parquet_options
 from sinks.layout import DIR_MODE, FILE_MODE
 
 JOBS_DIR = "_jobs"
 PENDING = "pending"
 COMMITTED = "committed"
-# Bloom filters on the subject column of each zone: erasure probes them to skip files.
-BLOOM_COLUMNS = {"vault": "account_id", "analytics": "account_token"}
-BLOOM_FPP = 0.01
-ROW_GROUP_ROWS = 128 * 1024
 
 
 class JobBusy(RuntimeError):
@@ -90,30 +87,20 @@ def make_dirs(folder: Path, mode: int) -> None:
 
 
 def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write one lake file the way every callpipe writer does: zstd, statistics, a Bloom filter on
-    the zone's subject column, the zone's file mode; fsynced. `path` must not be visible to readers
-    yet (a temp name): renaming it into place is the caller's job.
+    """Write one lake file the way the stream sink does (`sinks.files.parquet_options`: zstd,
+    statistics, a Bloom filter on the zone's subject column, the declared sort order), with the
+    zone's file mode; fsynced. The table's schema metadata (lineage included) is kept. `path` must
+    not be visible to readers yet (a temp name): renaming it into place is the caller's job.
     """
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update(metadata)
         table = table.replace_schema_metadata(merged)
-    bloom = BLOOM_COLUMNS.get(zone)
-    options: dict[str, Any] = {}
-    if bloom and bloom in table.column_names:
-        options["bloom_filter_options"] = {bloom: {"ndv": max(table.num_rows, 1024), "fpp": BLOOM_FPP}}
     if zone in path.parts:
         zone_root = Path(*path.parts[: len(path.parts) - path.parts[::-1].index(zone)])
         make_dirs(zone_root.parent, 0o755)
     make_dirs(path.parent, DIR_MODE.get(zone, 0o755))
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
-        write_statistics=True,
-        **options,
-    )
+    pq.write_table(table, path, **parquet_options(zone, table))
     os.chmod(path, FILE_MODE.get(zone, 0o644))
     fd = os.open(path, os.O_RDONLY)
     try:
