@@ -1,9 +1,276 @@
-"""Placeholder: registers no commands yet."""
+"""The operators' commands: `callpipe jobs retention|erase|export|compact` and `callpipe policy check`.
+
+Each handler reads the clock and builds the DuckDB connection here, at the edge, and passes them
+to the job. Human-readable output by default; `--json` prints one JSON document on stdout for
+automation. Progress goes to stderr, only on a terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipeline.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersAction) -> None:
     """Add top-level commands to `sub` and `callpipe jobs` commands to `jobs_sub`."""
+    ret = jobs_sub.add_parser(
+        "retention", help="remove expired partitions and rows, null expired recordings and transcripts"
+    )
+    ret.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
+    ret.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
+    ret.add_argument("--json", action="store_true", help="print the result as JSON")
+    ret.set_defaults(func=cmd_retention)
+
+    erase = jobs_sub.add_parser("erase", help="remove one account from the vault and analytics zones")
+    erase.add_argument("--account", required=True, metavar="ID", help="the account id to erase")
+    erase.add_argument("--json", action="store_true", help="print the result as JSON")
+    erase.set_defaults(func=cmd_erase)
+
+    export = jobs_sub.add_parser("export", help="everything the lake holds on one account, as JSON")
+    export.add_argument("--account", required=True, metavar="ID", help="the account id")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write (mode 0600)")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.set_defaults(func=cmd_export)
+
+    compact = jobs_sub.add_parser("compact", help="merge small files of each partition")
+    compact.add_argument("--target-mb", type=positive_float, default=128.0, help="target file size (128)")
+    compact.add_argument("--dry-run", action="store_true", help="print the merges and touch nothing")
+    compact.add_argument("--json", action="store_true", help="print the result as JSON")
+    compact.set_defaults(func=cmd_compact)
+
+    policy = sub.add_parser("policy", help="the policy file")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, parser_class=type(policy))
+    check = policy_sub.add_parser("check", help="validate a policy file; print the effective policy")
+    check.add_argument("file", type=Path, help="the policy TOML")
+    check.add_argument("--json", action="store_true", help="print the effective policy as JSON")
+    check.set_defaults(func=cmd_policy_check)
+
+
+def as_of_arg(text: str) -> datetime:
+    """An ISO-8601 time or date; without an offset it is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "--as-of must be an ISO-8601 time, e.g. 2026-11-28T00:00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _lake(settings: Settings) -> Path:
+    from pipeline.cli import CliError
+
+    if not settings.lake.is_dir():
+        raise CliError(f"no lake at {settings.lake} (set CALLPIPE_LAKE)")
+    return settings.lake
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str) + b"\n")
+    sys.stdout.flush()
+
+
+def _busy(exc: Exception) -> Exception:
+    from pipeline.cli import CliError
+
+    return CliError(str(exc), status=3)
+
+
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import retention
+    from jobs.progress import Progress
+    from jobs.replace import JobBusy
+
+    lake = _lake(settings)
+    as_of = args.as_of or datetime.now(UTC)
+    try:
+        result = retention.run(
+            duckdb.connect(),
+            lake,
+            settings.policy,
+            as_of,
+            dry_run=args.dry_run,
+            progress=Progress("retention: rewriting"),
+        )
+    except JobBusy as exc:
+        raise _busy(exc) from None
+    if args.json:
+        _print_json(result)
+        return 0
+    s = result["summary"]
+    head = "retention plan (dry run, nothing touched)" if args.dry_run else "retention done"
+    print(f"{head} at {result['as_of']}")
+    for zone, cuts in result["cutoffs"].items():
+        limits = ", ".join(f"{name} before {t}" for name, t in cuts.items())
+        print(f"  {zone}: {limits}")
+    if args.dry_run:
+        for d in result["partitions"]:
+            print(f"  drop {d['zone']} dt={d['dt']}: {d['files']} files, {d['rows']:,} rows")
+        files = result["files"]
+        for f in files[:50]:
+            nulled = ", ".join(f"{c} {n:,}" for c, n in f["nulled"].items())
+            print(
+                f"  {f['action']} {f['path']}: {f['rows_removed']:,} rows removed"
+                + (f", nulled: {nulled}" if nulled else "")
+            )
+        if len(files) > 50:
+            print(f"  ... {len(files) - 50} more files (--json lists them all)")
+        if result.get("pending_journals"):
+            print(f"  note: {result['pending_journals']} killed job(s) pending; the next run completes them")
+    print(
+        f"  partitions dropped {s['partitions_dropped']}, files removed {s['files_removed']},"
+        f" files rewritten {s['files_rewritten']} of {s['files_total']}"
+        f" ({100 * s['files_touched_share']:.1f}% touched)"
+    )
+    for zone, n in s["rows_removed"].items():
+        print(f"  rows removed from {zone}: {n:,}")
+    for column, n in s["values_nulled"].items():
+        print(f"  values nulled in {column}: {n:,}")
+    if not args.dry_run and result["recovered"]:
+        print(f"  completed {len(result['recovered'])} killed job(s) first")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import erase
+    from jobs.progress import Progress
+    from jobs.replace import JobBusy
+    from pipeline.cli import CliError
+
+    lake = _lake(settings)
+    try:
+        result = erase.run(
+            duckdb.connect(),
+            lake,
+            settings.key(),
+            args.account,
+            buckets=settings.buckets,
+            progress=Progress("erase: rewriting"),
+        )
+    except JobBusy as exc:
+        raise _busy(exc) from None
+    except erase.ErasureIncomplete as exc:
+        raise CliError(str(exc), status=1) from None
+    if args.json:
+        _print_json(result)
+        return 0
+    removed = result["rows_removed"]
+    print(
+        f"erased subject {result['subject']}: {removed['vault']:,} vault rows,"
+        f" {removed['analytics']:,} analytics rows"
+    )
+    print(
+        f"  files rewritten {result['files_rewritten']} of {result['files_total']}"
+        f" ({100 * result['files_touched_share']:.2f}% of files touched);"
+        f" probed {result['files_probed']}, Bloom/statistics said maybe {result['files_maybe']}"
+    )
+    print("  verified: no rows of the subject remain in any bucket")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import export
+    from jobs.replace import JobBusy
+
+    lake = _lake(settings)
+    try:
+        result = export.run(
+            duckdb.connect(), lake, settings.key(), args.account, args.out, as_of=datetime.now(UTC)
+        )
+    except JobBusy as exc:
+        raise _busy(exc) from None
+    if args.json:
+        _print_json(result)
+        return 0
+    print(
+        f"exported subject {result['subject']} to {result['out']}: {result['vault']:,} vault rows,"
+        f" {result['analytics']:,} analytics rows, {result['audit']:,} audit entries"
+    )
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import compact
+    from jobs.progress import Progress
+    from jobs.replace import JobBusy
+
+    lake = _lake(settings)
+    try:
+        result = compact.run(
+            duckdb.connect(),
+            lake,
+            target_bytes=int(args.target_mb * 1024 * 1024),
+            dry_run=args.dry_run,
+            progress=Progress("compact: merging"),
+        )
+    except JobBusy as exc:
+        raise _busy(exc) from None
+    except compact.CompactionMismatch as exc:
+        from pipeline.cli import CliError
+
+        raise CliError(str(exc), status=1) from None
+    if args.json:
+        _print_json(result)
+        return 0
+    if args.dry_run:
+        print("compaction plan (dry run, nothing touched)")
+        for m in result["merges"][:50]:
+            print(f"  {m['partition']}: {len(m['inputs'])} files ({m['bytes_in']:,} bytes) -> {m['output']}")
+    else:
+        print("compaction done")
+    print(
+        f"  {result['files_in']} files in {result['partitions']} partitions -> {result['files_out']} files"
+        + ("" if args.dry_run else f"; {result['rows']:,} rows, counts and checksums equal")
+    )
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from pipeline.policy_check import parse_policy
+
+    policy = parse_policy(args.file)  # PolicyError: every problem with its line, exit 2
+    doc = asdict(policy)
+    if args.json:
+        _print_json(doc)
+        return 0
+    r = policy.retention
+    print(f"{args.file}: policy OK")
+    print(
+        f"  retention: vault {r.vault_days} d, analytics {r.analytics_days} d, aggregates "
+        f"{'kept' if r.aggregates_days is None else f'{r.aggregates_days} d'}, recordings"
+        f" {r.recording_days} d, transcripts {r.transcript_days} d"
+    )
+    c = policy.consent
+    print(f"  aggregates: k = {policy.k}")
+    print(
+        f"  consent defaults: recording {c.recording}, transcription {c.transcription},"
+        f" analytics {c.analytics}"
+    )
+    print(f"  secret attribute names: {', '.join(policy.secret_names)}")
+    source = "CALLPIPE_KEY_FILE"
+    if policy.key.file:
+        source = f"file {policy.key.file}"
+    elif policy.key.env:
+        source = f"variable {policy.key.env}"
+    print(f"  pseudonymization key: {source} (version {policy.key.version})")
+    return 0

@@ -228,7 +228,7 @@ def plan(con: duckdb.DuckDBPyConnection, lake: Path, policy: Policy, as_of: date
             for zone, cols in cuts.categories.items()
         },
         drops=drops,
-        files=actions,
+        files=sorted(actions, key=lambda a: a.path),
         files_total=total,
         pending_journals=len(pending(lake)),
     )

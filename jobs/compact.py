@@ -1,0 +1,181 @@
+"""Compaction: merge the small files of a partition (zone / day / bucket) into files of a target
+size. The stream writes a file per flush, so a busy day ends with many small files; fewer, larger
+files read faster and keep per-file overheads (footers, Bloom filters) down.
+
+Per partition, files smaller than half the target are packed, in name order, into groups of at
+most `target_bytes`; each group of two or more becomes one file, its rows sorted by account,
+started_at and event_id (the order every lake file declares). Before the change is committed the
+new file is checked against its inputs: same row count and same content checksum (an
+order-independent sum of DuckDB row hashes), and the same offset-range lineage (the
+`callpipe.lineage` key-value metadata of `sinks.lineage`, the union of the inputs'). The manifest
+under `<lake>/_manifest/` is never touched: it records ranges, which compaction does not change.
+
+Files are replaced through the intent journal of `jobs.replace` (killed runs roll back or
+forward). A compacted lake has no group left to merge, so re-running is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs import audit
+from jobs.progress import ProgressFn
+from jobs.replace import Change, job_lock, run_change, write_parquet
+from jobs.subject import SUBJECT_COLUMN
+from sinks import lineage
+from sinks.layout import ANALYTICS, VAULT, table_dir
+
+DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
+SORT_TAIL = ("started_at", "event_id")
+
+CHECKSUM_SQL = """
+SELECT count(*) AS rows, coalesce(sum(hash(t)), 0) AS checksum
+FROM read_parquet($files, hive_partitioning = false) AS t
+"""
+
+
+class CompactionMismatch(RuntimeError):
+    """A merged file does not hold exactly the rows of its inputs; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Merge:
+    zone: str
+    partition: str  # relative to the lake
+    inputs: list[str]  # file names inside the partition
+    bytes_in: int
+    output: str  # file name of the merged file
+
+
+def merged_name(inputs: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(inputs)).encode()).hexdigest()[:16]
+    return f"compacted-{digest}.parquet"
+
+
+def plan(lake: Path, target_bytes: int = DEFAULT_TARGET_BYTES) -> list[Merge]:
+    """The merges compaction would do (reads file sizes only)."""
+    merges = []
+    small = target_bytes // 2
+    for zone in (VAULT, ANALYTICS):
+        for part in sorted(table_dir(lake, zone).glob("dt=*/bucket=*")):
+            files = sorted((p for p in part.glob("*.parquet")), key=lambda p: p.name)
+            sized = [(p, p.stat().st_size) for p in files]
+            group: list[tuple[Path, int]] = []
+            groups = []
+            for path, size in sized:
+                if size >= small:
+                    continue
+                if group and sum(s for _p, s in group) + size > target_bytes:
+                    groups.append(group)
+                    group = []
+                group.append((path, size))
+            groups.append(group)
+            for g in groups:
+                if len(g) < 2:
+                    continue
+                names = [p.name for p, _s in g]
+                merges.append(
+                    Merge(zone, str(part.relative_to(lake)), names, sum(s for _p, s in g), merged_name(names))
+                )
+    return merges
+
+
+def _checksum(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[int, int]:
+    row = con.execute(CHECKSUM_SQL, {"files": [str(f) for f in files]}).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _merge(merge: Merge, lake: Path) -> pa.Table:
+    part = lake / merge.partition
+    sources = [part / name for name in merge.inputs]
+    table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="default")
+    order = [(SUBJECT_COLUMN[merge.zone], "ascending"), *((c, "ascending") for c in SORT_TAIL)]
+    table = table.sort_by(order)
+    return lineage.carry_lineage(table.replace_schema_metadata(None), sources)
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    *,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Compact every partition; returns what was merged and the checks' figures."""
+    if dry_run:
+        merges = plan(lake, target_bytes)
+        return {"dry_run": True, "merges": [asdict(m) for m in merges], **_summary(merges)}
+    started = time.monotonic()
+    with job_lock(lake) as recovered:
+        merges = plan(lake, target_bytes)
+        change = Change(lake, "compact")
+        temps = []
+        for m in merges:
+            temps.append((m, change.temp_for(lake / m.partition / m.output)))
+            for name in m.inputs:
+                change.remove(lake / m.partition / name)
+        files_audit: list[dict[str, Any]] = []
+        checked = {"rows": 0, "checksums_equal": 0}
+
+        def write() -> None:
+            for i, (m, tmp) in enumerate(temps, 1):
+                sources = [lake / m.partition / n for n in m.inputs]
+                table = _merge(m, lake)
+                write_parquet(table, tmp, m.zone)
+                before, after = _checksum(con, sources), _checksum(con, [tmp])
+                if before != after:
+                    raise CompactionMismatch(f"{m.partition}: merged rows differ from their inputs")
+                if lineage.read_lineage(tmp) != lineage.combined_lineage(sources):
+                    raise CompactionMismatch(f"{m.partition}: merged file lost offset-range lineage")
+                checked["rows"] += after[0]
+                checked["checksums_equal"] += 1
+                files_audit.append(
+                    {
+                        "path": f"{m.partition}/{m.output}",
+                        "sha256": audit.sha256_file(tmp),
+                        "action": "added",
+                        "rows": after[0],
+                    }
+                )
+                files_audit.extend(
+                    {"path": f"{m.partition}/{n}", "sha256": audit.sha256_file(p), "action": "removed"}
+                    for n, p in zip(m.inputs, sources, strict=True)
+                )
+                if progress:
+                    progress(i, len(temps))
+            change.info = {"params": {"target_bytes": target_bytes}, "counts": checked, "files": files_audit}
+
+        run_change(change, write)
+        counts = {**_summary(merges), **checked, "recovered_runs": len(recovered)}
+        duration = time.monotonic() - started
+        audit.record(
+            lake,
+            job="compact",
+            params={"target_bytes": target_bytes},
+            counts=counts,
+            files=files_audit,
+            duration_s=duration,
+            outcome="ok",
+            run=change.run,
+        )
+        change.finish()
+    return {"dry_run": False, "run": change.run, **counts, "duration_s": round(duration, 3)}
+
+
+def _summary(merges: list[Merge]) -> dict[str, Any]:
+    return {
+        "partitions": len({m.partition for m in merges}),
+        "files_in": sum(len(m.inputs) for m in merges),
+        "files_out": len(merges),
+        "bytes_in": sum(m.bytes_in for m in merges),
+    }
