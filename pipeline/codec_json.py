@@ -157,10 +157,19 @@ def _union(branches: list[Any]) -> Conv:
     return conv
 
 
+def _field(f: dict[str, Any]) -> tuple[str, Conv | None, bool, Any]:
+    """(name, converter or None for a plain string, required, default). None is handled by the
+    record itself, so an optional field's converter is that of its non-null branch."""
+    kind = f["type"]
+    if isinstance(kind, list) and len(kind) == 2 and "null" in kind:
+        kind = kind[1 - kind.index("null")]
+    if isinstance(kind, dict) and kind.get("type") == "string" and "logicalType" not in kind:
+        kind = "string"
+    return f["name"], None if kind == "string" else _compile(kind), "default" not in f, f.get("default")
+
+
 def _record(node: dict[str, Any]) -> Conv:
-    fields = tuple(
-        (f["name"], _compile(f["type"]), "default" not in f, f.get("default")) for f in node["fields"]
-    )
+    fields = tuple(_field(f) for f in node["fields"])
 
     def conv(obj: Any) -> Any:
         if type(obj) is not dict:
@@ -173,6 +182,10 @@ def _record(node: dict[str, Any]) -> Conv:
                 if required:
                     raise Invalid(Reason.MISSING_FIELD)
                 out[name] = default
+            elif convert is None:  # plain strings, checked inline: most fields, the hot path
+                if type(v) is not str:
+                    raise Invalid(Reason.WRONG_TYPE)
+                out[name] = v
             else:
                 out[name] = convert(v)
         return out
