@@ -6,6 +6,9 @@ and counts per group: `calls`, `subjects` (distinct account tokens) and `duratio
 is published only if it covers at least k subjects (Policy.k); smaller groups are suppressed and
 counted, and the counts go to the job's output, the Parquet file's key-value metadata and the audit.
 
+The run holds the lake's job lock (`jobs.replace.job_lock`), so it reads analytics in the old or
+the new state of any retention, erase or compaction, never in between.
+
 Layout and crash safety: an aggregate is one file, `<lake>/aggregates/<name>/<name>.parquet`. It is
 written by DuckDB to a temporary file in the same folder (a dot name no `*.parquet` glob matches),
 fsynced, then renamed over the old file with os.replace and the folder fsynced. A reader therefore
@@ -31,6 +34,7 @@ from pathlib import Path
 import duckdb
 
 from jobs import audit
+from jobs.replace import JobBusy, job_lock
 from sinks import layout
 
 # Duration buckets: (label, lower bound in seconds, inclusive). A call lands in the last bucket whose
@@ -173,7 +177,12 @@ def anonymize(
     started = time.monotonic()
     params = {"k": k, "as_of": as_of.isoformat(), "aggregates": [a.name for a in aggregates]}
     try:
-        source_rows, results = _build_all(con, lake, k, as_of, aggregates, progress)
+        # The lake's job lock: retention, erase and compact cannot replace analytics files while
+        # they are read, and a change they left half applied is finished before reading.
+        with job_lock(lake):
+            source_rows, results = _build_all(con, lake, k, as_of, aggregates, progress)
+    except JobBusy:
+        raise  # another job's run, not this one: nothing to audit
     except BaseException as exc:
         audit.record(
             lake,

@@ -64,6 +64,8 @@ def _lake(settings: Settings) -> Path:
 
 def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.anonymize import AggregateResult, anonymize
+    from jobs.replace import JobBusy
+    from pipeline.cli import CliError
 
     lake = _lake(settings)
     as_of = args.as_of or datetime.now(UTC)
@@ -80,6 +82,8 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
     con = duckdb.connect()
     try:
         result = anonymize(con, lake, k=settings.policy.k, as_of=as_of, progress=progress)
+    except JobBusy as exc:
+        raise CliError(str(exc), status=3) from None  # as the operators' jobs
     finally:
         con.close()
     if args.json:

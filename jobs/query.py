@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 
 from sinks import layout
+from sinks.read import duckdb_view
 
 READ_ONLY = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
@@ -41,12 +42,10 @@ class Result:
 
 
 def views(lake: Path, *, vault: bool = False) -> dict[str, str]:
-    """View name -> parquet glob, for the zones that hold files."""
-    out: dict[str, str] = {}
-    zones = [("analytics_calls", layout.ANALYTICS)] + ([("vault_calls", layout.VAULT)] if vault else [])
-    for name, zone in zones:
-        if any(layout.table_dir(lake, zone).glob("dt=*/**/*.parquet")):
-            out[name] = str(layout.table_dir(lake, zone) / "dt=*" / "**" / "*.parquet")
+    """View name -> what it reads: the zone name or an aggregate's parquet glob."""
+    out: dict[str, str] = {"analytics_calls": layout.ANALYTICS}
+    if vault:
+        out["vault_calls"] = layout.VAULT
     aggregates = lake / layout.AGGREGATES
     if aggregates.is_dir():
         for folder in sorted(aggregates.iterdir()):
@@ -56,12 +55,17 @@ def views(lake: Path, *, vault: bool = False) -> dict[str, str]:
 
 
 def connect(lake: Path, *, vault: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory connection with the views defined and file access fenced to their zones."""
+    """An in-memory connection with the views defined and file access fenced to their zones.
+
+    The zone views (`sinks.read.duckdb_view`) carry the hive columns dt (DATE) and bucket, and
+    exist even when the zone has no files yet (empty, same columns)."""
     con = duckdb.connect()
     names = []
-    for name, pattern in views(lake, vault=vault).items():
-        hive = ", hive_partitioning = true" if name.endswith("_calls") else ""
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_quote(pattern)}'{hive})")
+    for name, source in views(lake, vault=vault).items():
+        if source in layout.ZONES:
+            duckdb_view(con, lake, source, name)
+        else:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_quote(source)}')")
         names.append(name)
     allowed = [layout.table_dir(lake, layout.ANALYTICS), lake / layout.AGGREGATES]
     if vault:

@@ -17,7 +17,7 @@ only format it. Data sources:
   summing. Counter names: `consent.<granted|denied>.<purpose>`, `dlq.<Reason>`, `drop.<Drop>`,
   `written.<zone>`. Audit entries whose counts use the same names (e.g. `callpipe ingest`) are
   added too.
-- job history: `jobs.audit.read`.
+- job history: `jobs.audit.read`; changes a killed job left in its journal: `jobs.replace.pending`.
 - risk: `jobs.risk.measure` (k-anonymity of each aggregate, unicity at both resolutions).
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import audit, risk
+from jobs import audit, replace, risk
 from pipeline.policy import Policy
 from sinks import layout
 
@@ -94,6 +94,7 @@ def collect(
         "stream": _stream(lake, entries),
         "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
         "jobs_total": len(entries),
+        "unfinished_changes": len(replace.pending(lake)),
         "risk": risk.measure(con, lake, as_of=as_of, sample=sample, seed=seed),
     }
 
@@ -307,6 +308,10 @@ def render_text(data: dict[str, Any]) -> str:
         shares = "  ".join(f"p={p['points']}: {p['share']:.1%} (n={p['sampled']})" for p in u["by_points"])
         out.append(f"  {u['label']:<44} {shares or 'no data'}")
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
+    if data["unfinished_changes"]:
+        out.append(
+            f"  {data['unfinished_changes']} change(s) left by a killed job: the next job run completes them"
+        )
     for j in data["jobs"]:
         out.append(f"  {j['at']}  {j['job']:<10} {j['outcome']:<10} {j['duration_s']} s  files {j['files']}")
     return "\n".join(out) + "\n"

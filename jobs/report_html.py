@@ -301,6 +301,7 @@ def render(data: dict[str, Any]) -> str:
         stream_sources=stream["sources"],
         jobs_shown=len(data["jobs"]),
         jobs_total=data["jobs_total"],
+        unfinished=data["unfinished_changes"],
         **charts,
         **tables,
     )

@@ -12,6 +12,7 @@ from analysis_lake import T0, analytics_row, crowd, write_zone
 
 from jobs import audit
 from jobs.anonymize import AGGREGATES, Aggregate, aggregate_path, anonymize, duration_bucket_sql
+from jobs.replace import JobBusy, job_lock
 
 AS_OF = datetime(2026, 7, 1, tzinfo=UTC)
 
@@ -167,3 +168,11 @@ def test_time_grains_are_utc_whatever_the_session_time_zone(lake: Path) -> None:
     assert [str(r["day"]) for r in daily] == ["2026-06-01"]
     hourly = _rows(lake, "calls_hourly")
     assert [r["hour"].astimezone(UTC) for r in hourly] == [T0 + timedelta(hours=23)]
+
+
+def test_refuses_to_read_while_another_job_holds_the_lake(lake: Path) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=2))
+    with job_lock(lake), pytest.raises(JobBusy):
+        _build(lake)
+    assert not aggregate_path(lake, "calls_hourly").exists()
+    assert [e["job"] for e in audit.read(lake)] == []

@@ -92,6 +92,6 @@ def test_output_formats() -> None:
     assert table[-1] == "(2 rows)"
 
 
-def test_empty_lake_has_no_views(lake: Path) -> None:
-    assert query.views(lake) == {}
-    assert query.run(lake, "SELECT 42").rows == [(42,)]
+def test_empty_lake_has_an_empty_analytics_view(lake: Path) -> None:
+    assert set(query.views(lake)) == {"analytics_calls"}
+    assert query.run(lake, "SELECT count(*), count(DISTINCT dt) FROM analytics_calls").rows == [(0, 0)]
