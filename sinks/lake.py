@@ -5,7 +5,8 @@ A flush of offsets first..last writes, in this order:
   1. every file of the range (one per zone x dt x bucket) as a temp file beside its final name,
      each fsynced, then their folders fsynced: the temps are durable;
   2. the manifest `_manifest/<source>/<first>-<last>.json` (temp, fsync, rename, fsync): from this
-     instant the range is committed, whatever happens next;
+     instant the range is committed, whatever happens next (if another writer committed any of
+     these offsets meanwhile, the temps are removed instead and `RangeConflict` is raised);
   3. every temp renamed to its final name, then the folders fsynced.
 Only then does `flush` return and may the caller commit offset last + 1 to Kafka.
 
@@ -99,6 +100,11 @@ class Flushed:
     last: int
     files: tuple[Path, ...]
     rows: Mapping[str, int]  # per zone
+
+
+class RangeConflict(RuntimeError):
+    """Another writer committed offsets of this range first (two workers on one partition, or one
+    input file ingested twice at once); this writer's files were removed. Open a new writer."""
 
 
 class WriterBroken(RuntimeError):
@@ -255,6 +261,9 @@ class LakeWriter:
             self._hook("temp_written")
         files.fsync_dirs(folders)
         self._hook("temps_durable")
+        if any(a <= last and first <= b for a, b in lineage.held_ranges(self.lake, self.source)):
+            files.remove_durably(temp for temp, _final in temps)
+            raise RangeConflict(f"{self.source}: offsets {first}..{last} were committed by another writer")
         lineage.write_manifest(self.lake, Manifest(self.source, first, last, tuple(entries)))
         self._hook("manifest_written")
         for temp, final in temps:

@@ -23,7 +23,16 @@ from pipeline.keys import bucket_of
 from pipeline.settings import Settings
 from sinks import files, lineage
 from sinks.arrow import analytics_table
-from sinks.lake import LakeWriter, WriterBroken, file_name, file_source, held, recover, source_name
+from sinks.lake import (
+    LakeWriter,
+    RangeConflict,
+    WriterBroken,
+    file_name,
+    file_source,
+    held,
+    recover,
+    source_name,
+)
 from sinks.layout import ANALYTICS, VAULT, ZONES, partition_dir, table_dir
 from sinks.read import duckdb_view, read_zone, zone_files
 
@@ -258,6 +267,30 @@ def test_a_consumed_range_without_rows_is_committed(lake: Path) -> None:
     assert flushed is not None and flushed.files == ()
     assert recover(lake, SOURCE) == 42
     assert writer.flush() is None
+
+
+def test_two_writers_on_one_source_never_both_land_a_range(lake: Path) -> None:
+    """A zombie worker that lost its partition, or one file ingested twice at once."""
+    evs = events(30)
+    one = LakeWriter.open(lake, SOURCE, SETTINGS)
+    two = LakeWriter.open(lake, SOURCE, SETTINGS)
+    for writer, upto in ((one, 20), (two, 30)):
+        chunk = evs[:upto]
+        writer.add(
+            vault=[e.vault for e in chunk],
+            analytics=[e.analytics for e in chunk],
+            vault_tokens=[e.token for e in chunk],
+            through=upto - 1,
+            now=0,
+        )
+    one.flush()
+    with pytest.raises(RangeConflict):
+        two.flush()
+    with pytest.raises(WriterBroken):
+        two.flush()
+    assert_exactly_once(lake, evs[:20])
+    feed(lake, evs)
+    assert_exactly_once(lake, evs)
 
 
 def test_vault_rows_need_their_account_tokens(lake: Path) -> None:
