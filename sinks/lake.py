@@ -10,6 +10,11 @@ A flush of offsets first..last writes, in this order:
   3. every temp renamed to its final name, then the folders fsynced.
 Only then does `flush` return and may the caller commit offset last + 1 to Kafka.
 
+One process at a time writes a source: `LakeWriter.open` takes a POSIX lock on
+`_manifest/<source>/.writer.lock` for the writer's life (the kernel drops it when the process
+dies), so a zombie worker or a second `callpipe ingest` of the same file gets `SourceBusy`
+instead of deleting the first one's temp files in recovery.
+
 `recover(lake, source)`, run when a writer opens, finishes or undoes an interrupted flush: temps
 of a committed range are renamed (rolled forward), temps of an uncommitted range are deleted
 (the range will be consumed again), and it returns the first offset the lake does not hold. The
@@ -22,7 +27,9 @@ but the manifest is what counts (see sinks.lineage): compaction and erasure rena
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +64,27 @@ def file_source(path: Path) -> str:
             digest.update(block)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._-")[:60] or "input"
     return lineage.check_source(f"ingest-{stem}-{digest.hexdigest()[:12]}")
+
+
+LOCK_NAME = ".writer.lock"
+
+
+class SourceBusy(RuntimeError):
+    """Another process has this source open for writing."""
+
+
+def claim(lake: Path, source: str) -> int:
+    """Lock `source` for this process (a POSIX lock, released by `os.close` or process death);
+    returns the lock's file descriptor."""
+    folder = lineage.manifest_dir(lake, source)
+    files.ensure_dir(lake, folder, lineage.MANIFEST_DIR_MODE)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SourceBusy(f"{source}: another process is writing this source") from None
+    return fd
 
 
 def file_name(source: str, first: int, last: int, zone: str) -> str:
@@ -108,7 +136,7 @@ class RangeConflict(RuntimeError):
 
 
 class WriterBroken(RuntimeError):
-    """A flush failed part-way; open a new writer (which recovers) instead of reusing this one."""
+    """A flush failed part-way (or the writer was closed); open a new writer, which recovers."""
 
 
 class LakeWriter:
@@ -129,8 +157,10 @@ class LakeWriter:
         flush_rows: int,
         flush_seconds: float,
         hook: Hook | None = None,
+        lock_fd: int | None = None,
     ) -> None:
         self.lake = lake
+        self._lock_fd = lock_fd
         self.source = lineage.check_source(source)
         self.buckets = buckets
         self.flush_rows = flush_rows
@@ -147,18 +177,43 @@ class LakeWriter:
 
     @classmethod
     def open(cls, lake: Path, source: str, settings: Settings, *, hook: Hook | None = None) -> LakeWriter:
-        """Recover `source` in `lake` (created if missing) and return a writer that continues where
-        the lake ends."""
+        """Lock `source` for this process, recover it in `lake` (created if missing) and return a
+        writer that continues where the lake ends. Raises `SourceBusy` if another process has it."""
         lake.mkdir(parents=True, exist_ok=True)
+        fd = claim(lake, source)
+        try:
+            next_offset = recover(lake, source)
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(
             lake,
             source,
-            next_offset=recover(lake, source),
+            next_offset=next_offset,
             buckets=settings.buckets,
             flush_rows=settings.flush_rows,
             flush_seconds=settings.flush_seconds,
             hook=hook,
+            lock_fd=fd,
         )
+
+    def close(self) -> None:
+        """Release the source's lock. Buffered rows not yet flushed are dropped (their offsets are
+        not committed, so they are consumed again)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self._broken = True
+
+    def __enter__(self) -> LakeWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)  # type: ignore[arg-type]
 
     @property
     def next_offset(self) -> int:
@@ -216,7 +271,7 @@ class LakeWriter:
     def flush(self) -> Flushed | None:
         """Land offsets next_offset..through durably; None when nothing new was consumed."""
         if self._broken:
-            raise WriterBroken("a previous flush failed; open a new writer")
+            raise WriterBroken("a previous flush failed or the writer was closed; open a new writer")
         first, last = self._next, self._through
         if last < first:
             return None

@@ -26,6 +26,7 @@ from sinks.arrow import analytics_table
 from sinks.lake import (
     LakeWriter,
     RangeConflict,
+    SourceBusy,
     WriterBroken,
     file_name,
     file_source,
@@ -291,6 +292,35 @@ def test_two_writers_on_one_source_never_both_land_a_range(lake: Path) -> None:
     assert_exactly_once(lake, evs[:20])
     feed(lake, evs)
     assert_exactly_once(lake, evs)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pipeline.settings import Settings
+from sinks.lake import LakeWriter
+writer = LakeWriter.open(Path(sys.argv[1]), sys.argv[2], Settings())
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_source_open_in_another_process_is_busy_until_that_process_ends(lake: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lake), SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        with pytest.raises(SourceBusy):
+            LakeWriter.open(lake, SOURCE, SETTINGS)
+        LakeWriter.open(lake, "calls.raw-p004", SETTINGS).close()  # other sources are free
+    finally:
+        holder.kill()
+        holder.wait()
+    with LakeWriter.open(lake, SOURCE, SETTINGS) as writer:
+        assert writer.next_offset == 0
+    with pytest.raises(WriterBroken):
+        writer.flush()
 
 
 def test_vault_rows_need_their_account_tokens(lake: Path) -> None:
