@@ -60,6 +60,10 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # A worker killed without leaving the group holds its partitions until the session times
+        # out; 10 s (not faust's 60 s) lets a restarted or surviving worker take over quickly.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         producer_max_request_size=10 * 1024 * 1024,
         consumer_max_fetch_size=8 * 1024 * 1024,
     )
