@@ -10,7 +10,7 @@ keeps a replay from resurrecting erased rows.
 
 Key-value metadata. Every lake file also carries `callpipe.lineage`: JSON
 `{"<source>": [[first, last], ...]}`, the ranges whose rows it holds. It is a copy for audit and
-for rebuilding `_manifest/` if it is lost; a job that replaces files keeps it with
+for rebuilding `_manifest/` if it is lost (`rebuild_manifests`); a job that replaces files keeps it with
 `carry_lineage` (pyarrow) or `lineage_json` (DuckDB `COPY ... (KV_METADATA {...})`).
 """
 
@@ -159,3 +159,19 @@ def carry_lineage(table: pa.Table, replaced: Sequence[Path]) -> pa.Table:
     Use it in compaction and erasure: `files.write_parquet(carry_lineage(t, olds), new, zone, ...)`.
     """
     return files.table_metadata(table, lineage_metadata(combined_lineage(replaced)))
+
+
+def rebuild_manifests(lake: Path, lake_files: Sequence[Path]) -> dict[str, list[Range]]:
+    """Write manifests for the ranges the files' metadata records and no manifest covers (after
+    `_manifest/` was lost). Ranges that landed no row, or whose files were all erased, cannot be
+    seen in files and stay missing: a replay of them lands only rows the chain lets through.
+    Returns the ranges written, per source."""
+    written: dict[str, list[Range]] = {}
+    for source, ranges in sorted(combined_lineage(lake_files).items()):
+        covered = merge_ranges(held_ranges(lake, source))
+        for first, last in ranges:
+            if any(a <= first and last <= b for a, b in covered):
+                continue
+            write_manifest(lake, Manifest(source, first, last, ()))
+            written.setdefault(source, []).append((first, last))
+    return written

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -441,6 +442,19 @@ def test_ranges_survive_files_being_replaced_or_deleted(lake: Path) -> None:
     writer = feed(lake, evs, start=0)
     assert writer.replayed_rows == 160
     assert zone_files(lake, VAULT) == []
+
+
+def test_lost_manifests_are_rebuilt_from_file_metadata(lake: Path) -> None:
+    evs = events(70)
+    feed(lake, evs)
+    shutil.rmtree(lake / lineage.MANIFEST_DIR)
+    assert recover(lake, SOURCE) == 0
+    every = [p for zone in ZONES for p in zone_files(lake, zone)]
+    assert lineage.rebuild_manifests(lake, every) == {SOURCE: [(0, 69)]}
+    assert lineage.rebuild_manifests(lake, every) == {}
+    assert recover(lake, SOURCE) == 70
+    feed(lake, evs, start=0)
+    assert_exactly_once(lake, evs)
 
 
 def test_lineage_metadata_written_by_duckdb_is_read_back(lake: Path) -> None:
