@@ -28,8 +28,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cache
 from typing import Any, Generic, TypeVar
 
+import schemas
 from pipeline.policy import ConsentDefaults
 from pipeline.reasons import Drop
 
@@ -133,15 +135,35 @@ def decide(state: AccountState | None, at_ms: int, defaults: ConsentDefaults) ->
     )
 
 
+# The consent purpose each sensitive field needs, by its annotation (class, category), and the
+# drop that counts its removal. A sensitive field without a rule fails `consent_fields()`.
+CONSENT_FOR: dict[tuple[str, str], tuple[str, Drop]] = {
+    ("sensitive", "recording"): ("recording", Drop.RECORDING_NO_CONSENT),
+    ("sensitive", "free_text"): ("transcription", Drop.TRANSCRIPTION_NO_CONSENT),
+}
+
+
+@cache
+def consent_fields() -> tuple[tuple[str, str, Drop], ...]:
+    """(field, purpose, drop) for every sensitive CallEvent field, from the schema's annotations."""
+    out = []
+    for ann in schemas.pii_fields("CallEvent"):
+        if ann.klass != "sensitive":
+            continue
+        rule = CONSENT_FOR.get((ann.klass, ann.category))
+        if rule is None or "." in ann.path:
+            raise ValueError(f"no consent rule for sensitive field {ann.path} ({ann.category})")
+        out.append((ann.path, *rule))
+    return tuple(out)
+
+
 def apply_consent(record: dict[str, Any], decision: Decision, drops: Counter[Drop]) -> None:
-    """Null (in place) what the decision does not allow to be kept, counting each removal.
-    Erasure, restriction and objection are routing outcomes, counted by the caller."""
-    if not decision.recording and record.get("recording_uri") is not None:
-        record["recording_uri"] = None
-        drops[Drop.RECORDING_NO_CONSENT] += 1
-    if not decision.transcription and record.get("transcript") is not None:
-        record["transcript"] = None
-        drops[Drop.TRANSCRIPTION_NO_CONSENT] += 1
+    """Null (in place) each sensitive field whose purpose the decision does not allow, counting
+    each removal. Erasure, restriction and objection are routing outcomes, counted by the caller."""
+    for name, purpose, drop in consent_fields():
+        if record.get(name) is not None and not getattr(decision, purpose):
+            record[name] = None
+            drops[drop] += 1
 
 
 # ---------------------------------------------------------------- event-time ordering

@@ -16,6 +16,7 @@ from pipeline.consent import (
     EventTimeMerger,
     Stream,
     apply_consent,
+    consent_fields,
     decide,
     record_consent,
     record_request,
@@ -205,3 +206,10 @@ def test_bad_arguments() -> None:
         EventTimeMerger(max_idle_ms=-1, now_ms=0)
     with pytest.raises(ValueError):
         EventTimeMerger(max_idle_ms=0, now_ms=0, max_buffered=0)
+
+
+def test_sensitive_fields_and_their_purposes_come_from_the_schema() -> None:
+    assert consent_fields() == (
+        ("recording_uri", "recording", Drop.RECORDING_NO_CONSENT),
+        ("transcript", "transcription", Drop.TRANSCRIPTION_NO_CONSENT),
+    )
