@@ -272,6 +272,7 @@ async def _send(
     from aiokafka.errors import MessageSizeTooLargeError
 
     open_batches: dict[int, Any] = {}
+    placed: dict[bytes, int] = {}  # key -> partition (murmur2 in pure Python is slow)
     futures = []
 
     async def ship(p: int) -> None:
@@ -288,7 +289,9 @@ async def _send(
         if msg.partition is not None:
             p = msg.partition
         elif msg.key is not None:
-            p = partitions[partition_for(msg.key, len(partitions))]
+            p = placed.get(msg.key, -1)
+            if p < 0:
+                p = placed[msg.key] = partitions[partition_for(msg.key, len(partitions))]
         else:
             p = partitions[0]
         headers = list(msg.headers)

@@ -111,14 +111,14 @@ def _check_partitioning(
     decoded: Decoded, messages: list[Any], batch_size: int, produced: list[dict[str, Any]]
 ) -> None:
     keys = {(m.partition, m.offset): m.key for m in messages}
+    place = {a: partition_for(a.encode(), PARTITIONS) for a in {r["account_id"] for r in produced}}
     per_partition: dict[int, list[dict[str, Any]]] = {}
     for rec, (partition, offset, _index) in zip(decoded.records, decoded.lineage, strict=True):
-        account = rec["account_id"].encode()
-        assert partition == partition_for(account, PARTITIONS)  # co-partitioned by account_id
-        assert keys[(partition, offset)] == (account if batch_size == 1 else None)
+        assert partition == place[rec["account_id"]]  # co-partitioned by account_id
+        assert keys[(partition, offset)] == (rec["account_id"].encode() if batch_size == 1 else None)
         per_partition.setdefault(partition, []).append(rec)
     for partition, records in per_partition.items():
-        expected = [r for r in produced if partition_for(r["account_id"].encode(), PARTITIONS) == partition]
+        expected = [r for r in produced if place[r["account_id"]] == partition]
         assert records == expected  # event order kept within each partition
 
 
