@@ -325,14 +325,25 @@ def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str,
     return number, None
 
 
+@lru_cache(maxsize=1)
+def _phone_and_carrier_fields() -> tuple[tuple[str, ...], str]:
+    phones = schemas.fields_in(RECORD, category="phone")
+    (carrier,) = schemas.fields_in(RECORD, category="carrier")
+    if len(phones) != 2 or any("." in p for p in phones):
+        raise ValueError("a call has two top-level numbers (each reads the other's region)")
+    return phones, carrier
+
+
 def normalize_numbers(record: Record) -> tuple[str, ...]:
-    """Rewrite caller and callee to E.164 where they parse; return the call's regions (the
-    numbers' regions, then the carrier's), most specific first, for free-text detection."""
-    caller, callee = record["caller"], record["callee"]
-    fallback = carrier_region(record["carrier_id"])
-    record["caller"], r_caller = _resolve(caller, international_region(callee), fallback)
-    record["callee"], r_callee = _resolve(callee, international_region(caller), fallback)
-    return _regions(r_caller, r_callee, fallback)
+    """Rewrite the call's numbers (caller, callee: the phone-annotated fields) to E.164 where
+    they parse; return the call's regions (the numbers', then the carrier's), most specific
+    first, for free-text detection."""
+    (a, b), carrier = _phone_and_carrier_fields()
+    first, second = record[a], record[b]
+    fallback = carrier_region(record[carrier])
+    record[a], r_first = _resolve(first, international_region(second), fallback)
+    record[b], r_second = _resolve(second, international_region(first), fallback)
+    return _regions(r_first, r_second, fallback)
 
 
 @lru_cache(maxsize=4096)
