@@ -86,6 +86,11 @@ class Format(StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
+    """Size limits: a larger message (or JSON event) is rejected as too_large, not decoded.
+
+    The default message limit suits Kafka messages; a caller decoding a whole file passes more.
+    """
+
     max_message_bytes: int = 16 * 1024 * 1024
     max_event_bytes: int = 1024 * 1024  # checked per JSON line / JSON value
 
