@@ -157,12 +157,18 @@ def _header_format(headers: Any) -> Format | None:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in items:
-        if key == FORMAT_HEADER:
-            try:
-                return Format(bytes(value).decode("ascii"))
-            except (ValueError, TypeError):
-                return None
+        if key in (FORMAT_HEADER, _FORMAT_HEADER_BYTES):
+            if type(value) is not bytes:
+                try:
+                    value = bytes(value)
+                except (TypeError, ValueError):
+                    return None
+            return _HEADER_VALUES.get(value)  # unknown values: sniff the bytes instead
     return None
+
+
+_HEADER_VALUES: dict[bytes, Format] = {f.value.encode(): f for f in Format}
+_FORMAT_HEADER_BYTES = FORMAT_HEADER.encode()
 
 
 def _read_avro(body: bytes, schema: Any) -> Any:

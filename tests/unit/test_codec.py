@@ -256,3 +256,19 @@ def test_compiled_avro_writer_matches_fastavro_byte_for_byte(name: str) -> None:
 def test_compiled_avro_writer_refuses_invalid_records(change: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="CallEvent schema"):
         encode([{**RECORDS["CallEvent"][0], **change}], "CallEvent", "avro")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["callpipe.format", b"callpipe.format", "other"]),
+            st.one_of(st.none(), st.binary(max_size=20), st.text(max_size=20), st.integers(0, 99)),
+        ),
+        max_size=3,
+    ),
+    st.sampled_from([b"", b"{}", b"\x00\x00\x00\x00\x01\x02", b"Obj\x01", b"[1]\n[2]"]),
+)
+def test_arbitrary_headers_never_raise(headers: list[tuple[Any, Any]], value: bytes) -> None:
+    out = decode_value(value, "CallEvent", headers=headers)
+    assert out.records or out.rejections
