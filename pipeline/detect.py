@@ -15,8 +15,8 @@ value, so the work is ordered cheapest first:
    and length) for cards, and phonenumbers (parse + is_valid_number) for runs of 6+ digits, with
    the call's own regions for national numbers. A nationally written number must start with the
    region's trunk prefix ("0" in most countries) or be 9+ digits long (8 where there is no trunk
-   prefix). PhoneNumberMatcher is used only on a run that does not parse whole, to find a
-   phone number glued to other digits.
+   prefix). A run that does not parse whole is searched for its longest stretch of groups that
+   does, to find a phone number glued to other numbers.
 
 A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
 optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
@@ -124,9 +124,12 @@ _QUALIFIERS = frozenset(["number", "num", "no", "nr", "id"])
 # The text before a number, reversed: separators, an optional "#", then up to two words.
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _NON_DIGIT = re.compile(r"\D")
+_DIGITS = re.compile(r"\d+")
 _START = re.compile(r"[\d+($€£¥₹]")
 _CONTEXT = 32
 _MIN_PHONE_DIGITS = 6
+_MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
+_GROUP = re.compile(r"\S+")
 _AFTER_FIRST_GROUP = re.compile(r"^\S+\s+(\+?\(?\d.*)$")
 
 
@@ -148,7 +151,6 @@ def _is_identifier(text: str, start: int) -> bool:
 
 
 _CARD_SEP = frozenset(" -")
-_VALID = phonenumbers.Leniency.VALID
 
 
 def _luhn(digits: str) -> bool:
@@ -197,12 +199,15 @@ def _trunk_prefix(region: str) -> str | None:
 def _plausibly_national(run: str, region: str) -> bool:
     """A nationally written number either starts with the region's trunk prefix ("0" in most of
     the world, so "030 901820") or is long enough to be a whole national number (US "415 555
-    2671", Indian mobiles): a short bare number (ticket 7723419, 2024-0815) is not a phone."""
-    digits = "".join(ch for ch in run if ch.isdigit())
+    2671", Indian mobiles) and not a list of small numbers: a short bare number (ticket 7723419,
+    2024-0815) is not a phone."""
+    groups = _DIGITS.findall(run)
+    digits = "".join(groups)
     prefix = _trunk_prefix(region)
     if prefix and digits.startswith(prefix):
         return True
-    return len(digits) >= (9 if prefix else 8)
+    short_groups = sum(len(g) <= 2 for g in groups)  # "91 234 56 78" yes, "20 30 40 50 60" no
+    return len(digits) >= (9 if prefix else 8) and short_groups <= 3
 
 
 def _phone_valid(run: str, regions: Sequence[str]) -> bool:
@@ -224,22 +229,28 @@ def _phone_valid(run: str, regions: Sequence[str]) -> bool:
 
 
 def _phones_in_run(run: str, offset: int, regions: Sequence[str], out: list[Span]) -> None:
+    """The phone numbers in a run: the whole run, or else the longest stretch of its
+    space-separated groups that is one ("call (415) 555-2671 10 times"), then what is left on
+    either side of it."""
     digits = len(_NON_DIGIT.sub("", run))
     if digits < _MIN_PHONE_DIGITS:
         return
-    if digits <= 17 and _phone_valid(run, regions):
+    if digits <= _MAX_PHONE_DIGITS and _phone_valid(run, regions):
         out.append(Span(offset, offset + len(run), Label.PHONE))
         return
-    if not any(not ch.isdigit() for ch in run.lstrip("+")):
-        return  # one unbroken digit string that is not a phone number: no sub-number to find
-    for region in regions or ("ZZ",):
-        found = [
-            Span(offset + m.start, offset + m.end, Label.PHONE)
-            for m in phonenumbers.PhoneNumberMatcher(run, region, leniency=_VALID)
-        ]
-        if found:
-            out.extend(found)
-            return
+    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
+    for size in range(len(groups) - 1, 0, -1):
+        for first in range(len(groups) - size + 1):
+            start, end = groups[first][0], groups[first + size - 1][1]
+            sub = run[start:end]
+            n = len(_NON_DIGIT.sub("", sub))
+            if _MIN_PHONE_DIGITS <= n <= _MAX_PHONE_DIGITS and _phone_valid(sub, regions):
+                _phones_in_run(run[: groups[first][0]].rstrip(), offset, regions, out)
+                out.append(Span(offset + start, offset + end, Label.PHONE))
+                if first + size < len(groups):
+                    rest = groups[first + size][0]
+                    _phones_in_run(run[rest:], offset + rest, regions, out)
+                return
 
 
 def _emails(text: str, out: list[Span]) -> None:

@@ -34,6 +34,14 @@ def found(text: str, regions: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         ("mobile 98765 43210", ("IN",), [("PHONE", "98765 43210")]),
         ("ref A-7723419 1 800 555 0199", ("US",), [("PHONE", "1 800 555 0199")]),
         ("order 12345 020 7946 0958 ok", ("GB",), [("PHONE", "020 7946 0958")]),
+        ("call (415) 555-2671 10 times", ("US",), [("PHONE", "(415) 555-2671")]),
+        ("call 020 7946 0958 2024-03-15", ("GB",), [("PHONE", "020 7946 0958")]),
+        (
+            "2 020 7946 0958 0161 496 0753 3",
+            ("GB",),
+            [("PHONE", "020 7946 0958"), ("PHONE", "0161 496 0753")],
+        ),
+        ("fijo 91 234 56 78", ("ES",), [("PHONE", "91 234 56 78")]),
         # emails
         ("mail jane.doe@example.com.", (), [("EMAIL", "jane.doe@example.com")]),
         ("<a.b+tag@mail.example.co.uk>", (), [("EMAIL", "a.b+tag@mail.example.co.uk")]),
@@ -75,6 +83,7 @@ def test_detects(text: str, regions: tuple[str, ...], expected: list[tuple[str, 
         "Kundennummer 123456789, Vorgang 7723419, Rechnung 2024-0815.",
         "Open 24/7, 2-4 pm, 3/14 at 4:02 pm, zip 94103, sort code 20-20-15.",
         "Agent: thanks. Customer: no problem at all.",
+        "Scores were 10 20 30 40 50 60 70 and 20 30 40 50 60.",
         "",
     ],
 )
