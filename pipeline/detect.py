@@ -15,13 +15,14 @@ value, so the work is ordered cheapest first:
    and length) for cards, and phonenumbers (parse + is_valid_number) for runs of 6+ digits, with
    the call's own regions for national numbers. A nationally written number must start with the
    region's trunk prefix ("0" in most countries) or be 9+ digits long (8 where there is no trunk
-   prefix). A run that does not parse whole is searched for its longest stretch of groups that
-   does, to find a phone number glued to other numbers.
+   prefix). A run that is neither whole is searched for its longest stretch of space-separated
+   groups that is one, to find a card or phone number glued to other numbers.
 
 A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
 optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
 those, so that a speaker label "Customer:" does not count) or glued to letters ("A-7723419") is an
-identifier, not a phone number; it is still checked as a card number.
+identifier, not a phone number (what follows its first group still may be); it is still
+checked as a card number.
 """
 
 from __future__ import annotations
@@ -130,7 +131,6 @@ _CONTEXT = 32
 _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
 _GROUP = re.compile(r"\S+")
-_AFTER_FIRST_GROUP = re.compile(r"^\S+\s+(\+?\(?\d.*)$")
 
 
 def _is_identifier(text: str, start: int) -> bool:
@@ -228,29 +228,38 @@ def _phone_valid(run: str, regions: Sequence[str]) -> bool:
     return False
 
 
-def _phones_in_run(run: str, offset: int, regions: Sequence[str], out: list[Span]) -> None:
-    """The phone numbers in a run: the whole run, or else the longest stretch of its
-    space-separated groups that is one ("call (415) 555-2671 10 times"), then what is left on
-    either side of it."""
-    digits = len(_NON_DIGIT.sub("", run))
-    if digits < _MIN_PHONE_DIGITS:
-        return
-    if digits <= _MAX_PHONE_DIGITS and _phone_valid(run, regions):
-        out.append(Span(offset, offset + len(run), Label.PHONE))
+def _label_of(run: str, regions: Sequence[str], phones: bool) -> Label | None:
+    digits = _NON_DIGIT.sub("", run)
+    if _is_card(run, digits) and not run.startswith("+"):
+        return Label.CARD
+    if phones and _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS and _phone_valid(run, regions):
+        return Label.PHONE
+    return None
+
+
+def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], phones: bool) -> None:
+    """The card and phone numbers in a run: the whole run, or else the longest stretch of its
+    space-separated groups that is one ("call (415) 555-2671 10 times", "card 4111 1111 1111
+    1111 12/27"), then what is left on either side. With `phones` false (the run follows an
+    identifier word) its first group starts no phone number."""
+    label = _label_of(run, regions, phones)
+    if label is not None:
+        out.append(Span(offset, offset + len(run), label))
         return
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
     for size in range(len(groups) - 1, 0, -1):
         for first in range(len(groups) - size + 1):
             start, end = groups[first][0], groups[first + size - 1][1]
-            sub = run[start:end]
-            n = len(_NON_DIGIT.sub("", sub))
-            if _MIN_PHONE_DIGITS <= n <= _MAX_PHONE_DIGITS and _phone_valid(sub, regions):
-                _phones_in_run(run[: groups[first][0]].rstrip(), offset, regions, out)
-                out.append(Span(offset + start, offset + end, Label.PHONE))
-                if first + size < len(groups):
-                    rest = groups[first + size][0]
-                    _phones_in_run(run[rest:], offset + rest, regions, out)
-                return
+            label = _label_of(run[start:end], regions, phones or first > 0)
+            if label is None:
+                continue
+            if first:
+                _scan_run(run[:start].rstrip(), offset, regions, out, phones)
+            out.append(Span(offset + start, offset + end, label))
+            if first + size < len(groups):
+                rest = groups[first + size][0]
+                _scan_run(run[rest:], offset + rest, regions, out, True)
+            return
 
 
 def _emails(text: str, out: list[Span]) -> None:
@@ -329,17 +338,8 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
 
 
 def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
-    digits = _NON_DIGIT.sub("", value)
-    if len(digits) < _MIN_PHONE_DIGITS:
-        return
-    if _is_card(value, digits) and not value.startswith("+"):
-        out.append(Span(start, start + len(value), Label.CARD))
-    elif not _is_identifier(text, start):
-        _phones_in_run(value, start, regions, out)
-    else:  # an identifier: only what follows its first group may still be a phone number
-        rest = _AFTER_FIRST_GROUP.search(value)
-        if rest is not None:
-            _phones_in_run(rest.group(1), start + rest.start(1), regions, out)
+    if len(_NON_DIGIT.sub("", value)) >= _MIN_PHONE_DIGITS:
+        _scan_run(value, start, regions, out, phones=not _is_identifier(text, start))
 
 
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
