@@ -26,11 +26,11 @@ from typing import Any
 import faust
 
 from pipeline.codec import decode_value
-from pipeline.consent import AccountState, Stream, record_consent, record_request
+from pipeline.consent import AccountState, EventTimeMerger, Stream, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.runner import DeadLetter, PartitionRunner
 from pipeline.settings import Settings
-from sinks.lake import source_name
+from sinks.lake import SourceBusy, source_name
 
 log = logging.getLogger("callpipe.worker")
 
@@ -89,22 +89,43 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
         return out
 
     runners: dict[int, PartitionRunner] = {}
+    mergers: dict[int, EventTimeMerger[Any]] = {}
+
+    def merger(partition: int) -> EventTimeMerger[Any]:
+        found = mergers.get(partition)
+        if found is None:
+            found = mergers[partition] = EventTimeMerger(settings.max_idle_ms, now_ms())
+        return found
+
     held: dict[int, list[Any]] = defaultdict(list)  # unacked faust events per calls partition
     lock = asyncio.Lock()
     counters: dict[str, int] = defaultdict(int)
 
-    def runner(partition: int) -> PartitionRunner:
+    async def runner(partition: int) -> PartitionRunner:
         found = runners.get(partition)
-        if found is None:
-            found = PartitionRunner(
-                lake=settings.lake,
-                source=source_name(CALLS, partition),
-                partition=partition,
-                settings=settings,
-                key=key,
-                states_for=states_for,
-                now_ms=now_ms(),
-            )
+        waited = 0.0
+        while found is None:
+            try:
+                found = PartitionRunner(
+                    lake=settings.lake,
+                    source=source_name(CALLS, partition),
+                    partition=partition,
+                    settings=settings,
+                    key=key,
+                    states_for=states_for,
+                    now_ms=now_ms(),
+                    merger=merger(partition),
+                )
+            except SourceBusy:
+                # The previous owner of the partition (a worker being revoked, or dying) still
+                # holds its lake writer; it releases it when it has flushed or when it exits.
+                if waited > 120:
+                    raise
+                if waited == 0:
+                    log.warning("partition %s of %s is busy in the lake; waiting", partition, CALLS)
+                await asyncio.sleep(0.5)
+                waited += 0.5
+                continue
             runners[partition] = found
             log.info("partition %s of %s resumes at offset %s", partition, CALLS, found.next_offset)
         return found
@@ -179,8 +200,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                 prior = consent_table.get(account)
                 state = record_consent(AccountState.from_json(prior) if prior else None, rec)
                 consent_table[account] = state.to_json()
-                r = runner(event.message.partition)
-                r.merger.observe(Stream.CONSENT, rec["at"], now_ms())
+                merger(event.message.partition).observe(Stream.CONSENT, rec["at"], now_ms())
 
     @app.agent(requests)
     async def track_requests(stream: faust.StreamT) -> None:
@@ -198,7 +218,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                 prior = subjects_table.get(account)
                 state = record_request(AccountState.from_json(prior) if prior else None, rec)
                 subjects_table[account] = state.to_json()
-                runner(event.message.partition).merger.observe(Stream.REQUESTS, rec["at"], now_ms())
+                merger(event.message.partition).observe(Stream.REQUESTS, rec["at"], now_ms())
 
     @app.agent(calls)
     async def process_calls(stream: faust.StreamT) -> None:
@@ -209,7 +229,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                     by_partition[event.message.partition].append(event)
                 keys = {(e.message.partition, e.message.offset): e.message.key for e in events}
                 for partition, part_events in by_partition.items():
-                    r = runner(partition)
+                    r = await runner(partition)
                     held[partition].extend(part_events)
                     dead = r.feed([e.message for e in part_events], now_ms())
                     await send_dead(dead, keys)
@@ -228,8 +248,9 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                 runners[partition].pump(now_ms(), time.monotonic(), drain=True)
             await flush(gone, force=True)
             for partition in gone:
-                runners.pop(partition, None)
+                runners.pop(partition).close()
                 held.pop(partition, None)
+                mergers.pop(partition, None)
 
     app.callpipe_counters = counters  # type: ignore[attr-defined]
     return app

@@ -25,6 +25,7 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.ingest import IngestError, ingest_file, load_states
+    from sinks.lake import SourceBusy
 
     if args.lake is not None:
         settings = dataclasses.replace(settings, lake=args.lake)
@@ -40,7 +41,7 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
             result = ingest_file(path, settings, key, states, int(time.time() * 1000))
             totals.update(result.counts)
             totals["skipped_already_in_lake"] += result.skipped
-    except IngestError as exc:
+    except (IngestError, SourceBusy) as exc:
         raise CliError(str(exc)) from None
     took = time.monotonic() - started
     events = totals["events_in"]

@@ -127,6 +127,15 @@ def ingest_file(
         states_for=lambda accounts: {a: states[a] for a in accounts if a in states},
         now_ms=now_ms,
     )
+    try:
+        return _ingest(runner, settings, decoded, source, now_ms)
+    finally:
+        runner.close()
+
+
+def _ingest(
+    runner: PartitionRunner, settings: Settings, decoded: Decoded, source: str, now_ms: int
+) -> IngestResult:
     total: Counter[str] = Counter()
     dead: list[DeadLetter] = []
     units = list(_units(decoded))

@@ -83,15 +83,16 @@ class PartitionRunner:
         key: PseudonymKey,
         states_for: StatesFor,
         now_ms: int,
+        merger: EventTimeMerger[Any] | None = None,
     ) -> None:
         self.partition = partition
         self.settings = settings
         self.key = key
         self.states_for = states_for
         self.writer = LakeWriter.open(lake, source, settings)
-        self.merger: EventTimeMerger[tuple[int, list[tuple[dict[str, Any], Source]]]] = EventTimeMerger(
-            settings.max_idle_ms, now_ms
-        )
+        # The merger may outlive the runner: the control streams move its watermarks even while
+        # the lake writer of the partition is not open (yet).
+        self.merger: EventTimeMerger[Any] = merger or EventTimeMerger(settings.max_idle_ms, now_ms)
         self._messages: deque[_Message] = deque()
         self._consumed = self.writer.next_offset - 1
         self._key_ms = -1
@@ -256,6 +257,10 @@ class PartitionRunner:
 
     def due(self, mono: float) -> bool:
         return self.writer.due(mono)
+
+    def close(self) -> None:
+        """Release the partition's lake writer (rows not flushed are consumed again)."""
+        self.writer.close()
 
     def flush(self) -> Flushed | None:
         """Land the handed-over offsets; their stats record is written first, under the same
