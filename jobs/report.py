@@ -49,7 +49,8 @@ CATEGORIES: dict[str, list[tuple[str, str, str]]] = {
     layout.ANALYTICS: [
         ("calls", "TRUE", "analytics_days"),
         ("transcripts", "transcript IS NOT NULL", "transcript_days"),
-        ("recordings", "coalesce(has_recording, false)", "recording_days"),
+        # analytics keeps only a has_recording flag, never the recording: it lives as long as the row
+        ("recordings", "coalesce(has_recording, false)", "analytics_days"),
     ],
 }
 

@@ -14,9 +14,10 @@ Resolutions: `FINE` is the zone's own (UTC hour x cell_area, the LAC-level place
 generalization buys. Everything runs in DuckDB SQL over temp tables; the draw is seeded (DuckDB's
 `hash` of subject, point and seed), so one seed gives one answer on one DuckDB version.
 
-The matching set is found rarest point first: candidates are the subjects at the drawn point with
-the fewest subjects, then each candidate is probed for the other p-1 points. The work is therefore
-sample x (smallest point population) x (p-1) lookups, not a scan of every point's population.
+The matching sets are nested: with each subject's points in one seeded random order, the set for
+p + 1 points is the set for p points narrowed to those also holding point p + 1. So one pass keeps a
+table of (sampled subject, still-matching subject) and narrows it with one join per p; the work is
+the first point's population per sampled subject plus a shrinking number of lookups after it.
 """
 
 from __future__ import annotations
@@ -140,11 +141,11 @@ def unicity(
     seed: int = 0,
 ) -> Unicity:
     """Share of sampled subjects singled out by p = 1..max_points of their own points."""
-    tag = uuid.uuid4().hex[:8]
-    pts, smp, drawn, pop = (f"_risk_{name}_{tag}" for name in ("pts", "smp", "drawn", "pop"))
     has_data = any((lake / layout.ANALYTICS).glob("calls/dt=*/**/*.parquet"))
     if not has_data:
         return Unicity(resolution.name, resolution.label, 0, 0, sample, seed, ())
+    tag = uuid.uuid4().hex[:8]
+    pts, smp, drawn, match = (f"_risk_{name}_{tag}" for name in ("pts", "smp", "drawn", "match"))
     try:
         con.execute(
             f"""CREATE TEMP TABLE {pts} AS
@@ -166,48 +167,31 @@ def unicity(
         con.execute(
             f"""CREATE TEMP TABLE {drawn} AS
                 SELECT s, t, l,
-                       row_number() OVER (PARTITION BY s ORDER BY hash(s, t, l, $seed), t, l) AS draw,
-                       count(*) OVER (PARTITION BY s) AS held
+                       row_number() OVER (PARTITION BY s ORDER BY hash(s, t, l, $seed), t, l) AS draw
                 FROM {pts} SEMI JOIN {smp} USING (s)
                 QUALIFY draw <= $max_points""",
             {"seed": seed, "max_points": max_points},
         )
-        con.execute(
-            f"""CREATE TEMP TABLE {pop} AS
-                SELECT t, l, count(*) AS n FROM {pts}
-                SEMI JOIN (SELECT DISTINCT t, l FROM {drawn}) USING (t, l) GROUP BY t, l"""
-        )
-        by_points = tuple(_unicity_at(con, pts, drawn, pop, p) for p in range(1, max_points + 1))
+        by_points = []
+        for p in range(1, max_points + 1):
+            if p == 1:  # (sampled subject i, subject j holding i's first point)
+                step = f"SELECT d.s AS i, x.s AS j FROM {drawn} d JOIN {pts} x USING (t, l) WHERE d.draw = 1"
+            else:  # ... narrowed to the j also holding i's p-th point (i without one drops out)
+                step = f"""SELECT m.i, m.j FROM {match} m
+                           JOIN {drawn} d ON d.s = m.i AND d.draw = {p}
+                           JOIN {pts} x ON x.s = m.j AND x.t = d.t AND x.l = d.l"""
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {match} AS {step}")
+            by_points.append(_tally(con, match, p))
     finally:
-        for table in (pts, smp, drawn, pop):
+        for table in (pts, smp, drawn, match):
             con.execute(f"DROP TABLE IF EXISTS {table}")
-    return Unicity(resolution.name, resolution.label, subjects, points, sample, seed, by_points)
+    return Unicity(resolution.name, resolution.label, subjects, points, sample, seed, tuple(by_points))
 
 
-def _unicity_at(con: duckdb.DuckDBPyConnection, pts: str, drawn: str, pop: str, p: int) -> PointUnicity:
+def _tally(con: duckdb.DuckDBPyConnection, match: str, p: int) -> PointUnicity:
     row = con.execute(
-        f"""
-        WITH chosen AS (          -- the p drawn points of each subject holding at least p, rarest first
-            SELECT d.s AS i, d.t, d.l,
-                   row_number() OVER (PARTITION BY d.s ORDER BY pop.n, d.t, d.l) AS rarity
-            FROM {drawn} d JOIN {pop} pop USING (t, l)
-            WHERE d.draw <= $p AND d.held >= $p
-        ),
-        candidates AS (           -- everyone at the rarest point
-            SELECT c.i, x.s AS j FROM chosen c JOIN {pts} x USING (t, l) WHERE c.rarity = 1
-        ),
-        matched AS (              -- candidates holding every other drawn point too
-            SELECT c.i, c.j FROM candidates c
-            JOIN chosen o ON o.i = c.i AND o.rarity > 1
-            JOIN {pts} x ON x.s = c.j AND x.t = o.t AND x.l = o.l
-            GROUP BY c.i, c.j HAVING count(*) = $p - 1
-            UNION ALL
-            SELECT i, j FROM candidates WHERE $p = 1
-        ),
-        per_subject AS (SELECT i, count(*) AS matches FROM matched GROUP BY i)
-        SELECT count(*), count(*) FILTER (WHERE matches = 1), median(matches) FROM per_subject
-        """,
-        {"p": p},
+        f"""SELECT count(*), count(*) FILTER (WHERE matches = 1), median(matches)
+            FROM (SELECT i, count(*) AS matches FROM {match} GROUP BY i)"""
     ).fetchone()
     assert row is not None
     sampled, unique = int(row[0]), int(row[1])
