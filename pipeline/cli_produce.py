@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline import generate
 from pipeline.cli import CliError
-from pipeline.produce import FORMATS, TOPIC_OF, Job, ProduceError, load_file, publish
+from pipeline.produce import FORMATS, TOPIC_OF, Job, ProduceError, load_file, publish, write_files
 from pipeline.settings import Settings
 
 
@@ -83,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests-topic", default=TOPIC_OF["PrivacyRequest"], help="(privacy.requests)")
     p.add_argument("--bad-share", type=_share, default=0.0, help="extra share of deliberately bad messages")
     p.add_argument("--iso-times", action="store_true", help="JSON timestamps as ISO-8601 instead of epoch ms")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write <topic>.jsonl (json) or <topic>.avro (avro container) files into DIR instead of "
+        "publishing: input for `callpipe ingest` and `--from`",
+    )
     p.set_defaults(func=run)
 
 
@@ -115,9 +122,14 @@ def build_jobs(args: argparse.Namespace, now: datetime) -> list[Job]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.out is not None and args.bad_share:
+        raise CliError("--bad-share needs a broker: bad messages are not written to --out files")
     jobs = build_jobs(args, datetime.now(UTC))
     try:
-        summary = asyncio.run(publish(settings.bootstrap, jobs, rate=args.rate))
+        if args.out is not None:
+            summary = write_files(args.out, jobs)
+        else:
+            summary = asyncio.run(publish(settings.bootstrap, jobs, rate=args.rate))
     except ProduceError as exc:
         raise CliError(str(exc)) from None
     print(summary.line())

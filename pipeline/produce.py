@@ -62,6 +62,7 @@ class Job:
 class Summary:
     topics: dict[str, list[int]] = field(default_factory=dict)  # topic -> [events, messages, bad]
     seconds: float = 0.0
+    to_files: bool = False
 
     @property
     def events(self) -> int:
@@ -72,12 +73,17 @@ class Summary:
         return sum(v[1] for v in self.topics.values())
 
     def line(self) -> str:
-        parts = [
-            f"{e} events in {m} messages to {t}" + (f" (+{b} bad)" if b else "")
-            for t, (e, m, b) in self.topics.items()
-        ]
+        if self.to_files:
+            parts = [f"{e} events to {t}" for t, (e, _m, _b) in self.topics.items()]
+            verb = "wrote"
+        else:
+            parts = [
+                f"{e} events in {m} messages to {t}" + (f" (+{b} bad)" if b else "")
+                for t, (e, m, b) in self.topics.items()
+            ]
+            verb = "produced"
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
-        return f"produced {'; '.join(parts)} in {self.seconds:.2f} s ({rate:,.0f} events/s)"
+        return f"{verb} {'; '.join(parts)} in {self.seconds:.2f} s ({rate:,.0f} events/s)"
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -204,6 +210,27 @@ def _file_record_name(data: bytes, path: Path) -> str | None:
         except orjson.JSONDecodeError:
             return None
     return sniff_record_name(first)
+
+
+def write_files(folder: Path, jobs: Sequence[Job]) -> Summary:
+    """Write each job's records to <folder>/<topic>.jsonl (json) or .avro (Avro container)."""
+    started = time.perf_counter()
+    summary = Summary(to_files=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for job in jobs:
+            if job.fmt == "json":
+                path = folder / f"{job.topic}.jsonl"
+                lines = [codec.to_json(r, job.record_name, iso_times=job.iso_times) for r in job.records]
+                path.write_bytes(b"".join(line + b"\n" for line in lines))
+            else:
+                path = folder / f"{job.topic}.avro"
+                path.write_bytes(codec.encode_container(job.records, job.record_name))
+            summary.topics[str(path)] = [len(job.records), 1, 0]
+    except OSError as exc:
+        raise ProduceError(f"cannot write to {folder}: {exc.strerror or type(exc).__name__}") from None
+    summary.seconds = time.perf_counter() - started
+    return summary
 
 
 async def publish(

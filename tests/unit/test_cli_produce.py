@@ -161,3 +161,32 @@ def test_bad_messages_are_spread_through_the_good_ones() -> None:
     positions = [i for i, m in enumerate(mixed) if m.events == 0]
     assert len(mixed) == 104 and len(positions) == 4
     assert positions[0] > 10 and positions[-1] < 95
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("json", "jsonl"), ("avro", "avro")])
+def test_out_writes_files_that_from_reads_back(
+    tmp_path: Path, fmt: str, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--count",
+        "200",
+        "--seed",
+        "3",
+        "--start",
+        "2026-01-01",
+        "--consent",
+        "--requests",
+        "--format",
+        fmt,
+    ]
+    assert cli.main(["produce", *argv, "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("wrote ")
+    jobs = build_jobs(parse(*argv), datetime.now(UTC))
+    for job in jobs:
+        path = tmp_path / f"{job.topic}.{suffix}"
+        assert load_file(path, None) == (job.record_name, list(job.records))
+
+
+def test_out_refuses_bad_share(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["produce", "--count", "10", "--bad-share", "0.1", "--out", str(tmp_path)]) == 2
+    assert "--bad-share needs a broker" in capsys.readouterr().err
