@@ -32,17 +32,31 @@ def hundred_thousand() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The broker's address, in the environment `callpipe` reads; test topics are deleted after."""
     monkeypatch.setenv("CALLPIPE_BOOTSTRAP", kafka_bootstrap)
+    created.clear()
     yield kafka_bootstrap
+    if created:
+        asyncio.run(_admin(kafka_bootstrap, lambda admin: admin.delete_topics(list(created))))
 
 
-async def _create(bootstrap: str, *topics: str) -> None:
+created: list[str] = []
+
+
+async def _admin(bootstrap: str, action: Any) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+        await action(admin)
     finally:
         await admin.close()
+
+
+def _create(bootstrap: str, *topics: str) -> None:
+    created.extend(topics)
+    asyncio.run(
+        _admin(bootstrap, lambda admin: admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]))
+    )
 
 
 async def _read_all(bootstrap: str, topic: str, record_name: str) -> tuple[Decoded, list[Any]]:
@@ -88,7 +102,7 @@ def test_100k_events_read_back_equal(
     env: str, topic_prefix: str, fmt: str, batch_size: int, hundred_thousand: list[dict[str, Any]]
 ) -> None:
     topic = f"{topic_prefix}calls.raw"
-    asyncio.run(_create(env, topic))
+    _create(env, topic)
     _produce(
         *("--count", str(COUNT), "--seed", str(SEED), "--start", START, "--topic", topic),
         *("--format", fmt, "--batch-size", str(batch_size)),
@@ -126,7 +140,7 @@ def test_consents_requests_and_bad_messages_land_co_partitioned(env: str, topic_
     calls, consents, requests = (
         f"{topic_prefix}{t}" for t in ("calls.raw", "consent.events", "privacy.requests")
     )
-    asyncio.run(_create(env, calls, consents, requests))
+    _create(env, calls, consents, requests)
     _produce(
         *("--count", "2000", "--seed", "5", "--start", START, "--accounts", "300", "--bad-share", "0.01"),
         *(
@@ -159,7 +173,7 @@ def test_consents_requests_and_bad_messages_land_co_partitioned(env: str, topic_
 
 def test_a_file_is_published_to_the_topic_of_its_records(env: str, topic_prefix: str, tmp_path: Path) -> None:
     topic = f"{topic_prefix}consent.events"
-    asyncio.run(_create(env, topic))
+    _create(env, topic)
     consents = generate.generate_consents(8, generate.generate_accounts(8, 100), START_MS)
     path = tmp_path / "consents.avro"
     path.write_bytes(codec.encode_container(consents, "ConsentEvent"))
