@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
-from jobs.replace import Change, job_lock, run_change, write_parquet
+from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN
 from sinks import lineage
 from sinks.layout import ANALYTICS, VAULT, table_dir
@@ -127,32 +127,33 @@ def run(
         files_audit: list[dict[str, Any]] = []
         checked = {"rows": 0, "checksums_equal": 0}
 
+        def merge(item: tuple[Merge, Path]) -> list[dict[str, Any]]:
+            m, tmp = item
+            sources = [lake / m.partition / n for n in m.inputs]
+            write_parquet(_merge(m, lake), tmp, m.zone)
+            cursor = con.cursor()  # one per thread
+            before, after = _checksum(cursor, sources), _checksum(cursor, [tmp])
+            if before != after:
+                raise CompactionMismatch(f"{m.partition}: merged rows differ from their inputs")
+            if lineage.read_lineage(tmp) != lineage.combined_lineage(sources):
+                raise CompactionMismatch(f"{m.partition}: merged file lost offset-range lineage")
+            added = {
+                "path": f"{m.partition}/{m.output}",
+                "sha256": audit.sha256_file(tmp),
+                "action": "added",
+                "rows": after[0],
+            }
+            removed = [
+                {"path": f"{m.partition}/{n}", "sha256": audit.sha256_file(p), "action": "removed"}
+                for n, p in zip(m.inputs, sources, strict=True)
+            ]
+            return [added, *removed]
+
         def write() -> None:
-            for i, (m, tmp) in enumerate(temps, 1):
-                sources = [lake / m.partition / n for n in m.inputs]
-                table = _merge(m, lake)
-                write_parquet(table, tmp, m.zone)
-                before, after = _checksum(con, sources), _checksum(con, [tmp])
-                if before != after:
-                    raise CompactionMismatch(f"{m.partition}: merged rows differ from their inputs")
-                if lineage.read_lineage(tmp) != lineage.combined_lineage(sources):
-                    raise CompactionMismatch(f"{m.partition}: merged file lost offset-range lineage")
-                checked["rows"] += after[0]
+            for entries in parallel(merge, temps, progress):
+                checked["rows"] += entries[0]["rows"]
                 checked["checksums_equal"] += 1
-                files_audit.append(
-                    {
-                        "path": f"{m.partition}/{m.output}",
-                        "sha256": audit.sha256_file(tmp),
-                        "action": "added",
-                        "rows": after[0],
-                    }
-                )
-                files_audit.extend(
-                    {"path": f"{m.partition}/{n}", "sha256": audit.sha256_file(p), "action": "removed"}
-                    for n, p in zip(m.inputs, sources, strict=True)
-                )
-                if progress:
-                    progress(i, len(temps))
+                files_audit.extend(entries)
             change.info = {"params": {"target_bytes": target_bytes}, "counts": checked, "files": files_audit}
 
         run_change(change, write)

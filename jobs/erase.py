@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
-from jobs.replace import Change, job_lock, run_change, write_parquet
+from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
 from pipeline.keys import PseudonymKey, bucket_of
 from sinks.layout import ANALYTICS, VAULT
@@ -51,24 +51,26 @@ def _erase_files(
     files_audit: list[dict[str, Any]] = []
     removed = {VAULT: 0, ANALYTICS: 0}
 
+    def rewrite(item: tuple[str, Path, int, Path]) -> dict[str, Any]:
+        zone, src, _rows, tmp = item
+        table = pq.read_table(src)
+        column = table[SUBJECT_COLUMN[zone]]
+        kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
+        write_parquet(kept, tmp, zone)
+        return {
+            "path": str(src.relative_to(lake)),
+            "sha256": audit.sha256_file(tmp),
+            "previous_sha256": audit.sha256_file(src),
+            "action": "replaced",
+            "rows": kept.num_rows,
+            "removed": table.num_rows - kept.num_rows,
+            "zone": zone,
+        }
+
     def write() -> None:
-        for i, (zone, src, _rows, tmp) in enumerate(work, 1):
-            table = pq.read_table(src)
-            column = table[SUBJECT_COLUMN[zone]]
-            kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
-            removed[zone] += table.num_rows - kept.num_rows
-            write_parquet(kept, tmp, zone)
-            files_audit.append(
-                {
-                    "path": str(src.relative_to(lake)),
-                    "sha256": audit.sha256_file(tmp),
-                    "previous_sha256": audit.sha256_file(src),
-                    "action": "replaced",
-                    "rows": kept.num_rows,
-                }
-            )
-            if progress:
-                progress(i, len(work))
+        for entry in parallel(rewrite, work, progress):
+            removed[entry.pop("zone")] += entry.pop("removed")
+            files_audit.append(entry)
         change.info = {
             "params": {"subject": values[ANALYTICS]},
             "counts": dict(removed),

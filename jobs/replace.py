@@ -34,11 +34,12 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
@@ -72,6 +73,29 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+WORKERS = 8  # file rewrites are bound by fsync latency and pyarrow (both release the GIL)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel(
+    fn: Callable[[T], R], items: Sequence[T], progress: Callable[[int, int], None] | None = None
+) -> list[R]:
+    """`[fn(x) for x in items]` on a thread pool, in order; the first error is raised (after the
+    running calls finish). `progress(done, total)` is called from this thread."""
+    if len(items) <= 1:
+        out = [fn(x) for x in items]
+        if progress and items:
+            progress(1, 1)
+        return out
+    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        for done, _ in enumerate(as_completed(futures), 1):
+            if progress:
+                progress(done, len(items))
+        return [f.result() for f in futures]
 
 
 def make_dirs(folder: Path, mode: int) -> None:
@@ -174,8 +198,7 @@ class Change:
 
     def commit(self) -> None:
         """Steps 4 (folder fsync) and 5: the single atomic switch to the new state."""
-        for folder in {(self.lake / tmp).parent for tmp, _ in self.replaces}:
-            fsync_dir(folder)
+        parallel(fsync_dir, sorted({(self.lake / tmp).parent for tmp, _ in self.replaces}))
         _write_json_atomic(self.journal, self._doc(COMMITTED))
 
     def apply(self) -> None:
@@ -208,9 +231,7 @@ def _apply(lake: Path, doc: dict[str, Any]) -> None:
         if part.exists() and not bin_.exists():
             os.replace(part, bin_)
             touched.add(part.parent)
-    for folder in touched:
-        if folder.exists():
-            fsync_dir(folder)
+    parallel(fsync_dir, sorted(f for f in touched if f.exists()))
     for _rel, trash in doc["drops"]:
         shutil.rmtree(lake / trash, ignore_errors=True)
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
-from jobs.replace import Change, job_lock, pending, run_change, write_parquet
+from jobs.replace import Change, job_lock, parallel, pending, run_change, write_parquet
 from pipeline.policy import Policy
 from sinks.layout import ANALYTICS, VAULT, table_dir
 
@@ -294,25 +294,26 @@ def run(
             else:
                 rewrites.append((f, change.temp_for(lake / f.path)))
 
+        def rewrite(item: tuple[FileAction, Path]) -> dict[str, Any]:
+            f, tmp = item
+            src = lake / f.path
+            new = apply_limits(pq.read_table(src), cuts.rows[f.zone], cuts.categories[f.zone])
+            write_parquet(new, tmp, f.zone)
+            return {
+                "path": f.path,
+                "sha256": audit.sha256_file(tmp),
+                "previous_sha256": audit.sha256_file(src),
+                "action": "replaced",
+                "rows": new.num_rows,
+            }
+
         def write() -> None:
-            for i, (f, tmp) in enumerate(rewrites, 1):
-                src = lake / f.path
-                table = pq.read_table(src)
-                new = apply_limits(table, cuts.rows[f.zone], cuts.categories[f.zone])
-                write_parquet(new, tmp, f.zone)
-                files_audit.append(
-                    {
-                        "path": f.path,
-                        "sha256": audit.sha256_file(tmp),
-                        "previous_sha256": audit.sha256_file(src),
-                        "action": "replaced",
-                        "rows": new.num_rows,
-                    }
-                )
-                if progress:
-                    progress(i, len(rewrites))
-            summary = the_plan.summary()
-            change.info = {"params": {"as_of": the_plan.as_of}, "counts": summary, "files": files_audit}
+            files_audit.extend(parallel(rewrite, rewrites, progress))
+            change.info = {
+                "params": {"as_of": the_plan.as_of},
+                "counts": the_plan.summary(),
+                "files": files_audit,
+            }
 
         run_change(change, write)
         summary = the_plan.summary()

@@ -1,0 +1,87 @@
+"""Helpers of the operators' job tests: a seeded synthetic lake, its content digests, and the
+`callpipe` command run as a subprocess with the lake and key in its environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from pipeline.keys import PseudonymKey, create_key_file, load_key
+from sinks.layout import ANALYTICS, VAULT
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
+
+
+def make_key(folder: Path) -> tuple[Path, PseudonymKey]:
+    path = folder / "key.hex"
+    if not path.exists():
+        create_key_file(path)
+    return path, load_key(path, "v1")
+
+
+def zone_glob(lake: Path, zone: str) -> str:
+    return str(lake / zone / "calls" / "dt=*" / "bucket=*" / "*.parquet")
+
+
+def digest(lake: Path, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, tuple[int, int]]:
+    """Per zone: (rows, order-independent content checksum) as DuckDB reads the lake."""
+    con = con or duckdb.connect()
+    out = {}
+    for zone in (VAULT, ANALYTICS):
+        if not list(lake.glob(f"{zone}/calls/dt=*/bucket=*/*.parquet")):
+            out[zone] = (0, 0)
+            continue
+        sql = (
+            "SELECT count(*), coalesce(sum(hash(t)), 0)"
+            f" FROM read_parquet('{zone_glob(lake, zone)}', hive_partitioning = false) t"
+        )
+        row = con.execute(sql).fetchone()
+        assert row is not None
+        out[zone] = (int(row[0]), int(row[1]))
+    return out
+
+
+def per_subject(
+    lake: Path, zone: str, con: duckdb.DuckDBPyConnection | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per subject of a zone: (rows, content checksum)."""
+    con = con or duckdb.connect()
+    column = SUBJECT_COLUMN[zone]
+    sql = (
+        f"SELECT {column}, count(*), sum(hash(t)) FROM read_parquet('{zone_glob(lake, zone)}',"
+        f" hive_partitioning = false) t GROUP BY 1"
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in con.execute(sql).fetchall()}
+
+
+def stray_files(lake: Path) -> list[str]:
+    """Temps and trash a finished job must not leave behind."""
+    found = [p for p in lake.rglob(".*") if p.name.endswith(".tmp") or p.name.startswith(".trash-")]
+    return sorted(str(p.relative_to(lake)) for p in found)
+
+
+def callpipe_env(lake: Path, key_file: Path, policy: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPIPE_")}
+    env.update({"CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(key_file), "PYTHONPATH": str(ROOT)})
+    if policy is not None:
+        env["CALLPIPE_POLICY"] = str(policy)
+    return env
+
+
+def callpipe_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def callpipe_json(env: dict[str, str], *args: str) -> Any:
+    done = subprocess.run(
+        callpipe_cmd(*args, "--json"), env=env, capture_output=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return orjson.loads(done.stdout)
