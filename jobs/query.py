@@ -8,14 +8,16 @@ Read-only is enforced twice: the text must be one SELECT-like statement (SELECT,
 DESCRIBE, SUMMARIZE, EXPLAIN; never COPY, ATTACH, SET, INSTALL, ...), and the connection may touch
 only the zones it exposes: DuckDB's `enable_external_access` is off with `allowed_directories` set
 to those zones, and the configuration is locked before the query runs. So without `--vault` even
-`read_parquet('<lake>/vault/...')` fails.
+`read_parquet('<lake>/vault/...')` fails. Every query with the vault exposed is audited.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -25,6 +27,7 @@ from typing import Any
 
 import duckdb
 
+from jobs import audit
 from sinks import layout
 from sinks.read import duckdb_view
 
@@ -89,20 +92,37 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 
 def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
-    """Run one read-only query over the lake's views."""
+    """Run one read-only query over the lake's views.
+
+    A query with the vault exposed is an access to restricted data: it is recorded in the audit
+    trail (the SQL's SHA-256, never its text, which may name a subject; rows returned; outcome)."""
+    started = time.monotonic()
     con, _ = connect(lake, vault=vault)
+    outcome, rows = "failed", []
     try:
         check_read_only(con, sql)
         try:
             rel = con.execute(sql)
             rows = rel.fetchall()
         except duckdb.Error as exc:
-            # DuckDB's messages name tables, columns and paths, not data values.
+            # DuckDB's messages name tables, columns and paths; a cast error may quote a value
+            # of the data the caller is allowed to read anyway.
             raise QueryError(str(exc).splitlines()[0]) from None
         columns = tuple(d[0] for d in rel.description or ())
+        outcome = "ok"
         return Result(columns, rows)
     finally:
         con.close()
+        if vault:
+            audit.record(
+                lake,
+                job="query",
+                params={"vault": True, "sql_sha256": hashlib.sha256(sql.encode()).hexdigest()},
+                counts={"rows": len(rows)},
+                files=[],
+                duration_s=time.monotonic() - started,
+                outcome=outcome,
+            )
 
 
 def _plain(value: Any) -> Any:

@@ -7,23 +7,17 @@ only format it. Data sources:
 - zones: one DuckDB pass per zone over its Parquet files (grouped by file: rows, rows holding a
   transcript or a recording, oldest call, rows past each retention limit), file sizes from the
   file system. Only counts and timestamps are read, never content.
-- stream counters, the `<lake>/_stats/` convention: any number of JSON files anywhere under
-  `<lake>/_stats/` (e.g. `_stats/<writer>/<first-offset>-<last-offset>.json`), each one object
-        {"writer": "worker-1", "from": "<ISO-8601>", "to": "<ISO-8601>",
-         "counts": {"consent.granted.recording": 3, "consent.denied.analytics": 1,
-                    "dlq.malformed": 2, "drop.recording_no_consent": 5, "written.vault": 900}}
-  Each file holds the counts of one flush interval only (deltas, never running totals), is written
-  atomically (temp + rename) and never changed, so any number of workers and restarts add up by
-  summing. Counter names: `consent.<granted|denied>.<purpose>`, `dlq.<Reason>`, `drop.<Drop>`,
-  `written.<zone>`. Audit entries whose counts use the same names (e.g. `callpipe ingest`) are
-  added too.
+- stream counters: what the stream worker and `callpipe ingest` leave under `<lake>/_stats/`
+  (one JSON file of counts per landed offset range of each source), summed by the stream's own
+  reader `pipeline.runner.read_stats`, which counts a range only once its manifest exists:
+  `dead_letter.<Reason>`, `drop.<Drop>` (the consent and privacy-request ones shown as consent
+  outcomes), `vault` / `analytics` (rows routed to each zone), and the rest (messages, events_in).
 - job history: `jobs.audit.read`; changes a killed job left in its journal: `jobs.replace.pending`.
 - risk: `jobs.risk.measure` (k-anonymity of each aggregate, unicity at both resolutions).
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,10 +27,21 @@ import duckdb
 
 from jobs import audit, replace, risk
 from pipeline.policy import Policy
+from pipeline.reasons import Drop
 from sinks import layout
 
-STATS = "_stats"
-COUNTER_PREFIXES = ("consent.", "dlq.", "drop.", "written.")
+# Outcomes decided by consent or a privacy request (pipeline.reasons.Drop), shown together.
+CONSENT_DROPS = frozenset(
+    d.value
+    for d in (
+        Drop.RECORDING_NO_CONSENT,
+        Drop.TRANSCRIPTION_NO_CONSENT,
+        Drop.ANALYTICS_OBJECTED,
+        Drop.RESTRICTED,
+        Drop.ERASED,
+    )
+)
+ZONE_COUNTERS = frozenset({layout.VAULT, layout.ANALYTICS})  # rows routed to each zone
 HISTORY = 50  # job runs shown
 
 # (zone, category, SQL predicate saying a row holds it, Retention attribute)
@@ -92,7 +97,7 @@ def collect(
         "volume": volume,
         "aggregates": aggregates,
         "retention": retention,
-        "stream": _stream(lake, entries),
+        "stream": _stream(lake),
         "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
         "jobs_total": len(entries),
         "unfinished_changes": len(replace.pending(lake)),
@@ -212,33 +217,26 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path) -> list[dict[str, An
     return out
 
 
-def _stream(lake: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    counts: dict[str, int] = defaultdict(int)
-    sources = 0
-    root = lake / STATS
-    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # unreadable: skipped, the file count says so
-        if isinstance(doc, dict) and isinstance(doc.get("counts"), dict):
-            sources += 1
-            _add(counts, doc["counts"])
-    for entry in entries:
-        if isinstance(entry.get("counts"), dict) and entry.get("job") in ("ingest", "worker", "stream"):
-            sources += 1
-            _add(counts, entry["counts"])
-    groups: dict[str, dict[str, int]] = {"consent": {}, "dlq": {}, "drop": {}, "written": {}}
-    for name, value in sorted(counts.items()):
+def _stream(lake: Path) -> dict[str, Any]:
+    """The stream's counters, summed over every committed range (`pipeline.runner.read_stats`)."""
+    from pipeline.runner import STATS_DIR, read_stats
+
+    root = lake / STATS_DIR
+    sources = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
+    groups: dict[str, dict[str, int]] = {"dlq": {}, "drop": {}, "consent": {}, "written": {}, "other": {}}
+    for name, value in sorted(read_stats(lake).items()):
         head, _, rest = name.partition(".")
-        groups[head][rest] = value
+        if head == "dead_letter":
+            groups["dlq"][rest] = value
+        elif head == "drop":
+            groups["drop"][rest] = value
+            if rest in CONSENT_DROPS:
+                groups["consent"][rest] = value
+        elif name in ZONE_COUNTERS:
+            groups["written"][name] = value
+        else:
+            groups["other"][name] = value
     return {"sources": sources, **groups}
-
-
-def _add(counts: dict[str, int], new: dict[str, Any]) -> None:
-    for name, value in new.items():
-        if isinstance(name, str) and name.startswith(COUNTER_PREFIXES) and isinstance(value, int):
-            counts[name] += value
 
 
 def _job(entry: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +292,7 @@ def render_text(data: dict[str, Any]) -> str:
         )
     s = data["stream"]
     out += ["", f"Stream counters ({s['sources']} sources)"]
-    for group in ("consent", "drop", "dlq", "written"):
+    for group in ("consent", "drop", "dlq", "written", "other"):
         items = ", ".join(f"{k} {v:,}" for k, v in s[group].items()) or "none recorded"
         out.append(f"  {group:<8} {items}")
     out += ["", f"Risk: k-anonymity of the aggregates (k = {data['policy']['k']})"]

@@ -281,8 +281,12 @@ def render(data: dict[str, Any]) -> str:
             ],
         ),
         "consent_table": _table(
-            ["consent counter", "count"],
-            list(stream["consent"].items()) + [(f"written {k}", v) for k, v in stream["written"].items()],
+            ["counter", "count"],
+            [
+                *((f"consent outcome {k}", v) for k, v in stream["consent"].items()),
+                *((f"written to {k}", v) for k, v in stream["written"].items()),
+                *stream["other"].items(),
+            ],
         ),
         "jobs_table": _table(
             ["at", "job", "outcome", "duration (s)", "files", "counts"],

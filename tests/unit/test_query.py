@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import duckdb
 import pytest
 from analysis_lake import T0, crowd, vault_row, write_zone
 
-from jobs import query
+from jobs import audit, query
 from jobs.anonymize import anonymize
 
 
@@ -48,10 +49,18 @@ def test_select_queries(full_lake: Path, sql: str, expected: list[tuple]) -> Non
     assert query.run(full_lake, sql).rows == expected
 
 
-def test_vault_needs_the_flag(full_lake: Path) -> None:
+def test_vault_needs_the_flag_and_every_vault_query_is_audited(full_lake: Path) -> None:
     with pytest.raises(query.QueryError, match="vault_calls"):
         query.run(full_lake, "SELECT count(*) FROM vault_calls")
-    assert query.run(full_lake, "SELECT count(*) FROM vault_calls", vault=True).rows == [(3,)]
+    assert not [e for e in audit.read(full_lake) if e["job"] == "query"]
+    sql = "SELECT account_id FROM vault_calls WHERE account_id = 'acct-1'"
+    assert query.run(full_lake, sql, vault=True).rows == [("acct-1",)]
+    with pytest.raises(query.QueryError):
+        query.run(full_lake, "COPY vault_calls TO 'x.csv'", vault=True)
+    entries = [e for e in audit.read(full_lake) if e["job"] == "query"]
+    assert [(e["outcome"], e["counts"]["rows"]) for e in entries] == [("ok", 1), ("failed", 0)]
+    assert entries[0]["params"]["sql_sha256"] == hashlib.sha256(sql.encode()).hexdigest()
+    assert all("acct-1" not in p.read_text() for p in (full_lake / "_audit").iterdir())
 
 
 @pytest.mark.parametrize(

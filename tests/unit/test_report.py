@@ -15,6 +15,8 @@ from analysis_lake import T0, analytics_row, crowd, vault_row, write_zone
 from jobs import audit, report, report_html
 from jobs.anonymize import anonymize
 from pipeline.policy import DEFAULT_POLICY
+from pipeline.runner import write_stats
+from sinks import lineage
 
 AS_OF = T0 + timedelta(days=40)  # vault limit 90 d, transcripts 30 d
 
@@ -28,31 +30,28 @@ def data(lake: Path) -> dict:
     write_zone(lake, "analytics", analytics)
     con = duckdb.connect()
     anonymize(con, lake, k=5, as_of=AS_OF)
-    stats = lake / "_stats" / "worker-1"
-    stats.mkdir(parents=True)
-    (stats / "0-99.json").write_text(
-        json.dumps(
-            {
-                "writer": "worker-1",
-                "counts": {
-                    "dlq.malformed": 2,
-                    "drop.recording_no_consent": 4,
-                    "consent.granted.recording": 1,
-                    "other": 5,
-                },
-            }
-        )
-    )
-    (stats / "100-199.json").write_text(json.dumps({"counts": {"dlq.malformed": 1, "dlq.bad_time": 3}}))
-    (stats / "torn.json").write_text("{not json")
-    audit.record(
+    # what the stream leaves: a stats file per landed range, counted once its manifest exists
+    write_stats(
         lake,
-        job="ingest",
-        params={},
-        counts={"written.vault": 7, "dlq.malformed": 10},
-        files=[],
-        duration_s=0.5,
-        outcome="ok",
+        "calls.raw-0",
+        0,
+        99,
+        {
+            "dead_letter.malformed": 2,
+            "drop.recording_no_consent": 4,
+            "vault": 90,
+            "analytics": 88,
+            "messages": 100,
+        },
+    )
+    write_stats(lake, "calls.raw-1", 0, 49, {"dead_letter.malformed": 1, "dead_letter.bad_time": 3})
+    write_stats(lake, "calls.raw-1", 50, 59, {"dead_letter.malformed": 100})  # killed before landing
+    for source, first, last in (("calls.raw-0", 0, 99), ("calls.raw-1", 0, 49)):
+        manifest = lineage.manifest_path(lake, source, first, last)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("{}")
+    audit.record(
+        lake, job="retention", params={}, counts={"files": 1}, files=[], duration_s=0.5, outcome="ok"
     )
     return report.collect(con, lake, DEFAULT_POLICY, as_of=AS_OF, sample=100, seed=1)
 
@@ -92,17 +91,18 @@ def test_retention_names_rows_past_each_limit(data: dict) -> None:
     assert ret[("aggregates", "calls_daily")]["limit_days"] is None
 
 
-def test_stream_counters_add_up_across_files_and_audit(data: dict) -> None:
+def test_stream_counters_of_landed_ranges_add_up(data: dict) -> None:
     stream = data["stream"]
-    assert stream["sources"] == 3
-    assert stream["dlq"] == {"bad_time": 3, "malformed": 13}
+    assert stream["sources"] == 2
+    assert stream["dlq"] == {"bad_time": 3, "malformed": 3}
     assert stream["drop"] == {"recording_no_consent": 4}
-    assert stream["consent"] == {"granted.recording": 1}
-    assert stream["written"] == {"vault": 7}
+    assert stream["consent"] == {"recording_no_consent": 4}
+    assert stream["written"] == {"analytics": 88, "vault": 90}
+    assert stream["other"] == {"messages": 100}
 
 
 def test_job_history_newest_first(data: dict) -> None:
-    assert [j["job"] for j in data["jobs"]] == ["ingest", "anonymize"]
+    assert [j["job"] for j in data["jobs"]] == ["retention", "anonymize"]
     assert data["jobs"][1]["files"] == 2
 
 

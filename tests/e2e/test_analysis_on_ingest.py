@@ -1,0 +1,102 @@
+"""The analysts' jobs on what the stream writes: seeded carrier traffic through `callpipe ingest`
+into a fresh lake, then `anonymize`, `query` and `report`, checked against the lake itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+from pipeline.generate import generate_traffic
+from pipeline.keys import create_key_file
+from pipeline.runner import read_stats
+
+pytestmark = pytest.mark.e2e
+
+START = datetime(2026, 6, 1, tzinfo=UTC)
+DAY_MS = 86_400_000
+
+
+def _callpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in records) + b'{"not": "a call"}\n{broken json\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("ingest")
+    lake = root / "lake"
+    key = root / "key"
+    create_key_file(key)
+    env = {"CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(key), "CALLPIPE_BUCKETS": "4"}
+    traffic = generate_traffic(5, 6000, int(START.timestamp() * 1000), 3 * DAY_MS, accounts=150)
+    calls = _jsonl(root / "calls.jsonl", traffic.calls)
+    consent = root / "consent.jsonl"
+    consent.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in traffic.consents))
+    requests = root / "requests.jsonl"
+    requests.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in traffic.requests))
+    done = _callpipe(env, "ingest", str(calls), "--consent", str(consent), "--requests", str(requests))
+    assert done.returncode == 0, done.stderr
+    return lake, env
+
+
+def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[str, str]]) -> None:
+    lake, env = ingested
+    done = _callpipe(env, "jobs", "anonymize", "--as-of", "2026-06-10T00:00:00Z", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+
+    con = duckdb.connect()
+    analytics = str(lake / "analytics/calls/dt=*/bucket=*/*.parquet")
+    vault = str(lake / "vault/calls/dt=*/bucket=*/*.parquet")
+    [(analytics_rows,)] = con.execute(f"SELECT count(*) FROM read_parquet('{analytics}')").fetchall()
+    [(vault_rows, transcripts)] = con.execute(
+        f"SELECT count(*), count(transcript) FROM read_parquet('{vault}')"
+    ).fetchall()
+    assert result["source_rows"] == analytics_rows > 0
+    for agg in result["aggregates"]:
+        path = lake / agg["path"]
+        [(low, calls)] = con.execute(f"SELECT min(subjects), sum(calls) FROM '{path}'").fetchall()
+        assert low is None or low >= 5
+        assert (calls or 0) + agg["suppressed_calls"] == analytics_rows
+
+    shown = _callpipe(env, "jobs", "report", "--as-of", "2026-06-10T00:00:00Z", "--json", "--sample", "100")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    zones = {z["zone"]: z for z in data["zones"]}
+    assert zones["analytics"]["rows"] == analytics_rows
+    assert (zones["vault"]["rows"], zones["vault"]["transcripts"]) == (vault_rows, transcripts)
+    stats = read_stats(lake)
+    dead = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("dead_letter.")}
+    assert data["stream"]["dlq"] == dead
+    assert sum(dead.values()) >= 2  # the two bad lines
+    drops = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("drop.")}
+    assert data["stream"]["drop"] == drops
+    assert data["stream"]["written"] == {"analytics": stats["analytics"], "vault": stats["vault"]}
+    assert stats["vault"] == vault_rows
+    assert data["jobs"][0]["job"] == "anonymize"
+    assert {u["resolution"] for u in data["risk"]["unicity"]} == {"fine", "coarse"}
+
+    asked = _callpipe(env, "query", "SELECT count(*) AS n FROM analytics_calls", "--json")
+    assert json.loads(asked.stdout) == [{"n": analytics_rows}]
+    tokens = _callpipe(env, "query", "SELECT * FROM calls_hourly LIMIT 1", "--csv")
+    assert not [c for c in tokens.stdout.splitlines()[0].split(",") if c.endswith("_token")]
