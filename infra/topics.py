@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -42,6 +44,18 @@ class TopicOutcome:
     created: bool
 
 
+async def _partition_counts(admin: Any, names: list[str], timeout_s: float) -> dict[str, int]:
+    """Partition counts of the topics; a topic just created may report none for a moment while
+    its metadata propagates, so ask again until every one has partitions or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(n, 0) > 0 for n in names) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.2)
+
+
 async def create_topics(
     bootstrap: str, partitions: int, prefix: str = "", timeout_s: float = 30.0
 ) -> list[TopicOutcome]:
@@ -68,8 +82,7 @@ async def create_topics(
             for name, code, *_ in response.topic_errors:
                 if code not in (0, 36):  # 36: already exists (a concurrent create)
                     raise TopicError(f"creating topic {name} failed with Kafka error code {code}")
-        described = await admin.describe_topics([prefix + t.name for t in TOPICS])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = await _partition_counts(admin, [prefix + t.name for t in TOPICS], timeout_s)
         outcomes = []
         for spec in TOPICS:
             name = prefix + spec.name
