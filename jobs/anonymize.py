@@ -18,6 +18,8 @@ file that the next run removes. Re-running replaces each aggregate with a fresh 
 Aggregates are kept (retention `aggregates_days`, none by default) while analytics expires: rows of
 periods older than the oldest analytics row still present are carried over from the previous build
 of the same definition, so history survives analytics retention without ever being recomputed.
+When the policy sets `aggregates_days`, periods starting before `as_of` minus that many days are
+left out of each build (fresh or carried), which is how the aggregates zone expires.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -61,6 +63,11 @@ DIMENSIONS: dict[str, str] = {
 GRAINS: dict[str, str] = {
     "hour": "time_bucket(INTERVAL 1 HOUR, started_at)",  # TIMESTAMPTZ; buckets are in UTC
     "day": "CAST(timezone('UTC', started_at) AS DATE)",
+}
+# The instant a period starts (TIMESTAMPTZ), to compare with a retention cutoff.
+PERIOD_START: dict[str, str] = {
+    "hour": "hour",
+    "day": "timezone('UTC', CAST(day AS TIMESTAMP))",
 }
 
 
@@ -117,11 +124,12 @@ AGGREGATES: tuple[Aggregate, ...] = (
 class AggregateResult:
     name: str
     path: str  # relative to the lake
-    published_groups: int
-    published_calls: int
-    suppressed_groups: int  # groups with fewer than k subjects, not published
+    published_groups: int  # rows of the aggregate, carried-over ones included
+    published_calls: int  # calls they count
+    suppressed_groups: int  # fresh groups with fewer than k subjects, not published
     suppressed_calls: int  # calls inside them
     carried_groups: int  # rows kept from the previous build (periods older than analytics)
+    expired_groups: int  # rows left out because their period is past the aggregates' retention
     min_subjects: int | None  # over the published rows; >= k by construction
     sha256: str
 
@@ -168,19 +176,29 @@ def anonymize(
     *,
     k: int,
     as_of: datetime,
+    keep_days: int | None = None,
     aggregates: tuple[Aggregate, ...] = AGGREGATES,
     progress: Callable[[AggregateResult], None] | None = None,
 ) -> AnonymizeResult:
-    """Build every aggregate from the analytics zone as of `as_of` and record the run in the audit."""
+    """Build every aggregate from the analytics zone as of `as_of` and record the run in the audit.
+
+    `keep_days` is the aggregates' retention (Policy.retention.aggregates_days; None keeps them):
+    periods starting before `as_of - keep_days` are not published, carried over or not."""
     if k < 1:
         raise ValueError("k must be at least 1")
     started = time.monotonic()
-    params = {"k": k, "as_of": as_of.isoformat(), "aggregates": [a.name for a in aggregates]}
+    cutoff = None if keep_days is None else as_of - timedelta(days=keep_days)
+    params = {
+        "k": k,
+        "as_of": as_of.isoformat(),
+        "keep_days": keep_days,
+        "aggregates": [a.name for a in aggregates],
+    }
     try:
         # The lake's job lock: retention, erase and compact cannot replace analytics files while
         # they are read, and a change they left half applied is finished before reading.
         with job_lock(lake):
-            source_rows, results = _build_all(con, lake, k, as_of, aggregates, progress)
+            source_rows, results = _build_all(con, lake, k, as_of, cutoff, aggregates, progress)
     except JobBusy:
         raise  # another job's run, not this one: nothing to audit
     except BaseException as exc:
@@ -201,6 +219,7 @@ def anonymize(
         counts[f"{r.name}.suppressed_groups"] = r.suppressed_groups
         counts[f"{r.name}.suppressed_calls"] = r.suppressed_calls
         counts[f"{r.name}.carried_groups"] = r.carried_groups
+        counts[f"{r.name}.expired_groups"] = r.expired_groups
     audit.record(
         lake,
         job="anonymize",
@@ -218,6 +237,7 @@ def _build_all(
     lake: Path,
     k: int,
     as_of: datetime,
+    cutoff: datetime | None,
     aggregates: tuple[Aggregate, ...],
     progress: Callable[[AggregateResult], None] | None,
 ) -> tuple[int, list[AggregateResult]]:
@@ -235,7 +255,7 @@ def _build_all(
     results = []
     try:
         for agg in aggregates:
-            res = _build_one(con, lake, agg, view if has_data else None, k, as_of)
+            res = _build_one(con, lake, agg, view if has_data else None, k, as_of, cutoff)
             results.append(res)
             if progress is not None:
                 progress(res)
@@ -251,6 +271,7 @@ def _build_one(
     source: str | None,
     k: int,
     as_of: datetime,
+    cutoff: datetime | None,
 ) -> AggregateResult:
     final = aggregate_path(lake, agg.name)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +297,7 @@ def _build_one(
             {"k": k},
         ).fetchone()
         assert stats is not None
-        published, published_calls, suppressed, suppressed_calls, oldest = stats
+        fresh, _fresh_calls, suppressed, suppressed_calls, oldest = stats
         carry = _carry_over_sql(con, final, agg, oldest)
         tmp = final.parent / f".{agg.name}.{uuid.uuid4().hex[:8]}.tmp"
         body = f"SELECT {cols} FROM {groups} WHERE subjects >= $k"
@@ -284,6 +305,9 @@ def _build_one(
         if carry:
             body = f"{body} UNION ALL {carry[0]}"
             copy_params.update(carry[2])
+        if cutoff is not None:
+            body = f"SELECT * FROM ({body}) WHERE {PERIOD_START[agg.grain]} >= $cutoff"
+            copy_params["cutoff"] = cutoff
         meta = {
             "callpipe.aggregate": agg.name,
             "callpipe.definition": agg.definition,
@@ -299,8 +323,11 @@ def _build_one(
             f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{{kv}}})",
             copy_params,
         )
-        row = con.execute(f"SELECT min(subjects) FROM read_parquet('{_quote(str(tmp))}')").fetchone()
-        min_subjects = row[0] if row else None
+        row = con.execute(
+            f"SELECT count(*), coalesce(sum(calls), 0), min(subjects) FROM read_parquet('{_quote(str(tmp))}')"
+        ).fetchone()
+        assert row is not None
+        published, published_calls, min_subjects = row
         if min_subjects is not None and min_subjects < k:  # cannot happen; never publish if it does
             tmp.unlink()
             raise RuntimeError(f"aggregate {agg.name}: a group below k reached the output")
@@ -314,11 +341,12 @@ def _build_one(
     return AggregateResult(
         name=agg.name,
         path=str(final.relative_to(lake)),
-        published_groups=int(published) + (carry[1] if carry else 0),
+        published_groups=int(published),
         published_calls=int(published_calls),
         suppressed_groups=int(suppressed),
         suppressed_calls=int(suppressed_calls),
         carried_groups=carry[1] if carry else 0,
+        expired_groups=int(fresh) + (carry[1] if carry else 0) - int(published),
         min_subjects=min_subjects,
         sha256=digest,
     )

@@ -75,13 +75,20 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{r.name}: {r.published_groups:,} groups published (min subjects {r.min_subjects}),"
                 f" {r.suppressed_groups:,} groups / {r.suppressed_calls:,} calls suppressed below k,"
-                f" {r.carried_groups:,} carried over -> {r.path}",
+                f" {r.carried_groups:,} carried over, {r.expired_groups:,} past retention -> {r.path}",
                 flush=True,
             )
 
     con = duckdb.connect()
     try:
-        result = anonymize(con, lake, k=settings.policy.k, as_of=as_of, progress=progress)
+        result = anonymize(
+            con,
+            lake,
+            k=settings.policy.k,
+            as_of=as_of,
+            keep_days=settings.policy.retention.aggregates_days,
+            progress=progress,
+        )
     except JobBusy as exc:
         raise CliError(str(exc), status=3) from None  # as the operators' jobs
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 
 from jobs import audit, replace, risk
+from jobs.anonymize import PERIOD_START
 from pipeline.policy import Policy
 from pipeline.reasons import Drop
 from sinks import layout
@@ -76,7 +77,8 @@ def collect(
         days, ret = _zone(con, lake, zone, policy, as_of)
         volume += days
         retention += ret
-    aggregates = _aggregates(con, lake)
+    keep = policy.retention.aggregates_days
+    aggregates = _aggregates(con, lake, None if keep is None else as_of - timedelta(days=keep))
     retention += [
         {
             "zone": layout.AGGREGATES,
@@ -84,7 +86,7 @@ def collect(
             "oldest": a["oldest"],
             "limit_days": policy.retention.aggregates_days,
             "age_days": _age(a["oldest"], as_of),
-            "past_limit": 0,
+            "past_limit": a["past_limit"],
         }
         for a in aggregates
     ]
@@ -187,7 +189,7 @@ def _totals(volume: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path) -> list[dict[str, Any]]:
+def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | None) -> list[dict[str, Any]]:
     root = lake / layout.AGGREGATES
     out = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -198,7 +200,15 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path) -> list[dict[str, An
         cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet([{listing}])").fetchall()}
         time_col = "hour" if "hour" in cols else "day" if "day" in cols else None
         first = f"min({time_col})" if time_col else "NULL"
-        row = con.execute(f"SELECT count(*), {first} FROM read_parquet([{listing}])").fetchone()
+        past = (
+            "0"
+            if time_col is None or cutoff is None
+            else f"count(*) FILTER (WHERE {PERIOD_START[time_col]} < $cut)"
+        )
+        row = con.execute(
+            f"SELECT count(*), {first}, {past} FROM read_parquet([{listing}])",
+            {} if cutoff is None or time_col is None else {"cut": cutoff},
+        ).fetchone()
         assert row is not None
         oldest = row[1]
         if isinstance(oldest, datetime):
@@ -212,6 +222,7 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path) -> list[dict[str, An
                 "files": len(files),
                 "bytes": sum(f.stat().st_size for f in files),
                 "oldest": oldest,
+                "past_limit": int(row[2]),
             }
         )
     return out

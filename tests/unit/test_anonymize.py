@@ -176,3 +176,14 @@ def test_refuses_to_read_while_another_job_holds_the_lake(lake: Path) -> None:
         _build(lake)
     assert not aggregate_path(lake, "calls_hourly").exists()
     assert [e["job"] for e in audit.read(lake)] == []
+
+
+@pytest.mark.parametrize(("keep_days", "hours"), [(None, 3), (29, 0), (30, 3)])
+def test_aggregates_retention(lake: Path, keep_days: int | None, hours: int) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=3))  # 2026-06-01 00:00 to 03:00
+    con = duckdb.connect()
+    result = anonymize(con, lake, k=5, as_of=T0 + timedelta(days=30), keep_days=keep_days)
+    assert len(_rows(lake, "calls_hourly")) == hours
+    hourly = next(a for a in result.aggregates if a.name == "calls_hourly")
+    assert hourly.expired_groups == 3 - hours
+    assert [str(r["day"]) for r in _rows(lake, "calls_daily")] == (["2026-06-01"] if hours else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,3 +140,17 @@ def test_empty_lake(lake: Path) -> None:
     assert data["volume"] == [] and data["jobs"] == []
     assert "<svg" in report_html.render(data)
     assert "Zones" in report.render_text(data)
+
+
+def test_aggregates_past_their_retention_are_named(lake: Path) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=2))
+    con = duckdb.connect()
+    anonymize(con, lake, k=5, as_of=AS_OF)  # built without a limit
+    policy = replace(DEFAULT_POLICY, retention=replace(DEFAULT_POLICY.retention, aggregates_days=10))
+    data = report.collect(con, lake, policy, as_of=AS_OF, sample=10)
+    ret = {(r["zone"], r["category"]): r for r in data["retention"]}
+    assert (
+        ret[("aggregates", "calls_hourly")]["past_limit"],
+        ret[("aggregates", "calls_daily")]["past_limit"],
+    ) == (2, 1)
+    assert ret[("aggregates", "calls_hourly")]["limit_days"] == 10
