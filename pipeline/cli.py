@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from infra import cli as infra_cli
     from jobs import cli as jobs_cli
-    from pipeline import cli_produce, cli_stream
+    from pipeline import cli_bench, cli_produce, cli_stream
 
     parser = _Parser(prog="callpipe", description="Privacy-first streaming pipeline for call data.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_produce.register(sub)
     cli_stream.register(sub)
     jobs_cli.register(sub)
+    cli_bench.register(sub)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""`callpipe bench detect`: pipeline.detect against (a) phonenumbers' PhoneNumberMatcher alone and
+(b) Presidio's pattern recognizers, on the same labelled transcripts.
+
+Corpus: transcripts from pipeline.generate_pii.generate_transcript over every region the
+generator knows, with their ground truth (PII values by category, and ordinary numbers that must
+survive). Each tool gets the call's region, as the stream gives pipeline.detect the call's own
+regions: PhoneNumberMatcher(text, region), and Presidio's PhoneRecognizer built with
+supported_regions=(region,). Presidio (presidio-analyzer, the `bench` extra) runs without any
+language model: PhoneRecognizer, EmailRecognizer, IpRecognizer, CreditCardRecognizer and
+IbanRecognizer called directly with nlp_artifacts=None, results merged with Presidio's own
+remove_duplicates (what AnalyzerEngine does, minus the NLP pass). Its email check uses tldextract
+with the bundled public-suffix snapshot (no download).
+
+Scoring per PII value: found when a span of the same category covers it whole (a partly redacted
+number still leaks); a predicted span is correct when it overlaps a value of its category.
+Ordinary numbers touched by any span are counted too (they are also false positives).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from benchmarks.common import BenchError, table
+from pipeline.detect import detect
+from pipeline.generate import REGIONS
+from pipeline.generate_pii import generate_transcript
+
+Found = tuple[int, int, str]  # start, end, category
+Tool = Callable[[str, str], list[Found]]
+
+LABELS = {"[PHONE]": "phone", "[EMAIL]": "email", "[IP]": "ip", "[CARD]": "card", "[IBAN]": "iban"}
+PRESIDIO = {
+    "PHONE_NUMBER": "phone",
+    "EMAIL_ADDRESS": "email",
+    "IP_ADDRESS": "ip",
+    "CREDIT_CARD": "card",
+    "IBAN_CODE": "iban",
+}
+TARGET_SPEEDUP = 10.0
+QUICK_TRANSCRIPTS = 3_000
+FULL_TRANSCRIPTS = 20_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    region: str
+    pii: tuple[Found, ...]
+    keep: tuple[tuple[int, int], ...]
+
+
+def _locate(text: str, value: str, used: set[int]) -> tuple[int, int]:
+    start = text.find(value)
+    while start in used:
+        start = text.find(value, start + 1)
+    used.add(start)
+    return start, start + len(value)
+
+
+def corpus(seed: int, count: int) -> list[Sample]:
+    """`count` labelled transcripts, regions in turn."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        region = REGIONS[i % len(REGIONS)]
+        t = generate_transcript(rng, region)
+        used: set[int] = set()
+        pii = tuple((*_locate(t.text, v, used), cat) for cat, v in t.pii)
+        keep = tuple(_locate(t.text, v, used) for v in t.keep)
+        out.append(Sample(t.text, region, pii, keep))
+    return out
+
+
+def callpipe_tool(text: str, region: str) -> list[Found]:
+    return [(s.start, s.end, LABELS[s.label.value]) for s in detect(text, (region,))]
+
+
+def phonenumbers_tool(text: str, region: str) -> list[Found]:
+    import phonenumbers
+
+    return [(m.start, m.end, "phone") for m in phonenumbers.PhoneNumberMatcher(text, region)]
+
+
+def presidio_tool() -> Tool:
+    """Presidio's pattern recognizers, no NLP engine; BenchError when the package is missing."""
+    try:
+        import tldextract
+        from presidio_analyzer import EntityRecognizer
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+        )
+        from presidio_analyzer.predefined_recognizers.generic import email_recognizer
+    except ImportError:
+        raise BenchError(
+            "bench detect compares against Presidio: install the bench extra "
+            "(pip install 'callpipe[bench]', which brings presidio-analyzer)"
+        ) from None
+
+    class _Offline:  # the email check's public-suffix lookup, from the bundled snapshot only
+        extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    email_recognizer.tldextract = _Offline  # type: ignore[assignment]
+    fixed = [EmailRecognizer(), IpRecognizer(), CreditCardRecognizer(), IbanRecognizer()]
+    entities = list(PRESIDIO)
+
+    @cache
+    def phone(region: str) -> Any:
+        return PhoneRecognizer(supported_regions=(region,))
+
+    def run(text: str, region: str) -> list[Found]:
+        results = []
+        for recognizer in [phone(region), *fixed]:
+            results.extend(recognizer.analyze(text, entities, None))
+        merged = EntityRecognizer.remove_duplicates(results)
+        return [(r.start, r.end, PRESIDIO[r.entity_type]) for r in merged if r.entity_type in PRESIDIO]
+
+    return run
+
+
+def score(samples: Sequence[Sample], found: Sequence[Sequence[Found]]) -> dict[str, Any]:
+    truth: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
+    predicted = correct = keep_hit = keep_total = 0
+    for sample, spans in zip(samples, found, strict=True):
+        for ts, te, cat in sample.pii:
+            truth[cat] += 1
+            if any(c == cat and s <= ts and e >= te for s, e, c in spans):
+                hits[cat] += 1
+        for s, e, c in spans:
+            predicted += 1
+            if any(c == cat and s < te and e > ts for ts, te, cat in sample.pii):
+                correct += 1
+        for ks, ke in sample.keep:
+            keep_total += 1
+            if any(s < ke and e > ks for s, e, _c in spans):
+                keep_hit += 1
+    total = sum(truth.values())
+    return {
+        "recall": round(sum(hits.values()) / total, 4) if total else None,
+        "precision": round(correct / predicted, 4) if predicted else None,
+        "recall_by_category": {c: round(hits[c] / n, 4) for c, n in sorted(truth.items())},
+        "ordinary_numbers_touched": keep_hit,
+        "ordinary_numbers": keep_total,
+        "spans": predicted,
+    }
+
+
+def measure(tool: Tool, samples: Sequence[Sample]) -> tuple[float, list[list[Found]]]:
+    for s in samples[:200]:  # warm-up: caches, lazily loaded metadata
+        tool(s.text, s.region)
+    started = time.perf_counter()
+    found = [tool(s.text, s.region) for s in samples]
+    return time.perf_counter() - started, found
+
+
+def run(quick: bool, count: int | None = None) -> dict[str, Any]:
+    presidio = presidio_tool()
+    samples = corpus(7, count or (QUICK_TRANSCRIPTS if quick else FULL_TRANSCRIPTS))
+    figures: dict[str, Any] = {
+        "bench": "detect",
+        "quick": quick,
+        "transcripts": len(samples),
+        "pii_values": sum(len(s.pii) for s in samples),
+        "tools": {},
+    }
+    for name, tool in (
+        ("callpipe", callpipe_tool),
+        ("phonenumbers", phonenumbers_tool),
+        ("presidio", presidio),
+    ):
+        seconds, found = measure(tool, samples)
+        figures["tools"][name] = {
+            "seconds": round(seconds, 3),
+            "transcripts_per_s": round(len(samples) / seconds),
+            **score(samples, found),
+        }
+    tools = figures["tools"]
+    ours, theirs = tools["callpipe"], tools["presidio"]
+    speedup = ours["transcripts_per_s"] / theirs["transcripts_per_s"]
+    for t in tools.values():
+        t["speed_vs_presidio"] = round(t["transcripts_per_s"] / theirs["transcripts_per_s"], 2)
+    figures["targets"] = {
+        "speed_at_least_10x_presidio": speedup >= TARGET_SPEEDUP,
+        "recall_at_least_presidio": ours["recall"] >= theirs["recall"],
+        "precision_at_least_presidio": ours["precision"] >= theirs["precision"],
+    }
+    return figures
+
+
+def render(figures: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            t["transcripts_per_s"],
+            t["speed_vs_presidio"],
+            t["recall"],
+            t["precision"],
+            f"{t['ordinary_numbers_touched']}/{t['ordinary_numbers']}",
+            " ".join(f"{c}={v:.3f}" for c, v in t["recall_by_category"].items()),
+        ]
+        for name, t in figures["tools"].items()
+    ]
+    head = f"{figures['transcripts']} transcripts, {figures['pii_values']} PII values\n"
+    body = table(
+        [
+            "detector",
+            "transcripts/s",
+            "x presidio",
+            "recall",
+            "precision",
+            "ordinary touched",
+            "recall by category",
+        ],
+        rows,
+    )
+    targets = table(["target", "met"], [[k, v] for k, v in figures["targets"].items()])
+    return head + body + "\n\n" + targets

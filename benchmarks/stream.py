@@ -1,0 +1,392 @@
+"""`callpipe bench stream`: the worker against a passthrough consumer on the same data, same run.
+
+For each message shape (single events, 500-event batches): fresh prefixed topics get the accounts'
+consents, privacy requests and N calls (realistic: a share with transcripts), then a worker
+subprocess consumes them into its own lake, then the passthrough baseline (benchmarks.passthrough)
+consumes the same topic. Rate = events / (last durable range - first consumed message). The last
+range of each partition also holds the flush timer's wait after the input ran out, so the
+"steady" rate leaves those ranges out; the end-to-end rate keeps them. Both sides flush by the same
+settings (CALLPIPE_FLUSH_ROWS, CALLPIPE_FLUSH_SECONDS).
+
+Then, with the single-event worker caught up, a paced phase sends single events at a fixed rate:
+produce-to-durable latency of every message (its record timestamp against the mtime of the
+manifest of the range holding its offset) and the worker's resident memory over time (VmRSS from
+/proc; the full run lasts 10 minutes). Last, `callpipe ingest`'s chain on the same kind of traffic
+from a file, without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import kafka
+from benchmarks.common import percentile, table
+from benchmarks.passthrough import Commit, run_passthrough
+from benchmarks.worker import Worker, lake_commits
+from pipeline import codec
+from pipeline.generate import HOUR_MS, Traffic, generate_traffic
+from pipeline.keys import PseudonymKey, create_key_file
+from pipeline.produce import Job, partition_for, plan_messages, publish
+from pipeline.settings import Settings
+from sinks.lake import source_name
+
+log = logging.getLogger("callpipe.bench")
+CALLS = "calls.raw"
+SEED = 5
+TARGET_BATCH_RATIO = 0.5
+TARGET_SINGLE_RATE = 12_000
+TARGET_MEMORY_GROWTH = 0.20
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    events: int  # calls per message shape
+    batch: int  # events per message of the batch shape
+    accounts: int
+    paced_seconds: float
+    paced_rate: float  # events/s of the paced phase (0: half the measured single-event rate)
+    ingest_events: int
+
+
+QUICK = StreamSpec(
+    events=100_000, batch=500, accounts=2_000, paced_seconds=40, paced_rate=0, ingest_events=50_000
+)
+FULL = StreamSpec(
+    events=600_000, batch=500, accounts=5_000, paced_seconds=600, paced_rate=0, ingest_events=300_000
+)
+
+
+def rates(first_consume: float, commits: Sequence[Commit], idle_s: float = 0.0) -> dict[str, float]:
+    """events/s from the first consumed message to the last durable range (end to end), and the
+    same without the time the consumer sat idle in between (waiting for a flush timer)."""
+    if not commits:
+        return {"events_per_s": 0, "end_to_end_events_per_s": 0, "seconds": 0.0, "idle_seconds": 0.0}
+    total = sum(c.events for c in commits)
+    span = max(max(c.at for c in commits) - first_consume, 1e-9)
+    return {
+        "events_per_s": round(total / max(span - idle_s, 1e-9)),
+        "end_to_end_events_per_s": round(total / span),
+        "seconds": round(span, 2),
+        "idle_seconds": round(idle_s, 2),
+    }
+
+
+def latencies_ms(commits: Sequence[Commit], sent: Sequence[kafka.Sent], partitions: int) -> list[float]:
+    """Produce-to-durable latency of every sent message (ms)."""
+    by_source: dict[str, list[Commit]] = {}
+    for c in commits:
+        by_source.setdefault(c.source, []).append(c)
+    for cs in by_source.values():
+        cs.sort(key=lambda c: c.first)
+    firsts = {s: [c.first for c in cs] for s, cs in by_source.items()}
+    out = []
+    for s in sent:
+        source = source_name(CALLS, s.partition)
+        cs = by_source.get(source, [])
+        for i, produced in enumerate(s.produced_ms):
+            offset = s.base_offset + i
+            j = bisect.bisect_right(firsts.get(source, []), offset) - 1
+            if j >= 0 and cs[j].last >= offset:
+                out.append(cs[j].at * 1000 - produced)
+    return out
+
+
+def _preload(bootstrap: str, prefix: str, traffic: Traffic, batch: int) -> float:
+    jobs = [
+        Job(prefix + "consent.events", "ConsentEvent", traffic.consents),
+        Job(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
+        Job(prefix + CALLS, "CallEvent", traffic.calls, batch_size=batch),
+    ]
+    summary = asyncio.run(publish(bootstrap, jobs))
+    return summary.events / summary.seconds if summary.seconds else 0.0
+
+
+def _shape(
+    bootstrap: str,
+    settings: Settings,
+    env: dict[str, str],
+    work: Path,
+    traffic: Traffic,
+    name: str,
+    batch: int,
+    prefix: str,
+    then: Callable[[Worker, dict[str, float]], dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Worker then passthrough on one message shape; `then(worker, rates)` runs with the caught-up
+    worker before it stops (the paced phase)."""
+    kafka.make_topics(bootstrap, prefix, settings.partitions)
+    produce_rate = _preload(bootstrap, prefix, traffic, batch)
+    n = len(traffic.calls)
+    log.info("stream %s: %s events published (%.0f/s); starting the worker", name, n, produce_rate)
+    timeout = max(300.0, n / 300)
+    worker = Worker.start(prefix, work / f"lake-{name}", env, work / f"worker-{name}.log")
+    try:
+        peak = worker.wait_for(n, timeout)
+        commits = lake_commits(worker.lake)
+        first = worker.first_consume()
+        w = rates(first, commits, worker.idle_seconds(first, max(c.at for c in commits)))
+        log.info("stream %s: worker %s", name, w)
+        extra = then(worker, w) if then is not None else {}
+    finally:
+        worker.stop()
+    base = run_passthrough(
+        bootstrap,
+        prefix + CALLS,
+        settings.partitions,
+        n,
+        work / f"passthrough-{name}",
+        flush_rows=max(1, settings.flush_rows // 2),
+        flush_seconds=settings.flush_seconds,
+        timeout_s=timeout,
+    )
+    p = rates(base.first_consume, base.commits)
+    log.info("stream %s: passthrough %s", name, p)
+    result = {
+        "events": n,
+        "events_per_message": batch,
+        "produce_events_per_s": round(produce_rate),
+        "worker": {**w, "peak_rss_mib": round(peak / 1024, 1)},
+        "passthrough": p,
+        "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
+    }
+    return result, extra
+
+
+def _paced(
+    bootstrap: str,
+    settings: Settings,
+    worker: Worker,
+    prefix: str,
+    traffic: Traffic,
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    parts = settings.partitions
+    pool = plan_messages(traffic.calls[:200_000], "CallEvent", "avro", 1, parts)
+    messages = [(m.key, m.value, partition_for(m.key or b"", parts)) for m in pool]
+    headers = [codec.format_header("avro", 1)]
+    held_before = sum(c.events for c in lake_commits(worker.lake))
+    samples: list[tuple[float, float]] = []
+    next_sample = [0.0]
+
+    def on_tick(elapsed: float) -> None:
+        if elapsed >= next_sample[0]:
+            rss = worker.memory_kib().get("VmRSS", 0)
+            samples.append((round(elapsed, 1), round(rss / 1024, 1)))
+            next_sample[0] += max(1.0, seconds / 120)
+
+    log.info("stream paced: %.0f events/s for %.0f s", rate, seconds)
+    sent = kafka.produce_paced(
+        bootstrap, prefix + CALLS, messages, headers, rate=rate, seconds=seconds, on_tick=on_tick
+    )
+    count = sum(len(s.produced_ms) for s in sent)
+    worker.wait_for(held_before + count, max(120.0, settings.flush_seconds * 4))
+    lat = latencies_ms(lake_commits(worker.lake), sent, parts)
+    window = max(1.0, min(60.0, seconds / 5))
+    first = [m for t, m in samples if t <= window]
+    last = [m for t, m in samples if t >= seconds - window]
+    growth = (max(last) / max(first) - 1) if first and last else None
+    return {
+        "latency": {
+            "rate": round(rate),
+            "seconds": seconds,
+            "events": count,
+            "measured": len(lat),
+            "p50_ms": round(percentile(lat, 50)),
+            "p99_ms": round(percentile(lat, 99)),
+            "max_ms": round(max(lat)) if lat else 0,
+        },
+        "memory": {
+            "window_s": window,
+            "first_window_max_mib": max(first) if first else None,
+            "last_window_max_mib": max(last) if last else None,
+            "growth": round(growth, 3) if growth is not None else None,
+            "peak_rss_mib": round(worker.memory_kib().get("VmHWM", 0) / 1024, 1),
+            "samples": samples,
+        },
+    }
+
+
+def _ingest(settings: Settings, work: Path, traffic: Traffic) -> dict[str, Any]:
+    from pipeline.ingest import ingest_file, load_states
+
+    log.info("stream ingest: %s events from a file", len(traffic.calls))
+
+    folder = work / "ingest"
+    folder.mkdir()
+    calls = folder / "calls.avro"
+    calls.write_bytes(codec.encode_container(traffic.calls, "CallEvent"))
+    consent = folder / "consent.jsonl"
+    consent.write_bytes(b"\n".join(codec.to_json(r, "ConsentEvent") for r in traffic.consents))
+    requests = folder / "requests.jsonl"
+    requests.write_bytes(b"\n".join(codec.to_json(r, "PrivacyRequest") for r in traffic.requests))
+    key = PseudonymKey("bench", bytes(range(32)))
+    local = dataclasses.replace(settings, lake=folder / "lake")
+    started = time.perf_counter()
+    states, _ = load_states([consent], [requests])
+    result = ingest_file(calls, local, key, states, int(time.time() * 1000))
+    seconds = time.perf_counter() - started
+    return {
+        "events": result.counts["events_in"],
+        "seconds": round(seconds, 2),
+        "events_per_s": round(result.counts["events_in"] / seconds),
+    }
+
+
+def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
+    """Measure; returns the figures as plain data. Needs the broker at settings.bootstrap."""
+    spec = spec or (QUICK if quick else FULL)
+    bootstrap = settings.bootstrap
+    kafka.probe(bootstrap)
+    work = Path(tempfile.mkdtemp(prefix="callpipe-bench-stream-"))
+    prefixes: list[str] = []
+    try:
+        key_file = work / "key.hex"
+        create_key_file(key_file)
+        env = {
+            "CALLPIPE_BOOTSTRAP": bootstrap,
+            "CALLPIPE_KEY_FILE": str(key_file),
+            "CALLPIPE_HOME": str(work / "home"),
+            "CALLPIPE_PARTITIONS": str(settings.partitions),
+            "CALLPIPE_BUCKETS": str(settings.buckets),
+            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
+            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
+            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
+        }
+        start = int(time.time() * 1000) - 26 * HOUR_MS
+        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        figures: dict[str, Any] = {
+            "bench": "stream",
+            "quick": quick,
+            "settings": {
+                "partitions": settings.partitions,
+                "buckets": settings.buckets,
+                "flush_rows": settings.flush_rows,
+                "flush_seconds": settings.flush_seconds,
+                "max_idle_ms": settings.max_idle_ms,
+                "transcript_share": round(
+                    sum(1 for c in traffic.calls if c["transcript"]) / len(traffic.calls), 3
+                ),
+            },
+        }
+        prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
+        batch_result, _ = _shape(bootstrap, settings, env, work, traffic, "batch", spec.batch, prefixes[-1])
+
+        def paced_phase(worker: Worker, measured: dict[str, float]) -> dict[str, Any]:
+            rate = spec.paced_rate or max(500.0, measured["events_per_s"] / 2)
+            return _paced(bootstrap, settings, worker, prefixes[-1], traffic, rate, spec.paced_seconds)
+
+        prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
+        single_result, paced = _shape(
+            bootstrap, settings, env, work, traffic, "single", 1, prefixes[-1], then=paced_phase
+        )
+        figures["shapes"] = {"single": single_result, f"batch{spec.batch}": batch_result}
+        figures.update(paced)
+        ingest_traffic = Traffic(
+            traffic.accounts, traffic.calls[: spec.ingest_events], traffic.consents, traffic.requests
+        )
+        figures["ingest"] = _ingest(settings, work, ingest_traffic)
+        growth = figures["memory"]["growth"]
+        figures["targets"] = {
+            "batch_ratio_at_least_0.5": batch_result["ratio"] is not None
+            and batch_result["ratio"] >= TARGET_BATCH_RATIO,
+            "single_events_per_s_at_least_12000": single_result["worker"]["events_per_s"]
+            >= TARGET_SINGLE_RATE,
+            "memory_growth_within_20pct": None if quick or growth is None else growth <= TARGET_MEMORY_GROWTH,
+        }
+        return figures
+    finally:
+        for prefix in prefixes:
+            kafka.delete_topics(bootstrap, prefix)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def render(figures: dict[str, Any]) -> str:
+    rows = []
+    for name, s in figures["shapes"].items():
+        rows.append(
+            [
+                name,
+                s["events"],
+                s["worker"]["events_per_s"],
+                s["passthrough"]["events_per_s"],
+                s["ratio"],
+                s["worker"]["end_to_end_events_per_s"],
+                s["passthrough"]["end_to_end_events_per_s"],
+                s["worker"]["peak_rss_mib"],
+            ]
+        )
+    out = [
+        table(
+            [
+                "messages",
+                "events",
+                "worker ev/s",
+                "passthrough ev/s",
+                "ratio",
+                "worker e2e ev/s",
+                "pass e2e ev/s",
+                "worker peak MiB",
+            ],
+            rows,
+        )
+    ]
+    lat, mem, ing = figures["latency"], figures["memory"], figures["ingest"]
+    out.append("")
+    out.append(
+        table(
+            [
+                "paced phase",
+                "rate ev/s",
+                "seconds",
+                "events",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "RSS first MiB",
+                "RSS last MiB",
+                "growth",
+            ],
+            [
+                [
+                    "single events",
+                    lat["rate"],
+                    lat["seconds"],
+                    lat["events"],
+                    lat["p50_ms"],
+                    lat["p99_ms"],
+                    lat["max_ms"],
+                    mem["first_window_max_mib"],
+                    mem["last_window_max_mib"],
+                    mem["growth"],
+                ]
+            ],
+        )
+    )
+    out.append("")
+    out.append(
+        table(
+            ["callpipe ingest (no broker)", "events", "seconds", "ev/s"],
+            [["file", ing["events"], ing["seconds"], ing["events_per_s"]]],
+        )
+    )
+    out.append("")
+    out.append(table(["target", "met"], [[k, v] for k, v in figures["targets"].items()]))
+    s = figures["settings"]
+    out.append(
+        f"\nsettings: {s['partitions']} partitions, {s['buckets']} buckets, "
+        f"flush at {s['flush_rows']} rows or {s['flush_seconds']} s, consent idle {s['max_idle_ms']} ms, "
+        f"transcripts on {s['transcript_share']:.1%} of calls"
+    )
+    return "\n".join(out)

@@ -1,0 +1,60 @@
+"""`callpipe bench stream|detect|jobs [--quick] [--json]`: measured figures, as a table or one JSON
+object. The benchmark code lives in the `benchmarks` package, imported only when this runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeline.errors import CliError
+from pipeline.settings import Settings
+
+WHAT = ("stream", "detect", "jobs")
+
+
+def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from benchmarks.common import BenchError
+
+    try:
+        figures, text = _measure(args.what, settings, args.quick)
+    except BenchError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(figures, default=str))
+    else:
+        print(text)
+    sys.stdout.flush()
+    return 0
+
+
+def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any], str]:
+    if what == "stream":
+        from benchmarks import stream
+
+        figures = stream.run(settings, quick)
+        return figures, stream.render(figures)
+    if what == "detect":
+        from benchmarks import detect
+
+        figures = detect.run(quick)
+        return figures, detect.render(figures)
+    from benchmarks import batch as jobs
+
+    figures = jobs.run(quick)
+    return figures, jobs.render(figures)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="measure the stream worker, the detector or the jobs against same-run baselines",
+        description="Benchmarks: ratios against baselines measured in the same run, absolute figures "
+        "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
+        "(pip install 'callpipe[bench]').",
+    )
+    b.add_argument("what", choices=WHAT, help="stream, detect or jobs")
+    b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    b.set_defaults(func=bench_cmd)
