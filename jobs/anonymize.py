@@ -13,7 +13,8 @@ Layout and crash safety: an aggregate is one file, `<lake>/aggregates/<name>/<na
 written by DuckDB to a temporary file in the same folder (a dot name no `*.parquet` glob matches),
 fsynced, then renamed over the old file with os.replace and the folder fsynced. A reader therefore
 sees the old aggregate or the new one, never a mix; a killed run leaves at most a stray temporary
-file that the next run removes. Re-running replaces each aggregate with a fresh build.
+file that the next run removes. Re-running replaces each aggregate with a fresh build; rows are
+written in a total order, so the same input gives the same bytes (and the same audited checksum).
 
 Aggregates are kept (retention `aggregates_days`, none by default) while analytics expires: rows of
 periods older than the oldest analytics row still present are carried over from the previous build
@@ -319,7 +320,7 @@ def _build_one(
         }
         kv = ", ".join(f"'{key}': '{_quote(value)}'" for key, value in meta.items())
         con.execute(
-            f"COPY ({body} ORDER BY {agg.grain}) TO '{_quote(str(tmp))}' "
+            f"COPY ({body} ORDER BY ALL) TO '{_quote(str(tmp))}' "
             f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{{kv}}})",
             copy_params,
         )

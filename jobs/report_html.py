@@ -227,6 +227,13 @@ def render(data: dict[str, Any]) -> str:
                 for a in data["aggregates"]
             ],
         ),
+        "days_table": _table(
+            ["zone", "day", "rows", "files", "bytes", "transcripts", "recordings"],
+            [
+                [d["zone"], d["dt"], d["rows"], d["files"], d["bytes"], d["transcripts"], d["recordings"]]
+                for d in data["volume"]
+            ],
+        ),
         "retention_table": _table(
             ["zone", "category", "oldest", "age (days)", "limit (days)", "rows past limit"],
             [
