@@ -12,17 +12,22 @@ from typing import Any
 import duckdb
 import orjson
 
-from pipeline.keys import PseudonymKey, create_key_file, load_key
+from pipeline.keys import PseudonymKey, load_key
 from sinks.layout import ANALYTICS, VAULT
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
 
 
+FIXED_KEY = bytes(range(32)).hex()  # tests are deterministic: the same tokens and buckets every run
+
+
 def make_key(folder: Path) -> tuple[Path, PseudonymKey]:
     path = folder / "key.hex"
     if not path.exists():
-        create_key_file(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(FIXED_KEY + "\n")
     return path, load_key(path, "v1")
 
 
