@@ -6,6 +6,11 @@ and counts per group: `calls`, `subjects` (distinct account tokens) and `duratio
 is published only if it covers at least k subjects (Policy.k); smaller groups are suppressed and
 counted, and the counts go to the job's output, the Parquet file's key-value metadata and the audit.
 
+Known limit: suppression is per aggregate (primary suppression only). calls_daily re-counts what
+calls_hourly suppressed, so the difference of the two tells how many calls of a published day
+group fell into suppressed hourly cells (not which cells, nor who). Secondary suppression, which
+would close that, is not done.
+
 The run holds the lake's job lock (`jobs.replace.job_lock`), so it reads analytics in the old or
 the new state of any retention, erase or compaction, never in between.
 
@@ -37,7 +42,7 @@ from pathlib import Path
 import duckdb
 
 from jobs import audit
-from jobs.replace import JobBusy, job_lock
+from jobs.replace import JobBusy, fsync_dir, job_lock
 from sinks import layout
 
 # Duration buckets: (label, lower bound in seconds, inclusive). A call lands in the last bucket whose
@@ -336,7 +341,7 @@ def _build_one(
         os.chmod(tmp, 0o644)
         digest = audit.sha256_file(tmp)
         os.replace(tmp, final)  # the commit point: readers see the old file or the new one
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {groups}")
     return AggregateResult(
@@ -393,7 +398,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    _fsync_file(folder)
