@@ -3,6 +3,8 @@ rule visible in the lake, no duplicates after kill -9, and the same rows as `cal
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import re
 import signal
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import phonenumbers
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from pipeline import codec
 from pipeline.consent import AccountState, decide, record_consent, record_request
@@ -21,6 +25,7 @@ from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
 from sinks.layout import glob
 from tests.streamkit import (
+    ROOT,
     make_topics,
     publish,
     records_to_messages,
@@ -73,9 +78,11 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     prefix = f"e2e{random.randrange(1 << 30):x}."
     make_topics(kafka_bootstrap, prefix, PARTITIONS)
     start = int(time.time() * 1000) - 26 * HOUR
-    traffic = generate_traffic(11, 49_500, start, 24 * HOUR, accounts=800)
+    canary = canary_calls(start)
+    traffic = generate_traffic(11, 49_500 - len(canary), start, 24 * HOUR, accounts=800)
     bad = generate_bad_messages(11, 500, start)
-    calls = records_to_messages(traffic.calls[:20_000], "CallEvent", PARTITIONS, "avro", 1)
+    calls = records_to_messages(canary, "CallEvent", PARTITIONS, "avro", 1)
+    calls += records_to_messages(traffic.calls[:20_000], "CallEvent", PARTITIONS, "avro", 1)
     calls += records_to_messages(traffic.calls[20_000:], "CallEvent", PARTITIONS, "json", 500)
     rng = random.Random(5)
     from tests.streamkit import partition_of
@@ -97,7 +104,9 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         publish(
             kafka_bootstrap,
             prefix + "consent.events",
-            records_to_messages(traffic.consents, "ConsentEvent", PARTITIONS),
+            records_to_messages(
+                [*traffic.consents, *canary_consents(canary, start)], "ConsentEvent", PARTITIONS
+            ),
         )
         stats = wait_for_events(lake, 50_000, 300, proc)
         time.sleep(2)
@@ -106,10 +115,88 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return {
         "traffic": traffic,
         "bad": bad,
+        "canary": canary,
         "lake": lake,
         "stats": stats,
         "log": (tmp / "worker.log").read_text(),
+        "dlq": consume_all(kafka_bootstrap, prefix + "calls.dlq"),
     }
+
+
+CANARY = [
+    json.loads(line) for line in (ROOT / "tests" / "canary" / "transcripts.jsonl").read_text().splitlines()
+]
+
+
+def canary_calls(start: int) -> list[dict[str, Any]]:
+    """One answered, recorded and transcribed call per labelled canary transcript, by accounts
+    that granted recording and transcription; their numbers are of the transcript's region so
+    national numbers in the text resolve as they would for a real call."""
+    calls = []
+    for i, item in enumerate(CANARY):
+        region = (item["regions"] or ["US"])[0]
+        number = phonenumbers.format_number(
+            phonenumbers.example_number(region), phonenumbers.PhoneNumberFormat.E164
+        )
+        at = start + HOUR + i * 60_000
+        calls.append(
+            {
+                "event_id": f"canary-{item['id']}",
+                "account_id": f"acct-canary-{i:03d}",
+                "org_id": "org-canary",
+                "carrier_id": f"canary-{region.lower()}",
+                "kind": "voice",
+                "direction": "inbound",
+                "caller": number,
+                "callee": number,
+                "started_at": at,
+                "answered_at": at + 2_000,
+                "ended_at": at + 62_000,
+                "duration_s": 60,
+                "status": "answered",
+                "cell_id": None,
+                "caller_ip": None,
+                "device": None,
+                "recording_uri": f"s3://recordings/canary/{item['id']}.wav",
+                "transcript": item["text"],
+                "attributes": None,
+            }
+        )
+    return calls
+
+
+def canary_consents(calls: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "account_id": c["account_id"],
+            "purpose": purpose,
+            "granted": True,
+            "at": start - HOUR,
+            "source": "app",
+        }
+        for c in calls
+        for purpose in ("recording", "transcription")
+    ]
+
+
+def consume_all(bootstrap: str, topic: str) -> list[Any]:
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        out: list[Any] = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=3000)
+                if not batch:
+                    return out
+                for records in batch.values():
+                    out.extend(records)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
 
 
 def test_every_event_is_accounted_for(full_run: dict[str, Any]) -> None:
@@ -120,6 +207,9 @@ def test_every_event_is_accounted_for(full_run: dict[str, Any]) -> None:
     assert stats["events_in"] == 50_000
     assert len(vault) + dead + stats["drop.erased"] == 50_000
     assert dead == len(full_run["bad"])
+    assert len(full_run["dlq"]) == dead  # each dead letter in calls.dlq once, with its reason
+    reasons = Counter(dict(m.headers)["callpipe.reason"].decode() for m in full_run["dlq"])
+    assert reasons == Counter(b.reason.value for b in full_run["bad"])
     expected = Counter(b.reason.value for b in full_run["bad"])
     assert {
         k.removeprefix("dead_letter."): n for k, n in stats.items() if k.startswith("dead_letter.")
@@ -186,6 +276,34 @@ def test_analytics_holds_no_raw_identifier(full_run: dict[str, Any]) -> None:
     assert leaked == []
 
 
+def test_analytics_transcripts_hold_no_canary_pii_but_keep_ordinary_numbers(full_run: dict[str, Any]) -> None:
+    analytics = {r["event_id"]: r for r in zone(full_run["lake"], "analytics")}
+    vault = {r["event_id"]: r for r in zone(full_run["lake"], "vault")}
+    for item in CANARY:
+        row = analytics[f"canary-{item['id']}"]
+        assert vault[f"canary-{item['id']}"]["transcript"] == item["text"]  # consented: kept in the vault
+        for _label, value in item["pii"]:
+            assert value not in row["transcript"], item["id"]
+        for value in item["keep"]:
+            assert value in row["transcript"], item["id"]
+        assert row["has_recording"] is True
+
+
+def test_no_recording_or_transcript_without_consent_in_any_zone(full_run: dict[str, Any]) -> None:
+    states = states_of(full_run["traffic"])
+    calls = {c["event_id"]: c for c in full_run["traffic"].calls}
+    for name in ("vault", "analytics"):
+        for row in zone(full_run["lake"], name):
+            call = calls.get(row["event_id"])
+            if call is None:
+                continue  # a canary call: consented above
+            d = decide(states.get(call["account_id"]), call["started_at"], DEFAULT_POLICY.consent)
+            if row.get("transcript") is not None:
+                assert d.transcription
+            if row.get("recording_uri") is not None or row.get("has_recording"):
+                assert d.recording
+
+
 def test_worker_log_holds_no_personal_data(full_run: dict[str, Any]) -> None:
     log = full_run["log"]
     for c in full_run["traffic"].calls[:5_000]:
@@ -233,10 +351,13 @@ def test_ingest_gives_the_same_rows_as_the_stream(full_run: dict[str, Any], tmp_
     from pipeline.settings import Settings
 
     traffic = full_run["traffic"]
+    start = min(c["started_at"] for c in traffic.calls)
     calls = tmp_path / "calls.jsonl"
-    calls.write_bytes(b"".join(codec.to_json(c, "CallEvent") + b"\n" for c in traffic.calls))
+    every_call = [*full_run["canary"], *traffic.calls]
+    calls.write_bytes(b"".join(codec.to_json(c, "CallEvent") + b"\n" for c in every_call))
     consent = tmp_path / "consent.jsonl"
-    consent.write_bytes(b"".join(codec.to_json(c, "ConsentEvent") + b"\n" for c in traffic.consents))
+    consents = [*traffic.consents, *canary_consents(full_run["canary"], start - HOUR)]
+    consent.write_bytes(b"".join(codec.to_json(c, "ConsentEvent") + b"\n" for c in consents))
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(b"".join(codec.to_json(c, "PrivacyRequest") + b"\n" for c in traffic.requests))
     key_file = full_run["lake"].parent / "key.hex"
