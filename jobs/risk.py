@@ -11,8 +11,9 @@ A sampled subject is unique when that count is 1 (only themself); unicity is the
 
 Resolutions: `FINE` is the zone's own (UTC hour x cell_area, the LAC-level place analytics keeps);
 `COARSE` is the aggregates' (UTC day x caller country code), so an operator sees what the
-generalization buys. Everything runs in DuckDB SQL over temp tables; the draw is seeded (DuckDB's
-`hash` of subject, point and seed), so one seed gives one answer on one DuckDB version.
+generalization buys; `DAY_CELL` and `HOUR_COUNTRY` coarsen only one of the two. Everything runs
+in DuckDB SQL over temp tables; the draw is seeded (DuckDB's `hash` of subject, point and seed),
+so one seed gives one answer on one DuckDB version.
 
 The matching sets are nested: with each subject's points in one seeded random order, the set for
 p + 1 points is the set for p points narrowed to those also holding point p + 1. So one pass keeps a
@@ -47,6 +48,10 @@ FINE = Resolution(
 COARSE = Resolution(
     "coarse", "epoch_ms(started_at) // 86400000", "CAST(caller_country AS VARCHAR)", "day x country code"
 )
+# The two steps in between: which half of the generalization buys what.
+DAY_CELL = Resolution("day_cell", COARSE.time_sql, FINE.place_sql, "day x cell area")
+HOUR_COUNTRY = Resolution("hour_country", FINE.time_sql, COARSE.place_sql, "hour x country code")
+RESOLUTIONS = (FINE, DAY_CELL, HOUR_COUNTRY, COARSE)
 SUBJECT_BINS = (1, 5, 10, 20, 50, 100, 1000)  # lower bounds of the `subjects` histogram bins
 
 
@@ -212,13 +217,14 @@ def measure(
     sample: int = 1000,
     seed: int = 0,
     aggregates: tuple[Aggregate, ...] = AGGREGATES,
+    resolutions: tuple[Resolution, ...] = RESOLUTIONS,
 ) -> dict[str, object]:
-    """Every risk figure, as plain data: k-anonymity per aggregate, unicity at both resolutions."""
+    """Every risk figure, as plain data: k-anonymity per aggregate, unicity at each resolution."""
     return {
         "k_anonymity": [asdict(x) for x in k_anonymity(con, lake, aggregates)],
         "unicity": [
             asdict(unicity(con, lake, as_of=as_of, resolution=r, sample=sample, seed=seed))
-            for r in (FINE, COARSE)
+            for r in resolutions
         ],
     }
 

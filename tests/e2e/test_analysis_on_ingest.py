@@ -94,7 +94,12 @@ def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[s
     assert data["stream"]["written"] == {"analytics": stats["analytics"], "vault": stats["vault"]}
     assert stats["vault"] == vault_rows
     assert data["jobs"][0]["job"] == "anonymize"
-    assert {u["resolution"] for u in data["risk"]["unicity"]} == {"fine", "coarse"}
+    assert {u["resolution"] for u in data["risk"]["unicity"]} == {
+        "fine",
+        "day_cell",
+        "hour_country",
+        "coarse",
+    }
 
     asked = _callpipe(env, "query", "SELECT count(*) AS n FROM analytics_calls", "--json")
     assert json.loads(asked.stdout) == [{"n": analytics_rows}]

@@ -109,7 +109,12 @@ def test_job_history_newest_first(data: dict) -> None:
 
 def test_risk_figures_included(data: dict) -> None:
     assert {k["name"] for k in data["risk"]["k_anonymity"]} == {"calls_hourly", "calls_daily"}
-    assert [u["resolution"] for u in data["risk"]["unicity"]] == ["fine", "coarse"]
+    assert [u["resolution"] for u in data["risk"]["unicity"]] == [
+        "fine",
+        "day_cell",
+        "hour_country",
+        "coarse",
+    ]
 
 
 def test_text_rendering(data: dict) -> None:
