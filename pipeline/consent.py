@@ -11,7 +11,8 @@ entry at or before `at_ms` counts):
   - analytics: the last of the analytics consents and `object` requests (an objection acts as a
     withdrawal, a later grant resumes it); unknown -> the default (yes, legitimate interest);
   - restricted: the last of `restrict`/`unrestrict` is `restrict` -> vault only;
-  - erased: any `erase` at or before the event -> the event is dropped (and counted).
+  - erased: any `erase` in the history, whatever its time -> the event is dropped (and counted):
+    erasure is final, and an older event arriving after the request must not bring data back.
 At equal times a withdrawal sorts after a grant, so it wins (privacy by default).
 
 `EventTimeMerger` holds calls back until the consent and request streams of their partition have
@@ -115,12 +116,14 @@ def decide(state: AccountState | None, at_ms: int, defaults: ConsentDefaults) ->
         analytics_at = max(
             (at for at, p, _ in state.consents if p == "analytics" and at <= at_ms), default=-1
         )
+        # Erasure is final whatever the event's time: once the request is known, nothing of the
+        # account is stored again, late-arriving older events included (the erase job removes
+        # what landed before the request arrived).
+        erased = any(kind == "erase" for _at, kind, _id in state.requests)
         for at, kind, _ in state.requests:
             if at > at_ms:
                 break
-            if kind == "erase":
-                erased = True
-            elif kind == "restrict":
+            if kind == "restrict":
                 restricted = True
             elif kind == "unrestrict":
                 restricted = False

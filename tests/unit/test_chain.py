@@ -99,7 +99,7 @@ ROUTING: list[tuple[list[dict[str, Any]], bool, bool, dict[Drop, int]]] = [
         },
     ),
     ([req("erase")], False, False, {Drop.ERASED: 1}),
-    ([req("erase", NOW)], True, True, {Drop.RECORDING_NO_CONSENT: 1, Drop.TRANSCRIPTION_NO_CONSENT: 1}),
+    ([req("erase", NOW)], False, False, {Drop.ERASED: 1}),  # an older event arriving after the erasure
 ]
 
 

@@ -74,7 +74,7 @@ CASES: list[tuple[list[dict[str, Any]], int, tuple[bool, bool, bool, bool, bool]
     ([request("restrict", 50), request("unrestrict", 180)], 100, (False, True, False, False, True)),
     ([request("erase", 50)], 100, (True, False, False, False, True)),
     ([request("erase", 100)], 100, (True, False, False, False, True)),
-    ([request("erase", 150)], 100, (False, False, False, False, True)),  # calls before the erasure
+    ([request("erase", 150)], 100, (True, False, False, False, True)),  # erasure is final: older events too
     ([request("access", 50)], 100, (False, False, False, False, True)),
 ]
 
