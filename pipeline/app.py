@@ -156,7 +156,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
             if r is None or not (force or r.due(mono)):
                 continue
             await app.producer.flush()  # dead letters of the range are in Kafka before it lands
-            flushed = r.flush()
+            flushed = await asyncio.to_thread(r.flush)  # fsync-bound: keep the loop (heartbeats) free
             if flushed is not None:
                 counters["flushes"] += 1
                 log.info(
