@@ -213,7 +213,7 @@ def render(data: dict[str, Any]) -> str:
             {"count": [float(v) for v in counters.values()]},
         )
         if counters
-        else "<p>No stream counters recorded under _stats/ or in the audit.</p>",
+        else "<p>No stream counters recorded under _stats/.</p>",
     }
     tables = {
         "zones_table": _table(
