@@ -37,7 +37,7 @@ def test_unknown_bench_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "invalid choice" in capsys.readouterr().err
 
 
-def _phonenumbers_as_presidio() -> detect.Tool:
+def _phonenumbers_as_presidio(default_regions: bool = False) -> detect.Tool:
     return detect.phonenumbers_tool
 
 
@@ -51,7 +51,7 @@ def test_detect_json_has_the_figures(
     figures = json.loads(capsys.readouterr().out)
     assert figures["bench"] == "detect" and figures["quick"] is True
     assert figures["transcripts"] == 24
-    assert set(figures["tools"]) == {"callpipe", "phonenumbers", "presidio"}
+    assert set(figures["tools"]) == {"callpipe", "phonenumbers", "presidio", "presidio_default_regions"}
     for tool in figures["tools"].values():
         assert {"transcripts_per_s", "recall", "precision", "speed_vs_presidio", "recall_by_category"} <= set(
             tool
