@@ -63,7 +63,7 @@ QUICK = StreamSpec(
     events=100_000, batch=500, accounts=2_000, paced_seconds=40, paced_rate=0, ingest_events=50_000
 )
 FULL = StreamSpec(
-    events=600_000, batch=500, accounts=5_000, paced_seconds=600, paced_rate=0, ingest_events=300_000
+    events=300_000, batch=500, accounts=5_000, paced_seconds=600, paced_rate=0, ingest_events=200_000
 )
 
 
