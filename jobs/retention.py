@@ -130,9 +130,9 @@ WITH row_groups AS (
 )
 SELECT file_name,
        sum(rows)::BIGINT AS rows,
-       -- missing statistics are read as "could be anything"
-       coalesce(min(lo), '-infinity'::TIMESTAMPTZ) AS lo,
-       coalesce(max(hi), 'infinity'::TIMESTAMPTZ) AS hi,
+       -- NULL when a row group has no statistics: read as "could be anything"
+       CASE WHEN count(lo) = count(*) THEN min(lo) END AS lo,
+       CASE WHEN count(hi) = count(*) THEN max(hi) END AS hi,
        {maybe_cols}
 FROM row_groups
 GROUP BY file_name
@@ -154,7 +154,7 @@ def _footers(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str
         for c in columns
     )
     maybe = ",\n       ".join(
-        f"coalesce(bool_or(nonnull_{c} > 0 AND coalesce(lo, '-infinity'::TIMESTAMPTZ) < $cut_{c}), false)"
+        f"coalesce(bool_or(coalesce(nonnull_{c}, 1) > 0 AND coalesce(lo < $cut_{c}, true)), false)"
         f" AS maybe_{c}"
         for c in columns
     )
@@ -200,16 +200,16 @@ def plan(con: duckdb.DuckDBPyConnection, lake: Path, policy: Policy, as_of: date
             by_partition[Path(row[0]).parent.parent.name].append(row)
         candidates = []
         for dt, rows in sorted(by_partition.items()):
-            expired = [r for r in rows if r[3] < row_cut]
+            expired = [r for r in rows if _ends_before(r[3], row_cut)]
             if len(expired) == len(rows):
                 drops.append(
                     {"zone": zone, "dt": dt[3:], "files": len(rows), "rows": sum(r[1] for r in rows)}
                 )
                 continue
             for r in rows:
-                if r[3] < row_cut:
+                if _ends_before(r[3], row_cut):
                     actions.append(FileAction(_rel(lake, r[0]), zone, r[1], "remove", r[1]))
-                elif r[2] < row_cut or any(r[4:]):
+                elif r[2] is None or r[2] < row_cut or any(r[4:]):
                     candidates.append(r)
         if not candidates:
             continue
@@ -338,6 +338,11 @@ def run(
         "recovered": recovered,
         "duration_s": round(duration, 3),
     }
+
+
+def _ends_before(hi: datetime | None, cutoff: datetime) -> bool:
+    """Whether a file's last started_at (None: no statistics) is before `cutoff`."""
+    return hi is not None and hi < cutoff
 
 
 def _rel(lake: Path, path: str) -> str:

@@ -169,3 +169,18 @@ def test_cutoffs_follow_the_policy() -> None:
         "transcript": AS_OF - timedelta(days=5),
     }
     assert cuts.categories[ANALYTICS] == {"transcript": AS_OF - timedelta(days=5)}
+
+
+def test_files_without_statistics_are_read_not_trusted(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    rows = [(2 * DAY_MS, 0, True, True), (4 * DAY_MS, 0, True, False), (15 * DAY_MS, 0, True, True)]
+    table = pa.Table.from_pylist(_vault_rows(rows), schema=vault_schema())
+    path = partition_dir(lake, VAULT, "2026-05-20", 0) / "nostats.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path, write_statistics=False)
+    result = retention.run(duckdb.connect(), lake, POLICY, AS_OF)
+    assert result["summary"]["rows_removed"] == {VAULT: 1}
+    after = _read(lake, VAULT)
+    assert sorted(after) == ["e0000", "e0001"]
+    assert (after["e0000"]["transcript"], after["e0000"]["recording_uri"]) == ("text 0", "s3://r/0")
+    assert (after["e0001"]["transcript"], after["e0001"]["recording_uri"]) == ("text 1", None)
