@@ -17,6 +17,8 @@ from benchmarks.common import table
 
 log = logging.getLogger("callpipe.bench")
 PARTS = ("jobs.bench_jobs", "jobs.bench_analysis")
+TARGET_RETENTION = 0.7
+TARGET_ERASE_SHARE = 0.05
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -34,7 +36,22 @@ def run(quick: bool) -> dict[str, Any]:
         part = module.run(quick)
         part["wall_seconds"] = round(time.perf_counter() - started, 1)
         figures["parts"][name.rsplit(".", 1)[-1]] = part
+    figures["targets"] = targets(figures["parts"], quick)
     return figures
+
+
+def targets(parts: dict[str, Any], quick: bool) -> dict[str, bool | None]:
+    """Issue 5's targets for the jobs, where the parts measured them (None: not measured; the
+    erase target is about a 180-day lake, which only the full run builds)."""
+    jobs = parts.get("bench_jobs", {})
+    retention = jobs.get("retention", {}).get("ratio_to_copy")
+    touched = jobs.get("erase", {}).get("files_touched_share")
+    return {
+        "retention_at_least_70pct_of_copy": None if retention is None else retention >= TARGET_RETENTION,
+        "erase_touches_at_most_5pct_of_files": None
+        if touched is None or quick
+        else touched <= TARGET_ERASE_SHARE,
+    }
 
 
 def _rows(part: dict[str, Any]) -> list[list[object]]:
@@ -64,6 +81,8 @@ def render(figures: dict[str, Any]) -> str:
         targets = part.get("targets")
         if isinstance(targets, dict):
             blocks.append(table(["target", "met"], [[k, v] for k, v in targets.items()]))
+    if figures.get("targets"):
+        blocks.append(table(["target", "met"], [[k, v] for k, v in figures["targets"].items()]))
     if figures["missing"]:
         blocks.append("not measured (module missing): " + ", ".join(figures["missing"]))
     return "\n\n".join(blocks)

@@ -91,6 +91,10 @@ def test_jobs_json_lists_parts_and_missing(
     assert main(["bench", "jobs", "--quick", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["bench"] == "jobs" and figures["missing"] == ["benchmarks_not_there"]
+    assert set(figures["targets"]) == {
+        "retention_at_least_70pct_of_copy",
+        "erase_touches_at_most_5pct_of_files",
+    }
     assert figures["parts"]["benchmarks_fake_part"]["retention"]["ratio_to_copy"] == 0.5
     text = batch.render(figures)
     assert "retention" in text and "benchmarks_not_there" in text
@@ -136,3 +140,29 @@ def test_table_is_markdown() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("| case") and lines[1].startswith("|---")
     assert "12,345" in lines[2] and "-" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("parts", "quick", "expected"),
+    [
+        ({}, False, (None, None)),
+        (
+            {"bench_jobs": {"retention": {"ratio_to_copy": 0.9}, "erase": {"files_touched_share": 0.02}}},
+            False,
+            (True, True),
+        ),
+        (
+            {"bench_jobs": {"retention": {"ratio_to_copy": 0.5}, "erase": {"files_touched_share": 0.2}}},
+            False,
+            (False, False),
+        ),
+        (
+            {"bench_jobs": {"retention": {"ratio_to_copy": 0.9}, "erase": {"files_touched_share": 0.02}}},
+            True,
+            (True, None),
+        ),
+    ],
+)
+def test_jobs_targets(parts: dict[str, Any], quick: bool, expected: tuple[bool | None, bool | None]) -> None:
+    got = batch.targets(parts, quick)
+    assert (got["retention_at_least_70pct_of_copy"], got["erase_touches_at_most_5pct_of_files"]) == expected
