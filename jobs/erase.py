@@ -44,12 +44,25 @@ def _erase_files(
 ) -> tuple[Change, list[dict[str, Any]], dict[str, int]]:
     change = Change(lake, "erase")
     work = []
+    files_audit: list[dict[str, Any]] = []
+    removed = {VAULT: 0, ANALYTICS: 0}
     for loc in located:
         for name, rows in sorted(loc.hits.items()):
             src = Path(name)
-            work.append((loc.zone, src, rows, change.temp_for(src)))
-    files_audit: list[dict[str, Any]] = []
-    removed = {VAULT: 0, ANALYTICS: 0}
+            if rows == pq.read_metadata(src).num_rows:  # only the subject's rows: delete the file
+                change.remove(src)
+                removed[loc.zone] += rows
+                files_audit.append(
+                    {
+                        "path": str(src.relative_to(lake)),
+                        "sha256": None,
+                        "previous_sha256": audit.sha256_file(src),
+                        "action": "removed",
+                        "rows": 0,
+                    }
+                )
+            else:
+                work.append((loc.zone, src, rows, change.temp_for(src)))
 
     def rewrite(item: tuple[str, Path, int, Path]) -> dict[str, Any]:
         zone, src, _rows, tmp = item

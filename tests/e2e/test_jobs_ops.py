@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -237,3 +238,21 @@ def test_policy_check_names_the_line_or_prints_the_policy(tmp_path: Path) -> Non
         ).stdout
     )
     assert doc["k"] == 9 and doc["retention"]["vault_days"] == 90
+
+
+def test_erase_deletes_a_file_that_held_only_the_subject(
+    base: tuple[Path, Path, PseudonymKey], lake: Path
+) -> None:
+    source = next(p for p in sorted(lake.glob("vault/calls/dt=*/bucket=00/*.parquet")))
+    table = pq.read_table(source)
+    first = table["account_id"][0].as_py()
+    only = source.with_name("only-one-subject.parquet")
+    pq.write_table(table.filter(pc.equal(table["account_id"], first)), only)
+    env = callpipe_env(lake, base[1])
+    env["CALLPIPE_BUCKETS"] = "4"
+    result = callpipe_json(env, "jobs", "erase", "--account", first)
+    assert result["rows_remaining"] == 0 and not only.exists()
+    entry = [e for e in audit.read(lake) if e["job"] == "erase"][-1]
+    assert {"path": str(only.relative_to(lake)), "action": "removed"}.items() <= next(
+        f for f in entry["files"] if f["path"].endswith("only-one-subject.parquet")
+    ).items()
