@@ -125,10 +125,16 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs import query
+    from jobs import query, replace
     from pipeline.cli import CliError
 
     lake = _lake(settings)
+    if replace.pending(lake):
+        print(
+            "callpipe: warning: a killed job left a change unfinished; results may show it half applied"
+            " until the next job run completes it",
+            file=sys.stderr,
+        )
     try:
         result = query.run(lake, args.sql, vault=args.vault)
     except query.QueryError as exc:

@@ -159,3 +159,20 @@ def test_aggregates_past_their_retention_are_named(lake: Path) -> None:
         ret[("aggregates", "calls_daily")]["past_limit"],
     ) == (2, 1)
     assert ret[("aggregates", "calls_hourly")]["limit_days"] == 10
+
+
+@pytest.mark.parametrize(
+    ("chart", "marks"),
+    [
+        (report_html.line_chart("t", [], {}), ("<svg", "</svg>")),
+        (report_html.line_chart("t", ["d1"], {"a": [3.0]}), ("<circle", "<polyline")),
+        (report_html.bar_chart("t", ["p = 1"], {"a": [1.5]}, percent=True), ("<rect", "150%")),
+        (report_html.bar_chart("t", [], {}), ("<svg",)),
+        (report_html.gauge_chart("t", [("vault calls", 120.0, 90.0)]), ("#dc2626", "limit 90 d")),
+        (report_html.gauge_chart("t", [("aggregates x", None, None)]), ("aggregates x",)),
+    ],
+)
+def test_charts_draw_edge_cases(chart: str, marks: tuple[str, ...]) -> None:
+    for mark in marks:
+        assert mark in chart
+    assert chart.startswith("<svg") and chart.endswith("</svg>")
