@@ -315,7 +315,10 @@ def render_text(data: dict[str, Any]) -> str:
         )
     out.append("Risk: unicity of the analytics zone (share singled out by p known points)")
     for u in data["risk"]["unicity"]:
-        shares = "  ".join(f"p={p['points']}: {p['share']:.1%} (n={p['sampled']})" for p in u["by_points"])
+        shares = "  ".join(
+            f"p={p['points']}: {p['share']:.1%} [{p['ci95'][0]:.0%}-{p['ci95'][1]:.0%}] (n={p['sampled']})"
+            for p in u["by_points"]
+        )
         out.append(f"  {u['label']:<44} {shares or 'no data'}")
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
     if data["unfinished_changes"]:

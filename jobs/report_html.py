@@ -282,7 +282,10 @@ def render(data: dict[str, Any]) -> str:
                     u["label"],
                     u["subjects"],
                     u["points"],
-                    *[f"{p['share']:.1%} of {p['sampled']}" for p in u["by_points"]],
+                    *[
+                        f"{p['share']:.1%} of {p['sampled']} (95%: {p['ci95'][0]:.1%}-{p['ci95'][1]:.1%})"
+                        for p in u["by_points"]
+                    ],
                 ]
                 for u in uni
             ],

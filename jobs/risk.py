@@ -23,6 +23,7 @@ the first point's population per sampled subject plus a shrinking number of look
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -62,6 +63,7 @@ class PointUnicity:
     unique: int  # of them, singled out by their p points
     share: float  # unique / sampled (0 when nothing was sampled)
     median_matches: float | None  # median size of the matching set
+    ci95: tuple[float, float]  # Wilson 95% interval of the share (the sample is not the crowd)
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,18 @@ def _tally(con: duckdb.DuckDBPyConnection, match: str, p: int) -> PointUnicity:
         unique=unique,
         share=unique / sampled if sampled else 0.0,
         median_matches=float(row[2]) if row[2] is not None else None,
+        ci95=wilson(unique, sampled),
     )
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound at 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
 def measure(

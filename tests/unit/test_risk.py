@@ -139,3 +139,17 @@ def test_k_anonymity_of_built_aggregates(lake: Path, k: int) -> None:
     assert (hourly.suppressed_groups, hourly.suppressed_calls) == (1, 1)
     assert dict(hourly.histogram)["5-9"] == 3
     assert sum(n for _, n in hourly.histogram) == hourly.groups
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "low", "high"),
+    [
+        (0, 0, 0.0, 1.0),
+        (0, 1000, 0.0, 0.0038),
+        (1000, 1000, 0.9962, 1.0),
+        (975, 1000, 0.9634, 0.983),
+        (5, 10, 0.2366, 0.7634),
+    ],
+)
+def test_wilson_interval(hits: int, n: int, low: float, high: float) -> None:
+    assert risk.wilson(hits, n) == (low, high)
