@@ -2,13 +2,15 @@
 the same run (what `callpipe bench jobs` reports).
 
 On a synthetic lake (`jobs.synth`; 10 million calls over 180 days, or 500 thousand over 60 days
-with `quick`), measured on copies of the lake so every job starts from the same state:
+with `quick`; two files per partition), measured on copies of the lake so every job starts from
+the same state:
 - copy: `COPY (SELECT * FROM read_parquet(<zone glob>)) TO ... (FORMAT parquet)` per zone, the
   baseline: DuckDB reading and writing every row once, without fsync or any selection;
 - retention at the day after the last day (vault and categories expire, partitions drop, files
   straddling a limit are rewritten);
 - erase of one typical subject, active on the number of days closest to 35 (bucket, statistics
-  and Bloom filters pick the files).
+  and Bloom filters pick the files);
+- compact of every partition (two files each) into one, checked by count, checksum and lineage.
 rows/s is the lake's rows (both zones) over the wall time; `ratio` is the job's rows/s over the
 copy's. Retention and erase rewrite only what they must, so a ratio above 1 means skipping work
 paid off; `rewritten_rows_per_s` is the rows of the files a job actually rewrote, over its time.
@@ -25,7 +27,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import erase, retention
+from jobs import compact, erase, retention
 from jobs.synth import SynthSpec, build
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
@@ -53,7 +55,11 @@ def typical_subject(
 
 
 def spec(quick: bool) -> SynthSpec:
-    return SynthSpec(rows=500_000, days=60) if quick else SynthSpec(rows=10_000_000, days=180)
+    """Two files per partition, as a stream that flushed twice a day-bucket leaves, so compaction
+    has work; erase still rewrites only the file of the two that holds the subject's range."""
+    if quick:
+        return SynthSpec(rows=500_000, days=60, files_per_partition=2)
+    return SynthSpec(rows=10_000_000, days=180, files_per_partition=2)
 
 
 def _lake_rows(con: duckdb.DuckDBPyConnection, lake: Path) -> dict[str, int]:
@@ -111,6 +117,12 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         erase_s = time.monotonic() - started
         shutil.rmtree(work)
 
+        shutil.copytree(lake, work)
+        started = time.monotonic()
+        com = compact.run(con, work)
+        compact_s = time.monotonic() - started
+        shutil.rmtree(work)
+
     def job(seconds: float, files_rewritten: int, extra: dict[str, Any]) -> dict[str, Any]:
         rps = total_rows / seconds
         return {
@@ -123,6 +135,7 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         }
 
     s = ret["summary"]
+    compact_rps = total_rows / compact_s
     return {
         "quick": quick,
         "lake": {"rows": rows, "files": files, **({"build_s": built["seconds"]} if built else {})},
@@ -146,6 +159,14 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
                 "subject_calls": subject_calls,
             },
         ),
+        "compact": {
+            "seconds": round(compact_s, 2),
+            "rows_per_s": round(compact_rps),
+            "ratio_to_copy": round(compact_rps / copy_rps, 3),
+            "files_in": com["files_in"],
+            "files_out": com["files_out"],
+            "rows_checked": com["rows"],
+        },
     }
 
 

@@ -5,9 +5,10 @@ files read faster and keep per-file overheads (footers, Bloom filters) down.
 Per partition, files smaller than half the target are packed, in name order, into groups of at
 most `target_bytes`; each group of two or more becomes one file, its rows sorted by account,
 started_at and event_id (the order every lake file declares). Before the change is committed the
-new file is checked against its inputs: same row count and same content checksum (an
-order-independent sum of DuckDB row hashes), and the same offset-range lineage (the
-`callpipe.lineage` key-value metadata of `sinks.lineage`, the union of the inputs'). The manifest
+new files are checked against their inputs, per partition in one DuckDB scan of each side: same
+row count and same content checksum (an order-independent sum of DuckDB row hashes); and each
+new file carries the offset-range lineage of its inputs (the `callpipe.lineage` key-value
+metadata of `sinks.lineage`, the union of theirs). The manifest
 under `<lake>/_manifest/` is never touched: it records ranges, which compaction does not change.
 
 Files are replaced through the intent journal of `jobs.replace` (killed runs roll back or
@@ -36,9 +37,14 @@ from sinks.layout import ANALYTICS, VAULT, table_dir
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 SORT_TAIL = ("started_at", "event_id")
 
+# Rows and an order-independent content checksum per partition folder (the folder of a temp is
+# its partition too). {columns} is every data column: the filename column is not content.
 CHECKSUM_SQL = """
-SELECT count(*) AS rows, coalesce(sum(hash(t)), 0) AS checksum
-FROM read_parquet($files, hive_partitioning = false) AS t
+SELECT regexp_replace(filename, '/[^/]*$', '') AS partition,
+       count(*) AS rows,
+       sum(hash({columns})) AS checksum
+FROM read_parquet($files, filename = true, hive_partitioning = false, union_by_name = true)
+GROUP BY partition
 """
 
 
@@ -88,10 +94,15 @@ def plan(lake: Path, target_bytes: int = DEFAULT_TARGET_BYTES) -> list[Merge]:
     return merges
 
 
-def _checksum(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[int, int]:
-    row = con.execute(CHECKSUM_SQL, {"files": [str(f) for f in files]}).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+def checksums(
+    con: duckdb.DuckDBPyConnection, files: list[Path], names: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Partition folder -> (rows, checksum of the columns `names`) over `files`, in one DuckDB scan."""
+    if not files:
+        return {}
+    columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
+    rows = con.execute(CHECKSUM_SQL.format(columns=columns), {"files": [str(f) for f in files]}).fetchall()
+    return {str(part): (int(n), int(h)) for part, n, h in rows}
 
 
 def _merge(merge: Merge, lake: Path) -> pa.Table:
@@ -130,18 +141,15 @@ def run(
         def merge(item: tuple[Merge, Path]) -> list[dict[str, Any]]:
             m, tmp = item
             sources = [lake / m.partition / n for n in m.inputs]
-            write_parquet(_merge(m, lake), tmp, m.zone)
-            cursor = con.cursor()  # one per thread
-            before, after = _checksum(cursor, sources), _checksum(cursor, [tmp])
-            if before != after:
-                raise CompactionMismatch(f"{m.partition}: merged rows differ from their inputs")
+            table = _merge(m, lake)
+            write_parquet(table, tmp, m.zone)
             if lineage.read_lineage(tmp) != lineage.combined_lineage(sources):
                 raise CompactionMismatch(f"{m.partition}: merged file lost offset-range lineage")
             added = {
                 "path": f"{m.partition}/{m.output}",
                 "sha256": audit.sha256_file(tmp),
                 "action": "added",
-                "rows": after[0],
+                "rows": table.num_rows,
             }
             removed = [
                 {"path": f"{m.partition}/{n}", "sha256": audit.sha256_file(p), "action": "removed"}
@@ -151,9 +159,22 @@ def run(
 
         def write() -> None:
             for entries in parallel(merge, temps, progress):
-                checked["rows"] += entries[0]["rows"]
-                checked["checksums_equal"] += 1
                 files_audit.extend(entries)
+            # the check: per partition, the merged files hold the rows of their inputs, no more, no less
+            for zone in (VAULT, ANALYTICS):
+                mine = [(m, tmp) for m, tmp in temps if m.zone == zone]
+                if not mine:
+                    continue
+                names = pq.read_schema(mine[0][1]).names  # a merged file's schema: the union
+                before = checksums(con, [lake / m.partition / n for m, _tmp in mine for n in m.inputs], names)
+                after = checksums(con, [tmp for _m, tmp in mine], names)
+                if before != after:
+                    wrong = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+                    raise CompactionMismatch(
+                        f"merged rows differ from their inputs in {len(wrong)} partitions"
+                    )
+                checked["rows"] += sum(n for n, _h in after.values())
+                checked["checksums_equal"] += len(after)
             change.info = {"params": {"target_bytes": target_bytes}, "counts": checked, "files": files_audit}
 
         run_change(change, write)

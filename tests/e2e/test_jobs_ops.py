@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import audit
+from jobs import audit, compact
 from jobs.synth import SynthSpec, build
 from pipeline.keys import PseudonymKey
 from sinks import lineage
@@ -256,3 +256,18 @@ def test_erase_deletes_a_file_that_held_only_the_subject(
     assert {"path": str(only.relative_to(lake)), "action": "removed"}.items() <= next(
         f for f in entry["files"] if f["path"].endswith("only-one-subject.parquet")
     ).items()
+
+
+def test_compact_refuses_a_merge_that_lost_a_row_and_leaves_the_lake_as_it_was(
+    base: tuple[Path, Path, PseudonymKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = tmp_path / "lake"
+    build(lake, base[2], SynthSpec(rows=4_000, days=2, buckets=2, files_per_partition=2, workers=1, seed=9))
+    before, tree = digest(lake), _tree(lake)
+    merge = compact._merge
+    monkeypatch.setattr(compact, "_merge", lambda m, lk: merge(m, lk).slice(1))  # a fault: one row lost
+    with pytest.raises(compact.CompactionMismatch):
+        compact.run(duckdb.connect(), lake, target_bytes=64 << 20)
+    assert digest(lake) == before and stray_files(lake) == []
+    files = [t for t in tree if t[0].endswith(".parquet")]
+    assert [t for t in _tree(lake) if t[0].endswith(".parquet")] == files
