@@ -114,7 +114,7 @@ def presidio_tool(default_regions: bool = False) -> Tool:
     class _Offline:  # the email check's public-suffix lookup, from the bundled snapshot only
         extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
-    email_recognizer.tldextract = _Offline  # type: ignore[assignment]
+    email_recognizer.tldextract = _Offline  # type: ignore[assignment,unused-ignore]
     fixed = [EmailRecognizer(), IpRecognizer(), CreditCardRecognizer(), IbanRecognizer()]
     entities = list(PRESIDIO)
 

@@ -375,3 +375,32 @@ def test_ingest_gives_the_same_rows_as_the_stream(full_run: dict[str, Any], tmp_
             for r in zone(tmp_path / "lake", name)
         }
         assert stream_rows == ingest_rows
+
+
+def test_two_workers_share_the_partitions_and_land_each_event_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Nothing assumes a single worker: two in one consumer group rebalance as they join and as
+    one leaves mid-stream, and the lake still holds every event exactly once."""
+    prefix = f"two{random.randrange(1 << 30):x}."
+    make_topics(kafka_bootstrap, prefix, PARTITIONS)
+    start = int(time.time() * 1000) - 3 * HOUR
+    traffic = generate_traffic(21, 8_000, start, 2 * HOUR, accounts=400)
+    publish(
+        kafka_bootstrap, prefix + "calls.raw", records_to_messages(traffic.calls, "CallEvent", PARTITIONS)
+    )
+    lake = tmp_path / "lake"
+    env = worker_env(tmp_path, kafka_bootstrap)
+    first = start_worker(prefix, lake, env, tmp_path / "w1.log")
+    second = start_worker(prefix, lake, env, tmp_path / "w2.log")
+    try:
+        wait_for_events(lake, 2_000, 120, first)
+        stop(second)  # a graceful leave: its partitions move to the first worker
+        wait_for_events(lake, 8_000, 180, first)
+    finally:
+        stop(first)
+        stop(second)
+    for name in ("vault", "analytics"):
+        ids = Counter(r["event_id"] for r in zone(lake, name))
+        assert [i for i, n in ids.items() if n > 1] == []
+    assert {r["event_id"] for r in zone(lake, "vault")} == {c["event_id"] for c in traffic.calls}
