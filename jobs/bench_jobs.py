@@ -92,6 +92,7 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
             lake = root / "lake"
             built = build(lake, BENCH_KEY, spec(quick))
         con = duckdb.connect()
+        con.execute("SET enable_progress_bar = false")
         rows = _lake_rows(con, lake)
         total_rows = sum(rows.values())
         files = len(list(lake.glob("*/calls/dt=*/bucket=*/*.parquet")))

@@ -83,6 +83,13 @@ def _lake(settings: Settings) -> Path:
     return settings.lake
 
 
+def _connect() -> duckdb.DuckDBPyConnection:
+    """The jobs' connection: DuckDB's own progress bar off (the jobs show theirs, on a tty only)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def _print_json(doc: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str) + b"\n")
     sys.stdout.flush()
@@ -103,7 +110,7 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     as_of = args.as_of or datetime.now(UTC)
     try:
         result = retention.run(
-            duckdb.connect(),
+            _connect(),
             lake,
             settings.policy,
             as_of,
@@ -158,7 +165,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     lake = _lake(settings)
     try:
         result = erase.run(
-            duckdb.connect(),
+            _connect(),
             lake,
             settings.key(),
             args.account,
@@ -192,9 +199,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     lake = _lake(settings)
     try:
-        result = export.run(
-            duckdb.connect(), lake, settings.key(), args.account, args.out, as_of=datetime.now(UTC)
-        )
+        result = export.run(_connect(), lake, settings.key(), args.account, args.out, as_of=datetime.now(UTC))
     except JobBusy as exc:
         raise _busy(exc) from None
     if args.json:
@@ -215,7 +220,7 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     lake = _lake(settings)
     try:
         result = compact.run(
-            duckdb.connect(),
+            _connect(),
             lake,
             target_bytes=int(args.target_mb * 1024 * 1024),
             dry_run=args.dry_run,
