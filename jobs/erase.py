@@ -3,8 +3,8 @@
 Only files that may hold the subject are rewritten (`jobs.subject.locate`: bucket, statistics,
 Bloom filters, then an exact count), all through one intent journal (`jobs.replace`), so a
 killed run leaves the subject either fully present or fully gone and the next run finishes.
-Physical deletion happens when the job finishes: the old files are replaced, nothing keeps
-them (no snapshots).
+A file that held only the subject is deleted rather than rewritten empty. Physical deletion
+happens when the job finishes: the old files are replaced, nothing keeps them (no snapshots).
 
 Afterwards erasure verifies: every file of both zones, in every bucket, is probed again (footers
 and Bloom filters only), and any file that may still hold the subject is read. Rows found

@@ -62,11 +62,6 @@ def jobs_dir(lake: Path) -> Path:
     return lake / JOBS_DIR
 
 
-def zone_of(lake: Path, path: Path) -> str:
-    rel = path.relative_to(lake) if path.is_absolute() else path
-    return rel.parts[0]
-
-
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
