@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.codec import Decoded, Lineage, decode_value
+from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.runner import DeadLetter, PartitionRunner
@@ -51,7 +51,9 @@ def _read(path: Path, record_name: str) -> Decoded:
     if not data.strip():
         return Decoded()
     if data.startswith(b"Obj\x01"):
-        return decode_value(data, record_name)
+        # A container file is one unit of many records: the per-message limit of the stream
+        # (a Kafka message) does not apply to it, the per-event limit still does.
+        return decode_value(data, record_name, limits=Limits(max_message_bytes=len(data) + 1))
     # JSON lines: one unit per line, so a bad line is one dead letter with its own position.
     out = Decoded()
     for number, line in enumerate(data.splitlines()):
