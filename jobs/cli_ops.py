@@ -189,6 +189,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         f" ({100 * result['files_touched_share']:.2f}% of files touched);"
         f" probed {result['files_probed']}, Bloom/statistics said maybe {result['files_maybe']}"
     )
+    if result["dead_letters_removed"]:
+        print(f"  dead letters removed: {result['dead_letters_removed']:,}")
     print("  verified: no rows of the subject remain in any bucket")
     return 0
 
@@ -207,7 +209,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(
         f"exported subject {result['subject']} to {result['out']}: {result['vault']:,} vault rows,"
-        f" {result['analytics']:,} analytics rows, {result['audit']:,} audit entries"
+        f" {result['analytics']:,} analytics rows, {result['dead_letters']:,} dead letters,"
+        f" {result['audit']:,} audit entries"
     )
     return 0
 

@@ -9,8 +9,9 @@ happens when the job finishes: the old files are replaced, nothing keeps them (n
 Afterwards erasure verifies: every file of both zones, in every bucket, is probed again (footers
 and Bloom filters only), and any file that may still hold the subject is read. Rows found
 outside the subject's bucket (a lake written with another bucket count) are erased in a second
-pass; anything left after it fails the job. The request is recorded in the audit trail by the
-subject's token, never its id.
+pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
+(`<lake>/_rejects/`, see `jobs.rejects`) are removed in the same change. The request is recorded
+in the audit trail by the subject's token, never its id.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import audit
+from jobs import audit, rejects
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
@@ -40,12 +41,26 @@ def _values(key: PseudonymKey, account_id: str) -> dict[str, str]:
 
 
 def _erase_files(
-    lake: Path, located: list[Located], values: dict[str, str], progress: ProgressFn | None
+    lake: Path,
+    located: list[Located],
+    values: dict[str, str],
+    dead: list[rejects.Hits],
+    progress: ProgressFn | None,
 ) -> tuple[Change, list[dict[str, Any]], dict[str, int]]:
     change = Change(lake, "erase")
     work = []
     files_audit: list[dict[str, Any]] = []
-    removed = {VAULT: 0, ANALYTICS: 0}
+    removed = {VAULT: 0, ANALYTICS: 0, "dead_letters": 0}
+    dead_work = []
+    for hits in dead:
+        removed["dead_letters"] += len(hits.matching)
+        if len(hits.matching) == len(hits.lines):
+            change.remove(hits.path)
+            files_audit.append(
+                {"path": str(hits.path.relative_to(lake)), "sha256": None, "action": "removed"}
+            )
+        else:
+            dead_work.append((hits, change.temp_for(hits.path)))
     for loc in located:
         for name, rows in sorted(loc.hits.items()):
             src = Path(name)
@@ -81,6 +96,12 @@ def _erase_files(
         }
 
     def write() -> None:
+        for hits, tmp in dead_work:
+            kept = rejects.write_without(hits, tmp)
+            path = str(hits.path.relative_to(lake))
+            files_audit.append(
+                {"path": path, "sha256": audit.sha256_file(tmp), "action": "replaced", "rows": kept}
+            )
         for entry in parallel(rewrite, work, progress):
             removed[entry.pop("zone")] += entry.pop("removed")
             files_audit.append(entry)
@@ -111,28 +132,33 @@ def run(
     bucket = bucket_of(token, buckets)
     with job_lock(lake) as recovered:
         located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
-        change, files_audit, removed = _erase_files(lake, located, values, progress)
+        dead = rejects.find(lake, account_id)
+        change, files_audit, removed = _erase_files(lake, located, values, dead, progress)
         audit_run = change.run
         # Verification over every bucket: footers and Bloom filters, then exact counts.
         verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
         outside = sum(len(v.hits) for v in verify)
         if outside:
             change.finish()  # the first pass is complete; audit it with the second
-            second, more_files, more_removed = _erase_files(lake, verify, values, progress)
+            second, more_files, more_removed = _erase_files(lake, verify, values, [], progress)
             files_audit += more_files
             for zone, n in more_removed.items():
                 removed[zone] += n
             change, audit_run = second, second.run
             verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
         remaining = sum(sum(v.hits.values()) for v in verify)
+        remaining += sum(len(h.matching) for h in rejects.find(lake, account_id))
         files_total = sum(v.files_total for v in verify)
+        rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
+        dead_letters = removed.pop("dead_letters")
         counts = {
             "rows_removed": removed,
+            "dead_letters_removed": dead_letters,
             "files_total": files_total,
             "files_probed": sum(loc.files_probed for loc in located),
             "files_maybe": sum(loc.files_maybe for loc in located),
-            "files_rewritten": len(files_audit),
-            "files_touched_share": round(len(files_audit) / files_total, 4) if files_total else 0.0,
+            "files_rewritten": rewritten,
+            "files_touched_share": round(rewritten / files_total, 4) if files_total else 0.0,
             "files_outside_bucket": outside,
             "rows_remaining": remaining,
             "recovered_runs": len(recovered),

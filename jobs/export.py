@@ -1,10 +1,11 @@
 """Subject access and portability: everything the lake holds on one account, as JSON.
 
-Vault rows (by account_id), analytics rows (by the account's token) and the audit entries about
-the subject (by token). Every bucket is searched (statistics and Bloom filters keep that cheap),
-so a lake written with another bucket count still answers completely. The export holds the
-subject's personal data: the output file is written with mode 0600, atomically. The request is
-recorded in the audit trail by token.
+Vault rows (by account_id), analytics rows (by the account's token), the subject's dead letters
+kept by `callpipe ingest` (`jobs.rejects`) and the audit entries about the subject (by token).
+Every bucket is searched (statistics and Bloom filters keep that cheap), so a lake written with
+another bucket count still answers completely. The export holds the subject's personal data: the
+output file is written with mode 0600, atomically. The request is recorded in the audit trail by
+token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit
+from jobs import audit, rejects
 from jobs.replace import fsync_dir, job_lock
 from jobs.subject import SUBJECT_COLUMN, locate
 from pipeline.keys import PseudonymKey
@@ -52,8 +53,14 @@ def collect(
             rows = [] if table is None else table.to_pylist(maps_as_pydicts="strict")
         files_read += len(loc.hits)
         out[zone] = rows
+    out["dead_letters"] = rejects.export_entries(rejects.find(lake, account_id))
     out["audit"] = audit.about(audit.read(lake), token)
-    out["counts"] = {"vault": len(out[VAULT]), "analytics": len(out[ANALYTICS]), "audit": len(out["audit"])}
+    out["counts"] = {
+        "vault": len(out[VAULT]),
+        "analytics": len(out[ANALYTICS]),
+        "dead_letters": len(out["dead_letters"]),
+        "audit": len(out["audit"]),
+    }
     out["files_read"] = files_read
     return out
 

@@ -3,6 +3,7 @@ checked against DuckDB queries on a copy of the lake taken before the job ran.""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import stat
 import subprocess
@@ -271,3 +272,39 @@ def test_compact_refuses_a_merge_that_lost_a_row_and_leaves_the_lake_as_it_was(
     assert digest(lake) == before and stray_files(lake) == []
     files = [t for t in tree if t[0].endswith(".parquet")]
     assert [t for t in _tree(lake) if t[0].endswith(".parquet")] == files
+
+
+def test_export_and_erase_cover_the_subjects_dead_letters(
+    base: tuple[Path, Path, PseudonymKey], lake: Path
+) -> None:
+    folder = lake / "_rejects" / "ingest-cdrs-0123456789ab"
+    folder.mkdir(parents=True, mode=0o700)
+    raws = [
+        b'{"event_id": "x1", "account_id": "' + SUBJECT.encode() + b'", "started_at": "yesterday"}',
+        b'{"event_id": "x2", "account_id": "acct-0000001", "started_at": "never"}',
+    ]
+    lines = [
+        orjson.dumps(
+            {
+                "reason": "invalid_time",
+                "stage": "validate",
+                "offset": i,
+                "index": None,
+                "raw_b64": base64.b64encode(raw).decode(),
+            }
+        )
+        for i, raw in enumerate(raws)
+    ]
+    path = folder / "000000000000-000000000001.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    path.chmod(0o600)
+    env = callpipe_env(lake, base[1])
+    env["CALLPIPE_BUCKETS"] = "4"
+    out = lake.parent / "export.json"
+    assert callpipe_json(env, "jobs", "export", "--account", SUBJECT, "--out", str(out))["dead_letters"] == 1
+    assert orjson.loads(out.read_bytes())["dead_letters"][0]["raw"] == raws[0].decode()
+    result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
+    assert result["dead_letters_removed"] == 1 and result["rows_remaining"] == 0
+    remaining = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [base64.b64decode(e["raw_b64"]) for e in remaining] == [raws[1]]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

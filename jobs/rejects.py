@@ -1,0 +1,96 @@
+"""A subject's records among the dead letters `callpipe ingest` keeps in the lake.
+
+`<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600) holds rejected input as raw bytes
+(base64), so an access request must show them and an erasure must remove them. A rejected record
+failed validation, so it cannot be parsed reliably; it is matched on the account id as the two
+wire formats carry a string: JSON `"<id>"` (quoted, so `A1` does not match `A10`) and Avro (the
+zigzag-varint length, then the bytes). A record that merely mentions the id inside a longer JSON
+string does not match; one whose Avro bytes happen to contain the encoded id does (erring
+towards removal).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REJECTS_DIR = "_rejects"
+FILE_MODE = 0o600
+
+
+def _avro_string(value: bytes) -> bytes:
+    n = len(value) << 1  # zigzag of a non-negative length
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out) + value
+
+
+def matches(raw: bytes, account_id: str) -> bool:
+    value = account_id.encode()
+    return b'"' + value + b'"' in raw or _avro_string(value) in raw
+
+
+@dataclass(frozen=True)
+class Hits:
+    path: Path
+    lines: list[bytes]  # every line of the file
+    matching: list[int]  # indexes of the subject's lines
+
+
+def find(lake: Path, account_id: str) -> list[Hits]:
+    out = []
+    for path in sorted((lake / REJECTS_DIR).glob("*/*.jsonl")):
+        lines = path.read_bytes().splitlines()
+        matching = []
+        for i, line in enumerate(lines):
+            try:
+                raw = base64.b64decode(orjson.loads(line)["raw_b64"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if matches(raw, account_id):
+                matching.append(i)
+        if matching:
+            out.append(Hits(path, lines, matching))
+    return out
+
+
+def export_entries(hits: list[Hits]) -> list[dict[str, Any]]:
+    """The subject's dead letters: reason, stage, offset, and the raw record (text when UTF-8)."""
+    out = []
+    for h in hits:
+        for i in h.matching:
+            entry = orjson.loads(h.lines[i])
+            raw = base64.b64decode(entry.pop("raw_b64"))
+            try:
+                entry["raw"] = raw.decode()
+            except UnicodeDecodeError:
+                entry["raw_b64"] = base64.b64encode(raw).decode()
+            entry["file"] = f"{h.path.parent.name}/{h.path.name}"
+            out.append(entry)
+    return out
+
+
+def write_without(hits: Hits, temp: Path) -> int:
+    """Write `hits.path` minus the subject's lines to `temp` (0600, fsynced); returns lines kept."""
+    drop = set(hits.matching)
+    kept = [line + b"\n" for i, line in enumerate(hits.lines) if i not in drop]
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        view = memoryview(b"".join(kept))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(kept)
