@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
 
     erase = jobs_sub.add_parser("erase", help="remove one account from the vault and analytics zones")
     erase.add_argument("--account", required=True, metavar="ID", help="the account id to erase")
+    erase.add_argument(
+        "--dry-run", action="store_true", help="print the files it would rewrite, touch nothing"
+    )
     erase.add_argument("--json", action="store_true", help="print the result as JSON")
     erase.set_defaults(func=cmd_erase)
 
@@ -163,6 +166,21 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.cli import CliError
 
     lake = _lake(settings)
+    if args.dry_run:
+        preview = erase.plan(_connect(), lake, settings.key(), args.account, buckets=settings.buckets)
+        if args.json:
+            _print_json(preview)
+            return 0
+        print(f"erase plan for subject {preview['subject']} (dry run, nothing touched)")
+        for path in preview["files"]:
+            print(f"  rewrite {path}")
+        rows = preview["rows_removed"]
+        print(
+            f"  {rows['vault']:,} vault rows, {rows['analytics']:,} analytics rows,"
+            f" {preview['dead_letters_removed']:,} dead letters; {preview['files_rewritten']} of"
+            f" {preview['files_total']} files ({100 * preview['files_touched_share']:.2f}%)"
+        )
+        return 0
     try:
         result = erase.run(
             _connect(),

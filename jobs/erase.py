@@ -115,6 +115,31 @@ def _erase_files(
     return change, files_audit, removed
 
 
+def plan(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, *, buckets: int
+) -> dict[str, Any]:
+    """What erasure would change (a dry run: reads footers, Bloom filters and the subject column;
+    takes no lock and touches nothing)."""
+    values = _values(key, account_id)
+    bucket = bucket_of(values[ANALYTICS], buckets)
+    located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
+    files_total = sum(loc.files_total for loc in located)
+    rewritten = sum(len(loc.hits) for loc in located)
+    return {
+        "dry_run": True,
+        "subject": values[ANALYTICS],
+        "bucket": bucket,
+        "rows_removed": {loc.zone: sum(loc.hits.values()) for loc in located},
+        "dead_letters_removed": sum(len(h.matching) for h in rejects.find(lake, account_id)),
+        "files": sorted(str(Path(f).relative_to(lake)) for loc in located for f in loc.hits),
+        "files_total": files_total,
+        "files_probed": sum(loc.files_probed for loc in located),
+        "files_maybe": sum(loc.files_maybe for loc in located),
+        "files_rewritten": rewritten,
+        "files_touched_share": round(rewritten / files_total, 4) if files_total else 0.0,
+    }
+
+
 def run(
     con: duckdb.DuckDBPyConnection,
     lake: Path,

@@ -164,9 +164,17 @@ def test_erase_removes_only_the_subject_touching_only_its_files(
         and exported["analytics"] == others["analytics"][token][0]
     )
 
+    tree = _tree(lake)
+    preview = callpipe_json(env, "jobs", "erase", "--account", SUBJECT, "--dry-run")
+    assert _tree(lake) == tree  # a dry run touches nothing
+
     result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
     assert result["rows_remaining"] == 0
     assert result["rows_removed"] == {"vault": exported["vault"], "analytics": exported["analytics"]}
+    assert (preview["rows_removed"], preview["files_rewritten"]) == (
+        result["rows_removed"],
+        result["files_rewritten"],
+    )
     # exactly the files that held the subject were rewritten: statistics and Bloom filters kept the rest
     assert result["files_rewritten"] == holding[0] + holding_a[0]
     assert result["files_touched_share"] == round(result["files_rewritten"] / result["files_total"], 4)
