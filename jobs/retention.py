@@ -52,6 +52,8 @@ class Cutoffs:
 
 
 def cutoffs(policy: Policy, as_of: datetime) -> Cutoffs:
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must carry a time zone (UTC): a naive time is ambiguous")
     r = policy.retention
     days = {VAULT: r.vault_days, ANALYTICS: r.analytics_days}
     category_days = {"recording": r.recording_days, "transcript": r.transcript_days}

@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +185,8 @@ def test_files_without_statistics_are_read_not_trusted(tmp_path: Path) -> None:
     assert sorted(after) == ["e0000", "e0001"]
     assert (after["e0000"]["transcript"], after["e0000"]["recording_uri"]) == ("text 0", "s3://r/0")
     assert (after["e0001"]["transcript"], after["e0001"]["recording_uri"]) == ("text 1", None)
+
+
+def test_a_naive_as_of_is_refused() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        retention.cutoffs(POLICY, AS_OF.replace(tzinfo=None))
