@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,18 @@ def lake(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "lake"
     root.mkdir()
     yield root
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """Say plainly how the tests that need the real broker did (they are never skipped)."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") == "call" and "integration" in getattr(report, "keywords", {}):
+                counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        bootstrap = os.environ.get("CALLPIPE_BOOTSTRAP", "127.0.0.1:9092")
+        parts = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+        terminalreporter.write_line(
+            f"integration and e2e tests against the real Kafka broker at {bootstrap}: {parts}"
+        )
