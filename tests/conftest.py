@@ -64,5 +64,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
         bootstrap = os.environ.get("CALLPIPE_BOOTSTRAP", "127.0.0.1:9092")
         parts = ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
         terminalreporter.write_line(
-            f"integration and e2e tests against the real Kafka broker at {bootstrap}: {parts}"
+            f"tests against the real Kafka broker at {bootstrap} (marker integration): {parts}"
         )
