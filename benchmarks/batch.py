@@ -77,7 +77,7 @@ def render(figures: dict[str, Any]) -> str:
         head = f"{name}: {rows:,} rows" if isinstance(rows, int) else name
         if isinstance(lake, dict):
             head += ", lake " + ", ".join(f"{k}={v}" for k, v in lake.items())
-        blocks.append(head + "\n" + table(["step", "seconds", "rows/s", "x COPY", "notes"], _rows(part)))
+        blocks.append(head + "\n\n" + table(["step", "seconds", "rows/s", "x COPY", "notes"], _rows(part)))
         targets = part.get("targets")
         if isinstance(targets, dict):
             blocks.append(table(["target", "met"], [[k, v] for k, v in targets.items()]))

@@ -227,7 +227,7 @@ def render(figures: dict[str, Any]) -> str:
         ]
         for name, t in figures["tools"].items()
     ]
-    head = f"{figures['transcripts']} transcripts, {figures['pii_values']} PII values\n"
+    head = f"{figures['transcripts']:,} transcripts, {figures['pii_values']:,} PII values\n\n"
     body = table(
         [
             "detector",
