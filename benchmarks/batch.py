@@ -41,13 +41,16 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def targets(parts: dict[str, Any], quick: bool) -> dict[str, bool | None]:
-    """Issue 5's targets for the jobs, where the parts measured them (None: not measured; the
-    erase target is about a 180-day lake, which only the full run builds)."""
+    """Issue 5's targets for the jobs, where the parts measured them (None: not measured, or a
+    quick run: the targets are about the full run's 10-million-row, 180-day lake; on a quick
+    lake per-file overheads dominate and retention measured 0.59x COPY against 1.08x full)."""
     jobs = parts.get("bench_jobs", {})
     retention = jobs.get("retention", {}).get("ratio_to_copy")
     touched = jobs.get("erase", {}).get("files_touched_share")
     return {
-        "retention_at_least_70pct_of_copy": None if retention is None else retention >= TARGET_RETENTION,
+        "retention_at_least_70pct_of_copy": None
+        if retention is None or quick
+        else retention >= TARGET_RETENTION,
         "erase_touches_at_most_5pct_of_files": None
         if touched is None or quick
         else touched <= TARGET_ERASE_SHARE,

@@ -159,7 +159,7 @@ def test_table_is_markdown() -> None:
         (
             {"bench_jobs": {"retention": {"ratio_to_copy": 0.9}, "erase": {"files_touched_share": 0.02}}},
             True,
-            (True, None),
+            (None, None),
         ),
     ],
 )
