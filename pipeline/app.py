@@ -41,6 +41,24 @@ TAKE_WITHIN_S = 0.25
 TICK_S = 0.25
 
 
+CHUNK_BYTES = 2 * 1024 * 1024  # message bytes fed to the chain between two yields to the loop
+
+
+def _chunks(events: list[Any]) -> list[list[Any]]:
+    """A take counts messages, not events: 2,000 messages of 500 events each would hold the event
+    loop (and the group heartbeat) for tens of seconds. Feed them in pieces of bounded size."""
+    out: list[list[Any]] = [[]]
+    size = 0
+    for event in events:
+        value = event.message.value
+        size += len(value) if value else 0
+        out[-1].append(event)
+        if size >= CHUNK_BYTES:
+            out.append([])
+            size = 0
+    return [chunk for chunk in out if chunk]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -231,9 +249,11 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                 for partition, part_events in by_partition.items():
                     r = await runner(partition)
                     held[partition].extend(part_events)
-                    dead = r.feed([e.message for e in part_events], now_ms())
-                    await send_dead(dead, keys)
-                await pump_all()
+                    for chunk in _chunks(part_events):
+                        dead = r.feed([e.message for e in chunk], now_ms())
+                        await send_dead(dead, keys)
+                        await pump_all()
+                        await asyncio.sleep(0)  # let heartbeats, fetches and the consent agents run
 
     @app.timer(TICK_S)
     async def tick() -> None:
