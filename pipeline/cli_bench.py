@@ -1,5 +1,5 @@
 """`callpipe bench stream|detect|jobs [--quick] [--json]`: measured figures, as a table or one JSON
-object. The benchmark code lives in the `benchmarks` package, imported only when this runs."""
+object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ WHAT = ("stream", "detect", "jobs")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from benchmarks.common import BenchError
+    from pipeline.bench.common import BenchError
 
     try:
         figures, text = _measure(args.what, settings, args.quick)
@@ -31,16 +31,16 @@ def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any], str]:
     if what == "stream":
-        from benchmarks import stream
+        from pipeline.bench import stream
 
         figures = stream.run(settings, quick)
         return figures, stream.render(figures)
     if what == "detect":
-        from benchmarks import detect
+        from pipeline.bench import detect
 
         figures = detect.run(quick)
         return figures, detect.render(figures)
-    from benchmarks import batch as jobs
+    from pipeline.bench import batch as jobs
 
     figures = jobs.run(quick)
     return figures, jobs.render(figures)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import batch, detect, stream
-from benchmarks.common import percentile, table
-from benchmarks.kafka import Sent
-from benchmarks.passthrough import Commit
+from pipeline.bench import batch, detect, stream
+from pipeline.bench.common import percentile, table
+from pipeline.bench.kafka import Sent
+from pipeline.bench.passthrough import Commit
 from pipeline.cli import build_parser, main
 
 

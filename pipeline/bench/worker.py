@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.common import BenchError, proc_memory_kib
-from benchmarks.passthrough import Commit
+from pipeline.bench.common import BenchError, proc_memory_kib
+from pipeline.bench.passthrough import Commit
 from pipeline.runner import read_stats, stats_path
 from sinks import lineage
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from benchmarks.common import BenchError, table
+from pipeline.bench.common import BenchError, table
 from pipeline.detect import detect
 from pipeline.generate import REGIONS
 from pipeline.generate_pii import generate_transcript

@@ -2,7 +2,7 @@
 
 For each message shape (single events, 500-event batches): fresh prefixed topics get the accounts'
 consents, privacy requests and N calls (realistic: a share with transcripts), then a worker
-subprocess consumes them into its own lake, then the passthrough baseline (benchmarks.passthrough)
+subprocess consumes them into its own lake, then the passthrough baseline (pipeline.bench.passthrough)
 consumes the same topic. Rate = events / (last durable range - first consumed message). The last
 range of each partition also holds the flush timer's wait after the input ran out, so the
 "steady" rate leaves those ranges out; the end-to-end rate keeps them. Both sides flush by the same
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import kafka
-from benchmarks.common import percentile, table
-from benchmarks.passthrough import Commit, run_passthrough
-from benchmarks.worker import Worker, lake_commits
 from pipeline import codec
+from pipeline.bench import kafka
+from pipeline.bench.common import percentile, table
+from pipeline.bench.passthrough import Commit, run_passthrough
+from pipeline.bench.worker import Worker, lake_commits
 from pipeline.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.keys import PseudonymKey, create_key_file
 from pipeline.produce import Job, partition_for, plan_messages, publish

@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import BenchError
 from pipeline import codec
+from pipeline.bench.common import BenchError
 
 DEVICE = pa.struct(
     [

@@ -1,6 +1,6 @@
 """Sink throughput: rows -> Arrow -> Parquet in the lake, and how well DuckDB prunes by account.
 
-    .venv/bin/python benchmarks/bench_sink.py [--rows 100000] [--accounts 5000] [--days 2]
+    .venv/bin/python pipeline/bench/bench_sink.py [--rows 100000] [--accounts 5000] [--days 2]
 
 Prints rows/s of each stage (conversion, partitioning, one whole LakeWriter flush with fsyncs)
 and, over a lake of several flushes, the row groups DuckDB scans for one account: by the vault's

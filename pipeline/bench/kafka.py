@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.common import BenchError
+from pipeline.bench.common import BenchError
 
 
 async def _probe(bootstrap: str, timeout_s: float) -> None:

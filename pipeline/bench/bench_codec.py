@@ -1,6 +1,6 @@
 """Codec throughput: decode (the stream's hot path) and encode, per format and events per message.
 
-    .venv/bin/python benchmarks/bench_codec.py [--events 50000] [--repeat 5]
+    .venv/bin/python pipeline/bench/bench_codec.py [--events 50000] [--repeat 5]
 
 Decodes realistic generated CallEvents (transcripts, devices, attributes) through
 `codec.decode_batch`, the call the stream agents make, and prints events/s for Avro (Confluent

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from benchmarks.common import table
+from pipeline.bench.common import table
 
 log = logging.getLogger("callpipe.bench")
 PARTS = ("jobs.bench_jobs", "jobs.bench_analysis")
