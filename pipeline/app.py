@@ -28,8 +28,10 @@ import faust
 from pipeline.codec import decode_value
 from pipeline.consent import AccountState, EventTimeMerger, Stream, record_consent, record_request
 from pipeline.keys import PseudonymKey
+from pipeline.reasons import Reason, Stage
 from pipeline.runner import DeadLetter, PartitionRunner
 from pipeline.settings import Settings
+from pipeline.validate import strip_secrets_json
 from sinks.lake import SourceBusy, source_name
 
 log = logging.getLogger("callpipe.worker")
@@ -148,12 +150,14 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
             log.info("partition %s of %s resumes at offset %s", partition, CALLS, found.next_offset)
         return found
 
-    async def send_dead(dead: list[DeadLetter], keys: Mapping[tuple[int, int], bytes | None]) -> None:
+    async def send_dead(
+        dead: list[DeadLetter], keys: Mapping[tuple[int, int], bytes | None], source: str = prefix + CALLS
+    ) -> None:
         for d in dead:
             counters[f"dead_letter.{d.reason.value}"] += 1
             log.warning(
                 "dead letter: topic=%s partition=%s offset=%s index=%s stage=%s reason=%s",
-                CALLS,
+                source,
                 d.partition,
                 d.offset,
                 d.index,
@@ -163,7 +167,7 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
             await dlq.send(
                 key=keys.get((d.partition, d.offset)),
                 value=d.raw,
-                headers=d.headers(CALLS),
+                headers=d.headers(source),
                 partition=d.partition,
             )
 
@@ -202,41 +206,50 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                 await send_dead(dead, keys)
         await flush(list(runners))
 
+    async def track(
+        stream: faust.StreamT, topic: str, record_name: str, table: Any, record: Any, kind: Stream
+    ) -> None:
+        """Apply a control stream to its table one event at a time (a table write needs its event);
+        what cannot be decoded or applied goes to calls.dlq, counted, never a crash."""
+        async for event in stream.events():
+            msg = event.message
+            decoded = decode_value(event.value, record_name, headers=event.headers)
+            dead = [
+                DeadLetter(r.reason, r.stage, msg.partition, msg.offset, r.index, runner_mask(r.raw))
+                for r in decoded.rejections
+            ]
+            for rec in decoded.records:
+                try:
+                    account = rec["account_id"]
+                    prior = table.get(account)
+                    table[account] = record(AccountState.from_json(prior) if prior else None, rec).to_json()
+                    merger(msg.partition).observe(kind, rec["at"], now_ms())
+                except Exception as exc:  # the guard: one bad record must not stop the table
+                    log.error(
+                        "%s failed: partition=%s offset=%s error=%s",
+                        topic,
+                        msg.partition,
+                        msg.offset,
+                        type(exc).__name__,
+                    )
+                    dead.append(
+                        DeadLetter(Reason.INTERNAL, Stage.CONSENT, msg.partition, msg.offset, None, b"")
+                    )
+            if dead:
+                await send_dead(dead, {(msg.partition, msg.offset): msg.key}, topic)
+
+    def runner_mask(raw: bytes) -> bytes:
+        return strip_secrets_json(raw, settings.policy.secret_names)
+
     @app.agent(consent)
     async def track_consent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            decoded = decode_value(event.value, "ConsentEvent", headers=event.headers)
-            for rej in decoded.rejections:
-                log.warning(
-                    "rejected consent event: partition=%s offset=%s reason=%s",
-                    event.message.partition,
-                    event.message.offset,
-                    rej.reason.value,
-                )
-            for rec in decoded.records:
-                account = rec["account_id"]
-                prior = consent_table.get(account)
-                state = record_consent(AccountState.from_json(prior) if prior else None, rec)
-                consent_table[account] = state.to_json()
-                merger(event.message.partition).observe(Stream.CONSENT, rec["at"], now_ms())
+        await track(stream, prefix + CONSENT, "ConsentEvent", consent_table, record_consent, Stream.CONSENT)
 
     @app.agent(requests)
     async def track_requests(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            decoded = decode_value(event.value, "PrivacyRequest", headers=event.headers)
-            for rej in decoded.rejections:
-                log.warning(
-                    "rejected privacy request: partition=%s offset=%s reason=%s",
-                    event.message.partition,
-                    event.message.offset,
-                    rej.reason.value,
-                )
-            for rec in decoded.records:
-                account = rec["account_id"]
-                prior = subjects_table.get(account)
-                state = record_request(AccountState.from_json(prior) if prior else None, rec)
-                subjects_table[account] = state.to_json()
-                merger(event.message.partition).observe(Stream.REQUESTS, rec["at"], now_ms())
+        await track(
+            stream, prefix + REQUESTS, "PrivacyRequest", subjects_table, record_request, Stream.REQUESTS
+        )
 
     @app.agent(calls)
     async def process_calls(stream: faust.StreamT) -> None:

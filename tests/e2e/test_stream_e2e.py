@@ -404,3 +404,40 @@ def test_two_workers_share_the_partitions_and_land_each_event_once(
         ids = Counter(r["event_id"] for r in zone(lake, name))
         assert [i for i, n in ids.items() if n > 1] == []
     assert {r["event_id"] for r in zone(lake, "vault")} == {c["event_id"] for c in traffic.calls}
+
+
+def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Bad input on the control streams never crashes the worker and never disappears."""
+    prefix = f"ctl{random.randrange(1 << 30):x}."
+    make_topics(kafka_bootstrap, prefix, PARTITIONS)
+    start = int(time.time() * 1000) - 2 * HOUR
+    traffic = generate_traffic(31, 500, start, HOUR, accounts=50)
+    publish(
+        kafka_bootstrap,
+        prefix + "consent.events",
+        [(b"acct-x", b'{"account_id": "acct-x", "purpose": "fly"', 0)],
+    )
+    publish(kafka_bootstrap, prefix + "privacy.requests", [(b"acct-y", b"\x00\x00\x00\x03\xe7garbage", 1)])
+    publish(
+        kafka_bootstrap,
+        prefix + "consent.events",
+        records_to_messages(traffic.consents, "ConsentEvent", PARTITIONS),
+    )
+    publish(
+        kafka_bootstrap, prefix + "calls.raw", records_to_messages(traffic.calls, "CallEvent", PARTITIONS)
+    )
+    lake = tmp_path / "lake"
+    proc = start_worker(prefix, lake, worker_env(tmp_path, kafka_bootstrap), tmp_path / "w.log")
+    try:
+        wait_for_events(lake, 500, 120, proc)  # the worker kept going past the bad control messages
+    finally:
+        stop(proc)
+    dead = consume_all(kafka_bootstrap, prefix + "calls.dlq")
+    sources = sorted(
+        (dict(m.headers)["callpipe.source.topic"].decode(), dict(m.headers)["callpipe.reason"].decode())
+        for m in dead
+    )
+    assert sources == [
+        (prefix + "consent.events", "malformed"),
+        (prefix + "privacy.requests", "unknown_schema_id"),
+    ]
