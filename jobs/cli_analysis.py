@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 
+from jobs.cli_ops import as_of_arg
 from pipeline.settings import Settings
 
 
@@ -41,17 +42,6 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     fmt.add_argument("--json", action="store_true", help="print rows as a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="print rows as CSV")
     query.set_defaults(func=cmd_query)
-
-
-def as_of_arg(text: str) -> datetime:
-    """An ISO-8601 time or date; without an offset it is taken as UTC."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            "--as-of must be an ISO-8601 time, e.g. 2026-11-28T00:00:00Z"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _lake(settings: Settings) -> Path:
