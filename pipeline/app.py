@@ -8,7 +8,14 @@
 Offsets: the calls agent takes events without acknowledging them (`noack_take`) and acks them
 only once the lake file holding their offsets is durable, so faust never commits past what the
 lake holds. A starting runner asks the lake where its partition ends and skips what it holds,
-so a replay after a crash lands nothing twice. A revoked partition is flushed first.
+so a replay after a crash lands nothing twice. A revoked partition is flushed first, and so is
+every partition when the worker stops.
+
+Rebalances: faust can lose messages around a rebalance (see pipeline/offsets.py), so the worker
+does not trust the order it is given. Each owned partition's messages are checked against the
+offset the runner expects next; at a gap the worker seeks back and waits for the re-read, and a
+watchdog seeks back a partition whose log goes on past what arrived but stays silent. Events
+still buffered for a partition this worker no longer owns are left to its new owner.
 
 The control streams are applied one event at a time (a table write needs its event), and each
 applied event moves its partition's event-time watermark, which releases waiting calls.
@@ -24,10 +31,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from pipeline.codec import decode_value
 from pipeline.consent import AccountState, EventTimeMerger, Stream, record_consent, record_request
 from pipeline.keys import PseudonymKey
+from pipeline.offsets import OffsetGuard
 from pipeline.reasons import Reason, Stage
 from pipeline.runner import DeadLetter, PartitionRunner
 from pipeline.settings import Settings
@@ -41,6 +50,9 @@ APP_ID = "callpipe-stream"
 TAKE_MAX = 2_000  # messages per agent batch
 TAKE_WITHIN_S = 0.25
 TICK_S = 0.25
+RESEEK_S = 2.0  # a seek back to a gap is repeated if its re-read has not come after this long
+STALL_S = 5.0  # an owned partition silent this long while its log goes on past it is sought back
+SUSPECT_S = 60.0  # gaps this soon after a rebalance are held back for a re-read (pipeline/offsets.py)
 
 
 CHUNK_BYTES = 2 * 1024 * 1024  # message bytes fed to the chain between two yields to the loop
@@ -118,6 +130,10 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
         return found
 
     held: dict[int, list[Any]] = defaultdict(list)  # unacked faust events per calls partition
+    owned: set[int] = set()  # calls partitions assigned to this worker now
+    guards: dict[int, OffsetGuard] = {}
+    heard: dict[int, float] = {}  # monotonic time an owned partition last delivered (or was sought)
+    rebalanced = [time.monotonic()]  # when the last rebalance ended
     lock = asyncio.Lock()
     counters: dict[str, int] = defaultdict(int)
 
@@ -251,6 +267,62 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
             stream, prefix + REQUESTS, "PrivacyRequest", subjects_table, record_request, Stream.REQUESTS
         )
 
+    def calls_tp(partition: int) -> TP:
+        return TP(prefix + CALLS, partition)
+
+    async def seek_back(partition: int, offset: int, why: str) -> None:
+        log.warning("partition %s of %s: %s; seeking back to offset %s", partition, CALLS, why, offset)
+        heard[partition] = time.monotonic()
+        try:
+            await app.consumer.seek(calls_tp(partition), offset)
+        except Exception as exc:  # a rebalance took the partition meanwhile: its new owner has it
+            log.warning("seek of partition %s of %s failed: %s", partition, CALLS, type(exc).__name__)
+
+    async def admit(partition: int, events: list[Any]) -> list[Any]:
+        """The events of an owned partition the runner may take (pipeline/offsets.py)."""
+        r = await runner(partition)
+        guard = guards.setdefault(partition, OffsetGuard())
+        suspect = time.monotonic() - rebalanced[0] < SUSPECT_S
+        admitted = guard.admit([e.message.offset for e in events], r.expected, suspect=suspect)
+        for gap in admitted.real_gaps:
+            log.warning(
+                "partition %s of %s: offsets %s..%s do not exist (retention, compaction or transactions)",
+                partition,
+                CALLS,
+                gap.expected,
+                gap.seen - 1,
+            )
+        offset = guard.seek_due(time.monotonic(), RESEEK_S)
+        if offset is not None:
+            await seek_back(partition, offset, "messages arrived past a gap")
+        counters["gap_held_back"] += admitted.taken.count(False)
+        return [e for e, ok in zip(events, admitted.taken, strict=True) if ok]
+
+    async def watch() -> None:
+        """Seek back owned partitions that stay silent while their log goes on past them (the
+        framework dropped their messages and moved on), and gaps whose re-read did not come."""
+        mono = time.monotonic()
+        for partition in sorted(owned):
+            guard = guards.get(partition)
+            offset = guard.seek_due(mono, RESEEK_S) if guard is not None else None
+            if offset is not None:
+                await seek_back(partition, offset, "the re-read after a gap has not come")
+                continue
+            if mono - heard.get(partition, mono) < STALL_S:
+                continue
+            try:
+                end = app.consumer.highwater(calls_tp(partition))
+            except Exception:  # mid-rebalance: the partition is not assigned at the moment
+                end = None
+            if end is None or (end == 0 and partition not in runners):
+                heard[partition] = mono
+                continue
+            r = await runner(partition)
+            if end > r.expected:
+                await seek_back(partition, r.expected, f"silent for {STALL_S:.0f}s below the log end")
+            else:
+                heard[partition] = mono
+
     @app.agent(calls)
     async def process_calls(stream: faust.StreamT) -> None:
         async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):  # type: ignore[attr-defined]
@@ -260,30 +332,72 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                     by_partition[event.message.partition].append(event)
                 keys = {(e.message.partition, e.message.offset): e.message.key for e in events}
                 for partition, part_events in by_partition.items():
+                    if partition not in owned:
+                        # Taken before a rebalance moved the partition away: its new owner
+                        # reads these from the committed offset; landing them here would
+                        # hold the partition's lake writer that the owner is waiting for.
+                        counters["stale_events"] += len(part_events)
+                        continue
+                    part_events = await admit(partition, part_events)
                     r = await runner(partition)
                     held[partition].extend(part_events)
                     for chunk in _chunks(part_events):
                         dead = r.feed([e.message for e in chunk], now_ms())
                         await send_dead(dead, keys)
                         await pump_all()
-                        await asyncio.sleep(0)  # let heartbeats, fetches and the consent agents run
+                        await asyncio.sleep(0)  # let heartbeats, fetches and the consumer agents run
+                done = time.monotonic()  # a long take is not silence: measure from its end
+                for partition in by_partition:
+                    if partition in owned:
+                        heard[partition] = done
 
     @app.timer(TICK_S)
     async def tick() -> None:
         async with lock:
             await pump_all()
+            await watch()
+
+    async def release(partitions: Iterable[int]) -> None:
+        """Land everything taken from `partitions` (calls waiting for the control streams are
+        released: their owner-to-be would wait just the same) and let go of their lake writers."""
+        gone = [p for p in partitions if p in runners]
+        keys: dict[tuple[int, int], bytes | None] = {}
+        for partition in gone:
+            dead = runners[partition].pump(now_ms(), time.monotonic(), drain=True)
+            if dead:
+                await send_dead(dead, keys)
+        await flush(gone, force=True)
+        for partition in gone:
+            runners.pop(partition).close()
+            held.pop(partition, None)
+            mergers.pop(partition, None)
+        for partition in partitions:
+            guards.pop(partition, None)
+            heard.pop(partition, None)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        async with lock:
+            owned.clear()
+            owned.update(tp.partition for tp in assigned if tp.topic == prefix + CALLS)
+            mono = time.monotonic()
+            rebalanced[0] = mono
+            for partition in owned:
+                heard[partition] = mono
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         async with lock:
-            gone = [tp.partition for tp in revoked if tp.topic == prefix + CALLS and tp.partition in runners]
-            for partition in gone:
-                runners[partition].pump(now_ms(), time.monotonic(), drain=True)
-            await flush(gone, force=True)
-            for partition in gone:
-                runners.pop(partition).close()
-                held.pop(partition, None)
-                mergers.pop(partition, None)
+            gone = {tp.partition for tp in revoked if tp.topic == prefix + CALLS}
+            owned.difference_update(gone)
+            await release(gone)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        """A stopping worker lands what it has taken, so its successor starts where it ended."""
+        async with lock:
+            owned.clear()
+            await release(list(runners))
 
     app.callpipe_counters = counters  # type: ignore[attr-defined]
     return app

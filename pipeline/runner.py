@@ -104,6 +104,11 @@ class PartitionRunner:
         return self.writer.next_offset
 
     @property
+    def expected(self) -> int:
+        """The offset this runner takes next (the lake's end, then what was fed after it)."""
+        return self._consumed + 1
+
+    @property
     def source(self) -> str:
         return self.writer.source
 
