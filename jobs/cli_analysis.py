@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from jobs.cli_ops import as_of_arg
+from pipeline.errors import CliError
 from pipeline.settings import Settings
 
 
@@ -45,8 +46,6 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
 
 
 def _lake(settings: Settings) -> Path:
-    from pipeline.cli import CliError
-
     if not settings.lake.is_dir():
         raise CliError(f"no lake at {settings.lake} (set CALLPIPE_LAKE)")
     return settings.lake
@@ -55,7 +54,6 @@ def _lake(settings: Settings) -> Path:
 def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.anonymize import AggregateResult, anonymize
     from jobs.replace import JobBusy
-    from pipeline.cli import CliError
 
     lake = _lake(settings)
     as_of = args.as_of or datetime.now(UTC)
@@ -92,7 +90,6 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from jobs import report, report_html
-    from pipeline.cli import CliError
 
     lake = _lake(settings)
     if args.sample < 1:
@@ -116,7 +113,6 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     from jobs import query, replace
-    from pipeline.cli import CliError
 
     lake = _lake(settings)
     if replace.pending(lake):

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from pipeline.errors import CliError
 from pipeline.settings import Settings
 
 
@@ -79,8 +80,6 @@ def positive_float(text: str) -> float:
 
 
 def _lake(settings: Settings) -> Path:
-    from pipeline.cli import CliError
-
     if not settings.lake.is_dir():
         raise CliError(f"no lake at {settings.lake} (set CALLPIPE_LAKE)")
     return settings.lake
@@ -99,8 +98,6 @@ def _print_json(doc: Any) -> None:
 
 
 def _busy(exc: Exception) -> Exception:
-    from pipeline.cli import CliError
-
     return CliError(str(exc), status=3)
 
 
@@ -163,7 +160,6 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     from jobs import erase
     from jobs.progress import Progress
     from jobs.replace import JobBusy
-    from pipeline.cli import CliError
 
     lake = _lake(settings)
     if args.dry_run:
@@ -250,8 +246,6 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     except JobBusy as exc:
         raise _busy(exc) from None
     except compact.CompactionMismatch as exc:
-        from pipeline.cli import CliError
-
         raise CliError(str(exc), status=1) from None
     if args.json:
         _print_json(result)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import generate
-from pipeline.cli import CliError
+from pipeline.errors import CliError
 from pipeline.produce import FORMATS, TOPIC_OF, Job, ProduceError, load_file, publish, write_files
 from pipeline.settings import Settings
 
