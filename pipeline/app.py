@@ -278,9 +278,8 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
         except Exception as exc:  # a rebalance took the partition meanwhile: its new owner has it
             log.warning("seek of partition %s of %s failed: %s", partition, CALLS, type(exc).__name__)
 
-    async def admit(partition: int, events: list[Any]) -> list[Any]:
+    async def admit(partition: int, r: PartitionRunner, events: list[Any]) -> list[Any]:
         """The events of an owned partition the runner may take (pipeline/offsets.py)."""
-        r = await runner(partition)
         guard = guards.setdefault(partition, OffsetGuard())
         suspect = time.monotonic() - rebalanced[0] < SUSPECT_S
         admitted = guard.admit([e.message.offset for e in events], r.expected, suspect=suspect)
@@ -338,8 +337,8 @@ def create_app(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> fa
                         # hold the partition's lake writer that the owner is waiting for.
                         counters["stale_events"] += len(part_events)
                         continue
-                    part_events = await admit(partition, part_events)
                     r = await runner(partition)
+                    part_events = await admit(partition, r, part_events)
                     held[partition].extend(part_events)
                     for chunk in _chunks(part_events):
                         dead = r.feed([e.message for e in chunk], now_ms())
