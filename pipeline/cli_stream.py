@@ -13,13 +13,9 @@ from pipeline.settings import Settings
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
+    from pipeline.app import run_worker
 
-    from pipeline.app import create_app
-
-    app = create_app(settings, settings.key(), prefix=args.prefix)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()
+    run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
 
 
@@ -57,7 +53,7 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="run the stream agents (faust worker) until stopped")
+    w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")
     w.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # isolated topic sets (tests, demo)
     w.set_defaults(func=worker_cmd)
 

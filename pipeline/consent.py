@@ -176,40 +176,82 @@ T = TypeVar("T")
 
 @dataclass
 class _StreamClock:
-    event_ms: int  # highest event time seen on the stream (its watermark)
-    seen_ms: int  # wall time the stream last delivered something
+    event_ms: int  # highest event time seen on the control partition (its watermark)
+    seen_ms: int  # wall time the control partition last delivered something
+
+
+class Watermarks:
+    """Event-time progress of every control partition (consent.events and privacy.requests, each
+    partition on its own clock), shared by the mergers of all calls partitions of a worker.
+
+    Calls before the horizon are safe to process: every control partition that delivered within
+    `max_idle_ms` has passed their time; a partition silent longer does not hold calls back
+    (Kafka Streams' max.task.idle.ms). Since every worker reads every control partition, the
+    horizon does not depend on how producers partitioned the control streams.
+    """
+
+    def __init__(self, max_idle_ms: int, now_ms: int) -> None:
+        if max_idle_ms < 0:
+            raise ValueError("max_idle_ms must be >= 0")
+        self.max_idle_ms = max_idle_ms
+        self._clocks: dict[tuple[Stream, int], _StreamClock] = {
+            (s, -1): _StreamClock(event_ms=-1, seen_ms=now_ms) for s in Stream
+        }
+
+    def observe(self, stream: Stream, event_ms: int, now_ms: int, partition: int = -1) -> None:
+        """A control event with time `event_ms` was applied to the state."""
+        clock = self._clocks.get((stream, partition))
+        if clock is None:
+            clock = self._clocks[(stream, partition)] = _StreamClock(event_ms=-1, seen_ms=now_ms)
+        clock.event_ms = max(clock.event_ms, event_ms)
+        clock.seen_ms = max(clock.seen_ms, now_ms)
+
+    def caught_up(self, stream: Stream, now_ms: int, partition: int = -1) -> None:
+        """The partition was polled and is active but had nothing new (resets its idle clock)."""
+        clock = self._clocks.get((stream, partition))
+        if clock is not None:
+            clock.seen_ms = max(clock.seen_ms, now_ms)
+
+    def horizon(self, now_ms: int) -> float:
+        """Calls before this event time are safe to process (an idle partition does not hold back)."""
+        horizon = float("inf")
+        for clock in self._clocks.values():
+            if now_ms - clock.seen_ms < self.max_idle_ms:
+                horizon = min(horizon, clock.event_ms)
+        return horizon
 
 
 class EventTimeMerger(Generic[T]):
-    """Buffers calls of one partition and releases them in event-time order once both control
-    streams (consent, requests) have passed the call's time or been idle for `max_idle_ms`.
+    """Buffers calls of one partition and releases them in event-time order once the control
+    streams have passed the call's time or been idle for `max_idle_ms` (see `Watermarks`; a
+    merger of its own is made when none is shared).
 
     Time is an argument (`now_ms`, wall clock of the caller). Memory is bounded: beyond
     `max_buffered` calls the earliest are released regardless, and `forced` counts them.
     """
 
-    def __init__(self, max_idle_ms: int, now_ms: int, max_buffered: int = 100_000) -> None:
+    def __init__(
+        self, max_idle_ms: int, now_ms: int, max_buffered: int = 100_000, watermarks: Watermarks | None = None
+    ) -> None:
         if max_idle_ms < 0 or max_buffered < 1:
             raise ValueError("max_idle_ms must be >= 0 and max_buffered >= 1")
         self.max_idle_ms = max_idle_ms
         self.max_buffered = max_buffered
         self.forced = 0
-        self._clocks = {s: _StreamClock(event_ms=-1, seen_ms=now_ms) for s in Stream}
+        self.watermarks = watermarks if watermarks is not None else Watermarks(max_idle_ms, now_ms)
         self._heap: list[tuple[int, int, T]] = []
         self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def observe(self, stream: Stream, event_ms: int, now_ms: int) -> None:
-        """A consent event or privacy request with time `event_ms` was applied to the tables."""
-        clock = self._clocks[stream]
-        clock.event_ms = max(clock.event_ms, event_ms)
-        clock.seen_ms = max(clock.seen_ms, now_ms)
+    def observe(self, stream: Stream, event_ms: int, now_ms: int, partition: int = -1) -> None:
+        """A consent event or privacy request with time `event_ms` was applied to the state."""
+        self.watermarks.observe(stream, event_ms, now_ms, partition)
 
-    def caught_up(self, stream: Stream, now_ms: int) -> None:
+    def caught_up(self, stream: Stream, now_ms: int, partition: int = -1) -> None:
         """The stream was polled and is active but had nothing new (resets its idle clock)."""
-        self._clocks[stream].seen_ms = max(self._clocks[stream].seen_ms, now_ms)
+        self.watermarks.caught_up(stream, now_ms, partition)
 
     def add(self, items: Iterable[tuple[int, T]]) -> None:
         """Buffer calls given as (event time ms, item)."""
@@ -218,7 +260,7 @@ class EventTimeMerger(Generic[T]):
 
     def release(self, now_ms: int) -> list[T]:
         """The buffered calls that may be processed now, in event-time order."""
-        horizon = self._horizon(now_ms)
+        horizon = self.watermarks.horizon(now_ms)
         out: list[T] = []
         while self._heap and (self._heap[0][0] < horizon or len(self._heap) > self.max_buffered):
             if self._heap[0][0] > horizon:
@@ -229,11 +271,3 @@ class EventTimeMerger(Generic[T]):
     def drain(self) -> list[T]:
         """Everything buffered, in event-time order (end of input, or shutdown)."""
         return [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
-
-    def _horizon(self, now_ms: int) -> float:
-        """Calls before this event time are safe to process (an idle stream does not hold back)."""
-        horizon = float("inf")
-        for clock in self._clocks.values():
-            if now_ms - clock.seen_ms < self.max_idle_ms:
-                horizon = min(horizon, clock.event_ms)
-        return horizon

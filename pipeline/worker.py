@@ -1,0 +1,438 @@
+"""The stream worker's logic, as an object the Kafka runtime (pipeline/app.py) drives and a test
+drives with a fake broker: `assigned`, `take`, `tick`, `revoked`, `shutdown`.
+
+Invariants, whatever the order of calls:
+  - The lake is the source of truth for what is consumed. A partition is read from the offset the
+    lake says comes next (`PartitionRunner.next_offset`), sought explicitly when the partition is
+    opened; Kafka's committed offsets are only written, for lag monitoring, never trusted.
+  - Nothing is committed past a message that is neither landed nor dead-lettered: a range is
+    landed only after its dead letters are acknowledged by the broker (or, for one too large for
+    calls.dlq, kept whole in the lake's restricted `_rejects/` area with a stub in calls.dlq).
+  - Every message of an owned partition is checked against the offset the runner expects next
+    (pipeline/offsets.py): below it, a replay the runner skips; above it, a gap that is sought
+    back once and taken only when a re-read confirms it (retention, compaction, transactions).
+  - A partition revoked is not landed at once: the eager rebalance revokes every partition of
+    every member, and most come back. Only partitions not assigned again are landed and their
+    lake writers released (their new owner waits for the writer's lock meanwhile), so a
+    rebalance costs no flush of the partitions a worker keeps.
+  - A flush that fails on the file system (disk full, I/O error) does not stop the worker: the
+    partition's writer is dropped (rows not landed are consumed again), the partition is paused
+    and reopened after a back-off; `recover` removes the failed flush's temp files at reopen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.codec import MessageLike
+from pipeline.consent import EventTimeMerger
+from pipeline.control import ControlState
+from pipeline.keys import PseudonymKey
+from pipeline.offsets import OffsetGuard
+from pipeline.reasons import Reason, Stage
+from pipeline.runner import DeadLetter, PartitionRunner
+from pipeline.settings import Settings
+from sinks.lake import SourceBusy, source_name
+
+log = logging.getLogger("callpipe.worker")
+
+RESEEK_S = 2.0  # a seek back to a gap is repeated if its re-read has not come after this long
+SUSPECT_S = 60.0  # gaps this soon after an assignment are held back for a re-read
+CHUNK_BYTES = 2 * 1024 * 1024  # message bytes fed to the chain between two yields to the loop
+RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # back-off of a partition whose flush failed on the disk
+
+
+class Broker(Protocol):
+    """What the worker needs of Kafka, for one calls topic."""
+
+    def seek(self, partition: int, offset: int) -> None: ...
+    def pause(self, partitions: Iterable[int]) -> None: ...
+    def resume(self, partitions: Iterable[int]) -> None: ...
+    def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None: ...
+    async def dead_sent(self) -> list[tuple[DeadLetter, bytes | None, str, BaseException]]:
+        """Wait for every dead letter sent so far; the ones the broker refused, with the error."""
+        ...
+
+    def too_large(self, exc: BaseException) -> bool: ...
+    async def commit(self, offsets: Mapping[int, int]) -> None: ...
+
+
+@dataclass
+class _Partition:
+    runner: PartitionRunner
+    guard: OffsetGuard = field(default_factory=OffsetGuard)
+    assigned_at: float = 0.0
+
+
+@dataclass
+class _Stalled:
+    since: float
+    retry_at: float
+    failures: int = 0
+
+
+def _chunks(messages: Sequence[MessageLike]) -> list[Sequence[MessageLike]]:
+    """Feed a take in pieces of bounded size: a poll of batch messages can hold hundreds of
+    thousands of events, and the loop (heartbeats, the control reader) must run between them."""
+    out: list[Sequence[MessageLike]] = []
+    start = size = 0
+    for i, msg in enumerate(messages):
+        size += len(msg.value) if msg.value else 0
+        if size >= CHUNK_BYTES:
+            out.append(messages[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(messages):
+        out.append(messages[start:])
+    return out
+
+
+class StreamWorker:
+    """The calls partitions a worker owns, their runners, and what may be committed."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        key: PseudonymKey,
+        control: ControlState,
+        broker: Broker,
+        topic: str,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.control = control
+        self.broker = broker
+        self.topic = topic
+        self.now_ms = now_ms
+        self.mono = mono
+        self.parts: dict[int, _Partition] = {}
+        self.owned: set[int] = set()  # assigned now (opened or waiting for the lake writer)
+        self.closing: set[int] = set()  # revoked, not yet known to be kept or gone
+        self.busy: dict[int, float] = {}  # assigned, lake writer held by the previous owner: since
+        self.stalled: dict[int, _Stalled] = {}  # paused after a failed flush
+        self.counters: Counter[str] = Counter()
+        self._logged: dict[str, float] = {}
+
+    # ------------------------------------------------------------ rebalances
+
+    async def revoked(self, partitions: Iterable[int]) -> None:
+        """The group takes `partitions` back; they are landed when `assigned` shows they are gone."""
+        gone = set(partitions)
+        self.owned -= gone
+        self.closing |= gone & set(self.parts)
+        for p in gone:
+            self.busy.pop(p, None)
+            self.stalled.pop(p, None)
+
+    async def assigned(self, partitions: Iterable[int]) -> None:
+        now = set(partitions)
+        lost = self.closing - now
+        self.closing = set()
+        await self.release(lost)
+        mono = self.mono()
+        for p in now:
+            self.owned.add(p)
+            part = self.parts.get(p)
+            if part is not None:
+                part.assigned_at = mono
+                # the consumer restarts at the committed offset; the runner's next is the truth
+                self.broker.seek(p, part.runner.expected)
+                continue
+            self.busy.setdefault(p, mono)
+        await self._open_busy()
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Land what was taken from `partitions` (waiting calls are released: their next owner
+        would wait just the same) and let go of their lake writers."""
+        gone = sorted(p for p in partitions if p in self.parts)
+        for p in gone:
+            part = self.parts[p]
+            await self._send(part.runner.pump(self.now_ms(), self.mono(), drain=True))
+        await self._flush(gone, force=True, commit=False)
+        for p in gone:
+            part = self.parts.pop(p)
+            part.runner.close()
+
+    async def shutdown(self) -> None:
+        """A stopping worker lands what it has taken, so its successor starts where it ended."""
+        await self.release(list(self.parts))
+        self.owned.clear()
+        self.closing.clear()
+
+    def _runner(self, partition: int) -> PartitionRunner:
+        return PartitionRunner(
+            lake=self.settings.lake,
+            source=source_name(self.topic_base, partition),
+            partition=partition,
+            settings=self.settings,
+            key=self.key,
+            states_for=self.control.states_for,
+            now_ms=self.now_ms(),
+            merger=EventTimeMerger(
+                self.settings.max_idle_ms, self.now_ms(), watermarks=self.control.watermarks
+            ),
+        )
+
+    @property
+    def topic_base(self) -> str:
+        """The lake names sources after the unprefixed topic (prefixes isolate test topic sets)."""
+        return "calls.raw"
+
+    async def _open_busy(self) -> None:
+        for p in sorted(self.busy):
+            try:
+                runner = self._runner(p)
+            except SourceBusy:
+                self.broker.pause([p])
+                if self._once(f"busy{p}", 30):
+                    log.warning(
+                        "partition %s of %s is busy in the lake; waiting for its writer", p, self.topic
+                    )
+                continue
+            waited = self.mono() - self.busy.pop(p)
+            self.parts[p] = _Partition(runner, assigned_at=self.mono())
+            self.broker.seek(p, runner.next_offset)
+            self.broker.resume([p])
+            log.info(
+                "partition %s of %s resumes at offset %s (waited %.1fs for the lake)",
+                p,
+                self.topic,
+                runner.next_offset,
+                waited,
+            )
+
+    # ------------------------------------------------------------ messages
+
+    async def take(self, partition: int, messages: Sequence[MessageLike]) -> None:
+        """Messages of one calls partition, in offset order, as one poll returned them."""
+        part = self.parts.get(partition)
+        if part is None or partition not in self.owned or partition in self.stalled:
+            # fetched before a rebalance or a pause: the next owner (or the reopened runner)
+            # reads them again from the lake's next offset
+            self.counters["stale_messages"] += len(messages)
+            return
+        runner = part.runner
+        suspect = self.mono() - part.assigned_at < SUSPECT_S
+        admitted = part.guard.admit([m.offset for m in messages], runner.expected, suspect=suspect)
+        for gap in admitted.real_gaps:
+            log.warning(
+                "partition %s of %s: offsets %s..%s do not exist (retention, compaction or transactions)",
+                partition,
+                self.topic,
+                gap.expected,
+                gap.seen - 1,
+            )
+        seek = part.guard.seek_due(self.mono(), RESEEK_S)
+        if seek is not None:
+            log.warning(
+                "partition %s of %s: messages arrived past a gap; seeking back to %s",
+                partition,
+                self.topic,
+                seek,
+            )
+            self.broker.seek(partition, seek)
+        taken = [m for m, ok in zip(messages, admitted.taken, strict=True) if ok]
+        self.counters["gap_held_back"] += len(messages) - len(taken)
+        keys = {m.offset: getattr(m, "key", None) for m in taken}
+        for chunk in _chunks(taken):
+            dead = runner.feed(chunk, self.now_ms())
+            dead += runner.pump(self.now_ms(), self.mono())
+            self._send_all(dead, keys)
+            await asyncio.sleep(0)  # heartbeats, fetches and the control reader run between chunks
+        await self._flush([partition])
+
+    async def tick(self) -> None:
+        """Release calls whose control streams have passed, land what is due, retry the stalled."""
+        for p, part in list(self.parts.items()):
+            if p in self.stalled:
+                continue
+            dead = part.runner.pump(self.now_ms(), self.mono())
+            await self._send(dead)
+        await self._flush(list(self.parts))
+        await self._retry_stalled()
+        if self.busy:
+            await self._open_busy()
+        for p, part in self.parts.items():
+            seek = part.guard.seek_due(self.mono(), RESEEK_S)
+            if seek is not None and p in self.owned:
+                self.broker.seek(p, seek)
+
+    # ------------------------------------------------------------ dead letters
+
+    def _send_all(self, dead: Sequence[DeadLetter], keys: Mapping[int, bytes | None]) -> None:
+        for d in dead:
+            self.send_dead(d, keys.get(d.offset), self.topic)
+
+    async def _send(self, dead: Sequence[DeadLetter]) -> None:
+        self._send_all(dead, {})
+
+    def send_dead(self, d: DeadLetter, key: bytes | None, topic: str) -> None:
+        self.counters[f"dead_letter.{d.reason.value}"] += 1
+        log.warning(
+            "dead letter: topic=%s partition=%s offset=%s index=%s stage=%s reason=%s",
+            topic,
+            d.partition,
+            d.offset,
+            d.index,
+            d.stage.value,
+            d.reason.value,
+        )
+        self.broker.send_dead(d, key, topic)
+
+    async def dead_letters_durable(self) -> None:
+        """Wait until every dead letter sent is in calls.dlq or, too large for it, kept whole in
+        the lake's `_rejects/` with a stub in calls.dlq. Other failures raise: nothing is landed
+        or committed past them, and the range is consumed again."""
+        refused = await self.broker.dead_sent()
+        retry: list[tuple[DeadLetter, bytes | None, str]] = []
+        for d, key, topic, exc in refused:
+            if not self.broker.too_large(exc):
+                raise exc
+            retry.append((d, key, topic))
+        for d, key, topic in retry:
+            self.counters["dead_letter_kept_in_lake"] += 1
+            keep_oversize(self.settings.lake, topic, d)
+            self.broker.send_dead(stub_of(d), key, topic)
+        if retry:
+            refused = await self.broker.dead_sent()
+            if refused:
+                raise refused[0][3]
+
+    # ------------------------------------------------------------ landing
+
+    async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
+        mono = self.mono()
+        due = [
+            p
+            for p in partitions
+            if p in self.parts and p not in self.stalled and (force or self.parts[p].runner.due(mono))
+        ]
+        if not due:
+            return
+        await self.dead_letters_durable()  # a range's dead letters are in Kafka before it lands
+        offsets: dict[int, int] = {}
+        for p in due:
+            runner = self.parts[p].runner
+            try:
+                flushed = await asyncio.to_thread(runner.flush)  # fsync-bound: keep the loop free
+            except OSError as exc:
+                self._stall(p, exc)
+                continue
+            if flushed is not None:
+                self.counters["flushes"] += 1
+                log.info(
+                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files",
+                    flushed.source,
+                    flushed.first,
+                    flushed.last,
+                    flushed.rows.get("vault", 0),
+                    flushed.rows.get("analytics", 0),
+                    len(flushed.files),
+                )
+                offsets[p] = runner.next_offset
+        if commit and offsets:
+            await self.broker.commit({p: o for p, o in offsets.items() if p in self.owned})
+
+    def _stall(self, partition: int, exc: OSError) -> None:
+        """A flush failed on the file system: drop the writer, pause, reopen after a back-off."""
+        part = self.parts.pop(partition)
+        part.runner.close()
+        mono = self.mono()
+        stalled = self.stalled.get(partition) or _Stalled(since=mono, retry_at=mono)
+        stalled.failures += 1
+        stalled.retry_at = mono + RETRY_S[min(stalled.failures, len(RETRY_S)) - 1]
+        self.stalled[partition] = stalled
+        self.counters["flush_failures"] += 1
+        self.broker.pause([partition])
+        if self._once(f"stall.{exc.errno}", 10):
+            log.error(
+                "landing partition %s of %s failed (%s, errno %s); paused, retrying in %.0fs",
+                partition,
+                self.topic,
+                type(exc).__name__,
+                exc.errno,
+                stalled.retry_at - mono,
+            )
+
+    async def _retry_stalled(self) -> None:
+        mono = self.mono()
+        for p, stalled in sorted(self.stalled.items()):
+            if mono < stalled.retry_at or p not in self.owned:
+                continue
+            try:
+                runner = self._runner(p)  # recover() removes the failed flush's temp files
+            except (SourceBusy, OSError) as exc:
+                stalled.failures += 1
+                stalled.retry_at = mono + RETRY_S[min(stalled.failures, len(RETRY_S)) - 1]
+                if self._once("reopen", 10):
+                    log.error("reopening partition %s of %s failed (%s)", p, self.topic, type(exc).__name__)
+                continue
+            del self.stalled[p]
+            self.parts[p] = _Partition(runner, assigned_at=mono)
+            self.broker.seek(p, runner.next_offset)
+            self.broker.resume([p])
+            log.warning(
+                "partition %s of %s resumes at offset %s after %.0fs of failed landings",
+                p,
+                self.topic,
+                runner.next_offset,
+                mono - stalled.since,
+            )
+
+    def _once(self, key: str, every_s: float) -> bool:
+        """Whether a repeated warning may be logged now (at most once per `every_s`)."""
+        mono = self.mono()
+        last = self._logged.get(key)
+        if last is not None and mono - last < every_s:
+            return False
+        self._logged[key] = mono
+        return True
+
+
+# ---------------------------------------------------------------- oversize dead letters
+
+OVERSIZE_DIR = "_rejects"
+
+
+def keep_oversize(lake: Path, topic: str, d: DeadLetter) -> Path:
+    """A dead letter too large for calls.dlq, kept whole in the lake's restricted area (mode
+    0600, covered by erase and export like every file under `_rejects/`)."""
+    from pipeline.ingest import write_rejects
+
+    source = source_name(topic.rsplit(".", 2)[-2] + "." + topic.rsplit(".", 1)[-1], d.partition)
+    suffix = d.index if d.index is not None else 0
+    write_rejects(lake, f"{source}-i{suffix:06d}", d.offset, d.offset, [d])
+    return lake / OVERSIZE_DIR
+
+
+def stub_of(d: DeadLetter) -> DeadLetter:
+    """What calls.dlq holds of an oversize dead letter: no bytes, its size and SHA-256 in headers."""
+    digest = hashlib.sha256(d.raw).hexdigest()
+    return _Stub(d.reason, d.stage, d.partition, d.offset, d.index, b"", len(d.raw), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stub(DeadLetter):
+    size: int = 0
+    sha256: str = ""
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        return [
+            *DeadLetter.headers(self, topic),
+            ("callpipe.kept", OVERSIZE_DIR.encode()),
+            ("callpipe.size", str(self.size).encode()),
+            ("callpipe.sha256", self.sha256.encode()),
+        ]
+
+
+__all__ = ["Broker", "Reason", "Stage", "StreamWorker"]
