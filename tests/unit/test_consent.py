@@ -213,3 +213,31 @@ def test_sensitive_fields_and_their_purposes_come_from_the_schema() -> None:
         ("recording_uri", "recording", Drop.RECORDING_NO_CONSENT),
         ("transcript", "transcription", Drop.TRANSCRIPTION_NO_CONSENT),
     )
+
+
+def test_calls_wait_for_every_active_control_partition_not_just_one() -> None:
+    from pipeline.consent import Watermarks
+
+    marks = Watermarks(max_idle_ms=2_000, now_ms=0)
+    merger: EventTimeMerger[str] = EventTimeMerger(2_000, 0, watermarks=marks)
+    other: EventTimeMerger[str] = EventTimeMerger(2_000, 0, watermarks=marks)  # another calls partition
+    marks.observe(Stream.CONSENT, 100, now_ms=3_000, partition=0)
+    marks.observe(Stream.CONSENT, 50, now_ms=3_000, partition=5)  # a partition another client wrote
+    marks.observe(Stream.REQUESTS, 100, now_ms=3_000, partition=1)
+    merger.add([(60, "call-60"), (40, "call-40")])
+    other.add([(45, "other-45")])
+    assert merger.release(3_100) == ["call-40"]  # partition 5 has not passed 60 yet
+    assert other.release(3_100) == ["other-45"]  # the watermarks are shared
+    marks.observe(Stream.CONSENT, 70, now_ms=3_200, partition=5)
+    assert merger.release(3_300) == ["call-60"]
+
+
+def test_a_silent_control_partition_stops_holding_calls_back_after_max_idle() -> None:
+    from pipeline.consent import Watermarks
+
+    marks = Watermarks(max_idle_ms=2_000, now_ms=0)
+    merger: EventTimeMerger[str] = EventTimeMerger(2_000, 0, watermarks=marks)
+    marks.observe(Stream.CONSENT, 10, now_ms=3_000, partition=2)
+    merger.add([(500, "call")])
+    assert merger.release(4_000) == []
+    assert merger.release(5_001) == ["call"]

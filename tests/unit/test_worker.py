@@ -1,0 +1,386 @@
+"""The stream worker's rules, driven in-process with a fake broker (pipeline/worker.py): where a
+partition starts, exactly once across replays, gaps, rebalances and a busy lake writer, dead
+letters before landing (an oversize one kept in the lake), a failing disk, and consent read from
+any control partition. The same rules run against the real broker in tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+
+from pipeline import codec
+from pipeline.consent import Stream
+from pipeline.control import ControlState
+from pipeline.generate import generate_traffic
+from pipeline.keys import PseudonymKey
+from pipeline.runner import DeadLetter, read_stats
+from pipeline.settings import Settings
+from pipeline.worker import RETRY_S, StreamWorker
+from sinks import files
+from sinks.lake import SourceBusy
+from sinks.layout import glob
+
+KEY = PseudonymKey("v1", b"k" * 32)
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+NOW_MS = START_MS + 3 * 86_400_000
+
+
+@dataclass(frozen=True)
+class Msg:
+    value: bytes | None
+    partition: int
+    offset: int
+    key: bytes | None = None
+    headers: Any = ()
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass
+class FakeBroker:
+    """Records what the worker asks of Kafka; refuses dead letters over `dlq_limit` bytes."""
+
+    dlq_limit: int = 1 << 30
+    fail_sends: bool = False
+    seeks: list[tuple[int, int]] = field(default_factory=list)
+    paused: set[int] = field(default_factory=set)
+    dlq: list[tuple[bytes, dict[str, bytes]]] = field(default_factory=list)
+    commits: list[dict[int, int]] = field(default_factory=list)
+    _pending: list[tuple[DeadLetter, bytes | None, str]] = field(default_factory=list)
+
+    def seek(self, partition: int, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        self.paused |= set(partitions)
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self.paused -= set(partitions)
+
+    def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
+        self._pending.append((dead, key, topic))
+
+    async def dead_sent(self) -> list[tuple[DeadLetter, bytes | None, str, BaseException]]:
+        pending, self._pending = self._pending, []
+        refused: list[tuple[DeadLetter, bytes | None, str, BaseException]] = []
+        for d, key, topic in pending:
+            if self.fail_sends:
+                refused.append((d, key, topic, ConnectionError("broker down")))
+            elif len(d.raw) > self.dlq_limit:
+                refused.append((d, key, topic, TooLarge()))
+            else:
+                self.dlq.append((d.raw, {k: v for k, v in d.headers(topic)}))
+        return refused
+
+    def too_large(self, exc: BaseException) -> bool:
+        return isinstance(exc, TooLarge)
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+
+    def __call__(self) -> float:
+        return self.mono
+
+
+def make_worker(
+    lake: Path,
+    broker: FakeBroker | None = None,
+    control: ControlState | None = None,
+    clock: Clock | None = None,
+) -> StreamWorker:
+    settings = Settings(lake=lake, buckets=2, flush_rows=1_000_000, flush_seconds=5.0, max_idle_ms=0)
+    return StreamWorker(
+        settings=settings,
+        key=KEY,
+        control=control or ControlState(0, NOW_MS),
+        broker=broker or FakeBroker(),
+        topic="calls.raw",
+        now_ms=lambda: NOW_MS,
+        mono=clock or Clock(),
+    )
+
+
+def calls(n: int, seed: int = 3) -> list[dict[str, Any]]:
+    return generate_traffic(seed, n, START_MS, accounts=40).calls
+
+
+def messages(records: list[dict[str, Any]], partition: int = 0, first: int = 0) -> list[Msg]:
+    return [
+        Msg(codec.encode([r], "CallEvent", "json", 1)[0], partition, first + i, r["account_id"].encode())
+        for i, r in enumerate(records)
+    ]
+
+
+def vault_ids(lake: Path) -> Counter[str]:
+    if not list(lake.glob("vault/calls/dt=*/bucket=*/*.parquet")):
+        return Counter()
+    rows = duckdb.sql(f"SELECT event_id FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
+    return Counter(r[0] for r in rows)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_partition_starts_where_the_lake_ends_and_commits_only_landed_offsets(lake: Path) -> None:
+    recs = calls(60)
+    msgs = messages(recs)
+
+    async def first() -> FakeBroker:
+        broker = FakeBroker()
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, msgs[:40])
+        assert broker.commits == []  # nothing landed yet: nothing committed
+        await w.shutdown()
+        return broker
+
+    broker = run(first())
+    assert broker.seeks == [(0, 0)]
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs[:40]})
+
+    async def second() -> FakeBroker:
+        broker = FakeBroker()
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, msgs)  # a replay from an older committed offset: the first 40 are skipped
+        await w.release([0])
+        return broker
+
+    broker = run(second())
+    assert broker.seeks == [(0, 40)]  # the lake, not Kafka's committed offset, says where to start
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+    assert read_stats(lake)["events_in"] == 60
+
+
+def test_a_flush_commits_the_next_offset_of_what_landed(lake: Path) -> None:
+    clock = Clock()
+    broker = FakeBroker()
+
+    async def go() -> None:
+        w = make_worker(lake, broker, clock=clock)
+        await w.assigned([1])
+        await w.take(1, messages(calls(10), partition=1))
+        clock.mono += 6  # the flush interval has passed
+        await w.tick()
+
+    run(go())
+    assert broker.commits == [{1: 10}]
+
+
+def test_a_gap_is_sought_back_and_taken_only_when_the_re_read_confirms_it(lake: Path) -> None:
+    recs = calls(6)
+    msgs = messages(recs)
+    broker = FakeBroker()
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, [msgs[0], msgs[1], msgs[3], msgs[4]])  # offset 2 missing
+        assert broker.seeks[-1] == (0, 2)
+        await w.take(0, msgs[2:])  # the re-read brings it
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert w.counters["gap_held_back"] == 2
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+
+
+def test_a_real_gap_is_taken_after_the_re_read_confirms_it(lake: Path) -> None:
+    recs = calls(5)
+    msgs = [m for m in messages(recs) if m.offset != 2]  # offset 2 does not exist (compaction)
+
+    async def go() -> None:
+        w = make_worker(lake, FakeBroker())
+        await w.assigned([0])
+        await w.take(0, msgs)
+        await w.take(0, msgs[2:])  # the re-read starts past the gap again
+        await w.shutdown()
+
+    run(go())
+    assert set(vault_ids(lake)) == {r["event_id"] for i, r in enumerate(recs) if i != 2}
+
+
+def test_a_rebalance_that_gives_a_partition_back_lands_nothing_and_keeps_its_rows(lake: Path) -> None:
+    recs = calls(30)
+    broker = FakeBroker()
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker)
+        await w.assigned([0, 1])
+        await w.take(0, messages(recs[:20]))
+        await w.revoked([0, 1])
+        await w.assigned([0])  # 0 comes back, 1 went elsewhere
+        assert w.counters["flushes"] == 0  # nothing was landed for the rebalance
+        assert broker.seeks[-1] == (0, 20)  # the consumer resumes where the runner is, not the commit
+        await w.take(0, messages(recs[20:], first=20))
+        await w.shutdown()
+        return w
+
+    run(go())
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+
+
+def test_a_partition_that_moved_is_landed_and_its_writer_released_for_the_new_owner(lake: Path) -> None:
+    recs = calls(20)
+    old_broker, new_broker = FakeBroker(), FakeBroker()
+
+    async def go() -> None:
+        old = make_worker(lake, old_broker)
+        new = make_worker(lake, new_broker)
+        # The lake's writer lock is per process (POSIX); two workers in one test share a process,
+        # so the new owner sees the old one's writer as another process would.
+        opener = new._runner
+
+        def runner(p: int) -> Any:
+            if p in old.parts:
+                raise SourceBusy(f"partition {p} is held")
+            return opener(p)
+
+        new._runner = runner  # type: ignore[method-assign]
+        await old.assigned([0])
+        await old.take(0, messages(recs[:12]))
+        await old.revoked([0])
+        await new.assigned([0])  # the old owner still holds the lake writer
+        assert 0 in new_broker.paused and new_broker.seeks == []
+        await new.take(0, messages(recs))  # fetched anyway: not taken while the writer is busy
+        await old.assigned([])  # the old owner learns the partition is gone: lands and lets go
+        await new.tick()
+        assert 0 not in new_broker.paused
+        assert new_broker.seeks == [(0, 12)]
+        await new.take(0, messages(recs[12:], first=12))
+        await new.shutdown()
+
+    run(go())
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+
+
+def test_a_dead_letter_too_large_for_the_dlq_is_kept_in_the_lake_before_its_range_lands(lake: Path) -> None:
+    big = b"{" + b" " * 5000 + b"not json"
+    msgs = [*messages(calls(3)), Msg(big, 0, 3, b"k")]
+    broker = FakeBroker(dlq_limit=4000)
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, msgs)
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert w.counters["dead_letter_kept_in_lake"] == 1
+    ((value, headers),) = broker.dlq
+    assert value == b""
+    assert headers["callpipe.kept"] == b"_rejects"
+    assert int(headers["callpipe.size"]) == len(big)
+    assert headers["callpipe.source.offset"] == b"3"
+    kept = [
+        orjson.loads(line)
+        for p in (lake / "_rejects").rglob("*.jsonl")
+        for line in p.read_bytes().splitlines()
+    ]
+    assert len(kept) == 1 and kept[0]["offset"] == 3
+    assert all((p.stat().st_mode & 0o777) == 0o600 for p in (lake / "_rejects").rglob("*.jsonl"))
+    assert read_stats(lake)["events_in"] == 4
+
+
+def test_a_dead_letter_the_broker_refuses_stops_the_range_from_landing(lake: Path) -> None:
+    msgs = [*messages(calls(3)), Msg(b"not json at all", 0, 3)]
+    broker = FakeBroker(fail_sends=True)
+
+    async def go() -> None:
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, msgs)
+        with pytest.raises(ConnectionError):
+            await w.shutdown()
+
+    run(go())
+    assert vault_ids(lake) == Counter()
+    assert broker.commits == []
+
+
+def test_a_full_disk_pauses_the_partition_and_it_resumes_by_itself(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recs = calls(20)
+    msgs = messages(recs)
+    clock = Clock()
+    broker = FakeBroker()
+    real = files.write_temp_parquet
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker, clock=clock)
+        await w.assigned([0])
+        monkeypatch.setattr(files, "write_temp_parquet", full)
+        await w.take(0, msgs)
+        clock.mono += 6
+        await w.tick()  # the flush fails: paused, not crashed
+        assert 0 in broker.paused and w.stalled
+        await w.take(0, msgs)  # fetched before the pause: not taken
+        clock.mono += RETRY_S[0] + 0.1
+        await w.tick()  # the partition reopens and is read again from what the lake holds...
+        assert 0 not in broker.paused and broker.seeks[-1] == (0, 0)
+        await w.take(0, msgs)
+        clock.mono += 6
+        await w.tick()  # ...but the disk is still full: paused again
+        assert 0 in broker.paused
+        monkeypatch.setattr(files, "write_temp_parquet", real)  # space returns
+        clock.mono += max(RETRY_S) + 1
+        await w.tick()
+        assert 0 not in broker.paused
+        assert broker.seeks[-1] == (0, 0)  # consumed again from what the lake holds
+        await w.take(0, msgs)
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert w.counters["flush_failures"] >= 2
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+    assert not [p for p in lake.rglob("*.tmp")]
+
+
+def test_consent_read_from_any_control_partition_governs_the_calls(lake: Path) -> None:
+    recs = [r for r in calls(200) if r.get("transcript")][:5]
+    assert recs
+    control = ControlState(0, NOW_MS)
+    for i, r in enumerate(recs):
+        withdrawal = {
+            "account_id": r["account_id"],
+            "purpose": "transcription",
+            "granted": False,
+            "at": r["started_at"] - 1000,
+            "source": "app",
+        }
+        value = codec.encode([withdrawal], "ConsentEvent", "json", 1)[0]
+        control.apply(Stream.CONSENT, value, (), partition=7 + i, now_ms=NOW_MS)
+
+    async def go() -> None:
+        w = make_worker(lake, FakeBroker(), control)
+        await w.assigned([0])
+        await w.take(0, messages(recs))
+        await w.shutdown()
+
+    run(go())
+    rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
+    assert len(rows) == len(recs) and all(t is None for (t,) in rows)
