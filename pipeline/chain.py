@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from pipeline.consent import AccountState, apply_consent, decide
 from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.memo import Memo
 from pipeline.policy import Policy
 from pipeline.pseudonymize import pseudonymize, token_of
 from pipeline.reasons import Drop
@@ -77,13 +78,16 @@ def process_batch(
     *,
     sources: Sequence[Source] | None = None,
     buckets: int = DEFAULT_BUCKETS,
+    memo: Memo | None = None,
 ) -> ChainResult:
     """Run the chain over a batch of decoded CallEvent dicts. `states` maps account_id to its
     state (absent: no history); `sources` gives each record's lineage (default: partition -1,
-    offset = position in the batch); `buckets` is Settings.buckets."""
+    offset = position in the batch); `buckets` is Settings.buckets; `memo` remembers what
+    identifiers became across batches (pipeline/memo.py; a fresh one per call when absent)."""
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
-    validated = validate_batch(records, policy.secret_names, now_ms)
+    memo = memo if memo is not None else Memo()
+    validated = validate_batch(records, policy.secret_names, now_ms, memo)
     result = ChainResult(rejections=validated.rejections, drops=validated.drops)
     drops = result.drops
     tokens: dict[str, tuple[str, int]] = {}
@@ -103,7 +107,7 @@ def process_batch(
             "source_index": source.index,
         }
         if account not in tokens:
-            token = token_of(key, "account", account)
+            token = token_of(key, "account", account, memo)
             tokens[account] = (token, bucket_of(token, buckets))
         token, bucket = tokens[account]
         day = record["started_at"] // DAY_MS
@@ -117,6 +121,6 @@ def process_batch(
         elif not decision.analytics:
             drops[Drop.ANALYTICS_OBJECTED] += 1
         else:
-            result.analytics_rows.append(pseudonymize(record, key, regions, lineage))
+            result.analytics_rows.append(pseudonymize(record, key, regions, lineage, memo))
             result.analytics_routes.append(route)
     return result

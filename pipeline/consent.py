@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import cache
@@ -174,6 +174,10 @@ def apply_consent(record: dict[str, Any], decision: Decision, drops: Counter[Dro
 T = TypeVar("T")
 
 
+def _one(_item: object) -> int:
+    return 1
+
+
 @dataclass
 class _StreamClock:
     event_ms: int  # highest event time seen on the control partition (its watermark)
@@ -241,6 +245,7 @@ class EventTimeMerger(Generic[T]):
         self.watermarks = watermarks if watermarks is not None else Watermarks(max_idle_ms, now_ms)
         self._heap: list[tuple[int, int, T]] = []
         self._seq = itertools.count()
+        self.more = False  # the last release or drain stopped at its budget
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -258,16 +263,32 @@ class EventTimeMerger(Generic[T]):
         for event_ms, item in items:
             heapq.heappush(self._heap, (event_ms, next(self._seq), item))
 
-    def release(self, now_ms: int) -> list[T]:
-        """The buffered calls that may be processed now, in event-time order."""
+    def release(self, now_ms: int, budget: int | None = None, size: Callable[[T], int] = _one) -> list[T]:
+        """The buffered calls that may be processed now, in event-time order; at most about
+        `budget` of them by `size` (the caller comes back for the rest, `more` tells)."""
         horizon = self.watermarks.horizon(now_ms)
         out: list[T] = []
-        while self._heap and (self._heap[0][0] < horizon or len(self._heap) > self.max_buffered):
-            if self._heap[0][0] > horizon:
+        taken = 0
+        heap = self._heap
+        while heap and (heap[0][0] < horizon or len(heap) > self.max_buffered):
+            if budget is not None and taken >= budget:
+                break
+            if heap[0][0] > horizon:
                 self.forced += 1
-            out.append(heapq.heappop(self._heap)[2])
+            item = heapq.heappop(heap)[2]
+            taken += size(item)
+            out.append(item)
+        self.more = bool(heap) and budget is not None and taken >= budget
         return out
 
-    def drain(self) -> list[T]:
-        """Everything buffered, in event-time order (end of input, or shutdown)."""
-        return [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
+    def drain(self, budget: int | None = None, size: Callable[[T], int] = _one) -> list[T]:
+        """Everything buffered, in event-time order (end of input, or shutdown), in pieces of
+        about `budget` by `size` when given."""
+        out: list[T] = []
+        taken = 0
+        while self._heap and (budget is None or taken < budget):
+            item = heapq.heappop(self._heap)[2]
+            taken += size(item)
+            out.append(item)
+        self.more = bool(self._heap)
+        return out

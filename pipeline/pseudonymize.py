@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 import phonenumbers
@@ -26,6 +26,7 @@ import phonenumbers
 import schemas
 from pipeline.detect import redact_text
 from pipeline.keys import PseudonymKey
+from pipeline.memo import Memo
 from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
 
 RECORD = "CallEvent"
@@ -42,7 +43,6 @@ _TYPE_NAMES = {
 }
 
 
-@lru_cache(maxsize=65536)
 def phone_facts(number: str) -> tuple[int | None, str]:
     """(country calling code, number type) of an E.164 number; (None, "unknown") otherwise."""
     if not number.startswith("+"):
@@ -55,7 +55,6 @@ def phone_facts(number: str) -> tuple[int | None, str]:
     return parsed.country_code, _TYPE_NAMES.get(kind, "unknown")
 
 
-@lru_cache(maxsize=65536)
 def ip_prefix(value: str) -> str | None:
     """The network prefix of an IP address (/24, /48), or None if it is not an address."""
     try:
@@ -80,16 +79,19 @@ def _same(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, .
     return (value,)
 
 
-@lru_cache(maxsize=1 << 17)
-def token_of(key: PseudonymKey, domain: str, value: str) -> str:
-    """`key.token(domain, value)`, remembered: accounts, orgs, numbers and devices repeat."""
-    return key.token(domain, value)
+def token_of(key: PseudonymKey, domain: str, value: str, memo: Memo | None = None) -> str:
+    """`key.token(domain, value)`, remembered in `memo` when given: accounts, orgs, numbers and
+    devices repeat."""
+    if memo is None:
+        return key.token(domain, value)
+    return memo.get(("token", key, domain, value), lambda: key.token(domain, value))
 
 
 def _token(domain: str) -> Transform:
     def transform(value: Any, key: PseudonymKey, regions: Sequence[str]) -> tuple[Any, ...]:
         return (None if value is None else token_of(key, domain, value),)
 
+    transform.by_value = True  # type: ignore[attr-defined]
     return transform
 
 
@@ -170,30 +172,47 @@ def plan() -> tuple[_Step, ...]:
     return tuple(steps)
 
 
+# Transforms whose result depends on the value (and key) alone: remembered per value.
+_BY_VALUE = frozenset({_phone, _cell, _ip})
+
+
+def _by_value(transform: Transform) -> bool:
+    return transform in _BY_VALUE or getattr(transform, "by_value", False)
+
+
 @cache
-def _compiled() -> tuple[tuple[str, str | None, tuple[str, ...], Transform], ...]:
-    """plan() flattened for the hot path: (field, nested field or None, columns, transform)."""
+def _compiled() -> tuple[tuple[str, str | None, tuple[str, ...], Transform, str | None], ...]:
+    """plan() flattened for the hot path: (field, nested field or None, columns, transform, memo
+    name: the path when the transform depends on the value alone, else None)."""
     out = []
     for step in plan():
         if len(step.path) > 2:
             raise ValueError("records nest one level deep at most")
-        out.append(
-            (step.path[0], step.path[1] if len(step.path) == 2 else None, step.columns, step.transform)
-        )
+        inner = step.path[1] if len(step.path) == 2 else None
+        memo_name = ".".join(step.path) if _by_value(step.transform) else None
+        out.append((step.path[0], inner, step.columns, step.transform, memo_name))
     return tuple(out)
 
 
 def pseudonymize(
-    record: Mapping[str, Any], key: PseudonymKey, regions: Sequence[str], lineage: Mapping[str, int]
+    record: Mapping[str, Any],
+    key: PseudonymKey,
+    regions: Sequence[str],
+    lineage: Mapping[str, int],
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
     """The analytics row of one validated, consent-checked record; `regions` are the call's
-    regions for national numbers in free text, `lineage` its source_* values."""
+    regions for national numbers in free text, `lineage` its source_* values; `memo` remembers
+    what identifiers became (pipeline/memo.py)."""
     row: dict[str, Any] = {}
-    for name, inner, columns, transform in _compiled():
+    for name, inner, columns, transform, memo_name in _compiled():
         value = record.get(name)
         if inner is not None and value is not None:
             value = value.get(inner)
-        out = transform(value, key, regions)
+        if memo is not None and memo_name is not None and value is not None:
+            out = memo.get((memo_name, key, value), lambda: transform(value, key, regions))  # noqa: B023
+        else:
+            out = transform(value, key, regions)
         if len(columns) == 1:
             row[columns[0]] = out[0]
         else:

@@ -29,6 +29,7 @@ from pipeline.chain import Source, process_batch
 from pipeline.codec import Decoded, MessageLike, Rejection, decode_value
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
+from pipeline.memo import Memo
 from pipeline.reasons import Reason, Stage
 from pipeline.settings import Settings
 from pipeline.validate import strip_secrets_json
@@ -84,11 +85,14 @@ class PartitionRunner:
         states_for: StatesFor,
         now_ms: int,
         merger: EventTimeMerger[Any] | None = None,
+        memo: Memo | None = None,
     ) -> None:
         self.partition = partition
         self.settings = settings
         self.key = key
         self.states_for = states_for
+        # what identifiers became: the worker's, shared by its runners and forgotten on erasure
+        self.memo = memo if memo is not None else Memo()
         self.writer = LakeWriter.open(lake, source, settings)
         # The merger may outlive the runner: the control streams move its watermarks even while
         # the lake writer of the partition is not open (yet).
@@ -167,8 +171,15 @@ class PartitionRunner:
 
     # ------------------------------------------------------------ through the chain
 
-    def pump(self, now_ms: int, mono: float, *, drain: bool = False) -> list[DeadLetter]:
-        released = self.merger.drain() if drain else self.merger.release(now_ms)
+    def pump(
+        self, now_ms: int, mono: float, *, drain: bool = False, budget: int | None = None
+    ) -> list[DeadLetter]:
+        """Run the chain over what the merger releases (about `budget` events at most: a caller
+        that must stay responsive comes back while `more` is true)."""
+        if drain:
+            released = self.merger.drain(budget, _events)
+        else:
+            released = self.merger.release(now_ms, budget, _events)
         dead: list[DeadLetter] = []
         if released:
             try:
@@ -215,6 +226,7 @@ class PartitionRunner:
             now_ms,
             sources=sources,
             buckets=self.settings.buckets,
+            memo=self.memo,
         )
         counts = self.counts
         counts["vault"] += len(result.vault_rows)
@@ -257,6 +269,11 @@ class PartitionRunner:
     # ------------------------------------------------------------ out
 
     @property
+    def more(self) -> bool:
+        """The last pump stopped at its budget with calls still releasable."""
+        return self.merger.more
+
+    @property
     def waiting(self) -> int:
         return len(self.merger)
 
@@ -277,6 +294,10 @@ class PartitionRunner:
         flushed = self.writer.flush()
         self.counts = Counter()
         return flushed
+
+
+def _events(message: tuple[int, list[Any]]) -> int:
+    return max(1, len(message[1]))
 
 
 def stats_path(lake: Path, source: str, first: int, last: int) -> Path:

@@ -26,6 +26,7 @@ import orjson
 import phonenumbers
 
 import schemas
+from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Stage
 
 RECORD = "CallEvent"
@@ -266,7 +267,6 @@ def _check_times(record: Mapping[str, Any], now_ms: int) -> Reason | None:
 # ---------------------------------------------------------------- phone numbers
 
 
-@lru_cache(maxsize=65536)
 def international_region(number: str) -> str | None:
     """The region of a number written internationally ("+..." or "00..."), if it is valid."""
     text = number.strip()
@@ -283,7 +283,6 @@ def international_region(number: str) -> str | None:
     return phonenumbers.region_code_for_number(parsed)
 
 
-@lru_cache(maxsize=65536)
 def to_e164(number: str, region: str | None) -> str | None:
     """E.164 form of `number` (national numbers read in `region`), or None if it is not valid."""
     text = number.strip()
@@ -312,7 +311,6 @@ def carrier_region(carrier_id: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=65536)
 def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str, str | None]:
     """(E.164 or the number as given, its region) with the region hints tried in order: its own
     international prefix, the other number's region, the carrier's region."""
@@ -334,15 +332,22 @@ def _phone_and_carrier_fields() -> tuple[tuple[str, ...], str]:
     return phones, carrier
 
 
-def normalize_numbers(record: Record) -> tuple[str, ...]:
+def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ...]:
     """Rewrite the call's numbers (caller, callee: the phone-annotated fields) to E.164 where
     they parse; return the call's regions (the numbers', then the carrier's), most specific
-    first, for free-text detection."""
+    first, for free-text detection. `memo` remembers what numbers resolved to (pipeline/memo.py)."""
+    memo = memo if memo is not None else Memo()
     (a, b), carrier = _phone_and_carrier_fields()
     first, second = record[a], record[b]
     fallback = carrier_region(record[carrier])
-    record[a], r_first = _resolve(first, international_region(second), fallback)
-    record[b], r_second = _resolve(second, international_region(first), fallback)
+    own_first = memo.get(("intl", first), lambda: international_region(first))
+    own_second = memo.get(("intl", second), lambda: international_region(second))
+    record[a], r_first = memo.get(
+        ("e164", first, own_second, fallback), lambda: _resolve(first, own_second, fallback)
+    )
+    record[b], r_second = memo.get(
+        ("e164", second, own_first, fallback), lambda: _resolve(second, own_first, fallback)
+    )
     return _regions(r_first, r_second, fallback)
 
 
@@ -363,9 +368,12 @@ def _project(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Record:
     return out
 
 
-def validate_batch(records: Sequence[Any], secret_names: Iterable[str], now_ms: int) -> Validated:
+def validate_batch(
+    records: Sequence[Any], secret_names: Iterable[str], now_ms: int, memo: Memo | None = None
+) -> Validated:
     """Strip secrets, check and normalize every record of a batch. A duplicate event_id within
     the batch is rejected (the first occurrence is kept)."""
+    memo = memo if memo is not None else Memo()
     names = frozenset(n.lower() for n in secret_names)
     rules = _rules()
     out = Validated()
@@ -385,7 +393,7 @@ def validate_batch(records: Sequence[Any], secret_names: Iterable[str], now_ms: 
             continue
         seen.add(record["event_id"])
         clean = _project(record, rules)
-        out.regions.append(normalize_numbers(clean))
+        out.regions.append(normalize_numbers(clean, memo))
         out.records.append(clean)
         out.indices.append(index)
     return out

@@ -36,6 +36,7 @@ from pipeline.codec import MessageLike
 from pipeline.consent import EventTimeMerger
 from pipeline.control import ControlState
 from pipeline.keys import PseudonymKey
+from pipeline.memo import Memo
 from pipeline.offsets import OffsetGuard
 from pipeline.reasons import Reason, Stage
 from pipeline.runner import DeadLetter, PartitionRunner
@@ -47,6 +48,7 @@ log = logging.getLogger("callpipe.worker")
 RESEEK_S = 2.0  # a seek back to a gap is repeated if its re-read has not come after this long
 SUSPECT_S = 60.0  # gaps this soon after an assignment are held back for a re-read
 CHUNK_BYTES = 2 * 1024 * 1024  # message bytes fed to the chain between two yields to the loop
+PUMP_EVENTS = 2_000  # events run through the chain between two yields to the loop
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # back-off of a partition whose flush failed on the disk
 
 
@@ -122,6 +124,13 @@ class StreamWorker:
         self.stalled: dict[int, _Stalled] = {}  # paused after a failed flush
         self.counters: Counter[str] = Counter()
         self._logged: dict[str, float] = {}
+        self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
+        control.listeners.append(self._on_request)
+
+    def _on_request(self, account: str, kind: str) -> None:
+        """An erased account's identifiers must not linger in memory: forget them all."""
+        if kind == "erase":
+            self.memo.forget()
 
     # ------------------------------------------------------------ rebalances
 
@@ -157,7 +166,7 @@ class StreamWorker:
         gone = sorted(p for p in partitions if p in self.parts)
         for p in gone:
             part = self.parts[p]
-            await self._send(part.runner.pump(self.now_ms(), self.mono(), drain=True))
+            await self._pump(part.runner, drain=True)
         await self._flush(gone, force=True, commit=False)
         for p in gone:
             part = self.parts.pop(p)
@@ -181,6 +190,7 @@ class StreamWorker:
             merger=EventTimeMerger(
                 self.settings.max_idle_ms, self.now_ms(), watermarks=self.control.watermarks
             ),
+            memo=self.memo,
         )
 
     @property
@@ -245,19 +255,15 @@ class StreamWorker:
         self.counters["gap_held_back"] += len(messages) - len(taken)
         keys = {m.offset: getattr(m, "key", None) for m in taken}
         for chunk in _chunks(taken):
-            dead = runner.feed(chunk, self.now_ms())
-            dead += runner.pump(self.now_ms(), self.mono())
-            self._send_all(dead, keys)
-            await asyncio.sleep(0)  # heartbeats, fetches and the control reader run between chunks
+            self._send_all(runner.feed(chunk, self.now_ms()), keys)
+            await self._pump(runner, keys)
         await self._flush([partition])
 
     async def tick(self) -> None:
         """Release calls whose control streams have passed, land what is due, retry the stalled."""
         for p, part in list(self.parts.items()):
-            if p in self.stalled:
-                continue
-            dead = part.runner.pump(self.now_ms(), self.mono())
-            await self._send(dead)
+            if p not in self.stalled:
+                await self._pump(part.runner)
         await self._flush(list(self.parts))
         await self._retry_stalled()
         if self.busy:
@@ -266,6 +272,19 @@ class StreamWorker:
             seek = part.guard.seek_due(self.mono(), RESEEK_S)
             if seek is not None and p in self.owned:
                 self.broker.seek(p, seek)
+
+    async def _pump(
+        self, runner: PartitionRunner, keys: Mapping[int, bytes | None] | None = None, *, drain: bool = False
+    ) -> None:
+        """Run the chain over what may be released, a bounded piece at a time, yielding to the
+        loop between pieces: aiokafka's heartbeats run on this loop, and a worker that holds it
+        for longer than the session timeout is thrown out of the group."""
+        while True:
+            dead = runner.pump(self.now_ms(), self.mono(), drain=drain, budget=PUMP_EVENTS)
+            self._send_all(dead, keys or {})
+            await asyncio.sleep(0)
+            if not runner.more:
+                return
 
     # ------------------------------------------------------------ dead letters
 
