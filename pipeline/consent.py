@@ -194,13 +194,15 @@ class Watermarks:
     horizon does not depend on how producers partitioned the control streams.
     """
 
-    def __init__(self, max_idle_ms: int, now_ms: int) -> None:
+    def __init__(self, max_idle_ms: int, now_ms: int, *, wait_at_start: bool = True) -> None:
+        """`wait_at_start`: hold calls for `max_idle_ms` until the control streams show up (a
+        reader that loads the control topics whole before any call is judged does not need it)."""
         if max_idle_ms < 0:
             raise ValueError("max_idle_ms must be >= 0")
         self.max_idle_ms = max_idle_ms
-        self._clocks: dict[tuple[Stream, int], _StreamClock] = {
-            (s, -1): _StreamClock(event_ms=-1, seen_ms=now_ms) for s in Stream
-        }
+        self._clocks: dict[tuple[Stream, int], _StreamClock] = {}
+        if wait_at_start:
+            self._clocks = {(s, -1): _StreamClock(event_ms=-1, seen_ms=now_ms) for s in Stream}
 
     def observe(self, stream: Stream, event_ms: int, now_ms: int, partition: int = -1) -> None:
         """A control event with time `event_ms` was applied to the state."""

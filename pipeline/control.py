@@ -42,7 +42,7 @@ class ControlState:
 
     def __init__(self, max_idle_ms: int, now_ms: int) -> None:
         self.accounts: dict[str, AccountState] = {}
-        self.watermarks = Watermarks(max_idle_ms, now_ms)
+        self.watermarks = Watermarks(max_idle_ms, now_ms, wait_at_start=False)  # loaded whole first
         self.counts: Counter[str] = Counter()
         self.listeners: list[Callable[[str, str], None]] = []
 

@@ -71,6 +71,7 @@ class DeadLetter:
 class _Message:
     offset: int
     waiting: int  # decoded events not yet released
+    counts: Counter[str]  # what was counted when it arrived: it joins the stats when it is handed over
 
 
 class PartitionRunner:
@@ -96,7 +97,9 @@ class PartitionRunner:
         self.writer = LakeWriter.open(lake, source, settings)
         # The merger may outlive the runner: the control streams move its watermarks even while
         # the lake writer of the partition is not open (yet).
-        self.merger: EventTimeMerger[Any] = merger or EventTimeMerger(settings.max_idle_ms, now_ms)
+        self.merger: EventTimeMerger[Any] = (
+            merger if merger is not None else EventTimeMerger(settings.max_idle_ms, now_ms)
+        )
         self._messages: deque[_Message] = deque()
         self._consumed = self.writer.next_offset - 1
         self._key_ms = -1
@@ -153,13 +156,14 @@ class PartitionRunner:
         self, partition: int, offset: int, records: list[dict[str, Any]], rejections: Sequence[Rejection]
     ) -> list[DeadLetter]:
         self._consumed = offset
-        self.counts["messages"] += 1
-        self.counts["events_in"] += len(records) + len(rejections)
+        # Counted with the message, not yet in `counts`: a flush writes the stats of the offsets
+        # it lands, and this message may wait past that flush for the control streams.
+        arrived: Counter[str] = Counter(messages=1, events_in=len(records) + len(rejections))
         dead = []
         for rej in rejections:
-            self.counts[f"dead_letter.{rej.reason.value}"] += 1
+            arrived[f"dead_letter.{rej.reason.value}"] += 1
             dead.append(DeadLetter(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
-        self._messages.append(_Message(offset, len(records)))
+        self._messages.append(_Message(offset, len(records), arrived))
         if records:
             self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
             items = [(r, Source(partition, offset, i)) for i, r in enumerate(records)]
@@ -262,7 +266,9 @@ class PartitionRunner:
         """Hand over `through`: every message up to it has released all its events."""
         through = None
         while self._messages and self._messages[0].waiting <= 0:
-            through = self._messages.popleft().offset
+            message = self._messages.popleft()
+            self.counts.update(message.counts)
+            through = message.offset
         if through is not None:
             self.writer.add(through=through, now=mono)
 

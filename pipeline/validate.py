@@ -20,10 +20,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import phonenumbers
+from phonenumbers import PhoneMetadata
+from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
 from pipeline.memo import Memo
@@ -313,7 +315,8 @@ def carrier_region(carrier_id: str) -> str | None:
 
 def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str, str | None]:
     """(E.164 or the number as given, its region) with the region hints tried in order: its own
-    international prefix, the other number's region, the carrier's region."""
+    international prefix, the other number's region, the carrier's region. The reference
+    definition; the hot path is `resolve_number`, which gives the same answers with one parse."""
     own = international_region(number)
     for region in (own, other, fallback):
         if region is not None:
@@ -321,6 +324,90 @@ def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str,
             if e164 is not None:
                 return e164, international_region(e164) or region
     return number, None
+
+
+class NumberInfo(NamedTuple):
+    """A valid number: E.164 form, region, country calling code, number type (mobile, ...)."""
+
+    e164: str
+    region: str
+    country_code: int
+    kind: str
+
+
+_TYPE_NAMES = {
+    getattr(phonenumbers.PhoneNumberType, n): n.lower()
+    for n in vars(phonenumbers.PhoneNumberType)
+    if n.isupper()
+}
+
+
+NON_GEO = "001"  # phonenumbers' region code of non-geographic entities (+800, +882, ...)
+
+
+def _info(parsed: phonenumbers.PhoneNumber) -> NumberInfo | None:
+    """Validity, region and type of a parsed number at once. `is_valid_number` and `number_type`
+    each find the region and run the same type matcher; done once, it costs half."""
+    region = phonenumbers.region_code_for_number(parsed)
+    if region is None or parsed.country_code is None:
+        return None
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(parsed.country_code, region)
+    if metadata is None:
+        return None
+    if region != NON_GEO and parsed.country_code != phonenumbers.country_code_for_valid_region(region):
+        return None
+    kind = _number_type_helper(phonenumbers.national_significant_number(parsed), metadata)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
+        return None
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return NumberInfo(e164, region, parsed.country_code, _TYPE_NAMES.get(kind, "unknown"))
+
+
+def number_info(number: str, region: str | None) -> NumberInfo | None:
+    """The number read internationally ("+", "00") or, written nationally, in `region`."""
+    text = number.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    international = text.startswith("+")
+    if not international and region is None:
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None if international else region)
+    except phonenumbers.NumberParseException:
+        return None
+    return _info(parsed)
+
+
+_PLAIN = re.compile(r"[+(]?[\d\s().-]+")
+_NOT_DIGIT = re.compile(r"\D")
+
+
+def _canonical(number: str) -> str:
+    """One spelling for the ways a plain number is written ("(201) 584-6008", "201-584-6008"),
+    so they share what they resolve to; anything else (letters, extensions) is its own key."""
+    text = number.strip()
+    if not _PLAIN.fullmatch(text):
+        return number
+    digits = _NOT_DIGIT.sub("", text)
+    if text.startswith("+"):
+        return "+" + digits
+    if text.startswith("00"):
+        return "+" + digits[2:]
+    return digits
+
+
+def resolve_number(number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+    """What `_resolve` finds, with the number's type: read internationally if it is written so,
+    else in the other number's region, else the carrier's."""
+    text = number.strip()
+    if text.startswith(("+", "00")):
+        return number_info(text, None)
+    for region in (other, fallback):
+        if region is not None:
+            info = number_info(text, region)
+            if info is not None:
+                return info
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -335,20 +422,42 @@ def _phone_and_carrier_fields() -> tuple[tuple[str, ...], str]:
 def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ...]:
     """Rewrite the call's numbers (caller, callee: the phone-annotated fields) to E.164 where
     they parse; return the call's regions (the numbers', then the carrier's), most specific
-    first, for free-text detection. `memo` remembers what numbers resolved to (pipeline/memo.py)."""
+    first, for free-text detection. `memo` remembers what numbers resolved to (pipeline/memo.py),
+    and the facts of each E.164 form for pseudonymization."""
     memo = memo if memo is not None else Memo()
     (a, b), carrier = _phone_and_carrier_fields()
     first, second = record[a], record[b]
     fallback = carrier_region(record[carrier])
-    own_first = memo.get(("intl", first), lambda: international_region(first))
-    own_second = memo.get(("intl", second), lambda: international_region(second))
-    record[a], r_first = memo.get(
-        ("e164", first, own_second, fallback), lambda: _resolve(first, own_second, fallback)
+    c_first, c_second = _canonical(first), _canonical(second)
+    own_first = memo.get(("intl", c_first), lambda: _own_region(c_first))
+    own_second = memo.get(("intl", c_second), lambda: _own_region(c_second))
+    info_first = memo.get(
+        ("num", c_first, own_second, fallback), lambda: _remember(memo, first, own_second, fallback)
     )
-    record[b], r_second = memo.get(
-        ("e164", second, own_first, fallback), lambda: _resolve(second, own_first, fallback)
+    info_second = memo.get(
+        ("num", c_second, own_first, fallback), lambda: _remember(memo, second, own_first, fallback)
     )
-    return _regions(r_first, r_second, fallback)
+    record[a] = info_first.e164 if info_first is not None else first
+    record[b] = info_second.e164 if info_second is not None else second
+    return _regions(
+        info_first.region if info_first is not None else None,
+        info_second.region if info_second is not None else None,
+        fallback,
+    )
+
+
+def _own_region(number: str) -> str | None:
+    if not number.strip().startswith(("+", "00")):
+        return None
+    info = number_info(number, None)
+    return info.region if info is not None else None
+
+
+def _remember(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+    info = resolve_number(number, other, fallback)
+    if info is not None:
+        memo.get(("facts", info.e164), lambda: (info.country_code, info.kind))
+    return info
 
 
 @lru_cache(maxsize=4096)

@@ -253,3 +253,42 @@ def test_strip_secrets_json_at_any_depth(raw: bytes, expected: Any) -> None:
 
 def test_strip_secrets_passes_non_records_through() -> None:
     assert strip_secrets("raw text", DEFAULT_SECRET_NAMES) == "raw text"
+
+
+def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic() -> None:
+    """normalize_numbers resolves each spelling once (pipeline/memo.py) with one parse per
+    region hint; it must give what the reference `_resolve` gives, and the facts it leaves for
+    pseudonymization must be phone_facts' own."""
+    from pipeline.generate import generate_traffic
+    from pipeline.memo import Memo
+    from pipeline.pseudonymize import phone_facts
+    from pipeline.validate import _resolve, carrier_region, international_region, normalize_numbers
+
+    calls = generate_traffic(11, 3_000, 1_767_225_600_000, accounts=800).calls
+    odd = [
+        "+44 20 7946 0958",
+        "0044 20 7946 0958",
+        "020 7946 0958",
+        "+1 (650) 253-0000 ext. 12",
+        "not a number",
+        "",
+        "+999 123",
+        "00",
+        "(03) 1219-9622",
+        "1-800-FLOWERS",
+    ]
+    memo = Memo()
+    for i, call in enumerate(calls):
+        if i < len(odd):
+            call = {**call, "caller": odd[i]}
+        record = dict(call)
+        normalize_numbers(record, memo)
+        fallback = carrier_region(call["carrier_id"])
+        for mine, written, other in (
+            (record["caller"], call["caller"], call["callee"]),
+            (record["callee"], call["callee"], call["caller"]),
+        ):
+            expected, _region = _resolve(written, international_region(other), fallback)
+            assert mine == expected, written
+            if mine.startswith("+") and mine != written:
+                assert memo.get(("facts", mine), lambda: None) == phone_facts(mine)

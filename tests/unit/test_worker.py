@@ -384,3 +384,45 @@ def test_consent_read_from_any_control_partition_governs_the_calls(lake: Path) -
     run(go())
     rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
     assert len(rows) == len(recs) and all(t is None for (t,) in rows)
+
+
+def test_calls_wait_for_a_control_partition_still_behind_them_then_obey_what_it_brings(lake: Path) -> None:
+    """The runner's merger shares the control state's watermarks: a call whose time the control
+    streams have not passed waits, and a withdrawal stamped before it, read later, applies."""
+    recs = [r for r in calls(300) if r.get("transcript")][:4]
+    control = ControlState(2_000, NOW_MS)
+    first = min(r["started_at"] for r in recs)
+
+    def consent(account: str, at: int, granted: bool) -> bytes:
+        event = {
+            "account_id": account,
+            "purpose": "transcription",
+            "granted": granted,
+            "at": at,
+            "source": "app",
+        }
+        return codec.encode([event], "ConsentEvent", "json", 1)[0]
+
+    control.apply(
+        Stream.CONSENT, consent("someone-else", first - 10_000, True), (), partition=2, now_ms=NOW_MS
+    )
+
+    async def go() -> None:
+        w = make_worker(lake, FakeBroker(), control)
+        w.settings = Settings(
+            lake=lake, buckets=2, flush_rows=1_000_000, flush_seconds=5.0, max_idle_ms=2_000
+        )
+        await w.assigned([0])
+        await w.take(0, messages(recs))
+        await w.tick()
+        assert w.parts[0].runner.waiting == len(recs)  # held: partition 2 is behind the calls
+        for r in recs:
+            control.apply(Stream.CONSENT, consent(r["account_id"], r["started_at"] - 1, False), (), 2, NOW_MS)
+        control.apply(Stream.CONSENT, consent("someone-else", NOW_MS, True), (), partition=2, now_ms=NOW_MS)
+        await w.tick()
+        assert w.parts[0].runner.waiting == 0
+        await w.shutdown()
+
+    run(go())
+    rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
+    assert len(rows) == len(recs) and all(t is None for (t,) in rows)
