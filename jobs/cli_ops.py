@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
 
     export = jobs_sub.add_parser("export", help="everything the lake holds on one account, as JSON")
     export.add_argument("--account", required=True, metavar="ID", help="the account id")
-    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write (mode 0600)")
+    export.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="where to write (mode 0600), outside the lake"
+    )
+    export.add_argument("--force", action="store_true", help="replace --out if it is an existing file")
     export.add_argument("--json", action="store_true", help="print the summary as JSON")
     export.set_defaults(func=cmd_export)
 
@@ -215,9 +218,19 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     lake = _lake(settings)
     try:
-        result = export.run(_connect(), lake, settings.key(), args.account, args.out, as_of=datetime.now(UTC))
+        result = export.run(
+            _connect(),
+            lake,
+            settings.key(),
+            args.account,
+            args.out,
+            as_of=datetime.now(UTC),
+            force=args.force,
+        )
     except JobBusy as exc:
         raise _busy(exc) from None
+    except export.ExportRefused as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         _print_json(result)
         return 0

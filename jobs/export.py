@@ -6,11 +6,19 @@ Every bucket is searched (statistics and Bloom filters keep that cheap), so a la
 another bucket count still answers completely. The export holds the subject's personal data: the
 output file is written with mode 0600, atomically. The request is recorded in the audit trail by
 token.
+
+Where the export may go (`check_out`, before anything is read): never inside the lake (it would
+replace a lake file), never over a directory, a symbolic link or another non-regular file, and
+over an existing regular file only with `force`. The temp file beside the output holds the
+subject's data, so it is removed whatever happens; without `force` the final name is claimed
+with a hard link, which fails if the name appeared meanwhile, so nothing is ever overwritten.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +73,31 @@ def collect(
     return out
 
 
+class ExportRefused(ValueError):
+    """An --out the export will not write to; the message names the problem, never a value."""
+
+
+def check_out(out: Path, lake: Path, *, force: bool) -> None:
+    """Raise ExportRefused unless `out` is a new file (or, with force, an existing regular file)
+    outside the lake."""
+    target = out.parent.resolve() / out.name  # the parents' symbolic links followed
+    root = lake.resolve()
+    if target == root or target.is_relative_to(root):
+        raise ExportRefused("--out is inside the lake; write the export outside it")
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise ExportRefused("--out is a symbolic link; name the file itself")
+    if stat.S_ISDIR(mode):
+        raise ExportRefused("--out is a directory; name a file")
+    if not stat.S_ISREG(mode):
+        raise ExportRefused("--out is not a regular file")
+    if not force:
+        raise ExportRefused("--out already exists; pass --force to replace it")
+
+
 def run(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
@@ -73,12 +106,15 @@ def run(
     out: Path,
     *,
     as_of: datetime,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Write the subject's export to `out` (0600); returns the counts."""
+    """Write the subject's export to `out` (0600); returns the counts. Raises ExportRefused for an
+    `out` that `check_out` refuses."""
     started = time.monotonic()
+    check_out(out, lake, force=force)
     with job_lock(lake):
         doc = collect(con, lake, key, account_id, as_of)
-        _write_private(out, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z))
+        _write_private(out, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z), force=force)
         duration = time.monotonic() - started
         audit.record(
             lake,
@@ -92,16 +128,25 @@ def run(
     return {"subject": doc["subject"]["account_token"], **doc["counts"], "out": str(out)}
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _write_private(path: Path, data: bytes, *, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600
+    tmp = Path(name)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if the name exists: never overwrites
+            except FileExistsError:
+                raise ExportRefused("--out already exists; pass --force to replace it") from None
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -5,11 +5,11 @@ and turns every expected failure into one clear line and a non-zero exit, never 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from pipeline import lograte
 from pipeline.errors import CliError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
@@ -45,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(
+        # Rate-limited: a broker outage logs one line per cause per 10 s, with a count.
+        lograte.basic_config(
             level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            fmt="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
         handler: Handler = args.func

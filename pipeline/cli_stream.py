@@ -30,7 +30,7 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"{path}: no such file")
     key = settings.key()
     try:
-        states, control = load_states(args.consent, args.requests)
+        states, control = load_states(args.consent, args.requests, settings.lake)
         totals: Counter[str] = Counter(control)
         started = time.monotonic()
         for path in args.calls:
@@ -47,7 +47,8 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"{totals['vault']} vault rows, {totals['analytics']} analytics rows"
     )
     for name, n in sorted(totals.items()):
-        if name.startswith(("dead_letter.", "drop.")) or name in ("consent_events", "privacy_requests"):
+        counted = ("dead_letter.", "drop.", "consent_rejected.", "requests_rejected.")
+        if name.startswith(counted) or name in ("consent_events", "privacy_requests"):
             print(f"  {name}: {n}")
     return 0
 

@@ -23,17 +23,22 @@ One message carries ONE event or a BATCH of events. How a value is recognized, i
 Rejections carry a reason code and the raw bytes, never an input value. An undecodable Avro
 message rejects the whole message; a bad line in JSON lines (or a bad element of a JSON array)
 rejects only that event (a bad line carries its own bytes, a bad array element the whole
-message and its index). JSON is type-checked against the schema so that JSON and Avro give
-identical dicts: every field present, optional fields None when absent, timestamps int epoch
-milliseconds (JSON may give ISO-8601 strings, a naive one read as UTC), enums as symbol strings.
-Unknown JSON fields are ignored (a v1 reader of v2 data). Avro container files written with
+message and its index). Two rules hold per event in every framing, so a batch cannot smuggle
+past them: the event size limit (``Limits``: ``too_large``), and identifiers that a command can
+name (``pipeline.identifiers``: ``bad_id``); an event of a batch (array element, line, Avro
+batch or container record) that breaks one is rejected alone, with its index.
+
+JSON is type-checked against the schema so that JSON and Avro give identical dicts: every field
+present, optional fields None when absent, timestamps int epoch milliseconds (JSON may give
+ISO-8601 strings, a naive one read as UTC), enums as symbol strings. Unknown JSON fields are
+ignored (a v1 reader of v2 data). Avro container files written with
 another version of the schema are resolved to the known one.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,6 +50,7 @@ import orjson
 import schemas
 from pipeline import codec_avro
 from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
+from pipeline.identifiers import bad_identifier
 from pipeline.reasons import Reason, Stage
 
 __all__ = [
@@ -86,13 +92,17 @@ class Format(StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits: a larger message (or JSON event) is rejected as too_large, not decoded.
+    """Size limits: a larger message, or a larger event in any framing, is rejected as too_large.
 
     The default message limit suits Kafka messages; a caller decoding a whole file passes more.
+    The event limit holds per event whatever carries it: a JSON object, an element of a JSON
+    array (measured as compact JSON), a JSON line, a single Avro record, a record of an Avro
+    batch or container file (measured as its Avro encoding). An oversized event of a batch is
+    rejected alone; the others are kept.
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
-    max_event_bytes: int = 1024 * 1024  # checked per JSON line / JSON value
+    max_event_bytes: int = 1024 * 1024
 
 
 DEFAULT_LIMITS = Limits()
@@ -206,7 +216,7 @@ def _read_container(value: bytes, record_name: str) -> list[dict[str, Any]]:
     return records
 
 
-def _avro_confluent(value: bytes, record_name: str) -> tuple[Any, bool]:
+def _avro_confluent(value: bytes, record_name: str, limits: Limits) -> tuple[Any, bool]:
     if len(value) < 5:
         raise Invalid(Reason.MALFORMED)
     sid = int.from_bytes(value[1:5], "big")
@@ -214,6 +224,8 @@ def _avro_confluent(value: bytes, record_name: str) -> tuple[Any, bool]:
     if single is not None:
         if single[0] != record_name:
             raise Invalid(Reason.WRONG_TYPE)
+        if len(value) - 5 > limits.max_event_bytes:
+            raise Invalid(Reason.TOO_LARGE)
         return _read_avro(value[5:], schemas.parsed(record_name)), False
     batch = schemas.BATCH_SCHEMA_IDS.get(sid)
     if batch is not None:
@@ -223,11 +235,56 @@ def _avro_confluent(value: bytes, record_name: str) -> tuple[Any, bool]:
     raise Invalid(Reason.UNKNOWN_SCHEMA_ID)
 
 
+def _admit(
+    out: Decoded, record: Any, record_name: str, index: int | None, raw: bytes, p: int, o: int
+) -> None:
+    """Keep one decoded record, or reject it (index None: the whole message) if an identifier
+    could not be named by any command (`pipeline.identifiers`)."""
+    reason = bad_identifier(record, record_name)
+    if reason is not None:
+        _reject(out, reason, index, raw, p, o)
+        return
+    out.records.append(record)
+    out.lineage.append(Lineage(p, o, 0 if index is None else index))
+
+
+def _admit_batch(
+    out: Decoded,
+    records: list[Any],
+    record_name: str,
+    size_of: Callable[[Any], int] | None,
+    limits: Limits,
+    raw: bytes,
+    p: int,
+    o: int,
+) -> None:
+    """Keep the events of a batch message; an oversized event (`size_of` it over the event limit)
+    or one with a bad identifier is rejected alone, with its index and the whole message."""
+    for i, record in enumerate(records):
+        if size_of is not None and size_of(record) > limits.max_event_bytes:
+            _reject(out, Reason.TOO_LARGE, i, raw, p, o)
+        else:
+            _admit(out, record, record_name, i, raw, p, o)
+
+
+def _json_size(item: Any) -> int:
+    return len(orjson.dumps(item))
+
+
+def _avro_size(record_name: str) -> Callable[[Any], int]:
+    def size(record: Any) -> int:
+        try:
+            return codec_avro.encoded_size(record_name, record)
+        except ValueError:  # the reader gave something the schema does not hold: measure it as JSON
+            return len(orjson.dumps(record, default=str))
+
+    return size
+
+
 def _decode_json(
     value: bytes, record_name: str, fmt: Format | None, limits: Limits, out: Decoded, p: int, o: int
 ) -> None:
     conv = converter(record_name)
-    records, lineage = out.records, out.lineage
     if fmt is not Format.JSONL:
         try:
             parsed = orjson.loads(value)
@@ -238,17 +295,22 @@ def _decode_json(
             if items is None:
                 if len(value) > limits.max_event_bytes:
                     raise Invalid(Reason.TOO_LARGE)
-                records.append(conv(parsed))
-                lineage.append(Lineage(p, o, 0))
+                _admit(out, conv(parsed), record_name, None, value, p, o)
                 return
             if not items:
                 raise Invalid(Reason.EMPTY)
+            # Each element is one event under the event limit, measured as compact JSON; a message
+            # within the limit cannot hold a larger event, so only larger ones are measured.
+            oversized = len(value) > limits.max_event_bytes
             for i, item in enumerate(items):
                 try:
-                    records.append(conv(item))
-                    lineage.append(Lineage(p, o, i))
+                    if oversized and _json_size(item) > limits.max_event_bytes:
+                        raise Invalid(Reason.TOO_LARGE)
+                    record = conv(item)
                 except Invalid as bad:
                     _reject(out, bad.reason, i, value, p, o)
+                    continue
+                _admit(out, record, record_name, i, value, p, o)
             return
     lines = [line for line in value.split(b"\n") if line.strip(_WS)]
     if fmt is not Format.JSONL and len(lines) < 2:
@@ -264,10 +326,11 @@ def _decode_json(
                 obj = loads(line)
             except orjson.JSONDecodeError:
                 raise Invalid(Reason.MALFORMED) from None
-            records.append(conv(obj))
-            lineage.append(Lineage(p, o, i))
+            record = conv(obj)
         except Invalid as bad:
             _reject(out, bad.reason, i, line, p, o)
+            continue
+        _admit(out, record, record_name, i, line, p, o)
 
 
 def _decode_into(
@@ -300,22 +363,30 @@ def _decode_into(
         if fmt is Format.JSON or fmt is Format.JSONL:
             _decode_json(raw, record_name, fmt, limits, out, p, o)
             return
+        # Avro: a single record is the whole message (less the Confluent prefix), so the message
+        # is checked against the event limit; a batch's records are measured one by one. An
+        # uncompressed batch within the limit cannot hold a larger event; a container file's
+        # blocks may be compressed, so its records are always measured.
+        measure: Callable[[Any], int] | None = None
         if fmt is Format.CONFLUENT:
-            result, batch = _avro_confluent(raw, record_name)
+            result, batch = _avro_confluent(raw, record_name, limits)
         elif fmt is Format.AVRO:
+            if len(raw) > limits.max_event_bytes:
+                raise Invalid(Reason.TOO_LARGE)
             result, batch = _read_avro(raw, schemas.parsed(record_name)), False
         elif fmt is Format.AVRO_BATCH:
             result, batch = _read_avro(raw, schemas.parsed_batch(record_name)), True
         else:
             result, batch = _read_container(raw, record_name), True
+            measure = _avro_size(record_name)
         if not batch:
-            out.records.append(result)
-            out.lineage.append(Lineage(p, o, 0))
+            _admit(out, result, record_name, None, raw, p, o)
             return
         if not result:
             raise Invalid(Reason.EMPTY)
-        out.records.extend(result)
-        out.lineage.extend([Lineage(p, o, i) for i in range(len(result))])
+        if measure is None and len(raw) > limits.max_event_bytes:
+            measure = _avro_size(record_name)
+        _admit_batch(out, result, record_name, measure, limits, raw, p, o)
     except Invalid as bad:
         _reject(out, bad.reason, None, raw, p, o)
 

@@ -144,3 +144,16 @@ def write_records(prefix: bytes, record_name: str, records: list[dict[str, Any]]
     except (AttributeError, TypeError, KeyError):
         raise ValueError(f"a record does not match the {record_name} schema") from None
     return bytes(out)
+
+
+def encoded_size(record_name: str, record: dict[str, Any]) -> int:
+    """The length of one record's Avro binary encoding (its size inside a batch or container).
+
+    Raises ValueError if the record does not match the schema.
+    """
+    out = bytearray()
+    try:
+        writer_for(record_name)(out, record)
+    except (AttributeError, TypeError, KeyError):
+        raise ValueError(f"a record does not match the {record_name} schema") from None
+    return len(out)

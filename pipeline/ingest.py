@@ -7,6 +7,7 @@ requests are loaded first, whole: every decision is judged at the call's own tim
 history, which is the event-time order the stream reaches by waiting for its consent streams.
 Dead letters go to `<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600: they hold raw
 input), written before the range they belong to lands.
+Rejected consent events and privacy requests are kept the same way, under their file's source.
 """
 
 from __future__ import annotations
@@ -66,22 +67,40 @@ def _read(path: Path, record_name: str) -> Decoded:
     return out
 
 
-def load_states(consent: list[Path], requests: list[Path]) -> tuple[dict[str, AccountState], Counter[str]]:
+def load_states(
+    consent: list[Path], requests: list[Path], lake: Path | None = None
+) -> tuple[dict[str, AccountState], Counter[str]]:
+    """Every account's consent and request history from the control files. Rejected records are
+    counted by reason and, with `lake`, kept as dead letters like rejected calls (under the file's
+    own source), so an operator sees them and an access request or erasure finds them."""
     states: dict[str, AccountState] = {}
     counts: Counter[str] = Counter()
-    for path in consent:
-        decoded = _read(path, "ConsentEvent")
-        counts["consent_rejected"] += len(decoded.rejections)
-        for rec in sorted(decoded.records, key=lambda r: r["at"]):
-            states[rec["account_id"]] = record_consent(states.get(rec["account_id"]), rec)
-            counts["consent_events"] += 1
-    for path in requests:
-        decoded = _read(path, "PrivacyRequest")
-        counts["requests_rejected"] += len(decoded.rejections)
-        for rec in sorted(decoded.records, key=lambda r: r["at"]):
-            states[rec["account_id"]] = record_request(states.get(rec["account_id"]), rec)
-            counts["privacy_requests"] += 1
+    for kind, paths, record_name, apply in (
+        ("consent", consent, "ConsentEvent", record_consent),
+        ("requests", requests, "PrivacyRequest", record_request),
+    ):
+        for path in paths:
+            decoded = _read(path, record_name)
+            for rej in decoded.rejections:
+                counts[f"{kind}_rejected.{rej.reason.value}"] += 1
+            if lake is not None and decoded.rejections:
+                _keep_rejects(lake, file_source(path), decoded)
+            for rec in sorted(decoded.records, key=lambda r: r["at"]):
+                states[rec["account_id"]] = apply(states.get(rec["account_id"]), rec)
+                counts["consent_events" if kind == "consent" else "privacy_requests"] += 1
     return states, counts
+
+
+def _keep_rejects(lake: Path, source: str, decoded: Decoded) -> None:
+    dead = [
+        DeadLetter(
+            rej.reason, rej.stage, -1, rej.offset if rej.offset >= 0 else (rej.index or 0), rej.index, rej.raw
+        )
+        for rej in decoded.rejections
+    ]
+    offsets = [d.offset for d in dead]
+    lake.mkdir(parents=True, exist_ok=True)  # the control files are read before any calls land
+    write_rejects(lake, source, min(offsets), max(offsets), dead)
 
 
 def _units(decoded: Decoded) -> Iterator[tuple[int, Decoded]]:

@@ -3,8 +3,9 @@
 `strip_secrets` runs before anything else (here and on the dead-letter path), so a credential
 that a carrier put in `attributes` reaches neither the lake nor calls.dlq. `validate_batch` then
 checks each record against the CallEvent schema (required fields, types, enum symbols), sane
-identifiers, times and durations, and duplicate event ids within the batch, and normalizes the
-phone numbers to E.164 where they parse. Each rejection carries one `Reason`, never a value.
+identifiers (non-blank, bounded, printable: `pipeline.identifiers`), times and durations, and
+duplicate event ids within the batch, and normalizes the phone numbers to E.164 where they parse.
+Each rejection carries one `Reason`, never a value.
 
 Region of a nationally written number (no "+"): there is no setting for it. We take, in order,
 the region of the call's other number when that one is written internationally, then the region
@@ -28,6 +29,7 @@ from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
+from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Stage
 
@@ -35,10 +37,6 @@ RECORD = "CallEvent"
 EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call
 MAX_FUTURE_MS = 24 * 3600 * 1000  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
-MAX_ID_LEN = 128
-MAX_PHONE_LEN = 64
-# Annotation categories whose string fields are identifiers: non-empty and bounded.
-ID_CATEGORIES = frozenset({"id", "account_id", "org_id", "carrier", "device_id", "phone"})
 TIME_CATEGORY = "time"
 
 Record = dict[str, Any]
@@ -244,7 +242,7 @@ def _check_fields(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Rea
             return Reason.WRONG_TYPE
         if rule.category in ID_CATEGORIES and isinstance(value, str):
             limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
-            if not value.strip() or len(value) > limit:
+            if not is_nameable(value, limit):
                 return Reason.BAD_ID
     return None
 

@@ -37,6 +37,7 @@ def main() -> None:
 
     consents = generate.generate_consents(1, generate.generate_accounts(1, 20), START)
     device = {k: v for k, v in call["device"].items() if k != "device_id"}
+    big = {**calls[1], "transcript": "blah " * 1000}  # over the 4 KiB event limit of the test
     files: dict[str, bytes] = {
         "malformed/truncated_json.json": good[:-7],
         "malformed/unclosed_array.json": b"[" + good + b"," + good,
@@ -68,6 +69,34 @@ def main() -> None:
         "empty/avro_batch_of_none.bin": b"\x00" + struct.pack(">I", 11) + _empty_array(),
         "empty/container_without_records.avro": codec.encode_container([], "CallEvent"),
         "too_large/big_transcript.json": js(transcript="blah " * 1000),
+        # One oversized event among good ones, in every batch framing: only it is rejected.
+        "too_large/big_transcript_in_batch.json": orjson.dumps([calls[0], big, calls[2]]),
+        "too_large/big_transcript_in_batch.jsonl": b"\n".join(
+            orjson.dumps(c) for c in (calls[0], big, calls[2])
+        ),
+        "too_large/big_transcript_in_batch.bin": codec.encode(
+            [calls[0], big, calls[2]], "CallEvent", "avro", 3
+        )[0],
+        "too_large/big_transcript_in_batch.avro": codec.encode_container(
+            [calls[0], big, calls[2]], "CallEvent"
+        ),
+        "too_large/big_transcript_avro.bin": codec.encode([big], "CallEvent", "avro")[0],
+        # Identifiers no command could name (control and other unprintable characters).
+        "bad_id/nul_in_account_id.json": js(account_id="acct\x00-1"),
+        "bad_id/escape_in_event_id.json": js(event_id="e\x1b[2J-1"),
+        "bad_id/newline_in_org_id.json": js(org_id="org\n-1"),
+        "bad_id/zero_width_in_carrier_id.json": js(carrier_id="carrier\u200b-gb"),
+        "bad_id/tab_in_caller.json": js(caller="+44\t20 7946 0958"),
+        "bad_id/nul_in_device_id.json": js(device={**call["device"], "device_id": "d\x00"}),
+        "bad_id/nul_in_account_id_avro.bin": codec.encode(
+            [{**call, "account_id": "a\x00"}], "CallEvent", "avro"
+        )[0],
+        "bad_id/nul_in_account_id_in_batch.json": orjson.dumps(
+            [calls[0], {**calls[1], "account_id": "a\x00"}]
+        ),
+        "bad_id/nul_in_account_id_in_batch.bin": codec.encode(
+            [calls[0], {**calls[1], "account_id": "a\x00"}], "CallEvent", "avro", 2
+        )[0],
     }
     for name, value in files.items():
         path = HERE / name

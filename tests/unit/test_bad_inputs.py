@@ -11,12 +11,13 @@ from pipeline.reasons import Reason, Stage
 
 FOLDER = Path(__file__).resolve().parent.parent / "bad_inputs"
 CASES = sorted(p for p in FOLDER.rglob("*") if p.is_file() and p.suffix not in (".py", ".md"))
-LIMITS = Limits(max_message_bytes=4096)
+# Small limits, so that oversized cases stay small files: 4 KiB per event, 16 KiB per message.
+LIMITS = Limits(max_message_bytes=16 * 1024, max_event_bytes=4 * 1024)
 
 
 def test_every_decode_reason_has_a_case() -> None:
     decode_reasons = {"malformed", "unknown_schema_id", "wrong_type", "missing_field", "unknown_enum"}
-    decode_reasons |= {"empty", "too_large"}
+    decode_reasons |= {"empty", "too_large", "bad_id"}
     assert {p.parent.name for p in CASES} == decode_reasons
 
 
@@ -30,6 +31,9 @@ def test_bad_input_gives_its_reason(path: Path) -> None:
     assert all(r.stage is Stage.DECODE and r.offset == 7 for r in out.rejections)
     if path.suffix == ".jsonl":  # only the bad line goes; the good ones stay
         assert out.records and all(r.index is not None and r.raw in value for r in out.rejections)
+    elif path.stem.endswith("_in_batch"):  # only the bad event of the batch goes, with its index
+        assert len(out.rejections) == 1 and out.records
+        assert all(r.index is not None and r.raw == value for r in out.rejections)
     else:
         assert out.records == [] and all(r.raw == value for r in out.rejections)
         if not value.startswith(b"["):  # a JSON array is rejected element by element

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import schemas
 from pipeline import codec, codec_avro, generate
 from pipeline.codec import FORMAT_HEADER, Decoded, Limits, Lineage, decode_batch, decode_value, encode
+from pipeline.identifiers import identifier_paths
 from pipeline.reasons import Reason, Stage
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -182,6 +183,115 @@ def test_size_limits() -> None:
     assert len(out.records) + len(out.rejections) == 5
 
 
+def _framings(records: list[dict[str, Any]], name: str) -> dict[str, tuple[bytes, Any]]:
+    """The same records as one message of every framing that can carry several: (value, headers)."""
+    avro_batch = encode(records, name, "avro", len(records))[0]
+    return {
+        "json array": (orjson.dumps(records), None),
+        "json lines": (b"\n".join(orjson.dumps(r) for r in records), None),
+        "json lines (header)": (b"\n".join(orjson.dumps(r) for r in records), [(FORMAT_HEADER, b"jsonl")]),
+        "avro batch (confluent)": (avro_batch, None),
+        "avro batch (header)": (avro_batch[5:], [(FORMAT_HEADER, b"avro-batch")]),
+        "avro container": (codec.encode_container(records, name), None),
+        "avro container (uncompressed)": (codec.encode_container(records, name, "null"), None),
+    }
+
+
+def _singles(record: dict[str, Any], name: str) -> dict[str, tuple[bytes, Any]]:
+    """One record as a message of every framing that carries one."""
+    confluent = encode([record], name, "avro")[0]
+    return {
+        "json object": (orjson.dumps(record), None),
+        "avro (confluent)": (confluent, None),
+        "avro (bare)": (confluent[5:], None),
+        "avro (header)": (confluent[5:], [(FORMAT_HEADER, b"avro")]),
+    }
+
+
+BIG_TRANSCRIPT = "blah " * (9 * 1024 * 1024 // 5)  # a 9 MB transcript: over the 1 MiB default event limit
+
+
+def test_an_oversized_event_is_too_large_in_every_framing_and_the_others_are_kept() -> None:
+    calls = RECORDS["CallEvent"][:3]
+    big = {**calls[1], "transcript": BIG_TRANSCRIPT}
+    for framing, (value, headers) in _framings([calls[0], big, calls[2]], "CallEvent").items():
+        assert len(value) <= codec.DEFAULT_LIMITS.max_message_bytes, framing
+        out = decode_value(value, "CallEvent", headers=headers, partition=2, offset=9)
+        assert out.records == [calls[0], calls[2]], framing
+        assert [lin.index for lin in out.lineage] == [0, 2], framing
+        assert [(r.reason, r.index, r.offset) for r in out.rejections] == [(Reason.TOO_LARGE, 1, 9)], framing
+    for framing, (value, headers) in _singles(big, "CallEvent").items():
+        out = decode_value(value, "CallEvent", headers=headers)
+        assert out.records == [], framing
+        assert [(r.reason, r.index, r.raw) for r in out.rejections] == [(Reason.TOO_LARGE, None, value)], (
+            framing
+        )
+
+
+def test_events_within_the_limit_pass_in_every_framing() -> None:
+    calls = RECORDS["CallEvent"][:4]
+    # 750 kB transcripts: each event under the 1 MiB limit, the message over it, so each is measured
+    near = [{**c, "transcript": "blah " * 150_000} for c in calls[1:3]]
+    records = [calls[0], *near, calls[3]]
+    for framing, (value, headers) in _framings(records, "CallEvent").items():
+        assert "container" in framing or len(value) > codec.DEFAULT_LIMITS.max_event_bytes, framing
+        out = decode_value(value, "CallEvent", headers=headers)
+        assert only_records(out) == records, framing
+
+
+# Control characters and other unprintable ones no command line can carry.
+UNNAMEABLE = ["a\x00b", "a\nb", "\x1b[2J", "a\tb", "a\u200bb", "a\u2028b", "\x7f", "a\u00a0b"]
+
+
+def _identifier_cases() -> list[tuple[str, str]]:
+    return [(name, ".".join(path)) for name in sorted(RECORDS) for path, _limit in identifier_paths(name)]
+
+
+def _with(record: dict[str, Any], path: str, value: str) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
+    if not rest:
+        return {**record, head: value}
+    return {**record, head: _with(record[head], rest, value)}
+
+
+def test_every_identifier_field_is_checked() -> None:
+    assert _identifier_cases() == [
+        ("CallEvent", "event_id"),
+        ("CallEvent", "account_id"),
+        ("CallEvent", "org_id"),
+        ("CallEvent", "carrier_id"),
+        ("CallEvent", "caller"),
+        ("CallEvent", "callee"),
+        ("CallEvent", "device.device_id"),
+        ("ConsentEvent", "account_id"),
+        ("PrivacyRequest", "request_id"),
+        ("PrivacyRequest", "account_id"),
+    ]
+
+
+@pytest.mark.parametrize(("name", "path"), _identifier_cases(), ids=lambda v: str(v))
+def test_unnameable_identifiers_are_bad_id_in_every_framing(name: str, path: str) -> None:
+    parent = path.rpartition(".")[0]
+    first, second, third = [r for r in RECORDS[name] if not parent or r.get(parent)][:3]
+    for text in UNNAMEABLE:
+        bad = _with(second, path, text)
+        for framing, (value, headers) in _framings([first, bad, third], name).items():
+            out = decode_value(value, name, headers=headers)
+            assert out.records == [first, third], (framing, text)
+            assert [(r.reason, r.index) for r in out.rejections] == [(Reason.BAD_ID, 1)], (framing, text)
+        for framing, (value, headers) in _singles(bad, name).items():
+            out = decode_value(value, name, headers=headers)
+            assert out.records == [], (framing, text)
+            assert [(r.reason, r.index) for r in out.rejections] == [(Reason.BAD_ID, None)], (framing, text)
+
+
+def test_printable_identifiers_pass() -> None:
+    call = RECORDS["CallEvent"][0]
+    for text in ["acct-1", "Ärzte GmbH 7", "ü@x.example", "a b", "客户-42", "x" * 128]:
+        out = decode_value(orjson.dumps({**call, "account_id": text}), "CallEvent")
+        assert only_records(out)[0]["account_id"] == text
+
+
 @pytest.mark.parametrize(
     ("text", "ms"),
     [
@@ -232,10 +342,12 @@ def test_corrupted_avro_never_raises(cut: int, junk: bytes) -> None:
     value = encode(RECORDS["CallEvent"][:3], "CallEvent", "avro", 3)[0]
     mangled = value[:cut] + junk + value[cut + len(junk) :]
     out = decode_value(mangled, "CallEvent")
-    # still three events, or nothing: a corrupted Avro message is never half-read
-    assert len(out.records) == 3 or (out.records == [] and out.rejections)
+    # still three events, or nothing: a corrupted Avro message is never half-read. An event whose
+    # identifier the junk made unnameable is rejected alone, after the whole message was read.
+    bad_id = [r for r in out.rejections if r.index is not None and r.reason is Reason.BAD_ID]
+    assert len(out.records) + len(bad_id) == 3 or (out.records == [] and out.rejections)
     if mangled[:1] == b"\x00":
-        assert len(out.records) == 3 or [r.index for r in out.rejections] == [None]
+        assert len(out.records) + len(bad_id) == 3 or [r.index for r in out.rejections] == [None]
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))

@@ -1,0 +1,112 @@
+"""Log storms become a trickle: at most `burst` lines per cause per interval, then a count.
+
+While the broker is down, aiokafka and faust log the same connection and metadata errors dozens of
+times a second; an operator's terminal, log store and alerting drown in them. `RateLimit` is a
+`logging.Filter` for handlers: a cause is the logger name, the level and the message template
+(`record.msg`, never the formatted arguments, which may hold data). The first `burst` records of a
+cause in an interval pass; the rest are counted and dropped, and the cause's next line after the
+interval says how many were dropped: "... (and 64 more like it in the last 10s)". A storm's last
+interval is reported by the cause's next line, whenever that comes.
+
+`install` puts one filter on every handler of the root logger (one per handler: a filter shared by
+two handlers would count each record twice). `basic_config` is the CLI's logging set-up with it.
+Anything that replaces the root handlers afterwards (faust's worker does, when it starts) must
+call `install` again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+DEFAULT_INTERVAL_S = 10.0
+
+Cause = tuple[str, int, str]
+
+
+@dataclass(slots=True)
+class _Window:
+    started: float
+    passed: int = 0
+    dropped: int = 0
+
+
+class RateLimit(logging.Filter):
+    """Pass at most `burst` records per cause per `interval` seconds; count the rest."""
+
+    def __init__(
+        self,
+        interval: float = DEFAULT_INTERVAL_S,
+        *,
+        burst: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if interval <= 0 or burst < 1:
+            raise ValueError("interval must be positive and burst at least 1")
+        self.interval = interval
+        self.burst = burst
+        self._clock = clock
+        self._windows: dict[Cause, _Window] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def cause(record: logging.LogRecord) -> Cause:
+        template = record.msg if isinstance(record.msg, str) else type(record.msg).__qualname__
+        return (record.name, record.levelno, template)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = self.cause(record)
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window.started >= self.interval:
+                dropped = window.dropped if window is not None else 0
+                self._windows[key] = _Window(now, passed=1)
+                if len(self._windows) > 4096:  # bounded memory: forget causes long quiet
+                    self._forget(now)
+            elif window.passed < self.burst:
+                window.passed += 1
+                return True
+            else:
+                window.dropped += 1
+                return False
+        if dropped:
+            note = f" (and {dropped} more like it in the last {self.interval:g}s)"
+            if isinstance(record.msg, str):  # the note holds no "%": the args still fit the template
+                record.msg = record.msg + note
+            else:
+                record.msg, record.args = record.getMessage() + note, None
+        return True
+
+    def _forget(self, now: float) -> None:
+        for key in [
+            k for k, w in self._windows.items() if now - w.started >= self.interval and not w.dropped
+        ]:
+            del self._windows[key]
+
+
+def install(interval: float = DEFAULT_INTERVAL_S, *, logger: logging.Logger | None = None) -> list[RateLimit]:
+    """Put a RateLimit on every handler of `logger` (the root logger) that has none; idempotent.
+    Returns the filters added."""
+    added = []
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RateLimit) for f in handler.filters):
+            limit = RateLimit(interval)
+            handler.addFilter(limit)
+            added.append(limit)
+    return added
+
+
+def basic_config(*, level: str, fmt: str, stream: IO[str], interval: float = DEFAULT_INTERVAL_S) -> None:
+    """`logging.basicConfig` with rate-limited handlers. Like basicConfig it leaves a root logger
+    that already has handlers (an embedding application's, a test runner's) as it is."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    logging.basicConfig(level=level, format=fmt, stream=stream)
+    install(interval, logger=root)
