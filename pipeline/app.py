@@ -31,6 +31,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError, MessageSizeTooLargeError
 
+from pipeline import lograte
 from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
 from pipeline.control import RECORDS, ControlReader, ControlState
@@ -281,7 +282,14 @@ class WorkerRuntime(mode.Service):
         await self.producer.stop()
 
 
+class _Worker(mode.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """mode replaces the root handlers when it sets logging up: rate-limit the new ones, so
+        a broker outage logs one line per cause per interval (pipeline/lograte.py)."""
+        lograte.install()
+
+
 def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> None:
     """`callpipe worker`: run until SIGTERM or SIGINT."""
     service = WorkerRuntime(settings, key, prefix=prefix)
-    mode.Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()

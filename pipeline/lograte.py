@@ -2,7 +2,8 @@
 
 While the broker is down, aiokafka and faust log the same connection and metadata errors dozens of
 times a second; an operator's terminal, log store and alerting drown in them. `RateLimit` is a
-`logging.Filter` for handlers: a cause is the logger name, the level and the message template
+`logging.Filter` for handlers, on warnings and errors (the progress a worker reports at info, one
+line per landed range or resumed partition, always passes): a cause is the logger name, the level and the message template
 (`record.msg`, never the formatted arguments, which may hold data). The first `burst` records of a
 cause in an interval pass; the rest are counted and dropped, and the cause's next line after the
 interval says how many were dropped: "... (and 64 more like it in the last 10s)". A storm's last
@@ -44,8 +45,10 @@ class RateLimit(logging.Filter):
         *,
         burst: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        min_level: int = logging.WARNING,
     ) -> None:
         super().__init__()
+        self.min_level = min_level  # below it every record passes: "landed ...", "resumes at ..."
         if interval <= 0 or burst < 1:
             raise ValueError("interval must be positive and burst at least 1")
         self.interval = interval
@@ -60,6 +63,8 @@ class RateLimit(logging.Filter):
         return (record.name, record.levelno, template)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.min_level:
+            return True
         key = self.cause(record)
         now = self._clock()
         with self._lock:

@@ -136,3 +136,15 @@ def test_install_puts_one_filter_on_each_handler_once() -> None:
     finally:
         for h in handlers:
             logger.removeHandler(h)
+
+
+def test_progress_at_info_is_never_limited() -> None:
+    clock = [0.0]
+    limit = RateLimit(10.0, clock=lambda: clock[0])
+    records = [
+        logging.LogRecord(
+            "callpipe.worker", logging.INFO, __file__, 1, "landed %s offsets %s..%s", (p, 0, 9), None
+        )
+        for p in range(5)
+    ]
+    assert all(limit.filter(r) for r in records)
