@@ -146,7 +146,7 @@ def _write_config(broker: Broker) -> None:
                 "transaction.state.log.min.isr=1",
                 "share.coordinator.state.topic.replication.factor=1",
                 "group.initial.rebalance.delay.ms=0",
-                # Topics are declared by `callpipe topics create`; faust creates its own internal ones.
+                # Topics are declared by `callpipe topics create`.
                 "auto.create.topics.enable=true",
                 "message.max.bytes=10485760",
                 "log.retention.check.interval.ms=60000",

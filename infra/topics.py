@@ -1,10 +1,10 @@
-"""The topics of DESIGN.md, declared idempotently.
+"""callpipe's topics, declared idempotently.
 
-calls.raw, consent.events and privacy.requests are co-partitioned: same partition count, keyed
-by account_id, so one worker sees a subject's consent and calls together. consent.events and
-privacy.requests keep their whole history (no compaction: event-time consent decisions need
-every change, and the compacted state lives in the faust tables' changelogs). calls.raw and
-calls.dlq have bounded retention; the dead letters hold raw personal data, so theirs is short.
+They are created with one partition count, but nothing depends on co-partitioning: every worker
+reads consent.events and privacy.requests whole (docs/ARCHITECTURE.md), so carriers may use any
+partitioner and another partition count. Both keep their whole history (no compaction:
+event-time consent decisions need every change). calls.raw and calls.dlq have bounded
+retention; the dead letters hold raw personal data, so theirs is short.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""callpipe stream side: faust app and agents (thin), pure record transforms, codecs, settings, CLI."""
+"""callpipe stream side: the worker, pure record transforms, codecs, settings, CLI (docs/ARCHITECTURE.md)."""

@@ -1,10 +1,10 @@
 """Which messages of a partition the worker may take, given the offset it expects next.
 
-faust's consumer can lose messages around a rebalance: it drops what it fetched while the flow
-was stopped and seeks back to the committed offsets, aiokafka skips that seek for a partition
-with no committed offset (or 0), and faust's own read-offset filter can then drop the re-read.
-The lake knows exactly which offset of a partition comes next, so the worker checks every
-message against it instead of trusting the framework:
+A consumer can skip messages: faust's dropped what it had fetched around a rebalance (the reason
+the worker no longer uses it), aiokafka skips the seek to a committed offset of 0, and logs have
+real gaps (retention, compaction, transaction markers). The lake knows exactly which offset of a
+partition comes next, so the worker checks every message against it instead of trusting the
+client:
 
     offset <  expected   already consumed: the runner skips it
     offset == expected   the next one: taken
