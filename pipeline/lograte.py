@@ -3,7 +3,8 @@
 While the broker is down, aiokafka and faust log the same connection and metadata errors dozens of
 times a second; an operator's terminal, log store and alerting drown in them. `RateLimit` is a
 `logging.Filter` for handlers, on warnings and errors (the progress a worker reports at info, one
-line per landed range or resumed partition, always passes): a cause is the logger name, the level and the message template
+line per landed range or resumed partition, always passes): a cause is the logger name, the
+level and the message template
 (`record.msg`, never the formatted arguments, which may hold data). The first `burst` records of a
 cause in an interval pass; the rest are counted and dropped, and the cause's next line after the
 interval says how many were dropped: "... (and 64 more like it in the last 10s)". A storm's last
