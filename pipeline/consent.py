@@ -2,8 +2,8 @@
 
 `AccountState` is one account's consent history per purpose and its privacy-request history, a
 small JSON-serializable value (every worker holds all of them, pipeline/control.py). Histories
-are kept sorted by event time and free of repeats, so recording an event twice, or out of arrival order, changes nothing:
-a replayed or late consent event lands where its time puts it.
+are kept sorted by event time and free of repeats, so recording an event twice, or out of
+arrival order, changes nothing: a replayed or late consent event lands where its time puts it.
 
 `decide(state, at_ms, defaults)` judges an event at its own time against that history (the last
 entry at or before `at_ms` counts):
