@@ -29,7 +29,10 @@ from typing import Any
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import ConsumerStoppedError, KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from pipeline import lograte
 from pipeline.codec import decode_value
@@ -51,6 +54,23 @@ TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
 MAX_FETCH = 8 * 1024 * 1024
+MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
+
+
+async def dlq_limit(bootstrap: str, topic: str) -> int:
+    """The largest record batch calls.dlq accepts (its max.message.bytes, the broker's default
+    when the topic sets none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    return int(entry[1])
+    finally:
+        await admin.close()
+    return 1024 * 1024
 
 
 def now_ms() -> int:
@@ -67,10 +87,12 @@ class KafkaBroker:
         self.dlq = dlq
         self._sent: list[tuple[asyncio.Future[Any], DeadLetter, bytes | None, str]] = []
         self._dlq_partitions = 1
+        self.max_bytes = 1024 * 1024
 
-    async def start(self) -> None:
+    async def start(self, bootstrap: str) -> None:
         parts = await self.producer.partitions_for(self.dlq)
         self._dlq_partitions = max(1, len(parts))
+        self.max_bytes = min(MAX_REQUEST, await dlq_limit(bootstrap, self.dlq))
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         assigned = self.consumer.assignment()
@@ -87,12 +109,19 @@ class KafkaBroker:
         self.consumer.resume(*self._tps(partitions))
 
     def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
+        headers = dead.headers(topic)
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, dead.raw, headers)  # an upper bound
+        if size > self.max_bytes:  # refused before it is tried: the broker would refuse it whole
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(MessageSizeTooLargeError(f"dead letter of {size} bytes"))
+            self._sent.append((refused, dead, key, topic))
+            return
         future = asyncio.ensure_future(
             self.producer.send_and_wait(
                 self.dlq,
                 value=dead.raw,
                 key=key,
-                headers=dead.headers(topic),
+                headers=headers,
                 partition=dead.partition % self._dlq_partitions,
             )
         )
@@ -166,7 +195,8 @@ class ControlDuty:
     async def commit(self) -> None:
         if not self.pending:
             return
-        await self.worker.dead_letters_durable()
+        if not await self.worker.dead_letters_durable():
+            return  # committed once the broker has taken them
         pending, self.pending = self.pending, {}
         await self.broker.commit_tps(pending)
 
@@ -220,7 +250,7 @@ class WorkerRuntime(mode.Service):
         settings, key, prefix, topics = self.settings, self._key, self._prefix, self._topics
         bootstrap = settings.bootstrap
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=10 * 1024 * 1024
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=MAX_REQUEST
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -241,7 +271,7 @@ class WorkerRuntime(mode.Service):
     async def on_start(self) -> None:
         self._clients()
         await self.producer.start()
-        await self.broker.start()
+        await self.broker.start(self.settings.bootstrap)
         await self.reader.start()
         started = time.monotonic()
         await self.reader.ready.wait()  # no call is judged before the whole control state is read

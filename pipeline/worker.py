@@ -124,6 +124,7 @@ class StreamWorker:
         self.stalled: dict[int, _Stalled] = {}  # paused after a failed flush
         self.counters: Counter[str] = Counter()
         self._logged: dict[str, float] = {}
+        self._retry_dead: list[tuple[DeadLetter, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
         control.listeners.append(self._on_request)
 
@@ -308,24 +309,34 @@ class StreamWorker:
         )
         self.broker.send_dead(d, key, topic)
 
-    async def dead_letters_durable(self) -> None:
-        """Wait until every dead letter sent is in calls.dlq or, too large for it, kept whole in
-        the lake's `_rejects/` with a stub in calls.dlq. Other failures raise: nothing is landed
-        or committed past them, and the range is consumed again."""
-        refused = await self.broker.dead_sent()
-        retry: list[tuple[DeadLetter, bytes | None, str]] = []
-        for d, key, topic, exc in refused:
-            if not self.broker.too_large(exc):
-                raise exc
-            retry.append((d, key, topic))
+    async def dead_letters_durable(self) -> bool:
+        """Whether every dead letter sent is in calls.dlq or, too large for it, kept whole in the
+        lake's `_rejects/` with a stub in calls.dlq. Those the broker did not take for another
+        reason (an outage) are sent again on the next call, and the ranges holding them do not
+        land meanwhile: nothing is landed or committed past a message not yet dead-lettered."""
+        retry, self._retry_dead = self._retry_dead, []
         for d, key, topic in retry:
-            self.counters["dead_letter_kept_in_lake"] += 1
-            keep_oversize(self.settings.lake, topic, d)
-            self.broker.send_dead(stub_of(d), key, topic)
-        if retry:
-            refused = await self.broker.dead_sent()
-            if refused:
-                raise refused[0][3]
+            self.broker.send_dead(d, key, topic)
+        refused = await self.broker.dead_sent()
+        stubs = False
+        for d, key, topic, exc in refused:
+            if self.broker.too_large(exc) and not isinstance(d, _Stub):
+                self.counters["dead_letter_kept_in_lake"] += 1
+                keep_oversize(self.settings.lake, topic, d)
+                self.broker.send_dead(stub_of(d), key, topic)
+                stubs = True
+            else:
+                self._refused(d, key, topic, exc)
+        if stubs:
+            for d, key, topic, exc in await self.broker.dead_sent():
+                self._refused(d, key, topic, exc)
+        return not self._retry_dead
+
+    def _refused(self, d: DeadLetter, key: bytes | None, topic: str, exc: BaseException) -> None:
+        self.counters["dead_letter_retries"] += 1
+        if self._once(f"dlq.{type(exc).__name__}", 10):
+            log.error("dead letters not taken by the broker (%s); retrying", type(exc).__name__)
+        self._retry_dead.append((d, key, topic))
 
     # ------------------------------------------------------------ landing
 
@@ -338,7 +349,8 @@ class StreamWorker:
         ]
         if not due:
             return
-        await self.dead_letters_durable()  # a range's dead letters are in Kafka before it lands
+        if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
+            return
         offsets: dict[int, int] = {}
         for p in due:
             runner = self.parts[p].runner

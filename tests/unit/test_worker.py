@@ -301,20 +301,27 @@ def test_a_dead_letter_too_large_for_the_dlq_is_kept_in_the_lake_before_its_rang
     assert read_stats(lake)["events_in"] == 4
 
 
-def test_a_dead_letter_the_broker_refuses_stops_the_range_from_landing(lake: Path) -> None:
-    msgs = [*messages(calls(3)), Msg(b"not json at all", 0, 3)]
+def test_a_dead_letter_the_broker_refuses_holds_its_range_back_until_it_is_taken(lake: Path) -> None:
+    recs = calls(3)
+    msgs = [*messages(recs), Msg(b"not json at all", 0, 3)]
     broker = FakeBroker(fail_sends=True)
+    clock = Clock()
 
     async def go() -> None:
-        w = make_worker(lake, broker)
+        w = make_worker(lake, broker, clock=clock)
         await w.assigned([0])
         await w.take(0, msgs)
-        with pytest.raises(ConnectionError):
-            await w.shutdown()
+        clock.mono += 6
+        await w.tick()  # the broker is down: the range does not land, the worker does not stop
+        assert vault_ids(lake) == Counter() and broker.commits == [] and broker.dlq == []
+        broker.fail_sends = False  # the broker is back
+        await w.tick()
+        assert [h["callpipe.source.offset"] for _v, h in broker.dlq] == [b"3"]
+        assert broker.commits == [{0: 4}]
+        await w.shutdown()
 
     run(go())
-    assert vault_ids(lake) == Counter()
-    assert broker.commits == []
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
 
 
 def test_a_full_disk_pauses_the_partition_and_it_resumes_by_itself(
