@@ -35,7 +35,9 @@ async def _read(bootstrap: str, topic: str, position: dict[int, int], timeout_s:
     except Exception as exc:
         raise TopicUnavailable(f"cannot reach the broker to read {topic} ({type(exc).__name__})") from None
     try:
-        partitions = consumer.partitions_for_topic(topic) if topic in await consumer.topics() else None
+        # `topics()` fetches fresh metadata but does not keep it where partitions_for_topic looks.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             raise TopicUnavailable(f"topic {topic} does not exist")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
