@@ -377,5 +377,9 @@ def test_a_pass_killed_and_rerun_equals_an_uninterrupted_one(
 
 
 @pytest.mark.slow
-def test_a_pass_killed_at_random_points_ten_times(base: dict[str, Any], done: dict[str, Any]) -> None:
+def test_a_pass_killed_at_random_points_ten_times(
+    request: pytest.FixtureRequest, base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("12 kill -9 trials: run the slow suite with -m slow (README, Tests)")
     _kill_trials(base, done, 12, "slow")
