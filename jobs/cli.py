@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import cli_analysis, cli_ops
+from jobs import cli_analysis, cli_ops, cli_requests
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,3 +12,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     jobs_sub = jobs.add_subparsers(dest="job", required=True, parser_class=type(jobs))
     cli_ops.register(sub, jobs_sub)
     cli_analysis.register(sub, jobs_sub)
+    cli_requests.register(jobs_sub)

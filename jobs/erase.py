@@ -46,6 +46,7 @@ def _erase_files(
     values: dict[str, str],
     dead: list[rejects.Hits],
     progress: ProgressFn | None,
+    extra: dict[str, Any],
 ) -> tuple[Change, list[dict[str, Any]], dict[str, int]]:
     change = Change(lake, "erase")
     work = []
@@ -106,7 +107,7 @@ def _erase_files(
             removed[entry.pop("zone")] += entry.pop("removed")
             files_audit.append(entry)
         change.info = {
-            "params": {"subject": values[ANALYTICS]},
+            "params": {"subject": values[ANALYTICS], **extra},
             "counts": dict(removed),
             "files": files_audit,
         }
@@ -151,55 +152,85 @@ def run(
 ) -> dict[str, Any]:
     """Erase one account. Returns counts (rows removed per zone, files touched and their share);
     raises ErasureIncomplete if verification still finds rows."""
+    with job_lock(lake) as recovered:
+        return erase_locked(
+            con, lake, key, account_id, buckets=buckets, progress=progress, recovered=recovered
+        )
+
+
+def erase_locked(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    account_id: str,
+    *,
+    buckets: int,
+    zones: tuple[str, ...] = (VAULT, ANALYTICS),
+    request: str | None = None,
+    progress: ProgressFn | None = None,
+    recovered: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """`run` for a caller that already holds the job lock (`jobs.requests`). `zones` limits the
+    erasure (a restriction removes analytics rows only; dead letters go with the vault);
+    `request` names the data-subject request it fulfils in the audit entry."""
     started = time.monotonic()
     values = _values(key, account_id)
     token = values[ANALYTICS]
     bucket = bucket_of(token, buckets)
-    with job_lock(lake) as recovered:
-        located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
-        dead = rejects.find(lake, account_id)
-        change, files_audit, removed = _erase_files(lake, located, values, dead, progress)
-        audit_run = change.run
-        # Verification over every bucket: footers and Bloom filters, then exact counts.
-        verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
-        outside = sum(len(v.hits) for v in verify)
-        if outside:
-            change.finish()  # the first pass is complete; audit it with the second
-            second, more_files, more_removed = _erase_files(lake, verify, values, [], progress)
-            files_audit += more_files
-            for zone, n in more_removed.items():
-                removed[zone] += n
-            change, audit_run = second, second.run
-            verify = [locate(con, lake, zone, values[zone], None) for zone in (VAULT, ANALYTICS)]
-        remaining = sum(sum(v.hits.values()) for v in verify)
+    extra: dict[str, Any] = {} if request is None else {"request": request}
+    if zones != (VAULT, ANALYTICS):
+        extra["zones"] = list(zones)
+    located = [locate(con, lake, zone, values[zone], bucket) for zone in zones]
+    dead = rejects.find(lake, account_id) if VAULT in zones else []
+    change, files_audit, removed = _erase_files(lake, located, values, dead, progress, extra)
+    audit_run = change.run
+    # Verification over every bucket: footers and Bloom filters, then exact counts.
+    verify = [locate(con, lake, zone, values[zone], None) for zone in zones]
+    outside = sum(len(v.hits) for v in verify)
+    if outside:
+        change.finish()  # the first pass is complete; audit it with the second
+        second, more_files, more_removed = _erase_files(lake, verify, values, [], progress, extra)
+        files_audit += more_files
+        for zone, n in more_removed.items():
+            removed[zone] += n
+        change, audit_run = second, second.run
+        verify = [locate(con, lake, zone, values[zone], None) for zone in zones]
+    remaining = sum(sum(v.hits.values()) for v in verify)
+    if VAULT in zones:
         remaining += sum(len(h.matching) for h in rejects.find(lake, account_id))
-        files_total = sum(v.files_total for v in verify)
-        rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
-        dead_letters = removed.pop("dead_letters")
-        counts = {
-            "rows_removed": removed,
-            "dead_letters_removed": dead_letters,
-            "files_total": files_total,
-            "files_probed": sum(loc.files_probed for loc in located),
-            "files_maybe": sum(loc.files_maybe for loc in located),
-            "files_rewritten": rewritten,
-            "files_touched_share": round(rewritten / files_total, 4) if files_total else 0.0,
-            "files_outside_bucket": outside,
-            "rows_remaining": remaining,
-            "recovered_runs": len(recovered),
-        }
-        duration = time.monotonic() - started
-        audit.record(
-            lake,
-            job="erase",
-            params={"subject": token, "key_version": key.version, "bucket": bucket, "buckets": buckets},
-            counts=counts,
-            files=files_audit,
-            duration_s=duration,
-            outcome="ok" if remaining == 0 else "incomplete",
-            run=audit_run,
-        )
-        change.finish()
+    files_total = sum(v.files_total for v in verify)
+    rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
+    dead_letters = removed.pop("dead_letters")
+    counts = {
+        "rows_removed": removed,
+        "dead_letters_removed": dead_letters,
+        "files_total": files_total,
+        "files_probed": sum(loc.files_probed for loc in located),
+        "files_maybe": sum(loc.files_maybe for loc in located),
+        "files_rewritten": rewritten,
+        "files_touched_share": round(rewritten / files_total, 4) if files_total else 0.0,
+        "files_outside_bucket": outside,
+        "rows_remaining": remaining,
+        "recovered_runs": len(recovered or []),
+    }
+    duration = time.monotonic() - started
+    audit.record(
+        lake,
+        job="erase",
+        params={
+            "subject": token,
+            "key_version": key.version,
+            "bucket": bucket,
+            "buckets": buckets,
+            **extra,
+        },
+        counts=counts,
+        files=files_audit,
+        duration_s=duration,
+        outcome="ok" if remaining == 0 else "incomplete",
+        run=audit_run,
+    )
+    change.finish()
     if remaining:
         raise ErasureIncomplete(f"{remaining} rows of the subject remain after erasure")
     return {"subject": token, **counts, "duration_s": round(duration, 3)}

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import audit, replace, risk
+from jobs import audit, ledger, replace, risk
 from jobs.anonymize import PERIOD_START
 from pipeline.policy import Policy
 from pipeline.reasons import Drop
@@ -103,8 +103,21 @@ def collect(
         "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
         "jobs_total": len(entries),
         "unfinished_changes": len(replace.pending(lake)),
+        "requests": _requests(lake, policy, as_of),
         "risk": risk.measure(con, lake, as_of=as_of, sample=sample, seed=seed),
     }
+
+
+def _requests(lake: Path, policy: Policy, as_of: datetime) -> dict[str, Any]:
+    """The request ledger (`jobs.ledger`): open requests by age with their deadline state, and the
+    latest closed ones."""
+    status = ledger.status(lake, as_of, policy.requests.warn_days)
+    closed = [
+        r.to_json()
+        for r in sorted(ledger.requests(lake).values(), key=lambda r: r.requested_at, reverse=True)
+        if not r.open
+    ][:HISTORY]
+    return {**status, "closed": [{k: v for k, v in r.items() if k != "enforced"} for r in closed]}
 
 
 def _zone(
@@ -320,6 +333,20 @@ def render_text(data: dict[str, Any]) -> str:
             for p in u["by_points"]
         )
         out.append(f"  {u['label']:<44} {shares or 'no data'}")
+    q = data["requests"]
+    totals = ", ".join(f"{k} {v}" for k, v in sorted(q["totals"].items())) or "none"
+    out += ["", f"Data-subject requests ({totals}; fulfilled after their deadline: {q['fulfilled_late']})"]
+    for r in q["open"]:
+        flag = {"overdue": "OVERDUE", "due soon": "due soon"}.get(r["due"], "on time")
+        out.append(
+            f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} {r['age_days']:>6} d old"
+            f"  deadline {r['deadline']}  {flag}"
+        )
+    for r in q["closed"][:10]:
+        when = r.get("fulfilled_at") or r.get("refused_at")
+        out.append(
+            f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} at {when}  {r.get('reason') or ''}"
+        )
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
     if data["unfinished_changes"]:
         out.append(

@@ -298,6 +298,35 @@ def render(data: dict[str, Any]) -> str:
                 *stream["other"].items(),
             ],
         ),
+        "requests_table": _table(
+            ["request", "kind", "status", "requested", "deadline", "age (days)", "due"],
+            [
+                *(
+                    [
+                        r["request"],
+                        r["kind"],
+                        r["status"],
+                        r["requested_at"],
+                        r["deadline"],
+                        r["age_days"],
+                        r["due"].upper() if r["due"] == "overdue" else r["due"],
+                    ]
+                    for r in data["requests"]["open"]
+                ),
+                *(
+                    [
+                        r["request"],
+                        r["kind"],
+                        r["status"],
+                        r["requested_at"],
+                        r["deadline"],
+                        "",
+                        r.get("reason") or r.get("fulfilled_at") or "",
+                    ]
+                    for r in data["requests"]["closed"]
+                ),
+            ],
+        ),
         "jobs_table": _table(
             ["at", "job", "outcome", "duration (s)", "files", "counts"],
             [
@@ -316,6 +345,8 @@ def render(data: dict[str, Any]) -> str:
         jobs_shown=len(data["jobs"]),
         jobs_total=data["jobs_total"],
         unfinished=data["unfinished_changes"],
+        requests_overdue=data["requests"]["overdue"],
+        requests_due_soon=data["requests"]["due_soon"],
         **charts,
         **tables,
     )

@@ -31,8 +31,10 @@ batch or container record) that breaks one is rejected alone, with its index.
 JSON is type-checked against the schema so that JSON and Avro give identical dicts: every field
 present, optional fields None when absent, timestamps int epoch milliseconds (JSON may give
 ISO-8601 strings, a naive one read as UTC), enums as symbol strings. Unknown JSON fields are
-ignored (a v1 reader of v2 data). Avro container files written with
-another version of the schema are resolved to the known one.
+ignored (a v1 reader of v2 data). Avro container files written with another version of the
+schema are resolved to the known one, and so are Confluent messages whose id names an earlier
+version (`schemas.SCHEMA_IDS`: PrivacyRequest v1 is id 3, v2 id 4) and bare bodies that only an
+earlier version reads.
 """
 
 from __future__ import annotations
@@ -181,10 +183,10 @@ _HEADER_VALUES: dict[bytes, Format] = {f.value.encode(): f for f in Format}
 _FORMAT_HEADER_BYTES = FORMAT_HEADER.encode()
 
 
-def _read_avro(body: bytes, schema: Any) -> Any:
+def _read_avro(body: bytes, schema: Any, reader: Any = None) -> Any:
     bio = io.BytesIO(body)
     try:
-        result = fastavro.schemaless_reader(bio, schema, None)
+        result = fastavro.schemaless_reader(bio, schema, reader)
     except Exception:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ... on bad bytes
         raise Invalid(Reason.MALFORMED) from None
     if bio.tell() != len(body):
@@ -220,18 +222,20 @@ def _avro_confluent(value: bytes, record_name: str, limits: Limits) -> tuple[Any
     if len(value) < 5:
         raise Invalid(Reason.MALFORMED)
     sid = int.from_bytes(value[1:5], "big")
-    single = schemas.SCHEMA_IDS.get(sid)
-    if single is not None:
-        if single[0] != record_name:
+    for ids, is_batch in ((schemas.SCHEMA_IDS, False), (schemas.BATCH_SCHEMA_IDS, True)):
+        known = ids.get(sid)
+        if known is None:
+            continue
+        name, version = known
+        if name != record_name:
             raise Invalid(Reason.WRONG_TYPE)
-        if len(value) - 5 > limits.max_event_bytes:
+        if not is_batch and len(value) - 5 > limits.max_event_bytes:
             raise Invalid(Reason.TOO_LARGE)
-        return _read_avro(value[5:], schemas.parsed(record_name)), False
-    batch = schemas.BATCH_SCHEMA_IDS.get(sid)
-    if batch is not None:
-        if batch[0] != record_name:
-            raise Invalid(Reason.WRONG_TYPE)
-        return _read_avro(value[5:], schemas.parsed_batch(record_name)), True
+        reader = schemas.parsed_batch(record_name) if is_batch else schemas.parsed(record_name)
+        if version == schemas.CURRENT[record_name]:
+            return _read_avro(value[5:], reader), is_batch
+        writer = schemas.parsed_writer(record_name, version, batch=is_batch)
+        return _read_avro(value[5:], writer, reader), is_batch
     raise Invalid(Reason.UNKNOWN_SCHEMA_ID)
 
 
@@ -279,6 +283,22 @@ def _avro_size(record_name: str) -> Callable[[Any], int]:
             return len(orjson.dumps(record, default=str))
 
     return size
+
+
+def _read_bare(body: bytes, record_name: str, batch: bool) -> Any:
+    """A bare Avro body: the current writer schema, else an earlier version still accepted."""
+    reader = schemas.parsed_batch(record_name) if batch else schemas.parsed(record_name)
+    try:
+        return _read_avro(body, reader)
+    except Invalid:
+        for name, version in schemas.OLD_FILES:
+            if name == record_name:
+                writer = schemas.parsed_writer(name, version, batch=batch)
+                try:
+                    return _read_avro(body, writer, reader)
+                except Invalid:
+                    continue
+        raise
 
 
 def _decode_json(
@@ -373,9 +393,9 @@ def _decode_into(
         elif fmt is Format.AVRO:
             if len(raw) > limits.max_event_bytes:
                 raise Invalid(Reason.TOO_LARGE)
-            result, batch = _read_avro(raw, schemas.parsed(record_name)), False
+            result, batch = _read_bare(raw, record_name, False), False
         elif fmt is Format.AVRO_BATCH:
-            result, batch = _read_avro(raw, schemas.parsed_batch(record_name)), True
+            result, batch = _read_bare(raw, record_name, True), True
         else:
             result, batch = _read_container(raw, record_name), True
             measure = _avro_size(record_name)

@@ -37,7 +37,8 @@ from pipeline.policy import ConsentDefaults
 from pipeline.reasons import Drop
 
 PURPOSES = ("recording", "transcription", "analytics")
-REQUEST_KINDS = ("erase", "restrict", "unrestrict", "object", "access")
+# rectify corrects stored data (the `jobs requests` job); it changes no stream decision.
+REQUEST_KINDS = ("erase", "restrict", "unrestrict", "object", "access", "rectify")
 
 
 class Stream(StrEnum):

@@ -398,11 +398,25 @@ def generate_requests(
             continue
         kind = _weighted(rng, kinds)
         at = start_ms + rng.randrange(span_ms)
-        out.append({"request_id": _uuid(rng), "account_id": acc.account_id, "kind": kind, "at": at})
+        out.append(
+            {
+                "request_id": _uuid(rng),
+                "account_id": acc.account_id,
+                "kind": kind,
+                "at": at,
+                "corrections": None,
+            }
+        )
         if kind == "restrict" and rng.random() < 0.4:
             later = at + rng.randrange(1, max(2, start_ms + span_ms - at))
             out.append(
-                {"request_id": _uuid(rng), "account_id": acc.account_id, "kind": "unrestrict", "at": later}
+                {
+                    "request_id": _uuid(rng),
+                    "account_id": acc.account_id,
+                    "kind": "unrestrict",
+                    "at": later,
+                    "corrections": None,
+                }
             )
     out.sort(key=lambda e: e["at"])
     return out

@@ -62,12 +62,26 @@ class KeySource:
 
 
 @dataclass(frozen=True)
+class RequestDeadlines:
+    """Days a data-subject request may stay open, counted from when it was made (30 by default,
+    overridable per kind), and how many days before its deadline an open request is flagged."""
+
+    days: int = 30
+    warn_days: int = 7
+    per_kind: tuple[tuple[str, int], ...] = ()
+
+    def days_for(self, kind: str) -> int:
+        return dict(self.per_kind).get(kind, self.days)
+
+
+@dataclass(frozen=True)
 class Policy:
     retention: Retention = field(default_factory=Retention)
     k: int = 5
     consent: ConsentDefaults = field(default_factory=ConsentDefaults)
     secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES
     key: KeySource = field(default_factory=KeySource)
+    requests: RequestDeadlines = field(default_factory=RequestDeadlines)
     source: str = "<defaults>"
 
 

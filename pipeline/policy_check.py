@@ -12,6 +12,8 @@ The file (every table and key optional; what is left out keeps its default):
     [secrets]                attribute_names = ["password", "pin", ...]
     [pseudonymization]       key_file = "/etc/callpipe/key" | key_env = "CALLPIPE_KEY_HEX"
                              key_version = "v1"
+    [requests]               days = 30, warn_days = 7   # deadline of a data-subject request
+    [requests.erase]         days = 30      # per kind: erase, access, rectify, restrict, ...
 
 Unknown tables and keys are errors (a misspelt `dayz` must not silently keep the default), and
 so are wrong types and values out of range. Every problem found is reported, one line each:
@@ -27,7 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.policy import DEFAULT_SECRET_NAMES, ConsentDefaults, KeySource, Policy, PolicyError, Retention
+from pipeline.consent import REQUEST_KINDS
+from pipeline.policy import (
+    DEFAULT_SECRET_NAMES,
+    ConsentDefaults,
+    KeySource,
+    Policy,
+    PolicyError,
+    RequestDeadlines,
+    Retention,
+)
 
 MAX_DAYS = 36_500  # a hundred years: anything longer is a typo
 MAX_K = 10_000
@@ -118,6 +129,7 @@ SHAPE: dict[str, Any] = {
     "consent": {"defaults": {"recording": _bool, "transcription": _bool, "analytics": _bool}},
     "secrets": {"attribute_names": _names},
     "pseudonymization": {"key_file": _path, "key_env": _env, "key_version": _version},
+    "requests": {"days": _days, "warn_days": _days, **{kind: {"days": _days} for kind in REQUEST_KINDS}},
 }
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -226,7 +238,18 @@ def build(doc: dict[str, Any], source: str) -> Policy:
             n.lower() for n in doc.get("secrets", {}).get("attribute_names", DEFAULT_SECRET_NAMES)
         ),
         key=KeySource(file=key.get("key_file"), env=key.get("key_env"), version=key.get("key_version", "v1")),
+        requests=_requests(doc.get("requests", {})),
         source=source,
+    )
+
+
+def _requests(doc: dict[str, Any]) -> RequestDeadlines:
+    default = RequestDeadlines()
+    per_kind = tuple((kind, int(doc[kind]["days"])) for kind in REQUEST_KINDS if "days" in doc.get(kind, {}))
+    return RequestDeadlines(
+        days=int(doc.get("days", default.days)),
+        warn_days=int(doc.get("warn_days", default.warn_days)),
+        per_kind=per_kind,
     )
 
 

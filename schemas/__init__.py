@@ -22,12 +22,17 @@ import fastavro
 
 HERE = Path(__file__).resolve().parent
 
-# Record name -> .avsc file.
+# Record name -> .avsc file (the current version).
 FILES = {
     "CallEvent": "call_event.avsc",
     "ConsentEvent": "consent_event.avsc",
     "PrivacyRequest": "privacy_request.avsc",
 }
+# Earlier versions still accepted on the wire: (record name, version) -> .avsc file. A message
+# written with one of them is read with it and resolved to the current version (Avro schema
+# resolution: new fields take their defaults), so old producers keep working.
+OLD_FILES = {("PrivacyRequest", 1): "privacy_request.v1.avsc"}
+CURRENT = {"CallEvent": 1, "ConsentEvent": 1, "PrivacyRequest": 2}
 
 # Schema ids for the Confluent wire format (magic byte 0, 4-byte id, body). callpipe runs
 # without a schema registry, so the ids it accepts are fixed here: (record name, version).
@@ -35,8 +40,9 @@ SCHEMA_IDS: dict[int, tuple[str, int]] = {
     1: ("CallEvent", 1),
     2: ("ConsentEvent", 1),
     3: ("PrivacyRequest", 1),
+    4: ("PrivacyRequest", 2),  # adds rectify and its corrections
 }
-ID_OF: dict[str, int] = {name: sid for sid, (name, _v) in SCHEMA_IDS.items()}
+ID_OF: dict[str, int] = {name: sid for sid, (name, v) in SCHEMA_IDS.items() if v == CURRENT[name]}
 
 # Schema ids of batch messages: one Kafka message whose body is an Avro array of records
 # (high-volume carriers batch). Kept apart from SCHEMA_IDS so ID_OF stays one id per record.
@@ -44,8 +50,9 @@ BATCH_SCHEMA_IDS: dict[int, tuple[str, int]] = {
     11: ("CallEvent", 1),
     12: ("ConsentEvent", 1),
     13: ("PrivacyRequest", 1),
+    14: ("PrivacyRequest", 2),
 }
-BATCH_ID_OF: dict[str, int] = {name: sid for sid, (name, _v) in BATCH_SCHEMA_IDS.items()}
+BATCH_ID_OF: dict[str, int] = {name: sid for sid, (name, v) in BATCH_SCHEMA_IDS.items() if v == CURRENT[name]}
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,22 @@ def _strip_logical(node: Any) -> Any:
 def parsed(name: str) -> Any:
     """fastavro-parsed schema with timestamps as plain longs (epoch milliseconds)."""
     return fastavro.parse_schema(_strip_logical(copy.deepcopy(raw(name))))
+
+
+@cache
+def raw_version(name: str, version: int) -> dict[str, Any]:
+    """The schema of one version as written (the current one, or an earlier one still accepted)."""
+    if version == CURRENT[name]:
+        return raw(name)
+    result: dict[str, Any] = json.loads((HERE / OLD_FILES[(name, version)]).read_text())
+    return result
+
+
+@cache
+def parsed_writer(name: str, version: int, *, batch: bool = False) -> Any:
+    """fastavro-parsed writer schema of one version (timestamps as longs), for schema resolution."""
+    node: Any = _strip_logical(copy.deepcopy(raw_version(name, version)))
+    return fastavro.parse_schema({"type": "array", "items": node} if batch else node)
 
 
 @cache

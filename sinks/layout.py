@@ -4,6 +4,9 @@
 <lake>/analytics/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet    pseudonymized
 <lake>/aggregates/<name>/...                               anonymous, k-checked
 <lake>/_audit/                                             append-only job and request record
+<lake>/_requests/                                          request ledger, topic position (0700)
+<lake>/_outbox/                                            access exports, breach lists (0700/0600)
+<lake>/vault/requests/                                     raw subject ids of requests (0700/0600)
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ VAULT = "vault"
 ANALYTICS = "analytics"
 AGGREGATES = "aggregates"
 AUDIT = "_audit"
+REQUESTS = "_requests"
+OUTBOX = "_outbox"
+VAULT_REQUESTS = ("vault", "requests")  # under the vault: the only place a request's raw id is kept
 ZONES = (VAULT, ANALYTICS)
 TABLE = "calls"
 DIR_MODE = {VAULT: 0o700, ANALYTICS: 0o755}

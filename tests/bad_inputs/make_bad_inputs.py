@@ -48,7 +48,7 @@ def main() -> None:
         "malformed/corrupt_container.avro": codec.encode_container(calls, "CallEvent", "null")[:-20],
         "malformed/jsonl_one_broken_line.jsonl": b"\n".join([good, b'{"event_id": "e-2", ', good]),
         "unknown_schema_id/id_99.bin": b"\x00" + struct.pack(">I", 99) + avro[5:],
-        "unknown_schema_id/id_4.bin": b"\x00" + struct.pack(">I", 4) + avro[5:],
+        "unknown_schema_id/id_9.bin": b"\x00" + struct.pack(">I", 9) + avro[5:],
         "wrong_type/duration_as_string.json": js(duration_s="61"),
         "wrong_type/started_at_not_a_time.json": js(started_at="the 3rd of May"),
         "wrong_type/attribute_value_number.json": js(attributes={"retries": 3}),

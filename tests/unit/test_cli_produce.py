@@ -79,7 +79,7 @@ def test_file_of_the_wrong_record_for_the_topic(tmp_path: Path, capsys: pytest.C
 @pytest.mark.parametrize("form", ["jsonl", "array", "container"])
 def test_files_are_recognised_by_content(tmp_path: Path, name: str, topic: str, form: str) -> None:
     records = {"CallEvent": TRAFFIC.calls, "ConsentEvent": TRAFFIC.consents}.get(name) or [
-        {"request_id": "r-1", "account_id": "acc-1", "kind": "erase", "at": START}
+        {"request_id": "r-1", "account_id": "acc-1", "kind": "erase", "at": START, "corrections": None}
     ]
     path = tmp_path / f"in.{form}"
     if form == "jsonl":

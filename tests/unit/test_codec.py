@@ -384,3 +384,20 @@ def test_compiled_avro_writer_refuses_invalid_records(change: dict[str, Any]) ->
 def test_arbitrary_headers_never_raise(headers: list[tuple[Any, Any]], value: bytes) -> None:
     out = decode_value(value, "CallEvent", headers=headers)
     assert out.records or out.rejections
+
+
+def test_privacy_request_v1_messages_still_decode_as_v2() -> None:
+    """Schema evolution: v1 producers (Confluent id 3, bare bodies) keep working after rectify."""
+
+    v1 = {"request_id": "r-1", "account_id": "acc-1", "kind": "erase", "at": 1_700_000_000_000}
+    writer = schemas.parsed_writer("PrivacyRequest", 1)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, writer, v1)
+    expected = {**v1, "corrections": None}
+    confluent = b"\x00" + (3).to_bytes(4, "big") + body.getvalue()
+    assert codec.decode_value(confluent, "PrivacyRequest").records == [expected]
+    assert codec.decode_value(body.getvalue(), "PrivacyRequest").records == [expected]
+    v2 = {**v1, "kind": "rectify", "corrections": [{"attribute": "org_id", "old": None, "new": "org-2"}]}
+    (value,) = codec.encode([v2], "PrivacyRequest", "avro")
+    assert value[1:5] == (4).to_bytes(4, "big")
+    assert codec.decode_value(value, "PrivacyRequest").records == [v2]

@@ -1,0 +1,382 @@
+"""`callpipe jobs requests`: one pass that records every new data-subject request in the ledger
+(`jobs.ledger`) and fulfils every open one, without a human in the loop.
+
+A pass, under the lake's job lock (so it never runs beside another job, and killed jobs are
+finished first):
+1. Intake. New PrivacyRequests (from privacy.requests, read from the ledger's position up to the
+   end offsets taken at the start, and from files given on the command line) are recorded: the
+   raw account id and corrections to `<lake>/vault/requests/<request>.json` (0600, atomic), then
+   one `received` ledger event by token, then the topic position. A kill anywhere re-reads and
+   the ledger ignores request ids it holds, so nothing is lost or doubled.
+2. Fulfilment, oldest request first (an access before an erase of the same subject exports first):
+   an `in_progress` event records what the subject's data was when work began (`found`), then:
+   - erase: `jobs.erase` over vault, analytics and the dead letters under `_rejects/`. A subject
+     erased twice: the second request is fulfilled with nothing left to remove. The request's
+     raw-id file is kept in the vault as the suppression list of step 3.
+   - access: `jobs.export` of every row of the subject into `<lake>/_outbox/access-<request>.json`
+     (0600) with `access-<request>.manifest.json` (checksum, counts, deadline) to hand over.
+   - rectify: `jobs.rectify` in the vault and, through the tokens, in analytics.
+   - restrict, object: in force in the stream from the request's time on (the worker reads the
+     same topic); the subject's existing analytics rows are removed too (restriction: stored in
+     the vault only, processed no further; objection: no more analytics processing). unrestrict:
+     recorded; nothing to undo (rows kept out of analytics are not rebuilt).
+   then `fulfilled` with what it touched (`found`, so a rerun after a kill reports the same), or
+   `refused` with a reason: `no_data` (rectify of a subject the lake holds nothing on),
+   `invalid_correction`, `subject_erased` (rectify or access after the subject's erasure).
+   An erase or access for a subject the lake holds nothing on is fulfilled (nothing to remove;
+   an export that says so).
+3. Enforcement. A subject whose events were still streaming in when its erasure ran can have rows
+   landed after it (the worker drops its events once it has read the request, not before): every
+   pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
+   erases what it finds, recorded as an `enforced` ledger event.
+
+Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
+lake and the same ledger as an uninterrupted pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from jobs import audit, erase, export, ledger, rectify, rejects
+from jobs.ledger import Request, iso
+from jobs.replace import fsync_dir, job_lock, make_dirs
+from pipeline.keys import PseudonymKey
+from pipeline.policy import RequestDeadlines
+from sinks.layout import ANALYTICS, OUTBOX, VAULT_REQUESTS
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Requests read from one source, and the topic position to record once they are in the ledger."""
+
+    records: list[dict[str, Any]]
+    source: str  # "topic" or "file"
+    topic: str | None = None
+    position: dict[int, int] | None = None
+    rejected: int = 0  # messages that were not PrivacyRequests (counted, never quoted)
+
+
+Reader = Callable[[dict[int, int]], Batch]  # position -> what the topic holds past it
+
+
+def file_name(request_id: str) -> str:
+    """A request id as a file name: itself when plain, else a digest (ids come from producers)."""
+    if _SAFE.match(request_id):
+        return request_id
+    return "h-" + hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+def intake_dir(lake: Path) -> Path:
+    return lake.joinpath(*VAULT_REQUESTS)
+
+
+def outbox_dir(lake: Path) -> Path:
+    return lake / OUTBOX
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a restricted file (0600) atomically in a 0700 folder."""
+    make_dirs(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _intake_path(lake: Path, request_id: str) -> Path:
+    return intake_dir(lake) / f"{file_name(request_id)}.json"
+
+
+def _read_intake(lake: Path, request_id: str) -> dict[str, Any] | None:
+    path = _intake_path(lake, request_id)
+    if not path.exists():
+        return None
+    doc: dict[str, Any] = orjson.loads(path.read_bytes())
+    return doc
+
+
+def _forget_intake(lake: Path, request_id: str) -> None:
+    path = _intake_path(lake, request_id)
+    if path.exists():
+        path.unlink()
+        fsync_dir(path.parent)
+
+
+def receive(
+    lake: Path,
+    key: PseudonymKey,
+    batch: Batch,
+    now: datetime,
+    deadlines: RequestDeadlines,
+    known: set[str],
+) -> int:
+    """Record the batch's new requests (intake, then ledger); returns how many were new."""
+    entries = []
+    for rec in batch.records:
+        rid = str(rec["request_id"])
+        if rid in known:
+            continue
+        known.add(rid)
+        requested = datetime.fromtimestamp(int(rec["at"]) / 1000, UTC)
+        kind = str(rec["kind"])
+        intake = {
+            "request_id": rid,
+            "account_id": rec["account_id"],
+            "kind": kind,
+            "at": int(rec["at"]),
+            "corrections": rec.get("corrections"),
+        }
+        write_private(_intake_path(lake, rid), orjson.dumps(intake))
+        entries.append(
+            {
+                "event": "received",
+                "request": rid,
+                "kind": kind,
+                "subject": audit.subject_ref(key, str(rec["account_id"])),
+                "requested_at": iso(requested),
+                "received_at": iso(now),
+                "deadline": iso(ledger.deadline(requested, kind, deadlines)),
+                "source": batch.source,
+                "at": iso(now),
+            }
+        )
+    ledger.append(lake, entries)
+    return len(entries)
+
+
+def _found(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, kind: str, buckets: int
+) -> dict[str, int]:
+    if kind == "unrestrict":
+        return {}
+    rows = rectify.rows_of(con, lake, key, account_id, buckets)
+    if kind in ("restrict", "object"):
+        return {ANALYTICS: rows[ANALYTICS]}
+    if kind == "erase":
+        return {**rows, "dead_letters": sum(len(h.matching) for h in rejects.find(lake, account_id))}
+    return rows
+
+
+def _access(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    req: Request,
+    account_id: str,
+    now: datetime,
+) -> dict[str, Any]:
+    doc = export.collect(con, lake, key, account_id, now)
+    doc["request"] = {"request_id": req.request, "requested_at": req.requested_at, "deadline": req.deadline}
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+    name = f"access-{file_name(req.request)}.json"
+    write_private(outbox_dir(lake) / name, data)
+    manifest = {
+        "request": req.request,
+        "kind": "access",
+        "subject": req.subject,
+        "requested_at": req.requested_at,
+        "deadline": req.deadline,
+        "generated_at": iso(now),
+        "file": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "counts": doc["counts"],
+        "format": "JSON (UTF-8): vault rows, analytics rows, dead letters, audit entries of the subject",
+    }
+    write_private(
+        outbox_dir(lake) / f"access-{file_name(req.request)}.manifest.json",
+        orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
+    )
+    audit.record(
+        lake,
+        job="export",
+        params={"subject": req.subject, "request": req.request, "key_version": key.version},
+        counts={**doc["counts"], "files_read": doc["files_read"]},
+        files=[],
+        duration_s=0.0,
+        outcome="ok",
+        at=now,
+    )
+    return {"outbox": name, "counts": doc["counts"]}
+
+
+def _fulfil(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    req: Request,
+    intake: Mapping[str, Any],
+    erased: set[str],
+    now: datetime,
+    buckets: int,
+) -> tuple[str, dict[str, Any]]:
+    """Do what the request asks; returns ("fulfilled", touched) or ("refused", {"reason": ...})."""
+    account_id = str(intake["account_id"])
+    found = req.found or {}
+    if req.kind == "erase":
+        done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
+        del done  # what it removed is `found`: a rerun after a kill removes nothing the second time
+        note = (
+            "already erased"
+            if req.subject in erased
+            else ("no data held" if not any(found.values()) else None)
+        )
+        return "fulfilled", {"rows_removed": found, **({"note": note} if note else {})}
+    if req.subject in erased and req.kind in ("access", "rectify"):
+        return "refused", {"reason": "subject_erased"}
+    if req.kind == "access":
+        return "fulfilled", {"rows_exported": found, **_access(con, lake, key, req, account_id, now)}
+    if req.kind == "rectify":
+        try:
+            fixes = rectify.corrections_of(intake.get("corrections"))
+        except (rectify.InvalidCorrection, KeyError, TypeError):
+            return "refused", {"reason": "invalid_correction"}
+        if not any(found.values()):
+            return "refused", {"reason": "no_data"}
+        rectify.rectify_locked(con, lake, key, account_id, fixes, buckets=buckets, request=req.request)
+        return "fulfilled", {"rows_held": found, "attributes": sorted({f.attribute for f in fixes})}
+    if req.kind in ("restrict", "object"):
+        if found.get(ANALYTICS):
+            erase.erase_locked(
+                con, lake, key, account_id, buckets=buckets, zones=(ANALYTICS,), request=req.request
+            )
+        return "fulfilled", {"analytics_rows_removed": found.get(ANALYTICS, 0), "in_force": "stream"}
+    return "fulfilled", {"in_force": "stream"}  # unrestrict
+
+
+def _enforce(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    folded: Mapping[str, Request],
+    now: datetime,
+    buckets: int,
+) -> list[dict[str, Any]]:
+    """Erase rows of already-erased subjects that landed after their erasure."""
+    events = []
+    seen: set[str] = set()
+    for req in folded.values():
+        if req.kind != "erase" or req.status != "fulfilled" or req.subject in seen:
+            continue
+        seen.add(req.subject)
+        intake = _read_intake(lake, req.request)
+        if intake is None:
+            continue
+        account_id = str(intake["account_id"])
+        found = _found(con, lake, key, account_id, "erase", buckets)
+        if not any(found.values()):
+            continue
+        erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
+        event = {
+            "event": "enforced",
+            "request": req.request,
+            "at": iso(now),
+            "touched": {"rows_removed": found},
+        }
+        ledger.append(lake, [event])
+        events.append(event)
+    return events
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    *,
+    buckets: int,
+    deadlines: RequestDeadlines,
+    now: datetime,
+    topic: Reader | None = None,
+    files: Iterable[Batch] = (),
+) -> dict[str, Any]:
+    """One pass: intake, fulfilment, enforcement. Returns counts and the ledger status."""
+    with job_lock(lake) as recovered:
+        folded = ledger.requests(lake)
+        known = set(folded)
+        received = rejected = 0
+        for batch in files:
+            received += receive(lake, key, batch, now, deadlines, known)
+        if topic is not None:
+            batch = topic(ledger.read_position(lake))
+            received += receive(lake, key, batch, now, deadlines, known)
+            rejected += batch.rejected
+            if batch.position is not None and batch.topic is not None:
+                ledger.write_position(lake, batch.topic, batch.position)
+        folded = ledger.requests(lake)
+        for done in folded.values():  # a kill between the closing event and the unlink
+            if not done.open and done.kind != "erase":
+                _forget_intake(lake, done.request)
+        erased = {r.subject for r in folded.values() if r.kind == "erase" and r.status == "fulfilled"}
+        outcomes: dict[str, int] = {}
+        for req in sorted((r for r in folded.values() if r.open), key=lambda r: (r.requested_at, r.request)):
+            intake = _read_intake(lake, req.request)
+            if intake is None:  # cannot happen: intake is written before the ledger line
+                ledger.append(
+                    lake,
+                    [
+                        {
+                            "event": "refused",
+                            "request": req.request,
+                            "at": iso(now),
+                            "reason": "intake_missing",
+                        }
+                    ],
+                )
+                continue
+            if req.found is None:
+                found = _found(con, lake, key, str(intake["account_id"]), req.kind, buckets)
+                ledger.append(
+                    lake, [{"event": "in_progress", "request": req.request, "at": iso(now), "found": found}]
+                )
+                req.found = found
+            state, detail = _fulfil(con, lake, key, req, intake, erased, now, buckets)
+            if state == "fulfilled":
+                ledger.append(
+                    lake, [{"event": "fulfilled", "request": req.request, "at": iso(now), "touched": detail}]
+                )
+            else:
+                ledger.append(lake, [{"event": "refused", "request": req.request, "at": iso(now), **detail}])
+            if req.kind == "erase":
+                erased.add(req.subject)  # the raw-id file stays: the suppression list of _enforce
+            else:
+                _forget_intake(lake, req.request)
+            outcomes[f"{req.kind} {state}"] = outcomes.get(f"{req.kind} {state}", 0) + 1
+        enforced = _enforce(con, lake, key, ledger.requests(lake), now, buckets)
+        result = {
+            "received": received,
+            "rejected_messages": rejected,
+            "handled": outcomes,
+            "enforced": len(enforced),
+            "recovered_runs": len(recovered),
+        }
+        audit.record(
+            lake,
+            job="requests",
+            params={},
+            counts={"received": received, "handled": sum(outcomes.values()), "enforced": len(enforced)},
+            files=[],
+            duration_s=0.0,
+            outcome="ok",
+            at=now,
+        )
+    return result
