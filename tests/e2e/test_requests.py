@@ -376,10 +376,6 @@ def test_a_pass_killed_and_rerun_equals_an_uninterrupted_one(
     _kill_trials(base, done, 3, "fast")
 
 
-@pytest.mark.slow
-def test_a_pass_killed_at_random_points_ten_times(
-    request: pytest.FixtureRequest, base: dict[str, Any], done: dict[str, Any]
-) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("12 kill -9 trials: run the slow suite with -m slow (README, Tests)")
-    _kill_trials(base, done, 12, "slow")
+@pytest.mark.soak
+def test_a_pass_killed_at_random_points_twelve_times(base: dict[str, Any], done: dict[str, Any]) -> None:
+    _kill_trials(base, done, 12, "soak")
