@@ -292,3 +292,33 @@ def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic()
             assert mine == expected, written
             if mine.startswith("+") and mine != written:
                 assert memo.get(("facts", mine), lambda: None) == phone_facts(mine)
+
+
+def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_kind_of_damage() -> None:
+    """validate_batch runs the schema's field rules unrolled into one function (`_checker`); it
+    must agree with `_check_fields` + `_project`, field by field and damage by damage."""
+    from pipeline.generate import generate_traffic
+    from pipeline.validate import _check_fields, _checker, _project, _rules
+
+    rules = _rules()
+    check = _checker()
+    calls = generate_traffic(12, 200, 1_767_225_600_000).calls
+    damage: list[Any] = [None, 7, 1.5, True, "", " ", "a\x00b", "x" * 200, {"k": 1}, {"k": "v"}, ["l"], "zz"]
+    cases = []
+    for i, call in enumerate(calls):
+        cases.append(call)
+        name = rules[i % len(rules)].name
+        for bad in damage:
+            cases.append({**call, name: bad})
+        if call.get("device"):
+            for bad in damage:
+                cases.append({**call, "device": {**call["device"], "os": bad}})
+                cases.append({**call, "device": {**call["device"], "device_id": bad}})
+        cases.append({k: v for k, v in call.items() if k != name})
+        cases.append({**call, "unknown_field": 1})
+    for case in cases:
+        expected = _check_fields(case, rules)
+        reason, row = check(case)
+        assert reason == expected, case
+        if expected is None:
+            assert row == _project(case, rules)
