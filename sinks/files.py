@@ -12,8 +12,9 @@ and end in `.tmp`.
 
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,9 @@ def _open_new(path: Path, mode: int) -> int:
     return fd
 
 
-def write_temp_parquet(table: pa.Table, final: Path, zone: str) -> Path:
-    """Write `table` to the temp file of `final` and fsync it; returns the temp path.
+def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = True) -> Path:
+    """Write `table` to the temp file of `final` and fsync it (unless `sync` is false: the caller
+    makes many temps durable at once with `sync_all`); returns the temp path.
 
     The table's schema metadata becomes the file's key-value metadata (see sinks.lineage).
     """
@@ -97,7 +99,8 @@ def write_temp_parquet(table: pa.Table, final: Path, zone: str) -> Path:
     with open(fd, "wb") as out:
         pq.write_table(table, out, **parquet_options(zone, table))
         out.flush()
-        os.fsync(out.fileno())
+        if sync:
+            os.fsync(out.fileno())
     return temp
 
 
@@ -121,6 +124,40 @@ def publish(temp: Path, final: Path | None = None) -> Path:
 def fsync_dirs(paths: Iterable[Path]) -> None:
     for path in sorted(set(paths)):
         fsync_dir(path)
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+SYNCFS = _syncfs()
+
+
+def sync_all(root: Path, paths: Iterable[Path], folders: Iterable[Path]) -> None:
+    """Make written files and folder entries durable at once: one `syncfs` of the file system
+    holding `root` (Linux: it waits for every dirty page and the journal, and reports write-back
+    errors), or, without it, an fsync of each file and then of each folder. Thousands of small
+    files cost one call instead of an fsync each."""
+    if SYNCFS is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dirs(folders)
 
 
 def write_parquet(table: pa.Table, final: Path, zone: str, *, lake: Path) -> Path:

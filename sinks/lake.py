@@ -104,7 +104,11 @@ def _temps(lake: Path, source: str) -> list[tuple[Path, int, int]]:
 
 
 def recover(lake: Path, source: str) -> int:
-    """Finish or undo an interrupted flush of `source`; the first offset the lake does not hold."""
+    """Finish or undo an interrupted flush of `source` (its own, or a group's it took part in:
+    sinks.group); the first offset the lake does not hold."""
+    from sinks.group import recover_groups  # sinks.group builds on this module
+
+    recover_groups(lake, source)
     folder = lineage.manifest_dir(lake, source)
     if folder.is_dir():
         files.remove_durably(p for p in folder.iterdir() if p.name.endswith(files.TEMP_SUFFIX))
