@@ -28,6 +28,9 @@ from sinks.layout import DIR_MODE, FILE_MODE
 TEMP_SUFFIX = ".tmp"
 ROW_GROUP_ROWS = 128 * 1024  # per row group: statistics and bloom filters prune at this grain
 BLOOM_FPP = 0.01
+# Below this many rows a file is written without dictionary encoding: for the small files of a
+# backfill's many days it is a third of the writing time and the files come out no larger.
+DICTIONARY_MIN_ROWS = 1_000
 
 
 def temp_path(final: Path) -> Path:
@@ -54,6 +57,8 @@ def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
     Returns the folders whose entries changed (parents of created folders), to be fsynced.
     """
     changed: set[Path] = set()
+    if path.is_dir():
+        return changed
     current = root
     for part in path.relative_to(root).parts:
         current = current / part
@@ -68,12 +73,14 @@ def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
 
 def parquet_options(zone: str, table: pa.Table) -> dict[str, Any]:
     """How every lake file of a zone is written: zstd, statistics, a bloom filter on the account
-    column sized to its distinct values, and the sort order declared in the footer."""
+    column sized to its distinct values, the sort order declared in the footer, and dictionary
+    encoding unless the file is small."""
     account = ACCOUNT_COLUMN[zone]
     distinct = pc.count_distinct(table.column(account)).as_py() if table.num_rows else 1
     order = [(account, "ascending"), *((name, "ascending") for name in SORT_COLUMNS)]
     return {
         "compression": "zstd",
+        "use_dictionary": table.num_rows >= DICTIONARY_MIN_ROWS,
         "write_statistics": True,
         "row_group_size": ROW_GROUP_ROWS,
         "bloom_filter_options": {account: {"ndv": max(1, min(distinct, ROW_GROUP_ROWS)), "fpp": BLOOM_FPP}},
