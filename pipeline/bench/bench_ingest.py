@@ -50,7 +50,7 @@ def main() -> None:
                         (ct for (_f, _l, n), (_c, _p, _t, ct, _cl) in stats.items() if n == name), default=0
                     )
                     figures[f"share_{name}"] = round(cum / total, 3) if total else None
-            print(json.dumps({"days": days, **figures}))
+            print(json.dumps({"span_days": days, **figures}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
