@@ -4,6 +4,7 @@
 <lake>/analytics/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet    pseudonymized
 <lake>/aggregates/<name>/...                               anonymous, k-checked
 <lake>/_audit/                                             append-only job and request record
+<lake>/_groups/                                            group flushes under way (sinks/group.py), 0700
 """
 
 from __future__ import annotations
