@@ -148,7 +148,8 @@ def sync_all(root: Path, paths: Iterable[Path], folders: Iterable[Path]) -> None
     """Make written files and folder entries durable at once: one `syncfs` of the file system
     holding `root` (Linux: it waits for every dirty page and the journal, and reports write-back
     errors), or, without it, an fsync of each file and then of each folder. Thousands of small
-    files cost one call instead of an fsync each."""
+    files cost one call instead of an fsync each; the price is waiting for other writers' dirty
+    data on the same file system too, so the stream's flushes of a few files keep their fsyncs."""
     if SYNCFS is not None:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
