@@ -11,12 +11,15 @@ input), written before the range they belong to lands.
 A backfill lands a few large files per partition, not one per file, day, bucket and flush. The
 unit of exactly once stays the input file (its source, its manifests, its lock), but one run
 holds the rows of many files, staged as Arrow, until `Settings.ingest_flush_rows` (a memory
-budget: about 1 KiB per row) or the end of its input, and lands them all as one group flush
-(`sinks.group.land_together`): one file per zone x dt x bucket for the rows of every file of the
-group, committed for all of them at one instant through a group record. A kill -9 at any moment
-leaves every file of the group landed whole or not at all; the next run (of any of them) finishes
-or undoes the group, then skips what the lake holds. A file larger than the budget is landed in
-several ranges. The chain's caches (`pipeline.memo.Memo`) last the whole run.
+budget: ~360 bytes per staged row, twice that while the flush sorts them) or the end of its
+input, and lands them all as one group flush (`sinks.group.land_together`): one file per zone x
+dt x bucket for the rows of every file of the group, committed for all of them at one instant
+through a group record. A kill -9 at any moment leaves every file of the group landed whole or
+not at all; the next run (of any of them) finishes or undoes the group, then skips what the lake
+holds. A file larger than the budget is landed in several ranges. Per-file sources rather than
+one source per run (whose manifest would list its files): a file given again in a later run,
+beside other files, is still recognised by its own manifests, and locks and recovery stay per
+file as the stream's are per partition. The chain's caches (`pipeline.memo.Memo`) last the run.
 """
 
 from __future__ import annotations
