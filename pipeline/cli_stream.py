@@ -20,7 +20,7 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.ingest import IngestError, ingest_file, load_states
+    from pipeline.ingest import IngestError, ingest_files, load_states
     from sinks.lake import SourceBusy
 
     if args.lake is not None:
@@ -33,8 +33,7 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         states, control = load_states(args.consent, args.requests, settings.lake)
         totals: Counter[str] = Counter(control)
         started = time.monotonic()
-        for path in args.calls:
-            result = ingest_file(path, settings, key, states, int(time.time() * 1000))
+        for result in ingest_files(args.calls, settings, key, states, int(time.time() * 1000)):
             totals.update(result.counts)
             totals["skipped_already_in_lake"] += result.skipped
     except (IngestError, SourceBusy) as exc:

@@ -8,6 +8,19 @@ history, which is the event-time order the stream reaches by waiting for its con
 Dead letters go to `<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600: they hold raw
 input), written before the range they belong to lands.
 Rejected consent events and privacy requests are kept the same way, under their file's source.
+
+A backfill lands a few large files per partition, not one per file, day, bucket and flush. The
+unit of exactly once stays the input file (its source, its manifests, its lock), but one run
+holds the rows of many files, staged as Arrow, until `Settings.ingest_flush_rows` (a memory
+budget: ~360 bytes per staged row, twice that while the flush sorts them) or the end of its
+input, and lands them all as one group flush (`sinks.group.land_together`): one file per zone x
+dt x bucket for the rows of every file of the group, committed for all of them at one instant
+through a group record. A kill -9 at any moment leaves every file of the group landed whole or
+not at all; the next run (of any of them) finishes or undoes the group, then skips what the lake
+holds. A file larger than the budget is landed in several ranges. Per-file sources rather than
+one source per run (whose manifest would list its files): a file given again in a later run,
+beside other files, is still recognised by its own manifests, and locks and recovery stay per
+file as the stream's are per partition. The chain's caches (`pipeline.memo.Memo`) last the run.
 """
 
 from __future__ import annotations
@@ -15,8 +28,8 @@ from __future__ import annotations
 import base64
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -24,9 +37,11 @@ import orjson
 from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
-from pipeline.runner import DeadLetter, PartitionRunner
+from pipeline.memo import Memo
+from pipeline.runner import DeadLetter, PartitionRunner, write_stats
 from pipeline.settings import Settings
 from sinks import files
+from sinks.group import Hook, land_together
 from sinks.lake import file_source
 
 CHUNK = 5_000  # input records per pass through the chain
@@ -134,41 +149,101 @@ def write_rejects(lake: Path, source: str, first: int, last: int, dead: list[Dea
     files.write_bytes(lines, final, mode=0o600, root=lake, dir_mode=0o700)
 
 
+@dataclass
+class _Open:
+    """An input file whose writer is open (its source locked) and whose rows may be staged."""
+
+    runner: PartitionRunner
+    done: bool = False  # every record handed to the chain
+    counts: Counter[str] = field(default_factory=Counter)  # of its landed ranges
+    dead: list[DeadLetter] = field(default_factory=list)  # of its range not yet landed
+
+
 def ingest_file(
     path: Path, settings: Settings, key: PseudonymKey, states: Mapping[str, AccountState], now_ms: int
 ) -> IngestResult:
-    source = file_source(path)
-    decoded = _read(path, "CallEvent")
-    runner = PartitionRunner(
-        lake=settings.lake,
-        source=source,
-        partition=-1,
-        settings=settings,
-        key=key,
-        states_for=lambda accounts: {a: states[a] for a in accounts if a in states},
-        now_ms=now_ms,
-    )
+    return ingest_files([path], settings, key, states, now_ms)[0]
+
+
+def ingest_files(
+    paths: Sequence[Path],
+    settings: Settings,
+    key: PseudonymKey,
+    states: Mapping[str, AccountState],
+    now_ms: int,
+    *,
+    hook: Hook | None = None,
+) -> list[IngestResult]:
+    """Ingest `paths` in order, landing many files' rows per flush; one result per path. `hook`
+    is called after each durable step of a flush (tests raise in it to simulate a crash)."""
+    memo = Memo()
+    open_files: list[_Open] = []
+    results: dict[str, _Open] = {}
+    order: list[tuple[str, _Open | None]] = []
     try:
-        return _ingest(runner, settings, decoded, source, now_ms)
+        for path in paths:
+            source = file_source(path)
+            if source in results:  # the same content twice in one run lands once
+                order.append((source, None))
+                continue
+            decoded = _read(path, "CallEvent")
+            runner = PartitionRunner(
+                lake=settings.lake,
+                source=source,
+                partition=-1,
+                settings=settings,
+                key=key,
+                states_for=lambda accounts: {a: states[a] for a in accounts if a in states},
+                now_ms=now_ms,
+                memo=memo,
+            )
+            item = _Open(runner)
+            open_files.append(item)
+            results[source] = item
+            order.append((source, item))
+            units = list(_units(decoded))
+            for start in range(0, len(units), CHUNK):
+                for unit, one in units[start : start + CHUNK]:
+                    item.dead.extend(runner.feed_records(unit, one))
+                item.dead.extend(runner.pump(now_ms, time.monotonic(), drain=True))
+                runner.writer.stage()
+                if sum(o.runner.writer.pending_rows for o in open_files) >= settings.ingest_flush_rows:
+                    open_files = _flush(settings.lake, open_files, hook)
+            item.done = True
+        open_files = _flush(settings.lake, open_files, hook)
     finally:
-        runner.close()
+        for item in open_files:
+            item.runner.close()
+    return [
+        IngestResult(source, item.counts, item.runner.skipped)
+        if item is not None
+        else IngestResult(source, Counter(), 0)
+        for source, item in order
+    ]
 
 
-def _ingest(
-    runner: PartitionRunner, settings: Settings, decoded: Decoded, source: str, now_ms: int
-) -> IngestResult:
-    total: Counter[str] = Counter()
-    dead: list[DeadLetter] = []
-    units = list(_units(decoded))
-    for start in range(0, len(units), CHUNK):
-        for unit, one in units[start : start + CHUNK]:
-            dead.extend(runner.feed_records(unit, one))
-        dead.extend(runner.pump(now_ms, time.monotonic(), drain=True))
+def _flush(lake: Path, open_files: list[_Open], hook: Hook | None) -> list[_Open]:
+    """Land what every open file has staged as one group; returns the files still open (those
+    not done yet). Rejects and stats of each range are written first, under its range name."""
+    landing = []
+    for item in open_files:
+        runner = item.runner
         first, through = runner.next_offset, runner.writer.through
-        if through >= first and (runner.due(time.monotonic()) or start + CHUNK >= len(units)):
-            if dead:
-                write_rejects(settings.lake, source, first, through, dead)
-                dead = []
-            total.update(runner.counts)
-            runner.flush()
-    return IngestResult(source, total, runner.skipped)
+        if through < first:
+            continue
+        if item.dead:
+            write_rejects(lake, runner.source, first, through, item.dead)
+            item.dead = []
+        write_stats(lake, runner.source, first, through, runner.counts)
+        landing.append(item)
+    land_together([item.runner.writer for item in landing], hook=hook)
+    for item in landing:
+        item.counts.update(item.runner.counts)
+        item.runner.counts = Counter()
+    still_open = []
+    for item in open_files:
+        if item.done:
+            item.runner.close()
+        else:
+            still_open.append(item)
+    return still_open

@@ -30,6 +30,7 @@ class Settings:
     key_hex: str | None = field(default=None, repr=False)  # the variable the policy names (key.env)
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
+    ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
     policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
@@ -105,6 +106,7 @@ class Settings:
             key_file=path("KEY_FILE"),
             flush_rows=number("FLUSH_ROWS", 50_000),
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
+            ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
             policy=policy,

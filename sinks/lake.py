@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline.settings import Settings
 from sinks import files, lineage
 from sinks.arrow import Part, analytics_table, buckets_of, partition, vault_table
@@ -102,7 +104,11 @@ def _temps(lake: Path, source: str) -> list[tuple[Path, int, int]]:
 
 
 def recover(lake: Path, source: str) -> int:
-    """Finish or undo an interrupted flush of `source`; the first offset the lake does not hold."""
+    """Finish or undo an interrupted flush of `source` (its own, or a group's it took part in:
+    sinks.group); the first offset the lake does not hold."""
+    from sinks.group import recover_groups  # sinks.group builds on this module
+
+    recover_groups(lake, source)
     folder = lineage.manifest_dir(lake, source)
     if folder.is_dir():
         files.remove_durably(p for p in folder.iterdir() if p.name.endswith(files.TEMP_SUFFIX))
@@ -173,6 +179,10 @@ class LakeWriter:
         self._analytics: list[Row] = []
         self._since: float | None = None
         self._broken = False
+        # rows of offsets next_offset..staged_through, already converted to Arrow (see `stage`)
+        self._staged: list[tuple[pa.Table, pa.Array, pa.Table]] = []
+        self._staged_rows = 0
+        self._staged_through = next_offset - 1
         self.replayed_rows = 0  # rows dropped because the lake already held their offset
 
     @classmethod
@@ -227,7 +237,7 @@ class LakeWriter:
 
     @property
     def pending_rows(self) -> int:
-        return len(self._vault) + len(self._analytics)
+        return len(self._vault) + len(self._analytics) + self._staged_rows
 
     def add(
         self,
@@ -268,43 +278,71 @@ class LakeWriter:
             return True
         return self._since is not None and now - self._since >= self.flush_seconds
 
-    def flush(self) -> Flushed | None:
-        """Land offsets next_offset..through durably; None when nothing new was consumed."""
+    def stage(self) -> None:
+        """Convert the buffered rows of offsets up to `through` to Arrow now (far smaller than row
+        dicts), to land later with `flush` or, with other sources' rows, `land_together`."""
         if self._broken:
             raise WriterBroken("a previous flush failed or the writer was closed; open a new writer")
-        first, last = self._next, self._through
-        if last < first:
-            return None
+        last = self._through
+        if last <= self._staged_through:
+            return
         (vault, tokens), (vault_later, tokens_later) = _split(self._vault, self._tokens, last)
         (analytics, _), (analytics_later, _) = _split(self._analytics, None, last)
+        if vault or analytics:
+            self._staged.append(
+                (vault_table(vault), buckets_of(tokens, self.buckets), analytics_table(analytics))
+            )
+            self._staged_rows += len(vault) + len(analytics)
+        self._staged_through = last
+        self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
+
+    def staged(self) -> Staged | None:
+        """The staged range next_offset..staged_through and its rows; None when nothing is staged."""
+        first, last = self._next, self._staged_through
+        if last < first:
+            return None
+        if self._staged:
+            vault = pa.concat_tables([v for v, _b, _a in self._staged])
+            buckets = pa.concat_arrays([b for _v, b, _a in self._staged])
+            analytics = pa.concat_tables([a for _v, _b, a in self._staged])
+        else:
+            vault, buckets, analytics = vault_table([]), pa.array([], pa.int32()), analytics_table([])
+        return Staged(self.source, first, last, vault, buckets, analytics)
+
+    def landed(self, last: int) -> None:
+        """The staged range through `last` is committed: drop it and move next_offset past it."""
+        if last != self._staged_through:
+            raise ValueError("only the whole staged range can be landed")
+        self._next = last + 1
+        self._staged, self._staged_rows = [], 0
+        self._since = self._since if self._vault or self._analytics else None
+
+    def broken(self) -> None:
+        """A flush of this writer's rows failed part-way: refuse further flushes."""
+        self._broken = True
+
+    def flush(self) -> Flushed | None:
+        """Land offsets next_offset..through durably; None when nothing new was consumed."""
+        self.stage()
+        staged = self.staged()
+        if staged is None:
+            return None
         try:
-            flushed = self._land(first, last, vault, tokens, analytics)
+            flushed = self._land(staged)
         except BaseException:
             self._broken = True
             raise
-        self._next = last + 1
-        self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
-        self._since = self._since if vault_later or analytics_later else None
+        self.landed(staged.last)
         return flushed
 
-    def _parts(self, vault: list[Row], tokens: list[str], analytics: list[Row]) -> list[tuple[str, Part]]:
-        vt = vault_table(vault)
-        at = analytics_table(analytics)
-        parts = [(VAULT, p) for p in partition(vt, VAULT, buckets_of(tokens, self.buckets))]
-        parts += [
-            (ANALYTICS, p) for p in partition(at, ANALYTICS, buckets_of(at["account_token"], self.buckets))
-        ]
-        return parts
-
-    def _land(
-        self, first: int, last: int, vault: list[Row], tokens: list[str], analytics: list[Row]
-    ) -> Flushed:
+    def _land(self, staged: Staged) -> Flushed:
+        first, last = staged.first, staged.last
         metadata = lineage.lineage_metadata({self.source: [(first, last)]})
         temps: list[tuple[Path, Path]] = []
         entries: list[ManifestFile] = []
         folders: set[Path] = set()
         rows = {VAULT: 0, ANALYTICS: 0}
-        for zone, part in self._parts(vault, tokens, analytics):
+        for zone, part in zone_parts(staged.vault, staged.buckets, staged.analytics, self.buckets):
             folder = partition_dir(self.lake, zone, part.dt, part.bucket)
             folders |= files.ensure_dir(self.lake, folder, DIR_MODE[zone]) | {folder}
             final = folder / file_name(self.source, first, last, zone)
@@ -327,6 +365,33 @@ class LakeWriter:
         files.fsync_dirs({final.parent for _temp, final in temps})
         self._hook("published")
         return Flushed(self.source, first, last, tuple(final for _temp, final in temps), rows)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A source's offsets first..last ready to land: its vault rows with their buckets, and its
+    analytics rows (bucketed by their account_token column)."""
+
+    source: str
+    first: int
+    last: int
+    vault: pa.Table
+    buckets: pa.Array
+    analytics: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return self.vault.num_rows + self.analytics.num_rows
+
+
+def zone_parts(
+    vault: pa.Table, vault_buckets: pa.Array, analytics: pa.Table, buckets: int
+) -> list[tuple[str, Part]]:
+    """The rows of both zones split into their (dt, bucket) partitions."""
+    parts = [(VAULT, p) for p in partition(vault, VAULT, vault_buckets)]
+    analytics_buckets = buckets_of(analytics["account_token"], buckets)
+    parts += [(ANALYTICS, p) for p in partition(analytics, ANALYTICS, analytics_buckets)]
+    return parts
 
 
 Split = tuple[list[Row], list[str]]

@@ -7,6 +7,7 @@
 <lake>/_requests/                                          request ledger, topic position (0700)
 <lake>/_outbox/                                            access exports, breach lists (0700/0600)
 <lake>/vault/requests/                                     raw subject ids of requests (0700/0600)
+<lake>/_groups/                                            group flushes under way (sinks/group.py), 0700
 """
 
 from __future__ import annotations

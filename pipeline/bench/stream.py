@@ -11,8 +11,9 @@ settings (CALLPIPE_FLUSH_ROWS, CALLPIPE_FLUSH_SECONDS).
 Then, with the single-event worker caught up, a paced phase sends single events at a fixed rate:
 produce-to-durable latency of every message (its record timestamp against the mtime of the
 manifest of the range holding its offset) and the worker's resident memory over time (VmRSS from
-/proc; the full run lasts 10 minutes). Last, `callpipe ingest`'s chain on the same kind of traffic
-from a file, without a broker.
+/proc; the full run lasts 10 minutes). Last, `callpipe ingest` without a broker, twice with the same
+number of calls: one day of traffic, and a 180-day backfill (the same files, spread over 180 days:
+the case that writes one file per zone x day x bucket).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ TARGET_BATCH_RATIO = 0.5
 TARGET_SINGLE_RATE = 12_000
 TARGET_MEMORY_GROWTH = 0.20
 INGEST_FILE_EVENTS = 25_000
+BACKFILL_DAYS = 180
+TARGET_INGEST_DAY_RATE = 20_000
+TARGET_INGEST_BACKFILL_RATE = 10_000
 
 
 @dataclass(frozen=True)
@@ -219,14 +223,14 @@ def _paced(
     }
 
 
-def _ingest(settings: Settings, work: Path, traffic: Traffic) -> dict[str, Any]:
-    from pipeline.ingest import ingest_file, load_states
+def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict[str, Any]:
+    """`callpipe ingest` of `traffic` (its calls in Avro container files) into a fresh lake."""
+    from pipeline.ingest import ingest_files, load_states
 
-    log.info("stream ingest: %s events from files", len(traffic.calls))
-    folder = work / "ingest"
+    log.info("stream ingest %s: %s events from files", name, len(traffic.calls))
+    folder = work / f"ingest-{name}"
     folder.mkdir()
-    # Avro container files of INGEST_FILE_EVENTS calls: `callpipe ingest` rejects a file larger
-    # than the codec's 16 MiB message limit whole (see docs/BENCHMARKS.md).
+    # Avro container files of INGEST_FILE_EVENTS calls, as a carrier's hourly or daily exports
     paths = []
     for i in range(0, len(traffic.calls), INGEST_FILE_EVENTS):
         path = folder / f"calls-{i:09d}.avro"
@@ -240,13 +244,16 @@ def _ingest(settings: Settings, work: Path, traffic: Traffic) -> dict[str, Any]:
     local = dataclasses.replace(settings, lake=folder / "lake")
     started = time.perf_counter()
     states, _ = load_states([consent], [requests])
-    events = 0
-    for path in paths:
-        events += ingest_file(path, local, key, states, int(time.time() * 1000)).counts["events_in"]
+    results = ingest_files(paths, local, key, states, int(time.time() * 1000))
     seconds = time.perf_counter() - started
+    events = sum(r.counts["events_in"] for r in results)
+    lake_files = sum(1 for _ in (folder / "lake").glob("*/calls/dt=*/bucket=*/*.parquet"))
+    days = {p.name for p in (folder / "lake").glob("*/calls/dt=*")}
     return {
         "events": events,
-        "files": len(paths),
+        "input_files": len(paths),
+        "days": len(days),
+        "lake_files": lake_files,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds),
     }
@@ -301,10 +308,18 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
         )
         figures["shapes"] = {"single": single_result, f"batch{spec.batch}": batch_result}
         figures.update(paced)
-        ingest_traffic = Traffic(
+        one_day = Traffic(
             traffic.accounts, traffic.calls[: spec.ingest_events], traffic.consents, traffic.requests
         )
-        figures["ingest"] = _ingest(settings, work, ingest_traffic)
+        days_ms = BACKFILL_DAYS * 24 * HOUR_MS
+        backfill = generate_traffic(
+            SEED, spec.ingest_events, start - days_ms, days_ms, accounts=spec.accounts
+        )
+        figures["ingest"] = {
+            "one_day": _ingest(settings, work, one_day, "one_day"),
+            f"backfill_{BACKFILL_DAYS}_days": _ingest(settings, work, backfill, "backfill"),
+        }
+        ingest_rates = [i["events_per_s"] for i in figures["ingest"].values()]
         growth = figures["memory"]["growth"]
         figures["targets"] = {
             "batch_ratio_at_least_0.5": batch_result["ratio"] is not None
@@ -312,6 +327,9 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
             "single_events_per_s_at_least_12000": single_result["worker"]["events_per_s"]
             >= TARGET_SINGLE_RATE,
             "memory_growth_within_20pct": None if quick or growth is None else growth <= TARGET_MEMORY_GROWTH,
+            "ingest_one_day_events_per_s_at_least_20000": ingest_rates[0] >= TARGET_INGEST_DAY_RATE,
+            "ingest_180_day_backfill_events_per_s_at_least_10000": ingest_rates[1]
+            >= TARGET_INGEST_BACKFILL_RATE,
         }
         return figures
     finally:
@@ -383,10 +401,35 @@ def render(figures: dict[str, Any]) -> str:
         )
     )
     out.append("")
+    targets = {
+        "one_day": TARGET_INGEST_DAY_RATE,
+        f"backfill_{BACKFILL_DAYS}_days": TARGET_INGEST_BACKFILL_RATE,
+    }
     out.append(
         table(
-            ["callpipe ingest (no broker)", "events", "seconds", "ev/s"],
-            [["file", ing["events"], ing["seconds"], ing["events_per_s"]]],
+            [
+                "callpipe ingest (no broker)",
+                "events",
+                "input files",
+                "days",
+                "lake files",
+                "seconds",
+                "ev/s",
+                "target ev/s",
+            ],
+            [
+                [
+                    name,
+                    i["events"],
+                    i["input_files"],
+                    i["days"],
+                    i["lake_files"],
+                    i["seconds"],
+                    i["events_per_s"],
+                    targets.get(name),
+                ]
+                for name, i in ing.items()
+            ],
         )
     )
     out.append("")
