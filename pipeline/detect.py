@@ -32,9 +32,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
 
-import phonenumbers
+from pipeline.detect_checks import iban_length, is_card, is_iban, is_phone
 
 
 class Label(StrEnum):
@@ -55,44 +54,49 @@ class Span:
 _SEP = r"[ \u00a0\-.()/]"
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
+# Letters and digits that glue a number into a word: word characters other than CJK ideographs,
+# kana and Hangul, which are written without spaces around numbers ("电话415-666-7777").
+_CJK = "\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff00-\uffef"
+_GLUE = rf"[^\W{_CJK}]"
 # Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow. A
 # pattern that begins with a character class lets the regex engine skip plain text in C.
 _CLUSTER = re.compile(r"[\d+($€£¥₹][\d \u00a0\-.()/:,%+]*")
 _DIGIT = re.compile(r"\d")
+_IPV4 = rf"(?:\d{{1,3}}\.){{3}}\d{{1,3}}(?!{_GLUE}|\.\d)"
 # Tried at each position of a cluster (match, not search), in this order.
 _SCANNER = re.compile(
-    r"""
-    (?P<ipv4>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d))
+    rf"""
+    \((?={_IPV4})  # "(192.168.1.1)": step over the parenthesis, the address is next
+  | (?P<ipv4>(?<!{_GLUE}|\.){_IPV4})
   | (?P<ordinary>
-        (?<!\w)\d{4}[-/.]"""
-    + _MONTH
-    + "[-/.]"
-    + _DAY
-    + r"""(?!\d|[-/.]\d)  # 2024-03-15
-      | (?<!\w)"""
-    + _DAY
-    + "[-/.]"
-    + _DAY
-    + r"""[-/.](?:\d{4}|\d{2})(?!\d|[-/.]\d)  # 15/03/2024, 03-15-24
-      | (?<!\w)\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
-      | [$€£¥₹]\s?\d[\d,.\u00a0 ]*\d                        # $1,250.00
+        (?<!{_GLUE})[12]\d{{3}}[-/]?[01]\d[-/]?[0-3]\d[ T]+[0-2]\d:[0-5]\d  # 20120102 08:00
+      | (?<!{_GLUE})\d{{4}}[-/.]{_MONTH}[-/.]{_DAY}(?!\d|[-/.]\d)         # 2024-03-15
+      | (?<!{_GLUE}){_DAY}[-/.]{_DAY}[-/.](?:\d{{4}}|\d{{2}})(?!\d|[-/.]\d)  # 15/03/2024, 03-15-24
+      | (?<!{_GLUE})\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
+      | [$€£¥₹]\s?\d+(?:[,.]\d+)*(?:[\u00a0 ]\d{{3}}(?:[,.]\d+)*(?![-./]?\d))*  # $1,250.00, $20
       | \d[\d,.]*\s?(?:%|percent\b)                         # 12.5%
       | \d[\d,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
-      | \d{1,3}(?:,\d{3})+(?:\.\d+)?                        # 1,250,000
+      | \d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?                        # 1,250,000
     )
-  | (?P<run>(?<![\w+])\+?\(?\d(?:"""
-    + _SEP
-    + r"""{0,2}\d)+)
+  | (?P<run>(?:\+\+?|(?<!{_GLUE}|\+))\(?\d(?:(?!\s*\({_IPV4}){_SEP}{{0,2}}\d)+)
     """,
     re.VERBOSE,
+)
+# Full-width forms (CJK keyboards: "＋１ ６５０", "０９０－１２３４") read as their ASCII
+# counterparts; one character for one, so offsets stay those of the text.
+# Other scripts' digits (Arabic-Indic, Devanagari, ...) become ASCII digits the same way.
+_TO_ASCII = (
+    {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+    | {0x3000: 0x20}
+    | {base + d: 0x30 + d for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
 )
 # Found on their own, each anchored on a character that ordinary text rarely holds.
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_IBAN = re.compile(
-    r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)"
-    r"(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b"
-)
+# An IBAN's two check digits after its two country letters; the rest is read by _ibans.
+_IBAN = re.compile(r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)")
+_IBAN_SEP = frozenset(" -")
+_GLUED = re.compile(_GLUE)
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
 # Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
@@ -118,10 +122,26 @@ _IDENT_WORDS = frozenset(
         "version",
         "release",
         "build",
+        "zip",
+        "zipcode",
+        "postcode",
+        "plz",
+        # German compounds, which take no separate "number"
+        "kundennummer",
+        "bestellnummer",
+        "rechnungsnummer",
+        "vertragsnummer",
+        "auftragsnummer",
+        "vorgangsnummer",
+        "vorgang",
+        "rechnung",
+        "bestellung",
     ]
 )
-_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation"])
-_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id"])
+_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation", "postal"])
+_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id", "code"])
+# The same in Chinese, Japanese and Korean, which glue them to the number: order / ticket numbers.
+_CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付番号", "주문번호")
 # The text before a number, reversed: separators, an optional "#", then up to two words.
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _NON_DIGIT = re.compile(r"\D")
@@ -137,8 +157,10 @@ def _is_identifier(text: str, start: int) -> bool:
     """Whether the number at `start` is an identifier by its context: glued to letters
     ("A-7723419"), after "#", or after an identifier word ("order", "case no.", ...)."""
     if start and (
-        text[start - 1].isalpha() or (text[start - 1] == "-" and text[start - 2 : start - 1].isalpha())
+        _GLUED.match(text, start - 1) or (text[start - 1] == "-" and _GLUED.match(text, max(0, start - 2)))
     ):
+        return True
+    if text.endswith(_CJK_IDENT, max(0, start - 4), start):
         return True
     m = _REV_WORDS.match(text[max(0, start - _CONTEXT) : start][::-1])
     if m is None:
@@ -150,38 +172,6 @@ def _is_identifier(text: str, start: int) -> bool:
     return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
 
 
-_CARD_SEP = frozenset(" -")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _is_card(run: str, digits: str) -> bool:
-    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":
-        return False
-    if any(not ch.isdigit() and ch not in _CARD_SEP for ch in run):
-        return False
-    return _luhn(digits)
-
-
-def _is_iban(candidate: str) -> bool:
-    compact = candidate.replace(" ", "").upper()
-    if not 15 <= len(compact) <= 34 or compact[:2] not in phonenumbers.SUPPORTED_REGIONS:
-        return False
-    moved = compact[4:] + compact[:4]
-    number = "".join(str(int(ch, 36)) for ch in moved)
-    return int(number) % 97 == 1
-
-
 def _is_ip(candidate: str) -> bool:
     try:
         ipaddress.ip_address(candidate)
@@ -190,49 +180,11 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
-@cache
-def _trunk_prefix(region: str) -> str | None:
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    return None if metadata is None else metadata.national_prefix
-
-
-def _plausibly_national(run: str, region: str) -> bool:
-    """A nationally written number either starts with the region's trunk prefix ("0" in most of
-    the world, so "030 901820") or is long enough to be a whole national number (US "415 555
-    2671", Indian mobiles) and not a list of small numbers: a short bare number (ticket 7723419,
-    2024-0815) is not a phone."""
-    groups = _DIGITS.findall(run)
-    digits = "".join(groups)
-    prefix = _trunk_prefix(region)
-    if prefix and digits.startswith(prefix):
-        return True
-    short_groups = sum(len(g) <= 2 for g in groups)  # "91 234 56 78" yes, "20 30 40 50 60" no
-    return len(digits) >= (9 if prefix else 8) and short_groups <= 3
-
-
-def _phone_valid(run: str, regions: Sequence[str]) -> bool:
-    if run.startswith("+"):
-        tries: Sequence[str | None] = (None,)
-    elif run.startswith("00"):
-        run = "+" + run[2:]
-        tries = (None,)
-    else:
-        tries = [r for r in regions if _plausibly_national(run, r)]
-    for region in tries:
-        try:
-            number = phonenumbers.parse(run, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return True
-    return False
-
-
 def _label_of(run: str, regions: Sequence[str], phones: bool) -> Label | None:
     digits = _NON_DIGIT.sub("", run)
-    if _is_card(run, digits) and not run.startswith("+"):
+    if not run.startswith("+") and is_card(run, digits):
         return Label.CARD
-    if phones and _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS and _phone_valid(run, regions):
+    if phones and _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS and is_phone(run, regions):
         return Label.PHONE
     return None
 
@@ -277,11 +229,28 @@ def _emails(text: str, out: list[Span]) -> None:
             at = text.find("@", at + 1)
 
 
-def _ibans(text: str, out: list[Span]) -> None:
+def _ibans(text: str, out: list[Span], shaped: list[Span]) -> None:
+    """From each pair of check digits, as many letters and digits as the country's IBAN has,
+    single spaces or dashes allowed between them; the IBAN must end there, at a word's end
+    ("ES91 2100 0418 4502 0005 1332 by monday"). One that fails its checksum goes to `shaped`:
+    a mistyped IBAN is no phone number either."""
     for m in _IBAN.finditer(text):
         start = m.start() - 2
-        if _is_iban(text[start : m.end()]):
-            out.append(Span(start, m.end(), Label.IBAN))
+        need = iban_length(text[start : start + 2])
+        if need is None:
+            continue
+        count, pos, end = 4, m.end(), len(text)
+        while count < need and pos < end:
+            ch = text[pos]
+            if ch.isascii() and ch.isalnum():
+                count += 1
+            elif not (ch in _IBAN_SEP and text[pos - 1] not in _IBAN_SEP and pos + 1 < end):
+                break
+            pos += 1
+        if count < need or (pos < end and text[pos].isascii() and text[pos].isalnum()):
+            continue
+        span = Span(start, pos, Label.IBAN)
+        (out if is_iban(text[start:pos].replace(" ", "").replace("-", "")) else shaped).append(span)
 
 
 def _ipv6s(text: str, out: list[Span]) -> None:
@@ -333,18 +302,24 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
             kind = m.lastgroup
             if kind == "run":
                 _classify_run(text, m.group(), m.start(), regions, out)
-            elif kind == "ipv4" and _is_ip(m.group()):
-                out.append(Span(m.start(), m.end(), Label.IP))
+            elif kind == "ipv4":
+                if _is_ip(m.group()):
+                    out.append(Span(m.start(), m.end(), Label.IP))
+                else:  # "532.123.45.67": dotted groups, but no address; maybe a phone number
+                    _classify_run(text, m.group(), m.start(), regions, out)
 
 
 def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
     if len(_NON_DIGIT.sub("", value)) >= _MIN_PHONE_DIGITS:
-        _scan_run(value, start, regions, out, phones=not _is_identifier(text, start))
+        phones = value.startswith("+") or not _is_identifier(text, start)
+        _scan_run(value, start, regions, out, phones)
 
 
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     """PII spans in `text`, sorted and non-overlapping. `regions` are ISO region codes for
     numbers written nationally (the call's own numbers' regions), most likely first."""
+    if not text.isascii():
+        text = text.translate(_TO_ASCII)
     has_digit = _DIGIT.search(text) is not None
     has_at = "@" in text
     if not has_digit and not has_at:
@@ -353,10 +328,11 @@ def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     if has_at:
         _emails(text, spans)
     if has_digit:
-        _ibans(text, spans)
+        shaped: list[Span] = []
+        _ibans(text, spans, shaped)
         if ":" in text:
             _ipv6s(text, spans)
-        taken = sorted(spans, key=lambda s: s.start)
+        taken = sorted(spans + shaped, key=lambda s: s.start)
         _numbers(text, taken, regions, spans)
     spans.sort(key=lambda s: s.start)
     return spans
