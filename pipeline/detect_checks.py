@@ -2,10 +2,9 @@
 digits a payment card, a phone number; is this string an IBAN. Pure functions of the candidate.
 
 - cards: a known issuer prefix with a length that issuer uses, then Luhn. Visa 13/16/19;
-  Mastercard 51-55 and 2221-2720; Amex 34/37 (15); Diners 300-305/36/38/39 (14-19); Discover
-  6011/644-649/65, UnionPay 62, JCB 3528-3589 (16-19) and JCB 1800/2131 (15); Mir 2200-2204;
-  Maestro 50/56-69 (12-19). Any other number starting 2-6 with 13-19 digits still counts when it
-  passes Luhn: a card a new issuer hands out leaks otherwise.
+  Mastercard 51-55 and 2221-2720 (16); Amex 34/37 (15); Diners 300-305/36/38/39 (14-19);
+  Discover 6011/644-649/65, UnionPay 62, JCB 3528-3589, Mir 2200-2204 (16-19); JCB 1800/2131
+  (15); Maestro 50/56-69 (12-19). A 13-digit order number starting "2026" is none of these.
 - IBANs: the country's registered length (a table below), then mod 97.
 - phone numbers: the digits read as an international number ("+", or any international call
   prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions. A region's
@@ -46,6 +45,27 @@ IBAN_LENGTHS = {
 # region in phonenumbers' metadata, and the carrier-select variants people dial (001x, 00x).
 _IDD = re.compile(r"0011|001[4-9]|00[0-9]|01[0-2]|810|119|00")
 _CARD_SEP = frozenset(" -")
+_LONG = range(16, 20)
+# (first four digits from, to, lengths) of the card issuers
+_ISSUERS = (
+    (4000, 5000, (13, 16, 19)),  # Visa
+    (5100, 5600, (16,)),  # Mastercard
+    (2221, 2721, (16,)),  # Mastercard
+    (3400, 3500, (15,)),  # Amex
+    (3700, 3800, (15,)),  # Amex
+    (3000, 3060, range(14, 20)),  # Diners
+    (3600, 3700, range(14, 20)),  # Diners
+    (3800, 4000, range(14, 20)),  # Diners
+    (3528, 3590, _LONG),  # JCB
+    (1800, 1801, (15,)),  # JCB
+    (2131, 2132, (15,)),  # JCB
+    (2200, 2205, _LONG),  # Mir
+    (6011, 6012, _LONG),  # Discover
+    (6440, 6600, _LONG),  # Discover
+    (6200, 6300, _LONG),  # UnionPay
+    (5000, 5100, range(12, 20)),  # Maestro
+    (5600, 7000, range(12, 20)),  # Maestro
+)
 _NON_DIGIT = re.compile(r"\D")
 _DIGITS = re.compile(r"\d+")
 
@@ -63,13 +83,9 @@ def luhn(digits: str) -> bool:
 
 
 def _card_length_ok(digits: str) -> bool:
-    n = len(digits)
-    head = int(digits[:4])
-    if head in (1800, 2131):
-        return n == 15  # JCB's 15-digit cards
-    if n == 12:  # only Maestro issues cards this short
-        return 5000 <= head < 5100 or 5600 <= head < 7000
-    return 13 <= n <= 19 and 2000 <= head < 7000
+    """Whether an issuer hands out card numbers that start so and are this long."""
+    head, n = int(digits[:4]), len(digits)
+    return any(low <= head < high and n in lengths for low, high, lengths in _ISSUERS)
 
 
 def is_card(run: str, digits: str) -> bool:
