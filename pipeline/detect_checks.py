@@ -7,22 +7,22 @@ digits a payment card, a phone number; is this string an IBAN. Pure functions of
   (15); Maestro 50/56-69 (12-19). A 13-digit order number starting "2026" is none of these.
 - IBANs: the country's registered length (a table below), then mod 97.
 - phone numbers: the digits read as an international number ("+", or any international call
-  prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions. A region's
-  number is checked against phonenumbers' metadata from the digits: the whole-number pattern of
-  the region (one regex), then `is_valid_number` on a `PhoneNumber` built from the digits,
-  skipping `phonenumbers.parse`. Regions whose trunk-prefix rules rewrite digits (Argentina,
+  prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions. The
+  number is checked from its digits against phonenumbers' metadata, compiled once per region
+  (`_Region`): what `is_valid_number` checks, without `phonenumbers.parse` and its per-call
+  pattern lookups. Trunk-prefix rules that rewrite digits or carry a carrier code (Argentina,
   Brazil, the NANP islands' 7-digit local form, ...) and numbers with a leading zero after the
-  country code go through `parse` as before.
+  country code still go through `parse`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import phonenumbers
-from phonenumbers import PhoneNumber
 
 # Registered IBAN lengths (SWIFT's IBAN registry, plus the countries Presidio also accepts).
 IBAN_LENGTHS = {
@@ -110,39 +110,84 @@ def is_iban(compact: str) -> bool:
     return int(number) % 97 == 1
 
 
-_Metadata = tuple[int, str | None, re.Pattern[str] | None, re.Pattern[str] | None, frozenset[int]]
+_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+_Desc = tuple[frozenset[int], re.Pattern[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """What is_valid_number reads from a region's metadata, compiled once: a number is valid
+    when it fits the general description and that of one number type (fixed line, mobile, ...),
+    each a set of lengths and a pattern the whole number must match."""
+
+    country_code: int
+    prefix: str | None  # the trunk prefix as written ("0", "1", "8")
+    trunk: re.Pattern[str]  # what phonenumbers strips as the trunk prefix (and carrier codes)
+    rewrites: bool  # a transform rule: digits are rewritten, only phonenumbers.parse reads them
+    leading: re.Pattern[str] | None  # which numbers of a shared country code are this region's
+    general: _Desc | None
+    types: tuple[_Desc, ...]
+
+    def valid(self, nsn: str) -> bool:
+        return _fits(nsn, self.general) and any(_fits(nsn, d) for d in self.types)
+
+
+def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
+    if desc is None or not desc.national_number_pattern:
+        return None
+    return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+
+
+def _fits(nsn: str, desc: _Desc | None) -> bool:
+    return desc is not None and (not desc[0] or len(nsn) in desc[0]) and desc[1].fullmatch(nsn) is not None
 
 
 @cache
-def _metadata(region: str) -> _Metadata:
-    """(country code, trunk prefix, the trunk-prefix pattern when it only strips (None when it
-    rewrites digits, as in Argentina or Brazil: then only phonenumbers.parse reads them), the
-    region's whole-number pattern, its possible lengths)."""
+def _region(region: str) -> _Region | None:
     m = phonenumbers.PhoneMetadata.metadata_for_region(region)
     if m is None:
-        return 0, None, None, None, frozenset()
-    prefix = m.national_prefix
-    plain = None
-    if m.national_prefix_transform_rule is None:
-        plain = re.compile(m.national_prefix_for_parsing or re.escape(prefix or "") or "(?!)")
-    general = m.general_desc
-    if general is None or general.national_number_pattern is None:
-        return m.country_code or 0, prefix, plain, None, frozenset()
-    pattern = re.compile(general.national_number_pattern)
-    return m.country_code or 0, prefix, plain, pattern, frozenset(general.possible_length or ())
+        return None
+    trunk = m.national_prefix_for_parsing or re.escape(m.national_prefix or "") or "(?!)"
+    types = (_desc(getattr(m, name, None)) for name in _TYPES)
+    return _Region(
+        m.country_code or 0,
+        m.national_prefix,
+        re.compile(trunk),
+        bool(m.national_prefix_transform_rule),
+        re.compile(m.leading_digits) if m.leading_digits else None,
+        _desc(m.general_desc),
+        tuple(d for d in types if d is not None),
+    )
 
 
-def _fits(nsn: str, region: str) -> bool:
-    """Whether a national significant number matches the region's whole-number pattern (what
-    every valid number of the region does; the cheap filter before is_valid_number)."""
-    _cc, _prefix, _plain, pattern, lengths = _metadata(region)
-    return pattern is not None and len(nsn) in lengths and pattern.fullmatch(nsn) is not None
+@cache
+def _regions_of(country_code: int) -> tuple[_Region, ...]:
+    names = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
+    return tuple(r for r in map(_region, names) if r is not None)
 
 
-def _valid_nsn(country_code: int, nsn: str, regions: Sequence[str]) -> bool:
-    if not any(_fits(nsn, r) for r in regions):
-        return False
-    return phonenumbers.is_valid_number(PhoneNumber(country_code=country_code, national_number=int(nsn)))
+def _valid_nsn(country_code: int, nsn: str) -> bool:
+    """is_valid_number of PhoneNumber(country_code, nsn), from the compiled metadata: the number's
+    region is the first of its country code whose leading digits match, or else in which it is
+    valid (phonenumbers' region_code_for_number)."""
+    for region in _regions_of(country_code):
+        if region.leading is not None:
+            if region.leading.match(nsn):
+                return region.valid(nsn)
+        elif region.valid(nsn):
+            return True
+    return False
 
 
 def _parsed_valid(text: str, region: str | None) -> bool:
@@ -156,17 +201,13 @@ def _parsed_valid(text: str, region: str | None) -> bool:
 def _international(digits: str) -> bool:
     """`digits` after a "+" or an international call prefix: country code, then the number."""
     for size in (1, 2, 3):
-        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:size] or 0))
-        if regions is None:
+        regions = _regions_of(int(digits[:size] or 0))
+        if not regions:
             continue
         nsn = digits[size:]
-        if not nsn:
-            return False
-        if nsn[0] == "0":  # a leading zero kept (Italy) or a trunk prefix written after the code
-            return _parsed_valid("+" + digits, None)
-        if not all(_metadata(r)[2] is not None for r in regions):
-            return _parsed_valid("+" + digits, None)
-        return _valid_nsn(int(digits[:size]), nsn, regions)
+        if nsn[:1] == "0" or regions[0].rewrites:  # a leading zero kept (Italy), a trunk prefix
+            return _parsed_valid("+" + digits, None)  # after the code, rewritten digits: parse
+        return bool(nsn) and _valid_nsn(regions[0].country_code, nsn)
     return False
 
 
@@ -177,7 +218,8 @@ def plausibly_national(run: str, region: str) -> bool:
     2024-0815) is not a phone."""
     groups = _DIGITS.findall(run)
     digits = "".join(groups)
-    prefix = _metadata(region)[1]
+    meta = _region(region)
+    prefix = None if meta is None else meta.prefix
     if prefix and digits.startswith(prefix):
         return True
     short_groups = sum(len(g) <= 2 for g in groups)  # "91 234 56 78" yes, "20 30 40 50 60" no
@@ -185,17 +227,19 @@ def plausibly_national(run: str, region: str) -> bool:
 
 
 def _national(run: str, digits: str, region: str) -> bool:
-    country_code, prefix, strip, _pattern, _lengths = _metadata(region)
-    trunk = None if strip is None else strip.match(digits)
-    if strip is None or (trunk is not None and trunk.group() != prefix):
-        return _parsed_valid(run, region)  # digits rewritten, or a carrier code
+    meta = _region(region)
+    if meta is None:
+        return False
+    trunk = meta.trunk.match(digits)
+    if trunk is not None and (meta.rewrites or any(trunk.groups())):
+        return _parsed_valid(run, region)  # digits rewritten, or a carrier code: parse
     nsn = digits if trunk is None else digits[trunk.end() :]
     if nsn[:1] == "0" or not nsn:
         return _parsed_valid(run, region)
-    if _valid_nsn(country_code, nsn, (region,)):
+    if _valid_nsn(meta.country_code, nsn):
         return True
     # parse keeps the trunk prefix when stripping it leaves no possible number
-    return nsn is not digits and _valid_nsn(country_code, digits, (region,))
+    return trunk is not None and digits[:1] != "0" and _valid_nsn(meta.country_code, digits)
 
 
 def is_phone(run: str, regions: Sequence[str]) -> bool:

@@ -71,7 +71,7 @@ def card(rng: random.Random) -> str:
 
 def iban(rng: random.Random) -> str:
     country = rng.choice(sorted(_BBAN))
-    layout, bban = _BBAN[country], []
+    layout, bban = _BBAN[country], list[str]()
     for part in layout.replace("n", "n ").replace("a", "a ").split():
         count, kind = int(part[:-1]), part[-1]
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if kind == "a" else "0123456789"
