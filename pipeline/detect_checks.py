@@ -134,7 +134,6 @@ class _Region:
     country_code: int
     prefix: str | None  # the trunk prefix as written ("0", "1", "8")
     trunk: re.Pattern[str]  # what phonenumbers strips as the trunk prefix (and carrier codes)
-    rewrites: bool  # a transform rule: digits are rewritten, only phonenumbers.parse reads them
     leading: re.Pattern[str] | None  # which numbers of a shared country code are this region's
     general: _Desc | None
     types: tuple[_Desc, ...]
@@ -154,8 +153,11 @@ def _fits(nsn: str, desc: _Desc | None) -> bool:
 
 
 @cache
-def _region(region: str) -> _Region | None:
-    m = phonenumbers.PhoneMetadata.metadata_for_region(region)
+def _region(region: str, country_code: int = 0) -> _Region | None:
+    if region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY:  # +800, +808, +870, ...
+        m = phonenumbers.PhoneMetadata.metadata_for_nongeo_region(country_code)
+    else:
+        m = phonenumbers.PhoneMetadata.metadata_for_region(region)
     if m is None:
         return None
     trunk = m.national_prefix_for_parsing or re.escape(m.national_prefix or "") or "(?!)"
@@ -164,7 +166,6 @@ def _region(region: str) -> _Region | None:
         m.country_code or 0,
         m.national_prefix,
         re.compile(trunk),
-        bool(m.national_prefix_transform_rule),
         re.compile(m.leading_digits) if m.leading_digits else None,
         _desc(m.general_desc),
         tuple(d for d in types if d is not None),
@@ -174,7 +175,7 @@ def _region(region: str) -> _Region | None:
 @cache
 def _regions_of(country_code: int) -> tuple[_Region, ...]:
     names = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
-    return tuple(r for r in map(_region, names) if r is not None)
+    return tuple(r for r in (_region(n, country_code) for n in names) if r is not None)
 
 
 def _valid_nsn(country_code: int, nsn: str) -> bool:
@@ -199,15 +200,12 @@ def _parsed_valid(text: str, region: str | None) -> bool:
 
 
 def _international(digits: str) -> bool:
-    """`digits` after a "+" or an international call prefix: country code, then the number."""
+    """`digits` after a "+" or an international call prefix: country code, then the number (in
+    which a trunk prefix may still be written: "+44 (0)20 7946 0958")."""
     for size in (1, 2, 3):
         regions = _regions_of(int(digits[:size] or 0))
-        if not regions:
-            continue
-        nsn = digits[size:]
-        if nsn[:1] == "0" or regions[0].rewrites:  # a leading zero kept (Italy), a trunk prefix
-            return _parsed_valid("+" + digits, None)  # after the code, rewritten digits: parse
-        return bool(nsn) and _valid_nsn(regions[0].country_code, nsn)
+        if regions:
+            return _valid_digits(regions[0], digits[size:], "+" + digits, None)
     return False
 
 
@@ -226,20 +224,17 @@ def plausibly_national(run: str, region: str) -> bool:
     return len(digits) >= (9 if prefix else 8) and short_groups <= 3
 
 
-def _national(run: str, digits: str, region: str) -> bool:
-    meta = _region(region)
-    if meta is None:
-        return False
+def _valid_digits(meta: _Region, digits: str, text: str, region: str | None) -> bool:
+    """`digits` of a number of `meta`'s country, with or without its trunk prefix: valid as they
+    are or with the prefix stripped, as phonenumbers.parse tries them. A trunk prefix that
+    carries a carrier code or rewrites the digits (Brazil, Argentina, the NANP islands' local
+    form) is left to parse(`text`, `region`)."""
     trunk = meta.trunk.match(digits)
-    if trunk is not None and (meta.rewrites or any(trunk.groups())):
-        return _parsed_valid(run, region)  # digits rewritten, or a carrier code: parse
-    nsn = digits if trunk is None else digits[trunk.end() :]
-    if nsn[:1] == "0" or not nsn:
-        return _parsed_valid(run, region)
-    if _valid_nsn(meta.country_code, nsn):
+    if trunk is not None and any(trunk.groups()):
+        return _parsed_valid(text, region)
+    if trunk is not None and trunk.end() and _valid_nsn(meta.country_code, digits[trunk.end() :]):
         return True
-    # parse keeps the trunk prefix when stripping it leaves no possible number
-    return trunk is not None and digits[:1] != "0" and _valid_nsn(meta.country_code, digits)
+    return bool(digits) and _valid_nsn(meta.country_code, digits)
 
 
 def is_phone(run: str, regions: Sequence[str]) -> bool:
@@ -248,8 +243,10 @@ def is_phone(run: str, regions: Sequence[str]) -> bool:
     digits = _NON_DIGIT.sub("", run)
     if run.lstrip("(")[:1] == "+":
         return _international(digits)
-    if any(_national(run, digits, r) for r in regions if plausibly_national(run, r)):
-        return True
+    for region in regions:
+        meta = _region(region)
+        if meta is not None and plausibly_national(run, region) and _valid_digits(meta, digits, run, region):
+            return True
     idd = _IDD.match(digits)
     while idd is not None:
         if _international(digits[idd.end() :]):
