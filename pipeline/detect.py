@@ -32,6 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 from pipeline.detect_checks import iban_length, is_card, is_iban, is_phone
 
@@ -90,12 +91,12 @@ _TO_ASCII = (
     | {0x3000: 0x20}
     | {base + d: 0x30 + d for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
 )
+_NOT_ASCII = re.compile("[" + "".join(chr(c) for c in _TO_ASCII) + "]")
 # Found on their own, each anchored on a character that ordinary text rarely holds.
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 # An IBAN's two check digits after its two country letters; the rest is read by _ibans.
 _IBAN = re.compile(r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)")
-_IBAN_SEP = frozenset(" -")
 _GLUED = re.compile(_GLUE)
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
@@ -150,6 +151,9 @@ _START = re.compile(r"[\d+($€£¥₹]")
 _CONTEXT = 32
 _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
+_MIN_CARD_DIGITS = 12
+_MAX_CARD_DIGITS = 19
+_DIGITS_ONLY = re.compile(r"\d")
 _GROUP = re.compile(r"\S+")
 
 
@@ -180,11 +184,11 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
-def _label_of(run: str, regions: Sequence[str], phones: bool) -> Label | None:
-    digits = _NON_DIGIT.sub("", run)
-    if not run.startswith("+") and is_card(run, digits):
+def _label_of(run: str, regions: Sequence[str], phones: bool, digits: int) -> Label | None:
+    """CARD or PHONE for a run of `digits` digits (counted by the caller), or None."""
+    if digits >= _MIN_CARD_DIGITS and not run.startswith("+") and is_card(run, _NON_DIGIT.sub("", run)):
         return Label.CARD
-    if phones and _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS and is_phone(run, regions):
+    if phones and _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS and is_phone(run, regions):
         return Label.PHONE
     return None
 
@@ -194,15 +198,21 @@ def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], ph
     space-separated groups that is one ("call (415) 555-2671 10 times", "card 4111 1111 1111
     1111 12/27"), then what is left on either side. With `phones` false (the run follows an
     identifier word) its first group starts no phone number."""
-    label = _label_of(run, regions, phones)
+    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
+    counts = [0]  # digits in the groups before each group
+    for start, end in groups:
+        counts.append(counts[-1] + len(_DIGITS_ONLY.findall(run, start, end)))
+    label = _label_of(run, regions, phones, counts[-1])
     if label is not None:
         out.append(Span(offset, offset + len(run), label))
         return
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
     for size in range(len(groups) - 1, 0, -1):
         for first in range(len(groups) - size + 1):
+            digits = counts[first + size] - counts[first]
+            if digits < _MIN_PHONE_DIGITS or digits > _MAX_CARD_DIGITS:
+                continue  # too short or too long for anything
             start, end = groups[first][0], groups[first + size - 1][1]
-            label = _label_of(run[start:end], regions, phones or first > 0)
+            label = _label_of(run[start:end], regions, phones or first > 0, digits)
             if label is None:
                 continue
             if first:
@@ -229,6 +239,12 @@ def _emails(text: str, out: list[Span]) -> None:
             at = text.find("@", at + 1)
 
 
+@cache
+def _iban_body(length: int) -> re.Pattern[str]:
+    """The rest of an IBAN `length` characters long, after its check digits."""
+    return re.compile(rf"(?:[ \-]?[A-Za-z0-9]){{{length - 4}}}(?![A-Za-z0-9])")
+
+
 def _ibans(text: str, out: list[Span], shaped: list[Span]) -> None:
     """From each pair of check digits, as many letters and digits as the country's IBAN has,
     single spaces or dashes allowed between them; the IBAN must end there, at a word's end
@@ -236,21 +252,12 @@ def _ibans(text: str, out: list[Span], shaped: list[Span]) -> None:
     a mistyped IBAN is no phone number either."""
     for m in _IBAN.finditer(text):
         start = m.start() - 2
-        need = iban_length(text[start : start + 2])
-        if need is None:
+        length = iban_length(text[start : start + 2])
+        body = None if length is None else _iban_body(length).match(text, m.end())
+        if body is None:
             continue
-        count, pos, end = 4, m.end(), len(text)
-        while count < need and pos < end:
-            ch = text[pos]
-            if ch.isascii() and ch.isalnum():
-                count += 1
-            elif not (ch in _IBAN_SEP and text[pos - 1] not in _IBAN_SEP and pos + 1 < end):
-                break
-            pos += 1
-        if count < need or (pos < end and text[pos].isascii() and text[pos].isalnum()):
-            continue
-        span = Span(start, pos, Label.IBAN)
-        (out if is_iban(text[start:pos].replace(" ", "").replace("-", "")) else shaped).append(span)
+        span = Span(start, body.end(), Label.IBAN)
+        (out if is_iban(text[start : body.end()].replace(" ", "").replace("-", "")) else shaped).append(span)
 
 
 def _ipv6s(text: str, out: list[Span]) -> None:
@@ -318,7 +325,7 @@ def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     """PII spans in `text`, sorted and non-overlapping. `regions` are ISO region codes for
     numbers written nationally (the call's own numbers' regions), most likely first."""
-    if not text.isascii():
+    if not text.isascii() and _NOT_ASCII.search(text) is not None:
         text = text.translate(_TO_ASCII)
     has_digit = _DIGIT.search(text) is not None
     has_at = "@" in text

@@ -82,10 +82,15 @@ def luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+_CARD_LENGTHS = {
+    head: frozenset(n for low, high, lengths in _ISSUERS if low <= head < high for n in lengths)
+    for head in range(1000, 10000)
+}
+
+
 def _card_length_ok(digits: str) -> bool:
     """Whether an issuer hands out card numbers that start so and are this long."""
-    head, n = int(digits[:4]), len(digits)
-    return any(low <= head < high and n in lengths for low, high, lengths in _ISSUERS)
+    return len(digits) in _CARD_LENGTHS.get(int(digits[:4]), ())
 
 
 def is_card(run: str, digits: str) -> bool:
