@@ -1,28 +1,47 @@
 """Free-text PII detection: phone numbers, emails, IPv4/IPv6, payment cards, IBANs.
 
 `detect(text, regions)` returns the PII spans of a text; `redact(text, spans)` replaces each span
-with its label ([PHONE], [EMAIL], [IP], [CARD], [IBAN]). Runs on every transcript and attribute
+with its label ([PHONE], [EMAIL], [IP], [CARD], [IBAN]); `redact_value` does both for attribute
+values, remembering the machine identifiers that repeat. Runs on every transcript and attribute
 value, so the work is ordered cheapest first:
 
-1. gate: a text without a digit or "@" holds none of these;
+1. gate: a text without a digit or "@" holds none of these. Full-width forms (CJK keyboards:
+   "＋１－６５０") and other scripts' digits are read as ASCII, one character for one;
 2. anchored scans whose compiled pattern starts with a rare character, so the regex engine skips
-   plain text in C: emails from each "@", IBANs from their two check digits, IPv6 from a
-   ":hex:" pair, and numeric clusters from a digit, "+", "(" or currency sign. Inside a cluster
-   one scanner is tried position by position (match, not search): IPv4, then "ordinary number"
-   shapes that must survive (dates, times, amounts, percentages, thousands), then runs of digits
-   with phone-like separators. Ordinary shapes are consumed, so a run never starts inside a date;
-3. checks only on the candidates: ipaddress for IPs, mod-97 for IBANs, Luhn (plus issuer prefix
-   and length) for cards, and phonenumbers (parse + is_valid_number) for runs of 6+ digits, with
-   the call's own regions for national numbers. A nationally written number must start with the
+   plain text in C: emails from each "@", IBANs from their two check digits (then exactly as many
+   characters as the country's IBAN has, spaces or dashes between: a following word is never
+   taken in), IPv6 from a ":hex:" pair, and numeric clusters from a digit, "+", "(" or currency
+   sign. Inside a cluster one scanner is tried position by position (match, not search): IPv4
+   (also in parentheses), then "ordinary number" shapes that must survive (dates, a date with a
+   time, times, amounts, percentages, thousands), then runs of digits with phone-like separators
+   (after "+", "++" or a word glued to "+"). Ordinary shapes are consumed, so a run never starts
+   inside a date; an amount's space-separated thousands stop before a group that goes on as a
+   number ("$20 415-666-7777");
+3. checks only on the candidates (pipeline/detect_checks.py): ipaddress for IPs (dotted groups
+   that are no address, "532.123.45.67", go on to the phone check), mod-97 for IBANs, Luhn plus
+   issuer prefix and length for cards, and phonenumbers' metadata for runs of 6+ digits: after
+   "+" or any international call prefix (00, 011, 0011, 010, 001, ...) as international, else
+   nationally in the call's own regions. A nationally written number must start with the
    region's trunk prefix ("0" in most countries) or be 9+ digits long (8 where there is no trunk
    prefix). A run that is neither whole is searched for its longest stretch of space-separated
    groups that is one, to find a card or phone number glued to other numbers.
 
-A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
-optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
-those, so that a speaker label "Customer:" does not count) or glued to letters ("A-7723419") is an
-identifier, not a phone number (what follows its first group still may be); it is still
-checked as a card number.
+A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", "zip",
+..., optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/"postal"/...
+followed by one of those, so that a speaker label "Customer:" does not count; "订单号" and a few
+other CJK ones) or glued to Latin letters ("A-7723419") is an identifier, not a phone number
+(what follows its first group still may be); it is still checked as a card number. CJK letters
+glue nothing: "电话415-666-7777" holds a phone number. Digits inside an IBAN-shaped string whose
+checksum fails are no phone number either.
+
+Where callpipe deliberately differs from the test suites of Presidio and libphonenumber:
+- an IBAN in lower case is redacted anyway (Presidio's recognizer wants capitals); a mistyped
+  IBAN is not reported, but its digits are not offered as a phone number either;
+- a phone extension ("x123", "ext. 12") stays visible: only the number is personal;
+- an international call prefix is read whatever the call's region ("011 44 ..." in a British
+  call): text is written by people who dial from elsewhere;
+- a date followed by a time ("20120102 08:00") is never a phone number, as in libphonenumber,
+  and neither is a run after an identifier word, which libphonenumber would report.
 """
 
 from __future__ import annotations
