@@ -127,34 +127,44 @@ _TYPES = (
     "fixed_line",
     "mobile",
 )
-_Desc = tuple[frozenset[int], re.Pattern[str]]
+_Desc = tuple[frozenset[int], str]
+_MAX_NSN = 17
 
 
 @dataclass(frozen=True, slots=True)
 class _Region:
-    """What is_valid_number reads from a region's metadata, compiled once: a number is valid
-    when it fits the general description and that of one number type (fixed line, mobile, ...),
-    each a set of lengths and a pattern the whole number must match."""
+    """What is_valid_number reads from a region's metadata, compiled once. A number is valid when
+    it fits the general description and that of one number type (fixed line, mobile, ...), each
+    a set of lengths and a pattern the whole number must match: one regex per length here."""
 
     country_code: int
     prefix: str | None  # the trunk prefix as written ("0", "1", "8")
     trunk: re.Pattern[str]  # what phonenumbers strips as the trunk prefix (and carrier codes)
     leading: re.Pattern[str] | None  # which numbers of a shared country code are this region's
-    general: _Desc | None
-    types: tuple[_Desc, ...]
+    by_length: dict[int, re.Pattern[str]]
 
     def valid(self, nsn: str) -> bool:
-        return _fits(nsn, self.general) and any(_fits(nsn, d) for d in self.types)
+        pattern = self.by_length.get(len(nsn))
+        return pattern is not None and pattern.fullmatch(nsn) is not None
 
 
 def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
     if desc is None or not desc.national_number_pattern:
         return None
-    return frozenset(desc.possible_length or ()), re.compile(desc.national_number_pattern)
+    return frozenset(desc.possible_length or ()), desc.national_number_pattern
 
 
-def _fits(nsn: str, desc: _Desc | None) -> bool:
-    return desc is not None and (not desc[0] or len(nsn) in desc[0]) and desc[1].fullmatch(nsn) is not None
+def _by_length(general: _Desc | None, types: list[_Desc]) -> dict[int, re.Pattern[str]]:
+    """For each length a number may have: the general pattern (as a lookahead) and the
+    patterns of the types that allow that length, in one regex."""
+    out = {}
+    for n in range(1, _MAX_NSN + 1):
+        if general is None or (general[0] and n not in general[0]):
+            continue
+        fitting = [f"(?:{pattern})" for lengths, pattern in types if not lengths or n in lengths]
+        if fitting:
+            out[n] = re.compile(f"(?=(?:{general[1]})\\Z)(?:{'|'.join(fitting)})")
+    return out
 
 
 @cache
@@ -166,14 +176,13 @@ def _region(region: str, country_code: int = 0) -> _Region | None:
     if m is None:
         return None
     trunk = m.national_prefix_for_parsing or re.escape(m.national_prefix or "") or "(?!)"
-    types = (_desc(getattr(m, name, None)) for name in _TYPES)
+    types = [d for d in (_desc(getattr(m, name, None)) for name in _TYPES) if d is not None]
     return _Region(
         m.country_code or 0,
         m.national_prefix,
         re.compile(trunk),
         re.compile(m.leading_digits) if m.leading_digits else None,
-        _desc(m.general_desc),
-        tuple(d for d in types if d is not None),
+        _by_length(_desc(m.general_desc), types),
     )
 
 
