@@ -102,15 +102,17 @@ _SCANNER = re.compile(
     """,
     re.VERBOSE,
 )
-# Full-width forms (CJK keyboards: "＋１ ６５０", "０９０－１２３４") read as their ASCII
-# counterparts; one character for one, so offsets stay those of the text.
-# Other scripts' digits (Arabic-Indic, Devanagari, ...) become ASCII digits the same way.
-_TO_ASCII = (
-    {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
-    | {0x3000: 0x20}
-    | {base + d: 0x30 + d for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
+# Full-width forms (CJK keyboards: "＋１ ６５０", "０９０－１２３４"), the ideographic space and other
+# scripts' digits (Arabic-Indic, Devanagari, ...) read as ASCII; one character for one, so offsets
+# stay those of the text.
+_NOT_ASCII = re.compile(
+    "[\uff01-\uff5e\u3000\u0660-\u0669\u06f0-\u06f9\u0966-\u096f\u09e6-\u09ef\u0e50-\u0e59]"
 )
-_NOT_ASCII = re.compile("[" + "".join(chr(c) for c in _TO_ASCII) + "]")
+_TO_ASCII = (
+    {chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}
+    | {"\u3000": " "}
+    | {chr(base + d): str(d) for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
+)
 # Found on their own, each anchored on a character that ordinary text rarely holds.
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
@@ -341,11 +343,15 @@ def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out
         _scan_run(value, start, regions, out, phones)
 
 
+def _as_ascii(m: re.Match[str]) -> str:
+    return _TO_ASCII[m.group()]
+
+
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     """PII spans in `text`, sorted and non-overlapping. `regions` are ISO region codes for
     numbers written nationally (the call's own numbers' regions), most likely first."""
-    if not text.isascii() and _NOT_ASCII.search(text) is not None:
-        text = text.translate(_TO_ASCII)
+    if not text.isascii():
+        text = _NOT_ASCII.sub(_as_ascii, text)
     has_digit = _DIGIT.search(text) is not None
     has_at = "@" in text
     if not has_digit and not has_at:
