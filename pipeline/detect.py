@@ -174,7 +174,6 @@ _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
 _MIN_CARD_DIGITS = 12
 _MAX_CARD_DIGITS = 19
-_DIGITS_ONLY = re.compile(r"\d")
 _GROUP = re.compile(r"\S+")
 
 
@@ -205,11 +204,12 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
-def _label_of(run: str, regions: Sequence[str], phones: bool, digits: int) -> Label | None:
-    """CARD or PHONE for a run of `digits` digits (counted by the caller), or None."""
-    if digits >= _MIN_CARD_DIGITS and not run.startswith("+") and is_card(run, _NON_DIGIT.sub("", run)):
+def _label_of(run: str, regions: Sequence[str], phones: bool, digits: str) -> Label | None:
+    """CARD or PHONE for a run whose digits are `digits`, or None."""
+    n = len(digits)
+    if n >= _MIN_CARD_DIGITS and not run.startswith("+") and is_card(run, digits):
         return Label.CARD
-    if phones and _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS and is_phone(run, regions):
+    if phones and _MIN_PHONE_DIGITS <= n <= _MAX_PHONE_DIGITS and is_phone(run, regions, digits):
         return Label.PHONE
     return None
 
@@ -219,21 +219,24 @@ def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], ph
     space-separated groups that is one ("call (415) 555-2671 10 times", "card 4111 1111 1111
     1111 12/27"), then what is left on either side. With `phones` false (the run follows an
     identifier word) its first group starts no phone number."""
-    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
-    counts = [0]  # digits in the groups before each group
-    for start, end in groups:
-        counts.append(counts[-1] + len(_DIGITS_ONLY.findall(run, start, end)))
-    label = _label_of(run, regions, phones, counts[-1])
+    label = _label_of(run, regions, phones, _NON_DIGIT.sub("", run))
     if label is not None:
         out.append(Span(offset, offset + len(run), label))
         return
+    groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
+    if len(groups) < 2:
+        return
+    counts = [0]  # digits in the groups before each group
+    for start, end in groups:
+        counts.append(counts[-1] + end - start - len(_NON_DIGIT.findall(run, start, end)))
     for size in range(len(groups) - 1, 0, -1):
         for first in range(len(groups) - size + 1):
             digits = counts[first + size] - counts[first]
             if digits < _MIN_PHONE_DIGITS or digits > _MAX_CARD_DIGITS:
                 continue  # too short or too long for anything
             start, end = groups[first][0], groups[first + size - 1][1]
-            label = _label_of(run[start:end], regions, phones or first > 0, digits)
+            stretch = run[start:end]
+            label = _label_of(stretch, regions, phones or first > 0, _NON_DIGIT.sub("", stretch))
             if label is None:
                 continue
             if first:

@@ -251,10 +251,12 @@ def _valid_digits(meta: _Region, digits: str, text: str, region: str | None) -> 
     return bool(digits) and _valid_nsn(meta.country_code, digits)
 
 
-def is_phone(run: str, regions: Sequence[str]) -> bool:
+def is_phone(run: str, regions: Sequence[str], digits: str | None = None) -> bool:
     """Whether a run of digits and separators is a valid phone number: international after "+"
-    or a call prefix, else national in one of `regions` (those where it is plausibly national)."""
-    digits = _NON_DIGIT.sub("", run)
+    or a call prefix, else national in one of `regions` (those where it is plausibly national).
+    `digits`: the run's digits, when the caller has them."""
+    if digits is None:
+        digits = _NON_DIGIT.sub("", run)
     if run.lstrip("(")[:1] == "+":
         return _international(digits)
     for region in regions:
