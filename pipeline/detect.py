@@ -168,7 +168,9 @@ _CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _NON_DIGIT = re.compile(r"\D")
 _DIGITS = re.compile(r"\d+")
-_START = re.compile(r"[\d+($€£¥₹]")
+# Where the scanner is tried next after it failed: at a sign, or at a digit that does not follow
+# a digit (no run, address or date starts inside a number: "INC1234567" is one failed try).
+_START = re.compile(r"[+($€£¥₹]|(?<!\d)\d")
 _CONTEXT = 32
 _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
