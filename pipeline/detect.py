@@ -78,9 +78,10 @@ _MONTH = r"(?:0?[1-9]|1[0-2])"
 # kana and Hangul, which are written without spaces around numbers ("电话415-666-7777").
 _CJK = "\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff00-\uffef"
 _GLUE = rf"[^\W{_CJK}]"
-# Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow. A
-# pattern that begins with a character class lets the regex engine skip plain text in C.
-_CLUSTER = re.compile(r"[\d+($€£¥₹][\d \u00a0\-.()/:,%+]*")
+# Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow, up to
+# its last digit, "%" or ")". A pattern that begins with a character class lets the regex engine
+# skip plain text in C.
+_CLUSTER = re.compile(r"[\d+($€£¥₹](?:[\d \u00a0\-.()/:,%+]*[\d%)])?")
 _DIGIT = re.compile(r"\d")
 _IPV4 = rf"(?:\d{{1,3}}\.){{3}}\d{{1,3}}(?!{_GLUE}|\.\d)"
 # Tried at each position of a cluster (match, not search), in this order.
