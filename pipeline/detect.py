@@ -72,7 +72,7 @@ class Span:
 
 
 _SEP = r"[ \u00a0\-.()/]"
-_DAY = r"(?:0?[1-9]|[12]\d|3[01])"
+_DAY = r"(?:0?[1-9]|[12][0-9]|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
 # Letters and digits that glue a number into a word: word characters other than CJK ideographs,
 # kana and Hangul, which are written without spaces around numbers ("电话415-666-7777").
@@ -81,31 +81,32 @@ _GLUE = rf"[^\W{_CJK}]"
 # Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow, up to
 # its last digit, "%" or ")". A pattern that begins with a character class lets the regex engine
 # skip plain text in C.
-_CLUSTER = re.compile(r"[\d+($€£¥₹](?:[\d \u00a0\-.()/:,%+]*[\d%)])?")
-_DIGIT = re.compile(r"\d")
-_IPV4 = rf"(?:\d{{1,3}}\.){{3}}\d{{1,3}}(?!{_GLUE}|\.\d)"
-# Tried at each position of a cluster (match, not search), in this order.
+_CLUSTER = re.compile(r"[0-9+($€£¥₹](?:[0-9 \u00a0\-.()/:,%+]*[0-9%)])?")
+_DIGIT = re.compile(r"[0-9]")
+_IPV4 = rf"(?:[0-9]{{1,3}}\.){{3}}[0-9]{{1,3}}(?!{_GLUE}|\.[0-9])"
+# Tried at each position of a cluster (match, not search), in this order. ASCII digits only
+# ([0-9], not the slower Unicode \d): other scripts' digits were made ASCII before.
 _SCANNER = re.compile(
     rf"""
     \((?={_IPV4})  # "(192.168.1.1)": step over the parenthesis, the address is next
   | (?P<ipv4>(?<!{_GLUE}|\.){_IPV4})
   | (?P<ordinary>
-        (?<!{_GLUE})[12]\d{{3}}[-/]?[01]\d[-/]?[0-3]\d[ T]+[0-2]\d:[0-5]\d  # 20120102 08:00
-      | (?<!{_GLUE})\d{{4}}[-/.]{_MONTH}[-/.]{_DAY}(?!\d|[-/.]\d)         # 2024-03-15
-      | (?<!{_GLUE}){_DAY}[-/.]{_DAY}[-/.](?:\d{{4}}|\d{{2}})(?!\d|[-/.]\d)  # 15/03/2024, 03-15-24
-      | (?<!{_GLUE})\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
-      | [$€£¥₹]\s?\d+(?:[,.]\d+)*(?:[\u00a0 ]\d{{3}}(?:[,.]\d+)*(?![-./]?\d))*  # $1,250.00, $20
-      | \d[\d,.]*\s?(?:%|percent\b)                         # 12.5%
-      | \d[\d,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
-      | \d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?                        # 1,250,000
+        (?<!{_GLUE})[12][0-9]{{3}}[-/]?[01][0-9][-/]?[0-3][0-9][ T]+[0-2][0-9]:[0-5][0-9]  # 20120102 08:00
+      | (?<!{_GLUE})[0-9]{{4}}[-/.]{_MONTH}[-/.]{_DAY}(?![0-9]|[-/.][0-9])         # 2024-03-15
+      | (?<!{_GLUE}){_DAY}[-/.]{_DAY}[-/.](?:[0-9]{{4}}|[0-9]{{2}})(?![0-9]|[-/.][0-9])  # 15/03/2024
+      | (?<!{_GLUE})[0-9]{{1,2}}:[0-9]{{2}}(?::[0-9]{{2}})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
+      | [$€£¥₹]\s?[0-9]+(?:[,.][0-9]+)*(?:[\u00a0 ][0-9]{{3}}(?:[,.][0-9]+)*(?![-./]?[0-9]))*  # $1 250.00
+      | [0-9][0-9,.]*\s?(?:%|percent\b)                         # 12.5%
+      | [0-9][0-9,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
+      | [0-9]{{1,3}}(?:,[0-9]{{3}})+(?:\.[0-9]+)?                        # 1,250,000
     )
-  | (?P<run>(?:\+\+?|(?<!{_GLUE}|\+))\(?\d(?:(?!\s*\({_IPV4}){_SEP}{{0,2}}\d)+)
+  | (?P<run>(?:\+\+?|(?<!{_GLUE}|\+))\(?[0-9](?:(?!\s*\({_IPV4}){_SEP}{{0,2}}[0-9])+)
     """,
     re.VERBOSE,
 )
 # Full-width forms (CJK keyboards: "＋１ ６５０", "０９０－１２３４"), the ideographic space and other
-# scripts' digits (Arabic-Indic, Devanagari, ...) read as ASCII; one character for one, so offsets
-# stay those of the text.
+# scripts' digits (Arabic-Indic, Persian, Devanagari, Bengali, Thai) read as ASCII; one character
+# for one, so offsets stay those of the text. Digits of scripts not listed here are not read.
 _NOT_ASCII = re.compile(
     "[\uff01-\uff5e\u3000\u0660-\u0669\u06f0-\u06f9\u0966-\u096f\u09e6-\u09ef\u0e50-\u0e59]"
 )
@@ -118,7 +119,7 @@ _TO_ASCII = (
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 # An IBAN's two check digits after its two country letters; the rest is read by _ibans.
-_IBAN = re.compile(r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)")
+_IBAN = re.compile(r"[0-9][0-9](?<=[A-Za-z]{2}[0-9]{2})(?<![A-Za-z0-9][A-Za-z]{2}[0-9]{2})")
 _GLUED = re.compile(_GLUE)
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
