@@ -168,8 +168,8 @@ _QUALIFIERS = frozenset(["number", "num", "no", "nr", "id", "code"])
 _CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付番号", "주문번호")
 # The text before a number, reversed: separators, an optional "#", then up to two words.
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
-_NON_DIGIT = re.compile(r"\D")
-_DIGITS = re.compile(r"\d+")
+_NON_DIGIT = re.compile(r"[^0-9]")
+_DIGITS = re.compile(r"[0-9]+")
 # Where the scanner is tried next after it failed: at a sign, or at a digit that does not follow
 # a digit (no run, address or date starts inside a number: "INC1234567" is one failed try).
 _START = re.compile(r"[+($€£¥₹]|(?<!\d)\d")

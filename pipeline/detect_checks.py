@@ -66,8 +66,8 @@ _ISSUERS = (
     (5000, 5100, range(12, 20)),  # Maestro
     (5600, 7000, range(12, 20)),  # Maestro
 )
-_NON_DIGIT = re.compile(r"\D")
-_DIGITS = re.compile(r"\d+")
+_NON_DIGIT = re.compile(r"[^0-9]")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def luhn(digits: str) -> bool:
