@@ -106,13 +106,15 @@ def iban_length(country: str) -> int | None:
     return IBAN_LENGTHS.get(country.upper())
 
 
+_LETTER_VALUES = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})  # A=10
+
+
 def is_iban(compact: str) -> bool:
     """`compact`: letters and digits only, any case. Its country's length and mod 97."""
     if len(compact) != IBAN_LENGTHS.get(compact[:2].upper(), 0) or not compact.isalnum():
         return False
-    moved = compact[4:] + compact[:4]
-    number = "".join(str(int(ch, 36)) for ch in moved)
-    return int(number) % 97 == 1
+    moved = (compact[4:] + compact[:4]).upper().translate(_LETTER_VALUES)
+    return int(moved) % 97 == 1
 
 
 _TYPES = (
