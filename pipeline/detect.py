@@ -53,7 +53,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache, lru_cache
 
-from pipeline.detect_checks import iban_length, is_card, is_iban, is_phone
+from pipeline.detect_checks import GLUE as _GLUE
+from pipeline.detect_checks import iban_length, is_card, is_iban, is_identifier, is_phone
 
 
 class Label(StrEnum):
@@ -74,10 +75,6 @@ class Span:
 _SEP = r"[ \u00a0\-.()/]"
 _DAY = r"(?:0?[1-9]|[12][0-9]|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
-# Letters and digits that glue a number into a word: word characters other than CJK ideographs,
-# kana and Hangul, which are written without spaces around numbers ("电话415-666-7777").
-_CJK = "\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff00-\uffef"
-_GLUE = rf"[^\W{_CJK}]"
 # Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow, up to
 # its last digit, "%" or ")". A pattern that begins with a character class lets the regex engine
 # skip plain text in C.
@@ -120,84 +117,18 @@ _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 # An IBAN's two check digits after its two country letters; the rest is read by _ibans.
 _IBAN = re.compile(r"[0-9][0-9](?<=[A-Za-z]{2}[0-9]{2})(?<![A-Za-z0-9][A-Za-z]{2}[0-9]{2})")
-_GLUED = re.compile(_GLUE)
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
-# Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
-# ones only with a qualifier ("account number ...", so that a speaker label "Customer:" is not).
-_IDENT_WORDS = frozenset(
-    [
-        "order",
-        "ticket",
-        "invoice",
-        "case",
-        "ref",
-        "reference",
-        "booking",
-        "tracking",
-        "confirmation",
-        "serial",
-        "policy",
-        "claim",
-        "transaction",
-        "receipt",
-        "sku",
-        "id",
-        "version",
-        "release",
-        "build",
-        "zip",
-        "zipcode",
-        "postcode",
-        "plz",
-        # German compounds, which take no separate "number"
-        "kundennummer",
-        "bestellnummer",
-        "rechnungsnummer",
-        "vertragsnummer",
-        "auftragsnummer",
-        "vorgangsnummer",
-        "vorgang",
-        "rechnung",
-        "bestellung",
-    ]
-)
-_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation", "postal"])
-_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id", "code"])
-# The same in Chinese, Japanese and Korean, which glue them to the number: order / ticket numbers.
-_CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付番号", "주문번호")
-# The text before a number, reversed: separators, an optional "#", then up to two words.
-_REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _NON_DIGIT = re.compile(r"[^0-9]")
 _DIGITS = re.compile(r"[0-9]+")
 # Where the scanner is tried next after it failed: at a sign, or at a digit that does not follow
 # a digit (no run, address or date starts inside a number: "INC1234567" is one failed try).
 _START = re.compile(r"[+($€£¥₹]|(?<!\d)\d")
-_CONTEXT = 32
 _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
 _MIN_CARD_DIGITS = 12
 _MAX_CARD_DIGITS = 19
 _GROUP = re.compile(r"\S+")
-
-
-def _is_identifier(text: str, start: int) -> bool:
-    """Whether the number at `start` is an identifier by its context: glued to letters
-    ("A-7723419"), after "#", or after an identifier word ("order", "case no.", ...)."""
-    if start and (
-        _GLUED.match(text, start - 1) or (text[start - 1] == "-" and _GLUED.match(text, max(0, start - 2)))
-    ):
-        return True
-    if text.endswith(_CJK_IDENT, max(0, start - 4), start):
-        return True
-    m = _REV_WORDS.match(text[max(0, start - _CONTEXT) : start][::-1])
-    if m is None:
-        return False
-    if m.group(1):
-        return True
-    last = (m.group(2) or "")[::-1].lower()
-    before = (m.group(3) or "")[::-1].lower()
-    return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
 
 
 def _is_ip(candidate: str) -> bool:
@@ -346,7 +277,7 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
 
 def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
     if len(_NON_DIGIT.sub("", value)) >= _MIN_PHONE_DIGITS:
-        phones = value.startswith("+") or not _is_identifier(text, start)
+        phones = value.startswith("+") or not is_identifier(text, start)
         _scan_run(value, start, regions, out, phones)
 
 

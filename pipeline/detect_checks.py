@@ -1,11 +1,14 @@
 """The checks `pipeline.detect` runs on a candidate once its shape has been found: is this run of
-digits a payment card, a phone number; is this string an IBAN. Pure functions of the candidate.
+digits a payment card, a phone number, an identifier by its context; is this string an IBAN. Pure
+functions of the candidate.
 
 - cards: a known issuer prefix with a length that issuer uses, then Luhn. Visa 13/16/19;
   Mastercard 51-55 and 2221-2720 (16); Amex 34/37 (15); Diners 300-305/36/38/39 (14-19);
   Discover 6011/644-649/65, UnionPay 62, JCB 3528-3589, Mir 2200-2204 (16-19); JCB 1800/2131
   (15); Maestro 50/56-69 (12-19). A 13-digit order number starting "2026" is none of these.
 - IBANs: the country's registered length (a table below), then mod 97.
+- identifiers: a number glued to Latin letters or right after an identifier word ("order",
+  "ticket", "zip", "case no.", "订单号", ...) is no phone number.
 - phone numbers: the digits read as an international number ("+", or any international call
   prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions. The
   number is checked from its digits against phonenumbers' metadata, compiled once per region
@@ -44,6 +47,57 @@ IBAN_LENGTHS = {
 # is read as Australia's prefix before "00" is tried: the preferred or only plain prefix of every
 # region in phonenumbers' metadata, and the carrier-select variants people dial (001x, 00x).
 _IDD = re.compile(r"0011|001[4-9]|00[0-9]|01[0-2]|810|119|00")
+# Letters and digits that glue a number into a word: word characters other than CJK ideographs,
+# kana and Hangul, which are written without spaces around numbers ("电话415-666-7777").
+_CJK = "\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff00-\uffef"
+GLUE = rf"[^\W{_CJK}]"
+_GLUED = re.compile(GLUE)
+# Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
+# ones only with a qualifier ("account number ...", so that a speaker label "Customer:" is not).
+_IDENT_WORDS = frozenset(
+    [
+        "order",
+        "ticket",
+        "invoice",
+        "case",
+        "ref",
+        "reference",
+        "booking",
+        "tracking",
+        "confirmation",
+        "serial",
+        "policy",
+        "claim",
+        "transaction",
+        "receipt",
+        "sku",
+        "id",
+        "version",
+        "release",
+        "build",
+        "zip",
+        "zipcode",
+        "postcode",
+        "plz",
+        # German compounds, which take no separate "number"
+        "kundennummer",
+        "bestellnummer",
+        "rechnungsnummer",
+        "vertragsnummer",
+        "auftragsnummer",
+        "vorgangsnummer",
+        "vorgang",
+        "rechnung",
+        "bestellung",
+    ]
+)
+_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation", "postal"])
+_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id", "code"])
+# The same in Chinese, Japanese and Korean, which glue them to the number: order / ticket numbers.
+_CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付番号", "주문번호")
+# The text before a number, reversed: separators, an optional "#", then up to two words.
+_REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
+_CONTEXT = 32
 _CARD_SEP = frozenset(" -")
 _LONG = range(16, 20)
 # (first four digits from, to, lengths) of the card issuers
@@ -272,3 +326,22 @@ def is_phone(run: str, regions: Sequence[str], digits: str | None = None) -> boo
         shorter = _IDD.match(digits[: idd.end() - 1])  # "0011" failed: try "001", "00"
         idd = shorter if shorter is not None and shorter.end() < idd.end() else None
     return False
+
+
+def is_identifier(text: str, start: int) -> bool:
+    """Whether the number at `start` is an identifier by its context: glued to letters
+    ("A-7723419"), after "#", or after an identifier word ("order", "case no.", ...)."""
+    if start and (
+        _GLUED.match(text, start - 1) or (text[start - 1] == "-" and _GLUED.match(text, max(0, start - 2)))
+    ):
+        return True
+    if text.endswith(_CJK_IDENT, max(0, start - 4), start):
+        return True
+    m = _REV_WORDS.match(text[max(0, start - _CONTEXT) : start][::-1])
+    if m is None:
+        return False
+    if m.group(1):
+        return True
+    last = (m.group(2) or "")[::-1].lower()
+    before = (m.group(3) or "")[::-1].lower()
+    return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
