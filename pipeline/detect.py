@@ -243,13 +243,11 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
     block = next(blocked, None)
     pos = 0
     for cluster in _CLUSTER.finditer(text):
-        if cluster.end() - cluster.start() < 4:
-            continue  # "7 ", "12%": too short for anything
-        digits = len(_NON_DIGIT.sub("", cluster.group()))
-        if digits < 4 or (digits < _MIN_PHONE_DIGITS and "." not in cluster.group()):
-            continue  # too short for a phone number, card or IPv4 address
-        pos = max(pos, cluster.start())
-        end = cluster.end()
+        start, end = cluster.span()
+        if end - start < _MIN_PHONE_DIGITS:
+            continue  # "12%", "10:30", "$20": too short for a phone number, card or IPv4 address
+        if pos < start:
+            pos = start
         while pos < end:
             while block is not None and block.end <= pos:
                 block = next(blocked, None)

@@ -98,7 +98,7 @@ _CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付
 # The text before a number, reversed: separators, an optional "#", then up to two words.
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _CONTEXT = 32
-_CARD_SEP = frozenset(" -")
+_CARD_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")  # digits, spaces and dashes only
 _LONG = range(16, 20)
 # (first four digits from, to, lengths) of the card issuers
 _ISSUERS = (
@@ -151,9 +151,7 @@ def is_card(run: str, digits: str) -> bool:
     """A card number: issuer prefix and length, digits separated by spaces or dashes only, Luhn."""
     if not 12 <= len(digits) <= 19 or not _card_length_ok(digits):
         return False
-    if any(not ch.isdigit() and ch not in _CARD_SEP for ch in run):
-        return False
-    return luhn(digits)
+    return _CARD_RUN.fullmatch(run) is not None and luhn(digits)
 
 
 def iban_length(country: str) -> int | None:
