@@ -139,6 +139,12 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
+def _is_ipv4(dotted: str) -> bool:
+    """Four dotted groups of 1-3 digits (as the scanner found them) that are an IPv4 address:
+    each 0-255, no leading zero (what ipaddress accepts)."""
+    return all(len(g) == 1 or (g[0] != "0" and int(g) <= 255) for g in dotted.split("."))
+
+
 def _label_of(run: str, regions: Sequence[str], phones: bool, digits: str) -> Label | None:
     """CARD or PHONE for a run whose digits are `digits`, or None."""
     n = len(digits)
@@ -267,7 +273,7 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
             if kind == "run":
                 _classify_run(text, m.group(), m.start(), regions, out)
             elif kind == "ipv4":
-                if _is_ip(m.group()):
+                if _is_ipv4(m.group()):
                     out.append(Span(m.start(), m.end(), Label.IP))
                 else:  # "532.123.45.67": dotted groups, but no address; maybe a phone number
                     _classify_run(text, m.group(), m.start(), regions, out)
