@@ -155,12 +155,14 @@ def _label_of(run: str, regions: Sequence[str], phones: bool, digits: str) -> La
     return None
 
 
-def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], phones: bool) -> None:
+def _scan_run(
+    run: str, offset: int, regions: Sequence[str], out: list[Span], phones: bool, digits: str | None = None
+) -> None:
     """The card and phone numbers in a run: the whole run, or else the longest stretch of its
     space-separated groups that is one ("call (415) 555-2671 10 times", "card 4111 1111 1111
     1111 12/27"), then what is left on either side. With `phones` false (the run follows an
-    identifier word) its first group starts no phone number."""
-    label = _label_of(run, regions, phones, _NON_DIGIT.sub("", run))
+    identifier word) its first group starts no phone number. `digits`: the run's, if known."""
+    label = _label_of(run, regions, phones, _NON_DIGIT.sub("", run) if digits is None else digits)
     if label is not None:
         out.append(Span(offset, offset + len(run), label))
         return
@@ -172,8 +174,8 @@ def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], ph
         counts.append(counts[-1] + end - start - len(_NON_DIGIT.findall(run, start, end)))
     for size in range(len(groups) - 1, 0, -1):
         for first in range(len(groups) - size + 1):
-            digits = counts[first + size] - counts[first]
-            if digits < _MIN_PHONE_DIGITS or digits > _MAX_CARD_DIGITS:
+            count = counts[first + size] - counts[first]
+            if count < _MIN_PHONE_DIGITS or count > _MAX_CARD_DIGITS:
                 continue  # too short or too long for anything
             start, end = groups[first][0], groups[first + size - 1][1]
             stretch = run[start:end]
@@ -280,9 +282,10 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
 
 
 def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
-    if len(_NON_DIGIT.sub("", value)) >= _MIN_PHONE_DIGITS:
+    digits = _NON_DIGIT.sub("", value)
+    if len(digits) >= _MIN_PHONE_DIGITS:
         phones = value.startswith("+") or not is_identifier(text, start)
-        _scan_run(value, start, regions, out, phones)
+        _scan_run(value, start, regions, out, phones, digits)
 
 
 def _as_ascii(m: re.Match[str]) -> str:

@@ -98,6 +98,9 @@ _CJK_IDENT = ("订单号", "单号", "编号", "订单", "注文番号", "受付
 # The text before a number, reversed: separators, an optional "#", then up to two words.
 _REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
 _CONTEXT = 32
+_REV_IDENT = frozenset(w[::-1] for w in _IDENT_WORDS)
+_REV_IDENT_OR_WEAK = frozenset(w[::-1] for w in _IDENT_WORDS | _IDENT_WEAK)
+_REV_QUALIFIERS = frozenset(w[::-1] for w in _QUALIFIERS)
 _CARD_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")  # digits, spaces and dashes only
 _LONG = range(16, 20)
 # (first four digits from, to, lengths) of the card issuers
@@ -340,6 +343,7 @@ def is_identifier(text: str, start: int) -> bool:
         return False
     if m.group(1):
         return True
-    last = (m.group(2) or "")[::-1].lower()
-    before = (m.group(3) or "")[::-1].lower()
-    return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
+    last = (m.group(2) or "").lower()  # reversed, as the sets below
+    if last in _REV_IDENT:
+        return True
+    return last in _REV_QUALIFIERS and (m.group(3) or "").lower() in _REV_IDENT_OR_WEAK
