@@ -1,28 +1,47 @@
 """Free-text PII detection: phone numbers, emails, IPv4/IPv6, payment cards, IBANs.
 
 `detect(text, regions)` returns the PII spans of a text; `redact(text, spans)` replaces each span
-with its label ([PHONE], [EMAIL], [IP], [CARD], [IBAN]). Runs on every transcript and attribute
+with its label ([PHONE], [EMAIL], [IP], [CARD], [IBAN]); `redact_value` does both for attribute
+values, remembering the machine identifiers that repeat. Runs on every transcript and attribute
 value, so the work is ordered cheapest first:
 
-1. gate: a text without a digit or "@" holds none of these;
+1. gate: a text without a digit or "@" holds none of these. Full-width forms (CJK keyboards:
+   "＋１－６５０") and other scripts' digits are read as ASCII, one character for one;
 2. anchored scans whose compiled pattern starts with a rare character, so the regex engine skips
-   plain text in C: emails from each "@", IBANs from their two check digits, IPv6 from a
-   ":hex:" pair, and numeric clusters from a digit, "+", "(" or currency sign. Inside a cluster
-   one scanner is tried position by position (match, not search): IPv4, then "ordinary number"
-   shapes that must survive (dates, times, amounts, percentages, thousands), then runs of digits
-   with phone-like separators. Ordinary shapes are consumed, so a run never starts inside a date;
-3. checks only on the candidates: ipaddress for IPs, mod-97 for IBANs, Luhn (plus issuer prefix
-   and length) for cards, and phonenumbers (parse + is_valid_number) for runs of 6+ digits, with
-   the call's own regions for national numbers. A nationally written number must start with the
+   plain text in C: emails from each "@", IBANs from their two check digits (then exactly as many
+   characters as the country's IBAN has, spaces or dashes between: a following word is never
+   taken in), IPv6 from a ":hex:" pair, and numeric clusters from a digit, "+", "(" or currency
+   sign. Inside a cluster one scanner is tried position by position (match, not search): IPv4
+   (also in parentheses), then "ordinary number" shapes that must survive (dates, a date with a
+   time, times, amounts, percentages, thousands), then runs of digits with phone-like separators
+   (after "+", "++" or a word glued to "+"). Ordinary shapes are consumed, so a run never starts
+   inside a date; an amount's space-separated thousands stop before a group that goes on as a
+   number ("$20 415-666-7777");
+3. checks only on the candidates (pipeline/detect_checks.py): ipaddress for IPs (dotted groups
+   that are no address, "532.123.45.67", go on to the phone check), mod-97 for IBANs, Luhn plus
+   issuer prefix and length for cards, and phonenumbers' metadata for runs of 6+ digits: after
+   "+" or any international call prefix (00, 011, 0011, 010, 001, ...) as international, else
+   nationally in the call's own regions. A nationally written number must start with the
    region's trunk prefix ("0" in most countries) or be 9+ digits long (8 where there is no trunk
    prefix). A run that is neither whole is searched for its longest stretch of space-separated
    groups that is one, to find a card or phone number glued to other numbers.
 
-A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", ...,
-optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/... followed by one of
-those, so that a speaker label "Customer:" does not count) or glued to letters ("A-7723419") is an
-identifier, not a phone number (what follows its first group still may be); it is still
-checked as a card number.
+A digit run right after an identifier word ("order", "ticket", "invoice", "case", "ref", "zip",
+..., optionally followed by "number"/"no."/"#"/":", or "account"/"customer"/"postal"/...
+followed by one of those, so that a speaker label "Customer:" does not count; "订单号" and a few
+other CJK ones) or glued to Latin letters ("A-7723419") is an identifier, not a phone number
+(what follows its first group still may be); it is still checked as a card number. CJK letters
+glue nothing: "电话415-666-7777" holds a phone number. Digits inside an IBAN-shaped string whose
+checksum fails are no phone number either.
+
+Where callpipe deliberately differs from the test suites of Presidio and libphonenumber:
+- an IBAN in lower case is redacted anyway (Presidio's recognizer wants capitals); a mistyped
+  IBAN is not reported, but its digits are not offered as a phone number either;
+- a phone extension ("x123", "ext. 12") stays visible: only the number is personal;
+- an international call prefix is read whatever the call's region ("011 44 ..." in a British
+  call): text is written by people who dial from elsewhere;
+- a date followed by a time ("20120102 08:00") is never a phone number, as in libphonenumber,
+  and neither is a run after an identifier word, which libphonenumber would report.
 """
 
 from __future__ import annotations
@@ -32,9 +51,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 
-import phonenumbers
+from pipeline.detect_checks import GLUE as _GLUE
+from pipeline.detect_checks import iban_length, is_card, is_iban, is_identifier, is_phone
 
 
 class Label(StrEnum):
@@ -53,133 +73,62 @@ class Span:
 
 
 _SEP = r"[ \u00a0\-.()/]"
-_DAY = r"(?:0?[1-9]|[12]\d|3[01])"
+_DAY = r"(?:0?[1-9]|[12][0-9]|3[01])"
 _MONTH = r"(?:0?[1-9]|1[0-2])"
-# Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow. A
-# pattern that begins with a character class lets the regex engine skip plain text in C.
-_CLUSTER = re.compile(r"[\d+($€£¥₹][\d \u00a0\-.()/:,%+]*")
-_DIGIT = re.compile(r"\d")
-# Tried at each position of a cluster (match, not search), in this order.
+# Where anything numeric starts: a digit, "+", "(" or a currency sign, then what may follow, up to
+# its last digit, "%" or ")". A pattern that begins with a character class lets the regex engine
+# skip plain text in C.
+_CLUSTER = re.compile(r"[0-9+($€£¥₹](?:[0-9 \u00a0\-.()/:,%+]*[0-9%)])?")
+_DIGIT = re.compile(r"[0-9]")
+_IPV4 = rf"(?:[0-9]{{1,3}}\.){{3}}[0-9]{{1,3}}(?!{_GLUE}|\.[0-9])"
+# Tried at each position of a cluster (match, not search), in this order. ASCII digits only
+# ([0-9], not the slower Unicode \d): other scripts' digits were made ASCII before.
 _SCANNER = re.compile(
-    r"""
-    (?P<ipv4>(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d))
+    rf"""
+    \((?={_IPV4})  # "(192.168.1.1)": step over the parenthesis, the address is next
+  | (?P<ipv4>(?<!{_GLUE}|\.){_IPV4})
   | (?P<ordinary>
-        (?<!\w)\d{4}[-/.]"""
-    + _MONTH
-    + "[-/.]"
-    + _DAY
-    + r"""(?!\d|[-/.]\d)  # 2024-03-15
-      | (?<!\w)"""
-    + _DAY
-    + "[-/.]"
-    + _DAY
-    + r"""[-/.](?:\d{4}|\d{2})(?!\d|[-/.]\d)  # 15/03/2024, 03-15-24
-      | (?<!\w)\d{1,2}:\d{2}(?::\d{2})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
-      | [$€£¥₹]\s?\d[\d,.\u00a0 ]*\d                        # $1,250.00
-      | \d[\d,.]*\s?(?:%|percent\b)                         # 12.5%
-      | \d[\d,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
-      | \d{1,3}(?:,\d{3})+(?:\.\d+)?                        # 1,250,000
+        (?<!{_GLUE})[12][0-9]{{3}}[-/]?[01][0-9][-/]?[0-3][0-9][ T]+[0-2][0-9]:[0-5][0-9]  # 20120102 08:00
+      | (?<!{_GLUE})[0-9]{{4}}[-/.]{_MONTH}[-/.]{_DAY}(?![0-9]|[-/.][0-9])         # 2024-03-15
+      | (?<!{_GLUE}){_DAY}[-/.]{_DAY}[-/.](?:[0-9]{{4}}|[0-9]{{2}})(?![0-9]|[-/.][0-9])  # 15/03/2024
+      | (?<!{_GLUE})[0-9]{{1,2}}:[0-9]{{2}}(?::[0-9]{{2}})?(?:\s?[AaPp]\.?[Mm]\.?)?  # 10:30, 10:30:15 pm
+      | [$€£¥₹]\s?[0-9]+(?:[,.][0-9]+)*(?:[\u00a0 ][0-9]{{3}}(?:[,.][0-9]+)*(?![-./]?[0-9]))*  # $1 250.00
+      | [0-9][0-9,.]*\s?(?:%|percent\b)                         # 12.5%
+      | [0-9][0-9,.\u00a0 ]*\s?(?:(?:EUR|USD|GBP|INR|dollars?|euros?|pounds?|rupees?)\b|[$€£¥₹])
+      | [0-9]{{1,3}}(?:,[0-9]{{3}})+(?:\.[0-9]+)?                        # 1,250,000
     )
-  | (?P<run>(?<![\w+])\+?\(?\d(?:"""
-    + _SEP
-    + r"""{0,2}\d)+)
+  | (?P<run>(?:\+\+?|(?<!{_GLUE}|\+))\(?[0-9](?:(?!\s*\({_IPV4}){_SEP}{{0,2}}[0-9])+)
     """,
     re.VERBOSE,
+)
+# Full-width forms (CJK keyboards: "＋１ ６５０", "０９０－１２３４"), the ideographic space and other
+# scripts' digits (Arabic-Indic, Persian, Devanagari, Bengali, Thai) read as ASCII; one character
+# for one, so offsets stay those of the text. Digits of scripts not listed here are not read.
+_NOT_ASCII = re.compile(
+    "[\uff01-\uff5e\u3000\u0660-\u0669\u06f0-\u06f9\u0966-\u096f\u09e6-\u09ef\u0e50-\u0e59]"
+)
+_TO_ASCII = (
+    {chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}
+    | {"\u3000": " "}
+    | {chr(base + d): str(d) for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
 )
 # Found on their own, each anchored on a character that ordinary text rarely holds.
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
 _EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_IBAN = re.compile(
-    r"\d\d(?<=[A-Za-z]{2}\d\d)(?<![A-Za-z0-9][A-Za-z]{2}\d\d)"
-    r"(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?\b"
-)
+# An IBAN's two check digits after its two country letters; the rest is read by _ibans.
+_IBAN = re.compile(r"[0-9][0-9](?<=[A-Za-z]{2}[0-9]{2})(?<![A-Za-z0-9][A-Za-z]{2}[0-9]{2})")
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")  # dots: an embedded IPv4 (::ffff:192.0.2.1)
-# Words after which a number is an identifier, not a phone number ("order 4155550123"); the weak
-# ones only with a qualifier ("account number ...", so that a speaker label "Customer:" is not).
-_IDENT_WORDS = frozenset(
-    [
-        "order",
-        "ticket",
-        "invoice",
-        "case",
-        "ref",
-        "reference",
-        "booking",
-        "tracking",
-        "confirmation",
-        "serial",
-        "policy",
-        "claim",
-        "transaction",
-        "receipt",
-        "sku",
-        "id",
-        "version",
-        "release",
-        "build",
-    ]
-)
-_IDENT_WEAK = frozenset(["account", "customer", "member", "item", "model", "reservation"])
-_QUALIFIERS = frozenset(["number", "num", "no", "nr", "id"])
-# The text before a number, reversed: separators, an optional "#", then up to two words.
-_REV_WORDS = re.compile(r"[\s:]*(#)?[\s:]*\.?([A-Za-z]+)?(?:\s+([A-Za-z]+))?")
-_NON_DIGIT = re.compile(r"\D")
-_DIGITS = re.compile(r"\d+")
-_START = re.compile(r"[\d+($€£¥₹]")
-_CONTEXT = 32
+_NON_DIGIT = re.compile(r"[^0-9]")
+_DIGITS = re.compile(r"[0-9]+")
+# Where the scanner is tried next after it failed: at a sign, or at a digit that does not follow
+# a digit (no run, address or date starts inside a number: "INC1234567" is one failed try).
+_START = re.compile(r"[+($€£¥₹]|(?<!\d)\d")
 _MIN_PHONE_DIGITS = 6
 _MAX_PHONE_DIGITS = 17  # 15 of E.164 plus an international prefix "00" or a trunk prefix
+_MIN_CARD_DIGITS = 12
+_MAX_CARD_DIGITS = 19
 _GROUP = re.compile(r"\S+")
-
-
-def _is_identifier(text: str, start: int) -> bool:
-    """Whether the number at `start` is an identifier by its context: glued to letters
-    ("A-7723419"), after "#", or after an identifier word ("order", "case no.", ...)."""
-    if start and (
-        text[start - 1].isalpha() or (text[start - 1] == "-" and text[start - 2 : start - 1].isalpha())
-    ):
-        return True
-    m = _REV_WORDS.match(text[max(0, start - _CONTEXT) : start][::-1])
-    if m is None:
-        return False
-    if m.group(1):
-        return True
-    last = (m.group(2) or "")[::-1].lower()
-    before = (m.group(3) or "")[::-1].lower()
-    return last in _IDENT_WORDS or (last in _QUALIFIERS and (before in _IDENT_WORDS or before in _IDENT_WEAK))
-
-
-_CARD_SEP = frozenset(" -")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _is_card(run: str, digits: str) -> bool:
-    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":
-        return False
-    if any(not ch.isdigit() and ch not in _CARD_SEP for ch in run):
-        return False
-    return _luhn(digits)
-
-
-def _is_iban(candidate: str) -> bool:
-    compact = candidate.replace(" ", "").upper()
-    if not 15 <= len(compact) <= 34 or compact[:2] not in phonenumbers.SUPPORTED_REGIONS:
-        return False
-    moved = compact[4:] + compact[:4]
-    number = "".join(str(int(ch, 36)) for ch in moved)
-    return int(number) % 97 == 1
 
 
 def _is_ip(candidate: str) -> bool:
@@ -190,67 +139,47 @@ def _is_ip(candidate: str) -> bool:
     return True
 
 
-@cache
-def _trunk_prefix(region: str) -> str | None:
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    return None if metadata is None else metadata.national_prefix
+def _is_ipv4(dotted: str) -> bool:
+    """Four dotted groups of 1-3 digits (as the scanner found them) that are an IPv4 address:
+    each 0-255, no leading zero (what ipaddress accepts)."""
+    return all(len(g) == 1 or (g[0] != "0" and int(g) <= 255) for g in dotted.split("."))
 
 
-def _plausibly_national(run: str, region: str) -> bool:
-    """A nationally written number either starts with the region's trunk prefix ("0" in most of
-    the world, so "030 901820") or is long enough to be a whole national number (US "415 555
-    2671", Indian mobiles) and not a list of small numbers: a short bare number (ticket 7723419,
-    2024-0815) is not a phone."""
-    groups = _DIGITS.findall(run)
-    digits = "".join(groups)
-    prefix = _trunk_prefix(region)
-    if prefix and digits.startswith(prefix):
-        return True
-    short_groups = sum(len(g) <= 2 for g in groups)  # "91 234 56 78" yes, "20 30 40 50 60" no
-    return len(digits) >= (9 if prefix else 8) and short_groups <= 3
-
-
-def _phone_valid(run: str, regions: Sequence[str]) -> bool:
-    if run.startswith("+"):
-        tries: Sequence[str | None] = (None,)
-    elif run.startswith("00"):
-        run = "+" + run[2:]
-        tries = (None,)
-    else:
-        tries = [r for r in regions if _plausibly_national(run, r)]
-    for region in tries:
-        try:
-            number = phonenumbers.parse(run, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return True
-    return False
-
-
-def _label_of(run: str, regions: Sequence[str], phones: bool) -> Label | None:
-    digits = _NON_DIGIT.sub("", run)
-    if _is_card(run, digits) and not run.startswith("+"):
+def _label_of(run: str, regions: Sequence[str], phones: bool, digits: str) -> Label | None:
+    """CARD or PHONE for a run whose digits are `digits`, or None."""
+    n = len(digits)
+    if n >= _MIN_CARD_DIGITS and not run.startswith("+") and is_card(run, digits):
         return Label.CARD
-    if phones and _MIN_PHONE_DIGITS <= len(digits) <= _MAX_PHONE_DIGITS and _phone_valid(run, regions):
+    if phones and _MIN_PHONE_DIGITS <= n <= _MAX_PHONE_DIGITS and is_phone(run, regions, digits):
         return Label.PHONE
     return None
 
 
-def _scan_run(run: str, offset: int, regions: Sequence[str], out: list[Span], phones: bool) -> None:
+def _scan_run(
+    run: str, offset: int, regions: Sequence[str], out: list[Span], phones: bool, digits: str | None = None
+) -> None:
     """The card and phone numbers in a run: the whole run, or else the longest stretch of its
     space-separated groups that is one ("call (415) 555-2671 10 times", "card 4111 1111 1111
     1111 12/27"), then what is left on either side. With `phones` false (the run follows an
-    identifier word) its first group starts no phone number."""
-    label = _label_of(run, regions, phones)
+    identifier word) its first group starts no phone number. `digits`: the run's, if known."""
+    label = _label_of(run, regions, phones, _NON_DIGIT.sub("", run) if digits is None else digits)
     if label is not None:
         out.append(Span(offset, offset + len(run), label))
         return
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
+    if len(groups) < 2:
+        return
+    counts = [0]  # digits in the groups before each group
+    for start, end in groups:
+        counts.append(counts[-1] + end - start - len(_NON_DIGIT.findall(run, start, end)))
     for size in range(len(groups) - 1, 0, -1):
         for first in range(len(groups) - size + 1):
+            count = counts[first + size] - counts[first]
+            if count < _MIN_PHONE_DIGITS or count > _MAX_CARD_DIGITS:
+                continue  # too short or too long for anything
             start, end = groups[first][0], groups[first + size - 1][1]
-            label = _label_of(run[start:end], regions, phones or first > 0)
+            stretch = run[start:end]
+            label = _label_of(stretch, regions, phones or first > 0, _NON_DIGIT.sub("", stretch))
             if label is None:
                 continue
             if first:
@@ -277,11 +206,25 @@ def _emails(text: str, out: list[Span]) -> None:
             at = text.find("@", at + 1)
 
 
-def _ibans(text: str, out: list[Span]) -> None:
+@cache
+def _iban_body(length: int) -> re.Pattern[str]:
+    """The rest of an IBAN `length` characters long, after its check digits."""
+    return re.compile(rf"(?:[ \-]?[A-Za-z0-9]){{{length - 4}}}(?![A-Za-z0-9])")
+
+
+def _ibans(text: str, out: list[Span], shaped: list[Span]) -> None:
+    """From each pair of check digits, as many letters and digits as the country's IBAN has,
+    single spaces or dashes allowed between them; the IBAN must end there, at a word's end
+    ("ES91 2100 0418 4502 0005 1332 by monday"). One that fails its checksum goes to `shaped`:
+    a mistyped IBAN is no phone number either."""
     for m in _IBAN.finditer(text):
         start = m.start() - 2
-        if _is_iban(text[start : m.end()]):
-            out.append(Span(start, m.end(), Label.IBAN))
+        length = iban_length(text[start : start + 2])
+        body = None if length is None else _iban_body(length).match(text, m.end())
+        if body is None:
+            continue
+        span = Span(start, body.end(), Label.IBAN)
+        (out if is_iban(text[start : body.end()].replace(" ", "").replace("-", "")) else shaped).append(span)
 
 
 def _ipv6s(text: str, out: list[Span]) -> None:
@@ -308,13 +251,11 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
     block = next(blocked, None)
     pos = 0
     for cluster in _CLUSTER.finditer(text):
-        if cluster.end() - cluster.start() < 4:
-            continue  # "7 ", "12%": too short for anything
-        digits = len(_NON_DIGIT.sub("", cluster.group()))
-        if digits < 4 or (digits < _MIN_PHONE_DIGITS and "." not in cluster.group()):
-            continue  # too short for a phone number, card or IPv4 address
-        pos = max(pos, cluster.start())
-        end = cluster.end()
+        start, end = cluster.span()
+        if end - start < _MIN_PHONE_DIGITS:
+            continue  # "12%", "10:30", "$20": too short for a phone number, card or IPv4 address
+        if pos < start:
+            pos = start
         while pos < end:
             while block is not None and block.end <= pos:
                 block = next(blocked, None)
@@ -333,18 +274,29 @@ def _numbers(text: str, taken: list[Span], regions: Sequence[str], out: list[Spa
             kind = m.lastgroup
             if kind == "run":
                 _classify_run(text, m.group(), m.start(), regions, out)
-            elif kind == "ipv4" and _is_ip(m.group()):
-                out.append(Span(m.start(), m.end(), Label.IP))
+            elif kind == "ipv4":
+                if _is_ipv4(m.group()):
+                    out.append(Span(m.start(), m.end(), Label.IP))
+                else:  # "532.123.45.67": dotted groups, but no address; maybe a phone number
+                    _classify_run(text, m.group(), m.start(), regions, out)
 
 
 def _classify_run(text: str, value: str, start: int, regions: Sequence[str], out: list[Span]) -> None:
-    if len(_NON_DIGIT.sub("", value)) >= _MIN_PHONE_DIGITS:
-        _scan_run(value, start, regions, out, phones=not _is_identifier(text, start))
+    digits = _NON_DIGIT.sub("", value)
+    if len(digits) >= _MIN_PHONE_DIGITS:
+        phones = value.startswith("+") or not is_identifier(text, start)
+        _scan_run(value, start, regions, out, phones, digits)
+
+
+def _as_ascii(m: re.Match[str]) -> str:
+    return _TO_ASCII[m.group()]
 
 
 def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     """PII spans in `text`, sorted and non-overlapping. `regions` are ISO region codes for
     numbers written nationally (the call's own numbers' regions), most likely first."""
+    if not text.isascii():
+        text = _NOT_ASCII.sub(_as_ascii, text)
     has_digit = _DIGIT.search(text) is not None
     has_at = "@" in text
     if not has_digit and not has_at:
@@ -353,10 +305,11 @@ def detect(text: str, regions: Sequence[str] = ()) -> list[Span]:
     if has_at:
         _emails(text, spans)
     if has_digit:
-        _ibans(text, spans)
+        shaped: list[Span] = []
+        _ibans(text, spans, shaped)
         if ":" in text:
             _ipv6s(text, spans)
-        taken = sorted(spans, key=lambda s: s.start)
+        taken = sorted(spans + shaped, key=lambda s: s.start)
         _numbers(text, taken, regions, spans)
     spans.sort(key=lambda s: s.start)
     return spans
@@ -380,3 +333,28 @@ def redact(text: str, spans: Sequence[Span]) -> str:
 def redact_text(text: str, regions: Sequence[str] = ()) -> str:
     """Detect and redact in one call."""
     return redact(text, detect(text, regions))
+
+
+# An attribute value that is one email address whole, as SIP call ids are
+# ("e9fcb779fa35da84@sbc6.carrier.net"): nothing else can hide in it.
+_WHOLE_EMAIL = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
+_MAX_CACHED_VALUE = 64
+
+
+def redact_value(value: str, regions: Sequence[str] = ()) -> str:
+    """`redact_text` for an attribute value, which is a machine identifier far more often than
+    free text (a SIP call id, a trunk group "tg-17", a codec "G.711a"): identifiers that repeat
+    are redacted once and remembered, a value that is one email address whole is "[EMAIL]"
+    without the number scans. The result is `redact_text`'s."""
+    if len(value) > _MAX_CACHED_VALUE:
+        return redact_text(value, regions)
+    return _redact_short(value, tuple(regions))
+
+
+@lru_cache(maxsize=8192)
+def _redact_short(value: str, regions: tuple[str, ...]) -> str:
+    if _WHOLE_EMAIL.fullmatch(value):
+        return Label.EMAIL.value
+    return redact_text(value, regions)

@@ -10,7 +10,8 @@ list of fields is kept here. A field whose annotation has no transform fails at 
   IP addresses      network prefix: /24 for IPv4, /48 for IPv6
   cell ids          cell_area MCC-MNC-LAC (the cell dropped); an id not in that form: a token
   recording URI     has_recording only
-  free text         every detected PII span replaced by its label (pipeline.detect)
+  free text         every detected PII span replaced by its label (pipeline.detect); attribute
+                    values through redact_value, which remembers repeating machine identifiers
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import phonenumbers
 
 import schemas
-from pipeline.detect import redact_text
+from pipeline.detect import redact_text, redact_value
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
@@ -121,7 +122,7 @@ def _text(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> 
 def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     if value is None:
         return (None,)
-    return ({k: redact_text(v, regions) for k, v in value.items()},)
+    return ({k: redact_value(v, regions) for k, v in value.items()},)
 
 
 # One transform per (class, category) of ANALYTICS_COLUMNS.

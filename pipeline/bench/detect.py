@@ -1,9 +1,12 @@
 """`callpipe bench detect`: pipeline.detect against (a) phonenumbers' PhoneNumberMatcher alone and
 (b) Presidio's pattern recognizers, on the same labelled transcripts.
 
-Corpus: transcripts from pipeline.generate_pii.generate_transcript over every region the
-generator knows, with their ground truth (PII values by category, and ordinary numbers that must
-survive). Each tool gets the call's region, as the stream gives pipeline.detect the call's own
+Corpus: transcripts over every region the generator knows, with their ground truth (PII values
+by category, and ordinary numbers that must survive): half from
+pipeline.generate_pii.generate_transcript (callpipe's own), half from
+pipeline.bench.detect_corpus.hard_transcript (text as others write it: cards of every brand and
+length, IBANs of every length in running text, international call prefixes, CJK text). Each
+tool gets the call's region, as the stream gives pipeline.detect the call's own
 regions: PhoneNumberMatcher(text, region), and Presidio's PhoneRecognizer built with
 supported_regions=(region,): the figures the targets use. A second Presidio row runs its
 PhoneRecognizer as it comes out of the box (eight default regions). Presidio (presidio-analyzer,
@@ -30,6 +33,7 @@ from functools import cache
 from typing import Any
 
 from pipeline.bench.common import BenchError, table
+from pipeline.bench.detect_corpus import hard_transcript
 from pipeline.detect import detect
 from pipeline.generate import REGIONS
 from pipeline.generate_pii import generate_transcript
@@ -67,12 +71,12 @@ def _locate(text: str, value: str, used: set[int]) -> tuple[int, int]:
 
 
 def corpus(seed: int, count: int) -> list[Sample]:
-    """`count` labelled transcripts, regions in turn."""
+    """`count` labelled transcripts, regions in turn, callpipe's own and others' shapes in turn."""
     rng = random.Random(seed)
     out = []
     for i in range(count):
-        region = REGIONS[i % len(REGIONS)]
-        t = generate_transcript(rng, region)
+        region = REGIONS[i // 2 % len(REGIONS)]
+        t = (hard_transcript if i % 2 else generate_transcript)(rng, region)
         used: set[int] = set()
         pii = tuple((*_locate(t.text, v, used), cat) for cat, v in t.pii)
         keep = tuple(_locate(t.text, v, used) for v in t.keep)
