@@ -51,7 +51,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache, lru_cache
+from functools import cache
 
 from pipeline.detect_checks import GLUE as _GLUE
 from pipeline.detect_checks import iban_length, is_card, is_iban, is_identifier, is_phone
@@ -340,21 +340,20 @@ def redact_text(text: str, regions: Sequence[str] = ()) -> str:
 _WHOLE_EMAIL = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 )
-_MAX_CACHED_VALUE = 64
+MAX_REMEMBERED_VALUE = 64
 
 
 def redact_value(value: str, regions: Sequence[str] = ()) -> str:
     """`redact_text` for an attribute value, which is a machine identifier far more often than
-    free text (a SIP call id, a trunk group "tg-17", a codec "G.711a"): identifiers that repeat
-    are redacted once and remembered, a value that is one email address whole is "[EMAIL]"
-    without the number scans. The result is `redact_text`'s."""
-    if len(value) > _MAX_CACHED_VALUE:
-        return redact_text(value, regions)
-    return _redact_short(value, tuple(regions))
-
-
-@lru_cache(maxsize=8192)
-def _redact_short(value: str, regions: tuple[str, ...]) -> str:
-    if _WHOLE_EMAIL.fullmatch(value):
+    free text (a SIP call id, a trunk group "tg-17", a codec "G.711a"): a value that is one email
+    address whole is "[EMAIL]" without the number scans. The result is `redact_text`'s. Values
+    that repeat are worth remembering (`rememberable`); the caller owns that memory (it holds
+    plaintext: pipeline/memo.py), this module keeps none."""
+    if len(value) <= MAX_REMEMBERED_VALUE and _WHOLE_EMAIL.fullmatch(value):
         return Label.EMAIL.value
     return redact_text(value, regions)
+
+
+def rememberable(value: str) -> bool:
+    """Short attribute values repeat (trunk groups, codecs, queues): remembering them pays."""
+    return len(value) <= MAX_REMEMBERED_VALUE

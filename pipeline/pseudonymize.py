@@ -19,13 +19,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import phonenumbers
 
 import schemas
-from pipeline.detect import redact_text, redact_value
+from pipeline.detect import redact_text, redact_value, rememberable
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
@@ -122,7 +122,14 @@ def _text(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> 
 def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     if value is None:
         return (None,)
-    return ({k: redact_value(v, regions) for k, v in value.items()},)
+    out: dict[str, str] = {}
+    hint = tuple(regions)
+    for k, v in value.items():
+        if rememberable(v):
+            out[k] = memo.get(("attr", v, hint), partial(redact_value, v, hint))
+        else:
+            out[k] = redact_value(v, hint)
+    return (out,)
 
 
 # One transform per (class, category) of ANALYTICS_COLUMNS.
