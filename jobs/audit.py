@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from sinks.layout import AUDIT
 
 FILE_MODE = 0o600
@@ -42,7 +42,7 @@ FILE_ACTIONS = frozenset({"added", "replaced", "removed", "read"})
 
 def subject_ref(key: PseudonymKey, account_id: str) -> str:
     """How the audit names a subject: the account's keyed token (the analytics `account_token`)."""
-    return key.token("account", account_id)
+    return key.token(Domain.ACCOUNT, account_id)
 
 
 def sha256_file(path: Path) -> str:

@@ -28,7 +28,7 @@ from jobs import audit
 from jobs.ledger import iso
 from jobs.requests import outbox_dir, write_private
 from jobs.subject import SUBJECT_COLUMN, zone_files
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts
 from sinks.layout import ANALYTICS, VAULT
 from sinks.schema import ANALYTICS_COLUMNS
@@ -130,7 +130,7 @@ def scope(
                 held_here = by_category[category].get(country)
                 if held_here is not None:
                     held_here["subjects"] += 1
-    tokens = {(key.token("account", sid) if zone == VAULT else sid): sid for sid in per_subject}
+    tokens = {(key.token(Domain.ACCOUNT, sid) if zone == VAULT else sid): sid for sid in per_subject}
     run = uuid.uuid4().hex
     notify = [
         {

@@ -28,7 +28,7 @@ from jobs import audit, rejects
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
-from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey, bucket_of
 from sinks.layout import ANALYTICS, VAULT
 
 
@@ -37,7 +37,7 @@ class ErasureIncomplete(RuntimeError):
 
 
 def _values(key: PseudonymKey, account_id: str) -> dict[str, str]:
-    return {VAULT: account_id, ANALYTICS: key.token("account", account_id)}
+    return {VAULT: account_id, ANALYTICS: key.token(Domain.ACCOUNT, account_id)}
 
 
 def _erase_files(

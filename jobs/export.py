@@ -30,7 +30,7 @@ import orjson
 from jobs import audit, rejects
 from jobs.replace import fsync_dir, job_lock
 from jobs.subject import SUBJECT_COLUMN, locate
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from sinks.layout import ANALYTICS, VAULT
 
 ROWS_SQL = """
@@ -45,7 +45,7 @@ def collect(
     con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, as_of: datetime
 ) -> dict[str, Any]:
     """The subject's data as a JSON-ready dict (timestamps stay datetimes until serialized)."""
-    token = key.token("account", account_id)
+    token = key.token(Domain.ACCOUNT, account_id)
     values = {VAULT: account_id, ANALYTICS: token}
     out: dict[str, Any] = {
         "subject": {"account_id": account_id, "account_token": token, "key_version": key.version},

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from jobs import audit
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import locate
-from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey, bucket_of
 from pipeline.pseudonymize import phone_facts
 from sinks.layout import ANALYTICS, VAULT
 
@@ -116,25 +116,27 @@ def correct_analytics(
     table: pa.Table, key: PseudonymKey, account_id: str, fixes: Sequence[Correction]
 ) -> tuple[pa.Table, int]:
     """The analytics rows with the corrections applied through the tokens; rows changed."""
-    mine = _eq(table, "account_token", key.token("account", account_id))
+    mine = _eq(table, "account_token", key.token(Domain.ACCOUNT, account_id))
     changed = pc.equal(pc.cast(mine, pa.int8()), 2)
     for fix in fixes:
         if fix.attribute == "org_id":
-            new = key.token("org", fix.new)
+            new = key.token(Domain.ORG, fix.new)
             mask = (
-                mine if fix.old is None else pc.and_(mine, _eq(table, "org_token", key.token("org", fix.old)))
+                mine
+                if fix.old is None
+                else pc.and_(mine, _eq(table, "org_token", key.token(Domain.ORG, fix.old)))
             )
             mask = pc.and_(mask, pc.invert(_eq(table, "org_token", new)))
             table = _set(table, "org_token", mask, new)
             changed = pc.or_(changed, mask)
             continue
-        token = key.token("phone", fix.new)
+        token = key.token(Domain.PHONE, fix.new)
         country, kind = phone_facts(fix.new)
         outbound = _eq(table, "direction", "outbound")
         for side_name, side in (("caller", outbound), ("callee", pc.invert(outbound))):
             mask = pc.and_(mine, side)
             if fix.old is not None:
-                mask = pc.and_(mask, _eq(table, f"{side_name}_token", key.token("phone", fix.old)))
+                mask = pc.and_(mask, _eq(table, f"{side_name}_token", key.token(Domain.PHONE, fix.old)))
             mask = pc.and_(mask, pc.invert(_eq(table, f"{side_name}_token", token)))
             table = _set(table, f"{side_name}_token", mask, token)
             table = _set(table, f"{side_name}_country", mask, country)
@@ -147,7 +149,7 @@ def rows_of(
     con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, buckets: int
 ) -> dict[str, int]:
     """How many rows of the subject each zone holds (in its bucket)."""
-    token = key.token("account", account_id)
+    token = key.token(Domain.ACCOUNT, account_id)
     values = {VAULT: account_id, ANALYTICS: token}
     bucket = bucket_of(token, buckets)
     return {
@@ -167,7 +169,7 @@ def rectify_locked(
 ) -> dict[str, Any]:
     """Apply the corrections to every file holding the subject; returns rows changed per zone.
     The caller holds the job lock."""
-    token = key.token("account", account_id)
+    token = key.token(Domain.ACCOUNT, account_id)
     values = {VAULT: account_id, ANALYTICS: token}
     bucket = bucket_of(token, buckets)
     change = Change(lake, "rectify")

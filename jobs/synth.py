@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.replace import write_parquet
-from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey, bucket_of
 from sinks.layout import ANALYTICS, VAULT, partition_dir
 from sinks.schema import analytics_schema, vault_schema
 
@@ -128,7 +128,7 @@ def _pools(spec: SynthSpec, version: str, secret: bytes) -> _Pools:
     activity = np.clip(rng.lognormal(np.log(mean), 0.5, n), 1.0 / spec.days, 1.0)
     activity = np.clip(activity * mean / activity.mean(), 0.0, 1.0)
     ids = [account_id(i) for i in range(n)]
-    tokens = [key.token("account", a) for a in ids]
+    tokens = [key.token(Domain.ACCOUNT, a) for a in ids]
     n_orgs = max(1, n // 50)
     org_ids = [f"org-{i:05d}" for i in range(n_orgs)]
     phones = [f"+447{700000000 + i:09d}" for i in range(n)]
@@ -157,16 +157,16 @@ def _pools(spec: SynthSpec, version: str, secret: bytes) -> _Pools:
         account_ids=pa.array(ids),
         account_tokens=pa.array(tokens),
         org_ids=pa.array(org_ids),
-        org_tokens=pa.array([key.token("org", o) for o in org_ids]),
+        org_tokens=pa.array([key.token(Domain.ORG, o) for o in org_ids]),
         phones=pa.array(phones),
-        phone_tokens=pa.array([key.token("phone", p) for p in phones]),
+        phone_tokens=pa.array([key.token(Domain.PHONE, p) for p in phones]),
         others=pa.array(others),
-        other_tokens=pa.array([key.token("phone", p) for p in others]),
+        other_tokens=pa.array([key.token(Domain.PHONE, p) for p in others]),
         other_country=pa.array(countries),
         ips=pa.array(ips),
         ip_prefixes=pa.array([ip.rsplit(".", 1)[0] + ".0/24" for ip in ips]),
         device_ids=pa.array(devices),
-        device_tokens=pa.array([key.token("device", d) for d in devices]),
+        device_tokens=pa.array([key.token(Domain.DEVICE, d) for d in devices]),
         device_os=pa.array(["android 14", "ios 17.5", "android 13", "ios 18.1"]),
         cells=pa.array(cells),
         cell_areas=pa.array([c.rsplit("-", 1)[0] for c in cells]),

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.consent import AccountState, apply_consent, decide
-from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey, bucket_of
 from pipeline.memo import Memo
 from pipeline.policy import Policy
 from pipeline.pseudonymize import pseudonymize, token_of
@@ -107,7 +107,7 @@ def process_batch(
             "source_index": source.index,
         }
         if account not in tokens:
-            token = token_of(key, "account", account, memo)
+            token = token_of(key, Domain.ACCOUNT, account, memo)
             tokens[account] = (token, bucket_of(token, buckets))
         token, bucket = tokens[account]
         day = record["started_at"] // DAY_MS

@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 TOKEN_HEX = 32
@@ -21,6 +22,17 @@ TOKEN_HEX = 32
 
 class KeyError_(ValueError):
     """The key cannot be loaded; the message names the file, never the key."""
+
+
+class Domain(StrEnum):
+    """The pseudonym token domains: one home for their names (a token is an HMAC of domain and
+    value, so a misspelt domain is a different, silently wrong token)."""
+
+    ACCOUNT = "account"
+    ORG = "org"
+    PHONE = "phone"
+    DEVICE = "device"
+    CELL = "cell"
 
 
 @dataclass(frozen=True)
@@ -31,9 +43,19 @@ class PseudonymKey:
     def __repr__(self) -> str:
         return f"PseudonymKey(version={self.version!r}, secret=***)"
 
-    def token(self, domain: str, value: str) -> str:
-        mac = hmac.new(self.secret, domain.encode() + b"\x00" + value.encode(), hashlib.sha256)
+    def token(self, domain: Domain, value: str) -> str:
+        """The keyed token of `value` in `domain`. Only a `Domain` is accepted: the stream, erase,
+        export, rectify and the audit trail must derive a subject's token the same way, or erase
+        would look for a token the stream never wrote and its verification, using the same wrong
+        token, would still pass."""
+        if not isinstance(domain, Domain):
+            raise TypeError("a token domain must be a pipeline.keys.Domain")
+        mac = hmac.new(self.secret, domain.value.encode() + b"\x00" + value.encode(), hashlib.sha256)
         return mac.hexdigest()[:TOKEN_HEX]
+
+    def account_token(self, account_id: str) -> str:
+        """The token of a subject: analytics rows, buckets, erase, export, audit all use this."""
+        return self.token(Domain.ACCOUNT, account_id)
 
 
 def bucket_of(token: str, buckets: int) -> int:

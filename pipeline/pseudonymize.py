@@ -26,7 +26,7 @@ import phonenumbers
 
 import schemas
 from pipeline.detect import redact_text, redact_value, rememberable
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
 
@@ -74,14 +74,14 @@ def cell_area(value: str, key: PseudonymKey) -> str:
     parts = value.split("-")
     if len(parts) == 4 and all(p.isalnum() for p in parts):
         return "-".join(parts[:3])
-    return "cell:" + token_of(key, "cell", value)
+    return "cell:" + token_of(key, Domain.CELL, value)
 
 
 def _same(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     return (value,)
 
 
-def token_of(key: PseudonymKey, domain: str, value: str, memo: Memo | None = None) -> str:
+def token_of(key: PseudonymKey, domain: Domain, value: str, memo: Memo | None = None) -> str:
     """`key.token(domain, value)`, remembered in `memo` when given: accounts, orgs, numbers and
     devices repeat."""
     if memo is None:
@@ -89,7 +89,7 @@ def token_of(key: PseudonymKey, domain: str, value: str, memo: Memo | None = Non
     return memo.get(("token", key, domain, value), lambda: key.token(domain, value))
 
 
-def _token(domain: str) -> Transform:
+def _token(domain: Domain) -> Transform:
     def transform(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
         return (None if value is None else token_of(key, domain, value, memo),)
 
@@ -100,7 +100,7 @@ def _phone(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) ->
     if value is None:
         return (None, None, None)
     country, kind = memo.get(("facts", value), lambda: phone_facts(value))
-    return (token_of(key, "phone", value, memo), country, kind)
+    return (token_of(key, Domain.PHONE, value, memo), country, kind)
 
 
 def _cell(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
@@ -135,8 +135,8 @@ def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo)
 # One transform per (class, category) of ANALYTICS_COLUMNS.
 RULES: dict[tuple[str, str], Transform] = {
     ("none", "id"): _same,
-    ("direct", "account_id"): _token("account"),
-    ("quasi", "org_id"): _token("org"),
+    ("direct", "account_id"): _token(Domain.ACCOUNT),
+    ("quasi", "org_id"): _token(Domain.ORG),
     ("none", "carrier"): _same,
     ("none", "kind"): _same,
     ("none", "direction"): _same,
@@ -147,7 +147,7 @@ RULES: dict[tuple[str, str], Transform] = {
     ("quasi", "location"): _cell,
     ("direct", "ip"): _ip,
     ("quasi", "device"): _same,
-    ("direct", "device_id"): _token("device"),
+    ("direct", "device_id"): _token(Domain.DEVICE),
     ("none", "device"): _same,
     ("sensitive", "recording"): _has,
     ("sensitive", "free_text"): _text,

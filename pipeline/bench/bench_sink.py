@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.settings import Settings
 from sinks.arrow import analytics_table, buckets_of, partition, vault_table
 from sinks.lake import LakeWriter
@@ -49,7 +49,7 @@ def rows(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     rnd = random.Random(seed)
     vault, analytics, tokens = [], [], []
-    token_of = {f"acct-{a:06d}": KEY.token("account", f"acct-{a:06d}") for a in range(accounts)}
+    token_of = {f"acct-{a:06d}": KEY.token(Domain.ACCOUNT, f"acct-{a:06d}") for a in range(accounts)}
     for i in range(n):
         account = f"acct-{rnd.randrange(accounts):06d}"
         started = T0 + rnd.randrange(days * 86_400_000)
@@ -92,14 +92,14 @@ def rows(
             {
                 "event_id": f"ev-{i:09d}",
                 "account_token": token_of[account],
-                "org_token": KEY.token("org", "o"),
+                "org_token": KEY.token(Domain.ORG, "o"),
                 "carrier_id": "carrier-1",
                 "kind": "voice",
                 "direction": "inbound",
-                "caller_token": KEY.token("phone", str(i)),
+                "caller_token": KEY.token(Domain.PHONE, str(i)),
                 "caller_country": 44,
                 "caller_type": "mobile",
-                "callee_token": KEY.token("phone", str(i + 1)),
+                "callee_token": KEY.token(Domain.PHONE, str(i + 1)),
                 "callee_country": 44,
                 "callee_type": "fixed_line",
                 "started_at": started,

@@ -13,6 +13,7 @@ import pytest
 
 from jobs.bench_jobs import typical_subject
 from jobs.synth import SynthSpec, build
+from pipeline.keys import Domain
 from tests.ops_lake import callpipe_env, callpipe_json, make_key, per_subject, stray_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -70,7 +71,7 @@ def test_retention_and_erase_on_ten_million_rows(tmp_path_factory: pytest.TempPa
     assert stray_files(lake) == []
     shutil.rmtree(before)
 
-    token = key.token("account", subject)
+    token = key.token(Domain.ACCOUNT, subject)
     subjects = {"vault": per_subject(lake, "vault", con), "analytics": per_subject(lake, "analytics", con)}
     assert subjects["vault"][subject][0] > 0
     started = time.monotonic()

@@ -18,7 +18,7 @@ import pytest
 
 from jobs import audit, compact
 from jobs.synth import SynthSpec, build
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from sinks import lineage
 from tests.ops_lake import (
     callpipe_cmd,
@@ -142,7 +142,7 @@ def test_erase_removes_only_the_subject_touching_only_its_files(
     key_file, key = base[1], base[2]
     env = callpipe_env(lake, key_file)
     env["CALLPIPE_BUCKETS"] = "4"
-    token = key.token("account", SUBJECT)
+    token = key.token(Domain.ACCOUNT, SUBJECT)
     con = duckdb.connect()
     holding = con.execute(
         f"SELECT count(DISTINCT filename) FROM read_parquet('{lake}/vault/calls/*/*/*.parquet',"

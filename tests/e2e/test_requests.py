@@ -21,7 +21,7 @@ import pytest
 from jobs import breach, ledger
 from jobs.synth import SynthSpec, build
 from pipeline import codec
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from tests.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob
 
 pytestmark = pytest.mark.e2e
@@ -125,9 +125,7 @@ def done(base: dict[str, Any]) -> dict[str, Any]:
     before = {
         "access_vault": rows(lake, "vault", f"account_id = '{ACCESSED}'"),
         "rectified_vault": rows(lake, "vault", f"account_id = '{RECTIFIED}'"),
-        "rectified_analytics": rows(
-            lake, "analytics", f"account_token = '{key.token('account', RECTIFIED)}'"
-        ),
+        "rectified_analytics": rows(lake, "analytics", f"account_token = '{key.account_token(RECTIFIED)}'"),
     }
     env = env_of(base, lake)
     started = time.monotonic()
@@ -162,7 +160,7 @@ def test_every_request_gets_its_defined_answer(done: dict[str, Any]) -> None:
 def test_erased_subject_is_gone_from_every_zone(done: dict[str, Any], base: dict[str, Any]) -> None:
     lake, key = done["lake"], base["key"]
     assert rows(lake, "vault", f"account_id = '{ERASED}'") == []
-    assert rows(lake, "analytics", f"account_token = '{key.token('account', ERASED)}'") == []
+    assert rows(lake, "analytics", f"account_token = '{key.account_token(ERASED)}'") == []
     assert ledger.requests(lake)["r-erase"].touched["rows_removed"]["vault"] > 0  # type: ignore[index]
 
 
@@ -192,15 +190,15 @@ def test_rectified_values_replace_the_old_ones_in_vault_and_analytics(
         assert row["caller" if row["direction"] == "outbound" else "callee"] == NEW_NUMBER
     old_orgs = {r["org_id"] for r in old_vault}
     old_numbers = {r["caller" if r["direction"] == "outbound" else "callee"] for r in old_vault}
-    token = key.token("account", RECTIFIED)
+    token = key.token(Domain.ACCOUNT, RECTIFIED)
     new_analytics = rows(lake, "analytics", f"account_token = '{token}'")
     assert len(new_analytics) == len(done["before"]["rectified_analytics"]) > 0
     for row in new_analytics:
         side = "caller" if row["direction"] == "outbound" else "callee"
-        assert row["org_token"] == key.token("org", NEW_ORG)
-        assert row[f"{side}_token"] == key.token("phone", NEW_NUMBER) and row[f"{side}_country"] == 44
-        assert row["org_token"] not in {key.token("org", o) for o in old_orgs}
-        assert row[f"{side}_token"] not in {key.token("phone", n) for n in old_numbers}
+        assert row["org_token"] == key.token(Domain.ORG, NEW_ORG)
+        assert row[f"{side}_token"] == key.token(Domain.PHONE, NEW_NUMBER) and row[f"{side}_country"] == 44
+        assert row["org_token"] not in {key.token(Domain.ORG, o) for o in old_orgs}
+        assert row[f"{side}_token"] not in {key.token(Domain.PHONE, n) for n in old_numbers}
 
 
 def test_restrict_and_object_remove_analytics_rows_but_keep_the_vault(
@@ -208,7 +206,7 @@ def test_restrict_and_object_remove_analytics_rows_but_keep_the_vault(
 ) -> None:
     lake, key = done["lake"], base["key"]
     for account in (RESTRICTED, OBJECTED):
-        assert rows(lake, "analytics", f"account_token = '{key.token('account', account)}'") == []
+        assert rows(lake, "analytics", f"account_token = '{key.account_token(account)}'") == []
         assert rows(lake, "vault", f"account_id = '{account}'") != []
 
 
@@ -246,7 +244,7 @@ def test_late_rows_of_an_erased_subject_are_erased_by_the_next_pass(
     schema = pq.read_schema(src)
     from pipeline.keys import bucket_of
 
-    bucket = bucket_of(base["key"].token("account", ERASED), 2)
+    bucket = bucket_of(base["key"].token(Domain.ACCOUNT, ERASED), 2)
     dst = lake / "vault" / "calls" / "dt=2026-11-28" / f"bucket={bucket:02d}" / "late.parquet"
     dst.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(late[:2], schema=schema), dst)
@@ -270,7 +268,7 @@ def test_status_lists_open_requests_and_exits_non_zero_when_one_is_overdue(
                 "event": "received",
                 "request": "r-late",
                 "kind": "access",
-                "subject": key.token("account", ACCESSED),
+                "subject": key.token(Domain.ACCOUNT, ACCESSED),
                 "requested_at": "2026-10-01T00:00:00.000Z",
                 "received_at": "2026-10-01T00:00:00.000Z",
                 "deadline": "2026-10-31T00:00:00.000Z",
@@ -280,7 +278,7 @@ def test_status_lists_open_requests_and_exits_non_zero_when_one_is_overdue(
                 "event": "received",
                 "request": "r-soon",
                 "kind": "erase",
-                "subject": key.token("account", ERASED),
+                "subject": key.token(Domain.ACCOUNT, ERASED),
                 "requested_at": "2026-11-01T00:00:00.000Z",
                 "received_at": "2026-11-01T00:00:00.000Z",
                 "deadline": "2026-12-01T00:00:00.000Z",
@@ -334,7 +332,7 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
         result = breach.scope(
             duckdb.connect(), lake, key, zone, since=since, until=until, now=datetime.now(UTC)
         )
-        assert set(result["subject_tokens"]) == {key.token("account", a) for a in expected}
+        assert set(result["subject_tokens"]) == {key.token(Domain.ACCOUNT, a) for a in expected}
         assert "phone" in result["categories"] and "account_id" in result["categories"]
         notify = orjson.loads((lake / "_outbox" / result["outbox"]).read_bytes())
         assert len(notify["subjects"]) == len(expected)
@@ -343,7 +341,7 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
     one = sorted((lake / "vault" / "calls").glob("dt=*/bucket=*/*.parquet"))[0]
     in_file = {r["account_id"] for r in duckdb.connect().read_parquet(str(one)).to_arrow_table().to_pylist()}
     result = breach.scope(duckdb.connect(), lake, key, "vault", files=[one], now=datetime.now(UTC))
-    assert set(result["subject_tokens"]) == {key.token("account", a) for a in in_file}
+    assert set(result["subject_tokens"]) == {key.token(Domain.ACCOUNT, a) for a in in_file}
 
 
 def _kill_trials(base: dict[str, Any], done: dict[str, Any], trials: int, seed: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from jobs import ledger
 from pipeline.generate import generate_traffic
-from pipeline.keys import load_key
+from pipeline.keys import Domain, load_key
 from sinks.layout import glob
 from tests.e2e.test_stream_e2e import PARTITIONS, worker_env
 from tests.ops_lake import callpipe_cmd
@@ -109,20 +109,20 @@ def test_requests_produced_mid_stream_are_fulfilled_end_to_end(kafka_bootstrap: 
 
     # erased: no row in any zone, nor in the dead letters
     assert zone_rows(lake, "vault", "account_id", erased) == []
-    assert zone_rows(lake, "analytics", "account_token", key.token("account", erased)) == []
+    assert zone_rows(lake, "analytics", "account_token", key.token(Domain.ACCOUNT, erased)) == []
     # access: the export holds every vault row the subject had
     export = orjson.loads((lake / "_outbox" / "access-s-access.json").read_bytes())
     assert sorted(r["event_id"] for r in export["vault"]) == [r["event_id"] for r in access_before]
     # restrict, object: no analytics rows left; the vault keeps the restricted subject's rows
     for account in (restricted, objected):
-        assert zone_rows(lake, "analytics", "account_token", key.token("account", account)) == []
+        assert zone_rows(lake, "analytics", "account_token", key.token(Domain.ACCOUNT, account)) == []
     assert zone_rows(lake, "vault", "account_id", restricted)
     # rectify: the own line's number is the new one in the vault and, as a token, in analytics
     for row in zone_rows(lake, "vault", "account_id", rectified):
         assert row["caller" if row["direction"] == "outbound" else "callee"] == NEW_NUMBER
-    for row in zone_rows(lake, "analytics", "account_token", key.token("account", rectified)):
+    for row in zone_rows(lake, "analytics", "account_token", key.token(Domain.ACCOUNT, rectified)):
         side = "caller" if row["direction"] == "outbound" else "callee"
-        assert row[f"{side}_token"] == key.token("phone", NEW_NUMBER)
+        assert row[f"{side}_token"] == key.token(Domain.PHONE, NEW_NUMBER)
     # the ledger: every request fulfilled, with its timestamps
     folded = ledger.requests(lake)
     assert {rid: r.status for rid, r in folded.items()} == {r["request_id"]: "fulfilled" for r in requests}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from sinks.schema import analytics_schema, vault_schema
 
 KEY = PseudonymKey("v1", b"k" * 32)
@@ -51,7 +51,7 @@ class Event:
 
 
 def event(offset: int, *, account: str, started_at: int, index: int = 0, partition: int = 3) -> Event:
-    token = KEY.token("account", account)
+    token = KEY.token(Domain.ACCOUNT, account)
     lineage = {"source_partition": partition, "source_offset": offset, "source_index": index}
     event_id = f"ev-{offset}-{index}"
     vault = filled(

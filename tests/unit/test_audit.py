@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs import audit
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 
 KEY = PseudonymKey("v1", bytes(range(32)))
 AT = datetime(2026, 11, 29, 14, 30, 0, 123000, tzinfo=UTC)
@@ -78,7 +78,7 @@ def test_torn_last_line_is_skipped_and_the_next_entry_starts_fresh(tmp_path: Pat
 
 def test_subject_ref_is_the_account_token_and_about_filters_by_it(tmp_path: Path) -> None:
     ref = audit.subject_ref(KEY, "A1")
-    assert ref == KEY.token("account", "A1") and "A1" not in ref
+    assert ref == KEY.token(Domain.ACCOUNT, "A1") and "A1" not in ref
     audit.record(
         tmp_path, job="erase", params={"subject": ref}, counts={}, files=[], duration_s=0, outcome="ok"
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import RULES, cell_area, ip_prefix, phone_facts, plan, pseudonymize
 from sinks.schema import ANALYTICS_COLUMNS, analytics_schema
 
@@ -55,12 +55,12 @@ def test_row_has_exactly_the_analytics_columns() -> None:
 
 def test_row_values() -> None:
     row = pseudonymize(record(), KEY, ("GB",), LINEAGE)
-    assert row["account_token"] == KEY.token("account", "acct-1")
-    assert row["org_token"] == KEY.token("org", "org-1")
-    assert row["caller_token"] == KEY.token("phone", "+447911123456")
+    assert row["account_token"] == KEY.token(Domain.ACCOUNT, "acct-1")
+    assert row["org_token"] == KEY.token(Domain.ORG, "org-1")
+    assert row["caller_token"] == KEY.token(Domain.PHONE, "+447911123456")
     assert (row["caller_country"], row["caller_type"]) == (44, "mobile")
     assert (row["callee_country"], row["callee_type"]) == (44, "fixed_line")
-    assert row["device_token"] == KEY.token("device", "dev-1")
+    assert row["device_token"] == KEY.token(Domain.DEVICE, "dev-1")
     assert (row["device_type"], row["device_os"], row["device_app_version"]) == ("phone", "iOS 17", "2.4.1")
     assert row["cell_area"] == "234-15-1234"
     assert row["caller_ip_prefix"] == "203.0.113.0/24"
@@ -149,9 +149,21 @@ def test_ip_prefix(ip: str, prefix: str | None) -> None:
     [
         ("234-15-1234-56789", "234-15-1234"),
         ("310-260-7F3A-1B2C", "310-260-7F3A"),
-        ("weird cell 42", "cell:" + KEY.token("cell", "weird cell 42")),
-        ("234-15-1234", "cell:" + KEY.token("cell", "234-15-1234")),
+        ("weird cell 42", "cell:" + KEY.token(Domain.CELL, "weird cell 42")),
+        ("234-15-1234", "cell:" + KEY.token(Domain.CELL, "234-15-1234")),
     ],
 )
 def test_cell_area(cell: str, area: str) -> None:
     assert cell_area(cell, KEY) == area
+
+
+def test_a_token_domain_is_a_domain_never_a_loose_string() -> None:
+    """One home for the domains (pipeline.keys.Domain): a misspelt domain would be a different,
+    silently wrong token that erase could never find."""
+    from pipeline.keys import Domain, PseudonymKey
+
+    key = PseudonymKey("v1", b"d" * 32)
+    with pytest.raises(TypeError):
+        key.token("acount", "acct-1")  # type: ignore[arg-type]
+    assert key.account_token("acct-1") == key.token(Domain.ACCOUNT, "acct-1")
+    assert len({key.token(d, "same") for d in Domain}) == len(Domain)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sink_rows import DAY_MS, KEY, T0, event, events, filled
 
-from pipeline.keys import bucket_of
+from pipeline.keys import Domain, bucket_of
 from sinks.arrow import (
     ACCOUNT_COLUMN,
     RowsError,
@@ -100,7 +100,7 @@ def test_empty_batch_is_an_empty_table_of_the_schema() -> None:
 
 @given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=50), st.integers(1, 64))
 def test_buckets_of_matches_keys_bucket_of(accounts: list[str], buckets: int) -> None:
-    tokens = [KEY.token("account", a) for a in accounts]
+    tokens = [KEY.token(Domain.ACCOUNT, a) for a in accounts]
     assert buckets_of(tokens, buckets).to_pylist() == [bucket_of(t, buckets) for t in tokens]
 
 
