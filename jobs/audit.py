@@ -21,7 +21,6 @@ Subjects appear only as tokens: callers put `subject_ref(key, account_id)` in `p
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 import orjson
 
 from pipeline.keys import Domain, PseudonymKey
+from sinks.files import append_durably, fsync_dirs, read_json_lines
 from sinks.layout import AUDIT
 
 FILE_MODE = 0o600
@@ -94,23 +94,9 @@ def record(
     folder = audit_dir(lake)
     created_dir = not folder.exists()
     folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    path = folder / f"{when:%Y-%m}.jsonl"
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a torn line from a killed writer: start a fresh one
-        written = 0
-        while written < len(line):
-            written += os.write(fd, line[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        _fsync_dir(folder)
+    path = append_durably(line, folder / f"{when:%Y-%m}.jsonl", FILE_MODE)
     if created_dir:
-        _fsync_dir(folder.parent)
+        fsync_dirs({folder.parent})
     return path
 
 
@@ -121,15 +107,7 @@ def read(lake: Path) -> list[dict[str, Any]]:
         return []
     out: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.jsonl")):
-        for raw in path.read_bytes().split(b"\n"):
-            if not raw.strip():
-                continue
-            try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(entry, dict):
-                out.append(entry)
+        out += [entry for entry in read_json_lines(path) if isinstance(entry, dict)]
     return out
 
 
@@ -153,11 +131,3 @@ def _file_entry(lake: Path, item: Mapping[str, Any]) -> dict[str, Any]:
         if extra in item:
             out[extra] = item[extra]
     return out
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

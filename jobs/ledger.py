@@ -40,6 +40,7 @@ import orjson
 
 from jobs.replace import fsync_dir
 from pipeline.policy import RequestDeadlines
+from sinks.files import append_durably, read_json_lines
 from sinks.layout import REQUESTS
 
 LEDGER = "ledger.jsonl"
@@ -81,39 +82,13 @@ def append(lake: Path, entries: Iterable[Mapping[str, Any]]) -> None:
     data = b"".join(orjson.dumps(dict(e), option=orjson.OPT_SORT_KEYS) + b"\n" for e in entries)
     if not data:
         return
-    path = _ensure_dir(lake) / LEDGER
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data  # a torn line from a killed writer: start a fresh one
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
+    append_durably(data, _ensure_dir(lake) / LEDGER, FILE_MODE)
 
 
 def read(lake: Path) -> list[dict[str, Any]]:
     """Every ledger event, oldest first; torn lines are skipped."""
-    path = ledger_dir(lake) / LEDGER
-    if not path.exists():
-        return []
-    out = []
-    for raw in path.read_bytes().split(b"\n"):
-        if not raw.strip():
-            continue
-        try:
-            entry = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "request" in entry and "event" in entry:
-            out.append(entry)
-    return out
+    entries = read_json_lines(ledger_dir(lake) / LEDGER)
+    return [e for e in entries if isinstance(e, dict) and "request" in e and "event" in e]
 
 
 @dataclass

@@ -37,7 +37,6 @@ lake and the same ledger as an uninterrupted pass.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from jobs.ledger import Request, iso
 from jobs.replace import fsync_dir, job_lock, make_dirs
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
+from sinks.files import write_bytes
 from sinks.layout import ANALYTICS, OUTBOX, VAULT_REQUESTS
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -90,17 +90,7 @@ def outbox_dir(lake: Path) -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Write a restricted file (0600) atomically in a 0700 folder."""
     make_dirs(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_bytes(data, path, mode=0o600, root=path.parent, dir_mode=0o700)
 
 
 def _intake_path(lake: Path, request_id: str) -> Path:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -186,6 +187,42 @@ def write_bytes(data: bytes, final: Path, *, mode: int, root: Path, dir_mode: in
     publish(temp, final)
     fsync_dirs({final.parent, *changed})
     return final
+
+
+def append_durably(data: bytes, path: Path, mode: int) -> Path:
+    """Append whole lines to an append-only file (audit trail, request ledger) and fsync it. A
+    torn last line left by a killed writer is closed first, so it stays one unreadable line that
+    `read_json_lines` skips; the folder is fsynced when the file is new. The folder must exist."""
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dirs({path.parent})
+    return path
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """The JSON values of an append-only file, oldest first; torn or empty lines are skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_bytes().split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            out.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            continue
+    return out
 
 
 def remove_durably(paths: Iterable[Path]) -> None:
