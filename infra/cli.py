@@ -75,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("action", choices=["up", "down", "status"])
     k.add_argument("--wait", type=float, default=60.0, help="seconds `up` waits for the broker (default 60)")
     k.set_defaults(func=kafka_cmd)
-    t = sub.add_parser("topics", help="declare the topics of DESIGN.md (idempotent)")
+    t = sub.add_parser(
+        "topics", help="declare callpipe's topics (idempotent; see docs/ARCHITECTURE.md, Topics)"
+    )
     t.add_argument("action", choices=["create"])
     t.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # tests: isolated topic sets
     t.set_defaults(func=topics_cmd)

@@ -36,7 +36,7 @@ from pipeline.policy import DEFAULT_POLICY
 from sinks.layout import ANALYTICS, VAULT, glob
 
 BENCH_KEY = PseudonymKey("bench", bytes(range(32)))
-TYPICAL_DAYS = 35  # a typical subject is on ~35 of 180 days (DESIGN.md "Lake layout")
+TYPICAL_DAYS = 35  # a typical subject is on ~35 of 180 days (docs/ARCHITECTURE.md "Lake layout")
 
 TYPICAL_SQL = """
 SELECT account_id, count(DISTINCT started_at::DATE) AS days, count(*) AS calls

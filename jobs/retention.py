@@ -1,4 +1,4 @@
-"""Retention: delete what the policy no longer allows the lake to keep (DESIGN.md "Policy").
+"""Retention: delete what the policy no longer allows the lake to keep (docs/ARCHITECTURE.md "Policy").
 
 A row expires when its `started_at` is older than its zone's limit (vault 90 days, analytics 400
 by default); a data category with a shorter limit (recording_uri and transcript, 30 days) is

@@ -4,7 +4,7 @@ pseudonymize. Pure: no Kafka, files or clock; `now_ms` and the account states co
 Every input record is accounted for exactly once:
     len(records) == len(vault_rows) + len(rejections) + len(erased)
 
-Routing (DESIGN.md "Privacy semantics"):
+Routing (docs/ARCHITECTURE.md "Privacy semantics"):
   erased before the event's time  -> nothing stored, counted Drop.ERASED
   restricted                      -> vault only, counted Drop.RESTRICTED
   objected to analytics           -> vault only, counted Drop.ANALYTICS_OBJECTED

@@ -2,7 +2,7 @@
 secret attribute names, and where the pseudonymization key comes from.
 
 Validated at start-up; a bad policy is one clear error naming the key and line, before any data
-is touched. `DEFAULT_POLICY` is what applies when no file is given (DESIGN.md "Policy").
+is touched. `DEFAULT_POLICY` is what applies when no file is given (docs/ARCHITECTURE.md "Policy").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paths of the lake (DESIGN.md "Lake layout"): zone / table / dt=YYYY-MM-DD / bucket=NN / file.
+"""Paths of the lake (docs/ARCHITECTURE.md "Lake layout"): zone / table / dt=YYYY-MM-DD / bucket=NN / file.
 
 <lake>/vault/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet        restricted (dirs 0700, files 0600)
 <lake>/analytics/calls/dt=YYYY-MM-DD/bucket=NN/*.parquet    pseudonymized

@@ -1,4 +1,4 @@
-"""The shipped example policy is valid and states the defaults of DESIGN.md."""
+"""The shipped example policy is valid and states the defaults of docs/ARCHITECTURE.md "Policy"."""
 
 from __future__ import annotations
 
