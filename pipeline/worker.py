@@ -35,10 +35,10 @@ from typing import Protocol
 from pipeline.codec import MessageLike
 from pipeline.consent import EventTimeMerger
 from pipeline.control import ControlState
+from pipeline.ingest import REJECTS_DIR, write_rejects
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.offsets import OffsetGuard
-from pipeline.reasons import Reason, Stage
 from pipeline.runner import DeadLetter, PartitionRunner
 from pipeline.settings import Settings
 from sinks.lake import SourceBusy, source_name
@@ -293,9 +293,6 @@ class StreamWorker:
         for d in dead:
             self.send_dead(d, keys.get(d.offset), self.topic)
 
-    async def _send(self, dead: Sequence[DeadLetter]) -> None:
-        self._send_all(dead, {})
-
     def send_dead(self, d: DeadLetter, key: bytes | None, topic: str) -> None:
         self.counters[f"dead_letter.{d.reason.value}"] += 1
         log.warning(
@@ -432,18 +429,14 @@ class StreamWorker:
 
 # ---------------------------------------------------------------- oversize dead letters
 
-OVERSIZE_DIR = "_rejects"
 
-
-def keep_oversize(lake: Path, topic: str, d: DeadLetter) -> Path:
+def keep_oversize(lake: Path, topic: str, d: DeadLetter) -> None:
     """A dead letter too large for calls.dlq, kept whole in the lake's restricted area (mode
-    0600, covered by erase and export like every file under `_rejects/`)."""
-    from pipeline.ingest import write_rejects
-
-    source = source_name(topic.rsplit(".", 2)[-2] + "." + topic.rsplit(".", 1)[-1], d.partition)
-    suffix = d.index if d.index is not None else 0
-    write_rejects(lake, f"{source}-i{suffix:06d}", d.offset, d.offset, [d])
-    return lake / OVERSIZE_DIR
+    0600, covered by erase and export like every file under `_rejects/`). `topic` may carry a
+    test prefix; the source is named after the topic itself, like the lake's other sources."""
+    source = source_name(".".join(topic.split(".")[-2:]), d.partition)
+    index = d.index if d.index is not None else 0
+    write_rejects(lake, f"{source}-i{index:06d}", d.offset, d.offset, [d])
 
 
 def stub_of(d: DeadLetter) -> DeadLetter:
@@ -460,10 +453,7 @@ class _Stub(DeadLetter):
     def headers(self, topic: str) -> list[tuple[str, bytes]]:
         return [
             *DeadLetter.headers(self, topic),
-            ("callpipe.kept", OVERSIZE_DIR.encode()),
+            ("callpipe.kept", REJECTS_DIR.encode()),
             ("callpipe.size", str(self.size).encode()),
             ("callpipe.sha256", self.sha256.encode()),
         ]
-
-
-__all__ = ["Broker", "Reason", "Stage", "StreamWorker"]
