@@ -1,7 +1,7 @@
 """Consent and subject state per account, decisions at an event's time, and event-time ordering.
 
 `AccountState` is one account's consent history per purpose and its privacy-request history, a
-small JSON-serializable value (every worker holds all of them, pipeline/control.py). Histories
+small JSON-serializable value (every worker holds all of them, pipeline/stream/control.py). Histories
 are kept sorted by event time and free of repeats, so recording an event twice, or out of
 arrival order, changes nothing: a replayed or late consent event lands where its time puts it.
 

@@ -12,7 +12,7 @@ time, so a consent change stamped before a call still applies to it, whichever a
 
 The reader only applies what it can decode; a control message that does not decode is turned
 into a dead letter by the one worker whose consumer group owns that control partition
-(pipeline/app.py), so it is dead-lettered once, not once per worker.
+(pipeline/stream/app.py), so it is dead-lettered once, not once per worker.
 
 `ControlState` is pure (no Kafka, no clock); `ControlReader` is its Kafka edge.
 """
