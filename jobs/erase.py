@@ -28,8 +28,8 @@ from jobs import audit, rejects
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
-from pipeline.keys import Domain, PseudonymKey, bucket_of
-from sinks.layout import ANALYTICS, VAULT
+from pipeline.keys import Domain, PseudonymKey
+from sinks.layout import ANALYTICS, VAULT, bucket_of
 
 
 class ErasureIncomplete(RuntimeError):

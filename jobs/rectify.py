@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 from jobs import audit
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import locate
-from pipeline.keys import Domain, PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts
-from sinks.layout import ANALYTICS, VAULT
+from sinks.layout import ANALYTICS, VAULT, bucket_of
 
 ATTRIBUTES = ("org_id", "own_number")
 

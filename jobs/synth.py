@@ -2,7 +2,7 @@
 
 It writes what the stream would write, faster: vault and analytics files with the column
 contract of `sinks/schema.py`, in the layout of `sinks/layout.py`, one day partition per day and
-one folder per hash bucket of the account (`keys.bucket_of(account_token, buckets)`), zstd,
+one folder per hash bucket of the account (`layout.bucket_of(account_token, buckets)`), zstd,
 Bloom filters on account_id / account_token, rows sorted by account inside each file.
 
 Shape (what makes erasure and retention non-trivial): accounts are active on about
@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.replace import write_parquet
-from pipeline.keys import Domain, PseudonymKey, bucket_of
-from sinks.layout import ANALYTICS, VAULT, partition_dir
+from pipeline.keys import Domain, PseudonymKey
+from sinks.layout import ANALYTICS, VAULT, bucket_of, partition_dir
 from sinks.schema import analytics_schema, vault_schema
 
 DAY_MS = 86_400_000

@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.consent import AccountState, apply_consent, decide
-from pipeline.keys import Domain, PseudonymKey, bucket_of
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import Policy
 from pipeline.pseudonymize import pseudonymize, token_of
 from pipeline.reasons import Drop
 from pipeline.validate import Rejection, validate_batch
+from sinks.layout import bucket_of
 
 DEFAULT_BUCKETS = 8
 DAY_MS = 86_400_000

@@ -58,11 +58,6 @@ class PseudonymKey:
         return self.token(Domain.ACCOUNT, account_id)
 
 
-def bucket_of(token: str, buckets: int) -> int:
-    """The hash bucket of an account inside a day partition, from its account token."""
-    return int(token[-8:], 16) % buckets
-
-
 def create_key_file(path: Path) -> None:
     """Write a new random 256-bit key, hex, with mode 0600 (the file is never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ is touched. `DEFAULT_POLICY` is what applies when no file is given (docs/ARCHITE
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 class PolicyError(ValueError):
@@ -86,12 +85,3 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
-
-
-def load_policy(path: Path | None) -> Policy:
-    """Read and validate a policy file; None gives the defaults."""
-    if path is None:
-        return DEFAULT_POLICY
-    from pipeline.policy_check import parse_policy
-
-    return parse_policy(path)

@@ -31,6 +31,7 @@ from typing import Any
 
 from pipeline.consent import REQUEST_KINDS
 from pipeline.policy import (
+    DEFAULT_POLICY,
     DEFAULT_SECRET_NAMES,
     ConsentDefaults,
     KeySource,
@@ -272,3 +273,10 @@ def parse_policy(path: Path) -> Policy:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise PolicyError(f"{path}: cannot read policy file ({reason})") from None
     return parse_text(text, str(path))
+
+
+def load_policy(path: Path | None) -> Policy:
+    """Read and validate a policy file; None gives the defaults."""
+    if path is None:
+        return DEFAULT_POLICY
+    return parse_policy(path)

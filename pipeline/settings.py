@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.keys import PseudonymKey, key_from_hex, load_key
-from pipeline.policy import DEFAULT_POLICY, Policy, load_policy
+from pipeline.policy import DEFAULT_POLICY, Policy
+from pipeline.policy_check import load_policy
 
 
 class SettingsError(ValueError):

@@ -20,8 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.keys import bucket_of
-from sinks.layout import ANALYTICS, VAULT
+from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.schema import analytics_schema, vault_schema
 
 # The column each zone is sorted by and carries a bloom filter on: the erase job finds a subject
@@ -78,7 +77,7 @@ def analytics_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 
 def buckets_of(tokens: Sequence[str] | pa.Array | pa.ChunkedArray, buckets: int) -> pa.Array:
-    """`pipeline.keys.bucket_of` for a column of account tokens, computed once per distinct token."""
+    """`sinks.layout.bucket_of` for a column of account tokens, computed once per distinct token."""
     column = tokens if isinstance(tokens, pa.ChunkedArray | pa.Array) else pa.array(tokens, pa.string())
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()

@@ -19,11 +19,12 @@ is not atomic, so a group commits through a record of its own, `<lake>/_groups/<
   5. the record deleted.
 
 A writer holds the lock of every member source (`sinks.lake.claim`) for the whole flush. So a
-process that holds the lock of any member knows the group's writer is gone, and `recover_groups`,
-run by `sinks.lake.recover` before anything else, may finish the group (a committed record: steps
-4 and 5 again, idempotent) or undo it (an intent: its temps and the intent deleted; every member's
-range will be consumed again). A kill -9 at any moment thus leaves the lake in its old or its new
-state for every member at once, as readers see it (they read only final names).
+process that holds the lock of any member knows the group's writer is gone, and `recover_groups`
+(sinks.group_record), run by `sinks.lake.recover` before anything else, may finish the group (a
+committed record: steps 4 and 5 again, idempotent) or undo it (an intent: its temps and the intent
+deleted; every member's range will be consumed again). A kill -9 at any moment thus leaves the
+lake in its old or its new state for every member at once, as readers see it (they read only
+final names).
 
 Group files are named `<first member>-o<first>-o<last>-x<members>-<zone>.parquet`; their lineage
 metadata lists the ranges of every member of the group.
@@ -31,113 +32,33 @@ metadata lists the ranges of every member of the group.
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sinks import files, lineage
+from sinks.group_record import (
+    COMMITTED_SUFFIX,
+    GROUPS_DIR_MODE,
+    INTENT_SUFFIX,
+    RECORD_MODE,
+    Hook,
+    complete,
+    group_file_name,
+    group_name,
+    groups_dir,
+    record_bytes,
+)
 from sinks.lake import Flushed, LakeWriter, RangeConflict, zone_parts
 from sinks.layout import ANALYTICS, DIR_MODE, VAULT, partition_dir
 from sinks.lineage import Manifest, ManifestFile
 
-GROUPS_DIR = "_groups"
-GROUPS_DIR_MODE = 0o700
-RECORD_MODE = 0o600
-INTENT_SUFFIX = ".intent.json"
-COMMITTED_SUFFIX = ".json"
-LOCK_NAME = ".lock"
 MEMBER_COLUMN = "__member"
 WRITE_THREADS = 2  # Parquet encoding releases the GIL: temps are written two at a time
-
-Hook = Callable[[str], None]
-
-
-def groups_dir(lake: Path) -> Path:
-    return lake / GROUPS_DIR
-
-
-def group_name(source: str, first: int, last: int, members: int) -> str:
-    return f"{lineage.check_source(source)}-o{first:012d}-o{last:012d}-x{members}"
-
-
-def group_file_name(group: str, zone: str) -> str:
-    return f"{group}-{zone}.parquet"
-
-
-@contextmanager
-def _records_locked(lake: Path) -> Iterator[Path]:
-    """The groups folder, locked against other recoveries (held briefly, never while flushing)."""
-    folder = groups_dir(lake)
-    files.ensure_dir(lake, folder, GROUPS_DIR_MODE)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield folder
-    finally:
-        os.close(fd)
-
-
-def _record(group: str, members: Sequence[Manifest], paths: Sequence[str]) -> bytes:
-    return orjson.dumps(
-        {
-            "version": 1,
-            "group": group,
-            "members": [orjson.loads(m.to_json()) for m in members],
-            "files": list(paths),
-        }
-    )
-
-
-def _parse(data: bytes) -> tuple[list[Manifest], list[str]]:
-    body = orjson.loads(data)
-    return [Manifest.from_json(orjson.dumps(m)) for m in body["members"]], list(body["files"])
-
-
-def complete(lake: Path, record: Path, members: Sequence[Manifest], paths: Sequence[str], hook: Hook) -> None:
-    """Steps 4 and 5 of a committed group (again, after a crash: every step is idempotent)."""
-    for manifest in members:
-        if (manifest.first, manifest.last) not in set(lineage.held_ranges(lake, manifest.source)):
-            lineage.write_manifest(lake, manifest)
-        hook("manifest_written")
-    renamed: list[Path] = []
-    for path in paths:
-        final = lake / path
-        temp = files.temp_path(final)
-        if temp.exists():
-            renamed.append(files.publish(temp, final))
-            hook("renamed")
-    files.sync_all(lake, renamed, {p.parent for p in renamed})
-    hook("published")
-    files.remove_durably([record])
-
-
-def recover_groups(lake: Path, source: str) -> None:
-    """Finish (committed) or undo (intent only) every interrupted group flush `source` took part
-    in. The caller holds the lock of `source`, so the writer of such a group is gone."""
-    if not groups_dir(lake).is_dir():
-        return
-    with _records_locked(lake) as folder:
-        for record in sorted(folder.iterdir()):
-            if not record.name.endswith(COMMITTED_SUFFIX) or record.name.startswith("."):
-                continue
-            try:
-                members, paths = _parse(record.read_bytes())
-            except FileNotFoundError:
-                continue
-            if source not in {m.source for m in members}:
-                continue
-            if record.name.endswith(INTENT_SUFFIX):
-                files.remove_durably([files.temp_path(lake / p) for p in paths])
-                files.remove_durably([record])
-            else:
-                complete(lake, record, members, paths, lambda _step: None)
 
 
 def _with_member(table: pa.Table, member: int) -> pa.Table:
@@ -184,7 +105,7 @@ def land_together(writers: Sequence[LakeWriter], *, hook: Hook | None = None) ->
         files.ensure_dir(lake, records, GROUPS_DIR_MODE)
         intent = records / f"{group}{INTENT_SUFFIX}"
         files.write_bytes(
-            _record(group, members, paths), intent, mode=RECORD_MODE, root=lake, dir_mode=GROUPS_DIR_MODE
+            record_bytes(group, members, paths), intent, mode=RECORD_MODE, root=lake, dir_mode=GROUPS_DIR_MODE
         )
         hook("intent_written")
         temps: list[Path] = []

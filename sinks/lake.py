@@ -34,13 +34,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pipeline.settings import Settings
 from sinks import files, lineage
 from sinks.arrow import Part, analytics_table, buckets_of, partition, vault_table
+from sinks.group_record import recover_groups
 from sinks.layout import ANALYTICS, DIR_MODE, VAULT, ZONES, partition_dir, table_dir
 from sinks.lineage import Manifest, ManifestFile
 
@@ -106,8 +106,6 @@ def _temps(lake: Path, source: str) -> list[tuple[Path, int, int]]:
 def recover(lake: Path, source: str) -> int:
     """Finish or undo an interrupted flush of `source` (its own, or a group's it took part in:
     sinks.group); the first offset the lake does not hold."""
-    from sinks.group import recover_groups  # sinks.group builds on this module
-
     recover_groups(lake, source)
     folder = lineage.manifest_dir(lake, source)
     if folder.is_dir():
@@ -123,6 +121,18 @@ def recover(lake: Path, source: str) -> int:
     files.fsync_dirs(published)
     files.remove_durably(orphans)
     return max((last for _first, last in held), default=-1) + 1
+
+
+class WriterSettings(Protocol):
+    """What a writer takes from the settings (`pipeline.settings.Settings` has these): the sinks
+    know the shape, not the module that reads the environment."""
+
+    @property
+    def buckets(self) -> int: ...
+    @property
+    def flush_rows(self) -> int: ...
+    @property
+    def flush_seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,9 @@ class LakeWriter:
         self.replayed_rows = 0  # rows dropped because the lake already held their offset
 
     @classmethod
-    def open(cls, lake: Path, source: str, settings: Settings, *, hook: Hook | None = None) -> LakeWriter:
+    def open(
+        cls, lake: Path, source: str, settings: WriterSettings, *, hook: Hook | None = None
+    ) -> LakeWriter:
         """Lock `source` for this process, recover it in `lake` (created if missing) and return a
         writer that continues where the lake ends. Raises `SourceBusy` if another process has it."""
         lake.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,17 @@ AGGREGATES = "aggregates"
 AUDIT = "_audit"
 REQUESTS = "_requests"
 OUTBOX = "_outbox"
+GROUPS_DIR = "_groups"  # group flushes under way (sinks/group.py)
 VAULT_REQUESTS = ("vault", "requests")  # under the vault: the only place a request's raw id is kept
 ZONES = (VAULT, ANALYTICS)
 TABLE = "calls"
 DIR_MODE = {VAULT: 0o700, ANALYTICS: 0o755}
 FILE_MODE = {VAULT: 0o600, ANALYTICS: 0o644}
+
+
+def bucket_of(token: str, buckets: int) -> int:
+    """The hash bucket of an account inside a day partition, from its account token."""
+    return int(token[-8:], 16) % buckets
 
 
 def partition_dir(lake: Path, zone: str, dt: str, bucket: int) -> Path:

@@ -17,8 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.keys import bucket_of
-from sinks.layout import ANALYTICS, partition_dir
+from sinks.layout import ANALYTICS, bucket_of, partition_dir
 from sinks.schema import analytics_schema, vault_schema
 
 BUCKETS = 4

@@ -242,7 +242,7 @@ def test_late_rows_of_an_erased_subject_are_erased_by_the_next_pass(
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(src)
-    from pipeline.keys import bucket_of
+    from sinks.layout import bucket_of
 
     bucket = bucket_of(base["key"].token(Domain.ACCOUNT, ERASED), 2)
     dst = lake / "vault" / "calls" / "dt=2026-11-28" / f"bucket={bucket:02d}" / "late.parquet"

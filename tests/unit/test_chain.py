@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from pipeline.chain import ChainResult, Source, process_batch
 from pipeline.consent import AccountState, decide, record_consent, record_request
-from pipeline.keys import PseudonymKey, bucket_of
+from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.reasons import Drop, Reason, Stage
 from sinks.arrow import analytics_table, vault_table
+from sinks.layout import bucket_of
 from sinks.schema import analytics_schema, vault_schema
 
 KEY = PseudonymKey("v1", b"k" * 32)

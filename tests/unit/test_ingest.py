@@ -20,7 +20,7 @@ from pipeline.ingest import IngestResult, ingest_files, load_states
 from pipeline.keys import PseudonymKey
 from pipeline.settings import Settings
 from pipeline.stream.runner import read_stats
-from sinks import group, lineage
+from sinks import layout, lineage
 from sinks.layout import ANALYTICS, VAULT, ZONES
 from sinks.read import read_zone, zone_files
 
@@ -112,7 +112,7 @@ def test_a_backfill_lands_every_event_once_in_one_file_per_partition(
     first = zone_files(lake, VAULT)[0]
     assert set(lineage.read_lineage(first)) == {r.source for r in results}
     assert read_stats(lake)["events_in"] == 120
-    assert not list((lake / group.GROUPS_DIR).glob("*.json"))
+    assert not list((lake / layout.GROUPS_DIR).glob("*.json"))
 
 
 def test_a_file_ingested_again_lands_nothing(
@@ -166,7 +166,7 @@ def test_a_crash_at_every_step_of_a_group_flush_then_a_rerun_lands_each_event_on
         run(lake, given, calls=given["calls"][-1:], buckets=1, budget=100)
         run(lake, given, buckets=1, budget=100)
         assert_exactly_once(lake, expected)
-        assert not list((lake / group.GROUPS_DIR).glob("*.json"))
+        assert not list((lake / layout.GROUPS_DIR).glob("*.json"))
 
 
 CHILD = """

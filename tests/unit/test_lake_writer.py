@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 from sink_rows import T0, Event, event, events
 
-from pipeline.keys import bucket_of
 from pipeline.settings import Settings
 from sinks import files, lineage
 from sinks.arrow import analytics_table
@@ -34,7 +33,7 @@ from sinks.lake import (
     recover,
     source_name,
 )
-from sinks.layout import ANALYTICS, VAULT, ZONES, partition_dir, table_dir
+from sinks.layout import ANALYTICS, VAULT, ZONES, bucket_of, partition_dir, table_dir
 from sinks.read import duckdb_view, read_zone, zone_files
 
 SOURCE = "calls.raw-p003"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.policy import DEFAULT_POLICY, PolicyError, load_policy
-from pipeline.policy_check import key_lines, parse_text
+from pipeline.policy import DEFAULT_POLICY, PolicyError
+from pipeline.policy_check import key_lines, load_policy, parse_text
 
 FULL = """\
 # callpipe policy

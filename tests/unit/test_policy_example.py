@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.policy import DEFAULT_POLICY, load_policy
+from pipeline.policy import DEFAULT_POLICY
+from pipeline.policy_check import load_policy
 from tests.streamkit import ROOT
 
 

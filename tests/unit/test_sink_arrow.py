@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sink_rows import DAY_MS, KEY, T0, event, events, filled
 
-from pipeline.keys import Domain, bucket_of
+from pipeline.keys import Domain
 from sinks.arrow import (
     ACCOUNT_COLUMN,
     RowsError,
@@ -21,7 +21,7 @@ from sinks.arrow import (
     vault_table,
     zone_schema,
 )
-from sinks.layout import ANALYTICS, VAULT
+from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.schema import analytics_schema, vault_schema
 
 
