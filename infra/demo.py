@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +27,8 @@ from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.carrier.produce import Shipment, publish
 from pipeline.keys import create_key_file
 from pipeline.settings import Settings
-from pipeline.stream.runner import read_stats
 from sinks.layout import glob
+from sinks.stats import StreamStats, read_stats
 
 DAY_MS = 86_400_000
 
@@ -101,17 +100,17 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         _say("   " + summary.line())
         total = events
         deadline = time.monotonic() + max(120.0, events / 200)
-        stats: Counter[str] = Counter()
+        stats = StreamStats()
         while time.monotonic() < deadline:
             stats = read_stats(lake)
-            if stats["events_in"] >= total:
+            if stats.events_in >= total:
                 break
             if worker.poll() is not None:
                 _say(f"   the worker exited with status {worker.returncode}; see {log_path}")
                 return 1
             time.sleep(1.0)
         took = time.monotonic() - t0
-        _say(f"   the lake holds {stats['events_in']} of {total} events ({took:.0f}s since start)")
+        _say(f"   the lake holds {stats.events_in} of {total} events ({took:.0f}s since start)")
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -123,17 +122,16 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         if started_broker and not keep_broker:
             kafka.down(broker)
     _summary(lake, stats, total)
-    return 0 if stats["events_in"] == total else 1
+    return 0 if stats.events_in == total else 1
 
 
-def _summary(lake: Path, stats: Counter[str], total: int) -> None:
+def _summary(lake: Path, stats: StreamStats, total: int) -> None:
     con = duckdb.connect()
     vault = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'vault')}')").fetchall()[0]
     analytics = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'analytics')}')").fetchall()[0]
-    dead = {k.removeprefix("dead_letter."): n for k, n in stats.items() if k.startswith("dead_letter.")}
-    drops = {k.removeprefix("drop."): n for k, n in stats.items() if k.startswith("drop.")}
+    dead, drops = stats.dead_letters, stats.drops
     _say("6. what happened to every event")
-    _say(f"   events in: {stats['events_in']} (produced {total})")
+    _say(f"   events in: {stats.events_in} (produced {total})")
     _say(f"   vault rows: {vault[0] if vault else 0}    analytics rows: {analytics[0] if analytics else 0}")
     _say(f"   dead letters (calls.dlq) by reason: {dict(sorted(dead.items()))}")
     _say(f"   consent and subject outcomes: {dict(sorted(drops.items()))}")

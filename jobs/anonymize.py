@@ -42,8 +42,9 @@ from pathlib import Path
 import duckdb
 
 from jobs import audit
-from jobs.replace import JobBusy, fsync_dir, job_lock
+from jobs.replace import JobBusy, job_lock
 from sinks import layout
+from sinks.files import fsync_dir
 
 # Duration buckets: (label, lower bound in seconds, inclusive). A call lands in the last bucket whose
 # bound it reaches; unanswered calls have duration 0.

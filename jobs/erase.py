@@ -10,7 +10,7 @@ Afterwards erasure verifies: every file of both zones, in every bucket, is probe
 and Bloom filters only), and any file that may still hold the subject is read. Rows found
 outside the subject's bucket (a lake written with another bucket count) are erased in a second
 pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
-(`<lake>/_rejects/`, see `jobs.rejects`) are removed in the same change. The request is recorded
+(`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change. The request is recorded
 in the audit trail by the subject's token, never its id.
 """
 
@@ -24,11 +24,12 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import audit, rejects
+from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
 from pipeline.keys import Domain, PseudonymKey
+from sinks import rejects
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 
 

@@ -1,7 +1,7 @@
 """Subject access and portability: everything the lake holds on one account, as JSON.
 
 Vault rows (by account_id), analytics rows (by the account's token), the subject's dead letters
-kept by `callpipe ingest` (`jobs.rejects`) and the audit entries about the subject (by token).
+kept by `callpipe ingest` (`sinks.rejects`) and the audit entries about the subject (by token).
 Every bucket is searched (statistics and Bloom filters keep that cheap), so a lake written with
 another bucket count still answers completely. The export holds the subject's personal data: the
 output file is written with mode 0600, atomically. The request is recorded in the audit trail by
@@ -27,10 +27,12 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit, rejects
-from jobs.replace import fsync_dir, job_lock
+from jobs import audit
+from jobs.replace import job_lock
 from jobs.subject import SUBJECT_COLUMN, locate
 from pipeline.keys import Domain, PseudonymKey
+from sinks import rejects
+from sinks.files import fsync_dir
 from sinks.layout import ANALYTICS, VAULT
 
 ROWS_SQL = """

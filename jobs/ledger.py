@@ -38,9 +38,8 @@ from typing import Any
 
 import orjson
 
-from jobs.replace import fsync_dir
 from pipeline.policy import RequestDeadlines
-from sinks.files import append_durably, read_json_lines
+from sinks.files import append_durably, fsync_dir, read_json_lines
 from sinks.layout import REQUESTS
 
 LEDGER = "ledger.jsonl"

@@ -43,11 +43,11 @@ from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import audit
-from sinks.files import parquet_options
-from sinks.layout import DIR_MODE, FILE_MODE
+from sinks import files
+from sinks.files import fsync_dir
+from sinks.layout import DIR_MODE
 
 JOBS_DIR = "_jobs"
 PENDING = "pending"
@@ -60,14 +60,6 @@ class JobBusy(RuntimeError):
 
 def jobs_dir(lake: Path) -> Path:
     return lake / JOBS_DIR
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 WORKERS = 8  # file rewrites are bound by fsync latency and pyarrow (both release the GIL)
@@ -93,18 +85,6 @@ def parallel(
         return [f.result() for f in futures]
 
 
-def make_dirs(folder: Path, mode: int) -> None:
-    """mkdir -p where every folder created gets `mode` (vault folders are 0700 all the way down)."""
-    if folder.is_dir():
-        return
-    make_dirs(folder.parent, mode)
-    try:
-        folder.mkdir(mode=mode)
-    except FileExistsError:
-        return
-    os.chmod(folder, mode)  # mkdir's mode is filtered by the umask
-
-
 def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, bytes] | None = None) -> None:
     """Write one lake file the way the stream sink does (`sinks.files.parquet_options`: zstd,
     statistics, a Bloom filter on the zone's subject column, the declared sort order), with the
@@ -112,32 +92,16 @@ def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, 
     not be visible to readers yet (a temp name): renaming it into place is the caller's job.
     """
     if metadata:
-        merged = dict(table.schema.metadata or {})
-        merged.update(metadata)
-        table = table.replace_schema_metadata(merged)
+        table = files.table_metadata(table, metadata)
     if zone in path.parts:
         zone_root = Path(*path.parts[: len(path.parts) - path.parts[::-1].index(zone)])
-        make_dirs(zone_root.parent, 0o755)
-    make_dirs(path.parent, DIR_MODE.get(zone, 0o755))
-    pq.write_table(table, path, **parquet_options(zone, table))
-    os.chmod(path, FILE_MODE.get(zone, 0o644))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        files.make_dirs(zone_root.parent, 0o755)
+    files.make_dirs(path.parent, DIR_MODE.get(zone, 0o755))
+    files.write_parquet_file(table, path, zone)
 
 
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(doc))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    files.write_bytes(orjson.dumps(doc), path, mode=0o600, root=path.parent, dir_mode=0o700)
 
 
 @dataclass

@@ -9,7 +9,7 @@ only format it. Data sources:
   file system. Only counts and timestamps are read, never content.
 - stream counters: what the stream worker and `callpipe ingest` leave under `<lake>/_stats/`
   (one JSON file of counts per landed offset range of each source), summed by the stream's own
-  reader `pipeline.stream.runner.read_stats`, which counts a range only once its manifest exists:
+  reader `sinks.stats.read_stats`, which counts a range only once its manifest exists:
   `dead_letter.<Reason>`, `drop.<Drop>` (the consent and privacy-request ones shown as consent
   outcomes), `vault` / `analytics` (rows routed to each zone), and the rest (messages, events_in).
 - job history: `jobs.audit.read`; changes a killed job left in its journal: `jobs.replace.pending`.
@@ -30,6 +30,7 @@ from jobs.anonymize import PERIOD_START
 from pipeline.policy import Policy
 from pipeline.reasons import Drop
 from sinks import layout
+from sinks.stats import read_stats
 
 # Outcomes decided by consent or a privacy request (pipeline.reasons.Drop), shown together.
 CONSENT_DROPS = frozenset(
@@ -42,7 +43,6 @@ CONSENT_DROPS = frozenset(
         Drop.ERASED,
     )
 )
-ZONE_COUNTERS = frozenset({layout.VAULT, layout.ANALYTICS})  # rows routed to each zone
 HISTORY = 50  # job runs shown
 
 # (zone, category, SQL predicate saying a row holds it, Retention attribute)
@@ -242,25 +242,17 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | N
 
 
 def _stream(lake: Path) -> dict[str, Any]:
-    """The stream's counters, summed over every committed range (`pipeline.stream.runner.read_stats`)."""
-    from pipeline.stream.runner import STATS_DIR, read_stats
-
-    root = lake / STATS_DIR
-    sources = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
-    groups: dict[str, dict[str, int]] = {"dlq": {}, "drop": {}, "consent": {}, "written": {}, "other": {}}
-    for name, value in sorted(read_stats(lake).items()):
-        head, _, rest = name.partition(".")
-        if head == "dead_letter":
-            groups["dlq"][rest] = value
-        elif head == "drop":
-            groups["drop"][rest] = value
-            if rest in CONSENT_DROPS:
-                groups["consent"][rest] = value
-        elif name in ZONE_COUNTERS:
-            groups["written"][name] = value
-        else:
-            groups["other"][name] = value
-    return {"sources": sources, **groups}
+    """The stream's counters, summed over every committed range (`sinks.stats.read_stats`)."""
+    stats = read_stats(lake)
+    counted = {k: v for k, v in (("events_in", stats.events_in), ("messages", stats.messages)) if v}
+    return {
+        "sources": stats.sources,
+        "dlq": stats.dead_letters,
+        "drop": stats.drops,
+        "consent": {k: v for k, v in stats.drops.items() if k in CONSENT_DROPS},
+        "written": stats.written,
+        "other": dict(sorted({**counted, **stats.control, **stats.other}.items())),
+    }
 
 
 def _job(entry: dict[str, Any]) -> dict[str, Any]:

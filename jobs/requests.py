@@ -47,12 +47,13 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit, erase, export, ledger, rectify, rejects
+from jobs import audit, erase, export, ledger, rectify
 from jobs.ledger import Request, iso
-from jobs.replace import fsync_dir, job_lock, make_dirs
+from jobs.replace import job_lock
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
-from sinks.files import write_bytes
+from sinks import rejects
+from sinks.files import fsync_dir, make_dirs, write_bytes
 from sinks.layout import ANALYTICS, OUTBOX, VAULT_REQUESTS
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -25,27 +25,25 @@ file as the stream's are per partition. The chain's caches (`pipeline.memo.Memo`
 
 from __future__ import annotations
 
-import base64
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.settings import Settings
-from pipeline.stream.runner import DeadLetter, PartitionRunner, write_stats
-from sinks import files
+from pipeline.stream.runner import DeadLetter, PartitionRunner
+from sinks import stats
 from sinks.group import Hook, land_together
 from sinks.lake import file_source
+from sinks.rejects import write_rejects
+from sinks.stats import write_stats
 
 CHUNK = 5_000  # input records per pass through the chain
-REJECTS_DIR = "_rejects"
 
 
 class IngestError(ValueError):
@@ -97,12 +95,12 @@ def load_states(
         for path in paths:
             decoded = _read(path, record_name)
             for rej in decoded.rejections:
-                counts[f"{kind}_rejected.{rej.reason.value}"] += 1
+                counts[stats.rejected(kind, rej.reason.value)] += 1
             if lake is not None and decoded.rejections:
                 _keep_rejects(lake, file_source(path), decoded)
             for rec in sorted(decoded.records, key=lambda r: r["at"]):
                 states[rec["account_id"]] = apply(states.get(rec["account_id"]), rec)
-                counts["consent_events" if kind == "consent" else "privacy_requests"] += 1
+                counts[stats.CONTROL_APPLIED[0] if kind == "consent" else stats.CONTROL_APPLIED[1]] += 1
     return states, counts
 
 
@@ -129,24 +127,6 @@ def _units(decoded: Decoded) -> Iterator[tuple[int, Decoded]]:
         by_unit.setdefault(unit, Decoded()).rejections.append(rej)
     for unit in sorted(by_unit):
         yield unit, by_unit[unit]
-
-
-def write_rejects(lake: Path, source: str, first: int, last: int, dead: list[DeadLetter]) -> None:
-    lines = b"".join(
-        orjson.dumps(
-            {
-                "reason": d.reason.value,
-                "stage": d.stage.value,
-                "offset": d.offset,
-                "index": d.index,
-                "raw_b64": base64.b64encode(d.raw).decode(),
-            }
-        )
-        + b"\n"
-        for d in dead
-    )
-    final = lake / REJECTS_DIR / source / f"{first:012d}-{last:012d}.jsonl"
-    files.write_bytes(lines, final, mode=0o600, root=lake, dir_mode=0o700)
 
 
 @dataclass

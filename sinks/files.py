@@ -72,6 +72,15 @@ def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
     return changed
 
 
+def make_dirs(folder: Path, mode: int) -> set[Path]:
+    """mkdir -p where every folder created gets `mode` (vault folders are 0700 all the way down):
+    `ensure_dir` below the nearest folder that exists."""
+    root = folder
+    while not root.is_dir():
+        root = root.parent
+    return ensure_dir(root, folder, mode)
+
+
 def parquet_options(zone: str, table: pa.Table) -> dict[str, Any]:
     """How every lake file of a zone is written: zstd, statistics, a bloom filter on the account
     column sized to its distinct values, the sort order declared in the footer, and dictionary
@@ -96,20 +105,23 @@ def _open_new(path: Path, mode: int) -> int:
     return fd
 
 
-def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = True) -> Path:
-    """Write `table` to the temp file of `final` and fsync it (unless `sync` is false: the caller
-    makes many temps durable at once with `sync_all`); returns the temp path.
-
-    The table's schema metadata becomes the file's key-value metadata (see sinks.lineage).
-    """
-    temp = temp_path(final)
-    fd = _open_new(temp, FILE_MODE[zone])
+def write_parquet_file(table: pa.Table, path: Path, zone: str, *, sync: bool = True) -> Path:
+    """Write `table` to `path` (a name readers do not see yet) with the zone's file mode and
+    Parquet options, and fsync it unless `sync` is false (the caller makes many files durable at
+    once with `sync_all`). The table's schema metadata becomes the file's key-value metadata
+    (see sinks.lineage)."""
+    fd = _open_new(path, FILE_MODE.get(zone, 0o644))
     with open(fd, "wb") as out:
         pq.write_table(table, out, **parquet_options(zone, table))
         out.flush()
         if sync:
             os.fsync(out.fileno())
-    return temp
+    return path
+
+
+def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = True) -> Path:
+    """`write_parquet_file` to the temp file of `final`; returns the temp path."""
+    return write_parquet_file(table, temp_path(final), zone, sync=sync)
 
 
 def write_temp_bytes(data: bytes, final: Path, mode: int) -> Path:

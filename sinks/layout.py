@@ -8,6 +8,9 @@
 <lake>/_outbox/                                            access exports, breach lists (0700/0600)
 <lake>/vault/requests/                                     raw subject ids of requests (0700/0600)
 <lake>/_groups/                                            group flushes under way (sinks/group.py), 0700
+<lake>/_stats/                                             stream counters per range (sinks/stats.py)
+<lake>/_rejects/                                           dead letters kept whole (sinks/rejects.py), 0700
+<lake>/_manifest/                                          committed ranges per source (sinks/lineage.py)
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ AUDIT = "_audit"
 REQUESTS = "_requests"
 OUTBOX = "_outbox"
 GROUPS_DIR = "_groups"  # group flushes under way (sinks/group.py)
+STATS = "_stats"  # the stream's counters per landed range (sinks/stats.py)
+REJECTS = "_rejects"  # dead letters kept whole in the lake (sinks/rejects.py)
 VAULT_REQUESTS = ("vault", "requests")  # under the vault: the only place a request's raw id is kept
 ZONES = (VAULT, ANALYTICS)
 TABLE = "calls"

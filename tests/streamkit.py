@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from infra.topics import create_topics
 from pipeline import codec
-from pipeline.stream.runner import read_stats
+from sinks.stats import StreamStats, read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +86,14 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float
 
 def wait_for_events(
     lake: Path, events: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
-) -> Counter[str]:
+) -> StreamStats:
     deadline = time.monotonic() + timeout_s
-    stats: Counter[str] = Counter()
+    stats = StreamStats()
     while time.monotonic() < deadline:
         stats = read_stats(lake)
-        if stats["events_in"] >= events:
+        if stats.events_in >= events:
             return stats
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"worker exited with {proc.returncode}")
         time.sleep(0.5)
-    raise AssertionError(f"lake holds {stats['events_in']} of {events} events after {timeout_s}s")
+    raise AssertionError(f"lake holds {stats.events_in} of {events} events after {timeout_s}s")

@@ -17,8 +17,8 @@ import orjson
 
 from pipeline.bench.common import BenchError, proc_memory_kib
 from pipeline.bench.passthrough import Commit
-from pipeline.stream.runner import read_stats, stats_path
 from sinks import lineage
+from sinks.stats import read_stats, stats_path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _RESUMES = re.compile(rb"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*resumes at offset", re.M)
@@ -54,7 +54,7 @@ class Worker:
         held = 0
         while time.monotonic() < deadline:
             self.sample_cpu()
-            held = read_stats(self.lake)["events_in"]
+            held = read_stats(self.lake).events_in
             if held >= events:
                 return self.memory_kib().get("VmHWM", 0)
             if self.proc.poll() is not None:

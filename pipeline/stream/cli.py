@@ -10,6 +10,9 @@ from pathlib import Path
 
 from pipeline.errors import CliError
 from pipeline.settings import Settings
+from sinks import stats
+from sinks.layout import ANALYTICS, VAULT
+from sinks.stats import StreamStats
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -39,16 +42,20 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     except (IngestError, SourceBusy) as exc:
         raise CliError(str(exc)) from None
     took = time.monotonic() - started
-    events = totals["events_in"]
+    ran = StreamStats.from_counts(totals)
+    events = ran.events_in
     print(
         f"ingested {events} events in {took:.1f}s ({events / took if took else 0:.0f}/s) "
         f"into {settings.lake}: "
-        f"{totals['vault']} vault rows, {totals['analytics']} analytics rows"
+        f"{ran.written.get(VAULT, 0)} vault rows, {ran.written.get(ANALYTICS, 0)} analytics rows"
     )
-    for name, n in sorted(totals.items()):
-        counted = ("dead_letter.", "drop.", "consent_rejected.", "requests_rejected.")
-        if name.startswith(counted) or name in ("consent_events", "privacy_requests"):
-            print(f"  {name}: {n}")
+    outcomes = {
+        **{stats.dead_letter(reason): n for reason, n in ran.dead_letters.items()},
+        **{stats.drop(reason): n for reason, n in ran.drops.items()},
+        **ran.control,
+    }
+    for name, n in sorted(outcomes.items()):
+        print(f"  {name}: {n}")
     return 0
 
 

@@ -33,12 +33,12 @@ from pipeline.memo import Memo
 from pipeline.reasons import Reason, Stage
 from pipeline.settings import Settings
 from pipeline.validate import strip_secrets_json
-from sinks import files, lineage
+from sinks import stats
 from sinks.lake import Flushed, LakeWriter
+from sinks.stats import write_stats
 
 log = logging.getLogger("callpipe.runner")
 
-STATS_DIR = "_stats"
 StatesFor = Callable[[Iterable[str]], Mapping[str, AccountState]]
 
 
@@ -161,7 +161,7 @@ class PartitionRunner:
         arrived: Counter[str] = Counter(messages=1, events_in=len(records) + len(rejections))
         dead = []
         for rej in rejections:
-            arrived[f"dead_letter.{rej.reason.value}"] += 1
+            arrived[stats.dead_letter(rej.reason.value)] += 1
             dead.append(DeadLetter(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
         self._messages.append(_Message(offset, len(records), arrived))
         if records:
@@ -208,7 +208,7 @@ class PartitionRunner:
         for m in self._messages:
             if m.offset == offset:
                 m.waiting -= len(items)
-        self.counts[f"dead_letter.{Reason.INTERNAL.value}"] += len(items)
+        self.counts[stats.dead_letter(Reason.INTERNAL.value)] += len(items)
         return [
             DeadLetter(
                 Reason.INTERNAL, Stage.ROUTE, src.partition, src.offset, src.index, self._reencode(record)
@@ -236,12 +236,12 @@ class PartitionRunner:
         counts["vault"] += len(result.vault_rows)
         counts["analytics"] += len(result.analytics_rows)
         for drop, n in result.drops.items():
-            counts[f"drop.{drop.value}"] += n
+            counts[stats.drop(drop.value)] += n
         dead = []
         by_offset = {m.offset: m for m in self._messages}
         for rej in result.rejections:
             src = sources[rej.index]
-            counts[f"dead_letter.{rej.reason.value}"] += 1
+            counts[stats.dead_letter(rej.reason.value)] += 1
             value = self._reencode(records[rej.index])
             dead.append(DeadLetter(rej.reason, rej.stage, src.partition, src.offset, src.index, value))
         for offset, items in released:
@@ -292,7 +292,7 @@ class PartitionRunner:
 
     def flush(self) -> Flushed | None:
         """Land the handed-over offsets; their stats record is written first, under the same
-        range name, and counts only once the range's manifest exists (see `read_stats`)."""
+        range name, and counts only once the range's manifest exists (see `sinks.stats.read_stats`)."""
         first, through = self.writer.next_offset, self.writer.through
         if through < first:
             return None
@@ -304,30 +304,3 @@ class PartitionRunner:
 
 def _events(message: tuple[int, list[Any]]) -> int:
     return max(1, len(message[1]))
-
-
-def stats_path(lake: Path, source: str, first: int, last: int) -> Path:
-    return lake / STATS_DIR / source / f"{first:012d}-{last:012d}.json"
-
-
-def write_stats(lake: Path, source: str, first: int, last: int, counts: Mapping[str, int]) -> Path:
-    doc = orjson.dumps({"source": source, "first": first, "last": last, "counts": dict(counts)})
-    return files.write_bytes(
-        doc, stats_path(lake, source, first, last), mode=0o600, root=lake, dir_mode=0o700
-    )
-
-
-def read_stats(lake: Path) -> Counter[str]:
-    """Totals of every committed range's stats (a stats file whose range has no manifest is
-    the leftover of an interrupted flush and does not count)."""
-    total: Counter[str] = Counter()
-    root = lake / STATS_DIR
-    if not root.is_dir():
-        return total
-    for source_dir in sorted(root.iterdir()):
-        held = set(lineage.held_ranges(lake, source_dir.name))
-        for path in source_dir.glob("*.json"):
-            doc = orjson.loads(path.read_bytes())
-            if (doc["first"], doc["last"]) in held:
-                total.update(doc["counts"])
-    return total

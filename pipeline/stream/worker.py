@@ -34,7 +34,6 @@ from typing import Protocol
 
 from pipeline.codec import MessageLike
 from pipeline.consent import EventTimeMerger
-from pipeline.ingest import REJECTS_DIR, write_rejects
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.settings import Settings
@@ -42,6 +41,7 @@ from pipeline.stream.control import ControlState
 from pipeline.stream.offsets import OffsetGuard
 from pipeline.stream.runner import DeadLetter, PartitionRunner
 from sinks.lake import SourceBusy, source_name
+from sinks.rejects import REJECTS_DIR, write_rejects
 
 log = logging.getLogger("callpipe.worker")
 

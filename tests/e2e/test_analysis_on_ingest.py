@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import create_key_file
-from pipeline.stream.runner import read_stats
+from sinks.stats import read_stats
 
 pytestmark = pytest.mark.e2e
 
@@ -86,13 +86,12 @@ def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[s
     assert zones["analytics"]["rows"] == analytics_rows
     assert (zones["vault"]["rows"], zones["vault"]["transcripts"]) == (vault_rows, transcripts)
     stats = read_stats(lake)
-    dead = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("dead_letter.")}
+    dead = stats.dead_letters
     assert data["stream"]["dlq"] == dead
     assert sum(dead.values()) >= 2  # the two bad lines
-    drops = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("drop.")}
-    assert data["stream"]["drop"] == drops
-    assert data["stream"]["written"] == {"analytics": stats["analytics"], "vault": stats["vault"]}
-    assert stats["vault"] == vault_rows
+    assert data["stream"]["drop"] == stats.drops
+    assert data["stream"]["written"] == stats.written
+    assert stats.written["vault"] == vault_rows
     assert data["jobs"][0]["job"] == "anonymize"
     assert {u["resolution"] for u in data["risk"]["unicity"]} == {
         "fine",

@@ -48,7 +48,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.policy import DEFAULT_POLICY
-from pipeline.stream.runner import read_stats
+from sinks.stats import read_stats
 from tests.e2e.test_stream_e2e import consume_all, wait_for_group, worker_env, zone
 from tests.streamkit import publish, records_to_messages, start_worker, stop, wait_for_events
 
@@ -405,15 +405,15 @@ def test_every_event_is_accounted_for_once(run: dict[str, Any]) -> None:
     stats, lake = run["stats"], run["lake"]
     calls = run["plan"].calls
     vault = zone(lake, "vault")
-    dead = sum(n for k, n in stats.items() if k.startswith("dead_letter."))
-    assert stats["events_in"] == len(calls)
-    assert stats["events_in"] == len(vault) + dead + stats["drop.erased"]
+    dead = stats.dead
+    assert stats.events_in == len(calls)
+    assert stats.events_in == len(vault) + dead + stats.drops.get("erased", 0)
     assert dead == 0  # every call and every control event was valid
     assert run["dlq"] == []
     for name in ("vault", "analytics"):
         ids = Counter(r["event_id"] for r in zone(lake, name))
         assert [i for i, n in ids.items() if n > 1] == [], f"duplicates in {name}"
-    assert len(vault) == stats["vault"]
+    assert len(vault) == stats.written["vault"]
 
 
 def test_every_rule_holds_for_every_call_of_every_account(run: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
 from pipeline.carrier.generate import generate_traffic
-from pipeline.stream.runner import read_stats
+from sinks.stats import read_stats
 from tests.e2e.test_stream_e2e import worker_env, zone
 from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
 
@@ -107,9 +107,8 @@ def test_a_dead_letter_at_the_broker_limit_is_kept_in_the_lake_and_the_stream_go
     finally:
         stop(proc)
     assert proc.returncode == 0
-    dead = {k: v for k, v in stats.items() if k.startswith("dead_letter.")}
-    assert sum(dead.values()) == 1  # counted once
-    assert stats["vault"] == len(calls)
+    assert stats.dead == 1  # counted once
+    assert stats.written["vault"] == len(calls)
     (stub,) = [(v, h) for v, h in read_dlq(kafka_bootstrap, prefix + "calls.dlq")]
     value, headers = stub
     assert value == b""
@@ -171,7 +170,7 @@ def test_a_full_disk_pauses_the_worker_which_lands_everything_once_when_space_re
             time.sleep(0.5)
         time.sleep(12)  # the worker stays up on a full disk, retrying
         assert proc.poll() is None, "the worker exited on a full disk"
-        landed_while_full = read_stats(lake)["events_in"]
+        landed_while_full = read_stats(lake).events_in
         assert landed_while_full < len(calls)
         filler.unlink()  # space returns
         wait_for_events(lake, len(calls), 180, proc)

@@ -19,10 +19,10 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.ingest import IngestResult, ingest_files, load_states
 from pipeline.keys import PseudonymKey
 from pipeline.settings import Settings
-from pipeline.stream.runner import read_stats
 from sinks import layout, lineage
 from sinks.layout import ANALYTICS, VAULT, ZONES
 from sinks.read import read_zone, zone_files
+from sinks.stats import read_stats
 
 KEY = PseudonymKey("test", bytes(range(32)))
 START = 1_767_225_600_000
@@ -111,7 +111,7 @@ def test_a_backfill_lands_every_event_once_in_one_file_per_partition(
         assert result.source.startswith(f"ingest-{path.stem}")
     first = zone_files(lake, VAULT)[0]
     assert set(lineage.read_lineage(first)) == {r.source for r in results}
-    assert read_stats(lake)["events_in"] == 120
+    assert read_stats(lake).events_in == 120
     assert not list((lake / layout.GROUPS_DIR).glob("*.json"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.rejects import matches
+from sinks.rejects import matches
 
 CASES = [
     (b'{"account_id": "A1", "x": 1}', "A1", True),

@@ -23,11 +23,12 @@ from pipeline.consent import Stream
 from pipeline.keys import PseudonymKey
 from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
-from pipeline.stream.runner import DeadLetter, read_stats
+from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import RETRY_S, StreamWorker
 from sinks import files
 from sinks.lake import SourceBusy
 from sinks.layout import glob
+from sinks.stats import read_stats
 
 KEY = PseudonymKey("v1", b"k" * 32)
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -166,7 +167,7 @@ def test_a_partition_starts_where_the_lake_ends_and_commits_only_landed_offsets(
     broker = run(second())
     assert broker.seeks == [(0, 40)]  # the lake, not Kafka's committed offset, says where to start
     assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
-    assert read_stats(lake)["events_in"] == 60
+    assert read_stats(lake).events_in == 60
 
 
 def test_a_flush_commits_the_next_offset_of_what_landed(lake: Path) -> None:
@@ -298,7 +299,7 @@ def test_a_dead_letter_too_large_for_the_dlq_is_kept_in_the_lake_before_its_rang
     ]
     assert len(kept) == 1 and kept[0]["offset"] == 3
     assert all((p.stat().st_mode & 0o777) == 0o600 for p in (lake / "_rejects").rglob("*.jsonl"))
-    assert read_stats(lake)["events_in"] == 4
+    assert read_stats(lake).events_in == 4
 
 
 def test_a_dead_letter_the_broker_refuses_holds_its_range_back_until_it_is_taken(lake: Path) -> None:

@@ -1,7 +1,9 @@
-"""A subject's records among the dead letters `callpipe ingest` keeps in the lake.
+"""Dead letters kept in the lake, and a subject's records among them.
 
 `<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600) holds rejected input as raw bytes
-(base64), so an access request must show them and an erasure must remove them. A rejected record
+(base64): what `callpipe ingest` rejects, and what the stream worker could not hand to calls.dlq
+(too large for it). One JSON line per dead letter: reason, stage, offset, index, raw_b64. An
+access request must show them and an erasure must remove them. A rejected record
 failed validation, so it cannot be parsed reliably; it is matched on the account id as the two
 wire formats carry a string: JSON `"<id>"` (quoted, so `A1` does not match `A10`) and Avro (the
 zigzag-varint length, then the bytes). A record that merely mentions the id inside a longer JSON
@@ -13,14 +15,53 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-REJECTS_DIR = "_rejects"
+from sinks import files
+from sinks.layout import REJECTS
+
+REJECTS_DIR = REJECTS
 FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class DeadLetterLike(Protocol):
+    """What is kept of a dead letter (`pipeline.stream.runner.DeadLetter` has these)."""
+
+    @property
+    def reason(self) -> str: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def index(self) -> int | None: ...
+    @property
+    def raw(self) -> bytes: ...
+
+
+def write_rejects(lake: Path, source: str, first: int, last: int, dead: Sequence[DeadLetterLike]) -> Path:
+    """Keep the dead letters of offsets first..last of `source`, durably, under their range name."""
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "reason": str(d.reason),
+                "stage": str(d.stage),
+                "offset": d.offset,
+                "index": d.index,
+                "raw_b64": base64.b64encode(d.raw).decode(),
+            }
+        )
+        + b"\n"
+        for d in dead
+    )
+    final = lake / REJECTS_DIR / source / f"{first:012d}-{last:012d}.jsonl"
+    return files.write_bytes(lines, final, mode=FILE_MODE, root=lake, dir_mode=DIR_MODE)
 
 
 def _avro_string(value: bytes) -> bytes:
