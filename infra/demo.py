@@ -27,10 +27,10 @@ from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.carrier.produce import Shipment, publish
 from pipeline.keys import create_key_file
 from pipeline.settings import Settings
+from schemas.clock import DAY_MS
+from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.layout import glob
 from sinks.stats import StreamStats, read_stats
-
-DAY_MS = 86_400_000
 
 
 def _say(text: str) -> None:
@@ -90,10 +90,10 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
     try:
         half = len(traffic.calls) // 2
         jobs = [
-            Shipment(prefix + "consent.events", "ConsentEvent", traffic.consents),
-            Shipment(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
-            Shipment(prefix + "calls.raw", "CallEvent", traffic.calls[:half], "avro", 1, bad=bad),
-            Shipment(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
+            Shipment(prefix + CONSENT, "ConsentEvent", traffic.consents),
+            Shipment(prefix + REQUESTS, "PrivacyRequest", traffic.requests),
+            Shipment(prefix + CALLS, "CallEvent", traffic.calls[:half], "avro", 1, bad=bad),
+            Shipment(prefix + CALLS, "CallEvent", traffic.calls[half:], "json", 500),
         ]
         _say(f"5. carriers produce a day ({day:%Y-%m-%d}) of traffic")
         summary = asyncio.run(publish(broker.bootstrap, jobs))

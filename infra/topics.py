@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-DAY_MS = 24 * 3600 * 1000
+from schemas.clock import DAY_MS
+from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,10 @@ class TopicSpec:
 
 
 TOPICS = (
-    TopicSpec("calls.raw", {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
-    TopicSpec("consent.events", {"cleanup.policy": "delete", "retention.ms": "-1"}),
-    TopicSpec("privacy.requests", {"cleanup.policy": "delete", "retention.ms": "-1"}),
-    TopicSpec("calls.dlq", {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}),
+    TopicSpec(CALLS, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(CONSENT, {"cleanup.policy": "delete", "retention.ms": "-1"}),
+    TopicSpec(REQUESTS, {"cleanup.policy": "delete", "retention.ms": "-1"}),
+    TopicSpec(DLQ, {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}),
 )
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from pipeline.policy import RequestDeadlines
+from schemas import clock
 from sinks.files import append_durably, fsync_dir, read_json_lines
 from sinks.layout import REQUESTS
 
@@ -115,7 +116,7 @@ class Request:
         return self.status in OPEN
 
     def age_days(self, now: datetime) -> float:
-        return round((now - parse_time(self.requested_at)).total_seconds() / 86_400, 2)
+        return round(clock.days_between(parse_time(self.requested_at), now), 2)
 
     def due(self, now: datetime, warn_days: int) -> str:
         """For an open request: "overdue", "due soon" (inside warn_days) or "on time"."""

@@ -29,6 +29,7 @@ from jobs import audit, ledger, replace, risk
 from jobs.anonymize import PERIOD_START
 from pipeline.policy import Policy
 from pipeline.reasons import Drop
+from schemas import clock
 from sinks import layout
 from sinks.stats import read_stats
 
@@ -271,7 +272,7 @@ def _job(entry: dict[str, Any]) -> dict[str, Any]:
 def _age(iso: str | None, as_of: datetime) -> float | None:
     if iso is None:
         return None
-    return round((as_of - datetime.fromisoformat(iso)).total_seconds() / 86400, 1)
+    return round(clock.days_between(datetime.fromisoformat(iso), as_of), 1)
 
 
 def _quote(text: str) -> str:

@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobs.requests import Batch, Reader
 from pipeline import codec
-from pipeline.carrier.produce import TOPIC_OF
+from schemas.topics import REQUESTS
 
-TOPIC = TOPIC_OF["PrivacyRequest"]
+TOPIC = REQUESTS
 
 
 class TopicUnavailable(RuntimeError):

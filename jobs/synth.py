@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 
 from jobs.replace import write_parquet
 from pipeline.keys import Domain, PseudonymKey
+from schemas.clock import DAY_MS
 from sinks.layout import ANALYTICS, VAULT, bucket_of, partition_dir
 from sinks.schema import analytics_schema, vault_schema
 
-DAY_MS = 86_400_000
 KAFKA_PARTITIONS = 4
 OFFSET_STRIDE = 10_000_000  # source_offset = day index * stride + row: unique per partition
 

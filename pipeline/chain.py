@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.consent import AccountState, apply_consent, decide
@@ -31,10 +30,11 @@ from pipeline.policy import Policy
 from pipeline.pseudonymize import pseudonymize, token_of
 from pipeline.reasons import Drop
 from pipeline.validate import Rejection, validate_batch
+from schemas import clock
+from schemas.clock import DAY_MS
 from sinks.layout import bucket_of
 
 DEFAULT_BUCKETS = 8
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +64,6 @@ class ChainResult:
     rejections: list[Rejection] = field(default_factory=list)
     erased: list[int] = field(default_factory=list)  # batch positions of dropped (erased) events
     drops: Counter[Drop] = field(default_factory=Counter)
-
-
-def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
 def process_batch(
@@ -113,7 +109,7 @@ def process_batch(
         token, bucket = tokens[account]
         day = record["started_at"] // DAY_MS
         if day not in days:
-            days[day] = _day(record["started_at"])
+            days[day] = clock.day_of_ms(record["started_at"])
         route = Route(days[day], bucket, token)
         result.vault_rows.append({**record, **lineage})
         result.vault_routes.append(route)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Any, NamedTuple, Protocol
@@ -56,6 +56,7 @@ from pipeline import codec_avro
 from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
 from pipeline.identifiers import bad_identifier
 from pipeline.reasons import Reason, Stage
+from schemas import clock
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -77,7 +78,6 @@ __all__ = [
 ]
 
 FORMAT_HEADER = "callpipe.format"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _JSON_START = frozenset(b"{[")
 _WS = b" \t\r\n"
 _MISSING = object()
@@ -198,10 +198,7 @@ def _read_avro(body: bytes, schema: Any, reader: Any = None) -> Any:
 
 def _ms(v: Any) -> Any:
     if isinstance(v, datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=UTC)
-        delta = v - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        return clock.to_ms(v)
     return v
 
 

@@ -9,15 +9,15 @@ A value that does not fit raises `Invalid(reason)`; the reason never quotes the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 import schemas
 from pipeline.reasons import Reason
+from schemas import clock
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -57,10 +57,7 @@ def _time_ms(v: Any) -> Any:
             when = datetime.fromisoformat(v)
         except ValueError:
             raise Invalid(Reason.WRONG_TYPE) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        delta = when - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        return clock.to_ms(when)
     raise Invalid(Reason.WRONG_TYPE)
 
 
@@ -212,10 +209,6 @@ def converter(record_name: str) -> Conv:
     return conv
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def time_fields(record_name: str) -> tuple[str, ...]:
     """Top-level fields holding timestamps (epoch ms inside callpipe)."""
     out = []
@@ -232,5 +225,5 @@ def to_json(record: dict[str, Any], record_name: str, *, iso_times: bool = False
         record = dict(record)
         for name in time_fields(record_name):
             if record.get(name) is not None:
-                record[name] = _iso(record[name])
+                record[name] = clock.iso_of_ms(record[name])
     return orjson.dumps(record)

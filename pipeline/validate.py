@@ -32,10 +32,11 @@ import schemas
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Stage
+from schemas.clock import DAY_MS
 
 RECORD = "CallEvent"
 EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call
-MAX_FUTURE_MS = 24 * 3600 * 1000  # clock skew tolerated ahead of `now_ms`
+MAX_FUTURE_MS = DAY_MS  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
 TIME_CATEGORY = "time"
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas import clock
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.schema import analytics_schema, vault_schema
 
@@ -98,10 +98,6 @@ class Part:
     table: pa.Table
 
 
-def day_of(epoch_day: int) -> str:
-    return datetime.fromtimestamp(epoch_day * 86_400, UTC).strftime("%Y-%m-%d")
-
-
 def partition(table: pa.Table, zone: str, buckets: pa.Array) -> list[Part]:
     """Split a zone table into its (dt, bucket) partitions, each sorted by account then time.
 
@@ -128,6 +124,8 @@ def partition(table: pa.Table, zone: str, buckets: pa.Array) -> list[Part]:
     for entry in counts.to_pylist():
         value, count = int(entry["values"]), int(entry["counts"])
         day, bucket = divmod(value, nbuckets)
-        parts.append(Part(day_of(day), bucket, ordered.slice(start, count).drop_columns(["__part"])))
+        parts.append(
+            Part(clock.day_of_epoch_day(day), bucket, ordered.slice(start, count).drop_columns(["__part"]))
+        )
         start += count
     return parts

@@ -40,10 +40,10 @@ from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.keys import PseudonymKey, create_key_file
 from pipeline.settings import Settings
+from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.lake import source_name
 
 log = logging.getLogger("callpipe.bench")
-CALLS = "calls.raw"
 SEED = 5
 TARGET_RATIO = 0.6  # issue 8: both message shapes at 0.6 of the passthrough or better
 TARGET_SINGLE_RATE = 12_000
@@ -109,8 +109,8 @@ def latencies_ms(commits: Sequence[Commit], sent: Sequence[kafka.Sent], partitio
 
 def _preload(bootstrap: str, prefix: str, traffic: Traffic, batch: int) -> float:
     jobs = [
-        Shipment(prefix + "consent.events", "ConsentEvent", traffic.consents),
-        Shipment(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
+        Shipment(prefix + CONSENT, "ConsentEvent", traffic.consents),
+        Shipment(prefix + REQUESTS, "PrivacyRequest", traffic.requests),
         Shipment(prefix + CALLS, "CallEvent", traffic.calls, batch_size=batch),
     ]
     summary = asyncio.run(publish(bootstrap, jobs))

@@ -50,6 +50,7 @@ from pipeline.carrier.generate_pii import (
     number_pool,
 )
 from pipeline.reasons import Reason
+from schemas.clock import DAY_MS
 
 __all__ = [
     "CARRIERS",
@@ -74,7 +75,6 @@ __all__ = [
     "number_pool",
 ]
 
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 DEFAULT_ACCOUNTS = 500
 

@@ -24,8 +24,8 @@ from aiokafka.partitioner import murmur2
 
 from pipeline import codec
 from pipeline.carrier.generate import BadMessage
+from schemas.topics import TOPIC_OF
 
-TOPIC_OF = {"CallEvent": "calls.raw", "ConsentEvent": "consent.events", "PrivacyRequest": "privacy.requests"}
 RECORD_OF = {topic: name for name, topic in TOPIC_OF.items()}
 FORMATS = ("avro", "json")
 

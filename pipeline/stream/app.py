@@ -44,10 +44,10 @@ from pipeline.stream.control import RECORDS, ControlReader, ControlState
 from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
+from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
 
 log = logging.getLogger("callpipe.worker")
 
-CALLS, CONSENT, REQUESTS, DLQ = "calls.raw", "consent.events", "privacy.requests", "calls.dlq"
 GROUP = "callpipe-stream"
 TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25

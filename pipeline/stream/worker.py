@@ -40,6 +40,7 @@ from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
 from pipeline.stream.offsets import OffsetGuard
 from pipeline.stream.runner import DeadLetter, PartitionRunner
+from schemas.topics import CALLS
 from sinks.lake import SourceBusy, source_name
 from sinks.rejects import REJECTS_DIR, write_rejects
 
@@ -197,7 +198,7 @@ class StreamWorker:
     @property
     def topic_base(self) -> str:
         """The lake names sources after the unprefixed topic (prefixes isolate test topic sets)."""
-        return "calls.raw"
+        return CALLS
 
     async def _open_busy(self) -> None:
         for p in sorted(self.busy):

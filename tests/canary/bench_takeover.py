@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.carrier.generate import generate_traffic
+from schemas import topics
 from tests.e2e.test_stream_e2e import wait_for_group, worker_env
 from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
 
@@ -35,12 +36,12 @@ env = worker_env(tmp, b)
 w1 = start_worker(prefix, lake, env, tmp / "w1.log")
 w2 = start_worker(prefix, lake, env, tmp / "w2.log")
 wait_for_group(b, prefix + "callpipe-stream", 2, 120)
-publish(b, prefix + "calls.raw", msgs[:4000])
+publish(b, prefix + topics.CALLS, msgs[:4000])
 wait_for_events(lake, 4000, 120, w1)
 w2.send_signal(signal.SIGKILL)
 w2.wait()
 killed = time.time()
-publish(b, prefix + "calls.raw", msgs[4000:])
+publish(b, prefix + topics.CALLS, msgs[4000:])
 wait_for_events(lake, len(msgs), 180, w1)
 landed = time.time()
 stop(w1)

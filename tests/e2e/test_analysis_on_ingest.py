@@ -16,12 +16,12 @@ import pytest
 
 from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import create_key_file
+from schemas.clock import DAY_MS
 from sinks.stats import read_stats
 
 pytestmark = pytest.mark.e2e
 
 START = datetime(2026, 6, 1, tzinfo=UTC)
-DAY_MS = 86_400_000
 
 
 def _callpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

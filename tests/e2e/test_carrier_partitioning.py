@@ -48,6 +48,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.policy import DEFAULT_POLICY
+from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
 from sinks.stats import read_stats
 from tests.e2e.test_stream_e2e import consume_all, wait_for_group, worker_env, zone
 from tests.streamkit import publish, records_to_messages, start_worker, stop, wait_for_events
@@ -57,7 +58,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-CALLS, CONSENT, REQUESTS, DLQ = "calls.raw", "consent.events", "privacy.requests", "calls.dlq"
 PARTITIONS = {CALLS: 4, CONSENT: 3, REQUESTS: 2, DLQ: 1}  # worker_env says 4, for calls.raw
 RECORD = {CONSENT: "ConsentEvent", REQUESTS: "PrivacyRequest"}
 ROUNDS = 20  # of event time; the first half before the kill, the second after

@@ -21,6 +21,7 @@ import pytest
 from jobs import ledger
 from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import Domain, load_key
+from schemas import topics
 from sinks.layout import glob
 from tests.e2e.test_stream_e2e import PARTITIONS, worker_env
 from tests.ops_lake import callpipe_cmd
@@ -73,17 +74,17 @@ def test_requests_produced_mid_stream_are_fulfilled_end_to_end(kafka_bootstrap: 
     try:
         publish(
             kafka_bootstrap,
-            prefix + "calls.raw",
+            prefix + topics.CALLS,
             records_to_messages(traffic.calls[:half], "CallEvent", PARTITIONS),
         )
         publish(
             kafka_bootstrap,
-            prefix + "privacy.requests",
+            prefix + topics.REQUESTS,
             records_to_messages(requests, "PrivacyRequest", PARTITIONS),
         )
         publish(
             kafka_bootstrap,
-            prefix + "calls.raw",
+            prefix + topics.CALLS,
             records_to_messages(traffic.calls[half:], "CallEvent", PARTITIONS),
         )
         wait_for_events(lake, len(traffic.calls), 300, proc)

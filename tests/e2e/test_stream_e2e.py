@@ -24,6 +24,7 @@ from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
+from schemas import topics
 from sinks.layout import glob
 from tests.streamkit import (
     ROOT,
@@ -96,15 +97,15 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     lake = tmp / "lake"
     proc = start_worker(prefix, lake, worker_env(tmp, kafka_bootstrap), tmp / "worker.log")
     try:
-        publish(kafka_bootstrap, prefix + "calls.raw", calls)
+        publish(kafka_bootstrap, prefix + topics.CALLS, calls)
         publish(
             kafka_bootstrap,
-            prefix + "privacy.requests",
+            prefix + topics.REQUESTS,
             records_to_messages(traffic.requests, "PrivacyRequest", PARTITIONS),
         )
         publish(
             kafka_bootstrap,
-            prefix + "consent.events",
+            prefix + topics.CONSENT,
             records_to_messages(
                 [*traffic.consents, *canary_consents(canary, start)], "ConsentEvent", PARTITIONS
             ),
@@ -120,7 +121,7 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "lake": lake,
         "stats": stats,
         "log": (tmp / "worker.log").read_text(),
-        "dlq": consume_all(kafka_bootstrap, prefix + "calls.dlq"),
+        "dlq": consume_all(kafka_bootstrap, prefix + topics.DLQ),
     }
 
 
@@ -319,7 +320,7 @@ def _kill_trial(kafka_bootstrap: str, tmp: Path, seed: int) -> None:
     traffic = generate_traffic(seed, 6_000, start, 2 * HOUR, accounts=300)
     messages = records_to_messages(traffic.calls[:3_000], "CallEvent", PARTITIONS, "avro", 1)
     messages += records_to_messages(traffic.calls[3_000:], "CallEvent", PARTITIONS, "avro", 100)
-    publish(kafka_bootstrap, prefix + "calls.raw", messages)
+    publish(kafka_bootstrap, prefix + topics.CALLS, messages)
     lake = tmp / f"lake{seed}"
     env = worker_env(tmp, kafka_bootstrap)
     proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
@@ -396,13 +397,13 @@ def test_two_workers_share_the_partitions_and_land_each_event_once(
     second = start_worker(prefix, lake, env, logs[1])
     try:
         wait_for_group(kafka_bootstrap, prefix + "callpipe-stream", members=2, timeout_s=120)
-        publish(kafka_bootstrap, prefix + "calls.raw", messages[:half])
+        publish(kafka_bootstrap, prefix + topics.CALLS, messages[:half])
         wait_for_events(lake, half, 120, first)
         for log in logs:
             assert "landed calls.raw" in log.read_text(), f"{log.name} took no part before the leave"
         stop(second)  # a graceful leave: its partitions move to the first worker
         assert second.returncode == 0
-        publish(kafka_bootstrap, prefix + "calls.raw", messages[half:])
+        publish(kafka_bootstrap, prefix + topics.CALLS, messages[half:])
         wait_for_events(lake, len(messages), 120, first)
     finally:
         stop(first)
@@ -434,7 +435,9 @@ def test_a_worker_taking_over_partitions_that_never_landed_loses_nothing(
     try:
         wait_for_group(kafka_bootstrap, prefix + "callpipe-stream", members=2, timeout_s=120)
         publish(
-            kafka_bootstrap, prefix + "calls.raw", records_to_messages(traffic.calls, "CallEvent", PARTITIONS)
+            kafka_bootstrap,
+            prefix + topics.CALLS,
+            records_to_messages(traffic.calls, "CallEvent", PARTITIONS),
         )
         deadline = time.monotonic() + 60
         while "resumes at offset" not in second_log.read_text():
@@ -481,17 +484,17 @@ def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: s
     traffic = generate_traffic(31, 500, start, HOUR, accounts=50)
     publish(
         kafka_bootstrap,
-        prefix + "consent.events",
+        prefix + topics.CONSENT,
         [(b"acct-x", b'{"account_id": "acct-x", "purpose": "fly"', 0)],
     )
-    publish(kafka_bootstrap, prefix + "privacy.requests", [(b"acct-y", b"\x00\x00\x00\x03\xe7garbage", 1)])
+    publish(kafka_bootstrap, prefix + topics.REQUESTS, [(b"acct-y", b"\x00\x00\x00\x03\xe7garbage", 1)])
     publish(
         kafka_bootstrap,
-        prefix + "consent.events",
+        prefix + topics.CONSENT,
         records_to_messages(traffic.consents, "ConsentEvent", PARTITIONS),
     )
     publish(
-        kafka_bootstrap, prefix + "calls.raw", records_to_messages(traffic.calls, "CallEvent", PARTITIONS)
+        kafka_bootstrap, prefix + topics.CALLS, records_to_messages(traffic.calls, "CallEvent", PARTITIONS)
     )
     lake = tmp_path / "lake"
     proc = start_worker(prefix, lake, worker_env(tmp_path, kafka_bootstrap), tmp_path / "w.log")
@@ -499,12 +502,12 @@ def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: s
         wait_for_events(lake, 500, 120, proc)  # the worker kept going past the bad control messages
     finally:
         stop(proc)
-    dead = consume_all(kafka_bootstrap, prefix + "calls.dlq")
+    dead = consume_all(kafka_bootstrap, prefix + topics.DLQ)
     sources = sorted(
         (dict(m.headers)["callpipe.source.topic"].decode(), dict(m.headers)["callpipe.reason"].decode())
         for m in dead
     )
     assert sources == [
-        (prefix + "consent.events", "malformed"),
-        (prefix + "privacy.requests", "unknown_schema_id"),
+        (prefix + topics.CONSENT, "malformed"),
+        (prefix + topics.REQUESTS, "unknown_schema_id"),
     ]

@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
 from pipeline.carrier.generate import generate_traffic
+from schemas import topics
 from sinks.stats import read_stats
 from tests.e2e.test_stream_e2e import worker_env, zone
 from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
@@ -97,9 +98,9 @@ def test_a_dead_letter_at_the_broker_limit_is_kept_in_the_lake_and_the_stream_go
     good = records_to_messages(calls, "CallEvent", PARTITIONS)
     before = [m for m in good if m[2] == 0][:20]
     rest = [m for m in good if m not in before]
-    publish(kafka_bootstrap, prefix + "calls.raw", before)
-    assert asyncio.run(_accepts(kafka_bootstrap, prefix + "calls.raw", 0, big))
-    publish(kafka_bootstrap, prefix + "calls.raw", rest)
+    publish(kafka_bootstrap, prefix + topics.CALLS, before)
+    assert asyncio.run(_accepts(kafka_bootstrap, prefix + topics.CALLS, 0, big))
+    publish(kafka_bootstrap, prefix + topics.CALLS, rest)
     lake = tmp_path / "lake"
     proc = start_worker(prefix, lake, worker_env(tmp_path, kafka_bootstrap), tmp_path / "worker.log")
     try:
@@ -109,7 +110,7 @@ def test_a_dead_letter_at_the_broker_limit_is_kept_in_the_lake_and_the_stream_go
     assert proc.returncode == 0
     assert stats.dead == 1  # counted once
     assert stats.written["vault"] == len(calls)
-    (stub,) = [(v, h) for v, h in read_dlq(kafka_bootstrap, prefix + "calls.dlq")]
+    (stub,) = [(v, h) for v, h in read_dlq(kafka_bootstrap, prefix + topics.DLQ)]
     value, headers = stub
     assert value == b""
     assert headers["callpipe.kept"] == b"_rejects"
@@ -162,7 +163,7 @@ def test_a_full_disk_pauses_the_worker_which_lands_everything_once_when_space_re
     env = worker_env(tmp_path, kafka_bootstrap) | {"CALLPIPE_FLUSH_ROWS": "500"}
     proc = start_worker(prefix, lake, env, log)
     try:
-        publish(kafka_bootstrap, prefix + "calls.raw", messages)
+        publish(kafka_bootstrap, prefix + topics.CALLS, messages)
         deadline = time.monotonic() + 120
         while "errno 28" not in log.read_text():
             assert time.monotonic() < deadline, "the disk never filled"

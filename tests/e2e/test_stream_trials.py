@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.carrier.generate import generate_traffic
+from schemas import topics
 from tests.e2e.test_stream_e2e import _kill_trial, worker_env, zone
 from tests.streamkit import (
     ROOT,
@@ -54,7 +55,7 @@ def _outage_trial(bootstrap: str, tmp: Path, seed: int, outages: int) -> None:
     sent = 0
     try:
         for i, part in enumerate(parts):
-            publish(bootstrap, prefix + "calls.raw", part)
+            publish(bootstrap, prefix + topics.CALLS, part)
             sent += len(part)
             wait_for_events(lake, sent, 180, proc)
             if i < outages:

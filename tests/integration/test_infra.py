@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from infra import topics
+from schemas import topics as names
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +67,10 @@ def test_topic_configs_keep_consent_history(kafka_bootstrap: str, topic_prefix: 
             await admin.close()
 
     got = asyncio.run(configs())
-    assert got["consent.events"]["cleanup.policy"] == "delete"
-    assert got["consent.events"]["retention.ms"] == "-1"
-    assert got["privacy.requests"]["retention.ms"] == "-1"
-    assert int(got["calls.dlq"]["retention.ms"]) < int(got["calls.raw"]["retention.ms"])
+    assert got[names.CONSENT]["cleanup.policy"] == "delete"
+    assert got[names.CONSENT]["retention.ms"] == "-1"
+    assert got[names.REQUESTS]["retention.ms"] == "-1"
+    assert int(got[names.DLQ]["retention.ms"]) < int(got[names.CALLS]["retention.ms"])
 
 
 def test_unreachable_broker_is_one_clear_line() -> None:

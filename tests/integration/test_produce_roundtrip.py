@@ -15,6 +15,7 @@ from pipeline import cli, codec
 from pipeline.carrier import generate
 from pipeline.carrier.produce import partition_for
 from pipeline.codec import Decoded
+from schemas import topics
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,7 @@ def _check_partitioning(
 
 def test_consents_requests_and_bad_messages_land_co_partitioned(env: str, topic_prefix: str) -> None:
     calls, consents, requests = (
-        f"{topic_prefix}{t}" for t in ("calls.raw", "consent.events", "privacy.requests")
+        f"{topic_prefix}{t}" for t in (topics.CALLS, topics.CONSENT, topics.REQUESTS)
     )
     _create(env, calls, consents, requests)
     _produce(
@@ -187,7 +188,7 @@ def test_a_file_is_published_to_the_topic_of_its_records(env: str, topic_prefix:
 @pytest.mark.parametrize(
     ("bootstrap", "topic", "needle"),
     [
-        ("127.0.0.1:1", "calls.raw", "cannot reach Kafka at 127.0.0.1:1"),
+        ("127.0.0.1:1", topics.CALLS, "cannot reach Kafka at 127.0.0.1:1"),
         (None, "no-such-topic-for-callpipe", "topic no-such-topic-for-callpipe does not exist"),
     ],
 )

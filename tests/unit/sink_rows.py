@@ -12,10 +12,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.keys import Domain, PseudonymKey
+from schemas.clock import DAY_MS
 from sinks.schema import analytics_schema, vault_schema
 
 KEY = PseudonymKey("v1", b"k" * 32)
-DAY_MS = 86_400_000
 T0 = 1_764_374_400_000  # 2025-11-29T00:00:00Z
 
 

@@ -14,6 +14,7 @@ from pipeline import cli, codec
 from pipeline.carrier import generate
 from pipeline.carrier.cli import build_shipments
 from pipeline.carrier.produce import Outgoing, load_file, mix_in_bad, partition_for, plan_messages
+from schemas import topics
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(9, 2000, START, accounts=100)
@@ -69,13 +70,13 @@ def test_unusable_files_give_one_line_and_exit_2(
 def test_file_of_the_wrong_record_for_the_topic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "consents.jsonl"
     path.write_bytes(b"\n".join(codec.to_json(c, "ConsentEvent") for c in TRAFFIC.consents))
-    assert cli.main(["produce", "--from", str(path), "--topic", "calls.raw"]) == 2
+    assert cli.main(["produce", "--from", str(path), "--topic", topics.CALLS]) == 2
     assert "ConsentEvent records, which do not belong on calls.raw" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("name", "topic"),
-    [("CallEvent", "calls.raw"), ("ConsentEvent", "consent.events"), ("PrivacyRequest", "privacy.requests")],
+    [("CallEvent", topics.CALLS), ("ConsentEvent", topics.CONSENT), ("PrivacyRequest", topics.REQUESTS)],
 )
 @pytest.mark.parametrize("form", ["jsonl", "array", "container"])
 def test_files_are_recognised_by_content(tmp_path: Path, name: str, topic: str, form: str) -> None:
@@ -100,7 +101,7 @@ def test_generated_jobs_default_window_is_yesterday_and_options_add_topics() -> 
     now = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
     args = parse("--count", "300", "--seed", "4", "--consent", "--requests", "--bad-share", "0.1")
     jobs = build_shipments(args, now)
-    assert [j.topic for j in jobs] == ["consent.events", "privacy.requests", "calls.raw"]
+    assert [j.topic for j in jobs] == [topics.CONSENT, topics.REQUESTS, topics.CALLS]
     calls = jobs[-1]
     assert len(calls.records) == 300 and len(calls.bad) == 30
     day = int(datetime(2026, 3, 9, tzinfo=UTC).timestamp() * 1000)

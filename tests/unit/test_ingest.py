@@ -19,6 +19,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.ingest import IngestResult, ingest_files, load_states
 from pipeline.keys import PseudonymKey
 from pipeline.settings import Settings
+from schemas.clock import DAY_MS
 from sinks import layout, lineage
 from sinks.layout import ANALYTICS, VAULT, ZONES
 from sinks.read import read_zone, zone_files
@@ -26,7 +27,6 @@ from sinks.stats import read_stats
 
 KEY = PseudonymKey("test", bytes(range(32)))
 START = 1_767_225_600_000
-DAY_MS = 86_400_000
 HERE = Path(__file__).resolve().parent
 
 

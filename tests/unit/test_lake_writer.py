@@ -20,6 +20,7 @@ import pytest
 from sink_rows import T0, Event, event, events
 
 from pipeline.settings import Settings
+from schemas import topics
 from sinks import files, lineage
 from sinks.arrow import analytics_table
 from sinks.lake import (
@@ -468,7 +469,7 @@ def test_lineage_metadata_written_by_duckdb_is_read_back(lake: Path) -> None:
 
 
 def test_source_names(tmp_path: Path) -> None:
-    assert source_name("calls.raw", 3) == "calls.raw-p003"
+    assert source_name(topics.CALLS, 3) == "calls.raw-p003"
     one, two = tmp_path / "day 1.jsonl", tmp_path / "copy.jsonl"
     one.write_text('{"event_id": "a"}\n')
     two.write_text('{"event_id": "a"}\n')

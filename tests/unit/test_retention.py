@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from jobs import retention
 from jobs.replace import write_parquet
 from pipeline.policy import Policy, Retention
+from schemas.clock import DAY_MS
 from sinks.layout import ANALYTICS, VAULT, partition_dir
 from sinks.schema import analytics_schema, vault_schema
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 AS_OF_MS = int(AS_OF.timestamp() * 1000)
-DAY_MS = 86_400_000
 POLICY = Policy(retention=Retention(vault_days=10, analytics_days=20, recording_days=3, transcript_days=5))
 
 # A row: (age in ms before AS_OF, bucket, has transcript, has recording)

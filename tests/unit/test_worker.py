@@ -25,6 +25,7 @@ from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
 from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import RETRY_S, StreamWorker
+from schemas import topics
 from sinks import files
 from sinks.lake import SourceBusy
 from sinks.layout import glob
@@ -111,7 +112,7 @@ def make_worker(
         key=KEY,
         control=control or ControlState(0, NOW_MS),
         broker=broker or FakeBroker(),
-        topic="calls.raw",
+        topic=topics.CALLS,
         now_ms=lambda: NOW_MS,
         mono=clock or Clock(),
     )
