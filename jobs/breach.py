@@ -5,7 +5,7 @@
 - the subjects: accounts (vault) or account tokens (analytics) with at least one exposed row;
 - the categories of personal data held, from the schema's PII annotations (`schemas.pii_fields`):
   a category counts when an exposed row holds a non-null value of a field annotated with it
-  (analytics columns map back to their fields through `sinks.schema.ANALYTICS_COLUMNS`);
+  (analytics columns map back to their fields through `schemas.zones.ANALYTICS_COLUMNS`);
 - per category and country (the country calling code of the account's own line: caller of its
   outbound, callee of its inbound calls), how many subjects and rows.
 The list of subjects to notify goes to the restricted outbox (`<lake>/_outbox/breach-<run>.json`,
@@ -27,11 +27,11 @@ import schemas
 from jobs import audit
 from jobs.ledger import iso
 from jobs.requests import outbox_dir, write_private
-from jobs.subject import SUBJECT_COLUMN, zone_files
+from jobs.subject import zone_files
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts
+from schemas.zones import ANALYTICS_COLUMNS, SUBJECT_COLUMN
 from sinks.layout import ANALYTICS, VAULT
-from sinks.schema import ANALYTICS_COLUMNS
 
 
 class BreachScopeError(ValueError):

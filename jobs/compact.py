@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
-from jobs.subject import SUBJECT_COLUMN
+from schemas.zones import SUBJECT_COLUMN
 from sinks import lineage
 from sinks.layout import ANALYTICS, VAULT, table_dir
 

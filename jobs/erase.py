@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
-from jobs.subject import SUBJECT_COLUMN, Located, locate
+from jobs.subject import Located, locate
 from pipeline.keys import Domain, PseudonymKey
+from schemas.zones import SUBJECT_COLUMN
 from sinks import rejects
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 

@@ -29,8 +29,9 @@ import orjson
 
 from jobs import audit
 from jobs.replace import job_lock
-from jobs.subject import SUBJECT_COLUMN, locate
+from jobs.subject import locate
 from pipeline.keys import Domain, PseudonymKey
+from schemas.zones import SUBJECT_COLUMN
 from sinks import rejects
 from sinks.files import fsync_dir
 from sinks.layout import ANALYTICS, VAULT

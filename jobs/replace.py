@@ -47,9 +47,9 @@ import pyarrow as pa
 from jobs import audit
 from sinks import files
 from sinks.files import fsync_dir
-from sinks.layout import DIR_MODE
+from sinks.layout import DIR_MODE, JOBS
 
-JOBS_DIR = "_jobs"
+JOBS_DIR = JOBS
 PENDING = "pending"
 COMMITTED = "committed"
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from sinks.layout import ANALYTICS, VAULT, table_dir
-
-SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
+from schemas.zones import SUBJECT_COLUMN
+from sinks.layout import table_dir
 
 CANDIDATES_SQL = """
 WITH stats AS (

@@ -1,7 +1,7 @@
 """A generator of big, realistic lakes for tests and benchmarks, written straight with pyarrow.
 
 It writes what the stream would write, faster: vault and analytics files with the column
-contract of `sinks/schema.py`, in the layout of `sinks/layout.py`, one day partition per day and
+contract of `schemas/zones.py`, in the layout of `sinks/layout.py`, one day partition per day and
 one folder per hash bucket of the account (`layout.bucket_of(account_token, buckets)`), zstd,
 Bloom filters on account_id / account_token, rows sorted by account inside each file.
 
@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 from jobs.replace import write_parquet
 from pipeline.keys import Domain, PseudonymKey
 from schemas.clock import DAY_MS
+from schemas.zones import analytics_schema, vault_schema
 from sinks.layout import ANALYTICS, VAULT, bucket_of, partition_dir
-from sinks.schema import analytics_schema, vault_schema
 
 KAFKA_PARTITIONS = 4
 OFFSET_STRIDE = 10_000_000  # source_offset = day index * stride + row: unique per partition

@@ -12,7 +12,7 @@ Routing (docs/ARCHITECTURE.md "Privacy semantics"):
 and in both zones recording_uri / transcript are nulled without consent for them at the event's
 time (counted Drop.RECORDING_NO_CONSENT / TRANSCRIPTION_NO_CONSENT).
 
-Rows hold exactly their zone's columns (sinks.schema). What the sink needs beside a row to place
+Rows hold exactly their zone's columns (schemas.zones). What the sink needs beside a row to place
 it, the account token, its hash bucket and the day partition, is in the parallel `*_routes` list.
 """
 

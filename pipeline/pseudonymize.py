@@ -1,6 +1,6 @@
 """Pseudonymize validated, consent-checked CallEvents into analytics-zone rows.
 
-What a field becomes follows from its PII annotation, through `sinks.schema.ANALYTICS_COLUMNS`
+What a field becomes follows from its PII annotation, through `schemas.zones.ANALYTICS_COLUMNS`
 (the column names) and `RULES` below (the values): one transform per (class, category), so no
 list of fields is kept here. A field whose annotation has no transform fails at start-up
 (`plan()`), never silently passes through raw.
@@ -28,7 +28,7 @@ import schemas
 from pipeline.detect import redact_text, redact_value, rememberable
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
-from sinks.schema import ANALYTICS_COLUMNS, LINEAGE
+from schemas.zones import ANALYTICS_COLUMNS, LINEAGE
 
 RECORD = "CallEvent"
 KEY_VERSION = "key_version"

@@ -20,12 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import clock
+from schemas.zones import SUBJECT_COLUMN, analytics_schema, vault_schema
 from sinks.layout import ANALYTICS, VAULT, bucket_of
-from sinks.schema import analytics_schema, vault_schema
 
 # The column each zone is sorted by and carries a bloom filter on: the erase job finds a subject
 # through it (min/max statistics on sorted files, bloom filters for the rest).
-ACCOUNT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
 # After the account, rows are ordered by time then event id, so a file's order is deterministic.
 SORT_COLUMNS = ("started_at", "event_id")
 
@@ -115,7 +114,7 @@ def partition(table: pa.Table, zone: str, buckets: pa.Array) -> list[Part]:
     nbuckets = int(pc.max(buckets).as_py()) + 1
     key = pc.add(pc.multiply(days, nbuckets), pc.cast(buckets, pa.int64()))
     keyed = table.append_column("__part", key)
-    order = [("__part", "ascending"), (ACCOUNT_COLUMN[zone], "ascending")]
+    order = [("__part", "ascending"), (SUBJECT_COLUMN[zone], "ascending")]
     order += [(name, "ascending") for name in SORT_COLUMNS]
     ordered = keyed.sort_by(order)
     counts = pc.value_counts(ordered.column("__part"))  # in order of appearance: ascending

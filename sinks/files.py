@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sinks.arrow import ACCOUNT_COLUMN, SORT_COLUMNS
+from schemas.zones import SUBJECT_COLUMN
+from sinks.arrow import SORT_COLUMNS
 from sinks.layout import DIR_MODE, FILE_MODE
 
 TEMP_SUFFIX = ".tmp"
@@ -85,7 +86,7 @@ def parquet_options(zone: str, table: pa.Table) -> dict[str, Any]:
     """How every lake file of a zone is written: zstd, statistics, a bloom filter on the account
     column sized to its distinct values, the sort order declared in the footer, and dictionary
     encoding unless the file is small."""
-    account = ACCOUNT_COLUMN[zone]
+    account = SUBJECT_COLUMN[zone]
     distinct = pc.count_distinct(table.column(account)).as_py() if table.num_rows else 1
     order = [(account, "ascending"), *((name, "ascending") for name in SORT_COLUMNS)]
     return {

@@ -11,14 +11,15 @@
 <lake>/_stats/                                             stream counters per range (sinks/stats.py)
 <lake>/_rejects/                                           dead letters kept whole (sinks/rejects.py), 0700
 <lake>/_manifest/                                          committed ranges per source (sinks/lineage.py)
+<lake>/_jobs/                                              journals of file-replacing jobs (jobs/replace.py)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-VAULT = "vault"
-ANALYTICS = "analytics"
+from schemas.zones import ANALYTICS, VAULT
+
 AGGREGATES = "aggregates"
 AUDIT = "_audit"
 REQUESTS = "_requests"
@@ -26,7 +27,9 @@ OUTBOX = "_outbox"
 GROUPS_DIR = "_groups"  # group flushes under way (sinks/group.py)
 STATS = "_stats"  # the stream's counters per landed range (sinks/stats.py)
 REJECTS = "_rejects"  # dead letters kept whole in the lake (sinks/rejects.py)
-VAULT_REQUESTS = ("vault", "requests")  # under the vault: the only place a request's raw id is kept
+MANIFESTS = "_manifest"  # what each source's flushes committed (sinks/lineage.py)
+JOBS = "_jobs"  # journals and lock of the file-replacing jobs (jobs/replace.py)
+VAULT_REQUESTS = (VAULT, "requests")  # under the vault: the only place a request's raw id is kept
 ZONES = (VAULT, ANALYTICS)
 TABLE = "calls"
 DIR_MODE = {VAULT: 0o700, ANALYTICS: 0o755}

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sinks import files
+from sinks.layout import MANIFESTS
 
-MANIFEST_DIR = "_manifest"
+MANIFEST_DIR = MANIFESTS
 MANIFEST_DIR_MODE = 0o700
 MANIFEST_FILE_MODE = 0o600
 LINEAGE_KEY = b"callpipe.lineage"

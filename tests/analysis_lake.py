@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.zones import analytics_schema, vault_schema
 from sinks.layout import ANALYTICS, bucket_of, partition_dir
-from sinks.schema import analytics_schema, vault_schema
 
 BUCKETS = 4
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline.keys import Domain, PseudonymKey
 from schemas.clock import DAY_MS
-from sinks.schema import analytics_schema, vault_schema
+from schemas.zones import analytics_schema, vault_schema
 
 KEY = PseudonymKey("v1", b"k" * 32)
 T0 = 1_764_374_400_000  # 2025-11-29T00:00:00Z

@@ -16,9 +16,9 @@ from pipeline.consent import AccountState, decide, record_consent, record_reques
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.reasons import Drop, Reason, Stage
+from schemas.zones import analytics_schema, vault_schema
 from sinks.arrow import analytics_table, vault_table
 from sinks.layout import bucket_of
-from sinks.schema import analytics_schema, vault_schema
 
 KEY = PseudonymKey("v1", b"k" * 32)
 NOW = 1_710_500_000_000

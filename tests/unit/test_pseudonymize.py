@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import RULES, cell_area, ip_prefix, phone_facts, plan, pseudonymize
-from sinks.schema import ANALYTICS_COLUMNS, analytics_schema
+from schemas.zones import ANALYTICS_COLUMNS, analytics_schema
 
 KEY = PseudonymKey("v7", b"s" * 32)
 LINEAGE = {"source_partition": 3, "source_offset": 41, "source_index": 2}

@@ -19,8 +19,8 @@ from jobs import retention
 from jobs.replace import write_parquet
 from pipeline.policy import Policy, Retention
 from schemas.clock import DAY_MS
+from schemas.zones import analytics_schema, vault_schema
 from sinks.layout import ANALYTICS, VAULT, partition_dir
-from sinks.schema import analytics_schema, vault_schema
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 AS_OF_MS = int(AS_OF.timestamp() * 1000)

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from sink_rows import DAY_MS, KEY, T0, event, events, filled
 
 from pipeline.keys import Domain
+from schemas.zones import analytics_schema, vault_schema
 from sinks.arrow import (
-    ACCOUNT_COLUMN,
+    SUBJECT_COLUMN,
     RowsError,
     analytics_table,
     buckets_of,
@@ -22,7 +23,6 @@ from sinks.arrow import (
     zone_schema,
 )
 from sinks.layout import ANALYTICS, VAULT, bucket_of
-from sinks.schema import analytics_schema, vault_schema
 
 
 @pytest.mark.parametrize(("zone", "build"), [(VAULT, vault_table), (ANALYTICS, analytics_table)])
@@ -140,7 +140,7 @@ def test_partitions_cover_every_row_once_sorted_by_account(zone: str) -> None:
     seen = [eid for p in parts for eid in p.table.column("event_id").to_pylist()]
     assert sorted(seen) == sorted(e.vault["event_id"] for e in evs)
     assert len({(p.dt, p.bucket) for p in parts}) == len(parts)
-    account = ACCOUNT_COLUMN[zone]
+    account = SUBJECT_COLUMN[zone]
     for part in parts:
         assert part.table.schema.equals(zone_schema(zone))
         keys = list(

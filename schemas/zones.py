@@ -18,6 +18,12 @@ import pyarrow as pa
 
 import schemas
 
+VAULT = "vault"
+ANALYTICS = "analytics"
+# The column naming the data subject in each zone: erase, export, compaction's sort order, the
+# Bloom filters and the partition bucket all go by it.
+SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
+
 TS = pa.timestamp("ms", tz="UTC")
 
 # Where each row came from: Kafka partition and offset (or, for `callpipe ingest`, -1 and the
