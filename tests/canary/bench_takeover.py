@@ -21,8 +21,16 @@ from pathlib import Path
 
 from pipeline.carrier.generate import generate_traffic
 from schemas import topics
-from tests.e2e.test_stream_e2e import wait_for_group, worker_env
-from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
+from tests.support.streamkit import (
+    make_topics,
+    publish,
+    records_to_messages,
+    start_worker,
+    stop,
+    wait_for_events,
+    wait_for_group,
+    worker_env,
+)
 
 b = os.environ["CALLPIPE_BOOTSTRAP"]
 tmp = Path(sys.argv[1])

@@ -50,8 +50,17 @@ from pipeline.consent import AccountState, decide, record_consent, record_reques
 from pipeline.policy import DEFAULT_POLICY
 from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
 from sinks.stats import read_stats
-from tests.e2e.test_stream_e2e import consume_all, wait_for_group, worker_env, zone
-from tests.streamkit import publish, records_to_messages, start_worker, stop, wait_for_events
+from tests.support.streamkit import (
+    consume_all,
+    publish,
+    records_to_messages,
+    start_worker,
+    stop,
+    wait_for_events,
+    wait_for_group,
+    worker_env,
+    zone,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.streamkit import ROOT
+from tests.support.streamkit import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

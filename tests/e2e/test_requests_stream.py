@@ -23,9 +23,9 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import Domain, load_key
 from schemas import topics
 from sinks.layout import glob
-from tests.e2e.test_stream_e2e import PARTITIONS, worker_env
-from tests.ops_lake import callpipe_cmd
-from tests.streamkit import (
+from tests.support.ops_lake import callpipe_cmd
+from tests.support.streamkit import (
+    PARTITIONS,
     ROOT,
     make_topics,
     publish,
@@ -33,6 +33,7 @@ from tests.streamkit import (
     start_worker,
     stop,
     wait_for_events,
+    worker_env,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -3,7 +3,6 @@ rule visible in the lake, no duplicates after kill -9, and the same rows as `cal
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
@@ -13,53 +12,31 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import phonenumbers
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import codec
 from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
-from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
 from schemas import topics
-from sinks.layout import glob
-from tests.streamkit import (
+from tests.support.streamkit import (
+    PARTITIONS,
     ROOT,
+    consume_all,
     make_topics,
     publish,
     records_to_messages,
     start_worker,
     stop,
     wait_for_events,
+    wait_for_group,
+    worker_env,
+    zone,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-PARTITIONS = 4
 HOUR = 3_600_000
-
-
-def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
-    key = tmp / "key.hex"
-    if not key.exists():
-        create_key_file(key)
-    return {
-        "CALLPIPE_KEY_FILE": str(key),
-        "CALLPIPE_BOOTSTRAP": bootstrap,
-        "CALLPIPE_PARTITIONS": str(PARTITIONS),
-        "CALLPIPE_FLUSH_SECONDS": "1",
-        "CALLPIPE_FLUSH_ROWS": "5000",
-        "CALLPIPE_HOME": str(tmp / "home"),
-    }
-
-
-def zone(lake: Path, name: str) -> list[dict[str, Any]]:
-    con = duckdb.connect()
-    rel = con.sql(f"SELECT * FROM read_parquet('{glob(lake, name)}', hive_partitioning=false)")
-    cols = rel.columns
-    return [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
 
 
 def states_of(traffic: Any) -> dict[str, AccountState]:
@@ -87,7 +64,7 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     calls += records_to_messages(traffic.calls[:20_000], "CallEvent", PARTITIONS, "avro", 1)
     calls += records_to_messages(traffic.calls[20_000:], "CallEvent", PARTITIONS, "json", 500)
     rng = random.Random(5)
-    from tests.streamkit import partition_of
+    from tests.support.streamkit import partition_of
 
     for b in bad:
         calls.insert(
@@ -179,26 +156,6 @@ def canary_consents(calls: list[dict[str, Any]], start: int) -> list[dict[str, A
         for c in calls
         for purpose in ("recording", "transcription")
     ]
-
-
-def consume_all(bootstrap: str, topic: str) -> list[Any]:
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        out: list[Any] = []
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=3000)
-                if not batch:
-                    return out
-                for records in batch.values():
-                    out.extend(records)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def test_every_event_is_accounted_for(full_run: dict[str, Any]) -> None:
@@ -451,29 +408,6 @@ def test_a_worker_taking_over_partitions_that_never_landed_loses_nothing(
     ids = Counter(r["event_id"] for r in zone(lake, "vault"))
     assert [i for i, n in ids.items() if n > 1] == []
     assert set(ids) == {c["event_id"] for c in traffic.calls}
-
-
-def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
-    """Until the consumer group is stable with `members` members (every one has its partitions)."""
-
-    async def describe() -> tuple[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            (found,) = await admin.describe_consumer_groups([group])
-            _error, _group, state, _protocol_type, _protocol, members_ = found.groups[0]
-            return state, len(members_)
-        finally:
-            await admin.close()
-
-    deadline = time.monotonic() + timeout_s
-    seen: tuple[str, int] = ("", 0)
-    while time.monotonic() < deadline:
-        seen = asyncio.run(describe())
-        if seen == ("Stable", members):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"group {group} is {seen[0] or 'unknown'} with {seen[1]} members after {timeout_s}s")
 
 
 def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: str, tmp_path: Path) -> None:

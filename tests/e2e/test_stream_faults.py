@@ -25,8 +25,16 @@ from aiokafka.errors import MessageSizeTooLargeError
 from pipeline.carrier.generate import generate_traffic
 from schemas import topics
 from sinks.stats import read_stats
-from tests.e2e.test_stream_e2e import worker_env, zone
-from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
+from tests.support.streamkit import (
+    make_topics,
+    publish,
+    records_to_messages,
+    start_worker,
+    stop,
+    wait_for_events,
+    worker_env,
+    zone,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PARTITIONS = 2

@@ -18,7 +18,7 @@ import pytest
 from pipeline.carrier.generate import generate_traffic
 from schemas import topics
 from tests.e2e.test_stream_e2e import _kill_trial, worker_env, zone
-from tests.streamkit import (
+from tests.support.streamkit import (
     ROOT,
     make_topics,
     publish,

@@ -8,11 +8,11 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from analysis_lake import T0, analytics_row, crowd, write_zone
 
 from jobs import audit
 from jobs.anonymize import AGGREGATES, Aggregate, aggregate_path, anonymize, duration_bucket_sql
 from jobs.replace import JobBusy, job_lock
+from tests.support.analysis_lake import T0, analytics_row, crowd, write_zone
 
 AS_OF = datetime(2026, 7, 1, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ import pytest
 from pipeline import codec
 from pipeline.carrier import generate
 from pipeline.cli import main
-from tests.ops_lake import make_key
+from tests.support.ops_lake import make_key
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(7, 60, START, accounts=6)

@@ -17,7 +17,7 @@ from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.identifiers import identifier_paths
 from pipeline.ingest import load_states
-from tests.ops_lake import make_key
+from tests.support.ops_lake import make_key
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(5, 40, START, accounts=10)

@@ -17,7 +17,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sink_rows import T0, Event, event, events
 
 from pipeline.settings import Settings
 from schemas import topics
@@ -36,6 +35,7 @@ from sinks.lake import (
 )
 from sinks.layout import ANALYTICS, VAULT, ZONES, bucket_of, partition_dir, table_dir
 from sinks.read import duckdb_view, read_zone, zone_files
+from tests.support.sink_rows import T0, Event, event, events
 
 SOURCE = "calls.raw-p003"
 SETTINGS = Settings(buckets=4, flush_rows=40, flush_seconds=1e9)
@@ -371,7 +371,7 @@ CHILD = """
 import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from sink_rows import events
+from tests.support.sink_rows import events
 from test_lake_writer import SMALL, feed
 target, lake = sys.argv[1], Path(sys.argv[2])
 count = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.policy_check import load_policy
-from tests.streamkit import ROOT
+from tests.support.streamkit import ROOT
 
 
 def test_example_policy_is_valid_and_matches_the_defaults() -> None:

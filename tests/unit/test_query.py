@@ -11,10 +11,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from analysis_lake import T0, crowd, vault_row, write_zone
 
 from jobs import audit, query
 from jobs.anonymize import anonymize
+from tests.support.analysis_lake import T0, crowd, vault_row, write_zone
 
 
 @pytest.fixture

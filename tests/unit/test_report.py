@@ -11,13 +11,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from analysis_lake import T0, analytics_row, crowd, vault_row, write_zone
 
 from jobs import audit, report, report_html
 from jobs.anonymize import anonymize
 from pipeline.policy import DEFAULT_POLICY
 from sinks import lineage
 from sinks.stats import write_stats
+from tests.support.analysis_lake import T0, analytics_row, crowd, vault_row, write_zone
 
 AS_OF = T0 + timedelta(days=40)  # vault limit 90 d, transcripts 30 d
 

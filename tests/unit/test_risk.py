@@ -9,10 +9,10 @@ from typing import Any
 
 import duckdb
 import pytest
-from analysis_lake import T0, analytics_row, crowd, write_zone
 
 from jobs import risk
 from jobs.anonymize import anonymize
+from tests.support.analysis_lake import T0, analytics_row, crowd, write_zone
 
 AS_OF = datetime(2026, 7, 1, tzinfo=UTC)
 

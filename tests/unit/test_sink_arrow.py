@@ -8,7 +8,6 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sink_rows import DAY_MS, KEY, T0, event, events, filled
 
 from pipeline.keys import Domain
 from schemas.zones import analytics_schema, vault_schema
@@ -23,6 +22,7 @@ from sinks.arrow import (
     zone_schema,
 )
 from sinks.layout import ANALYTICS, VAULT, bucket_of
+from tests.support.sink_rows import DAY_MS, KEY, T0, event, events, filled
 
 
 @pytest.mark.parametrize(("zone", "build"), [(VAULT, vault_table), (ANALYTICS, analytics_table)])

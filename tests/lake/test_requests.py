@@ -22,7 +22,7 @@ from jobs import breach, ledger
 from jobs.synth import SynthSpec, build
 from pipeline import codec
 from pipeline.keys import Domain, PseudonymKey
-from tests.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob
+from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from jobs import erase, retention
 from jobs.replace import COMMITTED, jobs_dir, pending, recover
 from jobs.synth import SynthSpec, build
 from pipeline.settings import Settings
-from tests.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files
+from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

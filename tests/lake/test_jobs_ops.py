@@ -20,7 +20,7 @@ from jobs import audit, compact
 from jobs.synth import SynthSpec, build
 from pipeline.keys import Domain, PseudonymKey
 from sinks import lineage
-from tests.ops_lake import (
+from tests.support.ops_lake import (
     callpipe_cmd,
     callpipe_env,
     callpipe_json,

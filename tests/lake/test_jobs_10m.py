@@ -14,7 +14,7 @@ import pytest
 from jobs.bench_jobs import typical_subject
 from jobs.synth import SynthSpec, build
 from pipeline.keys import Domain
-from tests.ops_lake import callpipe_env, callpipe_json, make_key, per_subject, stray_files
+from tests.support.ops_lake import callpipe_env, callpipe_json, make_key, per_subject, stray_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

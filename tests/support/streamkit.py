@@ -12,14 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+import duckdb
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from infra.topics import create_topics
 from pipeline import codec
+from pipeline.keys import create_key_file
+from sinks.layout import glob
 from sinks.stats import StreamStats, read_stats
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
@@ -97,3 +101,70 @@ def wait_for_events(
             raise AssertionError(f"worker exited with {proc.returncode}")
         time.sleep(0.5)
     raise AssertionError(f"lake holds {stats.events_in} of {events} events after {timeout_s}s")
+
+
+PARTITIONS = 4  # of the test topics
+
+
+def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
+    key = tmp / "key.hex"
+    if not key.exists():
+        create_key_file(key)
+    return {
+        "CALLPIPE_KEY_FILE": str(key),
+        "CALLPIPE_BOOTSTRAP": bootstrap,
+        "CALLPIPE_PARTITIONS": str(PARTITIONS),
+        "CALLPIPE_FLUSH_SECONDS": "1",
+        "CALLPIPE_FLUSH_ROWS": "5000",
+        "CALLPIPE_HOME": str(tmp / "home"),
+    }
+
+
+def zone(lake: Path, name: str) -> list[dict[str, Any]]:
+    con = duckdb.connect()
+    rel = con.sql(f"SELECT * FROM read_parquet('{glob(lake, name)}', hive_partitioning=false)")
+    cols = rel.columns
+    return [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
+
+
+def consume_all(bootstrap: str, topic: str) -> list[Any]:
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        out: list[Any] = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=3000)
+                if not batch:
+                    return out
+                for records in batch.values():
+                    out.extend(records)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
+    """Until the consumer group is stable with `members` members (every one has its partitions)."""
+
+    async def describe() -> tuple[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (found,) = await admin.describe_consumer_groups([group])
+            _error, _group, state, _protocol_type, _protocol, members_ = found.groups[0]
+            return state, len(members_)
+        finally:
+            await admin.close()
+
+    deadline = time.monotonic() + timeout_s
+    seen: tuple[str, int] = ("", 0)
+    while time.monotonic() < deadline:
+        seen = asyncio.run(describe())
+        if seen == ("Stable", members):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"group {group} is {seen[0] or 'unknown'} with {seen[1]} members after {timeout_s}s")

@@ -15,7 +15,7 @@ import orjson
 from pipeline.keys import PseudonymKey, load_key
 from sinks.layout import ANALYTICS, VAULT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from analysis_lake import T0, analytics_row, write_zone
+from tests.support.analysis_lake import T0, analytics_row, write_zone
 
 from jobs.anonymize import AGGREGATES, aggregate_path
 
