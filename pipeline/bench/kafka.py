@@ -42,6 +42,31 @@ def probe(bootstrap: str, timeout_s: float = 10.0) -> None:
         quiet.setLevel(level)
 
 
+def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
+    """Until the consumer group is stable with `members` members (every one has its partitions)."""
+
+    async def describe() -> tuple[str, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (found,) = await admin.describe_consumer_groups([group])
+            _error, _group, state, _protocol_type, _protocol, members_ = found.groups[0]
+            return state, len(members_)
+        finally:
+            await admin.close()
+
+    deadline = time.monotonic() + timeout_s
+    seen: tuple[str, int] = ("", 0)
+    while time.monotonic() < deadline:
+        seen = asyncio.run(describe())
+        if seen == ("Stable", members):
+            return
+        time.sleep(0.5)
+    raise BenchError(f"group {group} is {seen[0] or 'unknown'} with {seen[1]} members after {timeout_s}s")
+
+
 def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     from infra.topics import create_topics
 

@@ -44,6 +44,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from infra.topics import TOPICS
 from pipeline import codec
+from pipeline.bench.kafka import wait_for_group
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
@@ -57,7 +58,6 @@ from tests.support.streamkit import (
     start_worker,
     stop,
     wait_for_events,
-    wait_for_group,
     worker_env,
     zone,
 )

@@ -14,20 +14,15 @@ from typing import Any
 
 import duckdb
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from infra.topics import create_topics
 from pipeline import codec
+from pipeline.bench.kafka import make_topics as make_topics  # the benchmarks' own, for the tests
 from pipeline.keys import create_key_file
 from sinks.layout import glob
 from sinks.stats import StreamStats, read_stats
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
-    asyncio.run(create_topics(bootstrap, partitions, prefix))
 
 
 def partition_of(account: str, partitions: int) -> int:
@@ -145,26 +140,3 @@ def consume_all(bootstrap: str, topic: str) -> list[Any]:
             await consumer.stop()
 
     return asyncio.run(run())
-
-
-def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
-    """Until the consumer group is stable with `members` members (every one has its partitions)."""
-
-    async def describe() -> tuple[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            (found,) = await admin.describe_consumer_groups([group])
-            _error, _group, state, _protocol_type, _protocol, members_ = found.groups[0]
-            return state, len(members_)
-        finally:
-            await admin.close()
-
-    deadline = time.monotonic() + timeout_s
-    seen: tuple[str, int] = ("", 0)
-    while time.monotonic() < deadline:
-        seen = asyncio.run(describe())
-        if seen == ("Stable", members):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"group {group} is {seen[0] or 'unknown'} with {seen[1]} members after {timeout_s}s")

@@ -370,7 +370,7 @@ def test_crash_at_every_step_then_replay_gives_each_event_exactly_once(tmp_path:
 CHILD = """
 import os, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], str(Path(sys.argv[3]).parents[1])]
 from tests.support.sink_rows import events
 from test_lake_writer import SMALL, feed
 target, lake = sys.argv[1], Path(sys.argv[2])

@@ -1,6 +1,6 @@
 """Throughput of the pure chain (`process_batch`) on generated carrier traffic.
 
-    .venv/bin/python tests/canary/bench_chain.py [EVENTS] [BATCH ...]
+    .venv/bin/python -m pipeline.bench.bench_chain [EVENTS] [BATCH ...]
 
 Generates EVENTS seeded calls with their accounts' consents and privacy requests
 (pipeline.carrier.generate), then runs process_batch over them in batches of each BATCH size (default
@@ -19,6 +19,7 @@ from pipeline.chain import process_batch
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
+from schemas.clock import DAY_MS
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 KEY = PseudonymKey("v1", b"b" * 32)
@@ -33,7 +34,7 @@ def main() -> None:
         states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
     for r in traffic.requests:
         states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
-    now = START_MS + 2 * 86_400_000
+    now = START_MS + 2 * DAY_MS
     with_text = sum(c["transcript"] is not None for c in traffic.calls)
     print(f"{events} events ({with_text} with a transcript), {len(states)} accounts with history")
     for size in sizes:

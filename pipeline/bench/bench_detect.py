@@ -1,11 +1,12 @@
 """Throughput of the free-text detector on realistic call transcripts.
 
-    .venv/bin/python tests/canary/bench_detect.py [N]
+    .venv/bin/python -m pipeline.bench.bench_detect [N]     (from a checkout)
 
 Builds N seeded transcripts (4-14 speaker turns of call-centre talk full of ordinary numbers:
 times, dates, amounts, order and ticket numbers, versions; about 1 in 8 carries planted PII from
-the canary corpus), then times `detect` + `redact` over all of them and prints transcripts per
-second of CPU time (the machine may be shared) and of wall-clock time.
+the labelled canary corpus the tests use, tests/canary/transcripts.jsonl), then times `detect` +
+`redact` over all of them and prints transcripts per second of CPU time (the machine may be
+shared) and of wall-clock time.
 Not a test: timing belongs to benchmarks.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pipeline.detect import detect, redact
 
-HERE = Path(__file__).resolve().parent
+CORPUS = Path(__file__).resolve().parents[2] / "tests" / "canary" / "transcripts.jsonl"
 
 TURNS = [
     "Agent: Thank you for calling, my name is {name}, how can I help you today?",
@@ -70,7 +71,7 @@ def _fill(rng: random.Random, template: str) -> str:
 
 def corpus(n: int, seed: int = 7) -> list[tuple[str, tuple[str, ...]]]:
     rng = random.Random(seed)
-    canaries = [json.loads(line) for line in (HERE / "transcripts.jsonl").read_text().splitlines()]
+    canaries = [json.loads(line) for line in CORPUS.read_text().splitlines()]
     out = []
     for _ in range(n):
         turns = [_fill(rng, rng.choice(TURNS)) for _ in range(rng.randint(4, 14))]

@@ -1,0 +1,83 @@
+"""Takeover after a kill -9: two workers share the partitions, one is killed, the survivor takes
+its partitions over. Prints how long after the kill the survivor owned them and how long until
+every event was in the lake (flush every second, as the broker tests run the worker).
+
+    CALLPIPE_BOOTSTRAP=127.0.0.1:9092 .venv/bin/python -m pipeline.bench.bench_takeover WORKDIR
+
+Needs a running broker (`callpipe kafka up`). Timing only; the exactly-once checks are the broker
+tests' job (tests/e2e/test_stream_e2e.py, test_carrier_partitioning.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from pipeline.bench import kafka
+from pipeline.bench.worker import Worker
+from pipeline.carrier.generate import generate_traffic
+from pipeline.carrier.produce import Shipment, publish
+from pipeline.keys import create_key_file
+from schemas.clock import DAY_MS
+from schemas.topics import CALLS
+
+PARTITIONS = 4
+GROUP = "callpipe-stream"
+HOUR_MS = DAY_MS // 24
+
+
+def main() -> None:
+    bootstrap = os.environ["CALLPIPE_BOOTSTRAP"]
+    tmp = Path(sys.argv[1]).resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    prefix = f"tk{random.randrange(1 << 30):x}."
+    kafka.make_topics(bootstrap, prefix, PARTITIONS)
+    calls = generate_traffic(77, 8000, int(time.time() * 1000) - 3 * HOUR_MS, 2 * HOUR_MS, accounts=400).calls
+    key = tmp / "key.hex"
+    if not key.exists():
+        create_key_file(key)
+    env = {
+        "CALLPIPE_KEY_FILE": str(key),
+        "CALLPIPE_BOOTSTRAP": bootstrap,
+        "CALLPIPE_PARTITIONS": str(PARTITIONS),
+        "CALLPIPE_FLUSH_SECONDS": "1",
+        "CALLPIPE_FLUSH_ROWS": "5000",
+        "CALLPIPE_HOME": str(tmp / "home"),
+    }
+    lake = tmp / "lake"
+    survivor = Worker.start(prefix, lake, env, tmp / "w1.log")
+    victim = Worker.start(prefix, lake, env, tmp / "w2.log")
+    try:
+        kafka.wait_for_group(bootstrap, prefix + GROUP, 2, 120)
+        asyncio.run(publish(bootstrap, [Shipment(prefix + CALLS, "CallEvent", calls[:4000])]))
+        survivor.wait_for(4000, 120)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        killed = time.time()
+        asyncio.run(publish(bootstrap, [Shipment(prefix + CALLS, "CallEvent", calls[4000:])]))
+        survivor.wait_for(len(calls), 180)
+        landed = time.time()
+    finally:
+        survivor.stop()
+        victim.stop()
+        kafka.delete_topics(bootstrap, prefix)
+    text = survivor.log.read_text()
+    owned = [
+        datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for m in re.findall(r"^\[([\d-]+ [\d:,]+)\].*resumes at offset", text, re.M)
+    ]
+    after = [t - killed for t in owned if t > killed]
+    owned_after = min(after) if after else -1
+    print(f"survivor owned the dead worker's partitions after {owned_after:.1f} s;", end=" ")
+    print(f"every event landed {landed - killed:.1f} s after the kill")
+
+
+if __name__ == "__main__":
+    main()
