@@ -40,7 +40,7 @@ from pipeline.consent import Stream, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
 from pipeline.settings import Settings
-from pipeline.stream.control import RECORDS, ControlReader, ControlState
+from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
 from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
@@ -238,6 +238,7 @@ class WorkerRuntime(mode.Service):
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=MAX_FETCH,
             ),
+            snapshot=snapshot_path(settings.home, prefix),
         )
         self._topics = topics
         self._prefix = prefix
