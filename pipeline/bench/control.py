@@ -27,13 +27,14 @@ from pipeline.bench import kafka
 from pipeline.bench.common import proc_memory_kib, table
 from pipeline.consent import PURPOSES, Stream
 from pipeline.settings import Settings
+from schemas import topics
 
 T0 = 1_780_000_000_000
 ERASE_EVERY = 50
 
 
 def _topics(prefix: str) -> dict[Stream, str]:
-    return {Stream.CONSENT: prefix + "consent.events", Stream.REQUESTS: prefix + "privacy.requests"}
+    return {Stream.CONSENT: prefix + topics.CONSENT, Stream.REQUESTS: prefix + topics.REQUESTS}
 
 
 async def _produce(bootstrap: str, prefix: str, accounts: int, partitions: int) -> int:

@@ -15,7 +15,8 @@ from aiokafka import AIOKafkaConsumer
 from pipeline import codec
 from pipeline.consent import Stream
 from pipeline.stream.control import ControlReader, ControlState, load_snapshot, save_snapshot
-from tests.streamkit import make_topics, publish
+from schemas import topics
+from tests.support.streamkit import make_topics, publish
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def messages(records: list[dict[str, Any]], partitions: int) -> list[tuple[bytes
 
 
 def topics_of(prefix: str) -> dict[Stream, str]:
-    return {Stream.CONSENT: prefix + "consent.events", Stream.REQUESTS: prefix + "privacy.requests"}
+    return {Stream.CONSENT: prefix + topics.CONSENT, Stream.REQUESTS: prefix + topics.REQUESTS}
 
 
 async def read(bootstrap: str, prefix: str, snapshot: Path | None) -> ControlReader:
@@ -67,7 +68,7 @@ def test_a_restart_reads_only_the_tail_and_a_foreign_snapshot_is_refused(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     make_topics(kafka_bootstrap, topic_prefix, 3)
-    consent_topic = topic_prefix + "consent.events"
+    consent_topic = topic_prefix + topics.CONSENT
     publish(kafka_bootstrap, consent_topic, messages(consents(0, 1_500, 0), 3))
     path = tmp_path / "state" / "control.snapshot"
 
@@ -95,12 +96,12 @@ def test_a_restart_reads_only_the_tail_and_a_foreign_snapshot_is_refused(
         other = topic_prefix.rstrip(".") + "x."
         await asyncio.to_thread(make_topics, kafka_bootstrap, other, 3)
         await asyncio.to_thread(
-            publish, kafka_bootstrap, other + "consent.events", messages(consents(0, 2_200, 2), 3)
+            publish, kafka_bootstrap, other + topics.CONSENT, messages(consents(0, 2_200, 2), 3)
         )
         snap = load_snapshot(path, topics_of(topic_prefix))
         assert snap is not None
         snap.topics = {s.value: t for s, t in topics_of(other).items()}
-        snap.positions = {(other + "consent.events", p): pos for (_, p), pos in snap.positions.items()}
+        snap.positions = {(other + topics.CONSENT, p): pos for (_, p), pos in snap.positions.items()}
         foreign = tmp_path / "foreign.snapshot"
         save_snapshot(foreign, snap)
         refused = await read(kafka_bootstrap, other, foreign)

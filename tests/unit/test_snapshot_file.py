@@ -10,8 +10,9 @@ import orjson
 
 from pipeline.consent import Stream, record_consent, record_request
 from pipeline.stream.control import ControlSnapshot, fingerprint, load_snapshot, save_snapshot, snapshot_path
+from schemas import topics
 
-TOPICS = {Stream.CONSENT: "consent.events", Stream.REQUESTS: "privacy.requests"}
+TOPICS = {Stream.CONSENT: topics.CONSENT, Stream.REQUESTS: topics.REQUESTS}
 
 
 def sample() -> ControlSnapshot:
@@ -20,8 +21,8 @@ def sample() -> ControlSnapshot:
     return ControlSnapshot(
         topics={s.value: t for s, t in TOPICS.items()},
         positions={
-            ("consent.events", 0): (12, fingerprint(1, b"k", b"v")),
-            ("privacy.requests", 1): (3, "ab"),
+            (topics.CONSENT, 0): (12, fingerprint(1, b"k", b"v")),
+            (topics.REQUESTS, 1): (3, "ab"),
         },
         event_ms={("consent", 0): 5, ("requests", 1): 9},
         accounts={"acct-1": state},
@@ -46,7 +47,7 @@ def test_torn_old_or_foreign_snapshots_are_not_used(tmp_path: Path) -> None:
     path.write_bytes(orjson.dumps({**orjson.loads(whole), "version": 0}))
     assert load_snapshot(path, TOPICS) is None
     path.write_bytes(whole)
-    assert load_snapshot(path, {Stream.CONSENT: "other.consent", Stream.REQUESTS: "privacy.requests"}) is None
+    assert load_snapshot(path, {Stream.CONSENT: "other.consent", Stream.REQUESTS: topics.REQUESTS}) is None
 
 
 def test_fingerprints_tell_records_apart_and_quote_nothing() -> None:
