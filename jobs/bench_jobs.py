@@ -169,10 +169,10 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         ),
         "erase": job(
             erase_s,
-            era["files_rewritten"],
+            era.files_rewritten,
             {
-                "files_touched_share": era["files_touched_share"],
-                "rows_removed": era["rows_removed"],
+                "files_touched_share": era.files_touched_share,
+                "rows_removed": era.rows_removed,
                 "subject_days": subject_days,
                 "subject_calls": subject_calls,
             },

@@ -194,20 +194,20 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     except erase.ErasureIncomplete as exc:
         raise CliError(str(exc), status=1) from None
     if args.json:
-        _print_json(result)
+        _print_json(result.as_dict())
         return 0
-    removed = result["rows_removed"]
+    removed = result.rows_removed
     print(
-        f"erased subject {result['subject']}: {removed['vault']:,} vault rows,"
+        f"erased subject {result.subject}: {removed['vault']:,} vault rows,"
         f" {removed['analytics']:,} analytics rows"
     )
     print(
-        f"  files rewritten {result['files_rewritten']} of {result['files_total']}"
-        f" ({100 * result['files_touched_share']:.2f}% of files touched);"
-        f" probed {result['files_probed']}, Bloom/statistics said maybe {result['files_maybe']}"
+        f"  files rewritten {result.files_rewritten} of {result.files_total}"
+        f" ({100 * result.files_touched_share:.2f}% of files touched);"
+        f" probed {result.files_probed}, Bloom/statistics said maybe {result.files_maybe}"
     )
-    if result["dead_letters_removed"]:
-        print(f"  dead letters removed: {result['dead_letters_removed']:,}")
+    if result.dead_letters_removed:
+        print(f"  dead letters removed: {result.dead_letters_removed:,}")
     print("  verified: no rows of the subject remain in any bucket")
     return 0
 
@@ -232,12 +232,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     except export.ExportRefused as exc:
         raise CliError(str(exc)) from None
     if args.json:
-        _print_json(result)
+        _print_json(result.as_dict())
         return 0
     print(
-        f"exported subject {result['subject']} to {result['out']}: {result['vault']:,} vault rows,"
-        f" {result['analytics']:,} analytics rows, {result['dead_letters']:,} dead letters,"
-        f" {result['audit']:,} audit entries"
+        f"exported subject {result.subject} to {result.out}: {result.vault:,} vault rows,"
+        f" {result.analytics:,} analytics rows, {result.dead_letters:,} dead letters,"
+        f" {result.audit:,} audit entries"
     )
     return 0
 

@@ -17,6 +17,7 @@ in the audit trail by the subject's token, never its id.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,27 @@ from sinks.layout import ANALYTICS, VAULT, bucket_of
 
 class ErasureIncomplete(RuntimeError):
     """Rows of the subject remain after erasure (the message holds counts, never the id)."""
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    """What an erasure did, as its audit entry counts it (`as_dict` is `--json`'s output)."""
+
+    subject: str  # the account token
+    rows_removed: dict[str, int]  # by zone
+    dead_letters_removed: int
+    files_total: int
+    files_probed: int  # files whose footers were read
+    files_maybe: int  # files whose statistics or Bloom filter said the subject may be there
+    files_rewritten: int
+    files_touched_share: float
+    files_outside_bucket: int  # files outside the subject's bucket that held it (a second pass)
+    rows_remaining: int
+    recovered_runs: int  # killed jobs completed first
+    duration_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 def _values(key: PseudonymKey, account_id: str) -> dict[str, str]:
@@ -151,7 +173,7 @@ def run(
     *,
     buckets: int,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> EraseResult:
     """Erase one account. Returns counts (rows removed per zone, files touched and their share);
     raises ErasureIncomplete if verification still finds rows."""
     with job_lock(lake) as recovered:
@@ -171,7 +193,7 @@ def erase_locked(
     request: str | None = None,
     progress: ProgressFn | None = None,
     recovered: list[tuple[str, str]] | None = None,
-) -> dict[str, Any]:
+) -> EraseResult:
     """`run` for a caller that already holds the job lock (`jobs.requests`). `zones` limits the
     erasure (a restriction removes analytics rows only; dead letters go with the vault);
     `request` names the data-subject request it fulfils in the audit entry."""
@@ -203,7 +225,7 @@ def erase_locked(
     files_total = sum(v.files_total for v in verify)
     rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
     dead_letters = removed.pop("dead_letters")
-    counts = {
+    counts: dict[str, Any] = {
         "rows_removed": removed,
         "dead_letters_removed": dead_letters,
         "files_total": files_total,
@@ -235,4 +257,4 @@ def erase_locked(
     change.finish()
     if remaining:
         raise ErasureIncomplete(f"{remaining} rows of the subject remain after erasure")
-    return {"subject": token, **counts, "duration_s": round(duration, 3)}
+    return EraseResult(subject=token, **counts, duration_s=round(duration, 3))

@@ -20,6 +20,7 @@ import os
 import stat
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ def collect(
     return out
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: the subject's token, how many records of each kind, where."""
+
+    subject: str
+    vault: int
+    analytics: int
+    dead_letters: int
+    audit: int
+    out: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
 class ExportRefused(ValueError):
     """An --out the export will not write to; the message names the problem, never a value."""
 
@@ -110,7 +126,7 @@ def run(
     *,
     as_of: datetime,
     force: bool = False,
-) -> dict[str, Any]:
+) -> ExportResult:
     """Write the subject's export to `out` (0600); returns the counts. Raises ExportRefused for an
     `out` that `check_out` refuses."""
     started = time.monotonic()
@@ -128,7 +144,7 @@ def run(
             duration_s=duration,
             outcome="ok",
         )
-    return {"subject": doc["subject"]["account_token"], **doc["counts"], "out": str(out)}
+    return ExportResult(subject=doc["subject"]["account_token"], **doc["counts"], out=str(out))
 
 
 def _write_private(path: Path, data: bytes, *, force: bool) -> None:
