@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pipeline.codec import Lineage
 from pipeline.consent import AccountState, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
@@ -35,16 +36,6 @@ from schemas.clock import DAY_MS
 from sinks.layout import bucket_of
 
 DEFAULT_BUCKETS = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a record came from: Kafka partition and offset (for `callpipe ingest`, -1 and the
-    record's position in its file) and its position inside a multi-event message."""
-
-    partition: int
-    offset: int
-    index: int = 0
 
 
 class Route(NamedTuple):
@@ -73,7 +64,7 @@ def process_batch(
     key: PseudonymKey,
     now_ms: int,
     *,
-    sources: Sequence[Source] | None = None,
+    sources: Sequence[Lineage] | None = None,
     buckets: int = DEFAULT_BUCKETS,
     memo: Memo | None = None,
 ) -> ChainResult:
@@ -97,7 +88,7 @@ def process_batch(
             result.erased.append(index)
             continue
         apply_consent(record, decision, drops)
-        source = sources[index] if sources is not None else Source(-1, index, 0)
+        source = sources[index] if sources is not None else Lineage(-1, index, 0)
         lineage = {
             "source_partition": source.partition,
             "source_offset": source.offset,

@@ -23,7 +23,6 @@ class Memo:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
         self._values: dict[Hashable, Any] = {}
-        self.forgotten = 0  # times the memory was dropped (full, or an erasure)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -43,4 +42,3 @@ class Memo:
 
     def forget(self) -> None:
         self._values.clear()
-        self.forgotten += 1

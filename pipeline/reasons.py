@@ -42,7 +42,5 @@ class Drop(StrEnum):
 class Stage(StrEnum):
     DECODE = "decode"
     VALIDATE = "validate"
-    TAG = "tag"
     CONSENT = "consent"
     ROUTE = "route"
-    SINK = "sink"

@@ -38,7 +38,6 @@ RECORD = "CallEvent"
 EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call
 MAX_FUTURE_MS = DAY_MS  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
-TIME_CATEGORY = "time"
 
 Record = dict[str, Any]
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.chain import Source, process_batch
-from pipeline.codec import Decoded, MessageLike, Rejection, decode_value
+from pipeline.chain import process_batch
+from pipeline.codec import Decoded, Lineage, MessageLike, Rejection, decode_value
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
@@ -166,7 +166,7 @@ class PartitionRunner:
         self._messages.append(_Message(offset, len(records), arrived))
         if records:
             self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
-            items = [(r, Source(partition, offset, i)) for i, r in enumerate(records)]
+            items = [(r, Lineage(partition, offset, i)) for i, r in enumerate(records)]
             self.merger.add([(self._key_ms, (offset, items))])
         return dead
 
@@ -201,7 +201,7 @@ class PartitionRunner:
         return dead
 
     def _internal(
-        self, message: tuple[int, list[tuple[dict[str, Any], Source]]], exc: Exception
+        self, message: tuple[int, list[tuple[dict[str, Any], Lineage]]], exc: Exception
     ) -> list[DeadLetter]:
         offset, items = message
         log.error("chain failed: partition=%s offset=%s error=%s", self.partition, offset, type(exc).__name__)
@@ -217,7 +217,7 @@ class PartitionRunner:
         ]
 
     def _process(
-        self, released: list[tuple[int, list[tuple[dict[str, Any], Source]]]], now_ms: int, mono: float
+        self, released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]], now_ms: int, mono: float
     ) -> list[DeadLetter]:
         records = [r for _off, items in released for r, _src in items]
         sources = [s for _off, items in released for _r, s in items]

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.chain import ChainResult, Source, process_batch
+from pipeline.chain import ChainResult, process_batch
+from pipeline.codec import Lineage
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
@@ -192,7 +193,7 @@ def test_secrets_never_reach_a_zone() -> None:
 
 
 def test_routes_and_lineage() -> None:
-    sources = [Source(3, 100, 0), Source(3, 100, 1), Source(3, 101, 0)]
+    sources = [Lineage(3, 100, 0), Lineage(3, 100, 1), Lineage(3, 101, 0)]
     result = run([call(1, "a"), call(2, "b"), call(3, "a")], sources=sources, buckets=16)
     assert [(r["source_partition"], r["source_offset"], r["source_index"]) for r in result.vault_rows] == [
         (3, 100, 0),

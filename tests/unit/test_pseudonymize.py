@@ -167,3 +167,16 @@ def test_a_token_domain_is_a_domain_never_a_loose_string() -> None:
         key.token("acount", "acct-1")  # type: ignore[arg-type]
     assert key.account_token("acct-1") == key.token(Domain.ACCOUNT, "acct-1")
     assert len({key.token(d, "same") for d in Domain}) == len(Domain)
+
+
+def test_the_generated_pseudonymizer_gives_what_the_plan_says_step_by_step() -> None:
+    """`pseudonymize` runs code written from the plan; `interpret` walks the plan itself."""
+    from pipeline.carrier.generate import generate_traffic
+    from pipeline.memo import Memo
+    from pipeline.pseudonymize import interpret
+
+    calls = generate_traffic(3, 300, 1_710_000_000_000).calls
+    variants = [record(), record(caller=None, device=None, attributes=None, transcript=None), *calls]
+    for rec in variants:
+        regions = ("GB", "US")
+        assert pseudonymize(rec, KEY, regions, LINEAGE) == interpret(rec, KEY, regions, LINEAGE, Memo())
