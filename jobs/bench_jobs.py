@@ -151,7 +151,7 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
             **extra,
         }
 
-    s = ret["summary"]
+    s = ret.summary
     compact_rps = fresh_rows / compact_s
     fresh_copy_rps = fresh_rows / fresh_copy_s
     return {
@@ -160,11 +160,11 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         "copy": {"seconds": round(copy_s, 2), "rows_per_s": round(copy_rps)},
         "retention": job(
             retention_s,
-            s["files_rewritten"],
+            s.files_rewritten,
             {
-                "partitions_dropped": s["partitions_dropped"],
-                "rows_removed": s["rows_removed"],
-                "values_nulled": s["values_nulled"],
+                "partitions_dropped": s.partitions_dropped,
+                "rows_removed": s.rows_removed,
+                "values_nulled": s.values_nulled,
             },
         ),
         "erase": job(
@@ -183,9 +183,9 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
             "seconds": round(compact_s, 2),
             "rows_per_s": round(compact_rps),
             "ratio_to_copy": round(compact_rps / fresh_copy_rps, 3),
-            "files_in": com["files_in"],
-            "files_out": com["files_out"],
-            "rows_checked": com["rows"],
+            "files_in": com.files_in,
+            "files_out": com.files_out,
+            "rows_checked": com.rows,
         },
     }
 

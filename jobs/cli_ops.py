@@ -123,18 +123,18 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     except JobBusy as exc:
         raise _busy(exc) from None
     if args.json:
-        _print_json(result)
+        _print_json(result.as_dict())
         return 0
-    s = result["summary"]
+    s = result.summary
     head = "retention plan (dry run, nothing touched)" if args.dry_run else "retention done"
-    print(f"{head} at {result['as_of']}")
-    for zone, cuts in result["cutoffs"].items():
+    print(f"{head} at {result.as_of}")
+    for zone, cuts in result.cutoffs.items():
         limits = ", ".join(f"{name} before {t}" for name, t in cuts.items())
         print(f"  {zone}: {limits}")
     if args.dry_run:
-        for d in result["partitions"]:
+        for d in result.partitions:
             print(f"  drop {d['zone']} dt={d['dt']}: {d['files']} files, {d['rows']:,} rows")
-        files = result["files"]
+        files = result.files
         for f in files[:50]:
             nulled = ", ".join(f"{c} {n:,}" for c, n in f["nulled"].items())
             print(
@@ -143,19 +143,19 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
             )
         if len(files) > 50:
             print(f"  ... {len(files) - 50} more files (--json lists them all)")
-        if result.get("pending_journals"):
-            print(f"  note: {result['pending_journals']} killed job(s) pending; the next run completes them")
+        if result.pending_journals:
+            print(f"  note: {result.pending_journals} killed job(s) pending; the next run completes them")
     print(
-        f"  partitions dropped {s['partitions_dropped']}, files removed {s['files_removed']},"
-        f" files rewritten {s['files_rewritten']} of {s['files_total']}"
-        f" ({100 * s['files_touched_share']:.1f}% touched)"
+        f"  partitions dropped {s.partitions_dropped}, files removed {s.files_removed},"
+        f" files rewritten {s.files_rewritten} of {s.files_total}"
+        f" ({100 * s.files_touched_share:.1f}% touched)"
     )
-    for zone, n in s["rows_removed"].items():
+    for zone, n in s.rows_removed.items():
         print(f"  rows removed from {zone}: {n:,}")
-    for column, n in s["values_nulled"].items():
+    for column, n in s.values_nulled.items():
         print(f"  values nulled in {column}: {n:,}")
-    if not args.dry_run and result["recovered"]:
-        print(f"  completed {len(result['recovered'])} killed job(s) first")
+    if not args.dry_run and result.recovered:
+        print(f"  completed {len(result.recovered)} killed job(s) first")
     return 0
 
 
@@ -261,17 +261,17 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     except compact.CompactionMismatch as exc:
         raise CliError(str(exc), status=1) from None
     if args.json:
-        _print_json(result)
+        _print_json(result.as_dict())
         return 0
     if args.dry_run:
         print("compaction plan (dry run, nothing touched)")
-        for m in result["merges"][:50]:
+        for m in result.merges[:50]:
             print(f"  {m['partition']}: {len(m['inputs'])} files ({m['bytes_in']:,} bytes) -> {m['output']}")
     else:
         print("compaction done")
     print(
-        f"  {result['files_in']} files in {result['partitions']} partitions -> {result['files_out']} files"
-        + ("" if args.dry_run else f"; {result['rows']:,} rows, counts and checksums equal")
+        f"  {result.files_in} files in {result.partitions} partitions -> {result.files_out} files"
+        + ("" if args.dry_run else f"; {result.rows:,} rows, counts and checksums equal")
     )
     return 0
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,11 @@ def run(
     target_bytes: int = DEFAULT_TARGET_BYTES,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> CompactResult:
     """Compact every partition; returns what was merged and the checks' figures."""
     if dry_run:
         merges = plan(lake, target_bytes)
-        return {"dry_run": True, "merges": [asdict(m) for m in merges], **_summary(merges)}
+        return CompactResult(dry_run=True, merges=[asdict(m) for m in merges], **_summary(merges))
     started = time.monotonic()
     with job_lock(lake) as recovered:
         merges = plan(lake, target_bytes)
@@ -191,7 +191,45 @@ def run(
             run=change.run,
         )
         change.finish()
-    return {"dry_run": False, "run": change.run, **counts, "duration_s": round(duration, 3)}
+    return CompactResult(dry_run=False, run=change.run, **counts, duration_s=round(duration, 3))
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """A compaction plan (`dry_run`: the merges it would make) or a finished run, with the
+    figures of the checks that compared every new file with its inputs."""
+
+    dry_run: bool
+    partitions: int
+    files_in: int
+    files_out: int
+    bytes_in: int
+    merges: list[dict[str, Any]] = field(default_factory=list)  # dry run
+    run: str | None = None
+    rows: int = 0  # rows checked, equal in count and checksum
+    checksums_equal: int = 0
+    recovered_runs: int = 0
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """`--json`'s output: the plan's keys for a dry run, the run's otherwise."""
+        figures = {
+            "partitions": self.partitions,
+            "files_in": self.files_in,
+            "files_out": self.files_out,
+            "bytes_in": self.bytes_in,
+        }
+        if self.dry_run:
+            return {"dry_run": True, "merges": self.merges, **figures}
+        return {
+            "dry_run": False,
+            "run": self.run,
+            **figures,
+            "rows": self.rows,
+            "checksums_equal": self.checksums_equal,
+            "recovered_runs": self.recovered_runs,
+            "duration_s": self.duration_s,
+        }
 
 
 def _summary(merges: list[Merge]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from jobs.replace import job_lock
 from jobs.subject import locate
 from pipeline.keys import Domain, PseudonymKey
 from schemas.zones import SUBJECT_COLUMN
-from sinks import rejects
+from sinks import files, rejects
 from sinks.files import fsync_dir
 from sinks.layout import ANALYTICS, VAULT
 
@@ -153,10 +153,7 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
     tmp = Path(name)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            files.write_synced(fd, data)
         finally:
             os.close(fd)
         if force:

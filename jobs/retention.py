@@ -89,7 +89,7 @@ class Plan:
     def empty(self) -> bool:
         return not (self.drops or self.files)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RetentionSummary:
         rows_removed: dict[str, int] = defaultdict(int)
         nulled: dict[str, int] = defaultdict(int)
         for d in self.drops:
@@ -99,25 +99,68 @@ class Plan:
             for column, n in f.nulled.items():
                 nulled[f"{f.zone}.{column}"] += n
         touched = sum(d["files"] for d in self.drops) + len(self.files)
-        return {
-            "partitions_dropped": len(self.drops),
-            "files_removed": sum(d["files"] for d in self.drops)
+        return RetentionSummary(
+            partitions_dropped=len(self.drops),
+            files_removed=sum(d["files"] for d in self.drops)
             + sum(1 for f in self.files if f.action == "remove"),
-            "files_rewritten": sum(1 for f in self.files if f.action == "rewrite"),
-            "files_total": self.files_total,
-            "files_touched_share": round(touched / self.files_total, 4) if self.files_total else 0.0,
-            "rows_removed": dict(rows_removed),
-            "values_nulled": dict(nulled),
-        }
+            files_rewritten=sum(1 for f in self.files if f.action == "rewrite"),
+            files_total=self.files_total,
+            files_touched_share=round(touched / self.files_total, 4) if self.files_total else 0.0,
+            rows_removed=dict(rows_removed),
+            values_nulled=dict(nulled),
+        )
 
-    def to_json(self) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class RetentionSummary:
+    """What a retention run removes or removed, as its audit entry counts it."""
+
+    partitions_dropped: int
+    files_removed: int
+    files_rewritten: int
+    files_total: int
+    files_touched_share: float
+    rows_removed: dict[str, int]  # by zone
+    values_nulled: dict[str, int]  # by zone.column
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """A retention plan (`dry_run`: with every partition and file it would touch) or a finished
+    run (with its run id, the killed jobs completed first and its duration)."""
+
+    dry_run: bool
+    as_of: str
+    cutoffs: dict[str, Any]
+    summary: RetentionSummary
+    partitions: list[dict[str, Any]] = field(default_factory=list)  # dry run: days to drop
+    files: list[dict[str, Any]] = field(default_factory=list)  # dry run: files to rewrite or remove
+    pending_journals: int = 0  # dry run: killed jobs the next run completes
+    run: str | None = None
+    recovered: list[tuple[str, str]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """`--json`'s output: the plan's keys for a dry run, the run's otherwise."""
+        head = {"dry_run": self.dry_run}
+        if self.dry_run:
+            return {
+                **head,
+                "as_of": self.as_of,
+                "cutoffs": self.cutoffs,
+                "summary": asdict(self.summary),
+                "partitions": self.partitions,
+                "files": self.files,
+                "pending_journals": self.pending_journals,
+            }
         return {
+            **head,
+            "run": self.run,
             "as_of": self.as_of,
             "cutoffs": self.cutoffs,
-            "summary": self.summary(),
-            "partitions": self.drops,
-            "files": [asdict(f) for f in self.files],
-            "pending_journals": self.pending_journals,
+            "summary": asdict(self.summary),
+            "recovered": self.recovered,
+            "duration_s": self.duration_s,
         }
 
 
@@ -259,11 +302,20 @@ def run(
     *,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> RetentionResult:
     """Enforce retention at `as_of`. With `dry_run`, only plan (nothing is touched, not even a
     killed job's journal). Returns the plan, its summary and (for a real run) the run id."""
     if dry_run:
-        return {"dry_run": True, **plan(con, lake, policy, as_of).to_json()}
+        p = plan(con, lake, policy, as_of)
+        return RetentionResult(
+            dry_run=True,
+            as_of=p.as_of,
+            cutoffs=p.cutoffs,
+            summary=p.summary(),
+            partitions=p.drops,
+            files=[asdict(f) for f in p.files],
+            pending_journals=p.pending_journals,
+        )
     started = time.monotonic()
     with job_lock(lake) as recovered:
         the_plan = plan(con, lake, policy, as_of)
@@ -313,7 +365,7 @@ def run(
             files_audit.extend(parallel(rewrite, rewrites, progress))
             change.info = {
                 "params": {"as_of": the_plan.as_of},
-                "counts": the_plan.summary(),
+                "counts": asdict(the_plan.summary()),
                 "files": files_audit,
             }
 
@@ -324,22 +376,22 @@ def run(
             lake,
             job="retention",
             params={"as_of": the_plan.as_of, "cutoffs": the_plan.cutoffs},
-            counts={**summary, "recovered_runs": len(recovered)},
+            counts={**asdict(summary), "recovered_runs": len(recovered)},
             files=files_audit,
             duration_s=duration,
             outcome="ok",
             run=change.run,
         )
         change.finish()
-    return {
-        "dry_run": False,
-        "run": change.run,
-        "as_of": the_plan.as_of,
-        "cutoffs": the_plan.cutoffs,
-        "summary": summary,
-        "recovered": recovered,
-        "duration_s": round(duration, 3),
-    }
+    return RetentionResult(
+        dry_run=False,
+        as_of=the_plan.as_of,
+        cutoffs=the_plan.cutoffs,
+        summary=summary,
+        run=change.run,
+        recovered=recovered,
+        duration_s=round(duration, 3),
+    )
 
 
 def _ends_before(hi: datetime | None, cutoff: datetime) -> bool:

@@ -202,6 +202,14 @@ def write_bytes(data: bytes, final: Path, *, mode: int, root: Path, dir_mode: in
     return final
 
 
+def write_synced(fd: int, data: bytes) -> None:
+    """Write all of `data` to an open file (os.write may write less than asked) and fsync it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
 def append_durably(data: bytes, path: Path, mode: int) -> Path:
     """Append whole lines to an append-only file (audit trail, request ledger) and fsync it. A
     torn last line left by a killed writer is closed first, so it stays one unreadable line that
@@ -212,10 +220,7 @@ def append_durably(data: bytes, path: Path, mode: int) -> Path:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        write_synced(fd, data)
     finally:
         os.close(fd)
     if created:

@@ -128,10 +128,7 @@ def write_without(hits: Hits, temp: Path) -> int:
     kept = [line + b"\n" for i, line in enumerate(hits.lines) if i not in drop]
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
-        view = memoryview(b"".join(kept))
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        files.write_synced(fd, b"".join(kept))
     finally:
         os.close(fd)
     return len(kept)

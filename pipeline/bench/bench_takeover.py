@@ -21,10 +21,9 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.bench import kafka
-from pipeline.bench.worker import Worker
+from pipeline.bench.worker import Worker, worker_env
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import Shipment, publish
-from pipeline.keys import create_key_file
 from schemas.clock import DAY_MS
 from schemas.topics import CALLS
 
@@ -40,17 +39,7 @@ def main() -> None:
     prefix = f"tk{random.randrange(1 << 30):x}."
     kafka.make_topics(bootstrap, prefix, PARTITIONS)
     calls = generate_traffic(77, 8000, int(time.time() * 1000) - 3 * HOUR_MS, 2 * HOUR_MS, accounts=400).calls
-    key = tmp / "key.hex"
-    if not key.exists():
-        create_key_file(key)
-    env = {
-        "CALLPIPE_KEY_FILE": str(key),
-        "CALLPIPE_BOOTSTRAP": bootstrap,
-        "CALLPIPE_PARTITIONS": str(PARTITIONS),
-        "CALLPIPE_FLUSH_SECONDS": "1",
-        "CALLPIPE_FLUSH_ROWS": "5000",
-        "CALLPIPE_HOME": str(tmp / "home"),
-    }
+    env = worker_env(tmp, bootstrap, PARTITIONS)
     lake = tmp / "lake"
     survivor = Worker.start(prefix, lake, env, tmp / "w1.log")
     victim = Worker.start(prefix, lake, env, tmp / "w2.log")

@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import codec
+from pipeline.bench import worker as bench_worker
 from pipeline.bench.kafka import make_topics as make_topics  # the benchmarks' own, for the tests
-from pipeline.keys import create_key_file
 from sinks.layout import glob
 from sinks.stats import StreamStats, read_stats
 
@@ -102,17 +102,7 @@ PARTITIONS = 4  # of the test topics
 
 
 def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
-    key = tmp / "key.hex"
-    if not key.exists():
-        create_key_file(key)
-    return {
-        "CALLPIPE_KEY_FILE": str(key),
-        "CALLPIPE_BOOTSTRAP": bootstrap,
-        "CALLPIPE_PARTITIONS": str(PARTITIONS),
-        "CALLPIPE_FLUSH_SECONDS": "1",
-        "CALLPIPE_FLUSH_ROWS": "5000",
-        "CALLPIPE_HOME": str(tmp / "home"),
-    }
+    return bench_worker.worker_env(tmp, bootstrap, PARTITIONS)
 
 
 def zone(lake: Path, name: str) -> list[dict[str, Any]]:

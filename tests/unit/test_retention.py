@@ -144,7 +144,7 @@ def test_retention_keeps_exactly_the_unexpired_rows_and_values(
                 assert rest == {k: v for k, v in old.items() if k not in ("transcript", "recording_uri")}
         fingerprint = _fingerprint(lake)
         again = retention.run(con, lake, POLICY, AS_OF)
-        assert again["summary"]["files_rewritten"] == again["summary"]["files_removed"] == 0
+        assert again.summary.files_rewritten == again.summary.files_removed == 0
         assert _fingerprint(lake) == fingerprint  # re-running is a no-op
 
 
@@ -180,7 +180,7 @@ def test_files_without_statistics_are_read_not_trusted(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     pq.write_table(table, path, write_statistics=False)
     result = retention.run(duckdb.connect(), lake, POLICY, AS_OF)
-    assert result["summary"]["rows_removed"] == {VAULT: 1}
+    assert result.summary.rows_removed == {VAULT: 1}
     after = _read(lake, VAULT)
     assert sorted(after) == ["e0000", "e0001"]
     assert (after["e0000"]["transcript"], after["e0000"]["recording_uri"]) == ("text 0", "s3://r/0")
