@@ -1,4 +1,4 @@
-"""`callpipe worker`, `callpipe ingest` and `callpipe demo`."""
+"""`callpipe worker` and `callpipe ingest` (`callpipe demo` is infra/demo.py)."""
 
 from __future__ import annotations
 
