@@ -106,23 +106,34 @@ def _open_new(path: Path, mode: int) -> int:
     return fd
 
 
-def write_parquet_file(table: pa.Table, path: Path, zone: str, *, sync: bool = True) -> Path:
-    """Write `table` to `path` (a name readers do not see yet) with the zone's file mode and
-    Parquet options, and fsync it unless `sync` is false (the caller makes many files durable at
-    once with `sync_all`). The table's schema metadata becomes the file's key-value metadata
-    (see sinks.lineage)."""
-    fd = _open_new(path, FILE_MODE.get(zone, 0o644))
+def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = True) -> Path:
+    """Write `table` to the temp file of `final` and fsync it (unless `sync` is false: the caller
+    makes many temps durable at once with `sync_all`); returns the temp path.
+
+    The table's schema metadata becomes the file's key-value metadata (see sinks.lineage).
+    """
+    temp = temp_path(final)
+    fd = _open_new(temp, FILE_MODE[zone])
     with open(fd, "wb") as out:
         pq.write_table(table, out, **parquet_options(zone, table))
         out.flush()
         if sync:
             os.fsync(out.fileno())
+    return temp
+
+
+def write_parquet_file(table: pa.Table, path: Path, zone: str) -> Path:
+    """Write `table` to `path` (a name readers do not see yet; the jobs' temps) with the zone's
+    file mode from the moment it exists and its Parquet options, fsynced. Arrow writes the path
+    itself, without the GIL: the jobs rewrite many files at once on a thread pool."""
+    os.close(_open_new(path, FILE_MODE.get(zone, 0o644)))
+    pq.write_table(table, str(path), **parquet_options(zone, table))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
-
-
-def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = True) -> Path:
-    """`write_parquet_file` to the temp file of `final`; returns the temp path."""
-    return write_parquet_file(table, temp_path(final), zone, sync=sync)
 
 
 def write_temp_bytes(data: bytes, final: Path, mode: int) -> Path:
