@@ -23,8 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from infra import kafka, topics
+from infra import kafka, security, topics
 from pipeline.generate import generate_bad_messages, generate_traffic
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import create_key_file
 from pipeline.produce import Job, publish
 from pipeline.runner import read_stats
@@ -50,13 +51,24 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         f"   Apache Kafka {kafka.KAFKA_VERSION} (KRaft) at {broker.bootstrap}, pid {pid} "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    settings = replace(settings, bootstrap=broker.bootstrap, lake=lake)
+    # The demo's own secure broker: each step connects as its role (docs/ARCHITECTURE.md, Security).
+    settings = replace(
+        settings,
+        bootstrap=broker.bootstrap,
+        lake=lake,
+        kafka_security="sasl_ssl",
+        kafka_user=None,
+        kafka_password_file=None,
+        kafka_ca=None,
+    )
 
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     prefix = f"demo{stamp}."
     _say(f"2. topics ({settings.partitions} partitions, co-partitioned by account)")
-    for o in asyncio.run(topics.create_topics(broker.bootstrap, settings.partitions, prefix)):
+    for o in asyncio.run(topics.create_topics(settings.kafka(OPERATOR), settings.partitions, prefix)):
         _say(f"   {o.name}")
+    security.grant(broker.admin(), prefix)
+    _say("   ACLs: carrier writes, worker reads and writes calls.dlq, operator reads calls.dlq")
 
     key_file = home / "key.hex"
     if not key_file.exists():
@@ -76,7 +88,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         **os.environ,
         "CALLPIPE_LAKE": str(lake),
         "CALLPIPE_KEY_FILE": str(key_file),
-        "CALLPIPE_BOOTSTRAP": broker.bootstrap,
+        **settings.kafka(WORKER).env(),
         "CALLPIPE_PARTITIONS": str(settings.partitions),
         "CALLPIPE_FLUSH_SECONDS": "2",
     }
@@ -97,7 +109,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
             Job(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
         ]
         _say(f"5. carriers produce a day ({day:%Y-%m-%d}) of traffic")
-        summary = asyncio.run(publish(broker.bootstrap, jobs))
+        summary = asyncio.run(publish(settings.kafka(CARRIER), jobs))
         _say("   " + summary.line())
         total = events
         deadline = time.monotonic() + max(120.0, events / 200)

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from pipeline import lograte
 from pipeline.errors import CliError
+from pipeline.kafka_access import AccessError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
 from pipeline.settings import Settings, SettingsError
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return exc.status
-    except (SettingsError, PolicyError, KeyError_, OSError) as exc:
+    except (SettingsError, PolicyError, KeyError_, AccessError, OSError) as exc:
         # Settings, policy and key errors name the setting, file and line, never a value.
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline import generate
 from pipeline.errors import CliError
+from pipeline.kafka_access import CARRIER
 from pipeline.produce import FORMATS, TOPIC_OF, Job, ProduceError, load_file, publish, write_files
 from pipeline.settings import Settings
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.out is not None:
             summary = write_files(args.out, jobs)
         else:
-            summary = asyncio.run(publish(settings.bootstrap, jobs, rate=args.rate))
+            summary = asyncio.run(publish(settings.kafka(CARRIER), jobs, rate=args.rate))
     except ProduceError as exc:
         raise CliError(str(exc)) from None
     print(summary.line())

@@ -24,6 +24,7 @@ from aiokafka.partitioner import murmur2
 
 from pipeline import codec
 from pipeline.generate import BadMessage
+from pipeline.kafka_access import KafkaAccess
 
 TOPIC_OF = {"CallEvent": "calls.raw", "ConsentEvent": "consent.events", "PrivacyRequest": "privacy.requests"}
 RECORD_OF = {topic: name for name, topic in TOPIC_OF.items()}
@@ -234,14 +235,15 @@ def write_files(folder: Path, jobs: Sequence[Job]) -> Summary:
 
 
 async def publish(
-    bootstrap: str, jobs: Sequence[Job], *, rate: float = 0.0, timeout_s: float = 20.0
+    access: KafkaAccess, jobs: Sequence[Job], *, rate: float = 0.0, timeout_s: float = 20.0
 ) -> Summary:
     """Send the jobs in order (rate: events/s over all jobs, 0 = as fast as possible)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+    bootstrap = access.bootstrap
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **access.aiokafka(),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
