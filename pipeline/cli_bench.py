@@ -18,7 +18,7 @@ def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench.common import BenchError
 
     try:
-        figures, text = _measure(args.what, settings, args.quick)
+        figures, text = _measure(args.what, settings, args.quick, getattr(args, "tls_cost", False))
     except BenchError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -29,9 +29,15 @@ def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any], str]:
+def _measure(
+    what: str, settings: Settings, quick: bool, tls_cost: bool = False
+) -> tuple[dict[str, Any], str]:
     if what == "stream":
         from pipeline.bench import stream
+
+        if tls_cost:
+            figures = stream.run_tls_cost(settings, quick)
+            return figures, stream.render_tls_cost(figures)
 
         figures = stream.run(settings, quick)
         return figures, stream.render(figures)
@@ -57,4 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("what", choices=WHAT, help="stream, detect or jobs")
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    b.add_argument(
+        "--tls-cost",
+        action="store_true",
+        help="stream: the worker and the passthrough over the PLAINTEXT listener, then over SASL_SSL,"
+        " same run (needs the broker started with `callpipe kafka up --plaintext`)",
+    )
     b.set_defaults(func=bench_cmd)

@@ -33,7 +33,7 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.bench import kafka
-from pipeline.bench.common import percentile, table
+from pipeline.bench.common import BenchError, percentile, table
 from pipeline.bench.passthrough import Commit, run_passthrough
 from pipeline.bench.worker import Worker, lake_commits
 from pipeline.generate import HOUR_MS, Traffic, generate_traffic
@@ -345,6 +345,95 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
         for prefix in prefixes:
             kafka.delete_topics(settings.kafka(OPERATOR), prefix)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
+    """Both message shapes, worker and passthrough, first over the development PLAINTEXT listener
+    (`kafka up --plaintext`, port+2), then over SASL_SSL as the roles' principals: the price of
+    TLS and SCRAM as ratios of the same run."""
+    spec = spec or (QUICK if quick else FULL)
+    plain = dataclasses.replace(
+        settings, kafka_security="plaintext", bootstrap=f"127.0.0.1:{settings.kafka_port + 2}"
+    )
+    secure = dataclasses.replace(settings, kafka_security="sasl_ssl")
+    kafka.probe(secure.kafka(OPERATOR))
+    try:
+        kafka.probe(plain.kafka(OPERATOR), timeout_s=5.0)
+    except BenchError:
+        raise BenchError(
+            f"no PLAINTEXT listener at {plain.bootstrap}: start the broker with `callpipe kafka up"
+            " --plaintext` (development only) to price TLS"
+        ) from None
+    work = Path(tempfile.mkdtemp(prefix="callpipe-bench-tls-"))
+    made: list[tuple[Settings, str]] = []
+    try:
+        key_file = work / "key.hex"
+        create_key_file(key_file)
+        base = {
+            "CALLPIPE_KEY_FILE": str(key_file),
+            "CALLPIPE_HOME": str(work / "home"),
+            "CALLPIPE_PARTITIONS": str(settings.partitions),
+            "CALLPIPE_BUCKETS": str(settings.buckets),
+            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
+            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
+            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
+        }
+        start = int(time.time() * 1000) - 26 * HOUR_MS
+        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        shapes: dict[str, dict[str, Any]] = {}
+        for shape, batch in (("single", 1), (f"batch{spec.batch}", spec.batch)):
+            for name, s in (("plaintext", plain), ("sasl_ssl", secure)):
+                prefix = f"cptls{uuid.uuid4().hex[:8]}."
+                made.append((s, prefix))
+                env = {**base, **s.kafka(WORKER).env()}
+                result, _ = _shape(s, env, work, traffic, f"{name}-{shape}", batch, prefix)
+                shapes.setdefault(shape, {})[name] = result
+            p, t = shapes[shape]["plaintext"], shapes[shape]["sasl_ssl"]
+            shapes[shape]["worker_tls_over_plain"] = round(
+                t["worker"]["events_per_s"] / max(p["worker"]["events_per_s"], 1), 3
+            )
+            shapes[shape]["passthrough_tls_over_plain"] = round(
+                t["passthrough"]["events_per_s"] / max(p["passthrough"]["events_per_s"], 1), 3
+            )
+            shapes[shape]["produce_tls_over_plain"] = round(
+                t["produce_events_per_s"] / max(p["produce_events_per_s"], 1), 3
+            )
+        return {"bench": "stream-tls-cost", "quick": quick, "events": spec.events, "shapes": shapes}
+    finally:
+        for s, prefix in made:
+            kafka.delete_topics(s.kafka(OPERATOR), prefix)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def render_tls_cost(figures: dict[str, Any]) -> str:
+    rows = []
+    for shape, f in figures["shapes"].items():
+        for name in ("plaintext", "sasl_ssl"):
+            r = f[name]
+            rows.append(
+                [
+                    shape,
+                    name,
+                    r["produce_events_per_s"],
+                    r["worker"]["events_per_s"],
+                    r["passthrough"]["events_per_s"],
+                    r["ratio"],
+                ]
+            )
+        rows.append(
+            [
+                shape,
+                "SASL_SSL / PLAINTEXT",
+                f["produce_tls_over_plain"],
+                f["worker_tls_over_plain"],
+                f["passthrough_tls_over_plain"],
+                "",
+            ]
+        )
+    return table(
+        ["messages", "listener", "produce ev/s", "worker ev/s", "passthrough ev/s", "worker/passthrough"],
+        rows,
+    )
 
 
 def render(figures: dict[str, Any]) -> str:
