@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobs.requests import Batch, Reader
 from pipeline import codec
+from pipeline.carrier.produce import TOPIC_OF
 from pipeline.kafka_access import AccessError, KafkaAccess
-from pipeline.produce import TOPIC_OF
 
 TOPIC = TOPIC_OF["PrivacyRequest"]
 

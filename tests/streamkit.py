@@ -20,8 +20,8 @@ from infra import security
 from infra.topics import create_topics
 from pipeline import codec
 from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR, KafkaAccess
-from pipeline.runner import read_stats
 from pipeline.settings import Settings
+from pipeline.stream.runner import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

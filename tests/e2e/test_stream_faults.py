@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
-from pipeline.runner import read_stats
+from pipeline.stream.runner import read_stats
 from tests.e2e.test_stream_e2e import worker_env, zone
 from tests.streamkit import (
     access,

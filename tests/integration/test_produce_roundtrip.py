@@ -12,10 +12,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra import security
-from pipeline import cli, codec, generate
+from pipeline import cli, codec
+from pipeline.carrier import generate
+from pipeline.carrier.produce import partition_for
 from pipeline.codec import Decoded
 from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
-from pipeline.produce import partition_for
 from tests.streamkit import access
 
 pytestmark = pytest.mark.integration
