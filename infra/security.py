@@ -219,7 +219,42 @@ def grant(access: KafkaAccess, prefix: str = "", timeout_s: float = 30.0) -> int
             future.result()
         except Exception as exc:
             raise SecurityError(f"creating ACLs failed ({type(exc).__name__}: {exc})") from None
+    _await_visible(admin, bindings, timeout_s)
     return len(bindings)
+
+
+def _await_visible(admin: Any, bindings: list[Any], timeout_s: float) -> None:
+    """Wait until the broker's authorizer holds `bindings`: created ACLs reach it through the
+    metadata log a moment later, and a client that connects first is refused."""
+    import time
+
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    anything: Any = None  # the filter's wildcard (the stubs type these arguments as str)
+    every = AclBindingFilter(
+        ResourceType.ANY,
+        anything,
+        ResourcePatternType.ANY,
+        anything,
+        anything,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    wanted = {str(b) for b in bindings}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {str(b) for b in admin.describe_acls(every, request_timeout=timeout_s).result()}
+        if wanted <= seen:
+            return
+        if time.monotonic() > deadline:
+            raise SecurityError("created ACLs did not reach the broker's authorizer in time")
+        time.sleep(0.1)
 
 
 def allow(access: KafkaAccess, user: str, topic: str, operations: tuple[str, ...]) -> None:
