@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import query
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.settings import Settings, SettingsError
 from sinks import crypt

@@ -1,5 +1,6 @@
-"""`callpipe bench stream|detect|jobs|vault [--quick] [--json]`: measured figures, as a table or one JSON
-object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
+"""`callpipe bench stream|detect|jobs|control|vault [--quick] [--json]`: measured figures, as a
+table or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only
+when this runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs", "vault")
+WHAT = ("stream", "detect", "jobs", "control", "vault")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,6 +46,11 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 
         figures = vault.run(quick)
         return figures, vault.render(figures)
+    if what == "control":
+        from pipeline.bench import control
+
+        figures = control.run(settings, quick)
+        return figures, control.render(figures)
     from pipeline.bench import batch as jobs
 
     figures = jobs.run(quick)
@@ -59,7 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
-    b.add_argument("what", choices=WHAT, help="stream, detect, jobs or vault")
+    b.add_argument(
+        "what",
+        choices=WHAT,
+        help="stream, detect, jobs, control (the consent state at 1M accounts) or vault (encryption cost)",
+    )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b.set_defaults(func=bench_cmd)
