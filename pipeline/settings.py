@@ -8,10 +8,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.kafka_access import SECURITY, KafkaAccess, access_for
 from pipeline.keys import PseudonymKey, key_from_hex, load_key
 from pipeline.policy import DEFAULT_POLICY, Policy, load_policy
+
+if TYPE_CHECKING:
+    from sinks.crypt import VaultCrypto
 
 
 class SettingsError(ValueError):
@@ -29,6 +33,8 @@ class Settings:
     kafka_data: Path | None = None  # CALLPIPE_KAFKA_DATA (default: <home>/kafka/data)
     key_file: Path | None = None  # CALLPIPE_KEY_FILE: pseudonymization key file (overrides the policy)
     key_hex: str | None = field(default=None, repr=False)  # the variable the policy names (key.env)
+    # CALLPIPE_VAULT_KEY_FILE: the vault's master keys (sinks.crypt); unset: vault files in plaintext
+    vault_key_file: Path | None = None
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
@@ -65,6 +71,18 @@ class Settings:
             password_file=self.kafka_password_file,
             ca_file=self.kafka_ca,
         )
+
+    def vault_crypto(self) -> VaultCrypto | None:
+        """The vault's encryption keys from CALLPIPE_VAULT_KEY_FILE (None when it is not set).
+        The file must not be the pseudonymization key's: the two keys are held apart."""
+        if self.vault_key_file is None:
+            return None
+        pseudonym = self.key_file or (Path(self.policy.key.file) if self.policy.key.file else None)
+        if pseudonym is not None and pseudonym.resolve() == self.vault_key_file.resolve():
+            raise SettingsError("CALLPIPE_VAULT_KEY_FILE must not be the pseudonymization key file")
+        from sinks.crypt import from_key_file
+
+        return from_key_file(self.vault_key_file)
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -125,6 +143,7 @@ class Settings:
             kafka_port=port,
             kafka_data=path("KAFKA_DATA"),
             key_file=path("KEY_FILE"),
+            vault_key_file=path("VAULT_KEY_FILE"),
             flush_rows=number("FLUSH_ROWS", 50_000),
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),

@@ -1,5 +1,6 @@
-"""`callpipe bench stream|detect|jobs|control [--quick] [--json]`: measured figures, as a table or one JSON
-object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
+"""`callpipe bench stream|detect|jobs|control|vault [--quick] [--json]`: measured figures, as a
+table or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only
+when this runs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs", "control")
+WHAT = ("stream", "detect", "jobs", "control", "vault")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,6 +47,11 @@ def _measure(
 
         figures = detect.run(quick)
         return figures, detect.render(figures)
+    if what == "vault":
+        from pipeline.bench import vault
+
+        figures = vault.run(quick)
+        return figures, vault.render(figures)
     if what == "control":
         from pipeline.bench import control
 
@@ -60,13 +66,15 @@ def _measure(
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bench",
-        help="measure the stream worker, the detector or the jobs against same-run baselines",
+        help="measure the stream, the detector, the jobs or vault encryption against same-run baselines",
         description="Benchmarks: ratios against baselines measured in the same run, absolute figures "
         "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
     b.add_argument(
-        "what", choices=WHAT, help="stream, detect, jobs or control (the consent state at 1M accounts)"
+        "what",
+        choices=WHAT,
+        help="stream, detect, jobs, control (the consent state at 1M accounts) or vault (encryption cost)",
     )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
