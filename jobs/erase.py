@@ -23,7 +23,6 @@ from typing import Any
 
 import duckdb
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
@@ -31,7 +30,7 @@ from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
 from pipeline.keys import Domain, PseudonymKey
 from schemas.zones import SUBJECT_COLUMN
-from sinks import rejects
+from sinks import crypt, rejects
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 
 
@@ -89,7 +88,7 @@ def _erase_files(
     for loc in located:
         for name, rows in sorted(loc.hits.items()):
             src = Path(name)
-            if rows == pq.read_metadata(src).num_rows:  # only the subject's rows: delete the file
+            if rows == crypt.read_metadata(src).num_rows:  # only the subject's rows: delete the file
                 change.remove(src)
                 removed[loc.zone] += rows
                 files_audit.append(
@@ -106,7 +105,7 @@ def _erase_files(
 
     def rewrite(item: tuple[str, Path, int, Path]) -> dict[str, Any]:
         zone, src, _rows, tmp = item
-        table = pq.read_table(src)
+        table = crypt.read_table(src)
         column = table[SUBJECT_COLUMN[zone]]
         kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
         write_parquet(kept, tmp, zone)

@@ -36,10 +36,11 @@ from schemas.zones import SUBJECT_COLUMN
 from sinks import files, rejects
 from sinks.files import fsync_dir
 from sinks.layout import ANALYTICS, VAULT
+from sinks.read import scan
 
 ROWS_SQL = """
 SELECT * EXCLUDE (filename)
-FROM read_parquet($files, filename = true, hive_partitioning = false)
+FROM {source}
 WHERE {column} = $value
 ORDER BY started_at, event_id
 """
@@ -60,8 +61,9 @@ def collect(
         loc = locate(con, lake, zone, values[zone], None)
         rows: list[dict[str, Any]] = []
         if loc.hits:
-            sql = ROWS_SQL.format(column=SUBJECT_COLUMN[zone])
-            table = con.sql(sql, params={"files": sorted(loc.hits), "value": values[zone]}).to_arrow_table()
+            source, params = scan(con, sorted(loc.hits))
+            sql = ROWS_SQL.format(column=SUBJECT_COLUMN[zone], source=source)
+            table = con.sql(sql, params={**params, "value": values[zone]}).to_arrow_table()
             rows = [] if table is None else table.to_pylist(maps_as_pydicts="strict")
         files_read += len(loc.hits)
         out[zone] = rows

@@ -87,8 +87,9 @@ def parallel(
 
 def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, bytes] | None = None) -> None:
     """Write one lake file the way the stream sink does (`sinks.files.parquet_options`: zstd,
-    statistics, a Bloom filter on the zone's subject column, the declared sort order), with the
-    zone's file mode; fsynced. The table's schema metadata (lineage included) is kept. `path` must
+    statistics, a Bloom filter on the zone's subject column, the declared sort order; a vault file
+    encrypted when vault keys are configured, `sinks.files.write_table`), with the zone's file
+    mode; fsynced. The table's schema metadata (lineage included) is kept. `path` must
     not be visible to readers yet (a temp name): renaming it into place is the caller's job.
     """
     if metadata:

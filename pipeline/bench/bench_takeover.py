@@ -11,12 +11,12 @@ tests' job (tests/e2e/test_stream_e2e.py, test_carrier_partitioning.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import signal
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from pipeline.bench import kafka
 from pipeline.bench.worker import Worker, worker_env
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import Shipment, publish
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
+from pipeline.settings import Settings
 from schemas.clock import DAY_MS
 from schemas.topics import CALLS
 
@@ -33,30 +35,30 @@ HOUR_MS = DAY_MS // 24
 
 
 def main() -> None:
-    bootstrap = os.environ["CALLPIPE_BOOTSTRAP"]
+    settings = replace(Settings.from_env(), partitions=PARTITIONS)
     tmp = Path(sys.argv[1]).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
     prefix = f"tk{random.randrange(1 << 30):x}."
-    kafka.make_topics(bootstrap, prefix, PARTITIONS)
+    kafka.make_topics(settings, prefix)
     calls = generate_traffic(77, 8000, int(time.time() * 1000) - 3 * HOUR_MS, 2 * HOUR_MS, accounts=400).calls
-    env = worker_env(tmp, bootstrap, PARTITIONS)
+    env = worker_env(tmp, settings.kafka(WORKER), PARTITIONS)
     lake = tmp / "lake"
     survivor = Worker.start(prefix, lake, env, tmp / "w1.log")
     victim = Worker.start(prefix, lake, env, tmp / "w2.log")
     try:
-        kafka.wait_for_group(bootstrap, prefix + GROUP, 2, 120)
-        asyncio.run(publish(bootstrap, [Shipment(prefix + CALLS, "CallEvent", calls[:4000])]))
+        kafka.wait_for_group(settings.kafka(OPERATOR), prefix + GROUP, 2, 120)
+        asyncio.run(publish(settings.kafka(CARRIER), [Shipment(prefix + CALLS, "CallEvent", calls[:4000])]))
         survivor.wait_for(4000, 120)
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
         killed = time.time()
-        asyncio.run(publish(bootstrap, [Shipment(prefix + CALLS, "CallEvent", calls[4000:])]))
+        asyncio.run(publish(settings.kafka(CARRIER), [Shipment(prefix + CALLS, "CallEvent", calls[4000:])]))
         survivor.wait_for(len(calls), 180)
         landed = time.time()
     finally:
         survivor.stop()
         victim.stop()
-        kafka.delete_topics(bootstrap, prefix)
+        kafka.delete_topics(settings.kafka(OPERATOR), prefix)
     text = survivor.log.read_text()
     owned = [
         datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f").timestamp()

@@ -17,6 +17,7 @@ import orjson
 
 from pipeline.bench.common import BenchError, proc_memory_kib
 from pipeline.bench.passthrough import Commit
+from pipeline.kafka_access import KafkaAccess
 from pipeline.keys import create_key_file
 from sinks import lineage
 from sinks.stats import read_stats, stats_path
@@ -25,15 +26,17 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _RESUMES = re.compile(rb"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*resumes at offset", re.M)
 
 
-def worker_env(tmp: Path, bootstrap: str, partitions: int = 4) -> dict[str, str]:
-    """The environment of a worker that flushes every second, with its own key in `tmp` (the
-    takeover bench and the broker tests run workers so)."""
+def worker_env(tmp: Path, access: KafkaAccess, partitions: int = 4) -> dict[str, str]:
+    """The environment of a worker that flushes every second, with its own key in `tmp`,
+    connecting as `access` (the worker's principal) (the takeover bench and the broker tests run
+    workers so)."""
     key = tmp / "key.hex"
     if not key.exists():
         create_key_file(key)
     return {
         "CALLPIPE_KEY_FILE": str(key),
-        "CALLPIPE_BOOTSTRAP": bootstrap,
+        # The worker's principal: its own home is elsewhere, its password file and CA are the broker's.
+        **access.env(),
         "CALLPIPE_PARTITIONS": str(partitions),
         "CALLPIPE_FLUSH_SECONDS": "1",
         "CALLPIPE_FLUSH_ROWS": "5000",

@@ -16,8 +16,10 @@ from sinks.stats import StreamStats
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.kafka_access import WORKER
     from pipeline.stream.app import run_worker
 
+    settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
 

@@ -42,22 +42,25 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from confluent_kafka import KafkaError, Message, Producer
 
+from infra import security
 from infra.topics import TOPICS
 from pipeline import codec
-from pipeline.bench.kafka import wait_for_group
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
 from pipeline.policy import DEFAULT_POLICY
 from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
 from sinks.stats import read_stats
 from tests.support.streamkit import (
+    access,
     consume_all,
     publish,
     records_to_messages,
     start_worker,
     stop,
     wait_for_events,
+    wait_for_group,
     worker_env,
     zone,
 )
@@ -172,7 +175,10 @@ class ControlFeed:
 
     def __init__(self, bootstrap: str, prefix: str, bound: int) -> None:
         self.prefix = prefix
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        # A carrier's librdkafka client: SASL_SSL, SCRAM-SHA-512, the CA (docs/ARCHITECTURE.md, Security).
+        self.producer = Producer(
+            {**access(CARRIER, bootstrap).librdkafka(), "linger.ms": 5, "enable.idempotence": True}
+        )
         self.delivered: list[tuple[Control, int]] = []
         self.failed: list[str] = []
         self.bound = bound
@@ -233,7 +239,7 @@ def create_topics(bootstrap: str, prefix: str) -> None:
 
     async def run() -> None:
         config = {t.name: t.config for t in TOPICS}
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**access(OPERATOR, bootstrap).aiokafka())
         await admin.start()
         try:
             await admin.create_topics(
@@ -250,6 +256,7 @@ def create_topics(bootstrap: str, prefix: str) -> None:
             await admin.close()
 
     asyncio.run(run())
+    security.grant(access(ADMIN, bootstrap), prefix)
 
 
 def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float) -> None:

@@ -16,7 +16,6 @@ import phonenumbers
 import pytest
 
 from pipeline import codec
-from pipeline.bench.kafka import wait_for_group
 from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.policy import DEFAULT_POLICY
@@ -31,6 +30,7 @@ from tests.support.streamkit import (
     start_worker,
     stop,
     wait_for_events,
+    wait_for_group,
     worker_env,
     zone,
 )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,31 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import codec
+from pipeline.bench import kafka as bench_kafka
 from pipeline.bench import worker as bench_worker
-from pipeline.bench.kafka import make_topics as make_topics  # the benchmarks' own, for the tests
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
+from pipeline.settings import Settings
 from sinks.layout import glob
 from sinks.stats import StreamStats, read_stats
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def access(role: str, bootstrap: str | None = None) -> KafkaAccess:
+    """How the tests connect as `role` to the secure test broker (CALLPIPE_HOME's secrets)."""
+    got = Settings.from_env().kafka(role)
+    return got.with_bootstrap(bootstrap) if bootstrap else got
+
+
+def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+    """A prefixed topic set, created as the operator, with the roles' ACLs granted by the admin
+    (the benchmarks' own, for the tests)."""
+    bench_kafka.make_topics(replace(Settings.from_env(), bootstrap=bootstrap, partitions=partitions), prefix)
+
+
+def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
+    """Until the consumer group is stable with `members` members (every one has its partitions)."""
+    bench_kafka.wait_for_group(access(OPERATOR, bootstrap), group, members, timeout_s)
 
 
 def partition_of(account: str, partitions: int) -> int:
@@ -30,7 +50,9 @@ def partition_of(account: str, partitions: int) -> int:
 
 
 async def _publish(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes, int]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=10_000_000)
+    producer = AIOKafkaProducer(
+        **access(CARRIER, bootstrap).aiokafka(), linger_ms=5, max_request_size=10_000_000
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, value=v, key=k, partition=p) for k, v, p in messages]
@@ -102,7 +124,7 @@ PARTITIONS = 4  # of the test topics
 
 
 def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
-    return bench_worker.worker_env(tmp, bootstrap, PARTITIONS)
+    return bench_worker.worker_env(tmp, access(WORKER, bootstrap), PARTITIONS)
 
 
 def zone(lake: Path, name: str) -> list[dict[str, Any]]:
@@ -115,7 +137,7 @@ def zone(lake: Path, name: str) -> list[dict[str, Any]]:
 def consume_all(bootstrap: str, topic: str) -> list[Any]:
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+            topic, **access(OPERATOR, bootstrap).aiokafka(), auto_offset_reset="earliest", group_id=None
         )
         await consumer.start()
         out: list[Any] = []
