@@ -13,6 +13,7 @@ from pipeline import lograte
 from pipeline.errors import CliError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
+from pipeline.sealed import SealError
 from pipeline.settings import Settings, SettingsError
 
 __all__ = ["CliError", "main"]
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return exc.status
-    except (SettingsError, PolicyError, KeyError_, OSError) as exc:
+    except (SettingsError, PolicyError, KeyError_, SealError, OSError) as exc:
         # Settings, policy and key errors name the setting, file and line, never a value.
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,12 @@ class Settings:
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
     policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
+    # CALLPIPE_DLQ_KEY_FILE: the operator's private key that opens dead letters (default
+    # <home>/keys/dlq-operator.key); CALLPIPE_DLQ_PUBLIC_KEY: its public half, all a worker holds
+    dlq_key: Path | None = None
+    dlq_public: Path | None = None
+    # CALLPIPE_TRIP_INTERNAL_ERRORS: events in a row failing with internal errors that stop a worker
+    trip_internal_errors: int = 50
 
     def key(self) -> PseudonymKey:
         """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
@@ -47,6 +53,14 @@ class Settings:
                 raise SettingsError(f"the policy takes the key from {self.policy.key.env}, which is not set")
             return key_from_hex(self.key_hex, version, self.policy.key.env)
         raise SettingsError("no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source")
+
+    @property
+    def dlq_key_file(self) -> Path:
+        return self.dlq_key or self.home / "keys" / "dlq-operator.key"
+
+    @property
+    def dlq_public_key(self) -> Path:
+        return self.dlq_public or self.home / "keys" / "dlq-operator.pub"
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -110,4 +124,7 @@ class Settings:
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
             policy=policy,
+            dlq_key=path("DLQ_KEY_FILE"),
+            dlq_public=path("DLQ_PUBLIC_KEY"),
+            trip_internal_errors=number("TRIP_INTERNAL_ERRORS", 50),
         )

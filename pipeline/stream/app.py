@@ -39,6 +39,7 @@ from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
+from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
 from pipeline.stream.control import RECORDS, ControlReader, ControlState
 from pipeline.stream.runner import DeadLetter
@@ -52,6 +53,7 @@ GROUP = "callpipe-stream"
 TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
+EXIT_TRIPPED = 3  # the trip-wire stopped the worker (pipeline/stream/runner.py Tripped)
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
 MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
@@ -80,8 +82,11 @@ def now_ms() -> int:
 class KafkaBroker:
     """`pipeline.stream.worker.Broker` over an aiokafka consumer and producer."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, calls: str, dlq: str) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, calls: str, dlq: str, sealer: Sealer
+    ) -> None:
         self.consumer = consumer
+        self.sealer = sealer
         self.producer = producer
         self.calls = calls
         self.dlq = dlq
@@ -109,8 +114,13 @@ class KafkaBroker:
         self.consumer.resume(*self._tps(partitions))
 
     def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
-        headers = dead.headers(topic)
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, dead.raw, headers)  # an upper bound
+        """The dead letter's value and key sealed for the operator (pipeline/sealed.py); its
+        reason, coordinates, format, size and digest in plaintext headers."""
+        value, sealed = self.sealer.seal(
+            dead.raw, key, topic=topic, partition=dead.partition, offset=dead.offset, index=dead.index
+        )
+        headers = dead.headers(topic) + sealed
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(None, value, headers)  # an upper bound
         if size > self.max_bytes:  # refused before it is tried: the broker would refuse it whole
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(MessageSizeTooLargeError(f"dead letter of {size} bytes"))
@@ -119,8 +129,7 @@ class KafkaBroker:
         future = asyncio.ensure_future(
             self.producer.send_and_wait(
                 self.dlq,
-                value=dead.raw,
-                key=key,
+                value=value,
                 headers=headers,
                 partition=dead.partition % self._dlq_partitions,
             )
@@ -242,6 +251,8 @@ class WorkerRuntime(mode.Service):
         self._topics = topics
         self._prefix = prefix
         self._key = key
+        # only the public half of the operator key: a worker seals dead letters it cannot open
+        self._operator = OperatorPublicKey.load(settings.dlq_public_key)
         self.lock = asyncio.Lock()
         self.topics = [self.calls, *topics.values()]
 
@@ -262,7 +273,9 @@ class WorkerRuntime(mode.Service):
             heartbeat_interval_ms=3_000,
             max_partition_fetch_bytes=MAX_FETCH,
         )
-        self.broker = KafkaBroker(self.consumer, self.producer, self.calls, prefix + DLQ)
+        self.broker = KafkaBroker(
+            self.consumer, self.producer, self.calls, prefix + DLQ, Sealer(self._operator)
+        )
         self.worker = StreamWorker(
             settings=settings, key=key, control=self.control, broker=self.broker, topic=self.calls
         )
@@ -322,4 +335,10 @@ class _Worker(mode.Worker):
 def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> None:
     """`callpipe worker`: run until SIGTERM or SIGINT."""
     service = WorkerRuntime(settings, key, prefix=prefix)
-    _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    try:
+        _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    except SystemExit as done:
+        worker = getattr(service, "worker", None)
+        if worker is not None and worker.tripped is not None and not done.code:
+            raise SystemExit(EXIT_TRIPPED) from None  # a supervisor must see the stop as a failure
+        raise

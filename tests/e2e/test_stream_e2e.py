@@ -24,6 +24,7 @@ from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
+from pipeline.sealed import ensure_keys
 from sinks.layout import glob
 from tests.streamkit import (
     ROOT,
@@ -44,6 +45,7 @@ def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
     key = tmp / "key.hex"
     if not key.exists():
         create_key_file(key)
+    ensure_keys(tmp / "home" / "keys" / "dlq-operator.key", tmp / "home" / "keys" / "dlq-operator.pub")
     return {
         "CALLPIPE_KEY_FILE": str(key),
         "CALLPIPE_BOOTSTRAP": bootstrap,
