@@ -23,8 +23,8 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.consent import Stream
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.settings import Settings
-from pipeline.stream.control import ControlState
 from pipeline.stream import runner as runner_module
+from pipeline.stream.control import ControlState
 from pipeline.stream.runner import DeadLetter, Tripped, read_stats
 from pipeline.stream.worker import RETRY_S, StreamWorker
 from sinks import files
