@@ -339,6 +339,6 @@ def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> No
         _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
     except SystemExit as done:
         worker = getattr(service, "worker", None)
-        if worker is not None and worker.tripped is not None and not done.code:
+        if worker is not None and worker.tripped is not None:
             raise SystemExit(EXIT_TRIPPED) from None  # a supervisor must see the stop as a failure
         raise

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.errors import CliError
 from pipeline.sealed import OperatorKeys, unseal
@@ -87,13 +88,18 @@ async def _read(
 ) -> list[Any]:
     """Records of `topic` from `offset` (default: the start) to the end as it was when the read
     began, at most `count`, in partition then offset order."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    parts = [p["partition"] for p in described.get("partitions") or ()]
+    if described.get("error_code") or not parts:
+        raise CliError(f"topic {topic} does not exist")
     consumer = _consumer(bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()  # the cluster's metadata, every topic's partitions
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise CliError(f"topic {topic} does not exist")
         tps = [TopicPartition(topic, p) for p in sorted(parts) if partition is None or p == partition]
         if not tps:
             raise CliError(f"topic {topic} has no partition {partition}")
