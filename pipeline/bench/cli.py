@@ -1,4 +1,4 @@
-"""`callpipe bench stream|detect|jobs [--quick] [--json]`: measured figures, as a table or one JSON
+"""`callpipe bench stream|detect|jobs|dlq [--quick] [--json]`: measured figures, as a table or one JSON
 object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs")
+WHAT = ("stream", "detect", "jobs", "dlq")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,6 +35,11 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 
         figures = stream.run(settings, quick)
         return figures, stream.render(figures)
+    if what == "dlq":
+        from pipeline.bench import dlq
+
+        figures = dlq.run(settings, quick)
+        return figures, dlq.render(figures)
     if what == "detect":
         from pipeline.bench import detect
 
@@ -51,10 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="measure the stream worker, the detector or the jobs against same-run baselines",
         description="Benchmarks: ratios against baselines measured in the same run, absolute figures "
-        "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
+        "beside them. stream and dlq need the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
-    b.add_argument("what", choices=WHAT, help="stream, detect or jobs")
+    b.add_argument(
+        "what", choices=WHAT, help="stream, detect, jobs or dlq (the cost of sealing dead letters)"
+    )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b.set_defaults(func=bench_cmd)

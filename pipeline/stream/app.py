@@ -337,7 +337,7 @@ def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> No
     service = WorkerRuntime(settings, key, prefix=prefix)
     try:
         _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
-    except SystemExit as done:
+    except SystemExit:
         worker = getattr(service, "worker", None)
         if worker is not None and worker.tripped is not None:
             raise SystemExit(EXIT_TRIPPED) from None  # a supervisor must see the stop as a failure
