@@ -57,6 +57,7 @@ EXIT_TRIPPED = 3  # the trip-wire stopped the worker (pipeline/stream/runner.py 
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
 MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
+DLQ_BATCH = 512 * 1024  # bytes of dead letters per partition batch
 
 
 async def dlq_limit(bootstrap: str, topic: str) -> int:
@@ -73,6 +74,21 @@ async def dlq_limit(bootstrap: str, topic: str) -> int:
     finally:
         await admin.close()
     return 1024 * 1024
+
+
+def dead_letter_producer(bootstrap: str, limit: int = 1024 * 1024) -> AIOKafkaProducer:
+    """The worker's producer (dead letters). Its batches are larger than aiokafka's 16 KiB
+    default: every dead letter is its own send, and while a full batch drains each waiting send
+    is retried, which made a burst of sealed (larger) dead letters 2-3x slower to acknowledge
+    (docs/BENCHMARKS.md, `bench dlq`). A batch stays under half of calls.dlq's limit (`limit`),
+    so only a dead letter too large on its own is refused as too large."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_request_size=MAX_REQUEST,
+        max_batch_size=max(16 * 1024, min(DLQ_BATCH, limit // 2)),
+    )
 
 
 def now_ms() -> int:
@@ -94,10 +110,11 @@ class KafkaBroker:
         self._dlq_partitions = 1
         self.max_bytes = 1024 * 1024
 
-    async def start(self, bootstrap: str) -> None:
+    async def start(self, limit: int) -> None:
+        """`limit`: calls.dlq's max.message.bytes (`dlq_limit`)."""
         parts = await self.producer.partitions_for(self.dlq)
         self._dlq_partitions = max(1, len(parts))
-        self.max_bytes = min(MAX_REQUEST, await dlq_limit(bootstrap, self.dlq))
+        self.max_bytes = min(MAX_REQUEST, limit)
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         assigned = self.consumer.assignment()
@@ -256,13 +273,11 @@ class WorkerRuntime(mode.Service):
         self.lock = asyncio.Lock()
         self.topics = [self.calls, *topics.values()]
 
-    def _clients(self) -> None:
+    def _clients(self, limit: int) -> None:
         """aiokafka's clients belong to the running loop: made when the service starts."""
         settings, key, prefix, topics = self.settings, self._key, self._prefix, self._topics
         bootstrap = settings.bootstrap
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=MAX_REQUEST
-        )
+        self.producer = dead_letter_producer(bootstrap, limit)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=prefix + GROUP,
@@ -282,9 +297,10 @@ class WorkerRuntime(mode.Service):
         self.duty = ControlDuty(self.worker, self.broker, {t: s for s, t in topics.items()}, settings)
 
     async def on_start(self) -> None:
-        self._clients()
+        limit = await dlq_limit(self.settings.bootstrap, self._prefix + DLQ)
+        self._clients(limit)
         await self.producer.start()
-        await self.broker.start(self.settings.bootstrap)
+        await self.broker.start(limit)
         await self.reader.start()
         started = time.monotonic()
         await self.reader.ready.wait()  # no call is judged before the whole control state is read
