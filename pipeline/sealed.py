@@ -234,7 +234,7 @@ class Sealer:
         aead = self._data_key()
         aad = associated(topic, partition, offset, index, self.key.version)
         nonce = secrets.token_bytes(NONCE)
-        value = nonce + aead.encrypt(nonce, raw, aad)
+        value = nonce + aead.encrypt(nonce, raw, aad) if raw else b""  # a stub stays empty
         headers += [
             ("callpipe.enc", SCHEME.encode()),
             ("callpipe.key.version", self.key.version.encode()),
@@ -278,7 +278,7 @@ def unseal(keys: OperatorKeys, value: bytes, headers: Sequence[tuple[str, bytes]
             int(index) if index is not None else None,
             version,
         )
-        raw = aead.decrypt(value[:NONCE], value[NONCE:], aad)
+        raw = aead.decrypt(value[:NONCE], value[NONCE:], aad) if value else b""
         sealed_key = h.get("callpipe.source.key")
         key = aead.decrypt(sealed_key[:NONCE], sealed_key[NONCE:], aad + b"\0key") if sealed_key else None
     except (InvalidTag, ValueError, KeyError):

@@ -80,3 +80,11 @@ def test_key_files_readable_by_others_or_missing_are_refused_with_a_clear_error(
         OperatorKeys.load(private)
     with pytest.raises(SealError, match="callpipe dlq keygen"):
         OperatorPublicKey.load(tmp_path / "none.pub")
+
+
+def test_the_stub_of_a_dead_letter_kept_in_the_lake_stays_empty_and_its_key_sealed(tmp_path: Path) -> None:
+    private, public = _keys(tmp_path)
+    value, headers = _seal(Sealer(OperatorPublicKey.load(public)), raw=b"")
+    assert value == b"" and b"A17" not in b"".join(v for _k, v in headers)
+    opened = unseal(OperatorKeys.load(private), value, headers)
+    assert opened.raw == b"" and opened.key == b"A17"
