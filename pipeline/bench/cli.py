@@ -1,5 +1,5 @@
-"""`callpipe bench stream|detect|jobs|dlq [--quick] [--json]`: measured figures, as a table or one JSON
-object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
+"""`callpipe bench stream|detect|jobs|control|dlq [--quick] [--json]`: measured figures, as a table
+or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs", "dlq")
+WHAT = ("stream", "detect", "jobs", "control", "dlq")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,6 +45,11 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 
         figures = detect.run(quick)
         return figures, detect.render(figures)
+    if what == "control":
+        from pipeline.bench import control
+
+        figures = control.run(settings, quick)
+        return figures, control.render(figures)
     from pipeline.bench import batch as jobs
 
     figures = jobs.run(quick)
@@ -60,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(pip install 'callpipe[bench]').",
     )
     b.add_argument(
-        "what", choices=WHAT, help="stream, detect, jobs or dlq (the cost of sealing dead letters)"
+        "what",
+        choices=WHAT,
+        help="stream, detect, jobs, control (the consent state at 1M accounts) or dlq (sealing dead letters)",
     )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

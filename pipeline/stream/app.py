@@ -41,7 +41,7 @@ from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
-from pipeline.stream.control import RECORDS, ControlReader, ControlState
+from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
 from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
@@ -264,6 +264,7 @@ class WorkerRuntime(mode.Service):
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=MAX_FETCH,
             ),
+            snapshot=snapshot_path(settings.home, prefix),
         )
         self._topics = topics
         self._prefix = prefix
