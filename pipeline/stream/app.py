@@ -317,6 +317,8 @@ class WorkerRuntime(mode.Service):
             if failed is not None:
                 log.error("control reader stopped (%s); stopping the worker", type(failed).__name__)
                 raise failed
+            if self.worker.tripped is not None:  # tripped in a rebalance's landing: stop all the same
+                raise self.worker.tripped
             try:
                 batches = await self.consumer.getmany(timeout_ms=int(TICK_S * 1000), max_records=TAKE_MAX)
             except ConsumerStoppedError:
