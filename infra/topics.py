@@ -32,6 +32,8 @@ TOPICS = (
     TopicSpec("consent.events", {"cleanup.policy": "delete", "retention.ms": "-1"}),
     TopicSpec("privacy.requests", {"cleanup.policy": "delete", "retention.ms": "-1"}),
     TopicSpec("calls.dlq", {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}),
+    # what `callpipe dlq replay` produced, keyed by dead letter: a second replay skips it
+    TopicSpec("calls.dlq.replayed", {"cleanup.policy": "compact"}, co_partitioned=False),
 )
 
 

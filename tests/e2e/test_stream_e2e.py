@@ -25,6 +25,7 @@ from pipeline.consent import AccountState, decide, record_consent, record_reques
 from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
+from pipeline.sealed import ensure_keys
 from sinks.layout import glob
 from tests.streamkit import (
     ROOT,
@@ -46,6 +47,7 @@ def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
     key = tmp / "key.hex"
     if not key.exists():
         create_key_file(key)
+    ensure_keys(tmp / "home" / "keys" / "dlq-operator.key", tmp / "home" / "keys" / "dlq-operator.pub")
     return {
         "CALLPIPE_KEY_FILE": str(key),
         # The worker's principal: its own home is elsewhere, its password file and CA are the broker's.
