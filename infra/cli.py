@@ -10,6 +10,7 @@ from pathlib import Path
 from infra import kafka, security, topics
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR, AccessError
+from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 
 
@@ -45,6 +46,9 @@ def kafka_cmd(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"fetched Apache Kafka {kafka.KAFKA_VERSION} into {broker.libs}")
             pid, started = kafka.up(broker, wait_s=args.wait)
             took = time.monotonic() - t0
+            # a local set-up's dead-letter operator key (pipeline/sealed.py); one that exists stays
+            if ensure_keys(settings.dlq_key_file, settings.dlq_public_key) is not None:
+                print(f"created the dead-letter operator key {settings.dlq_key_file} (mode 0600)")
             state = f"started in {took:.1f}s" if started else "already running"
             print(f"kafka up: {broker.bootstrap} SASL_SSL (pid {pid}, {state}; log {broker.log_file})")
             if broker.plaintext and started:

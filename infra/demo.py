@@ -27,6 +27,7 @@ from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.carrier.produce import Shipment, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import create_key_file
+from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 from schemas.clock import DAY_MS
 from schemas.topics import CALLS, CONSENT, REQUESTS
@@ -80,6 +81,9 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         crypt.create_key_file(vault_keys)
     crypt.configure(crypt.from_key_file(vault_keys))  # this process reads the vault back below
     _say(f"   vault master keys {vault_keys} (mode {oct(vault_keys.stat().st_mode & 0o777)}; never printed)")
+    dlq_key, dlq_public = home / "dlq-operator.key", home / "dlq-operator.pub"
+    ensure_keys(dlq_key, dlq_public)
+    _say(f"   dead letters sealed to the operator key {dlq_key} (held apart; the worker has its public half)")
 
     if lake.exists():
         shutil.rmtree(lake)
@@ -98,9 +102,13 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         "CALLPIPE_VAULT_KEY_FILE": str(vault_keys),
         "CALLPIPE_PARTITIONS": str(settings.partitions),
         "CALLPIPE_FLUSH_SECONDS": "2",
+        "CALLPIPE_DLQ_PUBLIC_KEY": str(dlq_public),
     }
     _say(f"4. worker (log: {log_path})")
-    with log_path.open("wb") as log:
+    # the log holds no message contents (pipeline/lograte.py), and still is the operator's only
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(log_fd, 0o600)  # an older demo's log may have been created 0644
+    with os.fdopen(log_fd, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "--prefix", prefix],
             stdout=log,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.kafka_access import ADMIN, ANALYST, CARRIER, OPERATOR, ROLES, WORKER, KafkaAccess
-from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
+from schemas.topics import CALLS, CONSENT, DLQ, REPLAY_TXN, REPLAYED, REQUESTS
 
 GROUP = "callpipe-stream"
 PRINCIPALS = (ADMIN, *ROLES)
@@ -176,6 +176,12 @@ def role_acls(prefix: str = "") -> list[tuple[str, str, str, str, str]]:
     rows += [(WORKER, "TOPIC", "LITERAL", dlq, op) for op in ("WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")]
     rows += [(OPERATOR, "TOPIC", "LITERAL", dlq, op) for op in ("READ", "DESCRIBE")]
     rows += [(OPERATOR, "TOPIC", "LITERAL", requests, op) for op in ("READ", "DESCRIBE")]
+    # `callpipe dlq replay`: a repaired dead letter goes back to its source topic, in one
+    # transaction with its record in the replay ledger, which a later replay reads.
+    for topic in (calls, consent, requests):
+        rows.append((OPERATOR, "TOPIC", "LITERAL", topic, "WRITE"))
+    rows += [(OPERATOR, "TOPIC", "LITERAL", prefix + REPLAYED, op) for op in ("READ", "WRITE", "DESCRIBE")]
+    rows += [(OPERATOR, "TRANSACTIONAL_ID", "PREFIXED", REPLAY_TXN, op) for op in ("WRITE", "DESCRIBE")]
     for op in ("CREATE", "ALTER", "ALTER_CONFIGS", "DESCRIBE", "DESCRIBE_CONFIGS", "DELETE"):
         rows.append((OPERATOR, "TOPIC", "LITERAL", "*", op))
     rows.append((OPERATOR, "GROUP", "LITERAL", "*", "DESCRIBE"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.kafka_access import KafkaAccess
 from schemas.clock import DAY_MS
-from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
+from schemas.topics import CALLS, CONSENT, DLQ, REPLAYED, REQUESTS
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ TOPICS = (
     TopicSpec(CONSENT, {"cleanup.policy": "delete", "retention.ms": "-1"}),
     TopicSpec(REQUESTS, {"cleanup.policy": "delete", "retention.ms": "-1"}),
     TopicSpec(DLQ, {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}),
+    # what `callpipe dlq replay` produced, keyed by dead letter: a second replay skips it
+    TopicSpec(REPLAYED, {"cleanup.policy": "compact"}, co_partitioned=False),
 )
 
 

@@ -237,6 +237,13 @@ def recover(lake: Path, audit: Audit | None = None) -> list[tuple[str, str]]:
             done.append((doc["run"], "back"))
         journal.unlink(missing_ok=True)
         fsync_dir(journal.parent)
+    # A journal write killed before its rename leaves its temp: never the truth (the journal
+    # it would have replaced, or none, is), so it goes.
+    stale = sorted(jobs_dir(lake).glob(".*.json.tmp")) if jobs_dir(lake).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        fsync_dir(jobs_dir(lake))
     return done
 
 

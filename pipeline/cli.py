@@ -14,6 +14,7 @@ from pipeline.errors import CliError
 from pipeline.kafka_access import AccessError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
+from pipeline.sealed import SealError
 from pipeline.settings import Settings, SettingsError
 from sinks import crypt
 from sinks.crypt import VaultKeyError
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return exc.status
-    except (SettingsError, PolicyError, KeyError_, AccessError, VaultKeyError, OSError) as exc:
+    except (SettingsError, PolicyError, KeyError_, AccessError, VaultKeyError, SealError, OSError) as exc:
         # Settings, policy and key errors name the setting, file and line, never a value.
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return 2

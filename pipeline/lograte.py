@@ -10,10 +10,15 @@ cause in an interval pass; the rest are counted and dropped, and the cause's nex
 interval says how many were dropped: "... (and 64 more like it in the last 10s)". A storm's last
 interval is reported by the cause's next line, whenever that comes.
 
-`install` puts one filter on every handler of the root logger (one per handler: a filter shared by
-two handlers would count each record twice). `basic_config` is the CLI's logging set-up with it.
-Anything that replaces the root handlers afterwards (faust's worker does, when it starts) must
-call `install` again.
+`Redact` comes first on every handler: no log line holds message contents, at any level. aiokafka
+logs `Sending (key=... value=...)` at debug, with the record's bytes; faust and mode log records
+and values they were given. Any argument that is bytes, or whose text shows bytes, becomes its
+size (`<812 bytes>`), so a debug log of a worker holds no phone number, transcript or dead letter.
+
+`install` puts one filter of each kind on every handler of the root logger (one per handler: a
+filter shared by two handlers would count each record twice). `basic_config` is the CLI's
+logging set-up with it. Anything that replaces the root handlers afterwards (faust's worker
+does, when it starts) must call `install` again.
 """
 
 from __future__ import annotations
@@ -96,11 +101,54 @@ class RateLimit(logging.Filter):
             del self._windows[key]
 
 
+_SAFE = (str, int, float, bool, type(None))
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _shows_bytes(text: str) -> bool:
+    return "b'" in text or 'b"' in text or "bytearray(" in text
+
+
+def _redacted(arg: object) -> object:
+    if isinstance(arg, _BYTES):
+        return f"<{len(arg)} bytes>"
+    if isinstance(arg, str):
+        return "<redacted>" if _shows_bytes(arg) else arg
+    if isinstance(arg, _SAFE):
+        return arg
+    try:
+        text = repr(arg)
+    except Exception:
+        return "<unprintable>"
+    return "<redacted>" if _shows_bytes(text) else arg
+
+
+class Redact(logging.Filter):
+    """Message contents never reach a log: bytes arguments become their size, and any argument
+    (or a message object) whose text shows bytes becomes `<redacted>`. callpipe's own lines log
+    reasons, coordinates and error types only; this catches the libraries' debug lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(_redacted(a) for a in args)
+        elif isinstance(args, dict) and args:
+            record.args = {k: _redacted(v) for k, v in args.items()}
+        if not isinstance(record.msg, str):
+            text = str(_redacted(record.msg))
+            record.msg = text if not _shows_bytes(text) else "<redacted>"
+        elif _shows_bytes(record.msg):
+            record.msg, record.args = "<redacted>", None  # a message formatted before logging
+        return True
+
+
 def install(interval: float = DEFAULT_INTERVAL_S, *, logger: logging.Logger | None = None) -> list[RateLimit]:
     """Put a RateLimit on every handler of `logger` (the root logger) that has none; idempotent.
     Returns the filters added."""
     added = []
     for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, Redact) for f in handler.filters):
+            handler.filters.insert(0, Redact())  # before the rate limit, which may format the line
         if not any(isinstance(f, RateLimit) for f in handler.filters):
             limit = RateLimit(interval)
             handler.addFilter(limit)

@@ -47,6 +47,12 @@ class Settings:
     kafka_user: str | None = None  # CALLPIPE_KAFKA_USER (default: the command's role)
     kafka_password_file: Path | None = None  # CALLPIPE_KAFKA_PASSWORD_FILE (with CALLPIPE_KAFKA_USER)
     policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
+    # CALLPIPE_DLQ_KEY_FILE: the operator's private key that opens dead letters (default
+    # <home>/keys/dlq-operator.key); CALLPIPE_DLQ_PUBLIC_KEY: its public half, all a worker holds
+    dlq_key: Path | None = None
+    dlq_public: Path | None = None
+    # CALLPIPE_TRIP_INTERNAL_ERRORS: events in a row failing with internal errors that stop a worker
+    trip_internal_errors: int = 50
 
     def key(self) -> PseudonymKey:
         """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
@@ -84,6 +90,14 @@ class Settings:
         from sinks.crypt import from_key_file
 
         return from_key_file(self.vault_key_file)
+
+    @property
+    def dlq_key_file(self) -> Path:
+        return self.dlq_key or self.home / "keys" / "dlq-operator.key"
+
+    @property
+    def dlq_public_key(self) -> Path:
+        return self.dlq_public or self.home / "keys" / "dlq-operator.pub"
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -155,4 +169,7 @@ class Settings:
             kafka_ca=path("KAFKA_CA"),
             kafka_user=env.get("CALLPIPE_KAFKA_USER") or None,
             kafka_password_file=path("KAFKA_PASSWORD_FILE"),
+            dlq_key=path("DLQ_KEY_FILE"),
+            dlq_public=path("DLQ_PUBLIC_KEY"),
+            trip_internal_errors=number("TRIP_INTERNAL_ERRORS", 50),
         )

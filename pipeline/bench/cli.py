@@ -1,5 +1,5 @@
-"""`callpipe bench stream|detect|jobs|control|vault [--quick] [--json]`: measured figures, as a
-table or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only
+"""`callpipe bench stream|detect|jobs|control|vault|dlq [--quick] [--json]`: measured figures, as
+a table or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only
 when this runs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs", "control", "vault")
+WHAT = ("stream", "detect", "jobs", "control", "vault", "dlq")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,6 +42,11 @@ def _measure(
 
         figures = stream.run(settings, quick)
         return figures, stream.render(figures)
+    if what == "dlq":
+        from pipeline.bench import dlq
+
+        figures = dlq.run(settings, quick)
+        return figures, dlq.render(figures)
     if what == "detect":
         from pipeline.bench import detect
 
@@ -68,13 +73,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="measure the stream, the detector, the jobs or vault encryption against same-run baselines",
         description="Benchmarks: ratios against baselines measured in the same run, absolute figures "
-        "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
+        "beside them. stream and dlq need the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
     b.add_argument(
         "what",
         choices=WHAT,
-        help="stream, detect, jobs, control (the consent state at 1M accounts) or vault (encryption cost)",
+        help="stream, detect, jobs, control (the consent state at 1M accounts), vault (encryption cost)"
+        " or dlq (sealing dead letters)",
     )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")

@@ -40,6 +40,7 @@ from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import PseudonymKey, create_key_file
+from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.lake import source_name
@@ -273,6 +274,7 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
     try:
         key_file = work / "key.hex"
         create_key_file(key_file)
+        ensure_keys(work / "home" / "keys" / "dlq-operator.key", work / "home" / "keys" / "dlq-operator.pub")
         env = {
             **settings.kafka(WORKER).env(),
             "CALLPIPE_KEY_FILE": str(key_file),

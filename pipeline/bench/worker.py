@@ -19,6 +19,7 @@ from pipeline.bench.common import BenchError, proc_memory_kib
 from pipeline.bench.passthrough import Commit
 from pipeline.kafka_access import KafkaAccess
 from pipeline.keys import create_key_file
+from pipeline.sealed import ensure_keys
 from sinks import lineage
 from sinks.stats import read_stats, stats_path
 
@@ -33,6 +34,8 @@ def worker_env(tmp: Path, access: KafkaAccess, partitions: int = 4) -> dict[str,
     key = tmp / "key.hex"
     if not key.exists():
         create_key_file(key)
+    # The operator key the worker seals dead letters to, in the worker's home.
+    ensure_keys(tmp / "home" / "keys" / "dlq-operator.key", tmp / "home" / "keys" / "dlq-operator.pub")
     return {
         "CALLPIPE_KEY_FILE": str(key),
         # The worker's principal: its own home is elsewhere, its password file and CA are the broker's.

@@ -40,6 +40,7 @@ from pipeline.consent import Stream, record_consent, record_request
 from pipeline.kafka_access import WORKER, KafkaAccess
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
+from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
 from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
 from pipeline.stream.runner import DeadLetter
@@ -53,9 +54,11 @@ GROUP = "callpipe-stream"
 TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
+EXIT_TRIPPED = 3  # the trip-wire stopped the worker (pipeline/stream/runner.py Tripped)
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
 MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
+DLQ_BATCH = 512 * 1024  # bytes of dead letters per partition batch
 
 
 async def dlq_limit(access: KafkaAccess, topic: str) -> int:
@@ -74,6 +77,21 @@ async def dlq_limit(access: KafkaAccess, topic: str) -> int:
     return 1024 * 1024
 
 
+def dead_letter_producer(access: KafkaAccess, limit: int = 1024 * 1024) -> AIOKafkaProducer:
+    """The worker's producer (dead letters). Its batches are larger than aiokafka's 16 KiB
+    default: every dead letter is its own send, and while a full batch drains each waiting send
+    is retried, which made a burst of sealed (larger) dead letters 2-3x slower to acknowledge
+    (docs/BENCHMARKS.md, `bench dlq`). A batch stays under half of calls.dlq's limit (`limit`),
+    so only a dead letter too large on its own is refused as too large."""
+    return AIOKafkaProducer(
+        **access.aiokafka(),
+        acks="all",
+        linger_ms=5,
+        max_request_size=MAX_REQUEST,
+        max_batch_size=max(16 * 1024, min(DLQ_BATCH, limit // 2)),
+    )
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -81,8 +99,11 @@ def now_ms() -> int:
 class KafkaBroker:
     """`pipeline.stream.worker.Broker` over an aiokafka consumer and producer."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, calls: str, dlq: str) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, calls: str, dlq: str, sealer: Sealer
+    ) -> None:
         self.consumer = consumer
+        self.sealer = sealer
         self.producer = producer
         self.calls = calls
         self.dlq = dlq
@@ -90,10 +111,11 @@ class KafkaBroker:
         self._dlq_partitions = 1
         self.max_bytes = 1024 * 1024
 
-    async def start(self, access: KafkaAccess) -> None:
+    async def start(self, limit: int) -> None:
+        """`limit`: calls.dlq's max.message.bytes (`dlq_limit`)."""
         parts = await self.producer.partitions_for(self.dlq)
         self._dlq_partitions = max(1, len(parts))
-        self.max_bytes = min(MAX_REQUEST, await dlq_limit(access, self.dlq))
+        self.max_bytes = min(MAX_REQUEST, limit)
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         assigned = self.consumer.assignment()
@@ -110,8 +132,13 @@ class KafkaBroker:
         self.consumer.resume(*self._tps(partitions))
 
     def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
-        headers = dead.headers(topic)
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, dead.raw, headers)  # an upper bound
+        """The dead letter's value and key sealed for the operator (pipeline/sealed.py); its
+        reason, coordinates, format, size and digest in plaintext headers."""
+        value, sealed = self.sealer.seal(
+            dead.raw, key, topic=topic, partition=dead.partition, offset=dead.offset, index=dead.index
+        )
+        headers = dead.headers(topic) + sealed
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(None, value, headers)  # an upper bound
         if size > self.max_bytes:  # refused before it is tried: the broker would refuse it whole
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(MessageSizeTooLargeError(f"dead letter of {size} bytes"))
@@ -120,8 +147,7 @@ class KafkaBroker:
         future = asyncio.ensure_future(
             self.producer.send_and_wait(
                 self.dlq,
-                value=dead.raw,
-                key=key,
+                value=value,
                 headers=headers,
                 partition=dead.partition % self._dlq_partitions,
             )
@@ -244,16 +270,16 @@ class WorkerRuntime(mode.Service):
         self._topics = topics
         self._prefix = prefix
         self._key = key
+        # only the public half of the operator key: a worker seals dead letters it cannot open
+        self._operator = OperatorPublicKey.load(settings.dlq_public_key)
         self.lock = asyncio.Lock()
         self.topics = [self.calls, *topics.values()]
 
-    def _clients(self) -> None:
+    def _clients(self, limit: int) -> None:
         """aiokafka's clients belong to the running loop: made when the service starts."""
         settings, key, prefix, topics = self.settings, self._key, self._prefix, self._topics
         access = settings.kafka(WORKER)
-        self.producer = AIOKafkaProducer(
-            **access.aiokafka(), acks="all", linger_ms=5, max_request_size=MAX_REQUEST
-        )
+        self.producer = dead_letter_producer(access, limit)
         self.consumer = AIOKafkaConsumer(
             **access.aiokafka(),
             group_id=prefix + GROUP,
@@ -264,16 +290,19 @@ class WorkerRuntime(mode.Service):
             heartbeat_interval_ms=3_000,
             max_partition_fetch_bytes=MAX_FETCH,
         )
-        self.broker = KafkaBroker(self.consumer, self.producer, self.calls, prefix + DLQ)
+        self.broker = KafkaBroker(
+            self.consumer, self.producer, self.calls, prefix + DLQ, Sealer(self._operator)
+        )
         self.worker = StreamWorker(
             settings=settings, key=key, control=self.control, broker=self.broker, topic=self.calls
         )
         self.duty = ControlDuty(self.worker, self.broker, {t: s for s, t in topics.items()}, settings)
 
     async def on_start(self) -> None:
-        self._clients()
+        limit = await dlq_limit(self.settings.kafka(WORKER), self._prefix + DLQ)
+        self._clients(limit)
         await self.producer.start()
-        await self.broker.start(self.settings.kafka(WORKER))
+        await self.broker.start(limit)
         await self.reader.start()
         started = time.monotonic()
         await self.reader.ready.wait()  # no call is judged before the whole control state is read
@@ -289,6 +318,8 @@ class WorkerRuntime(mode.Service):
             if failed is not None:
                 log.error("control reader stopped (%s); stopping the worker", type(failed).__name__)
                 raise failed
+            if self.worker.tripped is not None:  # tripped in a rebalance's landing: stop all the same
+                raise self.worker.tripped
             try:
                 batches = await self.consumer.getmany(timeout_ms=int(TICK_S * 1000), max_records=TAKE_MAX)
             except ConsumerStoppedError:
@@ -324,4 +355,10 @@ class _Worker(mode.Worker):
 def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> None:
     """`callpipe worker`: run until SIGTERM or SIGINT."""
     service = WorkerRuntime(settings, key, prefix=prefix)
-    _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    try:
+        _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    except SystemExit:
+        worker = getattr(service, "worker", None)
+        if worker is not None and worker.tripped is not None:
+            raise SystemExit(EXIT_TRIPPED) from None  # a supervisor must see the stop as a failure
+        raise

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.errors import CliError
+from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.settings import Settings
 from sinks import stats
 from sinks.layout import ANALYTICS, VAULT
@@ -16,7 +17,6 @@ from sinks.stats import StreamStats
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.kafka_access import WORKER
     from pipeline.stream.app import run_worker
 
     settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
@@ -26,6 +26,7 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.ingest import IngestError, ingest_files, load_states
+    from pipeline.stream.runner import Tripped
     from sinks.lake import SourceBusy
 
     if args.lake is not None:
@@ -41,7 +42,7 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         for result in ingest_files(args.calls, settings, key, states, int(time.time() * 1000)):
             totals.update(result.counts)
             totals["skipped_already_in_lake"] += result.skipped
-    except (IngestError, SourceBusy) as exc:
+    except (IngestError, SourceBusy, Tripped) as exc:
         raise CliError(str(exc)) from None
     took = time.monotonic() - started
     ran = StreamStats.from_counts(totals)
@@ -61,7 +62,93 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def dlq_keygen_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.sealed import keygen
+
+    existed = settings.dlq_key_file.exists()
+    version = keygen(settings.dlq_key_file, settings.dlq_public_key)
+    print(
+        f"{'added' if existed else 'created'} operator key version {version}: private "
+        f"{settings.dlq_key_file} (mode 0600, the operator's), public {settings.dlq_public_key} "
+        "(what workers seal with; restart them to use the new version)"
+    )
+    return 0
+
+
+def _shown(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        import base64
+
+        return "base64:" + base64.b64encode(raw).decode()
+
+
+def dlq_inspect_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.sealed import OperatorKeys
+    from pipeline.stream.dlq import export, inspect
+
+    if not settings.dlq_key_file.exists():
+        raise CliError(
+            f"no operator key at {settings.dlq_key_file}: dead letters are sealed; set "
+            "CALLPIPE_DLQ_KEY_FILE to the operator key file"
+        )
+    keys = OperatorKeys.load(settings.dlq_key_file)
+    letters = inspect(
+        settings.kafka(OPERATOR),
+        keys,
+        prefix=args.prefix,
+        partition=args.partition,
+        offset=args.offset,
+        count=args.count,
+    )
+    if args.out is not None:
+        export(letters, args.out)
+        print(f"exported {len(letters)} dead letters to {args.out} (<p>-<offset>.json and .value, mode 0600)")
+        return 0
+    for letter in letters:
+        d = letter.describe()
+        src = d["source"]
+        index = "" if src["index"] is None else f" index={src['index']}"
+        kept = f" kept={d['kept']}" if d["kept"] else ""
+        print(
+            f"dlq {d['dlq']['partition']}:{d['dlq']['offset']} reason={d['reason']} stage={d['stage']} "
+            f"source={src['topic']} {src['partition']}:{src['offset']}{index} "
+            f"format={d['format']} size={d['size']} sha256={d['sha256']}{kept}"
+        )
+        print(f"  {_shown(letter.raw)}")
+    print(f"{len(letters)} dead letters")
+    return 0
+
+
+def dlq_replay_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.dlq import replay
+
+    done = replay(settings.kafka(OPERATOR), args.folder, prefix=args.prefix)
+    print(
+        f"replayed {len(done.replayed)} dead letters; skipped {len(done.already)} replayed before"
+        + (f", {len(done.missing_value)} without a .value file" if done.missing_value else "")
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("dlq", help="open, export and replay sealed dead letters (the operator's repair loop)")
+    dsub = d.add_subparsers(dest="dlq_command", required=True)
+    kg = dsub.add_parser("keygen", help="create the operator key, or add a new version of it (rotation)")
+    kg.set_defaults(func=dlq_keygen_cmd)
+    ins = dsub.add_parser("inspect", help="read calls.dlq, open it with the operator key, print or export")
+    ins.add_argument("--partition", type=int, default=None, help="only this calls.dlq partition")
+    ins.add_argument("--offset", type=int, default=None, help="start at this offset (default: the start)")
+    ins.add_argument("--count", type=int, default=None, help="at most this many dead letters")
+    ins.add_argument("--out", type=Path, default=None, help="export to this folder for repair")
+    ins.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    ins.set_defaults(func=dlq_inspect_cmd)
+    rep = dsub.add_parser("replay", help="produce the repaired messages of an export folder, once each")
+    rep.add_argument("folder", type=Path, help="a folder written by `callpipe dlq inspect --out`")
+    rep.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    rep.set_defaults(func=dlq_replay_cmd)
+
     w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")
     w.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # isolated topic sets (tests, demo)
     w.set_defaults(func=worker_cmd)

@@ -67,6 +67,22 @@ class DeadLetter:
         return out
 
 
+class Tripped(RuntimeError):
+    """The trip-wire: a run of events failed with internal errors (a bug in the chain, not bad
+    input). Whoever runs the chain stops without landing what it has taken, so nothing is
+    dead-lettered or committed past the last landed range and a fixed restart resumes there.
+    The message names the partition, the count and the error type, never a value."""
+
+    def __init__(self, partition: int, count: int, error: str) -> None:
+        super().__init__(
+            f"trip-wire: {count} events in a row failed with internal errors "
+            f"(last {error}) in partition {partition}"
+        )
+        self.partition = partition
+        self.count = count
+        self.error = error
+
+
 @dataclass(slots=True)
 class _Message:
     offset: int
@@ -105,6 +121,8 @@ class PartitionRunner:
         self._key_ms = -1
         self.counts: Counter[str] = Counter()  # of the offsets not yet flushed
         self.skipped = 0  # messages the lake already held (replay after a crash)
+        self.trip_after = settings.trip_internal_errors
+        self.internal_run = 0  # events in a row that failed with internal errors
 
     @property
     def next_offset(self) -> int:
@@ -139,6 +157,7 @@ class PartitionRunner:
                     msg.offset,
                     type(exc).__name__,
                 )
+                self._count_internal(1, exc)  # ...until the bug is the run of the stream
                 decoded = Decoded(
                     rejections=[Rejection(reason=Reason.INTERNAL, index=None, raw=msg.value or b"")]
                 )
@@ -188,6 +207,7 @@ class PartitionRunner:
         if released:
             try:
                 dead = self._process(released, now_ms, mono)
+                self.internal_run = 0
             except Exception as exc:  # the guard: retry message by message, isolate the culprit
                 log.error(
                     "chain failed on a batch: partition=%s error=%s", self.partition, type(exc).__name__
@@ -195,6 +215,7 @@ class PartitionRunner:
                 for one in released:
                     try:
                         dead.extend(self._process([one], now_ms, mono))
+                        self.internal_run = 0
                     except Exception as inner:
                         dead.extend(self._internal(one, inner))
         self._advance(mono)
@@ -205,6 +226,7 @@ class PartitionRunner:
     ) -> list[DeadLetter]:
         offset, items = message
         log.error("chain failed: partition=%s offset=%s error=%s", self.partition, offset, type(exc).__name__)
+        self._count_internal(len(items), exc)
         for m in self._messages:
             if m.offset == offset:
                 m.waiting -= len(items)
@@ -215,6 +237,13 @@ class PartitionRunner:
             )
             for record, src in items
         ]
+
+    def _count_internal(self, events: int, exc: Exception) -> None:
+        """One isolated bug is a dead letter; a run of them is a broken chain, and shipping the
+        whole stream to calls.dlq would only hide it: past the threshold, trip."""
+        self.internal_run += events
+        if self.internal_run >= self.trip_after:
+            raise Tripped(self.partition, self.internal_run, type(exc).__name__) from None
 
     def _process(
         self, released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]], now_ms: int, mono: float

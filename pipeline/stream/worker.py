@@ -39,7 +39,7 @@ from pipeline.memo import Memo
 from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
 from pipeline.stream.offsets import OffsetGuard
-from pipeline.stream.runner import DeadLetter, PartitionRunner
+from pipeline.stream.runner import DeadLetter, PartitionRunner, Tripped
 from schemas.topics import CALLS
 from sinks.lake import SourceBusy, source_name
 from sinks.rejects import REJECTS_DIR, write_rejects
@@ -127,6 +127,7 @@ class StreamWorker:
         self._logged: dict[str, float] = {}
         self._retry_dead: list[tuple[DeadLetter, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
+        self.tripped: Tripped | None = None  # the trip-wire fired: nothing more is landed
         control.listeners.append(self._on_request)
 
     def _on_request(self, account: str, kind: str) -> None:
@@ -166,9 +167,12 @@ class StreamWorker:
         """Land what was taken from `partitions` (waiting calls are released: their next owner
         would wait just the same) and let go of their lake writers."""
         gone = sorted(p for p in partitions if p in self.parts)
-        for p in gone:
-            part = self.parts[p]
-            await self._pump(part.runner, drain=True)
+        if self.tripped is None:
+            try:
+                for p in gone:
+                    await self._pump(self.parts[p].runner, drain=True)
+            except Tripped:
+                pass  # nothing is landed now: the runners are closed below
         await self._flush(gone, force=True, commit=False)
         for p in gone:
             part = self.parts.pop(p)
@@ -228,6 +232,8 @@ class StreamWorker:
     async def take(self, partition: int, messages: Sequence[MessageLike]) -> None:
         """Messages of one calls partition, in offset order, as one poll returned them."""
         part = self.parts.get(partition)
+        if self.tripped is not None:
+            return  # stopping: the next worker reads these again from the lake's next offset
         if part is None or partition not in self.owned or partition in self.stalled:
             # fetched before a rebalance or a pause: the next owner (or the reopened runner)
             # reads them again from the lake's next offset
@@ -257,12 +263,19 @@ class StreamWorker:
         self.counters["gap_held_back"] += len(messages) - len(taken)
         keys = {m.offset: getattr(m, "key", None) for m in taken}
         for chunk in _chunks(taken):
-            self._send_all(runner.feed(chunk, self.now_ms()), keys)
+            try:
+                fed = runner.feed(chunk, self.now_ms())
+            except Tripped as trip:
+                self._trip(trip)
+                raise
+            self._send_all(fed, keys)
             await self._pump(runner, keys)
         await self._flush([partition])
 
     async def tick(self) -> None:
         """Release calls whose control streams have passed, land what is due, retry the stalled."""
+        if self.tripped is not None:
+            return
         for p, part in list(self.parts.items()):
             if p not in self.stalled:
                 await self._pump(part.runner)
@@ -282,11 +295,29 @@ class StreamWorker:
         loop between pieces: aiokafka's heartbeats run on this loop, and a worker that holds it
         for longer than the session timeout is thrown out of the group."""
         while True:
-            dead = runner.pump(self.now_ms(), self.mono(), drain=drain, budget=PUMP_EVENTS)
+            try:
+                dead = runner.pump(self.now_ms(), self.mono(), drain=drain, budget=PUMP_EVENTS)
+            except Tripped as trip:
+                self._trip(trip)
+                raise
             self._send_all(dead, keys or {})
             await asyncio.sleep(0)
             if not runner.more:
                 return
+
+    def _trip(self, trip: Tripped) -> None:
+        """Stop taking: pause every partition and land nothing more. What was taken since the
+        last landed range is read again by the restarted (fixed) worker; a partition's committed
+        offset never passes its lake."""
+        self.tripped = trip
+        self.counters["tripped"] += 1
+        self.broker.pause(list(self.owned))
+        log.error(
+            "%s of %s; stopping the worker without landing them: fix the error and restart, "
+            "it resumes at the lake's next offset (CALLPIPE_TRIP_INTERNAL_ERRORS sets the threshold)",
+            trip,
+            self.topic,
+        )
 
     # ------------------------------------------------------------ dead letters
 
@@ -339,6 +370,8 @@ class StreamWorker:
     # ------------------------------------------------------------ landing
 
     async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
+        if self.tripped is not None:
+            return  # a tripped runner's handed-over ranges may miss dead letters that were never sent
         mono = self.mono()
         due = [
             p

@@ -37,7 +37,9 @@ def test_demo_quick_start(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert accounted is not None and int(accounted[4]) == 3000
     assert int(accounted[2]) == 30  # 1% malformed, every one a dead letter
     assert "answer rate per carrier" in out.stdout
-    log = (home / "demo" / "worker.log").read_text()
+    log_path = home / "demo" / "worker.log"
+    assert oct(log_path.stat().st_mode & 0o777) == "0o600"  # the operator's alone
+    log = log_path.read_text()
     for text in (log, out.stdout, out.stderr):
         assert not EMAIL.search(text)
         assert not IPV6.search(text)

@@ -132,7 +132,8 @@ def test_install_puts_one_filter_on_each_handler_once() -> None:
         first = lograte.install(3.0, logger=logger)
         assert len(first) == 2 and first[0] is not first[1] and first[0].interval == 3.0
         assert lograte.install(3.0, logger=logger) == []
-        assert [len(h.filters) for h in handlers] == [1, 1]
+        assert [len(h.filters) for h in handlers] == [2, 2]
+        assert all(isinstance(h.filters[0], lograte.Redact) for h in handlers)
     finally:
         for h in handlers:
             logger.removeHandler(h)
@@ -148,3 +149,26 @@ def test_progress_at_info_is_never_limited() -> None:
         for p in range(5)
     ]
     assert all(limit.filter(r) for r in records)
+
+
+def test_no_log_line_holds_message_contents() -> None:
+    """aiokafka's `Sending (key=%s value=%s)` at debug, a record's repr, a pre-formatted line:
+    bytes become their size, anything showing bytes is redacted; plain arguments stay."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("aiokafka.test.redact")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    lograte.install(logger=logger)
+    try:
+        value = b'{"caller": "+4915112345678", "transcript": "call me at bob@example.com"}'
+        logger.debug("Sending (key=%s value=%s) to %s", b"A1", value, "calls.dlq-0")
+        logger.debug("record %r", [value])
+        logger.debug(f"send: v={value!r}")
+        logger.info("landed %s offsets %s..%s", "calls.raw-0", 1, 9)
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "+4915112345678" not in text and "bob@example.com" not in text
+    assert f"value=<{len(value)} bytes>" in text and "record '<redacted>'" in text
+    assert "landed calls.raw-0 offsets 1..9" in text

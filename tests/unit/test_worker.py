@@ -6,6 +6,7 @@ any control partition. The same rules run against the real broker in tests/e2e."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -20,10 +21,11 @@ import pytest
 from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
 from pipeline.consent import Stream
-from pipeline.keys import PseudonymKey
+from pipeline.keys import Domain, PseudonymKey
 from pipeline.settings import Settings
+from pipeline.stream import runner as runner_module
 from pipeline.stream.control import ControlState
-from pipeline.stream.runner import DeadLetter
+from pipeline.stream.runner import DeadLetter, Tripped
 from pipeline.stream.worker import RETRY_S, StreamWorker
 from schemas import topics
 from sinks import files
@@ -435,3 +437,126 @@ def test_calls_wait_for_a_control_partition_still_behind_them_then_obey_what_it_
     run(go())
     rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
     assert len(rows) == len(recs) and all(t is None for (t,) in rows)
+
+
+def test_a_run_of_internal_errors_trips_the_worker_which_lands_nothing_more(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the chain fails every event: past the threshold the worker pauses, sends none of
+    the run to calls.dlq, lands and commits nothing more; fixed, it resumes where the lake ends."""
+    recs = calls(40)
+    msgs = messages(recs)
+
+    def make(broker: FakeBroker) -> StreamWorker:
+        w = make_worker(lake, broker)
+        w.settings = dataclasses.replace(w.settings, trip_internal_errors=5)
+        return w
+
+    async def landed_first() -> None:
+        w = make(FakeBroker())
+        await w.assigned([0])
+        await w.take(0, msgs[:20])
+        await w.shutdown()
+
+    run(landed_first())
+    real = runner_module.process_batch
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(runner_module, "process_batch", broken)
+    broker = FakeBroker()
+
+    async def tripped() -> StreamWorker:
+        w = make(broker)
+        await w.assigned([0])
+        with pytest.raises(Tripped, match=r"5 events in a row failed .*KeyError"):
+            await w.take(0, msgs[20:])
+        await w.take(0, msgs[20:])  # after the trip nothing is taken
+        await w.tick()
+        await w.shutdown()
+        return w
+
+    w = run(tripped())
+    assert w.tripped is not None and 0 in broker.paused
+    assert broker.dlq == [] and broker.commits == []
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs[:20]})
+
+    monkeypatch.setattr(runner_module, "process_batch", real)
+    fixed = FakeBroker()
+
+    async def restarted() -> None:
+        w = make(fixed)
+        await w.assigned([0])
+        await w.take(0, msgs[20:])
+        await w.shutdown()
+
+    run(restarted())
+    assert fixed.seeks == [(0, 20)] and fixed.dlq == []
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+
+
+def test_an_isolated_internal_error_is_a_dead_letter_and_does_not_trip(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recs = calls(30)
+    real = runner_module.process_batch
+    poison = recs[7]["event_id"]
+
+    def picky(records: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        if any(r["event_id"] == poison for r in records):
+            raise ValueError("a bug")
+        return real(records, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "process_batch", picky)
+    broker = FakeBroker()
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker)
+        w.settings = dataclasses.replace(w.settings, trip_internal_errors=2)
+        await w.assigned([0])
+        for i in range(0, 30, 10):  # three takes: the run is reset by the events that pass
+            await w.take(0, messages(recs[i : i + 10], first=i))
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert w.tripped is None
+    assert [h["callpipe.reason"] for _v, h in broker.dlq] == [b"internal_error"]
+    assert sum(vault_ids(lake).values()) == 29
+
+
+def test_an_erasure_leaves_no_identifier_of_the_account_in_the_workers_caches(lake: Path) -> None:
+    """The worker's Memo holds plaintext identifiers (numbers, E.164 forms, their tokens): an
+    erase request read from privacy.requests empties it, so none of the subject's stays."""
+    recs = calls(80)
+    account = recs[0]["account_id"]
+    numbers = {r[f] for r in recs if r["account_id"] == account for f in ("caller", "callee") if r.get(f)}
+    tokens = {KEY.token(Domain.PHONE, n) for n in numbers}
+    control = ControlState(0, NOW_MS)
+
+    def held(w: StreamWorker) -> str:
+        return repr(w.memo._values)
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, FakeBroker(), control)
+        await w.assigned([0])
+        await w.take(0, messages(recs))
+        text = held(w)
+        assert any(n in text for n in numbers), "the memo should have held the numbers before"
+        erase = {
+            "request_id": "r1",
+            "account_id": account,
+            "kind": "erase",
+            "at": NOW_MS,
+            "corrections": None,
+        }
+        value = codec.encode([erase], "PrivacyRequest", "json", 1)[0]
+        control.apply(Stream.REQUESTS, value, (), partition=0, now_ms=NOW_MS)
+        return w
+
+    w = run(go())
+    text = held(w)
+    assert len(w.memo) == 0 and w.memo.forgotten >= 1
+    assert not any(n in text for n in numbers) and not any(t in text for t in tokens)
+    assert account not in text

@@ -1,0 +1,252 @@
+"""`callpipe dlq keygen|inspect|replay`: the operator's repair loop over sealed dead letters.
+
+    keygen    create the operator key, or add a new version (rotation) (pipeline/sealed.py)
+    inspect   read calls.dlq (all of it, or from an offset, a count), open each dead letter with
+              the operator key and print its reason, coordinates and original bytes, or export
+              them with `--out DIR` for repair: `<p>-<offset>.json` (what and where) beside
+              `<p>-<offset>.value` (the original bytes), mode 0600 in a 0700 folder
+    replay    produce the `.value` files of an export folder (edited, or deleted for messages not
+              to replay) into their source topic and partition, with their original key; each
+              in one Kafka transaction with its record in calls.dlq.replayed, so a dead letter
+              replayed twice lands once: the second replay finds the record and skips it
+
+The worker then takes a replayed message like any other: landed once, or dead-lettered again
+with its reason if the repair did not fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.errors import CliError
+from pipeline.kafka_access import KafkaAccess
+from pipeline.sealed import OperatorKeys, unseal
+from schemas.topics import DLQ, REPLAY_TXN, REPLAYED
+from sinks import files
+
+TRANSACTIONAL_ID = REPLAY_TXN
+POLL_MS = 500
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One dead letter, opened: where it is in calls.dlq, why, where it came from, what it was."""
+
+    partition: int
+    offset: int
+    headers: dict[str, str]
+    raw: bytes
+    key: bytes | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.partition}-{self.offset}"
+
+    def describe(self) -> dict[str, Any]:
+        h = self.headers
+        index = h.get("callpipe.source.index")
+        return {
+            "dlq": {"partition": self.partition, "offset": self.offset},
+            "reason": h.get("callpipe.reason"),
+            "stage": h.get("callpipe.stage"),
+            "source": {
+                "topic": h.get("callpipe.source.topic"),
+                "partition": int(h.get("callpipe.source.partition", "-1")),
+                "offset": int(h.get("callpipe.source.offset", "-1")),
+                "index": int(index) if index is not None else None,
+            },
+            "format": h.get("callpipe.format"),
+            "size": int(h["callpipe.size"]) if "callpipe.size" in h else len(self.raw),
+            "sha256": h.get("callpipe.sha256"),
+            "kept": h.get("callpipe.kept"),  # too large for calls.dlq: the bytes are in the lake
+            "key_b64": base64.b64encode(self.key).decode() if self.key is not None else None,
+        }
+
+
+def _consumer(access: KafkaAccess) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **access.aiokafka(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+
+
+async def _read(
+    access: KafkaAccess, topic: str, partition: int | None, offset: int | None, count: int | None
+) -> list[Any]:
+    """Records of `topic` from `offset` (default: the start) to the end as it was when the read
+    began, at most `count`, in partition then offset order."""
+    admin = AIOKafkaAdminClient(**access.aiokafka())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    parts = [p["partition"] for p in described.get("partitions") or ()]
+    if described.get("error_code") or not parts:
+        raise CliError(f"topic {topic} does not exist")
+    consumer = _consumer(access)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(parts) if partition is None or p == partition]
+        if not tps:
+            raise CliError(f"topic {topic} has no partition {partition}")
+        consumer.assign(tps)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begin[tp], offset) if offset is not None else begin[tp])
+        out: list[Any] = []
+        open_tps = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+        while open_tps and (count is None or len(out) < count):
+            batches = await consumer.getmany(*open_tps, timeout_ms=POLL_MS)
+            for tp, records in batches.items():
+                out.extend(r for r in records if r.offset < end[tp])
+            for tp in list(open_tps):
+                if await consumer.position(tp) >= end[tp]:
+                    open_tps.discard(tp)
+        out.sort(key=lambda r: (r.partition, r.offset))
+        return out[:count] if count is not None else out
+    finally:
+        await consumer.stop()
+
+
+def open_letters(records: Sequence[Any], keys: OperatorKeys) -> list[Letter]:
+    out = []
+    for r in records:
+        headers = [(k, bytes(v)) for k, v in (r.headers or ())]
+        opened = unseal(keys, r.value or b"", headers)
+        text = {k: v.decode(errors="replace") for k, v in headers if k not in _BINARY}
+        out.append(Letter(r.partition, r.offset, text, opened.raw, opened.key))
+    return out
+
+
+_BINARY = {"callpipe.dek", "callpipe.source.key"}
+
+
+def inspect(
+    access: KafkaAccess,
+    keys: OperatorKeys,
+    *,
+    prefix: str = "",
+    partition: int | None = None,
+    offset: int | None = None,
+    count: int | None = None,
+) -> list[Letter]:
+    records = asyncio.run(_read(access, prefix + DLQ, partition, offset, count))
+    return open_letters(records, keys)
+
+
+def export(letters: Sequence[Letter], out: Path) -> list[Path]:
+    """Write each letter's description and original bytes for repair (mode 0600, folder 0700)."""
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out.chmod(0o700)
+    written = []
+    for letter in letters:
+        doc = letter.describe()
+        doc["value_file"] = f"{letter.name}.value"
+        written.append(
+            files.write_bytes(
+                orjson.dumps(doc, option=orjson.OPT_INDENT_2),
+                out / f"{letter.name}.json",
+                mode=0o600,
+                root=out,
+                dir_mode=0o700,
+            )
+        )
+        files.write_bytes(letter.raw, out / f"{letter.name}.value", mode=0o600, root=out, dir_mode=0o700)
+    return written
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass(frozen=True)
+class Replayed:
+    replayed: list[str]  # dead letters produced now (`<p>-<offset>`)
+    already: list[str]  # replayed before: skipped
+    missing_value: list[str]  # described, but their `.value` file was removed: not replayed
+
+
+def _ledger_key(dlq_topic: str, partition: int, offset: int) -> bytes:
+    return f"{dlq_topic}:{partition}:{offset}".encode()
+
+
+async def _replay(access: KafkaAccess, prefix: str, folder: Path) -> Replayed:
+    dlq_topic, ledger = prefix + DLQ, prefix + REPLAYED
+    docs = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            doc = orjson.loads(path.read_bytes())
+            if not isinstance(doc["dlq"]["offset"], int) or not doc["source"]["topic"]:
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise CliError(f"{path}: not a dead letter exported by `callpipe dlq inspect --out`") from None
+        docs.append((path, doc))
+    producer = AIOKafkaProducer(
+        **access.aiokafka(),
+        transactional_id=TRANSACTIONAL_ID + (f".{prefix}" if prefix else ""),
+        enable_idempotence=True,
+        acks="all",
+        max_request_size=16 * 1024 * 1024,
+    )
+    # Started (fencing any earlier replay with the same id) before the ledger is read: what an
+    # earlier replay committed is then in the ledger, what it had not is aborted.
+    await producer.start()
+    try:
+        done = {r.key for r in await _read(access, ledger, None, None, None)}
+        replayed, already, missing = [], [], []
+        for path, doc in docs:
+            p, o = doc["dlq"]["partition"], doc["dlq"]["offset"]
+            name = f"{p}-{o}"
+            value_path = path.with_name(doc.get("value_file") or f"{name}.value")
+            if not value_path.exists():
+                missing.append(name)
+                continue
+            ledger_key = _ledger_key(dlq_topic, p, o)
+            if ledger_key in done:
+                already.append(name)
+                continue
+            value = value_path.read_bytes()
+            key = base64.b64decode(doc["key_b64"]) if doc.get("key_b64") else None
+            source = doc["source"]
+            record = orjson.dumps(
+                {
+                    "to": {"topic": source["topic"], "partition": source["partition"]},
+                    "size": len(value),
+                    "at_ms": int(time.time() * 1000),
+                }
+            )
+            async with producer.transaction():
+                await producer.send(
+                    source["topic"],
+                    value=value,
+                    key=key,
+                    partition=source["partition"] if source["partition"] >= 0 else None,
+                    headers=[("callpipe.replay.of", ledger_key)],
+                )
+                await producer.send(ledger, value=record, key=ledger_key)
+            done.add(ledger_key)
+            replayed.append(name)
+        return Replayed(replayed, already, missing)
+    finally:
+        await producer.stop()
+
+
+def replay(access: KafkaAccess, folder: Path, *, prefix: str = "") -> Replayed:
+    if not folder.is_dir():
+        raise CliError(f"{folder}: no such folder (export dead letters with `callpipe dlq inspect --out`)")
+    return asyncio.run(_replay(access, prefix, folder))
