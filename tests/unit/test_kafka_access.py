@@ -71,7 +71,15 @@ def test_the_acl_table_gives_each_role_what_it_needs_and_nothing_more() -> None:
     assert not {(t, n, o) for t, n, o in worker if o == "WRITE" and n != "p.calls.dlq"}
     operator = by_user["operator"]
     assert ("TOPIC", "p.calls.dlq", "READ") in operator and ("TOPIC", "*", "CREATE") in operator
-    assert not {(t, n, o) for t, n, o in operator if o == "WRITE"}
+    # the operator writes only what `callpipe dlq replay` needs: the source topics, the replay
+    # ledger and its transactional id
+    assert {(t, n, o) for t, n, o in operator if o == "WRITE"} == {
+        ("TOPIC", "p.calls.raw", "WRITE"),
+        ("TOPIC", "p.consent.events", "WRITE"),
+        ("TOPIC", "p.privacy.requests", "WRITE"),
+        ("TOPIC", "p.calls.dlq.replayed", "WRITE"),
+        ("TRANSACTIONAL_ID", "callpipe-dlq-replay", "WRITE"),
+    }
     assert "analyst" not in by_user and "admin" not in by_user
 
 
