@@ -29,6 +29,7 @@ from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
+from pipeline import numbers
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Stage
@@ -433,8 +434,16 @@ def number_info(number: str, region: str | None) -> NumberInfo | None:
     international = text.startswith("+")
     if not international and region is None:
         return None
+    fast = numbers.lookup(text, None if international else region)
+    if fast is not numbers.FALLBACK:
+        return None if fast is None else NumberInfo(*fast)
+    return parsed_info(text, None if international else region)
+
+
+def parsed_info(text: str, region: str | None) -> NumberInfo | None:
+    """`number_info` through phonenumbers.parse: the definition `pipeline.numbers` is held to."""
     try:
-        parsed = phonenumbers.parse(text, None if international else region)
+        parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     return _info(parsed)
