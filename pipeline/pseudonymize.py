@@ -86,7 +86,11 @@ def token_of(key: PseudonymKey, domain: Domain, value: str, memo: Memo | None = 
     devices repeat."""
     if memo is None:
         return key.token(domain, value)
-    return memo.get(("token", key, domain, value), lambda: key.token(domain, value))
+    entry = ("token", key, domain, value)
+    token = memo.peek(entry)
+    if token is None:
+        token = memo.put(entry, key.token(domain, value))
+    return token
 
 
 def _token(domain: Domain) -> Transform:
@@ -99,8 +103,10 @@ def _token(domain: Domain) -> Transform:
 def _phone(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     if value is None:
         return (None, None, None)
-    country, kind = memo.get(("facts", value), lambda: phone_facts(value))
-    return (token_of(key, Domain.PHONE, value, memo), country, kind)
+    facts = memo.peek(("facts", value))
+    if facts is None:
+        facts = memo.put(("facts", value), phone_facts(value))
+    return (token_of(key, Domain.PHONE, value, memo), *facts)
 
 
 def _cell(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import phonenumbers
@@ -449,24 +449,6 @@ def parsed_info(text: str, region: str | None) -> NumberInfo | None:
     return _info(parsed)
 
 
-_PLAIN = re.compile(r"[+(]?[\d\s().-]+")
-_NOT_DIGIT = re.compile(r"\D")
-
-
-def _canonical(number: str) -> str:
-    """One spelling for the ways a plain number is written ("(201) 584-6008", "201-584-6008"),
-    so they share what they resolve to; anything else (letters, extensions) is its own key."""
-    text = number.strip()
-    if not _PLAIN.fullmatch(text):
-        return number
-    digits = _NOT_DIGIT.sub("", text)
-    if text.startswith("+"):
-        return "+" + digits
-    if text.startswith("00"):
-        return "+" + digits[2:]
-    return digits
-
-
 def resolve_number(number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
     """What `_resolve` finds, with the number's type: read internationally if it is written so,
     else in the other number's region, else the carrier's."""
@@ -499,14 +481,17 @@ def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ..
     (a, b), carrier = _phone_and_carrier_fields()
     first, second = record[a], record[b]
     fallback = carrier_region(record[carrier])
-    c_first, c_second = _canonical(first), _canonical(second)
-    own_first = memo.get(("intl", c_first), lambda: _own_region(c_first))
-    own_second = memo.get(("intl", c_second), lambda: _own_region(c_second))
-    info_first = memo.get(
-        ("num", c_first, own_second, fallback), lambda: _remember(memo, first, own_second, fallback)
+    intl_first = _international(memo, first)
+    intl_second = _international(memo, second)
+    info_first = (
+        intl_first
+        if intl_first is not False
+        else _national(memo, first, intl_second.region if intl_second else None, fallback)
     )
-    info_second = memo.get(
-        ("num", c_second, own_first, fallback), lambda: _remember(memo, second, own_first, fallback)
+    info_second = (
+        intl_second
+        if intl_second is not False
+        else _national(memo, second, intl_first.region if intl_first else None, fallback)
     )
     record[a] = info_first.e164 if info_first is not None else first
     record[b] = info_second.e164 if info_second is not None else second
@@ -517,18 +502,39 @@ def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ..
     )
 
 
-def _own_region(number: str) -> str | None:
-    if not number.strip().startswith(("+", "00")):
-        return None
-    info = number_info(number, None)
-    return info.region if info is not None else None
+_MISSING = object()
 
 
-def _remember(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
-    info = resolve_number(number, other, fallback)
+def _international(memo: Memo, number: str) -> NumberInfo | Literal[False] | None:
+    """What a number written internationally ("+", "00") is (None: not valid), remembered by its
+    spelling; False if it is written nationally."""
+    key = ("intl", number)
+    found = memo.peek(key, _MISSING)
+    if found is not _MISSING:
+        return found
+    text = number.strip()
+    if not text.startswith(("+", "00")):
+        return memo.put(key, False)
+    info = number_info(text, None)
     if info is not None:
-        memo.get(("facts", info.e164), lambda: (info.country_code, info.kind))
-    return info
+        memo.put(("facts", info.e164), (info.country_code, info.kind))
+    return memo.put(key, info)
+
+
+def _national(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+    """A nationally written number read in the other number's region, else the carrier's."""
+    key = ("num", number, other, fallback)
+    found = memo.peek(key, _MISSING)
+    if found is not _MISSING:
+        return found
+    info = None
+    for region in (other, fallback):
+        if region is not None:
+            info = number_info(number, region)
+            if info is not None:
+                memo.put(("facts", info.e164), (info.country_code, info.kind))
+                break
+    return memo.put(key, info)
 
 
 @lru_cache(maxsize=4096)
