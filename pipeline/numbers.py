@@ -227,10 +227,7 @@ def lookup(text: str, region: str | None) -> Found | Fallback | None:
         return FALLBACK
     if digits.startswith(str(plan.country_code)):
         return FALLBACK
-    country = _country(plan.country_code)
-    if any(p is None for _r, p in country):
-        return FALLBACK
-    return _finish(plan, plan.country_code, digits, country)
+    return _finish(plan, plan.country_code, digits, _country(plan.country_code))
 
 
 def _finish(

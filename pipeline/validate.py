@@ -304,7 +304,9 @@ def _write_checker(
         if rule.category in ID_CATEGORIES and str in rule.types:
             limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
             body += [
-                f"{indent}if type(v) is str and not nameable(v, {limit}):",
+                # is_nameable, inlined
+                f"{indent}if type(v) is str and not (0 < len(v) <= {limit} and v.isprintable()"
+                " and not v.isspace()):",
                 f"{indent}    return Reason.BAD_ID, None",
             ]
         body.append(f"    out[{rule.name!r}] = v")
