@@ -184,11 +184,10 @@ def plan_for(region: str, country_code: int = 0) -> Plan | None:
         return None
 
 
-@cache
-def _country(country_code: int) -> tuple[tuple[str, Plan | None], ...]:
-    return tuple(
-        (r, plan_for(r, country_code)) for r in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
-    )
+def _country(country_code: int) -> tuple[str, ...]:
+    """The regions of a calling code, main region first (their plans are compiled when needed:
+    a US number never compiles the 24 other regions of +1)."""
+    return phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
 
 
 _SUPPORTED = frozenset(phonenumbers.SUPPORTED_REGIONS)
@@ -216,7 +215,7 @@ def lookup(text: str, region: str | None) -> Found | Fallback | None:
         country = _country(cc)
         if not country:
             return FALLBACK
-        main = country[0][1]
+        main = plan_for(country[0], cc)
         if main is None:
             return FALLBACK
         return _finish(main, cc, digits[size:], country)
@@ -230,9 +229,7 @@ def lookup(text: str, region: str | None) -> Found | Fallback | None:
     return _finish(plan, plan.country_code, digits, _country(plan.country_code))
 
 
-def _finish(
-    plan: Plan, cc: int, number: str, country: tuple[tuple[str, Plan | None], ...]
-) -> Found | Fallback | None:
+def _finish(plan: Plan, cc: int, number: str, country: tuple[str, ...]) -> Found | Fallback | None:
     if len(number) < _MIN_NSN:
         return FALLBACK
     stripped = plan.strip_prefix(number)
@@ -243,10 +240,11 @@ def _finish(
     # region_code_for_number: the only region of the code, or the first whose leading digits
     # match, or else the first in which the number has a type
     if len(country) == 1:
-        region, found = country[0]
+        region, found = country[0], plan_for(country[0], cc)
     else:
         region, found = "", None
-        for name, candidate in country:
+        for name in country:
+            candidate = plan_for(name, cc)
             if candidate is None:
                 return FALLBACK
             if candidate.leading is not None:
