@@ -24,11 +24,11 @@ from pathlib import Path
 import duckdb
 
 from infra import kafka, topics
-from pipeline.generate import generate_bad_messages, generate_traffic
+from pipeline.carrier.generate import generate_bad_messages, generate_traffic
+from pipeline.carrier.produce import Shipment, publish
 from pipeline.keys import create_key_file
-from pipeline.produce import Job, publish
-from pipeline.runner import read_stats
 from pipeline.settings import Settings
+from pipeline.stream.runner import read_stats
 from sinks.layout import glob
 
 DAY_MS = 86_400_000
@@ -91,10 +91,10 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
     try:
         half = len(traffic.calls) // 2
         jobs = [
-            Job(prefix + "consent.events", "ConsentEvent", traffic.consents),
-            Job(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
-            Job(prefix + "calls.raw", "CallEvent", traffic.calls[:half], "avro", 1, bad=bad),
-            Job(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
+            Shipment(prefix + "consent.events", "ConsentEvent", traffic.consents),
+            Shipment(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
+            Shipment(prefix + "calls.raw", "CallEvent", traffic.calls[:half], "avro", 1, bad=bad),
+            Shipment(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
         ]
         _say(f"5. carriers produce a day ({day:%Y-%m-%d}) of traffic")
         summary = asyncio.run(publish(broker.bootstrap, jobs))

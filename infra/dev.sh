@@ -47,7 +47,7 @@ case "${1:-}" in
     export CALLPIPE_HOME=$ROOT/.cache/test
     export CALLPIPE_KAFKA_PORT=${CALLPIPE_TEST_KAFKA_PORT:-19092}
     export CALLPIPE_BOOTSTRAP=127.0.0.1:$CALLPIPE_KAFKA_PORT
-    rm -rf "$CALLPIPE_HOME/kafka/data"
+    rm -rf "$CALLPIPE_HOME/kafka/data" "$CALLPIPE_HOME/state"
     trap 'callpipe kafka down >/dev/null 2>&1 || true' EXIT
     callpipe kafka up
     ruff format --check .

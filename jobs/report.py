@@ -9,7 +9,7 @@ only format it. Data sources:
   file system. Only counts and timestamps are read, never content.
 - stream counters: what the stream worker and `callpipe ingest` leave under `<lake>/_stats/`
   (one JSON file of counts per landed offset range of each source), summed by the stream's own
-  reader `pipeline.runner.read_stats`, which counts a range only once its manifest exists:
+  reader `pipeline.stream.runner.read_stats`, which counts a range only once its manifest exists:
   `dead_letter.<Reason>`, `drop.<Drop>` (the consent and privacy-request ones shown as consent
   outcomes), `vault` / `analytics` (rows routed to each zone), and the rest (messages, events_in).
 - job history: `jobs.audit.read`; changes a killed job left in its journal: `jobs.replace.pending`.
@@ -242,8 +242,8 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | N
 
 
 def _stream(lake: Path) -> dict[str, Any]:
-    """The stream's counters, summed over every committed range (`pipeline.runner.read_stats`)."""
-    from pipeline.runner import STATS_DIR, read_stats
+    """The stream's counters, summed over every committed range (`pipeline.stream.runner.read_stats`)."""
+    from pipeline.stream.runner import STATS_DIR, read_stats
 
     root = lake / STATS_DIR
     sources = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0

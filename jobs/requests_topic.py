@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobs.requests import Batch, Reader
 from pipeline import codec
-from pipeline.produce import TOPIC_OF
+from pipeline.carrier.produce import TOPIC_OF
 
 TOPIC = TOPIC_OF["PrivacyRequest"]
 

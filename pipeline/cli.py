@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from infra import cli as infra_cli
     from jobs import cli as jobs_cli
-    from pipeline import cli_bench, cli_produce, cli_stream
+    from pipeline.bench import cli as cli_bench
+    from pipeline.carrier import cli as cli_produce
+    from pipeline.stream import cli as cli_stream
 
     parser = _Parser(prog="callpipe", description="Privacy-first streaming pipeline for call data.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

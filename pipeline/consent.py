@@ -1,7 +1,7 @@
 """Consent and subject state per account, decisions at an event's time, and event-time ordering.
 
 `AccountState` is one account's consent history per purpose and its privacy-request history, a
-small JSON-serializable value (every worker holds all of them, pipeline/control.py). Histories
+small JSON-serializable value (every worker holds all of them, pipeline/stream/control.py). Histories
 are kept sorted by event time and free of repeats, so recording an event twice, or out of
 arrival order, changes nothing: a replayed or late consent event lands where its time puts it.
 
@@ -28,7 +28,7 @@ import heapq
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from typing import Any, Generic, TypeVar
@@ -47,7 +47,7 @@ class Stream(StrEnum):
     REQUESTS = "requests"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountState:
     """One account's histories, sorted by time:
     consents: (at_ms, purpose, granted); requests: (at_ms, kind, request_id)."""
@@ -79,22 +79,35 @@ def _request_key(entry: tuple[int, str, str]) -> tuple[int, int, str]:
     return (at, REQUEST_KINDS.index(kind) if kind in REQUEST_KINDS else -1, request_id)
 
 
+_EMPTY = AccountState()
+E = TypeVar("E", bound=tuple[Any, ...])
+
+
+def _added(history: tuple[E, ...], entry: E, key: Callable[[E], tuple[Any, ...]]) -> tuple[E, ...]:
+    """`history` with `entry` in its sorted place, unchanged when it holds it already. Events mostly
+    arrive in time order, so the common case appends without sorting (the control state replays
+    every account's whole history at start-up)."""
+    if entry in history:
+        return history
+    if not history or key(history[-1]) <= key(entry):
+        return (*history, entry)
+    return tuple(sorted((*history, entry), key=key))
+
+
 def record_consent(state: AccountState | None, event: Mapping[str, Any]) -> AccountState:
     """The state with a ConsentEvent (purpose, granted, at) added to its history."""
-    state = state or AccountState()
+    state = state or _EMPTY
     entry = (int(event["at"]), str(event["purpose"]), bool(event["granted"]))
-    if entry in state.consents:
-        return state
-    return replace(state, consents=tuple(sorted((*state.consents, entry), key=_consent_key)))
+    consents = _added(state.consents, entry, _consent_key)
+    return state if consents is state.consents else AccountState(consents, state.requests)
 
 
 def record_request(state: AccountState | None, request: Mapping[str, Any]) -> AccountState:
     """The state with a PrivacyRequest (request_id, kind, at) added to its history."""
-    state = state or AccountState()
+    state = state or _EMPTY
     entry = (int(request["at"]), str(request["kind"]), str(request["request_id"]))
-    if entry in state.requests:
-        return state
-    return replace(state, requests=tuple(sorted((*state.requests, entry), key=_request_key)))
+    requests = _added(state.requests, entry, _request_key)
+    return state if requests is state.requests else AccountState(state.consents, requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +245,10 @@ class Watermarks:
             clock = self._clocks[(stream, partition)] = _StreamClock(event_ms=-1, seen_ms=now_ms)
         clock.event_ms = max(clock.event_ms, event_ms)
         clock.seen_ms = max(clock.seen_ms, now_ms)
+
+    def event_times(self) -> dict[tuple[Stream, int], int]:
+        """The watermark of every control partition seen (what a snapshot of the state keeps)."""
+        return {key: clock.event_ms for key, clock in self._clocks.items() if key[1] >= 0}
 
     def caught_up(self, stream: Stream, now_ms: int, partition: int = -1) -> None:
         """The partition was polled and is active but had nothing new (resets its idle clock)."""

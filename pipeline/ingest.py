@@ -38,8 +38,8 @@ from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
-from pipeline.runner import DeadLetter, PartitionRunner, write_stats
 from pipeline.settings import Settings
+from pipeline.stream.runner import DeadLetter, PartitionRunner, write_stats
 from sinks import files
 from sinks.group import Hook, land_together
 from sinks.lake import file_source

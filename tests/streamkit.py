@@ -18,7 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from infra.topics import create_topics
 from pipeline import codec
-from pipeline.runner import read_stats
+from pipeline.stream.runner import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 
 START = 1_767_225_600_000
 

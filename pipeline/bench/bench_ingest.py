@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pipeline.bench.stream import SEED, _ingest
-from pipeline.generate import HOUR_MS, generate_traffic
+from pipeline.carrier.generate import HOUR_MS, generate_traffic
 from pipeline.settings import Settings
 
 

@@ -3,7 +3,7 @@
 
 Corpus: transcripts over every region the generator knows, with their ground truth (PII values
 by category, and ordinary numbers that must survive): half from
-pipeline.generate_pii.generate_transcript (callpipe's own), half from
+pipeline.carrier.generate_pii.generate_transcript (callpipe's own), half from
 pipeline.bench.detect_corpus.hard_transcript (text as others write it: cards of every brand and
 length, IBANs of every length in running text, international call prefixes, CJK text). Each
 tool gets the call's region, as the stream gives pipeline.detect the call's own
@@ -34,9 +34,9 @@ from typing import Any
 
 from pipeline.bench.common import BenchError, table
 from pipeline.bench.detect_corpus import hard_transcript
+from pipeline.carrier.generate import REGIONS
+from pipeline.carrier.generate_pii import generate_transcript
 from pipeline.detect import detect
-from pipeline.generate import REGIONS
-from pipeline.generate_pii import generate_transcript
 
 Found = tuple[int, int, str]  # start, end, category
 Tool = Callable[[str, str], list[Found]]

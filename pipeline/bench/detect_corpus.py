@@ -1,5 +1,5 @@
 """Transcripts as others write them, for `callpipe bench detect`: the shapes that callpipe's own
-generator (pipeline.generate_pii) never produces and that leaked before issue 10.
+generator (pipeline.carrier.generate_pii) never produces and that leaked before issue 10.
 
 Each transcript holds some of: cards of every major brand and length (Visa 13/16/19, Mastercard
 51-55 and 2221-2720, Amex, Diners 14, Discover, JCB 16 and 15 (1800/2131), UnionPay 16-19,
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
+from pipeline.carrier.generate_pii import Transcript, make_ip, number_pool
 from pipeline.detect_checks import IBAN_LENGTHS
-from pipeline.generate_pii import Transcript, make_ip, number_pool
 
 # BBAN layouts as (count, kind): n digits, a capital letters (registry formats, simplified to
 # what every national validator also accepts).

@@ -36,9 +36,9 @@ from pipeline.bench import kafka
 from pipeline.bench.common import percentile, table
 from pipeline.bench.passthrough import Commit, run_passthrough
 from pipeline.bench.worker import Worker, lake_commits
-from pipeline.generate import HOUR_MS, Traffic, generate_traffic
+from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
+from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.keys import PseudonymKey, create_key_file
-from pipeline.produce import Job, partition_for, plan_messages, publish
 from pipeline.settings import Settings
 from sinks.lake import source_name
 
@@ -109,9 +109,9 @@ def latencies_ms(commits: Sequence[Commit], sent: Sequence[kafka.Sent], partitio
 
 def _preload(bootstrap: str, prefix: str, traffic: Traffic, batch: int) -> float:
     jobs = [
-        Job(prefix + "consent.events", "ConsentEvent", traffic.consents),
-        Job(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
-        Job(prefix + CALLS, "CallEvent", traffic.calls, batch_size=batch),
+        Shipment(prefix + "consent.events", "ConsentEvent", traffic.consents),
+        Shipment(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
+        Shipment(prefix + CALLS, "CallEvent", traffic.calls, batch_size=batch),
     ]
     summary = asyncio.run(publish(bootstrap, jobs))
     return summary.events / summary.seconds if summary.seconds else 0.0

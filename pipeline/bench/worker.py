@@ -17,7 +17,7 @@ import orjson
 
 from pipeline.bench.common import BenchError, proc_memory_kib
 from pipeline.bench.passthrough import Commit
-from pipeline.runner import read_stats, stats_path
+from pipeline.stream.runner import read_stats, stats_path
 from sinks import lineage
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -13,7 +13,8 @@ from pathlib import Path
 import fastavro
 import orjson
 
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 
 HERE = Path(__file__).resolve().parent
 START = 1_767_225_600_000

@@ -3,7 +3,7 @@
     .venv/bin/python tests/canary/bench_chain.py [EVENTS] [BATCH ...]
 
 Generates EVENTS seeded calls with their accounts' consents and privacy requests
-(pipeline.generate), then runs process_batch over them in batches of each BATCH size (default
+(pipeline.carrier.generate), then runs process_batch over them in batches of each BATCH size (default
 1 and 500) and prints events per second of CPU time (the machine may be shared) and of wall
 clock. Timing only; the correctness of the rows is the unit tests' job.
 """
@@ -14,9 +14,9 @@ import sys
 import time
 from collections import Counter
 
+from pipeline.carrier.generate import generate_traffic
 from pipeline.chain import process_batch
 from pipeline.consent import AccountState, record_consent, record_request
-from pipeline.generate import generate_traffic
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
 

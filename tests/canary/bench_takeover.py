@@ -19,7 +19,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from tests.e2e.test_stream_e2e import wait_for_group, worker_env
 from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
 

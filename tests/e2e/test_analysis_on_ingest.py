@@ -14,9 +14,9 @@ import duckdb
 import orjson
 import pytest
 
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import create_key_file
-from pipeline.runner import read_stats
+from pipeline.stream.runner import read_stats
 
 pytestmark = pytest.mark.e2e
 

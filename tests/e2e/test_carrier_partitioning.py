@@ -44,11 +44,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from infra.topics import TOPICS
 from pipeline import codec
+from pipeline.carrier.generate import generate_traffic
+from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
-from pipeline.generate import generate_traffic
 from pipeline.policy import DEFAULT_POLICY
-from pipeline.produce import partition_for
-from pipeline.runner import read_stats
+from pipeline.stream.runner import read_stats
 from tests.e2e.test_stream_e2e import consume_all, wait_for_group, worker_env, zone
 from tests.streamkit import publish, records_to_messages, start_worker, stop, wait_for_events
 

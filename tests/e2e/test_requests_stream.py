@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from jobs import ledger
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import Domain, load_key
 from sinks.layout import glob
 from tests.e2e.test_stream_e2e import PARTITIONS, worker_env

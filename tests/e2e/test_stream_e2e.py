@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import codec
+from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
-from pipeline.generate import generate_bad_messages, generate_traffic
 from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
 from sinks.layout import glob

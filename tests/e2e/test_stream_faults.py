@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
-from pipeline.generate import generate_traffic
-from pipeline.runner import read_stats
+from pipeline.carrier.generate import generate_traffic
+from pipeline.stream.runner import read_stats
 from tests.e2e.test_stream_e2e import worker_env, zone
 from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from tests.e2e.test_stream_e2e import _kill_trial, worker_env, zone
 from tests.streamkit import (
     ROOT,

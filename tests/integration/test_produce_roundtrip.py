@@ -11,9 +11,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline import cli, codec, generate
+from pipeline import cli, codec
+from pipeline.carrier import generate
+from pipeline.carrier.produce import partition_for
 from pipeline.codec import Decoded
-from pipeline.produce import partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,10 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from pipeline import cli, codec, generate
-from pipeline.cli_produce import build_jobs
-from pipeline.produce import Outgoing, load_file, mix_in_bad, partition_for, plan_messages
+from pipeline import cli, codec
+from pipeline.carrier import generate
+from pipeline.carrier.cli import build_shipments
+from pipeline.carrier.produce import Outgoing, load_file, mix_in_bad, partition_for, plan_messages
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(9, 2000, START, accounts=100)
@@ -89,7 +90,7 @@ def test_files_are_recognised_by_content(tmp_path: Path, name: str, topic: str, 
     else:
         path.write_bytes(codec.encode_container(records, name))
     assert load_file(path, None) == (name, records)
-    jobs = build_jobs(parse("--from", str(path), "--format", "json"), datetime.now(UTC))
+    jobs = build_shipments(parse("--from", str(path), "--format", "json"), datetime.now(UTC))
     assert [(j.topic, j.record_name, list(j.records), j.fmt) for j in jobs] == [
         (topic, name, records, "json")
     ]
@@ -98,14 +99,14 @@ def test_files_are_recognised_by_content(tmp_path: Path, name: str, topic: str, 
 def test_generated_jobs_default_window_is_yesterday_and_options_add_topics() -> None:
     now = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
     args = parse("--count", "300", "--seed", "4", "--consent", "--requests", "--bad-share", "0.1")
-    jobs = build_jobs(args, now)
+    jobs = build_shipments(args, now)
     assert [j.topic for j in jobs] == ["consent.events", "privacy.requests", "calls.raw"]
     calls = jobs[-1]
     assert len(calls.records) == 300 and len(calls.bad) == 30
     day = int(datetime(2026, 3, 9, tzinfo=UTC).timestamp() * 1000)
     assert all(day <= c["started_at"] < day + generate.DAY_MS for c in calls.records)
-    assert build_jobs(args, now)[-1].records == calls.records  # same seed, same events
-    explicit = build_jobs(parse("--count", "10", "--start", "2026-01-01T06:00", "--hours", "2"), now)[0]
+    assert build_shipments(args, now)[-1].records == calls.records  # same seed, same events
+    explicit = build_shipments(parse("--count", "10", "--start", "2026-01-01T06:00", "--hours", "2"), now)[0]
     assert all(
         START + 6 * generate.HOUR_MS <= c["started_at"] < START + 8 * generate.HOUR_MS
         for c in explicit.records
@@ -181,7 +182,7 @@ def test_out_writes_files_that_from_reads_back(
     ]
     assert cli.main(["produce", *argv, "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("wrote ")
-    jobs = build_jobs(parse(*argv), datetime.now(UTC))
+    jobs = build_shipments(parse(*argv), datetime.now(UTC))
     for job in jobs:
         path = tmp_path / f"{job.topic}.{suffix}"
         assert load_file(path, None) == (job.record_name, list(job.records))

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from pipeline import codec, codec_avro, generate
+from pipeline import codec, codec_avro
+from pipeline.carrier import generate
 from pipeline.codec import FORMAT_HEADER, Decoded, Limits, Lineage, decode_batch, decode_value, encode
 from pipeline.identifiers import identifier_paths
 from pipeline.reasons import Reason, Stage

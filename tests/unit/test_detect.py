@@ -239,9 +239,9 @@ def test_corpus_is_labelled_consistently() -> None:
 
 
 def test_generated_transcripts_against_their_ground_truth() -> None:
-    """A second, independently written corpus: pipeline.generate plants PII and ordinary numbers in
+    """A second, independently written corpus: pipeline.carrier.generate plants PII and ordinary numbers in
     transcripts of every region it knows and says which is which."""
-    from pipeline.generate import REGIONS, generate_transcript
+    from pipeline.carrier.generate import REGIONS, generate_transcript
 
     labels = {"phone": "PHONE", "email": "EMAIL", "ip": "IP", "card": "CARD", "iban": "IBAN"}
     rng = random.Random(3)

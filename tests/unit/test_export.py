@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.cli import main
 from tests.ops_lake import make_key
 

@@ -10,7 +10,8 @@ from collections import Counter
 import phonenumbers
 import pytest
 
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.reasons import Reason
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday

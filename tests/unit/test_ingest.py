@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import codec, ingest
-from pipeline.generate import generate_traffic
+from pipeline.carrier.generate import generate_traffic
 from pipeline.ingest import IngestResult, ingest_files, load_states
 from pipeline.keys import PseudonymKey
-from pipeline.runner import read_stats
 from pipeline.settings import Settings
+from pipeline.stream.runner import read_stats
 from sinks import group, lineage
 from sinks.layout import ANALYTICS, VAULT, ZONES
 from sinks.read import read_zone, zone_files

@@ -12,7 +12,8 @@ import duckdb
 import orjson
 import pytest
 
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.identifiers import identifier_paths
 from pipeline.ingest import load_states

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.offsets import Gap, OffsetGuard
+from pipeline.stream.offsets import Gap, OffsetGuard
 
 
 def test_contiguous_offsets_and_replays_are_taken() -> None:

@@ -16,7 +16,7 @@ from analysis_lake import T0, analytics_row, crowd, vault_row, write_zone
 from jobs import audit, report, report_html
 from jobs.anonymize import anonymize
 from pipeline.policy import DEFAULT_POLICY
-from pipeline.runner import write_stats
+from pipeline.stream.runner import write_stats
 from sinks import lineage
 
 AS_OF = T0 + timedelta(days=40)  # vault limit 90 d, transcripts 30 d

@@ -10,7 +10,8 @@ import fastavro
 import pytest
 
 import schemas
-from pipeline import codec, generate
+from pipeline import codec
+from pipeline.carrier import generate
 
 START = 1_767_225_600_000
 NAMES = sorted(schemas.FILES)

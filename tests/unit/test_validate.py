@@ -259,7 +259,7 @@ def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic()
     """normalize_numbers resolves each spelling once (pipeline/memo.py) with one parse per
     region hint; it must give what the reference `_resolve` gives, and the facts it leaves for
     pseudonymization must be phone_facts' own."""
-    from pipeline.generate import generate_traffic
+    from pipeline.carrier.generate import generate_traffic
     from pipeline.memo import Memo
     from pipeline.pseudonymize import phone_facts
     from pipeline.validate import _resolve, carrier_region, international_region, normalize_numbers
@@ -297,7 +297,7 @@ def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic()
 def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_kind_of_damage() -> None:
     """validate_batch runs the schema's field rules unrolled into one function (`_checker`); it
     must agree with `_check_fields` + `_project`, field by field and damage by damage."""
-    from pipeline.generate import generate_traffic
+    from pipeline.carrier.generate import generate_traffic
     from pipeline.validate import _check_fields, _checker, _project, _rules
 
     rules = _rules()

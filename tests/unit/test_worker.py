@@ -1,4 +1,4 @@
-"""The stream worker's rules, driven in-process with a fake broker (pipeline/worker.py): where a
+"""The stream worker's rules, driven in-process with a fake broker (pipeline/stream/worker.py): where a
 partition starts, exactly once across replays, gaps, rebalances and a busy lake writer, dead
 letters before landing (an oversize one kept in the lake), a failing disk, and consent read from
 any control partition. The same rules run against the real broker in tests/e2e."""
@@ -18,13 +18,13 @@ import orjson
 import pytest
 
 from pipeline import codec
+from pipeline.carrier.generate import generate_traffic
 from pipeline.consent import Stream
-from pipeline.control import ControlState
-from pipeline.generate import generate_traffic
 from pipeline.keys import PseudonymKey
-from pipeline.runner import DeadLetter, read_stats
 from pipeline.settings import Settings
-from pipeline.worker import RETRY_S, StreamWorker
+from pipeline.stream.control import ControlState
+from pipeline.stream.runner import DeadLetter, read_stats
+from pipeline.stream.worker import RETRY_S, StreamWorker
 from sinks import files
 from sinks.lake import SourceBusy
 from sinks.layout import glob

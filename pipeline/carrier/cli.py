@@ -7,9 +7,17 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline import generate
+from pipeline.carrier import generate
+from pipeline.carrier.produce import (
+    FORMATS,
+    TOPIC_OF,
+    ProduceError,
+    Shipment,
+    load_file,
+    publish,
+    write_files,
+)
 from pipeline.errors import CliError
-from pipeline.produce import FORMATS, TOPIC_OF, Job, ProduceError, load_file, publish, write_files
 from pipeline.settings import Settings
 
 
@@ -93,43 +101,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_jobs(args: argparse.Namespace, now: datetime) -> list[Job]:
-    """The jobs the command line asks for; `now` is the caller's clock (default window: yesterday)."""
+def build_shipments(args: argparse.Namespace, now: datetime) -> list[Shipment]:
+    """The shipments the command line asks for; `now` is the caller's clock (default window: yesterday)."""
     shape = {"fmt": args.format, "batch_size": args.batch_size, "iso_times": args.iso_times}
     if args.from_file is not None:
         try:
             name, records = load_file(args.from_file, args.topic)
         except ProduceError as exc:
             raise CliError(str(exc)) from None
-        return [Job(args.topic or TOPIC_OF[name], name, records, **shape)]
+        return [Shipment(args.topic or TOPIC_OF[name], name, records, **shape)]
     start = args.start or (now.astimezone(UTC) - timedelta(days=1)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
     start_ms = int(start.timestamp() * 1000)
     span_ms = args.hours * generate.HOUR_MS
     accounts = generate.generate_accounts(args.seed, args.accounts)
-    jobs: list[Job] = []
+    shipments: list[Shipment] = []
     if args.consent:
         consents = generate.generate_consents(args.seed, accounts, start_ms, span_ms)
-        jobs.append(Job(args.consent_topic, "ConsentEvent", consents, **shape))
+        shipments.append(Shipment(args.consent_topic, "ConsentEvent", consents, **shape))
     if args.requests:
         requests = generate.generate_requests(args.seed, accounts, start_ms, span_ms)
-        jobs.append(Job(args.requests_topic, "PrivacyRequest", requests, **shape))
+        shipments.append(Shipment(args.requests_topic, "PrivacyRequest", requests, **shape))
     calls = generate.generate_calls(args.seed, args.count, start_ms, span_ms, accounts=accounts)
     bad = generate.generate_bad_messages(args.seed, round(args.count * args.bad_share), start_ms)
-    jobs.append(Job(args.topic or TOPIC_OF["CallEvent"], "CallEvent", calls, bad=bad, **shape))
-    return jobs
+    shipments.append(Shipment(args.topic or TOPIC_OF["CallEvent"], "CallEvent", calls, bad=bad, **shape))
+    return shipments
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is not None and args.bad_share:
         raise CliError("--bad-share needs a broker: bad messages are not written to --out files")
-    jobs = build_jobs(args, datetime.now(UTC))
+    shipments = build_shipments(args, datetime.now(UTC))
     try:
         if args.out is not None:
-            summary = write_files(args.out, jobs)
+            summary = write_files(args.out, shipments)
         else:
-            summary = asyncio.run(publish(settings.bootstrap, jobs, rate=args.rate))
+            summary = asyncio.run(publish(settings.bootstrap, shipments, rate=args.rate))
     except ProduceError as exc:
         raise CliError(str(exc)) from None
     print(summary.line())

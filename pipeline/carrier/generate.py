@@ -41,7 +41,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pipeline.generate_pii import Number, Transcript, generate_transcript, make_ip, make_number, number_pool
+from pipeline.carrier.generate_pii import (
+    Number,
+    Transcript,
+    generate_transcript,
+    make_ip,
+    make_number,
+    number_pool,
+)
 from pipeline.reasons import Reason
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""`callpipe bench stream|detect|jobs [--quick] [--json]`: measured figures, as a table or one JSON
+"""`callpipe bench stream|detect|jobs|control [--quick] [--json]`: measured figures, as a table or one JSON
 object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs")
+WHAT = ("stream", "detect", "jobs", "control")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -40,6 +40,11 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 
         figures = detect.run(quick)
         return figures, detect.render(figures)
+    if what == "control":
+        from pipeline.bench import control
+
+        figures = control.run(settings, quick)
+        return figures, control.render(figures)
     from pipeline.bench import batch as jobs
 
     figures = jobs.run(quick)
@@ -54,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
-    b.add_argument("what", choices=WHAT, help="stream, detect or jobs")
+    b.add_argument(
+        "what", choices=WHAT, help="stream, detect, jobs or control (the consent state at 1M accounts)"
+    )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b.set_defaults(func=bench_cmd)

@@ -23,7 +23,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from pipeline import codec
-from pipeline.generate import BadMessage
+from pipeline.carrier.generate import BadMessage
 
 TOPIC_OF = {"CallEvent": "calls.raw", "ConsentEvent": "consent.events", "PrivacyRequest": "privacy.requests"}
 RECORD_OF = {topic: name for name, topic in TOPIC_OF.items()}
@@ -46,7 +46,7 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
-class Job:
+class Shipment:
     """Records of one kind to publish to one topic, plus deliberately bad messages mixed in."""
 
     topic: str
@@ -212,21 +212,24 @@ def _file_record_name(data: bytes, path: Path) -> str | None:
     return sniff_record_name(first)
 
 
-def write_files(folder: Path, jobs: Sequence[Job]) -> Summary:
-    """Write each job's records to <folder>/<topic>.jsonl (json) or .avro (Avro container)."""
+def write_files(folder: Path, shipments: Sequence[Shipment]) -> Summary:
+    """Write each shipment's records to <folder>/<topic>.jsonl (json) or .avro (Avro container)."""
     started = time.perf_counter()
     summary = Summary(to_files=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for job in jobs:
-            if job.fmt == "json":
-                path = folder / f"{job.topic}.jsonl"
-                lines = [codec.to_json(r, job.record_name, iso_times=job.iso_times) for r in job.records]
+        for shipment in shipments:
+            if shipment.fmt == "json":
+                path = folder / f"{shipment.topic}.jsonl"
+                lines = [
+                    codec.to_json(r, shipment.record_name, iso_times=shipment.iso_times)
+                    for r in shipment.records
+                ]
                 path.write_bytes(b"".join(line + b"\n" for line in lines))
             else:
-                path = folder / f"{job.topic}.avro"
-                path.write_bytes(codec.encode_container(job.records, job.record_name))
-            summary.topics[str(path)] = [len(job.records), 1, 0]
+                path = folder / f"{shipment.topic}.avro"
+                path.write_bytes(codec.encode_container(shipment.records, shipment.record_name))
+            summary.topics[str(path)] = [len(shipment.records), 1, 0]
     except OSError as exc:
         raise ProduceError(f"cannot write to {folder}: {exc.strerror or type(exc).__name__}") from None
     summary.seconds = time.perf_counter() - started
@@ -234,9 +237,9 @@ def write_files(folder: Path, jobs: Sequence[Job]) -> Summary:
 
 
 async def publish(
-    bootstrap: str, jobs: Sequence[Job], *, rate: float = 0.0, timeout_s: float = 20.0
+    bootstrap: str, shipments: Sequence[Shipment], *, rate: float = 0.0, timeout_s: float = 20.0
 ) -> Summary:
-    """Send the jobs in order (rate: events/s over all jobs, 0 = as fast as possible)."""
+    """Send the shipments in order (rate: events/s over all shipments, 0 = as fast as possible)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
@@ -259,14 +262,19 @@ async def publish(
         metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
         started = time.perf_counter()
         plans = []
-        for job in jobs:
-            parts = metadata.partitions_for_topic(job.topic)
+        for shipment in shipments:
+            parts = metadata.partitions_for_topic(shipment.topic)
             if not parts:
-                raise ProduceError(f"topic {job.topic} does not exist (run `callpipe topics create`)")
+                raise ProduceError(f"topic {shipment.topic} does not exist (run `callpipe topics create`)")
             msgs = plan_messages(
-                job.records, job.record_name, job.fmt, job.batch_size, len(parts), iso_times=job.iso_times
+                shipment.records,
+                shipment.record_name,
+                shipment.fmt,
+                shipment.batch_size,
+                len(parts),
+                iso_times=shipment.iso_times,
             )
-            plans.append((job.topic, mix_in_bad(msgs, job.bad), len(job.bad)))
+            plans.append((shipment.topic, mix_in_bad(msgs, shipment.bad), len(shipment.bad)))
         sent_events = 0
         for topic, msgs, bad in plans:
             partitions = sorted(metadata.partitions_for_topic(topic))

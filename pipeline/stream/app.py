@@ -1,8 +1,8 @@
-"""The worker process: Kafka in, lake and dead letters out, around the logic of pipeline/worker.py.
+"""The worker process: Kafka in, lake and dead letters out, around the logic of pipeline/stream/worker.py.
 
     calls.raw         -> consumer group `callpipe-stream`, raw record batches (getmany)
                          -> StreamWorker -> PartitionRunner per partition -> lake
-    consent.events,   -> every partition read whole by each worker (pipeline/control.py)
+    consent.events,   -> every partition read whole by each worker (pipeline/stream/control.py)
     privacy.requests     -> ControlState: consent and subject state, event-time watermarks
                       -> also in the consumer group: the owner of a control partition turns what
                          does not decode into dead letters, once for the whole group
@@ -37,13 +37,13 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pipeline import lograte
 from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
-from pipeline.control import RECORDS, ControlReader, ControlState
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
-from pipeline.runner import DeadLetter
 from pipeline.settings import Settings
+from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
+from pipeline.stream.runner import DeadLetter
+from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
-from pipeline.worker import StreamWorker
 
 log = logging.getLogger("callpipe.worker")
 
@@ -78,7 +78,7 @@ def now_ms() -> int:
 
 
 class KafkaBroker:
-    """`pipeline.worker.Broker` over an aiokafka consumer and producer."""
+    """`pipeline.stream.worker.Broker` over an aiokafka consumer and producer."""
 
     def __init__(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, calls: str, dlq: str) -> None:
         self.consumer = consumer
@@ -238,6 +238,7 @@ class WorkerRuntime(mode.Service):
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=MAX_FETCH,
             ),
+            snapshot=snapshot_path(settings.home, prefix),
         )
         self._topics = topics
         self._prefix = prefix

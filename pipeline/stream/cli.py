@@ -13,7 +13,7 @@ from pipeline.settings import Settings
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.app import run_worker
+    from pipeline.stream.app import run_worker
 
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0

@@ -1,4 +1,4 @@
-"""The stream worker's logic, as an object the Kafka runtime (pipeline/app.py) drives and a test
+"""The stream worker's logic, as an object the Kafka runtime (pipeline/stream/app.py) drives and a test
 drives with a fake broker: `assigned`, `take`, `tick`, `revoked`, `shutdown`.
 
 Invariants, whatever the order of calls:
@@ -9,7 +9,7 @@ Invariants, whatever the order of calls:
     landed only after its dead letters are acknowledged by the broker (or, for one too large for
     calls.dlq, kept whole in the lake's restricted `_rejects/` area with a stub in calls.dlq).
   - Every message of an owned partition is checked against the offset the runner expects next
-    (pipeline/offsets.py): below it, a replay the runner skips; above it, a gap that is sought
+    (pipeline/stream/offsets.py): below it, a replay the runner skips; above it, a gap that is sought
     back once and taken only when a re-read confirms it (retention, compaction, transactions).
   - A partition revoked is not landed at once: the eager rebalance revokes every partition of
     every member, and most come back. Only partitions not assigned again are landed and their
@@ -34,13 +34,13 @@ from typing import Protocol
 
 from pipeline.codec import MessageLike
 from pipeline.consent import EventTimeMerger
-from pipeline.control import ControlState
 from pipeline.ingest import REJECTS_DIR, write_rejects
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
-from pipeline.offsets import OffsetGuard
-from pipeline.runner import DeadLetter, PartitionRunner
 from pipeline.settings import Settings
+from pipeline.stream.control import ControlState
+from pipeline.stream.offsets import OffsetGuard
+from pipeline.stream.runner import DeadLetter, PartitionRunner
 from sinks.lake import SourceBusy, source_name
 
 log = logging.getLogger("callpipe.worker")
