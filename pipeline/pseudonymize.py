@@ -20,7 +20,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 import phonenumbers
@@ -90,7 +90,7 @@ def token_of(key: PseudonymKey, domain: Domain, value: str, memo: Memo | None = 
         return key.token(domain, value)
     # the token depends on the secret, the domain and the value only; bytes and str cache their
     # hashes, the key dataclass and the enum member would hash in Python on every look-up
-    entry = ("token", key.secret, domain.value, value)
+    entry = ("token", key.secret, domain._value_, value)  # _value_: no descriptor call
     token = memo.peek(entry)
     if token is None:
         token = memo.put(entry, key.token(domain, value))
@@ -146,7 +146,8 @@ def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo)
     hint = tuple(regions)
     for k, v in value.items():
         if rememberable(v):
-            out[k] = memo.get(("attr", v, hint), partial(redact_value, v, hint))
+            redacted = memo.peek(("attr", v, hint))
+            out[k] = redacted if redacted is not None else memo.put(("attr", v, hint), redact_value(v, hint))
         else:
             out[k] = redact_value(v, hint)
     return (out,)

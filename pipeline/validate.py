@@ -104,19 +104,24 @@ def strip_secrets(record: Any, names: Iterable[str]) -> Any:
     is not a record is returned as it is, so the dead-letter path can call this on any input."""
     if not isinstance(record, Mapping):
         return record
-    return _strip(record, frozenset(n.lower() for n in names))[0]
+    return dict(_strip(record, frozenset(n.lower() for n in names))[0])
 
 
-def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Record, int]:
-    out = dict(record)
+def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[str, Any], int]:
+    """`record` itself when no map field holds a secret-named key (nothing here changes it),
+    else a copy with those keys removed; and how many were."""
+    out: Record | None = None
     stripped = 0
     for name in _map_fields():
-        value = out.get(name)
+        value = record.get(name)
         if isinstance(value, Mapping):
             kept = {k: v for k, v in value.items() if not (isinstance(k, str) and _is_secret(k, names))}
-            stripped += len(value) - len(kept)
-            out[name] = kept
-    return out, stripped
+            if len(kept) != len(value):
+                if out is None:
+                    out = dict(record)
+                out[name] = kept
+                stripped += len(value) - len(kept)
+    return (record if out is None else out), stripped
 
 
 @lru_cache(maxsize=1)
