@@ -7,6 +7,7 @@ parses), but the carriers' spellings must not need it."""
 from __future__ import annotations
 
 import random
+from functools import cache
 
 import phonenumbers
 from phonenumbers import PhoneNumberFormat as Fmt
@@ -33,6 +34,7 @@ def _examples() -> list[phonenumbers.PhoneNumber]:
     return out
 
 
+@cache
 def _corpus(seed: int) -> list[tuple[str, str | None]]:
     rng = random.Random(seed)
     cases: list[tuple[str, str | None]] = []
@@ -70,7 +72,7 @@ def _corpus(seed: int) -> list[tuple[str, str | None]]:
 
 def test_lookup_answers_as_parse_does_or_falls_back() -> None:
     fast = 0
-    for written, region in _corpus(1):
+    for written, region in random.Random(2).sample(_corpus(1), 15_000):
         text = written.strip()
         got = numbers.lookup(text, region)
         if got is numbers.FALLBACK:
@@ -78,13 +80,13 @@ def test_lookup_answers_as_parse_does_or_falls_back() -> None:
         fast += 1
         expected = parsed_info(text, region)
         assert (None if got is None else NumberInfo(*got)) == expected, (written, region)
-    assert fast > 15_000  # the corpus is mostly plain spellings: the fast path must answer them
+    assert fast > 9_000  # the corpus is mostly plain spellings: the fast path must answer them
 
 
 def test_number_info_is_parse_for_every_spelling() -> None:
     """Through the fallback too: what validate uses equals the parse definition."""
     rng = random.Random(3)
-    for written, region in rng.sample(_corpus(3), 3_000):
+    for written, region in rng.sample(_corpus(1), 3_000):
         text = written.strip()
         if text.startswith("00"):
             text = "+" + text[2:]
@@ -109,3 +111,30 @@ def test_carrier_spellings_take_the_fast_path() -> None:
                 answered += 1
                 assert got is not None
     assert answered / total > 0.95, (answered, total)
+
+
+def test_the_detectors_phone_check_is_parse_and_is_valid_number() -> None:
+    """pipeline.detect_checks reads candidates through pipeline.numbers: nationally in a region
+    and after "+", it must say what parse + is_valid_number say (it once differed on national
+    numbers written with their country code, a region's international prefix and the NANP
+    islands' 7-digit local form: "78091234567" in RU, "00247890753" in UA, "17128301" in TT)."""
+    from pipeline import detect_checks
+
+    for digits, region in [
+        ("78091234567", "RU"),
+        ("00247890753", "UA"),
+        ("17128301", "TT"),
+        ("13217115", "BS"),
+    ]:
+        assert detect_checks._valid_digits(detect_checks._Region("0"), digits, digits, region)
+    rng = random.Random(4)
+    for written, region in rng.sample(_corpus(1), 3_000):
+        digits = "".join(c for c in written if c in "0123456789")
+        if not digits:
+            continue
+        if region is None or region not in phonenumbers.SUPPORTED_REGIONS:
+            expected = detect_checks._parsed_valid("+" + digits, None)
+            assert detect_checks._international(digits) == expected, digits
+        else:
+            expected = detect_checks._parsed_valid(digits, region)
+            assert detect_checks._valid_digits(detect_checks._Region("0"), digits, digits, region) == expected
