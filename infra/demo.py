@@ -23,13 +23,16 @@ from pathlib import Path
 
 import duckdb
 
-from infra import kafka, topics
+from infra import kafka, security, topics
 from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.carrier.produce import Shipment, publish
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import create_key_file
 from pipeline.settings import Settings
 from pipeline.stream.runner import read_stats
+from sinks import crypt
 from sinks.layout import glob
+from sinks.read import duckdb_view, zone_files
 
 DAY_MS = 86_400_000
 
@@ -50,18 +53,34 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         f"   Apache Kafka {kafka.KAFKA_VERSION} (KRaft) at {broker.bootstrap}, pid {pid} "
         f"({time.monotonic() - t0:.1f}s)"
     )
-    settings = replace(settings, bootstrap=broker.bootstrap, lake=lake)
+    # The demo's own secure broker: each step connects as its role (docs/ARCHITECTURE.md, Security).
+    settings = replace(
+        settings,
+        bootstrap=broker.bootstrap,
+        lake=lake,
+        kafka_security="sasl_ssl",
+        kafka_user=None,
+        kafka_password_file=None,
+        kafka_ca=None,
+    )
 
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     prefix = f"demo{stamp}."
     _say(f"2. topics ({settings.partitions} partitions, co-partitioned by account)")
-    for o in asyncio.run(topics.create_topics(broker.bootstrap, settings.partitions, prefix)):
+    for o in asyncio.run(topics.create_topics(settings.kafka(OPERATOR), settings.partitions, prefix)):
         _say(f"   {o.name}")
+    security.grant(broker.admin(), prefix)
+    _say("   ACLs: carrier writes, worker reads and writes calls.dlq, operator reads calls.dlq")
 
     key_file = home / "key.hex"
     if not key_file.exists():
         create_key_file(key_file)
     _say(f"3. pseudonymization key {key_file} (mode {oct(key_file.stat().st_mode & 0o777)}; never printed)")
+    vault_keys = settings.vault_key_file or home / "vault.keys"
+    if not vault_keys.exists():
+        crypt.create_key_file(vault_keys)
+    crypt.configure(crypt.from_key_file(vault_keys))  # this process reads the vault back below
+    _say(f"   vault master keys {vault_keys} (mode {oct(vault_keys.stat().st_mode & 0o777)}; never printed)")
 
     if lake.exists():
         shutil.rmtree(lake)
@@ -76,7 +95,8 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         **os.environ,
         "CALLPIPE_LAKE": str(lake),
         "CALLPIPE_KEY_FILE": str(key_file),
-        "CALLPIPE_BOOTSTRAP": broker.bootstrap,
+        **settings.kafka(WORKER).env(),
+        "CALLPIPE_VAULT_KEY_FILE": str(vault_keys),
         "CALLPIPE_PARTITIONS": str(settings.partitions),
         "CALLPIPE_FLUSH_SECONDS": "2",
     }
@@ -97,7 +117,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
             Shipment(prefix + "calls.raw", "CallEvent", traffic.calls[half:], "json", 500),
         ]
         _say(f"5. carriers produce a day ({day:%Y-%m-%d}) of traffic")
-        summary = asyncio.run(publish(broker.bootstrap, jobs))
+        summary = asyncio.run(publish(settings.kafka(CARRIER), jobs))
         _say("   " + summary.line())
         total = events
         deadline = time.monotonic() + max(120.0, events / 200)
@@ -128,13 +148,15 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
 
 def _summary(lake: Path, stats: Counter[str], total: int) -> None:
     con = duckdb.connect()
-    vault = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'vault')}')").fetchall()[0]
+    vault = con.execute(f"SELECT count(*) FROM {duckdb_view(con, lake, 'vault')}").fetchall()[0]
     analytics = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, 'analytics')}')").fetchall()[0]
     dead = {k.removeprefix("dead_letter."): n for k, n in stats.items() if k.startswith("dead_letter.")}
     drops = {k.removeprefix("drop."): n for k, n in stats.items() if k.startswith("drop.")}
     _say("6. what happened to every event")
     _say(f"   events in: {stats['events_in']} (produced {total})")
     _say(f"   vault rows: {vault[0] if vault else 0}    analytics rows: {analytics[0] if analytics else 0}")
+    encrypted = sum(crypt.is_encrypted(p) for p in zone_files(lake, "vault"))
+    _say(f"   vault files encrypted at rest (Parquet modular encryption): {encrypted}")
     _say(f"   dead letters (calls.dlq) by reason: {dict(sorted(dead.items()))}")
     _say(f"   consent and subject outcomes: {dict(sorted(drops.items()))}")
     accounted = (vault[0] if vault else 0) + sum(dead.values()) + drops.get("erased", 0)

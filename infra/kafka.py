@@ -2,8 +2,13 @@
 
 fetch   `mvn dependency:copy-dependencies` on infra/pom.xml, once, into <home>/kafka/libs (the
         Maven repository itself lives in <home>/m2); a later run finds the `.complete` marker.
-up      formats the KRaft storage on first start, starts the broker in its own session, records
-        its pid, and waits until it answers a metadata request. A second `up` reports the
+up      creates the secrets on first start (infra/security.py: a local CA, the broker's certificate,
+        one password per principal), formats the KRaft storage with the principals' SCRAM
+        credentials, starts the broker in its own session, records its pid, grants the roles'
+        ACLs, and waits until it answers a metadata request over SASL_SSL. Clients reach only the
+        SASL_SSL listener (SCRAM-SHA-512 over TLS); the controller listener takes SASL PLAIN over
+        TLS for the admin principal only. `up --plaintext` adds an unauthenticated PLAINTEXT
+        listener on port+2 for development. A second `up` reports the
         running broker. A broker that dies or does not answer in time gives one line and the
         path of its log, and is stopped.
 down    stops exactly the process `up` started (pid file, checked against its command line)
@@ -24,6 +29,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import security
+from pipeline.kafka_access import ADMIN, KafkaAccess
+
 INFRA = Path(__file__).resolve().parent
 KAFKA_VERSION = "4.1.1"
 MAIN_CLASS = "kafka.Kafka"
@@ -38,6 +46,29 @@ class Broker:
     home: Path  # <home>/kafka
     data: Path
     port: int
+    plaintext: bool = False  # also a development-only PLAINTEXT listener on port+2
+
+    @property
+    def secrets(self) -> security.Secrets:
+        return security.Secrets(self.home / "secrets")
+
+    @property
+    def format_marker(self) -> Path:
+        """Written into the data dir once it was formatted with the principals' SCRAM users."""
+        return self.data / "callpipe-security"
+
+    @property
+    def plaintext_port(self) -> int:
+        return self.port + 2
+
+    def admin(self) -> KafkaAccess:
+        """The admin super user's connection (ACLs, users, the readiness probe)."""
+        return KafkaAccess(
+            bootstrap=self.bootstrap,
+            user=ADMIN,
+            password_file=self.secrets.password_file(ADMIN),
+            ca_file=self.secrets.ca_cert,
+        )
 
     @property
     def libs(self) -> Path:
@@ -68,8 +99,8 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-def broker_for(home: Path, data: Path, port: int) -> Broker:
-    return Broker(home=(home / "kafka").resolve(), data=data.resolve(), port=port)
+def broker_for(home: Path, data: Path, port: int, plaintext: bool = False) -> Broker:
+    return Broker(home=(home / "kafka").resolve(), data=data.resolve(), port=port, plaintext=plaintext)
 
 
 # ---------------------------------------------------------------- fetch
@@ -127,42 +158,77 @@ def _classpath(broker: Broker) -> str:
 
 def _write_config(broker: Broker) -> None:
     controller = broker.port + 1
-    broker.config.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.bootstrap.servers=127.0.0.1:{controller}",
-                f"listeners=PLAINTEXT://127.0.0.1:{broker.port},CONTROLLER://127.0.0.1:{controller}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker.port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={broker.data}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=8",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "group.initial.rebalance.delay.ms=0",
-                # Topics are declared by `callpipe topics create`.
-                "auto.create.topics.enable=true",
-                "message.max.bytes=10485760",
-                "log.retention.check.interval.ms=60000",
-                "",
-            ]
-        )
-    )
+    sec = broker.secrets
+    admin = sec.password(ADMIN)
+    listeners = [f"SASL_SSL://127.0.0.1:{broker.port}", f"CONTROLLER://127.0.0.1:{controller}"]
+    advertised = [f"SASL_SSL://127.0.0.1:{broker.port}"]
+    supers = [f"User:{ADMIN}"]
+    if broker.plaintext:  # development only: anyone on the host may do anything through it
+        listeners.append(f"PLAINTEXT://127.0.0.1:{broker.plaintext_port}")
+        advertised.append(f"PLAINTEXT://127.0.0.1:{broker.plaintext_port}")
+        supers.append("User:ANONYMOUS")
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    lines = [
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.bootstrap.servers=127.0.0.1:{controller}",
+        f"listeners={','.join(listeners)}",
+        f"advertised.listeners={','.join(advertised)}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name=SASL_SSL",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        # KRaft controllers cannot check SCRAM (the credentials live in the metadata they serve):
+        # the controller listener takes PLAIN over TLS, with the admin as its only user.
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f'listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram} required username="{ADMIN}"'
+        f' password="{admin}";',
+        f'listener.name.controller.plain.sasl.jaas.config={plain} required username="{ADMIN}"'
+        f' password="{admin}" user_{ADMIN}="{admin}";',
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={sec.broker_pem}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={sec.ca_cert}",
+        "ssl.client.auth=none",
+        "ssl.endpoint.identification.algorithm=https",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users={';'.join(supers)}",
+        f"log.dirs={broker.data}",
+        "num.partitions=1",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Topics are declared by `callpipe topics create`.
+        "auto.create.topics.enable=true",
+        "message.max.bytes=10485760",
+        "log.retention.check.interval.ms=60000",
+        "",
+    ]
+    # It holds the admin's password: readable by this user only.
+    security.write_secret(broker.config, "\n".join(lines).encode())
 
 
 def _format_storage(broker: Broker) -> None:
     if (broker.data / "meta.properties").exists():
+        if not broker.format_marker.exists():
+            raise BrokerError(
+                f"the broker data in {broker.data} was formatted without callpipe's SCRAM users (an"
+                " older plaintext setup, or its secrets were re-created); remove that directory"
+                " (its messages are lost) and run `callpipe kafka up` again"
+            )
         return
     broker.data.mkdir(parents=True, exist_ok=True)
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    cmd = [
-        _java(),
+    # The SCRAM passwords reach the format tool through a 0600 argument file, not the command line.
+    argfile = broker.secrets.root / "format.args"
+    args = [
         "-cp",
         _classpath(broker),
         "kafka.tools.StorageTool",
@@ -171,11 +237,17 @@ def _format_storage(broker: Broker) -> None:
         "-c",
         str(broker.config),
         "--standalone",
+        *security.scram_arguments(broker.secrets),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    security.write_secret(argfile, "\n".join(f'"{a}"' for a in args).encode())
+    try:
+        out = subprocess.run([_java(), f"@{argfile}"], capture_output=True, text=True)
+    finally:
+        argfile.unlink(missing_ok=True)
     if out.returncode != 0:
         (broker.log_dir / "format.log").write_text(out.stdout + out.stderr)
         raise BrokerError(f"formatting KRaft storage failed; see {broker.log_dir / 'format.log'}")
+    broker.format_marker.write_text("sasl_ssl scram-sha-512\n")
 
 
 def running_pid(broker: Broker) -> int | None:
@@ -193,13 +265,13 @@ def running_pid(broker: Broker) -> int | None:
     return None  # the pid was reused by something else: not ours
 
 
-async def _answers(bootstrap: str, timeout_s: float) -> bool:
+async def _answers(access: KafkaAccess, timeout_s: float) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
     # A broker still starting refuses connections; aiokafka logs each refusal as an error.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.describe_cluster(), timeout_s)
@@ -210,9 +282,9 @@ async def _answers(bootstrap: str, timeout_s: float) -> bool:
         await admin.close()
 
 
-def answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when a broker at `bootstrap` answers a metadata request."""
-    return asyncio.run(_answers(bootstrap, timeout_s))
+def answers(access: KafkaAccess, timeout_s: float = 3.0) -> bool:
+    """True when the broker answers a metadata request from `access`."""
+    return asyncio.run(_answers(access, timeout_s))
 
 
 def up(broker: Broker, wait_s: float = 60.0) -> tuple[int, bool]:
@@ -222,6 +294,9 @@ def up(broker: Broker, wait_s: float = 60.0) -> tuple[int, bool]:
         return pid, False
     fetch(broker)
     broker.log_dir.mkdir(parents=True, exist_ok=True)
+    _, created = security.ensure_secrets(broker.home)
+    if created and (broker.data / "meta.properties").exists():
+        broker.format_marker.unlink(missing_ok=True)  # its users' passwords are not these
     _write_config(broker)
     _format_storage(broker)
     cmd = [
@@ -250,7 +325,13 @@ def up(broker: Broker, wait_s: float = 60.0) -> tuple[int, bool]:
                 f"the broker exited with status {proc.returncode} while starting; see {broker.log_file}"
                 f" and {broker.out_file}"
             )
-        if answers(broker.bootstrap, timeout_s=2.0):
+        if answers(broker.admin(), timeout_s=2.0):
+            try:
+                security.grant(broker.admin())
+            except security.SecurityError as exc:
+                _stop(proc.pid, 10.0)
+                broker.pid_file.unlink(missing_ok=True)
+                raise BrokerError(str(exc)) from None
             return proc.pid, True
         time.sleep(0.5)
     _stop(proc.pid, 10.0)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.kafka_access import KafkaAccess
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -57,12 +59,12 @@ async def _partition_counts(admin: Any, names: list[str], timeout_s: float) -> d
 
 
 async def create_topics(
-    bootstrap: str, partitions: int, prefix: str = "", timeout_s: float = 30.0
+    access: KafkaAccess, partitions: int, prefix: str = "", timeout_s: float = 30.0
 ) -> list[TopicOutcome]:
     """Create the missing topics; check that existing co-partitioned ones have `partitions`."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=int(timeout_s * 1000))
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # a refused connection is reported below as one line
@@ -70,7 +72,9 @@ async def create_topics(
         await asyncio.wait_for(admin.start(), timeout_s)
     except Exception:
         await admin.close()
-        raise TopicError(f"no Kafka broker answers at {bootstrap}") from None
+        raise TopicError(
+            f"no Kafka broker answers at {access.bootstrap} to {access.user} over {access.security}"
+        ) from None
     finally:
         quiet.setLevel(level)
     try:

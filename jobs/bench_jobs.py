@@ -4,7 +4,7 @@ the same run (what `callpipe bench jobs` reports).
 On a synthetic lake (`jobs.synth`; 10 million calls over 180 days, or 500 thousand over 60 days
 with `quick`; one file per partition, as compaction leaves it), measured on copies of the lake so
 every job starts from the same state:
-- copy: `COPY (SELECT * FROM read_parquet(<zone glob>)) TO ... (FORMAT parquet)` per zone, the
+- copy: `COPY (SELECT * FROM <zone view>) TO ... (FORMAT parquet)` per zone (`sinks.read.duckdb_view`), the
   baseline: DuckDB reading and writing every row once, without fsync or any selection;
 - retention at the day after the last day (vault and categories expire, partitions drop, files
   straddling a limit are rewritten);
@@ -33,14 +33,15 @@ from jobs import compact, erase, retention
 from jobs.synth import SynthSpec, build
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
-from sinks.layout import ANALYTICS, VAULT, glob
+from sinks.layout import ANALYTICS, VAULT
+from sinks.read import duckdb_view
 
 BENCH_KEY = PseudonymKey("bench", bytes(range(32)))
 TYPICAL_DAYS = 35  # a typical subject is on ~35 of 180 days (docs/ARCHITECTURE.md "Lake layout")
 
 TYPICAL_SQL = """
 SELECT account_id, count(DISTINCT started_at::DATE) AS days, count(*) AS calls
-FROM read_parquet($files)
+FROM {source}
 GROUP BY account_id
 ORDER BY abs(days - $days), account_id
 LIMIT 1
@@ -51,7 +52,8 @@ def typical_subject(
     con: duckdb.DuckDBPyConnection, lake: Path, days: int = TYPICAL_DAYS
 ) -> tuple[str, int, int]:
     """(account id, days, calls) of the vault subject whose active days are closest to `days`."""
-    row = con.execute(TYPICAL_SQL, {"files": glob(lake, VAULT), "days": days}).fetchone()
+    view = duckdb_view(con, lake, VAULT, "bench_vault")  # decrypts an encrypted vault (sinks.read)
+    row = con.execute(TYPICAL_SQL.format(source=view), {"days": days}).fetchone()
     assert row is not None
     return str(row[0]), int(row[1]), int(row[2])
 
@@ -77,7 +79,7 @@ def fresh_spec(quick: bool) -> SynthSpec:
 def _lake_rows(con: duckdb.DuckDBPyConnection, lake: Path) -> dict[str, int]:
     out = {}
     for zone in (VAULT, ANALYTICS):
-        row = con.execute(f"SELECT count(*) FROM read_parquet('{glob(lake, zone)}')").fetchone()
+        row = con.execute(f"SELECT count(*) FROM {duckdb_view(con, lake, zone, f'bench_{zone}')}").fetchone()
         out[zone] = int(row[0]) if row else 0
     return out
 
@@ -86,7 +88,8 @@ def _copy(con: duckdb.DuckDBPyConnection, lake: Path, out: Path) -> float:
     started = time.monotonic()
     for zone in (VAULT, ANALYTICS):
         target = out / f"{zone}.parquet"
-        con.execute(f"COPY (SELECT * FROM read_parquet('{glob(lake, zone)}')) TO '{target}' (FORMAT parquet)")
+        view = duckdb_view(con, lake, zone, f"bench_{zone}")
+        con.execute(f"COPY (SELECT * FROM {view}) TO '{target}' (FORMAT parquet)")
     return time.monotonic() - started
 
 

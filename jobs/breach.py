@@ -31,6 +31,7 @@ from jobs.subject import SUBJECT_COLUMN, zone_files
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts
 from sinks.layout import ANALYTICS, VAULT
+from sinks.read import scan
 from sinks.schema import ANALYTICS_COLUMNS
 
 
@@ -95,15 +96,17 @@ def scope(
         own = "CASE WHEN direction = 'outbound' THEN caller_country ELSE callee_country END"
     present = ", ".join(f'count("{c.split(".")[0]}") FILTER (WHERE {_not_null(c)}) AS "{c}"' for c in cats)
     where = "true"
-    params: dict[str, Any] = {"files": [str(p) for p in paths]}
+    params: dict[str, Any] = {}
     if files is None:
         where = "started_at >= $since AND started_at < $until"
         params.update(since=since, until=until)
     rows: list[tuple[Any, ...]] = []
     if paths:
+        source, scan_params = scan(con, paths, filename=False, union_by_name=True)
+        params.update(scan_params)
         sql = f"""
             SELECT {subject} AS subject, {own} AS own, count(*) AS n, {present}
-            FROM read_parquet($files, hive_partitioning = false, union_by_name = true)
+            FROM {source}
             WHERE {where}
             GROUP BY ALL
         """

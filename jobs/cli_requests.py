@@ -14,6 +14,7 @@ from typing import Any
 
 from jobs.cli_ops import _busy, _connect, _lake, _print_json, as_of_arg
 from pipeline.errors import CliError
+from pipeline.kafka_access import OPERATOR
 from pipeline.settings import Settings
 
 OVERDUE_STATUS = 4
@@ -89,7 +90,7 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_topic:
         from jobs import requests_topic
 
-        topic = requests_topic.reader(settings.bootstrap, args.prefix + requests_topic.TOPIC)
+        topic = requests_topic.reader(settings.kafka(OPERATOR), args.prefix + requests_topic.TOPIC)
     try:
         result = requests.run(
             _connect(),

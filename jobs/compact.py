@@ -25,14 +25,14 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN
-from sinks import lineage
+from sinks import crypt, lineage
 from sinks.layout import ANALYTICS, VAULT, table_dir
+from sinks.read import scan
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 SORT_TAIL = ("started_at", "event_id")
@@ -43,7 +43,7 @@ CHECKSUM_SQL = """
 SELECT regexp_replace(filename, '/[^/]*$', '') AS partition,
        count(*) AS rows,
        sum(hash({columns})) AS checksum
-FROM read_parquet($files, filename = true, hive_partitioning = false, union_by_name = true)
+FROM {source}
 GROUP BY partition
 """
 
@@ -95,20 +95,22 @@ def plan(lake: Path, target_bytes: int = DEFAULT_TARGET_BYTES) -> list[Merge]:
 
 
 def checksums(
-    con: duckdb.DuckDBPyConnection, files: list[Path], names: list[str]
+    con: duckdb.DuckDBPyConnection, files: list[Path], names: list[str], *, decrypt: bool = False
 ) -> dict[str, tuple[int, int]]:
-    """Partition folder -> (rows, checksum of the columns `names`) over `files`, in one DuckDB scan."""
+    """Partition folder -> (rows, checksum of the columns `names`) over `files`, in one DuckDB scan
+    (through pyarrow when `decrypt`, so plaintext inputs and their encrypted merge hash alike)."""
     if not files:
         return {}
     columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
-    rows = con.execute(CHECKSUM_SQL.format(columns=columns), {"files": [str(f) for f in files]}).fetchall()
+    source, params = scan(con, files, union_by_name=True, decrypt=decrypt or None)
+    rows = con.execute(CHECKSUM_SQL.format(columns=columns, source=source), params).fetchall()
     return {str(part): (int(n), int(h)) for part, n, h in rows}
 
 
 def _merge(merge: Merge, lake: Path) -> pa.Table:
     part = lake / merge.partition
     sources = [part / name for name in merge.inputs]
-    table = pa.concat_tables([pq.read_table(p) for p in sources], promote_options="default")
+    table = pa.concat_tables([crypt.read_table(p) for p in sources], promote_options="default")
     order = [(SUBJECT_COLUMN[merge.zone], "ascending"), *((c, "ascending") for c in SORT_TAIL)]
     table = table.sort_by(order)
     return lineage.carry_lineage(table.replace_schema_metadata(None), sources)
@@ -165,9 +167,11 @@ def run(
                 mine = [(m, tmp) for m, tmp in temps if m.zone == zone]
                 if not mine:
                     continue
-                names = pq.read_schema(mine[0][1]).names  # a merged file's schema: the union
-                before = checksums(con, [lake / m.partition / n for m, _tmp in mine for n in m.inputs], names)
-                after = checksums(con, [tmp for _m, tmp in mine], names)
+                names = crypt.read_schema(mine[0][1]).names  # a merged file's schema: the union
+                decrypt = zone == VAULT and crypt.active() is not None
+                inputs = [lake / m.partition / n for m, _tmp in mine for n in m.inputs]
+                before = checksums(con, inputs, names, decrypt=decrypt)
+                after = checksums(con, [tmp for _m, tmp in mine], names, decrypt=decrypt)
                 if before != after:
                     wrong = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
                     raise CompactionMismatch(

@@ -22,13 +22,13 @@ from typing import Any
 
 import duckdb
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from jobs import audit, rejects
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import SUBJECT_COLUMN, Located, locate
 from pipeline.keys import Domain, PseudonymKey, bucket_of
+from sinks import crypt
 from sinks.layout import ANALYTICS, VAULT
 
 
@@ -65,7 +65,7 @@ def _erase_files(
     for loc in located:
         for name, rows in sorted(loc.hits.items()):
             src = Path(name)
-            if rows == pq.read_metadata(src).num_rows:  # only the subject's rows: delete the file
+            if rows == crypt.read_metadata(src).num_rows:  # only the subject's rows: delete the file
                 change.remove(src)
                 removed[loc.zone] += rows
                 files_audit.append(
@@ -82,7 +82,7 @@ def _erase_files(
 
     def rewrite(item: tuple[str, Path, int, Path]) -> dict[str, Any]:
         zone, src, _rows, tmp = item
-        table = pq.read_table(src)
+        table = crypt.read_table(src)
         column = table[SUBJECT_COLUMN[zone]]
         kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
         write_parquet(kept, tmp, zone)

@@ -32,10 +32,11 @@ from jobs.replace import fsync_dir, job_lock
 from jobs.subject import SUBJECT_COLUMN, locate
 from pipeline.keys import Domain, PseudonymKey
 from sinks.layout import ANALYTICS, VAULT
+from sinks.read import scan
 
 ROWS_SQL = """
 SELECT * EXCLUDE (filename)
-FROM read_parquet($files, filename = true, hive_partitioning = false)
+FROM {source}
 WHERE {column} = $value
 ORDER BY started_at, event_id
 """
@@ -56,8 +57,9 @@ def collect(
         loc = locate(con, lake, zone, values[zone], None)
         rows: list[dict[str, Any]] = []
         if loc.hits:
-            sql = ROWS_SQL.format(column=SUBJECT_COLUMN[zone])
-            table = con.sql(sql, params={"files": sorted(loc.hits), "value": values[zone]}).to_arrow_table()
+            source, params = scan(con, sorted(loc.hits))
+            sql = ROWS_SQL.format(column=SUBJECT_COLUMN[zone], source=source)
+            table = con.sql(sql, params={**params, "value": values[zone]}).to_arrow_table()
             rows = [] if table is None else table.to_pylist(maps_as_pydicts="strict")
         files_read += len(loc.hits)
         out[zone] = rows

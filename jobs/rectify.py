@@ -27,13 +27,13 @@ import duckdb
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import locate
 from pipeline.keys import Domain, PseudonymKey, bucket_of
 from pipeline.pseudonymize import phone_facts
+from sinks import crypt
 from sinks.layout import ANALYTICS, VAULT
 
 ATTRIBUTES = ("org_id", "own_number")
@@ -184,7 +184,7 @@ def rectify_locked(
 
     def rewrite(item: tuple[str, Path, Path]) -> tuple[str, int, dict[str, Any]]:
         zone, src, tmp = item
-        table = pq.read_table(src)
+        table = crypt.read_table(src)
         if zone == VAULT:
             fixed, n = correct_vault(table, account_id, fixes)
         else:

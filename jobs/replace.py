@@ -43,10 +43,9 @@ from typing import Any, TypeVar
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import audit
-from sinks.files import parquet_options
+from sinks.files import write_table
 from sinks.layout import DIR_MODE, FILE_MODE
 
 JOBS_DIR = "_jobs"
@@ -107,8 +106,9 @@ def make_dirs(folder: Path, mode: int) -> None:
 
 def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, bytes] | None = None) -> None:
     """Write one lake file the way the stream sink does (`sinks.files.parquet_options`: zstd,
-    statistics, a Bloom filter on the zone's subject column, the declared sort order), with the
-    zone's file mode; fsynced. The table's schema metadata (lineage included) is kept. `path` must
+    statistics, a Bloom filter on the zone's subject column, the declared sort order; a vault file
+    encrypted when vault keys are configured, `sinks.files.write_table`), with the zone's file
+    mode; fsynced. The table's schema metadata (lineage included) is kept. `path` must
     not be visible to readers yet (a temp name): renaming it into place is the caller's job.
     """
     if metadata:
@@ -119,7 +119,7 @@ def write_parquet(table: pa.Table, path: Path, zone: str, metadata: dict[bytes, 
         zone_root = Path(*path.parts[: len(path.parts) - path.parts[::-1].index(zone)])
         make_dirs(zone_root.parent, 0o755)
     make_dirs(path.parent, DIR_MODE.get(zone, 0o755))
-    pq.write_table(table, path, **parquet_options(zone, table))
+    write_table(table, path, zone)
     os.chmod(path, FILE_MODE.get(zone, 0o644))
     fd = os.open(path, os.O_RDONLY)
     try:

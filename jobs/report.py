@@ -30,6 +30,7 @@ from jobs.anonymize import PERIOD_START
 from pipeline.policy import Policy
 from pipeline.reasons import Drop
 from sinks import layout
+from sinks.read import scan
 
 # Outcomes decided by consent or a privacy request (pipeline.reasons.Drop), shown together.
 CONSENT_DROPS = frozenset(
@@ -143,10 +144,10 @@ def _zone(
         f" count(*) FILTER (WHERE {pred} AND started_at < $cut_{c}) AS past_{c}"
         for c, pred, _ in cats
     )
-    listing = ", ".join(f"'{_quote(str(f))}'" for f in files)
+    source, params = scan(con, files)
     rows = con.execute(
-        f"SELECT filename, {select} FROM read_parquet([{listing}], filename = true) GROUP BY filename",
-        {f"cut_{c}": cut for c, cut in cutoffs.items()},
+        f"SELECT filename, {select} FROM {source} GROUP BY filename",
+        {**params, **{f"cut_{c}": cut for c, cut in cutoffs.items()}},
     ).fetchall()
     per_day: dict[str, dict[str, Any]] = {}
     oldest: dict[str, Any] = {}

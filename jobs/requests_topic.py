@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from jobs.requests import Batch, Reader
 from pipeline import codec
 from pipeline.carrier.produce import TOPIC_OF
+from pipeline.kafka_access import AccessError, KafkaAccess
 
 TOPIC = TOPIC_OF["PrivacyRequest"]
 
@@ -26,9 +27,13 @@ class TopicUnavailable(RuntimeError):
     """The broker or the topic cannot be reached (the message names the topic, nothing else)."""
 
 
-async def _read(bootstrap: str, topic: str, position: dict[int, int], timeout_s: float) -> Batch:
+async def _read(access: KafkaAccess, topic: str, position: dict[int, int], timeout_s: float) -> Batch:
+    try:
+        connect = access.aiokafka()
+    except AccessError as exc:
+        raise TopicUnavailable(str(exc)) from None
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        **connect, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     try:
         await consumer.start()
@@ -75,10 +80,10 @@ async def _read(bootstrap: str, topic: str, position: dict[int, int], timeout_s:
         await consumer.stop()
 
 
-def reader(bootstrap: str, topic: str = TOPIC, timeout_s: float = 120.0) -> Reader:
+def reader(access: KafkaAccess, topic: str = TOPIC, timeout_s: float = 120.0) -> Reader:
     """A `jobs.requests.Reader` over the topic."""
 
     def read(position: dict[int, int]) -> Batch:
-        return asyncio.run(_read(bootstrap, topic, position, timeout_s))
+        return asyncio.run(_read(access, topic, position, timeout_s))
 
     return read

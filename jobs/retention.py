@@ -28,13 +28,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, pending, run_change, write_parquet
 from pipeline.policy import Policy
+from sinks import crypt
 from sinks.layout import ANALYTICS, VAULT, table_dir
+from sinks.read import footers, scan
 
 # Category columns with a limit of their own, per zone (policy field -> column).
 CATEGORY_COLUMNS = {
@@ -127,7 +128,7 @@ WITH row_groups AS (
            min(TRY_CAST(stats_min_value AS TIMESTAMPTZ)) FILTER (path_in_schema = 'started_at') AS lo,
            max(TRY_CAST(stats_max_value AS TIMESTAMPTZ)) FILTER (path_in_schema = 'started_at') AS hi,
            {nonnull_cols}
-    FROM parquet_metadata($files)
+    FROM {footers}
     GROUP BY file_name, row_group_id
 )
 SELECT file_name,
@@ -144,7 +145,7 @@ COUNTS_SQL = """
 SELECT filename,
        count(*) FILTER (started_at < $row_cutoff) AS expired,
        {nulled_cols}
-FROM read_parquet($files, filename = true)
+FROM {source}
 GROUP BY filename
 """
 
@@ -160,8 +161,9 @@ def _footers(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str
         f" AS maybe_{c}"
         for c in columns
     )
-    sql = FOOTERS_SQL.format(nonnull_cols=nonnull, maybe_cols=maybe)
-    params: dict[str, Any] = {"files": files, **{f"cut_{c}": t for c, t in columns.items()}}
+    source, params = footers(con, files)
+    sql = FOOTERS_SQL.format(nonnull_cols=nonnull, maybe_cols=maybe, footers=source)
+    params.update({f"cut_{c}": t for c, t in columns.items()})
     return con.execute(sql, params).fetchall()
 
 
@@ -172,13 +174,10 @@ def _exact(
         f"count(*) FILTER (started_at >= $row_cutoff AND started_at < $cut_{c} AND {c} IS NOT NULL) AS {c}"
         for c in columns
     )
-    params: dict[str, Any] = {
-        "files": files,
-        "row_cutoff": row_cutoff,
-        **{f"cut_{c}": t for c, t in columns.items()},
-    }
+    source, params = scan(con, files)
+    params.update({"row_cutoff": row_cutoff, **{f"cut_{c}": t for c, t in columns.items()}})
     out = {}
-    for row in con.execute(COUNTS_SQL.format(nulled_cols=nulled), params).fetchall():
+    for row in con.execute(COUNTS_SQL.format(nulled_cols=nulled, source=source), params).fetchall():
         out[row[0]] = (int(row[1]), {c: int(n) for c, n in zip(columns, row[2:], strict=True)})
     return out
 
@@ -299,7 +298,7 @@ def run(
         def rewrite(item: tuple[FileAction, Path]) -> dict[str, Any]:
             f, tmp = item
             src = lake / f.path
-            new = apply_limits(pq.read_table(src), cuts.rows[f.zone], cuts.categories[f.zone])
+            new = apply_limits(crypt.read_table(src), cuts.rows[f.zone], cuts.categories[f.zone])
             write_parquet(new, tmp, f.zone)
             return {
                 "path": f.path,

@@ -6,8 +6,10 @@ files that may hold it are found in three narrowing steps, each cheaper than rea
    buckets) (skipped when `bucket` is None, e.g. to verify or for an access request);
 2. statistics: a row group whose min/max of the column excludes the value is skipped
    (`parquet_metadata`; with rows sorted by account inside a file this prunes row groups);
-3. Bloom filters: DuckDB's `parquet_bloom_probe` reads each remaining row group's filter.
+3. Bloom filters: DuckDB's `parquet_bloom_probe` reads each remaining row group's filter
+   (not for encrypted vault files, which carry none: `sinks.files.write_table`).
 Only the files left are read, and only their subject column, to count the rows exactly.
+Encrypted vault files are read the same way through pyarrow (`sinks.read.footers` and `scan`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from pathlib import Path
 import duckdb
 
 from sinks.layout import ANALYTICS, VAULT, table_dir
+from sinks.read import footers, scan
 
 SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
 
 CANDIDATES_SQL = """
 WITH stats AS (
     SELECT file_name, row_group_id
-    FROM parquet_metadata($files)
+    FROM {footers}
     WHERE path_in_schema = $column
       AND coalesce(stats_min_value <= $value, true)
       AND coalesce(stats_max_value >= $value, true)
@@ -38,9 +41,19 @@ SELECT DISTINCT file_name FROM stats JOIN blooms USING (file_name, row_group_id)
 ORDER BY file_name
 """
 
+# Encrypted files have no Bloom filters: statistics only.
+CANDIDATES_STATS_SQL = """
+SELECT DISTINCT file_name
+FROM {footers}
+WHERE path_in_schema = $column
+  AND coalesce(stats_min_value <= $value, true)
+  AND coalesce(stats_max_value >= $value, true)
+ORDER BY file_name
+"""
+
 COUNT_SQL = """
 SELECT filename, count(*) AS rows
-FROM read_parquet($files, filename = true, hive_partitioning = false)
+FROM {source}
 WHERE {column} = $value
 GROUP BY filename
 """
@@ -67,12 +80,14 @@ def locate(con: duckdb.DuckDBPyConnection, lake: Path, zone: str, value: str, bu
     column = SUBJECT_COLUMN[zone]
     if not files:
         return Located(zone, total, 0, 0, {})
-    maybe = [
-        r[0]
-        for r in con.execute(CANDIDATES_SQL, {"files": files, "column": column, "value": value}).fetchall()
-    ]
+    meta, params = footers(con, files)
+    sql = (CANDIDATES_SQL if "files" in params else CANDIDATES_STATS_SQL).format(footers=meta)
+    maybe = [r[0] for r in con.execute(sql, {**params, "column": column, "value": value}).fetchall()]
     hits: dict[str, int] = {}
     if maybe:
-        rows = con.execute(COUNT_SQL.format(column=column), {"files": maybe, "value": value}).fetchall()
+        source, params = scan(con, maybe)
+        rows = con.execute(
+            COUNT_SQL.format(column=column, source=source), {**params, "value": value}
+        ).fetchall()
         hits = {name: int(n) for name, n in rows if n}
     return Located(zone, total, len(files), len(maybe), hits)

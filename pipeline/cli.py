@@ -11,9 +11,12 @@ from typing import NoReturn
 
 from pipeline import lograte
 from pipeline.errors import CliError
+from pipeline.kafka_access import AccessError
 from pipeline.keys import KeyError_
 from pipeline.policy import PolicyError
 from pipeline.settings import Settings, SettingsError
+from sinks import crypt
+from sinks.crypt import VaultKeyError
 
 __all__ = ["CliError", "main"]
 
@@ -28,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from infra import cli as infra_cli
     from jobs import cli as jobs_cli
+    from jobs import cli_vault
     from pipeline.bench import cli as cli_bench
     from pipeline.carrier import cli as cli_produce
     from pipeline.stream import cli as cli_stream
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_produce.register(sub)
     cli_stream.register(sub)
     jobs_cli.register(sub)
+    cli_vault.register(sub)
     cli_bench.register(sub)
     return parser
 
@@ -54,11 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         handler: Handler = args.func
-        return handler(args, settings)
+        # The vault's keys for every writer and reader of this command (restored after it, so an
+        # in-process caller such as a test keeps its own).
+        keys = settings.vault_crypto() if getattr(args, "vault_keys", True) else None
+        with crypt.configured(keys):
+            return handler(args, settings)
     except CliError as exc:
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return exc.status
-    except (SettingsError, PolicyError, KeyError_, OSError) as exc:
+    except (SettingsError, PolicyError, KeyError_, AccessError, VaultKeyError, OSError) as exc:
         # Settings, policy and key errors name the setting, file and line, never a value.
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return 2

@@ -8,9 +8,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.kafka_access import SECURITY, KafkaAccess, access_for
 from pipeline.keys import PseudonymKey, key_from_hex, load_key
 from pipeline.policy import DEFAULT_POLICY, Policy, load_policy
+
+if TYPE_CHECKING:
+    from sinks.crypt import VaultCrypto
 
 
 class SettingsError(ValueError):
@@ -28,11 +33,18 @@ class Settings:
     kafka_data: Path | None = None  # CALLPIPE_KAFKA_DATA (default: <home>/kafka/data)
     key_file: Path | None = None  # CALLPIPE_KEY_FILE: pseudonymization key file (overrides the policy)
     key_hex: str | None = field(default=None, repr=False)  # the variable the policy names (key.env)
+    # CALLPIPE_VAULT_KEY_FILE: the vault's master keys (sinks.crypt); unset: vault files in plaintext
+    vault_key_file: Path | None = None
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
+    # How clients connect (pipeline/kafka_access.py): sasl_ssl (default) or plaintext (development)
+    kafka_security: str = "sasl_ssl"  # CALLPIPE_KAFKA_SECURITY
+    kafka_ca: Path | None = None  # CALLPIPE_KAFKA_CA (default: <home>/kafka/secrets/ca.pem)
+    kafka_user: str | None = None  # CALLPIPE_KAFKA_USER (default: the command's role)
+    kafka_password_file: Path | None = None  # CALLPIPE_KAFKA_PASSWORD_FILE (with CALLPIPE_KAFKA_USER)
     policy: Policy = DEFAULT_POLICY  # CALLPIPE_POLICY: path of the policy TOML
 
     def key(self) -> PseudonymKey:
@@ -47,6 +59,30 @@ class Settings:
                 raise SettingsError(f"the policy takes the key from {self.policy.key.env}, which is not set")
             return key_from_hex(self.key_hex, version, self.policy.key.env)
         raise SettingsError("no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source")
+
+    def kafka(self, role: str) -> KafkaAccess:
+        """How a client in `role` (carrier, worker, operator, admin) connects to the broker."""
+        return access_for(
+            role,
+            bootstrap=self.bootstrap,
+            home=self.home,
+            security=self.kafka_security,
+            user=self.kafka_user,
+            password_file=self.kafka_password_file,
+            ca_file=self.kafka_ca,
+        )
+
+    def vault_crypto(self) -> VaultCrypto | None:
+        """The vault's encryption keys from CALLPIPE_VAULT_KEY_FILE (None when it is not set).
+        The file must not be the pseudonymization key's: the two keys are held apart."""
+        if self.vault_key_file is None:
+            return None
+        pseudonym = self.key_file or (Path(self.policy.key.file) if self.policy.key.file else None)
+        if pseudonym is not None and pseudonym.resolve() == self.vault_key_file.resolve():
+            raise SettingsError("CALLPIPE_VAULT_KEY_FILE must not be the pseudonymization key file")
+        from sinks.crypt import from_key_file
+
+        return from_key_file(self.vault_key_file)
 
     @property
     def kafka_data_dir(self) -> Path:
@@ -94,6 +130,9 @@ class Settings:
         if level not in ("debug", "info", "warning", "error"):
             raise SettingsError("CALLPIPE_LOG_LEVEL must be debug, info, warning or error")
         policy = load_policy(path("POLICY"))
+        security = text("KAFKA_SECURITY", "sasl_ssl").lower()
+        if security not in SECURITY:
+            raise SettingsError("CALLPIPE_KAFKA_SECURITY must be sasl_ssl or plaintext")
         return cls(
             key_hex=env.get(policy.key.env) if policy.key.env else None,
             bootstrap=text("BOOTSTRAP", f"127.0.0.1:{port}"),
@@ -104,10 +143,15 @@ class Settings:
             kafka_port=port,
             kafka_data=path("KAFKA_DATA"),
             key_file=path("KEY_FILE"),
+            vault_key_file=path("VAULT_KEY_FILE"),
             flush_rows=number("FLUSH_ROWS", 50_000),
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
             policy=policy,
+            kafka_security=security,
+            kafka_ca=path("KAFKA_CA"),
+            kafka_user=env.get("CALLPIPE_KAFKA_USER") or None,
+            kafka_password_file=path("KAFKA_PASSWORD_FILE"),
         )

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sinks import crypt
 from sinks.arrow import ACCOUNT_COLUMN, SORT_COLUMNS
 from sinks.layout import DIR_MODE, FILE_MODE
 
@@ -90,6 +91,19 @@ def parquet_options(zone: str, table: pa.Table) -> dict[str, Any]:
     }
 
 
+def write_table(table: pa.Table, where: Any, zone: str) -> None:
+    """`pq.write_table` of one lake file of `zone` (`parquet_options`); a vault file is encrypted
+    when vault keys are configured (`sinks.crypt`): pyarrow writes no Bloom filter into an
+    encrypted file, so vault lookups prune by statistics only."""
+    options = parquet_options(zone, table)
+    extra, metadata = crypt.write_options(zone)
+    if extra:
+        del options["bloom_filter_options"]
+        options.update(extra)
+        table = table_metadata(table, metadata)
+    pq.write_table(table, where, **options)
+
+
 def _open_new(path: Path, mode: int) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     os.fchmod(fd, mode)  # also when a stale temp of the same name existed
@@ -105,7 +119,7 @@ def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = 
     temp = temp_path(final)
     fd = _open_new(temp, FILE_MODE[zone])
     with open(fd, "wb") as out:
-        pq.write_table(table, out, **parquet_options(zone, table))
+        write_table(table, out, zone)
         out.flush()
         if sync:
             os.fsync(out.fileno())

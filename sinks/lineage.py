@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sinks import files
+from sinks import crypt, files
 
 MANIFEST_DIR = "_manifest"
 MANIFEST_DIR_MODE = 0o700
@@ -141,7 +140,7 @@ def parse_lineage(metadata: Mapping[bytes, bytes] | None) -> dict[str, list[Rang
 
 def read_lineage(path: Path) -> dict[str, list[Range]]:
     """The ranges a lake file says it holds (from its footer only; no data is read)."""
-    return parse_lineage(pq.read_metadata(path).metadata)
+    return parse_lineage(crypt.read_metadata(path).metadata)
 
 
 def combined_lineage(paths: Sequence[Path]) -> dict[str, list[Range]]:

@@ -23,7 +23,9 @@ def kafka_bootstrap() -> str:
     async def probe() -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        from tests.streamkit import access
+
+        admin = AIOKafkaAdminClient(**access("admin", bootstrap).aiokafka(), request_timeout_ms=5000)
         await admin.start()
         try:
             await admin.describe_cluster()

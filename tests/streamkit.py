@@ -16,15 +16,26 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from infra import security
 from infra.topics import create_topics
 from pipeline import codec
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR, KafkaAccess
+from pipeline.settings import Settings
 from pipeline.stream.runner import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def access(role: str, bootstrap: str | None = None) -> KafkaAccess:
+    """How the tests connect as `role` to the secure test broker (CALLPIPE_HOME's secrets)."""
+    got = Settings.from_env().kafka(role)
+    return got.with_bootstrap(bootstrap) if bootstrap else got
+
+
 def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
-    asyncio.run(create_topics(bootstrap, partitions, prefix))
+    """A prefixed topic set, created as the operator, with the roles' ACLs granted by the admin."""
+    asyncio.run(create_topics(access(OPERATOR, bootstrap), partitions, prefix))
+    security.grant(access(ADMIN, bootstrap), prefix)
 
 
 def partition_of(account: str, partitions: int) -> int:
@@ -32,7 +43,9 @@ def partition_of(account: str, partitions: int) -> int:
 
 
 async def _publish(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes, int]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=10_000_000)
+    producer = AIOKafkaProducer(
+        **access(CARRIER, bootstrap).aiokafka(), linger_ms=5, max_request_size=10_000_000
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, value=v, key=k, partition=p) for k, v, p in messages]

@@ -1,5 +1,6 @@
-"""`callpipe bench stream|detect|jobs|control [--quick] [--json]`: measured figures, as a table or one JSON
-object. The benchmark code lives in the `pipeline.bench` package, imported only when this runs."""
+"""`callpipe bench stream|detect|jobs|control|vault [--quick] [--json]`: measured figures, as a
+table or one JSON object. The benchmark code lives in the `pipeline.bench` package, imported only
+when this runs."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from typing import Any
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
-WHAT = ("stream", "detect", "jobs", "control")
+WHAT = ("stream", "detect", "jobs", "control", "vault")
 
 
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench.common import BenchError
 
     try:
-        figures, text = _measure(args.what, settings, args.quick)
+        figures, text = _measure(args.what, settings, args.quick, getattr(args, "tls_cost", False))
     except BenchError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -29,9 +30,15 @@ def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any], str]:
+def _measure(
+    what: str, settings: Settings, quick: bool, tls_cost: bool = False
+) -> tuple[dict[str, Any], str]:
     if what == "stream":
         from pipeline.bench import stream
+
+        if tls_cost:
+            figures = stream.run_tls_cost(settings, quick)
+            return figures, stream.render_tls_cost(figures)
 
         figures = stream.run(settings, quick)
         return figures, stream.render(figures)
@@ -40,6 +47,11 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 
         figures = detect.run(quick)
         return figures, detect.render(figures)
+    if what == "vault":
+        from pipeline.bench import vault
+
+        figures = vault.run(quick)
+        return figures, vault.render(figures)
     if what == "control":
         from pipeline.bench import control
 
@@ -54,14 +66,22 @@ def _measure(what: str, settings: Settings, quick: bool) -> tuple[dict[str, Any]
 def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bench",
-        help="measure the stream worker, the detector or the jobs against same-run baselines",
+        help="measure the stream, the detector, the jobs or vault encryption against same-run baselines",
         description="Benchmarks: ratios against baselines measured in the same run, absolute figures "
         "beside them. stream needs the broker at CALLPIPE_BOOTSTRAP; detect needs the bench extra "
         "(pip install 'callpipe[bench]').",
     )
     b.add_argument(
-        "what", choices=WHAT, help="stream, detect, jobs or control (the consent state at 1M accounts)"
+        "what",
+        choices=WHAT,
+        help="stream, detect, jobs, control (the consent state at 1M accounts) or vault (encryption cost)",
     )
     b.add_argument("--quick", action="store_true", help="small inputs: each finishes in a few minutes")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    b.add_argument(
+        "--tls-cost",
+        action="store_true",
+        help="stream: the worker and the passthrough over the PLAINTEXT listener, then over SASL_SSL,"
+        " same run (needs the broker started with `callpipe kafka up --plaintext`)",
+    )
     b.set_defaults(func=bench_cmd)

@@ -26,6 +26,7 @@ from pipeline import codec
 from pipeline.bench import kafka
 from pipeline.bench.common import proc_memory_kib, table
 from pipeline.consent import PURPOSES, Stream
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
 from pipeline.settings import Settings
 
 T0 = 1_780_000_000_000
@@ -36,10 +37,10 @@ def _topics(prefix: str) -> dict[Stream, str]:
     return {Stream.CONSENT: prefix + "consent.events", Stream.REQUESTS: prefix + "privacy.requests"}
 
 
-async def _produce(bootstrap: str, prefix: str, accounts: int, partitions: int) -> int:
+async def _produce(access: KafkaAccess, prefix: str, accounts: int, partitions: int) -> int:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1)
+    producer = AIOKafkaProducer(**access.aiokafka(), linger_ms=20, max_batch_size=1 << 20, acks=1)
     await producer.start()
     sent = 0
     try:
@@ -86,7 +87,7 @@ async def _produce(bootstrap: str, prefix: str, accounts: int, partitions: int) 
     return sent
 
 
-def _read(bootstrap: str, prefix: str, snapshot: str) -> dict[str, Any]:
+def _read(access: KafkaAccess, prefix: str, snapshot: str) -> dict[str, Any]:
     """In a child process: read the control topics (from the snapshot if there is one)."""
     from aiokafka import AIOKafkaConsumer
 
@@ -99,7 +100,7 @@ def _read(bootstrap: str, prefix: str, snapshot: str) -> dict[str, Any]:
             _topics(prefix),
             state,
             lambda: AIOKafkaConsumer(
-                bootstrap_servers=bootstrap,
+                **access.aiokafka(),
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 << 20,
@@ -127,24 +128,25 @@ def _read(bootstrap: str, prefix: str, snapshot: str) -> dict[str, Any]:
 
 def run(settings: Settings, quick: bool) -> dict[str, Any]:
     accounts = 100_000 if quick else 1_000_000
-    bootstrap, partitions = settings.bootstrap, settings.partitions
-    kafka.probe(bootstrap)
+    partitions = settings.partitions
+    operator, worker = settings.kafka(OPERATOR), settings.kafka(WORKER)
+    kafka.probe(operator)
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-control-"))
     snapshot = work / "control.snapshot"
-    kafka.make_topics(bootstrap, prefix, partitions)
+    kafka.make_topics(settings, prefix)
     try:
         started = time.monotonic()
-        records = asyncio.run(_produce(bootstrap, prefix, accounts, partitions))
+        records = asyncio.run(_produce(settings.kafka(CARRIER), prefix, accounts, partitions))
         produce_s = time.monotonic() - started
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(1, maxtasksperchild=1) as pool:
-            full = pool.apply(_read, (bootstrap, prefix, str(snapshot)))
+            full = pool.apply(_read, (worker, prefix, str(snapshot)))
         size_mib = snapshot.stat().st_size / (1 << 20)
         with ctx.Pool(1, maxtasksperchild=1) as pool:
-            resume = pool.apply(_read, (bootstrap, prefix, str(snapshot)))
+            resume = pool.apply(_read, (worker, prefix, str(snapshot)))
     finally:
-        kafka.delete_topics(bootstrap, prefix)
+        kafka.delete_topics(operator, prefix)
         shutil.rmtree(work, ignore_errors=True)
     return {
         "accounts": accounts,

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.bench.common import BenchError
+from pipeline.kafka_access import ADMIN, OPERATOR, KafkaAccess
+from pipeline.settings import Settings
 
 
-async def _probe(bootstrap: str, timeout_s: float) -> None:
+async def _probe(access: KafkaAccess, timeout_s: float) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.describe_cluster(), timeout_s)
@@ -24,34 +26,39 @@ async def _probe(bootstrap: str, timeout_s: float) -> None:
         await admin.close()
 
 
-def probe(bootstrap: str, timeout_s: float = 10.0) -> None:
-    """Raise BenchError (one line) when no broker answers at `bootstrap`."""
+def probe(access: KafkaAccess, timeout_s: float = 10.0) -> None:
+    """Raise BenchError (one line) when no broker answers `access`."""
     import logging
 
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        asyncio.run(_probe(bootstrap, timeout_s))
+        asyncio.run(_probe(access, timeout_s))
     except Exception as exc:
         raise BenchError(
-            f"no Kafka broker answers at {bootstrap} ({type(exc).__name__}); "
+            f"no Kafka broker answers at {access.bootstrap} to {access.user} over {access.security}"
+            f" ({type(exc).__name__}); "
             "set CALLPIPE_BOOTSTRAP or start one with `callpipe kafka up`"
         ) from None
     finally:
         quiet.setLevel(level)
 
 
-def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
+def make_topics(settings: Settings, prefix: str) -> None:
+    """Fresh topics as the operator; the roles' ACLs on them from the admin (the broker's owner)."""
+    from infra.security import grant
     from infra.topics import create_topics
 
-    asyncio.run(create_topics(bootstrap, partitions, prefix))
+    asyncio.run(create_topics(settings.kafka(OPERATOR), settings.partitions, prefix))
+    if settings.kafka_security == "sasl_ssl":
+        grant(settings.kafka(ADMIN), prefix)
 
 
-async def _delete(bootstrap: str, prefix: str) -> None:
+async def _delete(access: KafkaAccess, prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(**access.aiokafka(), request_timeout_ms=15_000)
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -61,10 +68,10 @@ async def _delete(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-def delete_topics(bootstrap: str, prefix: str) -> None:
+def delete_topics(access: KafkaAccess, prefix: str) -> None:
     """Remove the benchmark's topics (and faust's changelogs under the same prefix); best effort."""
     with contextlib.suppress(Exception):
-        asyncio.run(_delete(bootstrap, prefix))
+        asyncio.run(_delete(access, prefix))
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ Message = tuple[bytes | None, bytes, int]  # key, value, partition
 
 
 async def _paced(
-    bootstrap: str,
+    access: KafkaAccess,
     topic: str,
     messages: Sequence[Message],
     headers: list[tuple[str, bytes]],
@@ -90,7 +97,7 @@ async def _paced(
 ) -> list[Sent]:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1, max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(**access.aiokafka(), linger_ms=0, acks=1, max_batch_size=1 << 20)
     await producer.start()
     pending: list[tuple[int, Any, list[int]]] = []
     try:
@@ -134,7 +141,7 @@ async def _paced(
 
 
 def produce_paced(
-    bootstrap: str,
+    access: KafkaAccess,
     topic: str,
     messages: Sequence[Message],
     headers: list[tuple[str, bytes]],
@@ -145,4 +152,4 @@ def produce_paced(
 ) -> list[Sent]:
     """Send single-event messages at `rate` per second for `seconds`, each stamped with its send
     time (the Kafka record timestamp); `on_tick(elapsed)` is called about every 10 ms."""
-    return asyncio.run(_paced(bootstrap, topic, messages, headers, rate, seconds, on_tick))
+    return asyncio.run(_paced(access, topic, messages, headers, rate, seconds, on_tick))

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import codec
 from pipeline.bench.common import BenchError
+from pipeline.kafka_access import KafkaAccess
 
 DEVICE = pa.struct(
     [
@@ -99,7 +100,7 @@ def _write(records: list[dict[str, Any]], path: Path) -> None:
 
 
 async def _consume(
-    bootstrap: str,
+    access: KafkaAccess,
     topic: str,
     partitions: int,
     expected: int,
@@ -111,7 +112,7 @@ async def _consume(
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **access.aiokafka(),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -167,7 +168,7 @@ async def _consume(
 
 
 def run_passthrough(
-    bootstrap: str,
+    access: KafkaAccess,
     topic: str,
     partitions: int,
     expected: int,
@@ -181,5 +182,5 @@ def run_passthrough(
     as soon as the last event is consumed."""
     out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(
-        _consume(bootstrap, topic, partitions, expected, out, flush_rows, flush_seconds, timeout_s)
+        _consume(access, topic, partitions, expected, out, flush_rows, flush_seconds, timeout_s)
     )

@@ -33,11 +33,12 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.bench import kafka
-from pipeline.bench.common import percentile, table
+from pipeline.bench.common import BenchError, percentile, table
 from pipeline.bench.passthrough import Commit, run_passthrough
 from pipeline.bench.worker import Worker, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
+from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import PseudonymKey, create_key_file
 from pipeline.settings import Settings
 from sinks.lake import source_name
@@ -107,18 +108,17 @@ def latencies_ms(commits: Sequence[Commit], sent: Sequence[kafka.Sent], partitio
     return out
 
 
-def _preload(bootstrap: str, prefix: str, traffic: Traffic, batch: int) -> float:
+def _preload(settings: Settings, prefix: str, traffic: Traffic, batch: int) -> float:
     jobs = [
         Shipment(prefix + "consent.events", "ConsentEvent", traffic.consents),
         Shipment(prefix + "privacy.requests", "PrivacyRequest", traffic.requests),
         Shipment(prefix + CALLS, "CallEvent", traffic.calls, batch_size=batch),
     ]
-    summary = asyncio.run(publish(bootstrap, jobs))
+    summary = asyncio.run(publish(settings.kafka(CARRIER), jobs))
     return summary.events / summary.seconds if summary.seconds else 0.0
 
 
 def _shape(
-    bootstrap: str,
     settings: Settings,
     env: dict[str, str],
     work: Path,
@@ -130,8 +130,8 @@ def _shape(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Worker then passthrough on one message shape; `then(worker, rates)` runs with the caught-up
     worker before it stops (the paced phase)."""
-    kafka.make_topics(bootstrap, prefix, settings.partitions)
-    produce_rate = _preload(bootstrap, prefix, traffic, batch)
+    kafka.make_topics(settings, prefix)
+    produce_rate = _preload(settings, prefix, traffic, batch)
     n = len(traffic.calls)
     log.info("stream %s: %s events published (%.0f/s); starting the worker", name, n, produce_rate)
     timeout = max(300.0, n / 300)
@@ -146,7 +146,7 @@ def _shape(
     finally:
         worker.stop()
     base = run_passthrough(
-        bootstrap,
+        settings.kafka(WORKER),
         prefix + CALLS,
         settings.partitions,
         n,
@@ -169,7 +169,6 @@ def _shape(
 
 
 def _paced(
-    bootstrap: str,
     settings: Settings,
     worker: Worker,
     prefix: str,
@@ -193,7 +192,13 @@ def _paced(
 
     log.info("stream paced: %.0f events/s for %.0f s", rate, seconds)
     sent = kafka.produce_paced(
-        bootstrap, prefix + CALLS, messages, headers, rate=rate, seconds=seconds, on_tick=on_tick
+        settings.kafka(CARRIER),
+        prefix + CALLS,
+        messages,
+        headers,
+        rate=rate,
+        seconds=seconds,
+        on_tick=on_tick,
     )
     count = sum(len(s.produced_ms) for s in sent)
     worker.wait_for(held_before + count, max(120.0, settings.flush_seconds * 4))
@@ -262,15 +267,14 @@ def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict
 def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
     """Measure; returns the figures as plain data. Needs the broker at settings.bootstrap."""
     spec = spec or (QUICK if quick else FULL)
-    bootstrap = settings.bootstrap
-    kafka.probe(bootstrap)
+    kafka.probe(settings.kafka(OPERATOR))
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-stream-"))
     prefixes: list[str] = []
     try:
         key_file = work / "key.hex"
         create_key_file(key_file)
         env = {
-            "CALLPIPE_BOOTSTRAP": bootstrap,
+            **settings.kafka(WORKER).env(),
             "CALLPIPE_KEY_FILE": str(key_file),
             "CALLPIPE_HOME": str(work / "home"),
             "CALLPIPE_PARTITIONS": str(settings.partitions),
@@ -296,15 +300,15 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
             },
         }
         prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
-        batch_result, _ = _shape(bootstrap, settings, env, work, traffic, "batch", spec.batch, prefixes[-1])
+        batch_result, _ = _shape(settings, env, work, traffic, "batch", spec.batch, prefixes[-1])
 
         def paced_phase(worker: Worker, measured: dict[str, float]) -> dict[str, Any]:
             rate = spec.paced_rate or max(500.0, measured["events_per_s"] / 2)
-            return _paced(bootstrap, settings, worker, prefixes[-1], traffic, rate, spec.paced_seconds)
+            return _paced(settings, worker, prefixes[-1], traffic, rate, spec.paced_seconds)
 
         prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
         single_result, paced = _shape(
-            bootstrap, settings, env, work, traffic, "single", 1, prefixes[-1], then=paced_phase
+            settings, env, work, traffic, "single", 1, prefixes[-1], then=paced_phase
         )
         figures["shapes"] = {"single": single_result, f"batch{spec.batch}": batch_result}
         figures.update(paced)
@@ -339,8 +343,97 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
         return figures
     finally:
         for prefix in prefixes:
-            kafka.delete_topics(bootstrap, prefix)
+            kafka.delete_topics(settings.kafka(OPERATOR), prefix)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
+    """Both message shapes, worker and passthrough, first over the development PLAINTEXT listener
+    (`kafka up --plaintext`, port+2), then over SASL_SSL as the roles' principals: the price of
+    TLS and SCRAM as ratios of the same run."""
+    spec = spec or (QUICK if quick else FULL)
+    plain = dataclasses.replace(
+        settings, kafka_security="plaintext", bootstrap=f"127.0.0.1:{settings.kafka_port + 2}"
+    )
+    secure = dataclasses.replace(settings, kafka_security="sasl_ssl")
+    kafka.probe(secure.kafka(OPERATOR))
+    try:
+        kafka.probe(plain.kafka(OPERATOR), timeout_s=5.0)
+    except BenchError:
+        raise BenchError(
+            f"no PLAINTEXT listener at {plain.bootstrap}: start the broker with `callpipe kafka up"
+            " --plaintext` (development only) to price TLS"
+        ) from None
+    work = Path(tempfile.mkdtemp(prefix="callpipe-bench-tls-"))
+    made: list[tuple[Settings, str]] = []
+    try:
+        key_file = work / "key.hex"
+        create_key_file(key_file)
+        base = {
+            "CALLPIPE_KEY_FILE": str(key_file),
+            "CALLPIPE_HOME": str(work / "home"),
+            "CALLPIPE_PARTITIONS": str(settings.partitions),
+            "CALLPIPE_BUCKETS": str(settings.buckets),
+            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
+            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
+            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
+        }
+        start = int(time.time() * 1000) - 26 * HOUR_MS
+        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        shapes: dict[str, dict[str, Any]] = {}
+        for shape, batch in (("single", 1), (f"batch{spec.batch}", spec.batch)):
+            for name, s in (("plaintext", plain), ("sasl_ssl", secure)):
+                prefix = f"cptls{uuid.uuid4().hex[:8]}."
+                made.append((s, prefix))
+                env = {**base, **s.kafka(WORKER).env()}
+                result, _ = _shape(s, env, work, traffic, f"{name}-{shape}", batch, prefix)
+                shapes.setdefault(shape, {})[name] = result
+            p, t = shapes[shape]["plaintext"], shapes[shape]["sasl_ssl"]
+            shapes[shape]["worker_tls_over_plain"] = round(
+                t["worker"]["events_per_s"] / max(p["worker"]["events_per_s"], 1), 3
+            )
+            shapes[shape]["passthrough_tls_over_plain"] = round(
+                t["passthrough"]["events_per_s"] / max(p["passthrough"]["events_per_s"], 1), 3
+            )
+            shapes[shape]["produce_tls_over_plain"] = round(
+                t["produce_events_per_s"] / max(p["produce_events_per_s"], 1), 3
+            )
+        return {"bench": "stream-tls-cost", "quick": quick, "events": spec.events, "shapes": shapes}
+    finally:
+        for s, prefix in made:
+            kafka.delete_topics(s.kafka(OPERATOR), prefix)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def render_tls_cost(figures: dict[str, Any]) -> str:
+    rows = []
+    for shape, f in figures["shapes"].items():
+        for name in ("plaintext", "sasl_ssl"):
+            r = f[name]
+            rows.append(
+                [
+                    shape,
+                    name,
+                    r["produce_events_per_s"],
+                    r["worker"]["events_per_s"],
+                    r["passthrough"]["events_per_s"],
+                    r["ratio"],
+                ]
+            )
+        rows.append(
+            [
+                shape,
+                "SASL_SSL / PLAINTEXT",
+                f["produce_tls_over_plain"],
+                f["worker_tls_over_plain"],
+                f["passthrough_tls_over_plain"],
+                "",
+            ]
+        )
+    return table(
+        ["messages", "listener", "produce ev/s", "worker ev/s", "passthrough ev/s", "worker/passthrough"],
+        rows,
+    )
 
 
 def render(figures: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from pipeline.carrier.produce import (
     write_files,
 )
 from pipeline.errors import CliError
+from pipeline.kafka_access import CARRIER
 from pipeline.settings import Settings
 
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.out is not None:
             summary = write_files(args.out, shipments)
         else:
-            summary = asyncio.run(publish(settings.bootstrap, shipments, rate=args.rate))
+            summary = asyncio.run(publish(settings.kafka(CARRIER), shipments, rate=args.rate))
     except ProduceError as exc:
         raise CliError(str(exc)) from None
     print(summary.line())

@@ -24,6 +24,7 @@ from aiokafka.partitioner import murmur2
 
 from pipeline import codec
 from pipeline.carrier.generate import BadMessage
+from pipeline.kafka_access import KafkaAccess
 
 TOPIC_OF = {"CallEvent": "calls.raw", "ConsentEvent": "consent.events", "PrivacyRequest": "privacy.requests"}
 RECORD_OF = {topic: name for name, topic in TOPIC_OF.items()}
@@ -237,14 +238,15 @@ def write_files(folder: Path, shipments: Sequence[Shipment]) -> Summary:
 
 
 async def publish(
-    bootstrap: str, shipments: Sequence[Shipment], *, rate: float = 0.0, timeout_s: float = 20.0
+    access: KafkaAccess, shipments: Sequence[Shipment], *, rate: float = 0.0, timeout_s: float = 20.0
 ) -> Summary:
     """Send the shipments in order (rate: events/s over all shipments, 0 = as fast as possible)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+    bootstrap = access.bootstrap
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **access.aiokafka(),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

@@ -37,6 +37,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pipeline import lograte
 from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
+from pipeline.kafka_access import WORKER, KafkaAccess
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Stage
 from pipeline.settings import Settings
@@ -57,10 +58,10 @@ MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
 
 
-async def dlq_limit(bootstrap: str, topic: str) -> int:
+async def dlq_limit(access: KafkaAccess, topic: str) -> int:
     """The largest record batch calls.dlq accepts (its max.message.bytes, the broker's default
     when the topic sets none)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**access.aiokafka())
     await admin.start()
     try:
         (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -89,10 +90,10 @@ class KafkaBroker:
         self._dlq_partitions = 1
         self.max_bytes = 1024 * 1024
 
-    async def start(self, bootstrap: str) -> None:
+    async def start(self, access: KafkaAccess) -> None:
         parts = await self.producer.partitions_for(self.dlq)
         self._dlq_partitions = max(1, len(parts))
-        self.max_bytes = min(MAX_REQUEST, await dlq_limit(bootstrap, self.dlq))
+        self.max_bytes = min(MAX_REQUEST, await dlq_limit(access, self.dlq))
 
     def _tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         assigned = self.consumer.assignment()
@@ -225,13 +226,13 @@ class WorkerRuntime(mode.Service):
         self.settings = settings
         self.calls = prefix + CALLS
         topics = {Stream.CONSENT: prefix + CONSENT, Stream.REQUESTS: prefix + REQUESTS}
-        bootstrap = settings.bootstrap
+        access = settings.kafka(WORKER)
         self.control = ControlState(settings.max_idle_ms, now_ms())
         self.reader = ControlReader(
             topics,
             self.control,
             lambda: AIOKafkaConsumer(
-                bootstrap_servers=bootstrap,
+                **access.aiokafka(),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -249,12 +250,12 @@ class WorkerRuntime(mode.Service):
     def _clients(self) -> None:
         """aiokafka's clients belong to the running loop: made when the service starts."""
         settings, key, prefix, topics = self.settings, self._key, self._prefix, self._topics
-        bootstrap = settings.bootstrap
+        access = settings.kafka(WORKER)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=MAX_REQUEST
+            **access.aiokafka(), acks="all", linger_ms=5, max_request_size=MAX_REQUEST
         )
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **access.aiokafka(),
             group_id=prefix + GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -272,7 +273,7 @@ class WorkerRuntime(mode.Service):
     async def on_start(self) -> None:
         self._clients()
         await self.producer.start()
-        await self.broker.start(self.settings.bootstrap)
+        await self.broker.start(self.settings.kafka(WORKER))
         await self.reader.start()
         started = time.monotonic()
         await self.reader.ready.wait()  # no call is judged before the whole control state is read

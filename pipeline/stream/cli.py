@@ -13,8 +13,10 @@ from pipeline.settings import Settings
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.kafka_access import WORKER
     from pipeline.stream.app import run_worker
 
+    settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
 

@@ -42,15 +42,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from confluent_kafka import KafkaError, Message, Producer
 
+from infra import security
 from infra.topics import TOPICS
 from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.stream.runner import read_stats
 from tests.e2e.test_stream_e2e import consume_all, wait_for_group, worker_env, zone
-from tests.streamkit import publish, records_to_messages, start_worker, stop, wait_for_events
+from tests.streamkit import access, publish, records_to_messages, start_worker, stop, wait_for_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -163,7 +165,10 @@ class ControlFeed:
 
     def __init__(self, bootstrap: str, prefix: str, bound: int) -> None:
         self.prefix = prefix
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+        # A carrier's librdkafka client: SASL_SSL, SCRAM-SHA-512, the CA (docs/ARCHITECTURE.md, Security).
+        self.producer = Producer(
+            {**access(CARRIER, bootstrap).librdkafka(), "linger.ms": 5, "enable.idempotence": True}
+        )
         self.delivered: list[tuple[Control, int]] = []
         self.failed: list[str] = []
         self.bound = bound
@@ -224,7 +229,7 @@ def create_topics(bootstrap: str, prefix: str) -> None:
 
     async def run() -> None:
         config = {t.name: t.config for t in TOPICS}
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**access(OPERATOR, bootstrap).aiokafka())
         await admin.start()
         try:
             await admin.create_topics(
@@ -241,6 +246,7 @@ def create_topics(bootstrap: str, prefix: str) -> None:
             await admin.close()
 
     asyncio.run(run())
+    security.grant(access(ADMIN, bootstrap), prefix)
 
 
 def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float) -> None:

@@ -22,11 +22,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline import codec
 from pipeline.carrier.generate import generate_bad_messages, generate_traffic
 from pipeline.consent import AccountState, decide, record_consent, record_request
+from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.keys import create_key_file
 from pipeline.policy import DEFAULT_POLICY
 from sinks.layout import glob
 from tests.streamkit import (
     ROOT,
+    access,
     make_topics,
     publish,
     records_to_messages,
@@ -46,7 +48,8 @@ def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
         create_key_file(key)
     return {
         "CALLPIPE_KEY_FILE": str(key),
-        "CALLPIPE_BOOTSTRAP": bootstrap,
+        # The worker's principal: its own home is elsewhere, its password file and CA are the broker's.
+        **access(WORKER, bootstrap).env(),
         "CALLPIPE_PARTITIONS": str(PARTITIONS),
         "CALLPIPE_FLUSH_SECONDS": "1",
         "CALLPIPE_FLUSH_ROWS": "5000",
@@ -183,7 +186,7 @@ def canary_consents(calls: list[dict[str, Any]], start: int) -> list[dict[str, A
 def consume_all(bootstrap: str, topic: str) -> list[Any]:
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+            topic, **access(OPERATOR, bootstrap).aiokafka(), auto_offset_reset="earliest", group_id=None
         )
         await consumer.start()
         out: list[Any] = []
@@ -456,7 +459,7 @@ def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -
     """Until the consumer group is stable with `members` members (every one has its partitions)."""
 
     async def describe() -> tuple[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**access(OPERATOR, bootstrap).aiokafka())
         await admin.start()
         try:
             (found,) = await admin.describe_consumer_groups([group])

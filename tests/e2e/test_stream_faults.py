@@ -23,17 +23,26 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
 from pipeline.carrier.generate import generate_traffic
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
 from pipeline.stream.runner import read_stats
 from tests.e2e.test_stream_e2e import worker_env, zone
-from tests.streamkit import make_topics, publish, records_to_messages, start_worker, stop, wait_for_events
+from tests.streamkit import (
+    access,
+    make_topics,
+    publish,
+    records_to_messages,
+    start_worker,
+    stop,
+    wait_for_events,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PARTITIONS = 2
 HOUR = 3_600_000
 
 
-async def _accepts(bootstrap: str, topic: str, size: int, value: bytes = b"") -> bool:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=64 * 1024 * 1024)
+async def _accepts(bootstrap: str, topic: str, size: int, value: bytes = b"", role: str = ADMIN) -> bool:
+    producer = AIOKafkaProducer(**access(role, bootstrap).aiokafka(), max_request_size=64 * 1024 * 1024)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value or b"x" * size, partition=0)
@@ -48,7 +57,7 @@ def largest_accepted(bootstrap: str, topic: str) -> int:
     """The largest value (no key, no headers) the broker accepts on `topic`, to the byte."""
 
     async def search() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**access(ADMIN, bootstrap).aiokafka())
         await admin.start()
         try:
             await admin.create_topics([NewTopic(topic, 1, 1)])
@@ -70,7 +79,10 @@ def largest_accepted(bootstrap: str, topic: str) -> int:
 def read_dlq(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
     async def go() -> list[tuple[bytes, dict[str, bytes]]]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+            topic,
+            **access(OPERATOR, bootstrap).aiokafka(),
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
         )
         await consumer.start()
         out = []
@@ -98,7 +110,7 @@ def test_a_dead_letter_at_the_broker_limit_is_kept_in_the_lake_and_the_stream_go
     before = [m for m in good if m[2] == 0][:20]
     rest = [m for m in good if m not in before]
     publish(kafka_bootstrap, prefix + "calls.raw", before)
-    assert asyncio.run(_accepts(kafka_bootstrap, prefix + "calls.raw", 0, big))
+    assert asyncio.run(_accepts(kafka_bootstrap, prefix + "calls.raw", 0, big, CARRIER))
     publish(kafka_bootstrap, prefix + "calls.raw", rest)
     lake = tmp_path / "lake"
     proc = start_worker(prefix, lake, worker_env(tmp_path, kafka_bootstrap), tmp_path / "worker.log")

@@ -14,8 +14,9 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline import codec
 from pipeline.consent import Stream
+from pipeline.kafka_access import WORKER
 from pipeline.stream.control import ControlReader, ControlState, load_snapshot, save_snapshot
-from tests.streamkit import make_topics, publish
+from tests.streamkit import access, make_topics, publish
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ async def read(bootstrap: str, prefix: str, snapshot: Path | None) -> ControlRea
         topics_of(prefix),
         state,
         lambda: AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            **access(WORKER, bootstrap).aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest"
         ),
         snapshot=snapshot,
     )

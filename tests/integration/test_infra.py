@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from infra import topics
+from pipeline.kafka_access import OPERATOR
+from tests.streamkit import access
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +38,23 @@ def test_kafka_up_is_idempotent_and_status_reports_it(kafka_bootstrap: str) -> N
 
 
 def test_topics_create_is_idempotent_and_co_partitioned(kafka_bootstrap: str, topic_prefix: str) -> None:
-    first = asyncio.run(topics.create_topics(kafka_bootstrap, 3, topic_prefix))
+    first = asyncio.run(topics.create_topics(access(OPERATOR, kafka_bootstrap), 3, topic_prefix))
     assert [o.name for o in first] == [topic_prefix + t.name for t in topics.TOPICS]
     assert all(o.created and o.partitions == 3 for o in first)
-    second = asyncio.run(topics.create_topics(kafka_bootstrap, 3, topic_prefix))
+    second = asyncio.run(topics.create_topics(access(OPERATOR, kafka_bootstrap), 3, topic_prefix))
     assert not any(o.created for o in second)
     with pytest.raises(topics.TopicError, match="co-partitioned"):
-        asyncio.run(topics.create_topics(kafka_bootstrap, 5, topic_prefix))
+        asyncio.run(topics.create_topics(access(OPERATOR, kafka_bootstrap), 5, topic_prefix))
 
 
 def test_topic_configs_keep_consent_history(kafka_bootstrap: str, topic_prefix: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    asyncio.run(topics.create_topics(kafka_bootstrap, 2, topic_prefix))
+    asyncio.run(topics.create_topics(access(OPERATOR, kafka_bootstrap), 2, topic_prefix))
 
     async def configs() -> dict[str, dict[str, str]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**access(OPERATOR, kafka_bootstrap).aiokafka())
         await admin.start()
         try:
             names = [topic_prefix + t.name for t in topics.TOPICS]
@@ -75,4 +77,6 @@ def test_topic_configs_keep_consent_history(kafka_bootstrap: str, topic_prefix: 
 def test_unreachable_broker_is_one_clear_line() -> None:
     out = callpipe("topics", "create", env={"CALLPIPE_BOOTSTRAP": "127.0.0.1:1"})
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["callpipe: error: no Kafka broker answers at 127.0.0.1:1"]
+    assert out.stderr.strip().splitlines() == [
+        "callpipe: error: no Kafka broker answers at 127.0.0.1:1 to operator over sasl_ssl"
+    ]

@@ -11,10 +11,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from infra import security
 from pipeline import cli, codec
 from pipeline.carrier import generate
 from pipeline.carrier.produce import partition_for
 from pipeline.codec import Decoded
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
+from tests.streamkit import access
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +42,14 @@ def env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield kafka_bootstrap
     if created:
         asyncio.run(_admin(kafka_bootstrap, lambda admin: admin.delete_topics(list(created))))
+        created.clear()
 
 
 created: list[str] = []
 
 
 async def _admin(bootstrap: str, action: Any) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**access(OPERATOR, bootstrap).aiokafka())
     await admin.start()
     try:
         await action(admin)
@@ -58,12 +62,15 @@ def _create(bootstrap: str, *topics: str) -> None:
     asyncio.run(
         _admin(bootstrap, lambda admin: admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]))
     )
+    # `callpipe produce` runs as the carrier: it may write these topics, read none of them.
+    for topic in topics:
+        security.allow(access(ADMIN, bootstrap), CARRIER, topic, ("WRITE", "DESCRIBE"))
 
 
 async def _read_all(bootstrap: str, topic: str, record_name: str) -> tuple[Decoded, list[Any]]:
     """Every message on the topic (up to its end offsets at call time), decoded batch-wise."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **access(ADMIN, bootstrap).aiokafka(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=64 * 1024 * 1024,

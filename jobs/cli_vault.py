@@ -1,0 +1,87 @@
+"""`callpipe vault init|rotate|status|rewrap`: the vault's master keys (docs/ARCHITECTURE.md
+"Vault encryption"). The key file is CALLPIPE_VAULT_KEY_FILE; no command prints a key."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import CliError
+from pipeline.settings import Settings
+
+
+def _key_file(settings: Settings) -> Path:
+    if settings.vault_key_file is None:
+        raise CliError("set CALLPIPE_VAULT_KEY_FILE to the vault key file")
+    return settings.vault_key_file
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.crypt import create_key_file
+
+    path = _key_file(settings)
+    if path.exists():
+        raise CliError(f"{path} exists; `callpipe vault rotate` adds a key version")
+    pseudonym = settings.key_file
+    if pseudonym is not None and pseudonym.resolve() == path.resolve():
+        raise CliError("CALLPIPE_VAULT_KEY_FILE must not be the pseudonymization key file")
+    create_key_file(path)
+    print(f"vault key file {path} created (mode 0600), master key version 1")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from sinks.crypt import KeyFile
+
+    version = KeyFile(_key_file(settings)).rotate()
+    print(
+        f"vault master keys: version {version} is current; new files use it, older files stay "
+        "readable (`callpipe vault rewrap` moves them over day by day)"
+    )
+    return 0
+
+
+def _lake(settings: Settings) -> Path:
+    if not settings.lake.is_dir():
+        raise CliError(f"no lake at {settings.lake} (set CALLPIPE_LAKE)")
+    return settings.lake
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import rewrap
+
+    result = rewrap.status(_lake(settings))
+    print(f"current key version: {result['current_version']}")
+    for version, n in result["files_by_version"].items():
+        print(f"  {version}: {n} vault files")
+    return 0
+
+
+def cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import rewrap
+    from jobs.progress import Progress
+    from jobs.replace import JobBusy
+
+    try:
+        result = rewrap.run(_lake(settings), days=args.days, progress=Progress("rewrap: rewriting"))
+    except JobBusy as exc:
+        raise CliError(str(exc), status=3) from None
+    print(
+        f"rewrapped {result['files_rewrapped']} vault files of {result['days']} days under key version "
+        f"{result['key_version']}; {result['files_left']} files left"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    vault = sub.add_parser("vault", help="the vault's encryption keys: init, rotate, status, rewrap")
+    vault_sub = vault.add_subparsers(dest="vault_command", required=True, parser_class=type(vault))
+    init = vault_sub.add_parser("init", help="create the vault key file (CALLPIPE_VAULT_KEY_FILE, mode 0600)")
+    init.set_defaults(func=cmd_init, vault_keys=False)
+    rotate = vault_sub.add_parser("rotate", help="add a new master key version; new files use it")
+    rotate.set_defaults(func=cmd_rotate, vault_keys=False)
+    status = vault_sub.add_parser("status", help="vault files per key version")
+    status.set_defaults(func=cmd_status)
+    rw = vault_sub.add_parser("rewrap", help="rewrite the oldest days' files under the current key version")
+    rw.add_argument("--days", type=int, default=1, help="day partitions per run (default 1)")
+    rw.set_defaults(func=cmd_rewrap)
