@@ -233,8 +233,7 @@ def _format_storage(broker: Broker) -> None:
         _classpath(broker),
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cluster_id,
+        f"--cluster-id={cluster_id}",  # one argument: an id may start with "-"
         "-c",
         str(broker.config),
         "--standalone",

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pipeline.codec import Lineage
-from pipeline.consent import AccountState, apply_consent, decide
+from pipeline.consent import AccountState, Decisions, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import Policy
-from pipeline.pseudonymize import pseudonymize, token_of
+from pipeline.pseudonymize import pseudonymizer, token_of
 from pipeline.reasons import Drop
 from pipeline.validate import Rejection, validate_batch
 from schemas import clock
@@ -80,20 +80,33 @@ def process_batch(
     drops = result.drops
     tokens: dict[str, tuple[str, int]] = {}
     days: dict[int, str] = {}
+    defaults = policy.consent
+    analytics_row = pseudonymizer()  # `pseudonymize` without its per-call look-up
+    no_history = decide(None, 0, defaults)  # the same at every time
     for record, index, regions in zip(validated.records, validated.indices, validated.regions, strict=True):
         account = record["account_id"]
-        decision = decide(states.get(account), record["started_at"], policy.consent)
+        state = states.get(account)
+        if state is None:
+            decision = no_history
+        else:
+            # an account's decisions by time, remembered while its state object stays the same
+            table = memo.peek(("decisions", account))
+            if table is None or table.state is not state or table.defaults is not defaults:
+                table = memo.put(("decisions", account), Decisions(state, defaults))
+            decision = table.at(record["started_at"])
         if decision.erased:
             drops[Drop.ERASED] += 1
             result.erased.append(index)
             continue
         apply_consent(record, decision, drops)
-        source = sources[index] if sources is not None else Lineage(-1, index, 0)
-        lineage = {
-            "source_partition": source.partition,
-            "source_offset": source.offset,
-            "source_index": source.index,
-        }
+        # the record is validate's own copy: it becomes the vault row, lineage added in place
+        if sources is not None:
+            source = sources[index]
+            record["source_partition"] = source.partition
+            record["source_offset"] = source.offset
+            record["source_index"] = source.index
+        else:
+            record["source_partition"], record["source_offset"], record["source_index"] = -1, index, 0
         if account not in tokens:
             token = token_of(key, Domain.ACCOUNT, account, memo)
             tokens[account] = (token, bucket_of(token, buckets))
@@ -102,13 +115,13 @@ def process_batch(
         if day not in days:
             days[day] = clock.day_of_ms(record["started_at"])
         route = Route(days[day], bucket, token)
-        result.vault_rows.append({**record, **lineage})
+        result.vault_rows.append(record)
         result.vault_routes.append(route)
         if decision.restricted:
             drops[Drop.RESTRICTED] += 1
         elif not decision.analytics:
             drops[Drop.ANALYTICS_OBJECTED] += 1
         else:
-            result.analytics_rows.append(pseudonymize(record, key, regions, lineage, memo))
+            result.analytics_rows.append(analytics_row(record, key, regions, record, memo))
             result.analytics_routes.append(route)
     return result

@@ -40,7 +40,7 @@ earlier version reads.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -207,13 +207,23 @@ def _canonical(record_name: str) -> str:
     return str(fastavro.schema.to_parsing_canonical_form(schemas.parsed(record_name)))
 
 
-def _read_container(value: bytes, record_name: str) -> list[dict[str, Any]]:
+def _read_container(value: bytes, record_name: str, limit: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a container file, and the positions of those that must be measured against
+    the event limit `limit`: the records of a block whose decompressed bytes exceed it (a record
+    is a slice of its block, so a block within the limit holds no larger record)."""
+    records: list[dict[str, Any]] = []
+    measure: list[int] = []
     try:
-        reader = fastavro.reader(io.BytesIO(value))
-        if fastavro.schema.to_parsing_canonical_form(reader.writer_schema) != _canonical(record_name):
+        blocks = fastavro.block_reader(io.BytesIO(value))
+        if fastavro.schema.to_parsing_canonical_form(blocks.writer_schema) != _canonical(record_name):
             # written with another schema: resolve every record against ours (about 3x slower)
-            reader = fastavro.reader(io.BytesIO(value), reader_schema=schemas.parsed(record_name))
-        records: list[dict[str, Any]] = list(reader)  # type: ignore[arg-type]
+            blocks = fastavro.block_reader(io.BytesIO(value), reader_schema=schemas.parsed(record_name))
+        for block in blocks:
+            first = len(records)
+            records.extend(block)  # type: ignore[arg-type]
+            data = getattr(block, "bytes_", None)  # the decompressed block (fastavro's Block)
+            if not isinstance(data, io.BytesIO) or len(data.getbuffer()) > limit:
+                measure.extend(range(first, len(records)))
     except fastavro.read.SchemaResolutionError:
         raise Invalid(Reason.WRONG_TYPE) from None
     except Exception:
@@ -222,7 +232,7 @@ def _read_container(value: bytes, record_name: str) -> list[dict[str, Any]]:
         for key, v in rec.items():
             if isinstance(v, datetime):
                 rec[key] = _ms(v)
-    return records
+    return records, measure
 
 
 def _avro_confluent(value: bytes, record_name: str, limits: Limits) -> tuple[Any, bool]:
@@ -268,11 +278,13 @@ def _admit_batch(
     raw: bytes,
     p: int,
     o: int,
+    only: Container[int] | None = None,
 ) -> None:
-    """Keep the events of a batch message; an oversized event (`size_of` it over the event limit)
-    or one with a bad identifier is rejected alone, with its index and the whole message."""
+    """Keep the events of a batch message; an oversized event (`size_of` it over the event limit;
+    with `only`, just the events at those positions are measured) or one with a bad identifier
+    is rejected alone, with its index and the whole message."""
     for i, record in enumerate(records):
-        if size_of is not None and size_of(record) > limits.max_event_bytes:
+        if size_of is not None and (only is None or i in only) and size_of(record) > limits.max_event_bytes:
             _reject(out, Reason.TOO_LARGE, i, raw, p, o)
         else:
             _admit(out, record, record_name, i, raw, p, o)
@@ -393,8 +405,10 @@ def _decode_into(
         # Avro: a single record is the whole message (less the Confluent prefix), so the message
         # is checked against the event limit; a batch's records are measured one by one. An
         # uncompressed batch within the limit cannot hold a larger event; a container file's
-        # blocks may be compressed, so its records are always measured.
+        # blocks may be compressed, so the records of a block over the limit once decompressed
+        # are measured.
         measure: Callable[[Any], int] | None = None
+        only: Container[int] | None = None
         if fmt is Format.CONFLUENT:
             result, batch = _avro_confluent(raw, record_name, limits)
         elif fmt is Format.AVRO:
@@ -404,8 +418,8 @@ def _decode_into(
         elif fmt is Format.AVRO_BATCH:
             result, batch = _read_bare(raw, record_name, True), True
         else:
-            result, batch = _read_container(raw, record_name), True
-            measure = _avro_size(record_name)
+            result, in_large_blocks = _read_container(raw, record_name, limits.max_event_bytes)
+            batch, measure, only = True, _avro_size(record_name), frozenset(in_large_blocks)
         if not batch:
             _admit(out, result, record_name, None, raw, p, o)
             return
@@ -413,7 +427,7 @@ def _decode_into(
             raise Invalid(Reason.EMPTY)
         if measure is None and len(raw) > limits.max_event_bytes:
             measure = _avro_size(record_name)
-        _admit_batch(out, result, record_name, measure, limits, raw, p, o)
+        _admit_batch(out, result, record_name, measure, limits, raw, p, o, only)
     except Invalid as bad:
         _reject(out, bad.reason, None, raw, p, o)
 

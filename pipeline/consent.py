@@ -23,6 +23,7 @@ reads the call first.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import Counter
@@ -150,6 +151,25 @@ def decide(state: AccountState | None, at_ms: int, defaults: ConsentDefaults) ->
         transcription=last.get("transcription", defaults.transcription),
         analytics=last.get("analytics", defaults.analytics),
     )
+
+
+class Decisions:
+    """`decide` for one state at every time at once: a decision only changes at the times of the
+    state's entries (decide compares an event's time with them and nothing else), so the
+    decision at `at_ms` is the one at the last entry time at or before it. Built once per state
+    and policy, then a bisect per event."""
+
+    __slots__ = ("decisions", "defaults", "state", "times")
+
+    def __init__(self, state: AccountState, defaults: ConsentDefaults) -> None:
+        self.state = state
+        self.defaults = defaults
+        self.times = sorted({at for at, _p, _g in state.consents} | {at for at, _k, _i in state.requests})
+        before = (self.times[0] - 1) if self.times else 0
+        self.decisions = [decide(state, before, defaults)] + [decide(state, t, defaults) for t in self.times]
+
+    def at(self, at_ms: int) -> Decision:
+        return self.decisions[bisect.bisect_right(self.times, at_ms)]
 
 
 # The consent purpose each sensitive field needs, by its annotation (class, category), and the

@@ -10,12 +10,11 @@ functions of the candidate.
 - identifiers: a number glued to Latin letters or right after an identifier word ("order",
   "ticket", "zip", "case no.", "订单号", ...) is no phone number.
 - phone numbers: the digits read as an international number ("+", or any international call
-  prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions. The
-  number is checked from its digits against phonenumbers' metadata, compiled once per region
-  (`_Region`): what `is_valid_number` checks, without `phonenumbers.parse` and its per-call
-  pattern lookups. Trunk-prefix rules that rewrite digits or carry a carrier code (Argentina,
-  Brazil, the NANP islands' 7-digit local form, ...) and numbers with a leading zero after the
-  country code still go through `parse`.
+  prefix: 00, 011, 0011, 010, 001, ...), or nationally in one of the call's regions, valid as
+  phonenumbers.parse + is_valid_number say: `pipeline.numbers` answers from the digits against
+  the metadata compiled once per region and asks parse itself for the forms it does not follow
+  (carrier codes, digit-rewriting trunk prefixes such as the NANP islands' 7-digit local form,
+  a national number written with its country code or an international prefix).
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import phonenumbers
+
+from pipeline import numbers
 
 # Registered IBAN lengths (SWIFT's IBAN registry, plus the countries Presidio also accepts).
 IBAN_LENGTHS = {
@@ -172,94 +173,18 @@ def is_iban(compact: str) -> bool:
     return int(moved) % 97 == 1
 
 
-_TYPES = (
-    "premium_rate",
-    "toll_free",
-    "shared_cost",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
-    "fixed_line",
-    "mobile",
-)
-_Desc = tuple[frozenset[int], str]
-_MAX_NSN = 17
-
-
 @dataclass(frozen=True, slots=True)
 class _Region:
-    """What is_valid_number reads from a region's metadata, compiled once. A number is valid when
-    it fits the general description and that of one number type (fixed line, mobile, ...), each
-    a set of lengths and a pattern the whole number must match: one regex per length here."""
+    """What the plausibility check reads of a region: its trunk prefix. Validity is
+    pipeline.numbers' (phonenumbers' metadata compiled once per region)."""
 
-    country_code: int
     prefix: str | None  # the trunk prefix as written ("0", "1", "8")
-    trunk: re.Pattern[str]  # what phonenumbers strips as the trunk prefix (and carrier codes)
-    leading: re.Pattern[str] | None  # which numbers of a shared country code are this region's
-    by_length: dict[int, re.Pattern[str]]
-
-    def valid(self, nsn: str) -> bool:
-        pattern = self.by_length.get(len(nsn))
-        return pattern is not None and pattern.fullmatch(nsn) is not None
-
-
-def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
-    if desc is None or not desc.national_number_pattern:
-        return None
-    return frozenset(desc.possible_length or ()), desc.national_number_pattern
-
-
-def _by_length(general: _Desc | None, types: list[_Desc]) -> dict[int, re.Pattern[str]]:
-    """For each length a number may have: the general pattern (as a lookahead) and the
-    patterns of the types that allow that length, in one regex."""
-    out = {}
-    for n in range(1, _MAX_NSN + 1):
-        if general is None or (general[0] and n not in general[0]):
-            continue
-        fitting = [f"(?:{pattern})" for lengths, pattern in types if not lengths or n in lengths]
-        if fitting:
-            out[n] = re.compile(f"(?=(?:{general[1]})\\Z)(?:{'|'.join(fitting)})")
-    return out
 
 
 @cache
-def _region(region: str, country_code: int = 0) -> _Region | None:
-    if region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY:  # +800, +808, +870, ...
-        m = phonenumbers.PhoneMetadata.metadata_for_nongeo_region(country_code)
-    else:
-        m = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    if m is None:
-        return None
-    trunk = m.national_prefix_for_parsing or re.escape(m.national_prefix or "") or "(?!)"
-    types = [d for d in (_desc(getattr(m, name, None)) for name in _TYPES) if d is not None]
-    return _Region(
-        m.country_code or 0,
-        m.national_prefix,
-        re.compile(trunk),
-        re.compile(m.leading_digits) if m.leading_digits else None,
-        _by_length(_desc(m.general_desc), types),
-    )
-
-
-@cache
-def _regions_of(country_code: int) -> tuple[_Region, ...]:
-    names = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
-    return tuple(r for r in (_region(n, country_code) for n in names) if r is not None)
-
-
-def _valid_nsn(country_code: int, nsn: str) -> bool:
-    """is_valid_number of PhoneNumber(country_code, nsn), from the compiled metadata: the number's
-    region is the first of its country code whose leading digits match, or else in which it is
-    valid (phonenumbers' region_code_for_number)."""
-    for region in _regions_of(country_code):
-        if region.leading is not None:
-            if region.leading.match(nsn):
-                return region.valid(nsn)
-        elif region.valid(nsn):
-            return True
-    return False
+def _region(region: str) -> _Region | None:
+    m = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return None if m is None else _Region(m.national_prefix)
 
 
 def _parsed_valid(text: str, region: str | None) -> bool:
@@ -273,11 +198,13 @@ def _parsed_valid(text: str, region: str | None) -> bool:
 def _international(digits: str) -> bool:
     """`digits` after a "+" or an international call prefix: country code, then the number (in
     which a trunk prefix may still be written: "+44 (0)20 7946 0958")."""
-    for size in (1, 2, 3):
-        regions = _regions_of(int(digits[:size] or 0))
-        if regions:
-            return _valid_digits(regions[0], digits[size:], "+" + digits, None)
-    return False
+    return _valid(numbers.lookup("+" + digits, None), "+" + digits, None)
+
+
+def _valid(found: numbers.Found | numbers.Fallback | None, text: str, region: str | None) -> bool:
+    if found is numbers.FALLBACK:
+        return _parsed_valid(text, region)
+    return found is not None
 
 
 def plausibly_national(run: str, region: str) -> bool:
@@ -295,17 +222,12 @@ def plausibly_national(run: str, region: str) -> bool:
     return len(digits) >= (9 if prefix else 8) and short_groups <= 3
 
 
-def _valid_digits(meta: _Region, digits: str, text: str, region: str | None) -> bool:
-    """`digits` of a number of `meta`'s country, with or without its trunk prefix: valid as they
-    are or with the prefix stripped, as phonenumbers.parse tries them. A trunk prefix that
-    carries a carrier code or rewrites the digits (Brazil, Argentina, the NANP islands' local
-    form) is left to parse(`text`, `region`)."""
-    trunk = meta.trunk.match(digits)
-    if trunk is not None and any(trunk.groups()):
-        return _parsed_valid(text, region)
-    if trunk is not None and trunk.end() and _valid_nsn(meta.country_code, digits[trunk.end() :]):
-        return True
-    return bool(digits) and _valid_nsn(meta.country_code, digits)
+def _valid_digits(meta: _Region, digits: str, text: str, region: str) -> bool:
+    """`digits` of a number of `region`, with or without its trunk prefix: what parse(digits,
+    region) + is_valid_number say (pipeline.numbers, which asks parse itself for the forms it
+    does not follow: carrier codes, digit-rewriting trunk prefixes, a leading country code or
+    international prefix)."""
+    return _valid(numbers.lookup(digits, region), digits, region)
 
 
 def is_phone(run: str, regions: Sequence[str], digits: str | None = None) -> bool:

@@ -67,8 +67,9 @@ def bad_identifier(record: Mapping[str, Any], record_name: str) -> Reason | None
     """
     top, nested = _plan(record_name)
     get = record.get
-    for name, limit in top:
-        if _bad(get(name), limit):
+    for name, limit in top:  # _bad, inlined
+        v = get(name)
+        if type(v) is str and not (0 < len(v) <= limit and v.isprintable() and not v.isspace()):
             return Reason.BAD_ID
     for parent, name, limit in nested:
         inner = get(parent)

@@ -40,5 +40,18 @@ class Memo:
         values[key] = value
         return value
 
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        """The value remembered for `key`, or `default`: with `put`, the hot path's form of
+        `get` (no closure per look-up)."""
+        return self._values.get(key, default)
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        """Remember `value` for `key` (forgetting everything first when full); returns it."""
+        values = self._values
+        if len(values) >= self.max_entries:
+            self.forget()
+        values[key] = value
+        return value
+
     def forget(self) -> None:
         self._values.clear()

@@ -17,9 +17,10 @@ list of fields is kept here. A field whose annotation has no transform fails at 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 import phonenumbers
@@ -33,6 +34,8 @@ from schemas.zones import ANALYTICS_COLUMNS, LINEAGE
 RECORD = "CallEvent"
 KEY_VERSION = "key_version"
 LINEAGE_NAMES = tuple(f.name for f in LINEAGE)
+_CELL = re.compile(r"[^\W_]+-[^\W_]+-[^\W_]+-[^\W_]+")
+_MISSING = object()
 
 # (value, key, regions of the call, memo) -> the values of the rule's columns, in ANALYTICS_COLUMNS
 # order. `memo` (pipeline/memo.py) remembers what identifiers became.
@@ -71,9 +74,8 @@ def ip_prefix(value: str) -> str | None:
 
 def cell_area(value: str, key: PseudonymKey) -> str:
     """MCC-MNC-LAC of an MCC-MNC-LAC-CI cell id; a cell token when the id has another form."""
-    parts = value.split("-")
-    if len(parts) == 4 and all(p.isalnum() for p in parts):
-        return "-".join(parts[:3])
+    if _CELL.fullmatch(value):  # four alphanumeric parts ([^\W_]: str.isalnum's characters)
+        return value.rsplit("-", 1)[0]
     return "cell:" + token_of(key, Domain.CELL, value)
 
 
@@ -86,7 +88,13 @@ def token_of(key: PseudonymKey, domain: Domain, value: str, memo: Memo | None = 
     devices repeat."""
     if memo is None:
         return key.token(domain, value)
-    return memo.get(("token", key, domain, value), lambda: key.token(domain, value))
+    # the token depends on the secret, the domain and the value only; bytes and str cache their
+    # hashes, the key dataclass and the enum member would hash in Python on every look-up
+    entry = ("token", key.secret, domain._value_, value)  # _value_: no descriptor call
+    token = memo.peek(entry)
+    if token is None:
+        token = memo.put(entry, key.token(domain, value))
+    return token
 
 
 def _token(domain: Domain) -> Transform:
@@ -99,16 +107,28 @@ def _token(domain: Domain) -> Transform:
 def _phone(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     if value is None:
         return (None, None, None)
-    country, kind = memo.get(("facts", value), lambda: phone_facts(value))
-    return (token_of(key, Domain.PHONE, value, memo), country, kind)
+    facts = memo.peek(("facts", value))
+    if facts is None:
+        facts = memo.put(("facts", value), phone_facts(value))
+    return (token_of(key, Domain.PHONE, value, memo), *facts)
 
 
 def _cell(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
-    return (None if value is None else memo.get(("cell", key, value), lambda: cell_area(value, key)),)
+    if value is None:
+        return (None,)
+    area = memo.peek(("cell", key.secret, value))
+    if area is None:
+        area = memo.put(("cell", key.secret, value), cell_area(value, key))
+    return (area,)
 
 
 def _ip(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
-    return (None if value is None else memo.get(("ip", value), lambda: ip_prefix(value)),)
+    if value is None:
+        return (None,)
+    prefix = memo.peek(("ip", value), _MISSING)
+    if prefix is _MISSING:
+        prefix = memo.put(("ip", value), ip_prefix(value))
+    return (prefix,)
 
 
 def _has(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
@@ -126,7 +146,8 @@ def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo)
     hint = tuple(regions)
     for k, v in value.items():
         if rememberable(v):
-            out[k] = memo.get(("attr", v, hint), partial(redact_value, v, hint))
+            redacted = memo.peek(("attr", v, hint))
+            out[k] = redacted if redacted is not None else memo.put(("attr", v, hint), redact_value(v, hint))
         else:
             out[k] = redact_value(v, hint)
     return (out,)
@@ -204,6 +225,12 @@ def pseudonymize(
     regions for national numbers in free text, `lineage` its source_* values; `memo` remembers
     what identifiers became (pipeline/memo.py)."""
     return _generated()(record, key, regions, lineage, memo if memo is not None else Memo())
+
+
+def pseudonymizer() -> Pseudonymizer:
+    """`pseudonymize` as one function for a batch's loop: (record, key, regions, lineage, memo),
+    where `lineage` is any mapping holding the source_* values (the vault row itself will do)."""
+    return _generated()
 
 
 def interpret(

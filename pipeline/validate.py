@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import phonenumbers
@@ -29,6 +29,7 @@ from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
+from pipeline import numbers
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Stage
@@ -103,19 +104,24 @@ def strip_secrets(record: Any, names: Iterable[str]) -> Any:
     is not a record is returned as it is, so the dead-letter path can call this on any input."""
     if not isinstance(record, Mapping):
         return record
-    return _strip(record, frozenset(n.lower() for n in names))[0]
+    return dict(_strip(record, frozenset(n.lower() for n in names))[0])
 
 
-def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Record, int]:
-    out = dict(record)
+def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[str, Any], int]:
+    """`record` itself when no map field holds a secret-named key (nothing here changes it),
+    else a copy with those keys removed; and how many were."""
+    out: Record | None = None
     stripped = 0
     for name in _map_fields():
-        value = out.get(name)
+        value = record.get(name)
         if isinstance(value, Mapping):
             kept = {k: v for k, v in value.items() if not (isinstance(k, str) and _is_secret(k, names))}
-            stripped += len(value) - len(kept)
-            out[name] = kept
-    return out, stripped
+            if len(kept) != len(value):
+                if out is None:
+                    out = dict(record)
+                out[name] = kept
+                stripped += len(value) - len(kept)
+    return (record if out is None else out), stripped
 
 
 @lru_cache(maxsize=1)
@@ -303,7 +309,9 @@ def _write_checker(
         if rule.category in ID_CATEGORIES and str in rule.types:
             limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
             body += [
-                f"{indent}if type(v) is str and not nameable(v, {limit}):",
+                # is_nameable, inlined
+                f"{indent}if type(v) is str and not (0 < len(v) <= {limit} and v.isprintable()"
+                " and not v.isspace()):",
                 f"{indent}    return Reason.BAD_ID, None",
             ]
         body.append(f"    out[{rule.name!r}] = v")
@@ -433,29 +441,19 @@ def number_info(number: str, region: str | None) -> NumberInfo | None:
     international = text.startswith("+")
     if not international and region is None:
         return None
+    fast = numbers.lookup(text, None if international else region)
+    if fast is not numbers.FALLBACK:
+        return None if fast is None else NumberInfo(*fast)
+    return parsed_info(text, None if international else region)
+
+
+def parsed_info(text: str, region: str | None) -> NumberInfo | None:
+    """`number_info` through phonenumbers.parse: the definition `pipeline.numbers` is held to."""
     try:
-        parsed = phonenumbers.parse(text, None if international else region)
+        parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     return _info(parsed)
-
-
-_PLAIN = re.compile(r"[+(]?[\d\s().-]+")
-_NOT_DIGIT = re.compile(r"\D")
-
-
-def _canonical(number: str) -> str:
-    """One spelling for the ways a plain number is written ("(201) 584-6008", "201-584-6008"),
-    so they share what they resolve to; anything else (letters, extensions) is its own key."""
-    text = number.strip()
-    if not _PLAIN.fullmatch(text):
-        return number
-    digits = _NOT_DIGIT.sub("", text)
-    if text.startswith("+"):
-        return "+" + digits
-    if text.startswith("00"):
-        return "+" + digits[2:]
-    return digits
 
 
 def resolve_number(number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
@@ -490,14 +488,17 @@ def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ..
     (a, b), carrier = _phone_and_carrier_fields()
     first, second = record[a], record[b]
     fallback = carrier_region(record[carrier])
-    c_first, c_second = _canonical(first), _canonical(second)
-    own_first = memo.get(("intl", c_first), lambda: _own_region(c_first))
-    own_second = memo.get(("intl", c_second), lambda: _own_region(c_second))
-    info_first = memo.get(
-        ("num", c_first, own_second, fallback), lambda: _remember(memo, first, own_second, fallback)
+    intl_first = _international(memo, first)
+    intl_second = _international(memo, second)
+    info_first = (
+        intl_first
+        if intl_first is not False
+        else _national(memo, first, intl_second.region if intl_second else None, fallback)
     )
-    info_second = memo.get(
-        ("num", c_second, own_first, fallback), lambda: _remember(memo, second, own_first, fallback)
+    info_second = (
+        intl_second
+        if intl_second is not False
+        else _national(memo, second, intl_first.region if intl_first else None, fallback)
     )
     record[a] = info_first.e164 if info_first is not None else first
     record[b] = info_second.e164 if info_second is not None else second
@@ -508,18 +509,39 @@ def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ..
     )
 
 
-def _own_region(number: str) -> str | None:
-    if not number.strip().startswith(("+", "00")):
-        return None
-    info = number_info(number, None)
-    return info.region if info is not None else None
+_MISSING = object()
 
 
-def _remember(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
-    info = resolve_number(number, other, fallback)
+def _international(memo: Memo, number: str) -> NumberInfo | Literal[False] | None:
+    """What a number written internationally ("+", "00") is (None: not valid), remembered by its
+    spelling; False if it is written nationally."""
+    key = ("intl", number)
+    found = memo.peek(key, _MISSING)
+    if found is not _MISSING:
+        return found
+    text = number.strip()
+    if not text.startswith(("+", "00")):
+        return memo.put(key, False)
+    info = number_info(text, None)
     if info is not None:
-        memo.get(("facts", info.e164), lambda: (info.country_code, info.kind))
-    return info
+        memo.put(("facts", info.e164), (info.country_code, info.kind))
+    return memo.put(key, info)
+
+
+def _national(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+    """A nationally written number read in the other number's region, else the carrier's."""
+    key = ("num", number, other, fallback)
+    found = memo.peek(key, _MISSING)
+    if found is not _MISSING:
+        return found
+    info = None
+    for region in (other, fallback):
+        if region is not None:
+            info = number_info(number, region)
+            if info is not None:
+                memo.put(("facts", info.e164), (info.country_code, info.kind))
+                break
+    return memo.put(key, info)
 
 
 @lru_cache(maxsize=4096)

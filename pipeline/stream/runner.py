@@ -87,7 +87,10 @@ class Tripped(RuntimeError):
 class _Message:
     offset: int
     waiting: int  # decoded events not yet released
-    counts: Counter[str]  # what was counted when it arrived: it joins the stats when it is handed over
+    # what was counted when it arrived (events in, dead letters of decoding): it joins the stats
+    # when it is handed over; one message besides
+    events_in: int
+    dead: Counter[str] | None
 
 
 class PartitionRunner:
@@ -177,12 +180,12 @@ class PartitionRunner:
         self._consumed = offset
         # Counted with the message, not yet in `counts`: a flush writes the stats of the offsets
         # it lands, and this message may wait past that flush for the control streams.
-        arrived: Counter[str] = Counter(messages=1, events_in=len(records) + len(rejections))
+        arrived: Counter[str] | None = Counter() if rejections else None
         dead = []
         for rej in rejections:
-            arrived[stats.dead_letter(rej.reason.value)] += 1
+            arrived[stats.dead_letter(rej.reason.value)] += 1  # type: ignore[index]
             dead.append(DeadLetter(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
-        self._messages.append(_Message(offset, len(records), arrived))
+        self._messages.append(_Message(offset, len(records), len(records) + len(rejections), arrived))
         if records:
             self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
             items = [(r, Lineage(partition, offset, i)) for i, r in enumerate(records)]
@@ -294,9 +297,13 @@ class PartitionRunner:
     def _advance(self, mono: float) -> None:
         """Hand over `through`: every message up to it has released all its events."""
         through = None
+        counts = self.counts
         while self._messages and self._messages[0].waiting <= 0:
             message = self._messages.popleft()
-            self.counts.update(message.counts)
+            counts["messages"] += 1
+            counts["events_in"] += message.events_in
+            if message.dead:
+                counts.update(message.dead)
             through = message.offset
         if through is not None:
             self.writer.add(through=through, now=mono)

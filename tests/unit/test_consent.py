@@ -241,3 +241,35 @@ def test_a_silent_control_partition_stops_holding_calls_back_after_max_idle() ->
     merger.add([(500, "call")])
     assert merger.release(4_000) == []
     assert merger.release(5_001) == ["call"]
+
+
+def test_decisions_by_time_agree_with_decide_at_every_time() -> None:
+    """The chain's per-account table (`Decisions`) against `decide`, on random histories of
+    every purpose and request kind, at every entry time, next to it and far from it."""
+    import random
+
+    from pipeline.consent import REQUEST_KINDS, Decisions, record_consent, record_request
+
+    rng = random.Random(5)
+    for _ in range(400):
+        state = None
+        for _ in range(rng.randrange(0, 8)):
+            at = rng.randrange(0, 50)
+            if rng.random() < 0.6:
+                state = record_consent(
+                    state,
+                    {
+                        "at": at,
+                        "purpose": rng.choice(["recording", "transcription", "analytics"]),
+                        "granted": rng.random() < 0.5,
+                    },
+                )
+            else:
+                kind = rng.choice(REQUEST_KINDS)
+                state = record_request(state, {"at": at, "kind": kind, "request_id": f"r{rng.randrange(9)}"})
+        if state is None:
+            continue
+        for defaults in (DEFAULTS, ConsentDefaults(recording=True, transcription=True, analytics=False)):
+            table = Decisions(state, defaults)
+            for at in [*range(-2, 53), 10**13, -(10**13)]:
+                assert table.at(at) == decide(state, at, defaults), (state, at)

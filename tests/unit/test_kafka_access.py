@@ -71,15 +71,16 @@ def test_the_acl_table_gives_each_role_what_it_needs_and_nothing_more() -> None:
     assert not {(t, n, o) for t, n, o in worker if o == "WRITE" and n != "p.calls.dlq"}
     operator = by_user["operator"]
     assert ("TOPIC", "p.calls.dlq", "READ") in operator and ("TOPIC", "*", "CREATE") in operator
-    # the operator writes only what `callpipe dlq replay` needs: the source topics, the replay
-    # ledger and its transactional id
-    assert {(t, n, o) for t, n, o in operator if o == "WRITE"} == {
-        ("TOPIC", "p.calls.raw", "WRITE"),
-        ("TOPIC", "p.consent.events", "WRITE"),
-        ("TOPIC", "p.privacy.requests", "WRITE"),
-        ("TOPIC", "p.calls.dlq.replayed", "WRITE"),
-        ("TRANSACTIONAL_ID", "callpipe-dlq-replay", "WRITE"),
+    # The operator writes only what `callpipe dlq replay` needs: repaired messages back to their
+    # source topics, in a transaction with the replay ledger; never the dead-letter topic itself.
+    assert {(t, n) for t, n, o in operator if o == "WRITE"} == {
+        ("TOPIC", "p.calls.raw"),
+        ("TOPIC", "p.consent.events"),
+        ("TOPIC", "p.privacy.requests"),
+        ("TOPIC", "p.calls.dlq.replayed"),
+        ("TRANSACTIONAL_ID", "callpipe-dlq-replay"),
     }
+    assert ("TOPIC", "p.consent.events", "READ") not in operator
     assert "analyst" not in by_user and "admin" not in by_user
 
 
