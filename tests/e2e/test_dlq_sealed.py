@@ -6,7 +6,6 @@ worker, non-zero, without landing or dead-lettering the stream; fixed, it resume
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import subprocess
@@ -17,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
@@ -28,6 +26,7 @@ from sinks.stats import read_stats
 from tests.support.streamkit import (
     ROOT,
     access,
+    consume_all,
     make_topics,
     partition_of,
     publish,
@@ -41,28 +40,6 @@ from tests.support.streamkit import (
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PARTITIONS = 2
 HOUR = 3_600_000
-
-
-def consume(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of `topic`, as any client allowed to read it gets them."""
-
-    async def go() -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            topic, **access(OPERATOR, bootstrap).aiokafka(), auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        out: list[Any] = []
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=2000)
-                if not batch:
-                    return out
-                for records in batch.values():
-                    out.extend(records)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
 
 
 def wait_for_messages(lake: Path, messages: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
@@ -151,7 +128,7 @@ def test_dead_letters_are_sealed_logs_hold_no_personal_data_and_a_repair_lands_o
     assert leaked == [], f"{len(leaked)} personal values in the worker log"
 
     # calls.dlq read by a plain consumer: reasons and coordinates, no planted value
-    records = consume(kafka_bootstrap, prefix + topics.DLQ)
+    records = consume_all(kafka_bootstrap, prefix + topics.DLQ)
     assert len(records) == dead
     seen = b"".join(
         (r.value or b"") + (r.key or b"") + b"".join(k.encode() + v for k, v in r.headers) for r in records
@@ -242,7 +219,7 @@ def test_a_broken_chain_trips_the_worker_and_a_fixed_restart_lands_everything_on
     assert done.returncode == 3, text[-2000:]
     assert "trip-wire: 5 events in a row failed with internal errors (last KeyError)" in text
     assert read_stats(lake).events_in == 0  # nothing landed
-    assert consume(kafka_bootstrap, prefix + topics.DLQ) == []  # the stream was not shipped to the DLQ
+    assert consume_all(kafka_bootstrap, prefix + topics.DLQ) == []  # the stream was not shipped to the DLQ
 
     proc = start_worker(prefix, lake, env, tmp_path / "fixed.log")
     try:
