@@ -265,6 +265,26 @@ def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict
     }
 
 
+def _legs(settings: Settings, work: Path, spec: StreamSpec) -> tuple[dict[str, str], int, Traffic]:
+    """What every leg of a run shares: the worker's environment but its connection (key, home
+    with the dead-letter operator key, the settings both sides flush by), and the seeded traffic
+    with its start (ms)."""
+    key_file = work / "key.hex"
+    create_key_file(key_file)
+    ensure_keys(work / "home" / "keys" / "dlq-operator.key", work / "home" / "keys" / "dlq-operator.pub")
+    base = {
+        "CALLPIPE_KEY_FILE": str(key_file),
+        "CALLPIPE_HOME": str(work / "home"),
+        "CALLPIPE_PARTITIONS": str(settings.partitions),
+        "CALLPIPE_BUCKETS": str(settings.buckets),
+        "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
+        "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
+        "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
+    }
+    start = int(time.time() * 1000) - 26 * HOUR_MS
+    return base, start, generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+
+
 def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
     """Measure; returns the figures as plain data. Needs the broker at settings.bootstrap."""
     spec = spec or (QUICK if quick else FULL)
@@ -272,21 +292,8 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-stream-"))
     prefixes: list[str] = []
     try:
-        key_file = work / "key.hex"
-        create_key_file(key_file)
-        ensure_keys(work / "home" / "keys" / "dlq-operator.key", work / "home" / "keys" / "dlq-operator.pub")
-        env = {
-            **settings.kafka(WORKER).env(),
-            "CALLPIPE_KEY_FILE": str(key_file),
-            "CALLPIPE_HOME": str(work / "home"),
-            "CALLPIPE_PARTITIONS": str(settings.partitions),
-            "CALLPIPE_BUCKETS": str(settings.buckets),
-            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
-            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
-            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
-        }
-        start = int(time.time() * 1000) - 26 * HOUR_MS
-        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        base, start, traffic = _legs(settings, work, spec)
+        env = {**base, **settings.kafka(WORKER).env()}
         figures: dict[str, Any] = {
             "bench": "stream",
             "quick": quick,
@@ -369,19 +376,7 @@ def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-tls-"))
     made: list[tuple[Settings, str]] = []
     try:
-        key_file = work / "key.hex"
-        create_key_file(key_file)
-        base = {
-            "CALLPIPE_KEY_FILE": str(key_file),
-            "CALLPIPE_HOME": str(work / "home"),
-            "CALLPIPE_PARTITIONS": str(settings.partitions),
-            "CALLPIPE_BUCKETS": str(settings.buckets),
-            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
-            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
-            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
-        }
-        start = int(time.time() * 1000) - 26 * HOUR_MS
-        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        base, _, traffic = _legs(settings, work, spec)
         shapes: dict[str, dict[str, Any]] = {}
         for shape, batch in (("single", 1), (f"batch{spec.batch}", spec.batch)):
             for name, s in (("plaintext", plain), ("sasl_ssl", secure)):
