@@ -26,9 +26,11 @@ import asyncio
 import hashlib
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Protocol
 
@@ -84,17 +86,42 @@ class _Stalled:
 
 def _chunks(messages: Sequence[MessageLike]) -> list[Sequence[MessageLike]]:
     """Feed a take in pieces of bounded size: a poll of batch messages can hold hundreds of
-    thousands of events, and the loop (heartbeats, the control reader) must run between them."""
+    thousands of events, and the loop (heartbeats, the control reader) must run between them.
+    A piece ends at the first message that brings it to CHUNK_BYTES."""
+    ends = list(accumulate([len(m.value) if m.value else 0 for m in messages]))
     out: list[Sequence[MessageLike]] = []
-    start = size = 0
-    for i, msg in enumerate(messages):
-        size += len(msg.value) if msg.value else 0
-        if size >= CHUNK_BYTES:
-            out.append(messages[start : i + 1])
-            start, size = i + 1, 0
-    if start < len(messages):
-        out.append(messages[start:])
+    start = base = 0
+    while start < len(messages):
+        i = bisect_left(ends, base + CHUNK_BYTES, lo=start)
+        if i >= len(messages):
+            out.append(messages[start:])
+            break
+        out.append(messages[start : i + 1])
+        start, base = i + 1, ends[i]
     return out
+
+
+class _Keys(Mapping[int, bytes | None]):
+    """The Kafka keys of a take's messages by offset, for the dead letters among them: built
+    only when one is sent (most takes have none)."""
+
+    def __init__(self, messages: Sequence[MessageLike]) -> None:
+        self._messages = messages
+        self._keys: dict[int, bytes | None] | None = None
+
+    def _built(self) -> dict[int, bytes | None]:
+        if self._keys is None:
+            self._keys = {m.offset: getattr(m, "key", None) for m in self._messages}
+        return self._keys
+
+    def __getitem__(self, offset: int) -> bytes | None:
+        return self._built()[offset]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 class StreamWorker:
@@ -259,9 +286,12 @@ class StreamWorker:
                 seek,
             )
             self.broker.seek(partition, seek)
-        taken = [m for m, ok in zip(messages, admitted.taken, strict=True) if ok]
-        self.counters["gap_held_back"] += len(messages) - len(taken)
-        keys = {m.offset: getattr(m, "key", None) for m in taken}
+        if all(admitted.taken):
+            taken = messages
+        else:
+            taken = [m for m, ok in zip(messages, admitted.taken, strict=True) if ok]
+            self.counters["gap_held_back"] += len(messages) - len(taken)
+        keys = _Keys(taken)
         for chunk in _chunks(taken):
             try:
                 fed = runner.feed(chunk, self.now_ms())
