@@ -15,6 +15,10 @@ Invariants, whatever the order of calls:
     every member, and most come back. Only partitions not assigned again are landed and their
     lake writers released (their new owner waits for the writer's lock meanwhile), so a
     rebalance costs no flush of the partitions a worker keeps.
+  - Landing behind (the Kafka runtime): one range lands at a time in a thread while the loop
+    takes the other partitions; a landing partition's runner is not touched meanwhile (what
+    arrives for it waits in its backlog and is taken, in order, right after), and a rebalance or a
+    stop waits for the landing (`settle`).
   - A flush that fails on the file system (disk full, I/O error) does not stop the worker: the
     partition's writer is dropped (rows not landed are consumed again), the partition is paused
     and reopened after a back-off; `recover` removes the failed flush's temp files at reopen.
@@ -137,6 +141,7 @@ class StreamWorker:
         topic: str,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         mono: Callable[[], float] = time.monotonic,
+        land_behind: bool = False,
     ) -> None:
         self.settings = settings
         self.key = key
@@ -155,6 +160,12 @@ class StreamWorker:
         self._retry_dead: list[tuple[DeadLetter, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
         self.tripped: Tripped | None = None  # the trip-wire fired: nothing more is landed
+        # Landing behind (the Kafka runtime): a due range lands in a thread while the loop goes on
+        # with the other partitions; what arrives for a landing partition waits in its backlog.
+        self.land_behind = land_behind
+        self._landing: asyncio.Task[None] | None = None
+        self._landing_parts: frozenset[int] = frozenset()
+        self._backlog: dict[int, list[Sequence[MessageLike]]] = {}
         control.listeners.append(self._on_request)
 
     def _on_request(self, account: str, kind: str) -> None:
@@ -193,6 +204,7 @@ class StreamWorker:
     async def release(self, partitions: Iterable[int]) -> None:
         """Land what was taken from `partitions` (waiting calls are released: their next owner
         would wait just the same) and let go of their lake writers."""
+        await self.settle()
         gone = sorted(p for p in partitions if p in self.parts)
         if self.tripped is None:
             try:
@@ -258,9 +270,16 @@ class StreamWorker:
 
     async def take(self, partition: int, messages: Sequence[MessageLike]) -> None:
         """Messages of one calls partition, in offset order, as one poll returned them."""
-        part = self.parts.get(partition)
         if self.tripped is not None:
             return  # stopping: the next worker reads these again from the lake's next offset
+        await self._landed()
+        if partition in self._landing_parts:  # its runner is being landed: taken right after
+            self._backlog.setdefault(partition, []).append(messages)
+            return
+        await self._take(partition, messages)
+
+    async def _take(self, partition: int, messages: Sequence[MessageLike]) -> None:
+        part = self.parts.get(partition)
         if part is None or partition not in self.owned or partition in self.stalled:
             # fetched before a rebalance or a pause: the next owner (or the reopened runner)
             # reads them again from the lake's next offset
@@ -300,16 +319,17 @@ class StreamWorker:
                 raise
             self._send_all(fed, keys)
             await self._pump(runner, keys)
-        await self._flush([partition])
+        await self._land([partition])
 
     async def tick(self) -> None:
         """Release calls whose control streams have passed, land what is due, retry the stalled."""
         if self.tripped is not None:
             return
+        await self._landed()
         for p, part in list(self.parts.items()):
-            if p not in self.stalled:
+            if p not in self.stalled and p not in self._landing_parts:
                 await self._pump(part.runner)
-        await self._flush(list(self.parts))
+        await self._land(list(self.parts))
         await self._retry_stalled()
         if self.busy:
             await self._open_busy()
@@ -399,22 +419,68 @@ class StreamWorker:
 
     # ------------------------------------------------------------ landing
 
-    async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
-        if self.tripped is not None:
-            return  # a tripped runner's handed-over ranges may miss dead letters that were never sent
+    async def _land(self, partitions: Iterable[int]) -> None:
+        """Land the due ranges of `partitions`: at once, or (landing behind) in a task while the
+        loop goes on, one landing at a time; a partition due meanwhile lands after it."""
+        if not self.land_behind:
+            await self._flush(partitions)
+            return
+        if self._landing is not None:
+            if not self._landing.done():
+                return
+            await self._landed()
+        due = self._due(partitions, force=False)
+        if not due or self.tripped is not None:
+            return
+        if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
+            return
+        self._landing_parts = frozenset(due)
+        self._landing = asyncio.create_task(self._write(due, commit=True))
+
+    async def _landed(self) -> None:
+        """A finished landing behind: its errors raised, its partitions' backlogs taken, in order."""
+        task = self._landing
+        if task is None or not task.done():
+            return
+        self._landing, self._landing_parts = None, frozenset()
+        backlog, self._backlog = self._backlog, {}
+        task.result()
+        for partition, takes in backlog.items():
+            for messages in takes:
+                await self.take(partition, messages)
+
+    async def settle(self) -> None:
+        """Wait for the landing behind, if any, and take what waited for it."""
+        while self._landing is not None:
+            await asyncio.wait([self._landing])
+            await self._landed()
+
+    def _due(self, partitions: Iterable[int], *, force: bool) -> list[int]:
         mono = self.mono()
-        due = [
+        return [
             p
             for p in partitions
             if p in self.parts and p not in self.stalled and (force or self.parts[p].runner.due(mono))
         ]
+
+    async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
+        if self.tripped is not None:
+            return  # a tripped runner's handed-over ranges may miss dead letters that were never sent
+        due = self._due(partitions, force=force)
         if not due:
             return
         if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
             return
+        await self._write(due, commit=commit)
+
+    async def _write(self, due: list[int], *, commit: bool) -> None:
         offsets: dict[int, int] = {}
         for p in due:
-            runner = self.parts[p].runner
+            part = self.parts.get(p)
+            if part is None:
+                continue
+            runner = part.runner
+            began = time.perf_counter()
             try:
                 flushed = await asyncio.to_thread(runner.flush)  # fsync-bound: keep the loop free
             except OSError as exc:
@@ -423,13 +489,14 @@ class StreamWorker:
             if flushed is not None:
                 self.counters["flushes"] += 1
                 log.info(
-                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files",
+                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files (%.2fs)",
                     flushed.source,
                     flushed.first,
                     flushed.last,
                     flushed.rows.get("vault", 0),
                     flushed.rows.get("analytics", 0),
                     len(flushed.files),
+                    time.perf_counter() - began,
                 )
                 offsets[p] = runner.next_offset
         if commit and offsets:
