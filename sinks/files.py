@@ -62,13 +62,12 @@ def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
     thousands of day x bucket folders under a few existing ones.
     """
     changed: set[Path] = set()
-    missing: list[Path] = []
-    current = path
-    while current != root and not current.is_dir():
-        if root not in current.parents:
-            raise ValueError(f"{path} is not below {root}")
-        missing.append(current)
-        current = current.parent
+    if os.path.isdir(path):
+        return changed
+    depth = len(path.relative_to(root).parts)  # ValueError when `path` is not below `root`
+    missing = [path]
+    while len(missing) < depth and not os.path.isdir(missing[-1].parent):
+        missing.append(missing[-1].parent)
     for folder in reversed(missing):
         try:
             os.mkdir(folder, mode)
