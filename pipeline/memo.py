@@ -23,7 +23,7 @@ class Memo:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
         self._values: dict[Hashable, Any] = {}
-        self.peek = self._values.get  # type: ignore[method-assign]
+        self.peek = self._values.get  # type: ignore[method-assign,assignment]
 
     def __len__(self) -> int:
         return len(self._values)
