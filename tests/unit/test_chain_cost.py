@@ -105,3 +105,49 @@ def test_secret_stripping_by_remembered_verdicts_strips_what_it_did() -> None:
         assert (got is record) == (want is record)
         with_secret += n > 0
     assert with_secret > 20  # the generator puts credentials in some calls' attributes
+
+
+def test_an_accounts_first_event_judged_alone_and_its_later_ones_by_table_route_as_decide_says() -> None:
+    """The chain judges an account's first event with `decide` and builds the table by time at
+    its second; every event lands where `decide` at its own time puts it, whether the memo is
+    shared across batches, fresh per batch, or replaced states make the remembered ones stale."""
+    from pipeline.chain import process_batch
+    from pipeline.consent import AccountState, decide, record_consent, record_request
+    from pipeline.policy import DEFAULT_POLICY
+
+    traffic = generate_traffic(17, 1500, START_MS)
+    states: dict[str, AccountState] = {}
+    for c in traffic.consents:
+        states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
+    for r in traffic.requests:
+        states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
+    key = PseudonymKey("v1", b"k" * 32)
+    now = START_MS + 3 * 86_400_000
+    calls = traffic.calls
+
+    def expected(batch: list[dict[str, Any]]) -> tuple[list[int], list[str], list[str]]:
+        erased, vault, analytics = [], [], []
+        for i, call in enumerate(batch):
+            d = decide(states.get(call["account_id"]), call["started_at"], DEFAULT_POLICY.consent)
+            if d.erased:
+                erased.append(i)
+                continue
+            vault.append(call["event_id"])
+            if not d.restricted and d.analytics:
+                analytics.append(call["event_id"])
+        return erased, vault, analytics
+
+    shared = Memo()
+    for round_ in range(2):
+        if round_:  # new state objects: what was remembered for the old ones must not be used
+            states = {a: AccountState(s.consents, s.requests) for a, s in states.items()}
+        for start in range(0, len(calls), 250):
+            batch = calls[start : start + 250]
+            for memo in (shared, Memo()):
+                result = process_batch(batch, states, DEFAULT_POLICY, key, now, memo=memo)
+                got = (
+                    result.erased,
+                    [r["event_id"] for r in result.vault_rows],
+                    [r["event_id"] for r in result.analytics_rows],
+                )
+                assert got == expected(batch)
