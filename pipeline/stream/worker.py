@@ -430,6 +430,10 @@ class StreamWorker:
             if not self._landing.done():
                 return
             await self._landed()
+            if self._landing is not None:
+                # taking the backlog started the next landing: one at a time, or the loop would
+                # touch a runner whose range is being written
+                return
         due = self._due(partitions, force=False)
         if not due or self.tripped is not None:
             return
