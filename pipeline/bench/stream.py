@@ -40,7 +40,7 @@ from pipeline.bench.worker import Worker, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
-from pipeline.keys import PseudonymKey, create_key_file
+from pipeline.keys import create_key_file
 from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 from schemas.topics import CALLS, CONSENT, REQUESTS
@@ -238,39 +238,12 @@ def _paced(
 
 
 def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict[str, Any]:
-    """`callpipe ingest` of `traffic` (its calls in Avro container files) into a fresh lake."""
-    from pipeline.ingest import ingest_files, load_states
+    """`callpipe ingest` of `traffic` (its calls in Avro container files) into a fresh lake: the
+    measurement `pipeline/bench/bench_ingest.py` runs alone."""
+    from pipeline.bench.bench_ingest import measure
 
     log.info("stream ingest %s: %s events from files", name, len(traffic.calls))
-    folder = work / f"ingest-{name}"
-    folder.mkdir()
-    # Avro container files of INGEST_FILE_EVENTS calls, as a carrier's hourly or daily exports
-    paths = []
-    for i in range(0, len(traffic.calls), INGEST_FILE_EVENTS):
-        path = folder / f"calls-{i:09d}.avro"
-        path.write_bytes(codec.encode_container(traffic.calls[i : i + INGEST_FILE_EVENTS], "CallEvent"))
-        paths.append(path)
-    consent = folder / "consent.jsonl"
-    consent.write_bytes(b"\n".join(codec.to_json(r, "ConsentEvent") for r in traffic.consents))
-    requests = folder / "requests.jsonl"
-    requests.write_bytes(b"\n".join(codec.to_json(r, "PrivacyRequest") for r in traffic.requests))
-    key = PseudonymKey("bench", bytes(range(32)))
-    local = dataclasses.replace(settings, lake=folder / "lake")
-    started = time.perf_counter()
-    states, _ = load_states([consent], [requests])
-    results = ingest_files(paths, local, key, states, int(time.time() * 1000))
-    seconds = time.perf_counter() - started
-    events = sum(r.counts["events_in"] for r in results)
-    lake_files = sum(1 for _ in (folder / "lake").glob("*/calls/dt=*/bucket=*/*.parquet"))
-    days = {p.name for p in (folder / "lake").glob("*/calls/dt=*")}
-    return {
-        "events": events,
-        "input_files": len(paths),
-        "days": len(days),
-        "lake_files": lake_files,
-        "seconds": round(seconds, 2),
-        "events_per_s": round(events / seconds),
-    }
+    return measure(settings, work / f"ingest-{name}", traffic, None)
 
 
 def _legs(settings: Settings, work: Path, spec: StreamSpec) -> tuple[dict[str, str], int, Traffic]:
