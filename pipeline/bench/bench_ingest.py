@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import codec
-from pipeline.bench.stream import INGEST_FILE_EVENTS, SEED
+from pipeline.bench.common import INGEST_FILE_EVENTS, SEED
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.ingest import ingest_files, load_states
 from pipeline.keys import PseudonymKey

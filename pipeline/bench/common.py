@@ -6,6 +6,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+SEED = 5  # the stream and ingest benchmarks' traffic
+INGEST_FILE_EVENTS = 25_000  # calls per Avro container file given to `callpipe ingest`
+
 
 class BenchError(RuntimeError):
     """A benchmark cannot run (no broker, a missing optional package): one line for the user."""

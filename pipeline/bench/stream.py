@@ -34,7 +34,7 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.bench import kafka
-from pipeline.bench.common import BenchError, percentile, table
+from pipeline.bench.common import SEED, BenchError, percentile, table
 from pipeline.bench.passthrough import CLIENTS, Commit, run_passthrough
 from pipeline.bench.worker import Worker, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
@@ -47,11 +47,9 @@ from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.lake import source_name
 
 log = logging.getLogger("callpipe.bench")
-SEED = 5
 TARGET_RATIO = 0.6  # issue 8: both message shapes at 0.6 of the passthrough or better
 TARGET_SINGLE_RATE = 12_000
 TARGET_MEMORY_GROWTH = 0.20
-INGEST_FILE_EVENTS = 25_000
 BACKFILL_DAYS = 180
 TARGET_INGEST_DAY_RATE = 20_000
 TARGET_INGEST_BACKFILL_RATE = 10_000
