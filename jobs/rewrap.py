@@ -54,7 +54,7 @@ def run(lake: Path, *, days: int = 1, progress: ProgressFn | None = None) -> dic
     (or none) under the current one; returns counts."""
     crypto = crypt.active()
     if crypto is None:
-        raise crypt.VaultKeyError("rewrap needs the vault key file: set CALLPIPE_VAULT_KEY_FILE")
+        raise crypt.VaultKeyError("rewrap needs the vault key file (CALLPIPE_VAULT_ENCRYPTION is off)")
     started = time.monotonic()
     with job_lock(lake) as recovered:
         current = crypto.keys.current_version()

@@ -35,12 +35,11 @@ from pipeline import codec
 from pipeline.bench import kafka
 from pipeline.bench.common import BenchError, percentile, table
 from pipeline.bench.passthrough import Commit, run_passthrough
-from pipeline.bench.worker import Worker, lake_commits
+from pipeline.bench.worker import Worker, home_keys, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import PseudonymKey, create_key_file
-from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.lake import source_name
@@ -274,7 +273,7 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
     try:
         key_file = work / "key.hex"
         create_key_file(key_file)
-        ensure_keys(work / "home" / "keys" / "dlq-operator.key", work / "home" / "keys" / "dlq-operator.pub")
+        home_keys(work / "home")
         env = {
             **settings.kafka(WORKER).env(),
             "CALLPIPE_KEY_FILE": str(key_file),
@@ -371,6 +370,7 @@ def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None
     try:
         key_file = work / "key.hex"
         create_key_file(key_file)
+        home_keys(work / "home")
         base = {
             "CALLPIPE_KEY_FILE": str(key_file),
             "CALLPIPE_HOME": str(work / "home"),

@@ -22,7 +22,7 @@ from pipeline.bench import kafka as bench_kafka
 from pipeline.bench import worker as bench_worker
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
 from pipeline.settings import Settings
-from sinks.layout import glob
+from sinks.read import scan, zone_files
 from sinks.stats import StreamStats, read_stats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,9 +128,14 @@ def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
 
 
 def zone(lake: Path, name: str) -> list[dict[str, Any]]:
+    """A zone's rows as DuckDB reads them (the vault decrypted with this process's keys)."""
     con = duckdb.connect()
-    rel = con.sql(f"SELECT * FROM read_parquet('{glob(lake, name)}', hive_partitioning=false)")
-    cols = rel.columns
+    files = zone_files(lake, name)
+    if not files:
+        return []
+    source, params = scan(con, files, filename=False)
+    rel = con.execute(f"SELECT * FROM {source}", params)
+    cols = [d[0] for d in rel.description]
     return [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
 
 
