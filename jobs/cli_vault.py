@@ -72,6 +72,23 @@ def cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import rewrap
+    from jobs.replace import JobBusy
+
+    try:
+        result = rewrap.retire(_lake(settings), args.version)
+    except rewrap.RetireRefused as exc:
+        raise CliError(str(exc), status=3) from None
+    except JobBusy as exc:
+        raise CliError(str(exc), status=3) from None
+    print(
+        f"vault master keys: version {result['retired']} retired; versions kept: "
+        f"{', '.join(map(str, result['versions_left']))} (current {result['current_version']})"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     vault = sub.add_parser("vault", help="the vault's encryption keys: init, rotate, status, rewrap")
     vault_sub = vault.add_subparsers(dest="vault_command", required=True, parser_class=type(vault))
@@ -87,3 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rw = vault_sub.add_parser("rewrap", help="rewrite the oldest days' files under the current key version")
     rw.add_argument("--days", type=int, default=1, help="day partitions per run (default 1)")
     rw.set_defaults(func=cmd_rewrap)
+    retire = vault_sub.add_parser(
+        "retire", help="remove an old key version from the key file (refused while a vault file uses it)"
+    )
+    retire.add_argument("version", type=int, help="the key version to remove (not the current one)")
+    retire.set_defaults(func=cmd_retire)

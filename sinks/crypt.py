@@ -239,21 +239,43 @@ class KeyFile:
                 for v, ks in self._keys.items()
             }
             versions[str(version)] = _new_version()
-            doc = {"format": KEY_FILE_FORMAT, "current": version, "versions": versions}
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-            self._load()
+            self._replace({"format": KEY_FILE_FORMAT, "current": version, "versions": versions})
         return version
+
+    def retire(self, version: int) -> None:
+        """Remove an old version of the master keys from the file (after `rewrap` moved every file
+        off it: files still wrapped with it could never be read again). The current version
+        cannot be retired."""
+        with self._lock:
+            self._load()
+            if version not in self._keys:
+                raise VaultKeyError(f"{self.path}: no version {version} of the vault master keys")
+            if version == self._current:
+                raise VaultKeyError(
+                    f"{self.path}: version {version} is current (`callpipe vault rotate` first)"
+                )
+            versions = {
+                str(v): {n: base64.b64encode(k).decode() for n, k in ks.items()}
+                for v, ks in self._keys.items()
+                if v != version
+            }
+            self._replace({"format": KEY_FILE_FORMAT, "current": self._current, "versions": versions})
+
+    def _replace(self, doc: dict[str, Any]) -> None:
+        """Write the key file anew (0600, a temp renamed over it, durably) and load it."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        self._load()
 
 
 def _aad(master_key_id: str, version: int) -> bytes:

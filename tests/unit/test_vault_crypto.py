@@ -225,6 +225,9 @@ def test_rotation_keeps_old_files_readable_and_rewrap_moves_them(
         assert {crypt.key_version(f) for f in old} == {1}
         assert read_zone(lake, VAULT).num_rows > before  # old and new files read together
     content = _zone_rows(lake, VAULT, built | {"vault_keys": keys})
+    assert main(["vault", "retire", "1"]) == 3  # files still use it: they would never open again
+    assert "vault files still use key version 1" in capsys.readouterr().err
+    assert crypt.KeyFile(keys).versions() == [1, 2]
     assert main(["vault", "rewrap", "--days", "2"]) == 0
     assert "files left" in capsys.readouterr().out
     with crypt.configured(crypto):
@@ -239,6 +242,13 @@ def test_rotation_keeps_old_files_readable_and_rewrap_moves_them(
     # the audit trail records the rewrites
     assert main(["vault", "rewrap"]) == 0
     assert "rewrapped 0 vault files" in capsys.readouterr().out
+    # every file moved: version 1 can go; the current one cannot
+    assert main(["vault", "retire", "2"]) == 3
+    assert "version 2 is current" in capsys.readouterr().err
+    assert main(["vault", "retire", "1"]) == 0
+    assert "version 1 retired" in capsys.readouterr().out
+    assert crypt.KeyFile(keys).versions() == [2] and (keys.stat().st_mode & 0o777) == 0o600
+    assert _zone_rows(lake, VAULT, built | {"vault_keys": keys}) == content
 
 
 def _secrets(path: Path) -> list[str]:
