@@ -124,7 +124,12 @@ PARTITIONS = 4  # of the test topics
 
 
 def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
-    return bench_worker.worker_env(tmp, access(WORKER, bootstrap), PARTITIONS)
+    """A worker's environment, naming the suite's vault key file (tests/conftest.py) so that a
+    job run with this environment alone opens what the worker wrote."""
+    env = bench_worker.worker_env(tmp, access(WORKER, bootstrap), PARTITIONS)
+    if "CALLPIPE_VAULT_KEY_FILE" in os.environ:
+        env["CALLPIPE_VAULT_KEY_FILE"] = os.environ["CALLPIPE_VAULT_KEY_FILE"]
+    return env
 
 
 def zone(lake: Path, name: str) -> list[dict[str, Any]]:
