@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.kafka_access import ADMIN, ANALYST, CARRIER, OPERATOR, ROLES, WORKER, KafkaAccess
-from schemas.topics import CALLS, CONSENT, DLQ, REPLAY_TXN, REPLAYED, REQUESTS
+from schemas.topics import CALLS, CONSENT, DLQ, REPLAY_TXN, REPLAYED, REQUESTS, STREAM_GROUP
 
-GROUP = "callpipe-stream"
 PRINCIPALS = (ADMIN, *ROLES)
 ROLE_OF = {
     ADMIN: "broker and super user (ACLs, users); used by `callpipe kafka` only",
@@ -172,7 +171,7 @@ def role_acls(prefix: str = "") -> list[tuple[str, str, str, str, str]]:
     for topic in (calls, consent, requests):
         rows += [(CARRIER, "TOPIC", "LITERAL", topic, op) for op in ("WRITE", "DESCRIBE")]
         rows += [(WORKER, "TOPIC", "LITERAL", topic, op) for op in ("READ", "DESCRIBE")]
-    rows += [(WORKER, "GROUP", "LITERAL", prefix + GROUP, "READ")]
+    rows += [(WORKER, "GROUP", "LITERAL", prefix + STREAM_GROUP, "READ")]
     rows += [(WORKER, "TOPIC", "LITERAL", dlq, op) for op in ("WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")]
     rows += [(OPERATOR, "TOPIC", "LITERAL", dlq, op) for op in ("READ", "DESCRIBE")]
     rows += [(OPERATOR, "TOPIC", "LITERAL", requests, op) for op in ("READ", "DESCRIBE")]

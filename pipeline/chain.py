@@ -29,8 +29,8 @@ from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import Policy
 from pipeline.pseudonymize import pseudonymizer, token_of
-from pipeline.reasons import Drop
-from pipeline.validate import Rejection, validate_batch
+from pipeline.reasons import Drop, Rejection
+from pipeline.validate import validate_batch
 from schemas import clock
 from schemas.clock import DAY_MS
 from sinks.layout import bucket_of
@@ -75,7 +75,7 @@ def process_batch(
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
     memo = memo if memo is not None else Memo()
-    validated = validate_batch(records, policy.secret_names, now_ms, memo)
+    validated = validate_batch(records, policy.secret_names, now_ms, memo, sources)
     result = ChainResult(rejections=validated.rejections, drops=validated.drops)
     drops = result.drops
     tokens: dict[str, tuple[str, int]] = {}

@@ -23,10 +23,13 @@ One message carries ONE event or a BATCH of events. How a value is recognized, i
 Rejections carry a reason code and the raw bytes, never an input value. An undecodable Avro
 message rejects the whole message; a bad line in JSON lines (or a bad element of a JSON array)
 rejects only that event (a bad line carries its own bytes, a bad array element the whole
-message and its index). Two rules hold per event in every framing, so a batch cannot smuggle
-past them: the event size limit (``Limits``: ``too_large``), and identifiers that a command can
-name (``pipeline.identifiers``: ``bad_id``); an event of a batch (array element, line, Avro
-batch or container record) that breaks one is rejected alone, with its index.
+message and its index), unless more than 10 events of a JSON message are bad (for JSON
+lines: and more than half of them): then the message is rejected whole, one dead letter, so
+garbage cannot multiply into thousands of dead letters. Two rules hold per event in every
+framing, so a batch cannot smuggle past them: the event size limit (``Limits``:
+``too_large``), and identifiers that a command can name (``pipeline.identifiers``: ``bad_id``);
+an event of a batch (array element, line, Avro batch or container record) that breaks one is
+rejected alone, with its index.
 
 JSON is type-checked against the schema so that JSON and Avro give identical dicts: every field
 present, optional fields None when absent, timestamps int epoch milliseconds (JSON may give
@@ -40,6 +43,7 @@ earlier version reads.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +59,7 @@ import schemas
 from pipeline import codec_avro
 from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
 from pipeline.identifiers import bad_identifier
-from pipeline.reasons import Reason, Stage
+from pipeline.reasons import Reason, Rejection, Stage
 from schemas import clock
 
 __all__ = [
@@ -120,21 +124,6 @@ class Lineage(NamedTuple):
     index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the event's place
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rejection:
-    """A message (index None) or one event of a batch message (index i) that could not be decoded.
-
-    raw is the original message, or for a bad JSON line that line alone.
-    """
-
-    reason: Reason
-    stage: Stage = Stage.DECODE
-    index: int | None
-    raw: bytes
-    partition: int = -1
-    offset: int = -1
-
-
 @dataclass(slots=True)
 class Decoded:
     """The outcome of decoding messages: records[i] came from lineage[i]."""
@@ -163,7 +152,7 @@ class MessageLike(Protocol):
 
 
 def _reject(out: Decoded, reason: Reason, index: int | None, raw: bytes, partition: int, offset: int) -> None:
-    out.rejections.append(Rejection(reason=reason, index=index, raw=raw, partition=partition, offset=offset))
+    out.rejections.append(Rejection(reason, Stage.DECODE, partition, offset, index, raw))
 
 
 def _header_format(headers: Any) -> Format | None:
@@ -341,15 +330,17 @@ def _decode_json(
             # Each element is one event under the event limit, measured as compact JSON; a message
             # within the limit cannot hold a larger event, so only larger ones are measured.
             oversized = len(value) > limits.max_event_bytes
+            one = Decoded()
             for i, item in enumerate(items):
                 try:
                     if oversized and _json_size(item) > limits.max_event_bytes:
                         raise Invalid(Reason.TOO_LARGE)
                     record = conv(item)
                 except Invalid as bad:
-                    _reject(out, bad.reason, i, value, p, o)
+                    _reject(one, bad.reason, i, value, p, o)
                     continue
-                _admit(out, record, record_name, i, value, p, o)
+                _admit(one, record, record_name, i, value, p, o)
+            _settle(out, one, copies=True)
             return
     lines = [line for line in value.split(b"\n") if line.strip(_WS)]
     if fmt is not Format.JSONL and len(lines) < 2:
@@ -357,6 +348,7 @@ def _decode_json(
     if not lines:
         raise Invalid(Reason.EMPTY)
     loads = orjson.loads
+    one = Decoded()
     for i, line in enumerate(lines):
         try:
             if len(line) > limits.max_event_bytes:
@@ -367,9 +359,28 @@ def _decode_json(
                 raise Invalid(Reason.MALFORMED) from None
             record = conv(obj)
         except Invalid as bad:
-            _reject(out, bad.reason, i, line, p, o)
+            _reject(one, bad.reason, i, line, p, o)
             continue
-        _admit(out, record, record_name, i, line, p, o)
+        _admit(one, record, record_name, i, line, p, o)
+    _settle(out, one, copies=False)
+
+
+# A JSON batch message is rejected whole (one dead letter) rather than event by event when more than
+# this many of its events are bad and, for JSON lines, more than half of them: garbage that happens
+# to split into lines (a blob of "{" and newlines), or an array of bad elements that would each
+# carry a copy of the whole message, must not turn one message into thousands of dead letters.
+MAX_EVENT_REJECTIONS = 10
+
+
+def _settle(out: Decoded, one: Decoded, *, copies: bool) -> None:
+    """Add one JSON batch message's outcome to `out`, or raise Invalid to reject it whole (above).
+    `copies`: each rejected event would carry the whole message (array elements)."""
+    bad = len(one.rejections)
+    if bad > MAX_EVENT_REJECTIONS and (copies or bad * 2 > bad + len(one.records)):
+        raise Invalid(Counter(r.reason for r in one.rejections).most_common(1)[0][0])
+    out.records += one.records
+    out.lineage += one.lineage
+    out.rejections += one.rejections
 
 
 def _decode_into(

@@ -35,8 +35,9 @@ from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
+from pipeline.reasons import Rejection
 from pipeline.settings import Settings
-from pipeline.stream.runner import DeadLetter, PartitionRunner
+from pipeline.stream.runner import PartitionRunner
 from sinks import stats
 from sinks.group import Hook, land_together
 from sinks.lake import file_source
@@ -106,7 +107,7 @@ def load_states(
 
 def _keep_rejects(lake: Path, source: str, decoded: Decoded) -> None:
     dead = [
-        DeadLetter(
+        Rejection(
             rej.reason, rej.stage, -1, rej.offset if rej.offset >= 0 else (rej.index or 0), rej.index, rej.raw
         )
         for rej in decoded.rejections
@@ -136,7 +137,7 @@ class _Open:
     runner: PartitionRunner
     done: bool = False  # every record handed to the chain
     counts: Counter[str] = field(default_factory=Counter)  # of its landed ranges
-    dead: list[DeadLetter] = field(default_factory=list)  # of its range not yet landed
+    dead: list[Rejection] = field(default_factory=list)  # of its range not yet landed
 
 
 def ingest_file(

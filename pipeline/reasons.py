@@ -5,6 +5,7 @@ They never carry field values: a reason says what was wrong, not what the input 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -44,3 +45,33 @@ class Stage(StrEnum):
     VALIDATE = "validate"
     CONSENT = "consent"
     ROUTE = "route"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A rejected message (index None) or one event of a batch message (index i): the one type of
+    every stage that rejects (decode, validate, the guards), and what goes to calls.dlq.
+
+    `partition`/`offset` are the source message's (-1 where there is none, e.g. a file); `raw` is
+    the original bytes (for a bad JSON line that line alone; for an event rejected after decoding,
+    the event as JSON), with secret-named attributes masked where the format allows it."""
+
+    reason: Reason
+    stage: Stage
+    partition: int
+    offset: int
+    index: int | None
+    raw: bytes
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        """The dead letter's headers: why, where, and from which source message."""
+        out = [
+            ("callpipe.reason", self.reason.value.encode()),
+            ("callpipe.stage", self.stage.value.encode()),
+            ("callpipe.source.topic", topic.encode()),
+            ("callpipe.source.partition", str(self.partition).encode()),
+            ("callpipe.source.offset", str(self.offset).encode()),
+        ]
+        if self.index is not None:
+            out.append(("callpipe.source.index", str(self.index).encode()))
+        return out

@@ -30,9 +30,10 @@ from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
 from pipeline import numbers
+from pipeline.codec import Lineage
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
-from pipeline.reasons import Drop, Reason, Stage
+from pipeline.reasons import Drop, Reason, Rejection, Stage
 from schemas.clock import DAY_MS
 
 RECORD = "CallEvent"
@@ -41,13 +42,6 @@ MAX_FUTURE_MS = DAY_MS  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
 
 Record = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    index: int  # position of the record in its batch
-    reason: Reason
-    stage: Stage
 
 
 @dataclass(frozen=True)
@@ -562,10 +556,16 @@ def _project(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Record:
 
 
 def validate_batch(
-    records: Sequence[Any], secret_names: Iterable[str], now_ms: int, memo: Memo | None = None
+    records: Sequence[Any],
+    secret_names: Iterable[str],
+    now_ms: int,
+    memo: Memo | None = None,
+    sources: Sequence[Lineage] | None = None,
 ) -> Validated:
     """Strip secrets, check and normalize every record of a batch. A duplicate event_id within
-    the batch is rejected (the first occurrence is kept)."""
+    the batch is rejected (the first occurrence is kept). A rejection names the record's source
+    (`sources[i]`; default partition -1, offset = position in the batch, index 0) and holds the
+    record as JSON with secret-named attributes masked."""
     memo = memo if memo is not None else Memo()
     names = frozenset(n.lower() for n in secret_names)
     check = _checker()
@@ -573,7 +573,7 @@ def validate_batch(
     seen: set[str] = set()
     for index, raw in enumerate(records):
         if not isinstance(raw, Mapping):
-            out.rejections.append(Rejection(index, Reason.MALFORMED, Stage.VALIDATE))
+            out.rejections.append(_rejection(Reason.MALFORMED, raw, index, sources, names))
             continue
         record, stripped = _strip(raw, names)
         if stripped:
@@ -584,10 +584,27 @@ def validate_batch(
         if reason is None and record["event_id"] in seen:
             reason = Reason.DUPLICATE
         if reason is not None or clean is None:
-            out.rejections.append(Rejection(index, reason or Reason.INTERNAL, Stage.VALIDATE))
+            out.rejections.append(_rejection(reason or Reason.INTERNAL, raw, index, sources, names))
             continue
         seen.add(record["event_id"])
         out.regions.append(normalize_numbers(clean, memo))
         out.records.append(clean)
         out.indices.append(index)
     return out
+
+
+def _rejection(
+    reason: Reason, record: Any, index: int, sources: Sequence[Lineage] | None, names: frozenset[str]
+) -> Rejection:
+    partition, offset, place = sources[index] if sources is not None else (-1, index, 0)
+    return Rejection(reason, Stage.VALIDATE, partition, offset, place, rejected_bytes(record, names))
+
+
+def rejected_bytes(record: Any, secret_names: Iterable[str]) -> bytes:
+    """A decoded event rejected after decoding, as JSON with secret-named attributes masked
+    (b"" when it does not serialize)."""
+    try:
+        raw = orjson.dumps(record, default=str)
+    except TypeError:
+        return b""
+    return strip_secrets_json(raw, secret_names)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 DAY_S = 86_400
 DAY_MS = DAY_S * 1000
+HOUR_MS = DAY_MS // 24
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -31,7 +31,7 @@ DIR_MODE = 0o700
 
 
 class DeadLetterLike(Protocol):
-    """What is kept of a dead letter (`pipeline.stream.runner.DeadLetter` has these)."""
+    """What is kept of a dead letter (`pipeline.reasons.Rejection` has these)."""
 
     @property
     def reason(self) -> str: ...

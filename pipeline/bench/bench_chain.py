@@ -14,27 +14,16 @@ import sys
 import time
 from collections import Counter
 
-from pipeline.carrier.generate import generate_traffic
+from pipeline.bench.canary import KEY, seeded
 from pipeline.chain import process_batch
-from pipeline.consent import AccountState, record_consent, record_request
-from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
-from schemas.clock import DAY_MS
-
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-KEY = PseudonymKey("v1", b"b" * 32)
 
 
 def main() -> None:
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     sizes = [int(a) for a in sys.argv[2:]] or [1, 500]
-    traffic = generate_traffic(7, events, START_MS)
-    states: dict[str, AccountState] = {}
-    for c in traffic.consents:
-        states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
-    for r in traffic.requests:
-        states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
-    now = START_MS + 2 * DAY_MS
+    canary = seeded(events)
+    traffic, states, now = canary.traffic, canary.states, canary.now_ms
     with_text = sum(c["transcript"] is not None for c in traffic.calls)
     print(f"{events} events ({with_text} with a transcript), {len(states)} accounts with history")
     for size in sizes:

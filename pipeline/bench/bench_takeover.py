@@ -26,12 +26,10 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.produce import Shipment, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.settings import Settings
-from schemas.clock import DAY_MS
-from schemas.topics import CALLS
+from schemas.clock import HOUR_MS
+from schemas.topics import CALLS, STREAM_GROUP
 
 PARTITIONS = 4
-GROUP = "callpipe-stream"
-HOUR_MS = DAY_MS // 24
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
     survivor = Worker.start(prefix, lake, env, tmp / "w1.log")
     victim = Worker.start(prefix, lake, env, tmp / "w2.log")
     try:
-        kafka.wait_for_group(settings.kafka(OPERATOR), prefix + GROUP, 2, 120)
+        kafka.wait_for_group(settings.kafka(OPERATOR), prefix + STREAM_GROUP, 2, 120)
         asyncio.run(publish(settings.kafka(CARRIER), [Shipment(prefix + CALLS, "CallEvent", calls[:4000])]))
         survivor.wait_for(4000, 120)
         victim.proc.send_signal(signal.SIGKILL)

@@ -23,11 +23,10 @@ from pipeline.bench import kafka
 from pipeline.bench.common import BenchError, table
 from pipeline.carrier.generate import generate_bad_messages
 from pipeline.kafka_access import OPERATOR, WORKER, KafkaAccess
-from pipeline.reasons import Stage
+from pipeline.reasons import Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer, keygen
 from pipeline.settings import Settings
 from pipeline.stream.app import KafkaBroker, dead_letter_producer, dlq_limit
-from pipeline.stream.runner import DeadLetter
 from schemas.topics import CALLS, DLQ
 
 ROUNDS = 3
@@ -41,7 +40,7 @@ class _Plain:
         return raw, []
 
 
-async def _round(access: KafkaAccess, topic: str, sealer: Any, dead: list[DeadLetter]) -> float:
+async def _round(access: KafkaAccess, topic: str, sealer: Any, dead: list[Rejection]) -> float:
     limit = await dlq_limit(access, topic)
     producer = dead_letter_producer(access, limit)
     consumer = AIOKafkaConsumer(**access.aiokafka())  # not started: send_dead does not use it
@@ -72,7 +71,7 @@ def run(settings: Settings, quick: bool) -> dict[str, Any]:
     kafka.probe(settings.kafka(OPERATOR))
     n = 2_000 if quick else 20_000
     bad = generate_bad_messages(41, n)
-    dead = [DeadLetter(b.reason, Stage.DECODE, i % 4, i, None, b.value) for i, b in enumerate(bad)]
+    dead = [Rejection(b.reason, Stage.DECODE, i % 4, i, None, b.value) for i, b in enumerate(bad)]
     dead = [d for d in dead if d.raw]  # an empty message has nothing to seal
     with tempfile.TemporaryDirectory(prefix="callpipe-bench-dlq-") as tmp:
         keygen(Path(tmp) / "op.key", Path(tmp) / "op.pub")

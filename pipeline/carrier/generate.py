@@ -50,7 +50,7 @@ from pipeline.carrier.generate_pii import (
     number_pool,
 )
 from pipeline.reasons import Reason
-from schemas.clock import DAY_MS
+from schemas.clock import DAY_MS, HOUR_MS
 
 __all__ = [
     "CARRIERS",
@@ -75,7 +75,6 @@ __all__ = [
     "number_pool",
 ]
 
-HOUR_MS = 3_600_000
 DEFAULT_ACCOUNTS = 500
 
 

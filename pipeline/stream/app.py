@@ -39,18 +39,16 @@ from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
 from pipeline.kafka_access import WORKER, KafkaAccess
 from pipeline.keys import PseudonymKey
-from pipeline.reasons import Reason, Stage
+from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
 from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
-from pipeline.stream.runner import DeadLetter
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
-from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
+from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS, STREAM_GROUP
 
 log = logging.getLogger("callpipe.worker")
 
-GROUP = "callpipe-stream"
 TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
@@ -107,7 +105,7 @@ class KafkaBroker:
         self.producer = producer
         self.calls = calls
         self.dlq = dlq
-        self._sent: list[tuple[asyncio.Future[Any], DeadLetter, bytes | None, str]] = []
+        self._sent: list[tuple[asyncio.Future[Any], Rejection, bytes | None, str]] = []
         self._dlq_partitions = 1
         self.max_bytes = 1024 * 1024
 
@@ -131,7 +129,7 @@ class KafkaBroker:
     def resume(self, partitions: Iterable[int]) -> None:
         self.consumer.resume(*self._tps(partitions))
 
-    def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
+    def send_dead(self, dead: Rejection, key: bytes | None, topic: str) -> None:
         """The dead letter's value and key sealed for the operator (pipeline/sealed.py); its
         reason, coordinates, format, size and digest in plaintext headers."""
         value, sealed = self.sealer.seal(
@@ -154,9 +152,9 @@ class KafkaBroker:
         )
         self._sent.append((future, dead, key, topic))
 
-    async def dead_sent(self) -> list[tuple[DeadLetter, bytes | None, str, BaseException]]:
+    async def dead_sent(self) -> list[tuple[Rejection, bytes | None, str, BaseException]]:
         sent, self._sent = self._sent, []
-        refused: list[tuple[DeadLetter, bytes | None, str, BaseException]] = []
+        refused: list[tuple[Rejection, bytes | None, str, BaseException]] = []
         for future, dead, key, topic in sent:
             try:
                 await future
@@ -202,7 +200,7 @@ class ControlDuty:
         for msg in messages:
             decoded = decode_value(msg.value, RECORDS[stream], headers=msg.headers)
             dead = [
-                DeadLetter(r.reason, r.stage, tp.partition, msg.offset, r.index, self._mask(r.raw))
+                Rejection(r.reason, r.stage, tp.partition, msg.offset, r.index, self._mask(r.raw))
                 for r in decoded.rejections
             ]
             for rec in decoded.records:
@@ -210,7 +208,7 @@ class ControlDuty:
                     apply(None, rec)
                 except Exception:  # the same records fail in every worker's ControlState
                     dead.append(
-                        DeadLetter(Reason.INTERNAL, Stage.CONSENT, tp.partition, msg.offset, None, b"")
+                        Rejection(Reason.INTERNAL, Stage.CONSENT, tp.partition, msg.offset, None, b"")
                     )
             for d in dead:
                 self.worker.send_dead(d, msg.key, tp.topic)
@@ -282,7 +280,7 @@ class WorkerRuntime(mode.Service):
         self.producer = dead_letter_producer(access, limit)
         self.consumer = AIOKafkaConsumer(
             **access.aiokafka(),
-            group_id=prefix + GROUP,
+            group_id=prefix + STREAM_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",

@@ -45,6 +45,7 @@ import orjson
 
 from pipeline.codec import decode_value
 from pipeline.consent import AccountState, Stream, Watermarks, record_consent, record_request
+from sinks.files import fsync_dir, write_synced
 
 log = logging.getLogger("callpipe.control")
 
@@ -165,21 +166,17 @@ def load_snapshot(path: Path, topics: Mapping[Stream, str]) -> ControlSnapshot |
 
 
 def save_snapshot(path: Path, snap: ControlSnapshot) -> None:
-    """Write the snapshot atomically (temp file, fsync, rename), readable by its owner only."""
+    """Write the snapshot atomically (temp file, fsync, rename), readable by its owner only. The
+    temp name carries the pid: two workers on one host may save at the same time."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, snap.to_bytes())
-        os.fsync(fd)
+        write_synced(fd, snap.to_bytes())  # a large snapshot takes more than one os.write
     finally:
         os.close(fd)
     os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 class ControlReader:

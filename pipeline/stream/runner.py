@@ -23,16 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pipeline.chain import process_batch
-from pipeline.codec import Decoded, Lineage, MessageLike, Rejection, decode_value
+from pipeline.codec import Decoded, Lineage, MessageLike, decode_value
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
-from pipeline.reasons import Reason, Stage
+from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.settings import Settings
-from pipeline.validate import strip_secrets_json
+from pipeline.validate import rejected_bytes, strip_secrets_json
 from sinks import stats
 from sinks.lake import Flushed, LakeWriter
 from sinks.stats import write_stats
@@ -40,31 +38,6 @@ from sinks.stats import write_stats
 log = logging.getLogger("callpipe.runner")
 
 StatesFor = Callable[[Iterable[str]], Mapping[str, AccountState]]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message (index None) or one event of a batch message. `raw` is the original
-    bytes with secret-named attributes masked where the format allows it."""
-
-    reason: Reason
-    stage: Stage
-    partition: int
-    offset: int
-    index: int | None
-    raw: bytes
-
-    def headers(self, topic: str) -> list[tuple[str, bytes]]:
-        out = [
-            ("callpipe.reason", self.reason.value.encode()),
-            ("callpipe.stage", self.stage.value.encode()),
-            ("callpipe.source.topic", topic.encode()),
-            ("callpipe.source.partition", str(self.partition).encode()),
-            ("callpipe.source.offset", str(self.offset).encode()),
-        ]
-        if self.index is not None:
-            out.append(("callpipe.source.index", str(self.index).encode()))
-        return out
 
 
 class Tripped(RuntimeError):
@@ -142,9 +115,9 @@ class PartitionRunner:
 
     # ------------------------------------------------------------ in
 
-    def feed(self, messages: Sequence[MessageLike], now_ms: int) -> list[DeadLetter]:
+    def feed(self, messages: Sequence[MessageLike], now_ms: int) -> list[Rejection]:
         """Take messages of this partition in offset order; returns the dead letters of decoding."""
-        dead: list[DeadLetter] = []
+        dead: list[Rejection] = []
         for msg in messages:
             if msg.offset <= self._consumed:
                 self.skipped += 1
@@ -161,13 +134,14 @@ class PartitionRunner:
                     type(exc).__name__,
                 )
                 self._count_internal(1, exc)  # ...until the bug is the run of the stream
-                decoded = Decoded(
-                    rejections=[Rejection(reason=Reason.INTERNAL, index=None, raw=msg.value or b"")]
+                internal = Rejection(
+                    Reason.INTERNAL, Stage.DECODE, msg.partition, msg.offset, None, msg.value or b""
                 )
+                decoded = Decoded(rejections=[internal])
             dead.extend(self._accept(msg.partition, msg.offset, decoded.records, decoded.rejections))
         return dead
 
-    def feed_records(self, offset: int, decoded: Decoded) -> list[DeadLetter]:
+    def feed_records(self, offset: int, decoded: Decoded) -> list[Rejection]:
         """Take the already decoded events of one input unit (`callpipe ingest`: a file record)."""
         if offset <= self._consumed:
             self.skipped += 1
@@ -176,7 +150,7 @@ class PartitionRunner:
 
     def _accept(
         self, partition: int, offset: int, records: list[dict[str, Any]], rejections: Sequence[Rejection]
-    ) -> list[DeadLetter]:
+    ) -> list[Rejection]:
         self._consumed = offset
         # Counted with the message, not yet in `counts`: a flush writes the stats of the offsets
         # it lands, and this message may wait past that flush for the control streams.
@@ -184,7 +158,7 @@ class PartitionRunner:
         dead = []
         for rej in rejections:
             arrived[stats.dead_letter(rej.reason.value)] += 1  # type: ignore[index]
-            dead.append(DeadLetter(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
+            dead.append(Rejection(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
         self._messages.append(_Message(offset, len(records), len(records) + len(rejections), arrived))
         if records:
             self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
@@ -199,14 +173,14 @@ class PartitionRunner:
 
     def pump(
         self, now_ms: int, mono: float, *, drain: bool = False, budget: int | None = None
-    ) -> list[DeadLetter]:
+    ) -> list[Rejection]:
         """Run the chain over what the merger releases (about `budget` events at most: a caller
         that must stay responsive comes back while `more` is true)."""
         if drain:
             released = self.merger.drain(budget, _events)
         else:
             released = self.merger.release(now_ms, budget, _events)
-        dead: list[DeadLetter] = []
+        dead: list[Rejection] = []
         if released:
             try:
                 dead = self._process(released, now_ms, mono)
@@ -226,7 +200,7 @@ class PartitionRunner:
 
     def _internal(
         self, message: tuple[int, list[tuple[dict[str, Any], Lineage]]], exc: Exception
-    ) -> list[DeadLetter]:
+    ) -> list[Rejection]:
         offset, items = message
         log.error("chain failed: partition=%s offset=%s error=%s", self.partition, offset, type(exc).__name__)
         self._count_internal(len(items), exc)
@@ -235,7 +209,7 @@ class PartitionRunner:
                 m.waiting -= len(items)
         self.counts[stats.dead_letter(Reason.INTERNAL.value)] += len(items)
         return [
-            DeadLetter(
+            Rejection(
                 Reason.INTERNAL, Stage.ROUTE, src.partition, src.offset, src.index, self._reencode(record)
             )
             for record, src in items
@@ -250,7 +224,7 @@ class PartitionRunner:
 
     def _process(
         self, released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]], now_ms: int, mono: float
-    ) -> list[DeadLetter]:
+    ) -> list[Rejection]:
         records = [r for _off, items in released for r, _src in items]
         sources = [s for _off, items in released for _r, s in items]
         states = self.states_for({r["account_id"] for r in records if isinstance(r.get("account_id"), str)})
@@ -269,13 +243,10 @@ class PartitionRunner:
         counts["analytics"] += len(result.analytics_rows)
         for drop, n in result.drops.items():
             counts[stats.drop(drop.value)] += n
-        dead = []
         by_offset = {m.offset: m for m in self._messages}
         for rej in result.rejections:
-            src = sources[rej.index]
             counts[stats.dead_letter(rej.reason.value)] += 1
-            value = self._reencode(records[rej.index])
-            dead.append(DeadLetter(rej.reason, rej.stage, src.partition, src.offset, src.index, value))
+        dead = result.rejections
         for offset, items in released:
             by_offset[offset].waiting -= len(items)
         self.writer.add(
@@ -287,12 +258,7 @@ class PartitionRunner:
         return dead
 
     def _reencode(self, record: dict[str, Any]) -> bytes:
-        """A decoded event rejected by validation, as JSON with secret-named attributes masked."""
-        try:
-            raw = orjson.dumps(record, default=str)
-        except TypeError:
-            return b""
-        return self._mask(raw)
+        return rejected_bytes(record, self.settings.policy.secret_names)
 
     def _advance(self, mono: float) -> None:
         """Hand over `through`: every message up to it has released all its events."""

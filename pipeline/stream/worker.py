@@ -36,10 +36,11 @@ from pipeline.codec import MessageLike
 from pipeline.consent import EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
+from pipeline.reasons import Rejection
 from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
 from pipeline.stream.offsets import OffsetGuard
-from pipeline.stream.runner import DeadLetter, PartitionRunner, Tripped
+from pipeline.stream.runner import PartitionRunner, Tripped
 from schemas.topics import CALLS
 from sinks.lake import SourceBusy, source_name
 from sinks.rejects import REJECTS_DIR, write_rejects
@@ -59,8 +60,8 @@ class Broker(Protocol):
     def seek(self, partition: int, offset: int) -> None: ...
     def pause(self, partitions: Iterable[int]) -> None: ...
     def resume(self, partitions: Iterable[int]) -> None: ...
-    def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None: ...
-    async def dead_sent(self) -> list[tuple[DeadLetter, bytes | None, str, BaseException]]:
+    def send_dead(self, dead: Rejection, key: bytes | None, topic: str) -> None: ...
+    async def dead_sent(self) -> list[tuple[Rejection, bytes | None, str, BaseException]]:
         """Wait for every dead letter sent so far; the ones the broker refused, with the error."""
         ...
 
@@ -125,7 +126,7 @@ class StreamWorker:
         self.stalled: dict[int, _Stalled] = {}  # paused after a failed flush
         self.counters: Counter[str] = Counter()
         self._logged: dict[str, float] = {}
-        self._retry_dead: list[tuple[DeadLetter, bytes | None, str]] = []
+        self._retry_dead: list[tuple[Rejection, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
         self.tripped: Tripped | None = None  # the trip-wire fired: nothing more is landed
         control.listeners.append(self._on_request)
@@ -321,11 +322,11 @@ class StreamWorker:
 
     # ------------------------------------------------------------ dead letters
 
-    def _send_all(self, dead: Sequence[DeadLetter], keys: Mapping[int, bytes | None]) -> None:
+    def _send_all(self, dead: Sequence[Rejection], keys: Mapping[int, bytes | None]) -> None:
         for d in dead:
             self.send_dead(d, keys.get(d.offset), self.topic)
 
-    def send_dead(self, d: DeadLetter, key: bytes | None, topic: str) -> None:
+    def send_dead(self, d: Rejection, key: bytes | None, topic: str) -> None:
         self.counters[f"dead_letter.{d.reason.value}"] += 1
         log.warning(
             "dead letter: topic=%s partition=%s offset=%s index=%s stage=%s reason=%s",
@@ -361,7 +362,7 @@ class StreamWorker:
                 self._refused(d, key, topic, exc)
         return not self._retry_dead
 
-    def _refused(self, d: DeadLetter, key: bytes | None, topic: str, exc: BaseException) -> None:
+    def _refused(self, d: Rejection, key: bytes | None, topic: str, exc: BaseException) -> None:
         self.counters["dead_letter_retries"] += 1
         if self._once(f"dlq.{type(exc).__name__}", 10):
             log.error("dead letters not taken by the broker (%s); retrying", type(exc).__name__)
@@ -464,7 +465,7 @@ class StreamWorker:
 # ---------------------------------------------------------------- oversize dead letters
 
 
-def keep_oversize(lake: Path, topic: str, d: DeadLetter) -> None:
+def keep_oversize(lake: Path, topic: str, d: Rejection) -> None:
     """A dead letter too large for calls.dlq, kept whole in the lake's restricted area (mode
     0600, covered by erase and export like every file under `_rejects/`). `topic` may carry a
     test prefix; the source is named after the topic itself, like the lake's other sources."""
@@ -473,20 +474,20 @@ def keep_oversize(lake: Path, topic: str, d: DeadLetter) -> None:
     write_rejects(lake, f"{source}-i{index:06d}", d.offset, d.offset, [d])
 
 
-def stub_of(d: DeadLetter) -> DeadLetter:
+def stub_of(d: Rejection) -> Rejection:
     """What calls.dlq holds of an oversize dead letter: no bytes, its size and SHA-256 in headers."""
     digest = hashlib.sha256(d.raw).hexdigest()
     return _Stub(d.reason, d.stage, d.partition, d.offset, d.index, b"", len(d.raw), digest)
 
 
 @dataclass(frozen=True, slots=True)
-class _Stub(DeadLetter):
+class _Stub(Rejection):
     size: int = 0
     sha256: str = ""
 
     def headers(self, topic: str) -> list[tuple[str, bytes]]:
         return [
-            *DeadLetter.headers(self, topic),
+            *Rejection.headers(self, topic),
             ("callpipe.kept", REJECTS_DIR.encode()),
             ("callpipe.size", str(self.size).encode()),
             ("callpipe.sha256", self.sha256.encode()),

@@ -50,7 +50,7 @@ from pipeline.carrier.produce import partition_for
 from pipeline.consent import AccountState, decide, record_consent, record_request
 from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
 from pipeline.policy import DEFAULT_POLICY
-from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS
+from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS, STREAM_GROUP
 from sinks.stats import read_stats
 from tests.support.streamkit import (
     access,
@@ -341,7 +341,7 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[
     logs = [tmp / f"worker{i}.log" for i in range(4)]
     workers = [start_worker(prefix, lake, env, log) for log in logs[:3]]
     try:
-        wait_for_members(kafka_bootstrap, prefix + "callpipe-stream", 3, timeout_s=120)
+        wait_for_members(kafka_bootstrap, prefix + STREAM_GROUP, 3, timeout_s=120)
         feed.start()
         time.sleep(1)  # the heartbeat reaches every worker before the first call
         half = ROUNDS // 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.support.streamkit import (
     PARTITIONS,
     ROOT,
     consume_all,
+    kill_trial,
     make_topics,
     publish,
     records_to_messages,
@@ -270,37 +270,11 @@ def test_worker_log_holds_no_personal_data(full_run: dict[str, Any]) -> None:
     assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", log)
 
 
-def _kill_trial(kafka_bootstrap: str, tmp: Path, seed: int) -> None:
-    prefix = f"k{seed}x{random.randrange(1 << 30):x}."
-    make_topics(kafka_bootstrap, prefix, PARTITIONS)
-    start = int(time.time() * 1000) - 3 * HOUR
-    traffic = generate_traffic(seed, 6_000, start, 2 * HOUR, accounts=300)
-    messages = records_to_messages(traffic.calls[:3_000], "CallEvent", PARTITIONS, "avro", 1)
-    messages += records_to_messages(traffic.calls[3_000:], "CallEvent", PARTITIONS, "avro", 100)
-    publish(kafka_bootstrap, prefix + topics.CALLS, messages)
-    lake = tmp / f"lake{seed}"
-    env = worker_env(tmp, kafka_bootstrap)
-    proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
-    rng = random.Random(seed)
-    time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; kill mid-stream
-    stop(proc, signal.SIGKILL)
-    proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
-    try:
-        wait_for_events(lake, 6_000, 180, proc)
-    finally:
-        stop(proc)
-    for name in ("vault", "analytics"):
-        ids = Counter(r["event_id"] for r in zone(lake, name))
-        assert [i for i, n in ids.items() if n > 1] == []
-    vault_ids = {r["event_id"] for r in zone(lake, "vault")}
-    assert vault_ids == {c["event_id"] for c in traffic.calls}
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_kill_minus_nine_loses_and_duplicates_nothing(
     kafka_bootstrap: str, tmp_path: Path, seed: int
 ) -> None:
-    _kill_trial(kafka_bootstrap, tmp_path, seed)
+    kill_trial(kafka_bootstrap, tmp_path, seed)
 
 
 def test_ingest_gives_the_same_rows_as_the_stream(full_run: dict[str, Any], tmp_path: Path) -> None:
@@ -353,7 +327,7 @@ def test_two_workers_share_the_partitions_and_land_each_event_once(
     first = start_worker(prefix, lake, env, logs[0])
     second = start_worker(prefix, lake, env, logs[1])
     try:
-        wait_for_group(kafka_bootstrap, prefix + "callpipe-stream", members=2, timeout_s=120)
+        wait_for_group(kafka_bootstrap, prefix + topics.STREAM_GROUP, members=2, timeout_s=120)
         publish(kafka_bootstrap, prefix + topics.CALLS, messages[:half])
         wait_for_events(lake, half, 120, first)
         for log in logs:
@@ -390,7 +364,7 @@ def test_a_worker_taking_over_partitions_that_never_landed_loses_nothing(
     second_log = tmp_path / "w2.log"
     second = start_worker(prefix, lake, slow, second_log)
     try:
-        wait_for_group(kafka_bootstrap, prefix + "callpipe-stream", members=2, timeout_s=120)
+        wait_for_group(kafka_bootstrap, prefix + topics.STREAM_GROUP, members=2, timeout_s=120)
         publish(
             kafka_bootstrap,
             prefix + topics.CALLS,

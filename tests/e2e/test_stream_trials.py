@@ -17,15 +17,17 @@ import pytest
 
 from pipeline.carrier.generate import generate_traffic
 from schemas import topics
-from tests.e2e.test_stream_e2e import _kill_trial, worker_env, zone
 from tests.support.streamkit import (
     ROOT,
+    kill_trial,
     make_topics,
     publish,
     records_to_messages,
     start_worker,
     stop,
     wait_for_events,
+    worker_env,
+    zone,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -92,4 +94,4 @@ def test_two_broker_outages_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp
 @pytest.mark.soak
 @pytest.mark.parametrize("seed", range(101, 116))
 def test_fifteen_kill_minus_nine_trials(kafka_bootstrap: str, tmp_path: Path, seed: int) -> None:
-    _kill_trial(kafka_bootstrap, tmp_path, seed)
+    kill_trial(kafka_bootstrap, tmp_path, seed)

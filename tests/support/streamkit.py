@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +22,11 @@ from aiokafka.partitioner import DefaultPartitioner
 from pipeline import codec
 from pipeline.bench import kafka as bench_kafka
 from pipeline.bench import worker as bench_worker
+from pipeline.carrier.generate import generate_traffic
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
 from pipeline.settings import Settings
+from schemas import topics
+from schemas.clock import HOUR_MS
 from sinks.read import scan, zone_files
 from sinks.stats import StreamStats, read_stats
 
@@ -162,3 +167,31 @@ def consume_all(bootstrap: str, topic: str) -> list[Any]:
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def kill_trial(kafka_bootstrap: str, tmp: Path, seed: int) -> None:
+    """A worker killed with SIGKILL a few seconds into 6,000 events (half single-event
+    messages, half 100-event batches), then restarted: every event lands once in both zones."""
+    prefix = f"k{seed}x{random.randrange(1 << 30):x}."
+    make_topics(kafka_bootstrap, prefix, PARTITIONS)
+    start = int(time.time() * 1000) - 3 * HOUR_MS
+    traffic = generate_traffic(seed, 6_000, start, 2 * HOUR_MS, accounts=300)
+    messages = records_to_messages(traffic.calls[:3_000], "CallEvent", PARTITIONS, "avro", 1)
+    messages += records_to_messages(traffic.calls[3_000:], "CallEvent", PARTITIONS, "avro", 100)
+    publish(kafka_bootstrap, prefix + topics.CALLS, messages)
+    lake = tmp / f"lake{seed}"
+    env = worker_env(tmp, kafka_bootstrap)
+    proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
+    rng = random.Random(seed)
+    time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; kill mid-stream
+    stop(proc, signal.SIGKILL)
+    proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
+    try:
+        wait_for_events(lake, 6_000, 180, proc)
+    finally:
+        stop(proc)
+    for name in ("vault", "analytics"):
+        ids = Counter(r["event_id"] for r in zone(lake, name))
+        assert [i for i, n in ids.items() if n > 1] == []
+    vault_ids = {r["event_id"] for r in zone(lake, "vault")}
+    assert vault_ids == {c["event_id"] for c in traffic.calls}

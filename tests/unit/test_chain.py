@@ -155,7 +155,7 @@ def test_mixed_batch_accounts_for_every_event() -> None:
     assert [r["event_id"] for r in result.vault_rows] == ["ev-1", "ev-4", "ev-5"]
     assert [r["event_id"] for r in result.analytics_rows] == ["ev-1"]
     assert result.erased == [1]
-    assert [(r.index, r.reason, r.stage) for r in result.rejections] == [
+    assert [(r.offset, r.reason, r.stage) for r in result.rejections] == [
         (2, Reason.BAD_DURATION, Stage.VALIDATE),
         (3, Reason.DUPLICATE, Stage.VALIDATE),
         (4, Reason.MALFORMED, Stage.VALIDATE),
@@ -300,3 +300,20 @@ def test_every_event_accounted_for_and_every_rule_kept(
         and not d.restricted
     }
     assert {r["event_id"] for r in result.analytics_rows} == allowed
+
+
+def test_a_rejection_names_its_source_and_holds_the_event_without_secrets() -> None:
+    """What validation rejects is the dead letter itself: the source message's coordinates (for
+    `dlq replay`) and the event as JSON, secret-named attributes masked."""
+    bad = call(1, duration_s=-1, attributes={"password": "hunter2", "plan": "gold"})
+    (rej,) = run([call(0), bad], sources=[Lineage(3, 40, 0), Lineage(3, 41, 7)]).rejections
+    assert (rej.reason, rej.stage, rej.partition, rej.offset, rej.index) == (
+        Reason.BAD_DURATION,
+        Stage.VALIDATE,
+        3,
+        41,
+        7,
+    )
+    held = json.loads(rej.raw)
+    assert held["event_id"] == bad["event_id"] and held["attributes"] == {"plan": "gold"}
+    assert b"hunter2" not in rej.raw

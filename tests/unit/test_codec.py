@@ -173,6 +173,43 @@ def test_bad_element_of_json_array_rejects_only_that_event() -> None:
     assert [(r.reason, r.index) for r in out.rejections] == [(Reason.WRONG_TYPE, 1)]
 
 
+def test_garbage_in_lines_is_one_dead_letter_not_one_per_line() -> None:
+    """A blob that only looks like JSON lines (a megabyte of "{" and newlines) would otherwise
+    become hundreds of thousands of dead letters: rejected whole, with its bytes."""
+    blob = b"{\n" * 400_000
+    out = decode_value(blob, "CallEvent", partition=2, offset=9)
+    assert out.records == []
+    assert [(r.reason, r.index, r.offset, r.raw) for r in out.rejections] == [
+        (Reason.MALFORMED, None, 9, blob)
+    ]
+
+
+def test_json_lines_with_a_few_bad_lines_keep_their_good_ones() -> None:
+    calls = RECORDS["CallEvent"][:30]
+    lines = [codec.to_json(c, "CallEvent") for c in calls]
+    for i in range(0, 28, 2):  # 14 bad lines of 30: more than 10, but not more than half
+        lines[i] = b'{"event_id": '
+    out = decode_value(b"\n".join(lines), "CallEvent")
+    assert len(out.records) == 16 and len(out.rejections) == 14
+    assert all(r.index is not None and r.raw == b'{"event_id": ' for r in out.rejections)
+    lines[28] = lines[29] = b"{"  # 16 of 30: most lines are bad, so the value is not JSON lines
+    out = decode_value(b"\n".join(lines), "CallEvent")
+    assert out.records == [] and [r.index for r in out.rejections] == [None]
+
+
+def test_an_array_of_many_bad_elements_is_one_dead_letter_not_a_copy_per_element() -> None:
+    """Each bad element of a JSON array carries the whole message (for replay); past 10 of them,
+    the message is rejected whole instead of copied into calls.dlq once per element."""
+    calls = RECORDS["CallEvent"][:40]
+    items = [{**c, "duration_s": "long"} if i < 11 else c for i, c in enumerate(calls)]
+    value = orjson.dumps(items)
+    out = decode_value(value, "CallEvent")
+    assert out.records == []
+    assert [(r.reason, r.index, r.raw) for r in out.rejections] == [(Reason.WRONG_TYPE, None, value)]
+    out = decode_value(orjson.dumps(items[1:]), "CallEvent")  # 10 bad: each goes alone
+    assert len(out.records) == 29 and [r.index for r in out.rejections] == list(range(10))
+
+
 def test_size_limits() -> None:
     calls = RECORDS["CallEvent"][:5]
     value = encode(calls, "CallEvent", "json", 5)[0]

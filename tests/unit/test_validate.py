@@ -175,7 +175,7 @@ def test_duplicates_within_a_batch() -> None:
     batch = [call(event_id="a"), call(event_id="b"), call(event_id="a"), call(event_id="a", duration_s=-1)]
     out = validate_batch(batch, DEFAULT_SECRET_NAMES, NOW)
     assert out.indices == [0, 1]
-    assert [(r.index, r.reason) for r in out.rejections] == [(2, Reason.DUPLICATE), (3, Reason.BAD_DURATION)]
+    assert [(r.offset, r.reason) for r in out.rejections] == [(2, Reason.DUPLICATE), (3, Reason.BAD_DURATION)]
 
 
 def test_output_holds_exactly_the_schema_fields() -> None:

@@ -21,10 +21,11 @@ from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
 from pipeline.consent import Stream
 from pipeline.keys import Domain, PseudonymKey
+from pipeline.reasons import Rejection
 from pipeline.settings import Settings
 from pipeline.stream import runner as runner_module
 from pipeline.stream.control import ControlState
-from pipeline.stream.runner import DeadLetter, Tripped
+from pipeline.stream.runner import Tripped
 from pipeline.stream.worker import RETRY_S, StreamWorker
 from schemas import topics
 from sinks import files
@@ -60,7 +61,7 @@ class FakeBroker:
     paused: set[int] = field(default_factory=set)
     dlq: list[tuple[bytes, dict[str, bytes]]] = field(default_factory=list)
     commits: list[dict[int, int]] = field(default_factory=list)
-    _pending: list[tuple[DeadLetter, bytes | None, str]] = field(default_factory=list)
+    _pending: list[tuple[Rejection, bytes | None, str]] = field(default_factory=list)
 
     def seek(self, partition: int, offset: int) -> None:
         self.seeks.append((partition, offset))
@@ -71,12 +72,12 @@ class FakeBroker:
     def resume(self, partitions: Iterable[int]) -> None:
         self.paused -= set(partitions)
 
-    def send_dead(self, dead: DeadLetter, key: bytes | None, topic: str) -> None:
+    def send_dead(self, dead: Rejection, key: bytes | None, topic: str) -> None:
         self._pending.append((dead, key, topic))
 
-    async def dead_sent(self) -> list[tuple[DeadLetter, bytes | None, str, BaseException]]:
+    async def dead_sent(self) -> list[tuple[Rejection, bytes | None, str, BaseException]]:
         pending, self._pending = self._pending, []
-        refused: list[tuple[DeadLetter, bytes | None, str, BaseException]] = []
+        refused: list[tuple[Rejection, bytes | None, str, BaseException]] = []
         for d, key, topic in pending:
             if self.fail_sends:
                 refused.append((d, key, topic, ConnectionError("broker down")))

@@ -1,6 +1,6 @@
 """Throughput of one partition's way to the lake in-process: decode, chain, lake (PartitionRunner).
 
-    .venv/bin/python tests/canary/bench_runner.py [EVENTS] [EVENTS_PER_MESSAGE] [--profile]
+    python -m pipeline.bench.bench_runner [EVENTS] [EVENTS_PER_MESSAGE] [--profile]
 
 Generates EVENTS seeded calls (pipeline.carrier.generate) with their accounts' consents and
 privacy requests, encodes them as Avro messages (Confluent wire format) of EVENTS_PER_MESSAGE
@@ -12,6 +12,7 @@ Kafka side is `callpipe bench stream`'s.
 
 from __future__ import annotations
 
+import atexit
 import cProfile
 import pstats
 import shutil
@@ -23,14 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import codec
-from pipeline.carrier.generate import generate_traffic
-from pipeline.consent import AccountState, record_consent, record_request
-from pipeline.keys import PseudonymKey
+from pipeline.bench.canary import KEY, seeded
 from pipeline.settings import Settings
 from pipeline.stream.runner import PartitionRunner
-
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-KEY = PseudonymKey("v1", b"b" * 32)
+from sinks import crypt
 
 
 @dataclass
@@ -45,17 +42,18 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     events = int(args[0]) if args else 20_000
     size = int(args[1]) if len(args) > 1 else 1
-    traffic = generate_traffic(7, events, START_MS)
-    states: dict[str, AccountState] = {}
-    for c in traffic.consents:
-        states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
-    for r in traffic.requests:
-        states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
+    canary = seeded(events)
+    traffic, states, now = canary.traffic, canary.states, canary.now_ms
     messages = [
         Message(v, 0, i) for i, v in enumerate(codec.encode(traffic.calls, "CallEvent", "avro", size))
     ]
-    now = START_MS + 2 * 86_400_000
     step = max(1, 2_000 // size)
+    # The vault encrypted as a worker writes it by default (sinks/crypt.py), with keys of its own;
+    # CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault.
+    keys = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-keys-")) / "vault.keys"
+    atexit.register(shutil.rmtree, keys.parent, True)
+    crypt.create_key_file(keys)
+    crypt.configure(crypt.from_key_file(keys) if Settings.from_env().vault_encryption else None)
 
     def run() -> None:
         lake = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-"))
