@@ -93,6 +93,9 @@ def run(quick: bool, lake: Path | None = None, k: int = 5) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # python -m jobs.bench_analysis [--quick] [LAKE]
+    from pipeline.bench.common import own_vault_keys
+
+    own_vault_keys()
     import json
     import sys
 

@@ -194,6 +194,9 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
 
 
 if __name__ == "__main__":
+    from pipeline.bench.common import own_vault_keys
+
+    own_vault_keys()
     import sys
 
     import orjson

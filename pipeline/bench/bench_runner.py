@@ -12,7 +12,6 @@ Kafka side is `callpipe bench stream`'s.
 
 from __future__ import annotations
 
-import atexit
 import cProfile
 import pstats
 import shutil
@@ -25,9 +24,9 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.bench.canary import KEY, seeded
+from pipeline.bench.common import own_vault_keys
 from pipeline.settings import Settings
 from pipeline.stream.runner import PartitionRunner
-from sinks import crypt
 
 
 @dataclass
@@ -48,12 +47,7 @@ def main() -> None:
         Message(v, 0, i) for i, v in enumerate(codec.encode(traffic.calls, "CallEvent", "avro", size))
     ]
     step = max(1, 2_000 // size)
-    # The vault encrypted as a worker writes it by default (sinks/crypt.py), with keys of its own;
-    # CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault.
-    keys = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-keys-")) / "vault.keys"
-    atexit.register(shutil.rmtree, keys.parent, True)
-    crypt.create_key_file(keys)
-    crypt.configure(crypt.from_key_file(keys) if Settings.from_env().vault_encryption else None)
+    own_vault_keys()  # the vault encrypted, as a worker writes it by default
 
     def run() -> None:
         lake = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-"))

@@ -70,3 +70,24 @@ def _cell(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def own_vault_keys() -> None:
+    """For a benchmark run as a script (no `callpipe` CLI to configure the vault's keys): the
+    vault encrypted as callpipe writes it by default, with a key file of its own in a temporary
+    folder removed at exit; CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.settings import Settings
+    from sinks import crypt
+
+    if not Settings.from_env().vault_encryption:
+        crypt.configure(None)
+        return
+    keys = Path(tempfile.mkdtemp(prefix="callpipe-bench-keys-")) / "vault.keys"
+    atexit.register(shutil.rmtree, keys.parent, True)
+    crypt.create_key_file(keys)
+    crypt.configure(crypt.from_key_file(keys))
