@@ -391,6 +391,25 @@ def configured(crypto: VaultCrypto | _Unset | None) -> Iterator[VaultCrypto | _U
         configure(before)
 
 
+def for_subprocess() -> tuple[str, str | None]:
+    """What a spawned worker process needs to set up this process's vault keys (picklable:
+    `configure_from` it there): the key file's path, the plaintext opt-out, or nothing."""
+    if _active is None:
+        return ("plaintext", None)
+    if isinstance(_active, VaultCrypto) and isinstance(_active.keys, KeyFile):
+        return ("key_file", str(_active.keys.path))
+    return ("unset", None)  # another KMS or nothing configured: the child refuses vault writes
+
+
+def configure_from(setup: tuple[str, str | None]) -> None:
+    """`configure` in a spawned process from what `for_subprocess` returned in its parent."""
+    kind, path = setup
+    if kind == "key_file" and path is not None:
+        configure(from_key_file(Path(path)))
+    else:
+        configure(None if kind == "plaintext" else UNSET)
+
+
 def from_key_file(path: Path) -> VaultCrypto:
     return VaultCrypto(KeyFile(path))
 

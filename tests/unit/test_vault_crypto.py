@@ -351,3 +351,20 @@ def test_without_the_key_file_nothing_is_written_and_off_is_the_only_plaintext(
     with crypt.configured(crypt.UNSET), pytest.raises(crypt.VaultKeyError, match="no vault keys configured"):
         files.write_table(pq.read_table(plain[0]), tmp_path / "x.parquet", VAULT)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_spawned_process_writes_the_vault_with_its_parents_keys(tmp_path: Path) -> None:
+    """The synthetic lake's worker processes (spawned, so nothing inherited) set up the parent's
+    vault keys: an encrypted parent gets encrypted files, the opt-out plaintext ones."""
+    from jobs.synth import SynthSpec, build
+
+    key = make_key(tmp_path)[1]
+    spec = SynthSpec(rows=400, days=2, buckets=1, files_per_partition=1, workers=2, seed=3)
+    built = build(tmp_path / "encrypted", key, spec)  # under the suite's keys (tests/conftest.py)
+    encrypted = zone_files(tmp_path / "encrypted", VAULT)
+    assert encrypted and all(crypt.is_encrypted(f) for f in encrypted)
+    assert read_zone(tmp_path / "encrypted", VAULT).num_rows == built["vault_rows"] > 0
+    with crypt.configured(None):
+        build(tmp_path / "plain", key, spec)
+    assert not any(crypt.is_encrypted(f) for f in zone_files(tmp_path / "plain", VAULT))
+    assert crypt.for_subprocess() == ("key_file", os.environ["CALLPIPE_VAULT_KEY_FILE"])
