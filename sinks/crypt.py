@@ -127,7 +127,7 @@ def ensure_key_file(path: Path) -> bool:
 
 def create_key_file(path: Path) -> None:
     """A new key file (mode 0600) with version 1 of every master key; refuses to overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: private, like the key
     doc = {"format": KEY_FILE_FORMAT, "current": 1, "versions": {"1": _new_version()}}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
