@@ -29,8 +29,7 @@ AS_OF = datetime(2026, 11, 29, tzinfo=UTC)  # the day after the lake's last day
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str, **params: object) -> int:
-    row = con.execute(sql, params).fetchone()
-    assert row is not None
+    [row] = con.execute(sql, params).fetchall()  # done with: the connection registers scans next
     return int(row[0])
 
 
@@ -54,6 +53,7 @@ def test_retention_and_erase_on_ten_million_rows(tmp_path_factory: pytest.TempPa
     result = callpipe_json(env, "jobs", "retention", "--as-of", AS_OF.isoformat())
     times["retention"] = time.monotonic() - started
     vault_cut, text_cut = AS_OF - timedelta(days=90), AS_OF - timedelta(days=30)
+    con = duckdb.connect()  # a fresh connection: scans are registered on it (typical_subject's stays open)
     old, new = zone_source(con, before, "vault"), zone_source(con, lake, "vault")
     # no vault row older than its limit
     assert _one(con, f"SELECT count(*) FROM {new} WHERE started_at < $c", c=vault_cut) == 0
