@@ -194,9 +194,10 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
 
 
 if __name__ == "__main__":
-    from pipeline.bench.common import own_vault_keys
+    from pipeline.settings import Settings
+    from sinks import crypt
 
-    own_vault_keys()
+    crypt.configure_temporary(encrypted=Settings.from_env().vault_encryption)  # no CLI here
     import sys
 
     import orjson

@@ -391,6 +391,22 @@ def configured(crypto: VaultCrypto | _Unset | None) -> Iterator[VaultCrypto | _U
         configure(before)
 
 
+def configure_temporary(*, encrypted: bool) -> None:
+    """For a script without the CLI (benchmarks): `configure` a fresh key file in a temporary
+    folder removed at exit, or the plaintext opt-out when not `encrypted`."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not encrypted:
+        configure(None)
+        return
+    keys = Path(tempfile.mkdtemp(prefix="callpipe-keys-")) / "vault.keys"
+    atexit.register(shutil.rmtree, keys.parent, True)
+    create_key_file(keys)
+    configure(from_key_file(keys))
+
+
 def for_subprocess() -> tuple[str, str | None]:
     """What a spawned worker process needs to set up this process's vault keys (picklable:
     `configure_from` it there): the key file's path, the plaintext opt-out, or nothing."""

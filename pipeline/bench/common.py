@@ -74,20 +74,9 @@ def _cell(value: object) -> str:
 
 def own_vault_keys() -> None:
     """For a benchmark run as a script (no `callpipe` CLI to configure the vault's keys): the
-    vault encrypted as callpipe writes it by default, with a key file of its own in a temporary
-    folder removed at exit; CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault."""
-    import atexit
-    import shutil
-    import tempfile
-    from pathlib import Path
-
+    vault encrypted as callpipe writes it by default, with a temporary key file of its own;
+    CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault (`sinks.crypt.configure_temporary`)."""
     from pipeline.settings import Settings
     from sinks import crypt
 
-    if not Settings.from_env().vault_encryption:
-        crypt.configure(None)
-        return
-    keys = Path(tempfile.mkdtemp(prefix="callpipe-bench-keys-")) / "vault.keys"
-    atexit.register(shutil.rmtree, keys.parent, True)
-    crypt.create_key_file(keys)
-    crypt.configure(crypt.from_key_file(keys))
+    crypt.configure_temporary(encrypted=Settings.from_env().vault_encryption)
