@@ -27,7 +27,7 @@ from pipeline.codec import Lineage
 from pipeline.consent import AccountState, Decisions, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
-from pipeline.policy import Policy
+from pipeline.policy import ConsentDefaults, Policy
 from pipeline.pseudonymize import pseudonymizer, token_of
 from pipeline.reasons import Drop, Rejection
 from pipeline.validate import validate_batch
@@ -44,6 +44,13 @@ class Route(NamedTuple):
     dt: str
     bucket: int
     account_token: str
+
+
+class _Seen(NamedTuple):
+    """An account judged once under this state and these defaults (no table built yet)."""
+
+    state: AccountState
+    defaults: ConsentDefaults
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,17 @@ def process_batch(
         if state is None:
             decision = no_history
         else:
-            # an account's decisions by time, remembered while its state object stays the same
+            # an account's decisions by time, remembered while its state object stays the same:
+            # its first event is judged alone, a table by time (a `decide` per entry of the
+            # history) is built at its second, when the account is seen to call again
             table = memo.peek(("decisions", account))
             if table is None or table.state is not state or table.defaults is not defaults:
-                table = memo.put(("decisions", account), Decisions(state, defaults))
-            decision = table.at(record["started_at"])
+                memo.put(("decisions", account), _Seen(state, defaults))
+                decision = decide(state, record["started_at"], defaults)
+            else:
+                if type(table) is _Seen:
+                    table = memo.put(("decisions", account), Decisions(state, defaults))
+                decision = table.at(record["started_at"])
         if decision.erased:
             drops[Drop.ERASED] += 1
             result.erased.append(index)

@@ -23,6 +23,7 @@ class Memo:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
         self._values: dict[Hashable, Any] = {}
+        self.peek = self._values.get  # type: ignore[method-assign,assignment]
 
     def __len__(self) -> int:
         return len(self._values)
@@ -42,7 +43,9 @@ class Memo:
 
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The value remembered for `key`, or `default`: with `put`, the hot path's form of
-        `get` (no closure per look-up)."""
+        `get` (no closure per look-up). Each instance replaces this method with its dict's own
+        `get` (bound in `__init__`; `forget` clears that same dict): a look-up in C, no Python
+        frame, on the chain's ~10 look-ups per event."""
         return self._values.get(key, default)
 
     def put(self, key: Hashable, value: Any) -> Any:

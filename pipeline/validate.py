@@ -108,7 +108,7 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[st
     stripped = 0
     for name in _map_fields():
         value = record.get(name)
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and _holds_secret(value, names):
             kept = {k: v for k, v in value.items() if not (isinstance(k, str) and _is_secret(k, names))}
             if len(kept) != len(value):
                 if out is None:
@@ -116,6 +116,29 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[st
                 out[name] = kept
                 stripped += len(value) - len(kept)
     return (record if out is None else out), stripped
+
+
+_VERDICTS: dict[frozenset[str], dict[Any, bool]] = {}
+_MAX_VERDICTS = 8192
+
+
+def _holds_secret(value: Mapping[Any, Any], names: frozenset[str]) -> bool:
+    """Whether any key of the map names a secret (what `_strip` removes), from a verdict per
+    key remembered by the key (attribute names repeat: a dict look-up per key, no copy of a
+    map that holds none, which is nearly every map)."""
+    verdicts = _VERDICTS.get(names)
+    if verdicts is None:
+        verdicts = _VERDICTS.setdefault(names, {})
+    for k in value:
+        verdict = verdicts.get(k)
+        if verdict is None:
+            verdict = isinstance(k, str) and _is_secret(k, names)
+            if len(verdicts) >= _MAX_VERDICTS:
+                verdicts.clear()
+            verdicts[k] = verdict
+        if verdict:
+            return True
+    return False
 
 
 @lru_cache(maxsize=1)

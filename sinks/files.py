@@ -58,19 +58,23 @@ def ensure_dir(root: Path, path: Path, mode: int) -> set[Path]:
     """Create `path` and its missing parents below the existing `root`, each with `mode`.
 
     Returns the folders whose entries changed (parents of created folders), to be fsynced.
+    Only the missing folders are created (found by walking up from `path`): a backfill creates
+    thousands of day x bucket folders under a few existing ones.
     """
     changed: set[Path] = set()
-    if path.is_dir():
+    if os.path.isdir(path):
         return changed
-    current = root
-    for part in path.relative_to(root).parts:
-        current = current / part
+    depth = len(path.relative_to(root).parts)  # ValueError when `path` is not below `root`
+    missing = [path]
+    while len(missing) < depth and not os.path.isdir(missing[-1].parent):
+        missing.append(missing[-1].parent)
+    for folder in reversed(missing):
         try:
-            os.mkdir(current, mode)
+            os.mkdir(folder, mode)
         except FileExistsError:
             continue
-        os.chmod(current, mode)  # mkdir's mode is filtered by the umask
-        changed.add(current.parent)
+        os.chmod(folder, mode)  # mkdir's mode is filtered by the umask
+        changed.add(folder.parent)
     return changed
 
 
@@ -127,12 +131,17 @@ def write_temp_parquet(table: pa.Table, final: Path, zone: str, *, sync: bool = 
     The table's schema metadata becomes the file's key-value metadata (see sinks.lineage).
     """
     temp = temp_path(final)
-    fd = _open_new(temp, FILE_MODE[zone])
-    with open(fd, "wb") as out:
+    os.close(_open_new(temp, FILE_MODE[zone]))
+    # Arrow's own file, not a Python file object: Parquet encoding and every write run without
+    # the GIL, so the group flush's threads write in parallel (a Python file takes the GIL per write).
+    with pa.OSFile(str(temp), "wb") as out:
         write_table(table, out, zone)
-        out.flush()
-        if sync:
-            os.fsync(out.fileno())
+    if sync:
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return temp
 
 

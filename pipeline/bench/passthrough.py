@@ -1,6 +1,7 @@
 """The stream baseline: the least a consumer must do to move calls from Kafka to Parquet.
 
-aiokafka batch consume (getmany), decode with pipeline.codec (batch-wise), one Arrow table per
+aiokafka batch consume (getmany) or confluent-kafka's (librdkafka) `consume`, the faster of the
+two in each run counting as the baseline; decode with pipeline.codec (batch-wise), one Arrow table per
 partition and flush, Parquet (zstd, statistics) written to a temp file, fsynced and renamed. No
 validation beyond decoding, no consent, no pseudonymization, no detection, no buckets or zones,
 no consumer group (partitions assigned, offsets not committed): the ceiling a Python consumer on
@@ -99,15 +100,57 @@ def _write(records: list[dict[str, Any]], path: Path) -> None:
         os.close(dfd)
 
 
-async def _consume(
-    access: KafkaAccess,
-    topic: str,
-    partitions: int,
-    expected: int,
-    out: Path,
-    flush_rows: int,
-    flush_seconds: float,
-    timeout_s: float,
+class _Sink:
+    """What both clients' loops share: decode batch-wise, buffer per partition, flush by rows or
+    age (and everything at once when the last event is in)."""
+
+    def __init__(self, out: Path, expected: int, flush_rows: int, flush_seconds: float) -> None:
+        self.out, self.expected = out, expected
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.buffers: dict[int, _Buffer] = {}
+        self.commits: list[Commit] = []
+        self.first_consume = 0.0
+        self.landed = self.consumed = 0
+
+    def take(self, partition: int, messages: list[Any], now: float) -> None:
+        if not messages:
+            return
+        if not self.first_consume:
+            self.first_consume = time.time()
+        decoded = codec.decode_batch(messages, "CallEvent")
+        buf = self.buffers.setdefault(partition, _Buffer())
+        if buf.first < 0:
+            buf.first, buf.since = messages[0].offset, now
+        buf.last = messages[-1].offset
+        buf.records.extend(decoded.records)
+        self.consumed += len(decoded.records)
+
+    def flush_due(self, now: float) -> None:
+        end_of_input = self.consumed >= self.expected  # the baseline knows N: no flush-timer wait
+        for partition, buf in list(self.buffers.items()):
+            if buf.records and (
+                end_of_input or len(buf.records) >= self.flush_rows or now - buf.since >= self.flush_seconds
+            ):
+                name = f"p{partition:03d}-o{buf.first:012d}-o{buf.last:012d}.parquet"
+                _write(buf.records, self.out / name)
+                self.commits.append(
+                    Commit(f"p{partition:03d}", buf.first, buf.last, time.time(), len(buf.records))
+                )
+                self.landed += len(buf.records)
+                self.buffers[partition] = _Buffer()
+
+    def check(self, deadline: float, timeout_s: float) -> None:
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"the passthrough consumer landed {self.landed} of {self.expected} events in {timeout_s:.0f}s"
+            )
+
+    def result(self) -> PassthroughResult:
+        return PassthroughResult(self.first_consume, tuple(self.commits), self.landed)
+
+
+async def _consume_aiokafka(
+    access: KafkaAccess, topic: str, partitions: int, sink: _Sink, timeout_s: float
 ) -> PassthroughResult:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -121,50 +164,64 @@ async def _consume(
     )
     await consumer.start()
     consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    buffers: dict[int, _Buffer] = {}
-    commits: list[Commit] = []
-    first_consume = 0.0
-    landed = consumed = 0
     deadline = time.monotonic() + timeout_s
-
-    async def flush(partition: int, buf: _Buffer) -> None:
-        nonlocal landed
-        if buf.last < buf.first or buf.first < 0:
-            return
-        _write(buf.records, out / f"p{partition:03d}-o{buf.first:012d}-o{buf.last:012d}.parquet")
-        commits.append(Commit(f"p{partition:03d}", buf.first, buf.last, time.time(), len(buf.records)))
-        landed += len(buf.records)
-        buffers[partition] = _Buffer()
-
     try:
-        while landed < expected:
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"the passthrough consumer landed {landed} of {expected} events in {timeout_s:.0f}s"
-                )
+        while sink.landed < sink.expected:
+            sink.check(deadline, timeout_s)
             fetched = await consumer.getmany(timeout_ms=100, max_records=10_000)
             now = time.monotonic()
             for tp, messages in fetched.items():
-                if not messages:
-                    continue
-                if not first_consume:
-                    first_consume = time.time()
-                decoded = codec.decode_batch(messages, "CallEvent")
-                buf = buffers.setdefault(tp.partition, _Buffer())
-                if buf.first < 0:
-                    buf.first, buf.since = messages[0].offset, now
-                buf.last = messages[-1].offset
-                buf.records.extend(decoded.records)
-                consumed += len(decoded.records)
-            end_of_input = consumed >= expected  # the baseline knows N: no flush-timer wait at the end
-            for partition, buf in list(buffers.items()):
-                if buf.records and (
-                    end_of_input or len(buf.records) >= flush_rows or now - buf.since >= flush_seconds
-                ):
-                    await flush(partition, buf)
+                sink.take(tp.partition, messages, now)
+            sink.flush_due(now)
     finally:
         await consumer.stop()
-    return PassthroughResult(first_consume, tuple(commits), landed)
+    return sink.result()
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """A librdkafka message as pipeline.codec reads one (aiokafka's records have these fields)."""
+
+    value: bytes | None
+    partition: int
+    offset: int
+    headers: Any
+
+
+def _consume_confluent(
+    access: KafkaAccess, topic: str, partitions: int, sink: _Sink, timeout_s: float
+) -> PassthroughResult:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **access.librdkafka(),
+            "group.id": topic + ".passthrough",  # required; nothing is committed, no group joined
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while sink.landed < sink.expected:
+            sink.check(deadline, timeout_s)
+            fetched: dict[int, list[_Message]] = {}
+            for m in consumer.consume(num_messages=10_000, timeout=0.1):
+                p, offset = m.partition(), m.offset()
+                if m.error() is None and p is not None and offset is not None:
+                    fetched.setdefault(p, []).append(_Message(m.value(), p, offset, m.headers()))
+            now = time.monotonic()
+            for partition, messages in fetched.items():
+                sink.take(partition, messages, now)
+            sink.flush_due(now)
+    finally:
+        consumer.close()
+    return sink.result()
+
+
+CLIENTS = ("aiokafka", "confluent-kafka")
 
 
 def run_passthrough(
@@ -177,10 +234,12 @@ def run_passthrough(
     flush_rows: int,
     flush_seconds: float,
     timeout_s: float = 900.0,
+    client: str = "aiokafka",
 ) -> PassthroughResult:
-    """Consume `expected` events of `topic` into Parquet files under `out`; every buffer is flushed
-    as soon as the last event is consumed."""
+    """Consume `expected` events of `topic` into Parquet files under `out` with `client` (one of
+    CLIENTS); every buffer is flushed as soon as the last event is consumed."""
     out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(
-        _consume(access, topic, partitions, expected, out, flush_rows, flush_seconds, timeout_s)
-    )
+    sink = _Sink(out, expected, flush_rows, flush_seconds)
+    if client == "confluent-kafka":
+        return _consume_confluent(access, topic, partitions, sink, timeout_s)
+    return asyncio.run(_consume_aiokafka(access, topic, partitions, sink, timeout_s))

@@ -3,8 +3,9 @@
 For each message shape (single events, 500-event batches): fresh prefixed topics get the accounts'
 consents, privacy requests and N calls (realistic: a share with transcripts), then a worker
 subprocess consumes them into its own lake, then the passthrough baseline (pipeline.bench.passthrough)
-consumes the same topic. Rate = events / (last durable range - first consumed message). The last
-range of each partition also holds the flush timer's wait after the input ran out, so the
+consumes the same topic, once with aiokafka and once with confluent-kafka: the faster is the
+baseline. Rate = events / (last durable range - first consumed message). The last range of each
+partition also holds the flush timer's wait after the input ran out, so the
 "steady" rate leaves those ranges out; the end-to-end rate keeps them. Both sides flush by the same
 settings (CALLPIPE_FLUSH_ROWS, CALLPIPE_FLUSH_SECONDS).
 
@@ -34,7 +35,7 @@ from typing import Any
 from pipeline import codec
 from pipeline.bench import kafka
 from pipeline.bench.common import BenchError, percentile, table
-from pipeline.bench.passthrough import Commit, run_passthrough
+from pipeline.bench.passthrough import CLIENTS, Commit, run_passthrough
 from pipeline.bench.worker import Worker, home_keys, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
@@ -145,24 +146,31 @@ def _shape(
         extra = then(worker, w) if then is not None else {}
     finally:
         worker.stop()
-    base = run_passthrough(
-        settings.kafka(WORKER),
-        prefix + CALLS,
-        settings.partitions,
-        n,
-        work / f"passthrough-{name}",
-        flush_rows=max(1, settings.flush_rows // 2),
-        flush_seconds=settings.flush_seconds,
-        timeout_s=timeout,
-    )
-    p = rates(base.first_consume, base.commits)
-    log.info("stream %s: passthrough %s", name, p)
-    result = {
+    clients: dict[str, dict[str, float]] = {}
+    for client in CLIENTS:  # the baseline is the faster client of this run
+        base = run_passthrough(
+            settings.kafka(WORKER),
+            prefix + CALLS,
+            settings.partitions,
+            n,
+            work / f"passthrough-{name}-{client}",
+            flush_rows=max(1, settings.flush_rows // 2),
+            flush_seconds=settings.flush_seconds,
+            timeout_s=timeout,
+            client=client,
+        )
+        clients[client] = rates(base.first_consume, base.commits)
+        log.info("stream %s: passthrough with %s %s", name, client, clients[client])
+    fastest = max(CLIENTS, key=lambda c: clients[c]["events_per_s"])
+    p = clients[fastest]
+    result: dict[str, Any] = {
         "events": n,
         "events_per_message": batch,
         "produce_events_per_s": round(produce_rate),
         "worker": {**w, "peak_rss_mib": round(peak / 1024, 1)},
         "passthrough": p,
+        "passthrough_client": fastest,
+        "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
         "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
     }
     return result, extra
@@ -264,6 +272,26 @@ def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict
     }
 
 
+def _legs(settings: Settings, work: Path, spec: StreamSpec) -> tuple[dict[str, str], int, Traffic]:
+    """What every leg of a run shares: the worker's environment but its connection (key, home
+    with the dead-letter operator key, the settings both sides flush by), and the seeded traffic
+    with its start (ms)."""
+    key_file = work / "key.hex"
+    create_key_file(key_file)
+    home_keys(work / "home")  # the operator key and the vault key file, as `kafka up` makes them
+    base = {
+        "CALLPIPE_KEY_FILE": str(key_file),
+        "CALLPIPE_HOME": str(work / "home"),
+        "CALLPIPE_PARTITIONS": str(settings.partitions),
+        "CALLPIPE_BUCKETS": str(settings.buckets),
+        "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
+        "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
+        "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
+    }
+    start = int(time.time() * 1000) - 26 * HOUR_MS
+    return base, start, generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+
+
 def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
     """Measure; returns the figures as plain data. Needs the broker at settings.bootstrap."""
     spec = spec or (QUICK if quick else FULL)
@@ -271,21 +299,8 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-stream-"))
     prefixes: list[str] = []
     try:
-        key_file = work / "key.hex"
-        create_key_file(key_file)
-        home_keys(work / "home")
-        env = {
-            **settings.kafka(WORKER).env(),
-            "CALLPIPE_KEY_FILE": str(key_file),
-            "CALLPIPE_HOME": str(work / "home"),
-            "CALLPIPE_PARTITIONS": str(settings.partitions),
-            "CALLPIPE_BUCKETS": str(settings.buckets),
-            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
-            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
-            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
-        }
-        start = int(time.time() * 1000) - 26 * HOUR_MS
-        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        base, start, traffic = _legs(settings, work, spec)
+        env = {**base, **settings.kafka(WORKER).env()}
         figures: dict[str, Any] = {
             "bench": "stream",
             "quick": quick,
@@ -368,20 +383,7 @@ def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-tls-"))
     made: list[tuple[Settings, str]] = []
     try:
-        key_file = work / "key.hex"
-        create_key_file(key_file)
-        home_keys(work / "home")
-        base = {
-            "CALLPIPE_KEY_FILE": str(key_file),
-            "CALLPIPE_HOME": str(work / "home"),
-            "CALLPIPE_PARTITIONS": str(settings.partitions),
-            "CALLPIPE_BUCKETS": str(settings.buckets),
-            "CALLPIPE_FLUSH_ROWS": str(settings.flush_rows),
-            "CALLPIPE_FLUSH_SECONDS": str(settings.flush_seconds),
-            "CALLPIPE_MAX_IDLE_MS": str(settings.max_idle_ms),
-        }
-        start = int(time.time() * 1000) - 26 * HOUR_MS
-        traffic = generate_traffic(SEED, spec.events, start, 24 * HOUR_MS, accounts=spec.accounts)
+        base, _, traffic = _legs(settings, work, spec)
         shapes: dict[str, dict[str, Any]] = {}
         for shape, batch in (("single", 1), (f"batch{spec.batch}", spec.batch)):
             for name, s in (("plaintext", plain), ("sasl_ssl", secure)):
@@ -451,6 +453,7 @@ def render(figures: dict[str, Any]) -> str:
                 s["worker"]["end_to_end_events_per_s"],
                 s["passthrough"]["end_to_end_events_per_s"],
                 s["worker"]["peak_rss_mib"],
+                ", ".join(f"{c} {r}" for c, r in s["passthrough_by_client"].items()),
             ]
         )
     out = [
@@ -464,6 +467,7 @@ def render(figures: dict[str, Any]) -> str:
                 "worker e2e ev/s",
                 "pass e2e ev/s",
                 "worker peak MiB",
+                "passthrough ev/s by client",
             ],
             rows,
         )

@@ -292,7 +292,12 @@ class WorkerRuntime(mode.Service):
             self.consumer, self.producer, self.calls, prefix + DLQ, Sealer(self._operator)
         )
         self.worker = StreamWorker(
-            settings=settings, key=key, control=self.control, broker=self.broker, topic=self.calls
+            settings=settings,
+            key=key,
+            control=self.control,
+            broker=self.broker,
+            topic=self.calls,
+            land_behind=True,
         )
         self.duty = ControlDuty(self.worker, self.broker, {t: s for s, t in topics.items()}, settings)
 

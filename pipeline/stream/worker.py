@@ -15,6 +15,10 @@ Invariants, whatever the order of calls:
     every member, and most come back. Only partitions not assigned again are landed and their
     lake writers released (their new owner waits for the writer's lock meanwhile), so a
     rebalance costs no flush of the partitions a worker keeps.
+  - Landing behind (the Kafka runtime): one range lands at a time in a thread while the loop
+    takes the other partitions; a landing partition's runner is not touched meanwhile (what
+    arrives for it waits in its backlog and is taken, in order, right after), and a rebalance or a
+    stop waits for the landing (`settle`).
   - A flush that fails on the file system (disk full, I/O error) does not stop the worker: the
     partition's writer is dropped (rows not landed are consumed again), the partition is paused
     and reopened after a back-off; `recover` removes the failed flush's temp files at reopen.
@@ -26,9 +30,11 @@ import asyncio
 import hashlib
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Protocol
 
@@ -85,17 +91,42 @@ class _Stalled:
 
 def _chunks(messages: Sequence[MessageLike]) -> list[Sequence[MessageLike]]:
     """Feed a take in pieces of bounded size: a poll of batch messages can hold hundreds of
-    thousands of events, and the loop (heartbeats, the control reader) must run between them."""
+    thousands of events, and the loop (heartbeats, the control reader) must run between them.
+    A piece ends at the first message that brings it to CHUNK_BYTES."""
+    ends = list(accumulate([len(m.value) if m.value else 0 for m in messages]))
     out: list[Sequence[MessageLike]] = []
-    start = size = 0
-    for i, msg in enumerate(messages):
-        size += len(msg.value) if msg.value else 0
-        if size >= CHUNK_BYTES:
-            out.append(messages[start : i + 1])
-            start, size = i + 1, 0
-    if start < len(messages):
-        out.append(messages[start:])
+    start = base = 0
+    while start < len(messages):
+        i = bisect_left(ends, base + CHUNK_BYTES, lo=start)
+        if i >= len(messages):
+            out.append(messages[start:])
+            break
+        out.append(messages[start : i + 1])
+        start, base = i + 1, ends[i]
     return out
+
+
+class _Keys(Mapping[int, bytes | None]):
+    """The Kafka keys of a take's messages by offset, for the dead letters among them: built
+    only when one is sent (most takes have none)."""
+
+    def __init__(self, messages: Sequence[MessageLike]) -> None:
+        self._messages = messages
+        self._keys: dict[int, bytes | None] | None = None
+
+    def _built(self) -> dict[int, bytes | None]:
+        if self._keys is None:
+            self._keys = {m.offset: getattr(m, "key", None) for m in self._messages}
+        return self._keys
+
+    def __getitem__(self, offset: int) -> bytes | None:
+        return self._built()[offset]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 class StreamWorker:
@@ -111,6 +142,7 @@ class StreamWorker:
         topic: str,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         mono: Callable[[], float] = time.monotonic,
+        land_behind: bool = False,
     ) -> None:
         self.settings = settings
         self.key = key
@@ -129,6 +161,12 @@ class StreamWorker:
         self._retry_dead: list[tuple[Rejection, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
         self.tripped: Tripped | None = None  # the trip-wire fired: nothing more is landed
+        # Landing behind (the Kafka runtime): a due range lands in a thread while the loop goes on
+        # with the other partitions; what arrives for a landing partition waits in its backlog.
+        self.land_behind = land_behind
+        self._landing: asyncio.Task[None] | None = None
+        self._landing_parts: frozenset[int] = frozenset()
+        self._backlog: dict[int, list[Sequence[MessageLike]]] = {}
         control.listeners.append(self._on_request)
 
     def _on_request(self, account: str, kind: str) -> None:
@@ -167,6 +205,7 @@ class StreamWorker:
     async def release(self, partitions: Iterable[int]) -> None:
         """Land what was taken from `partitions` (waiting calls are released: their next owner
         would wait just the same) and let go of their lake writers."""
+        await self.settle()
         gone = sorted(p for p in partitions if p in self.parts)
         if self.tripped is None:
             try:
@@ -232,9 +271,16 @@ class StreamWorker:
 
     async def take(self, partition: int, messages: Sequence[MessageLike]) -> None:
         """Messages of one calls partition, in offset order, as one poll returned them."""
-        part = self.parts.get(partition)
         if self.tripped is not None:
             return  # stopping: the next worker reads these again from the lake's next offset
+        await self._landed()
+        if partition in self._landing_parts:  # its runner is being landed: taken right after
+            self._backlog.setdefault(partition, []).append(messages)
+            return
+        await self._take(partition, messages)
+
+    async def _take(self, partition: int, messages: Sequence[MessageLike]) -> None:
+        part = self.parts.get(partition)
         if part is None or partition not in self.owned or partition in self.stalled:
             # fetched before a rebalance or a pause: the next owner (or the reopened runner)
             # reads them again from the lake's next offset
@@ -260,9 +306,12 @@ class StreamWorker:
                 seek,
             )
             self.broker.seek(partition, seek)
-        taken = [m for m, ok in zip(messages, admitted.taken, strict=True) if ok]
-        self.counters["gap_held_back"] += len(messages) - len(taken)
-        keys = {m.offset: getattr(m, "key", None) for m in taken}
+        if all(admitted.taken):
+            taken = messages
+        else:
+            taken = [m for m, ok in zip(messages, admitted.taken, strict=True) if ok]
+            self.counters["gap_held_back"] += len(messages) - len(taken)
+        keys = _Keys(taken)
         for chunk in _chunks(taken):
             try:
                 fed = runner.feed(chunk, self.now_ms())
@@ -271,16 +320,17 @@ class StreamWorker:
                 raise
             self._send_all(fed, keys)
             await self._pump(runner, keys)
-        await self._flush([partition])
+        await self._land([partition])
 
     async def tick(self) -> None:
         """Release calls whose control streams have passed, land what is due, retry the stalled."""
         if self.tripped is not None:
             return
+        await self._landed()
         for p, part in list(self.parts.items()):
-            if p not in self.stalled:
+            if p not in self.stalled and p not in self._landing_parts:
                 await self._pump(part.runner)
-        await self._flush(list(self.parts))
+        await self._land(list(self.parts))
         await self._retry_stalled()
         if self.busy:
             await self._open_busy()
@@ -370,22 +420,72 @@ class StreamWorker:
 
     # ------------------------------------------------------------ landing
 
-    async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
-        if self.tripped is not None:
-            return  # a tripped runner's handed-over ranges may miss dead letters that were never sent
+    async def _land(self, partitions: Iterable[int]) -> None:
+        """Land the due ranges of `partitions`: at once, or (landing behind) in a task while the
+        loop goes on, one landing at a time; a partition due meanwhile lands after it."""
+        if not self.land_behind:
+            await self._flush(partitions)
+            return
+        if self._landing is not None:
+            if not self._landing.done():
+                return
+            await self._landed()
+            if self._landing is not None:
+                # taking the backlog started the next landing: one at a time, or the loop would
+                # touch a runner whose range is being written
+                return
+        due = self._due(partitions, force=False)
+        if not due or self.tripped is not None:
+            return
+        if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
+            return
+        self._landing_parts = frozenset(due)
+        self._landing = asyncio.create_task(self._write(due, commit=True))
+
+    async def _landed(self) -> None:
+        """A finished landing behind: its errors raised, its partitions' backlogs taken, in order."""
+        task = self._landing
+        if task is None or not task.done():
+            return
+        self._landing, self._landing_parts = None, frozenset()
+        backlog, self._backlog = self._backlog, {}
+        task.result()
+        for partition, takes in backlog.items():
+            for messages in takes:
+                await self.take(partition, messages)
+
+    async def settle(self) -> None:
+        """Wait for the landing behind, if any, and take what waited for it."""
+        while self._landing is not None:
+            await asyncio.wait([self._landing])
+            await self._landed()
+
+    def _due(self, partitions: Iterable[int], *, force: bool) -> list[int]:
         mono = self.mono()
-        due = [
+        return [
             p
             for p in partitions
             if p in self.parts and p not in self.stalled and (force or self.parts[p].runner.due(mono))
         ]
+
+    async def _flush(self, partitions: Iterable[int], *, force: bool = False, commit: bool = True) -> None:
+        if self.tripped is not None:
+            return  # a tripped runner's handed-over ranges may miss dead letters that were never sent
+        due = self._due(partitions, force=force)
         if not due:
             return
         if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
             return
+        await self._write(due, commit=commit)
+
+    async def _write(self, due: list[int], *, commit: bool) -> None:
         offsets: dict[int, int] = {}
         for p in due:
-            runner = self.parts[p].runner
+            part = self.parts.get(p)
+            if part is None:
+                continue
+            runner = part.runner
+            began = time.perf_counter()
             try:
                 flushed = await asyncio.to_thread(runner.flush)  # fsync-bound: keep the loop free
             except OSError as exc:
@@ -394,13 +494,14 @@ class StreamWorker:
             if flushed is not None:
                 self.counters["flushes"] += 1
                 log.info(
-                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files",
+                    "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files (%.2fs)",
                     flushed.source,
                     flushed.first,
                     flushed.last,
                     flushed.rows.get("vault", 0),
                     flushed.rows.get("analytics", 0),
                     len(flushed.files),
+                    time.perf_counter() - began,
                 )
                 offsets[p] = runner.next_offset
         if commit and offsets:

@@ -502,3 +502,17 @@ def test_empty_zone_reads_as_empty(lake: Path) -> None:
 def test_manifest_round_trips() -> None:
     m = lineage.Manifest(SOURCE, 3, 7, (lineage.ManifestFile(VAULT, "vault/calls/x.parquet", 5),))
     assert lineage.Manifest.from_json(m.to_json()) == m
+
+
+def test_ensure_dir_creates_only_missing_folders_with_mode_and_names_changed_parents(tmp_path: Path) -> None:
+    (tmp_path / "vault").mkdir()
+    bucket = tmp_path / "vault" / "calls" / "dt=2026-01-01" / "bucket=03"
+    changed = files.ensure_dir(tmp_path, bucket, 0o700)
+    assert changed == {tmp_path / "vault", bucket.parent.parent, bucket.parent}
+    for folder in (bucket, bucket.parent, bucket.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert files.ensure_dir(tmp_path, bucket, 0o700) == set()  # nothing new: nothing to fsync
+    sibling = bucket.parent / "bucket=04"
+    assert files.ensure_dir(tmp_path, sibling, 0o700) == {bucket.parent}
+    with pytest.raises(ValueError):
+        files.ensure_dir(tmp_path / "vault", tmp_path / "elsewhere" / "x", 0o700)

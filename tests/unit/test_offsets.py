@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.stream.offsets import Gap, OffsetGuard
+from pipeline.stream.offsets import Admitted, Gap, OffsetGuard
 
 
 def test_contiguous_offsets_and_replays_are_taken() -> None:
@@ -94,3 +94,43 @@ def test_what_is_taken_is_every_existing_offset_once_in_order(
         start = expected if offset is None else offset
         deliver([o for o in log if o >= start])
     assert taken == log
+
+
+def _admit_one_by_one(guard: OffsetGuard, offsets: list[int], expected: int, suspect: bool) -> Admitted:
+    """The guard's rule applied message by message (what its fast path must agree with)."""
+    taken: list[bool] = []
+    real: list[Gap] = []
+    for offset in offsets:
+        admitted = guard.admit([offset], expected, suspect=suspect) if offset != expected else None
+        if admitted is None:  # the next offset, on its own: the fast path's own case
+            guard.pending = guard.sought_at = None
+            taken.append(True)
+            expected += 1
+            continue
+        taken.extend(admitted.taken)
+        real.extend(admitted.real_gaps)
+        if admitted.taken[0] and offset >= expected:
+            expected = offset + 1
+    return Admitted(taken, real)
+
+
+@given(
+    offsets=st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+    expected=st.integers(min_value=0, max_value=20),
+    suspect=st.booleans(),
+    contiguous=st.booleans(),
+)
+def test_a_poll_of_exactly_the_next_offsets_is_admitted_as_message_by_message(
+    offsets: list[int], expected: int, suspect: bool, contiguous: bool
+) -> None:
+    """The usual poll (exactly the offsets from the expected one on) takes the guard's fast path;
+    whatever the poll, the outcome and the guard's state are those of one message at a time."""
+    if contiguous:
+        offsets = list(range(expected, expected + len(offsets)))
+    whole, single = OffsetGuard(), OffsetGuard()
+    for guard in (whole, single):
+        guard.admit([expected + 3], expected)  # a gap pending before the poll
+    assert whole.admit(offsets, expected, suspect=suspect) == _admit_one_by_one(
+        single, offsets, expected, suspect
+    )
+    assert whole.pending == single.pending
