@@ -12,6 +12,7 @@ from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR, AccessError
 from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
+from sinks import crypt
 
 
 def _broker(settings: Settings, plaintext: bool = False) -> kafka.Broker:
@@ -49,6 +50,9 @@ def kafka_cmd(args: argparse.Namespace, settings: Settings) -> int:
             # a local set-up's dead-letter operator key (pipeline/sealed.py); one that exists stays
             if ensure_keys(settings.dlq_key_file, settings.dlq_public_key) is not None:
                 print(f"created the dead-letter operator key {settings.dlq_key_file} (mode 0600)")
+            # ...and the vault's master keys: the vault is encrypted by default (sinks/crypt.py)
+            if settings.vault_encryption and crypt.ensure_key_file(settings.vault_keys):
+                print(f"created the vault key file {settings.vault_keys} (mode 0600)")
             state = f"started in {took:.1f}s" if started else "already running"
             print(f"kafka up: {broker.bootstrap} SASL_SSL (pid {pid}, {state}; log {broker.log_file})")
             if broker.plaintext and started:
@@ -121,13 +125,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     k.add_argument("--rotate", metavar="USER", help="users: give USER a new password; the old one is refused")
     k.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # grant: a prefixed topic set
-    k.set_defaults(func=kafka_cmd)
+    k.set_defaults(func=kafka_cmd, vault_keys=False)
     t = sub.add_parser(
         "topics", help="declare callpipe's topics (idempotent; see docs/ARCHITECTURE.md, Topics)"
     )
     t.add_argument("action", choices=["create"])
     t.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # tests: isolated topic sets
-    t.set_defaults(func=topics_cmd)
+    t.set_defaults(func=topics_cmd, vault_keys=False)
     d = sub.add_parser("demo", help="the whole story end to end: broker, traffic, worker, lake, queries")
     d.add_argument(
         "--events", type=int, default=20_000, help="events to produce (default 20000, 1%% malformed)"
@@ -137,4 +141,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--lake", type=Path, default=Path("demo-lake"), help="lake root, emptied first (default ./demo-lake)"
     )
     d.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
-    d.set_defaults(func=demo_cmd)
+    d.set_defaults(func=demo_cmd, vault_keys=False)  # the demo sets up its own

@@ -33,6 +33,17 @@ need_chromium() {
   fi
 }
 
+need_kcat() {
+  # The carrier test produces with kcat (Debian's package), as docs/ARCHITECTURE.md tells carriers to.
+  if ! command -v kcat >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+    else
+      echo "kcat is missing and this is not root: install Debian's kcat package" >&2
+    fi
+  fi
+}
+
 case "${1:-}" in
   demo)
     setup
@@ -42,6 +53,7 @@ case "${1:-}" in
   test)
     setup
     need_chromium
+    need_kcat
     shift
     # An isolated broker for the tests: its own port and data, stopped at the end whatever happens.
     export CALLPIPE_HOME=$ROOT/.cache/test

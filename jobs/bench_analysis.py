@@ -93,6 +93,10 @@ def run(quick: bool, lake: Path | None = None, k: int = 5) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # python -m jobs.bench_analysis [--quick] [LAKE]
+    from pipeline.settings import Settings
+    from sinks import crypt
+
+    crypt.configure_temporary(encrypted=Settings.from_env().vault_encryption)  # no CLI here
     import json
     import sys
 

@@ -194,6 +194,10 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
 
 
 if __name__ == "__main__":
+    from pipeline.settings import Settings
+    from sinks import crypt
+
+    crypt.configure_temporary(encrypted=Settings.from_env().vault_encryption)  # no CLI here
     import sys
 
     import orjson

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     fmt = query.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print rows as a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="print rows as CSV")
-    query.set_defaults(func=cmd_query)
+    query.set_defaults(func=cmd_query, vault_keys=lambda a: a.vault)  # analysts hold no vault key
 
 
 def _lake(settings: Settings) -> Path:

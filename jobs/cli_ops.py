@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     check = policy_sub.add_parser("check", help="validate a policy file; print the effective policy")
     check.add_argument("file", type=Path, help="the policy TOML")
     check.add_argument("--json", action="store_true", help="print the effective policy as JSON")
-    check.set_defaults(func=cmd_policy_check)
+    check.set_defaults(func=cmd_policy_check, vault_keys=False)
 
 
 def as_of_arg(text: str) -> datetime:

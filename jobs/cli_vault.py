@@ -1,5 +1,6 @@
 """`callpipe vault init|rotate|status|rewrap`: the vault's master keys (docs/ARCHITECTURE.md
-"Vault encryption"). The key file is CALLPIPE_VAULT_KEY_FILE; no command prints a key."""
+"Vault encryption"). The key file is CALLPIPE_VAULT_KEY_FILE (default <home>/keys/vault.keys);
+no command prints a key."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from pipeline.settings import Settings
 
 
 def _key_file(settings: Settings) -> Path:
-    if settings.vault_key_file is None:
-        raise CliError("set CALLPIPE_VAULT_KEY_FILE to the vault key file")
-    return settings.vault_key_file
+    return settings.vault_keys
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -24,7 +23,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"{path} exists; `callpipe vault rotate` adds a key version")
     pseudonym = settings.key_file
     if pseudonym is not None and pseudonym.resolve() == path.resolve():
-        raise CliError("CALLPIPE_VAULT_KEY_FILE must not be the pseudonymization key file")
+        raise CliError("the vault key file must not be the pseudonymization key file")
     create_key_file(path)
     print(f"vault key file {path} created (mode 0600), master key version 1")
     return 0
@@ -73,10 +72,30 @@ def cmd_rewrap(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import rewrap
+    from jobs.replace import JobBusy
+
+    try:
+        result = rewrap.retire(_lake(settings), args.version)
+    except rewrap.RetireRefused as exc:
+        raise CliError(str(exc), status=3) from None
+    except JobBusy as exc:
+        raise CliError(str(exc), status=3) from None
+    print(
+        f"vault master keys: version {result['retired']} retired; versions kept: "
+        f"{', '.join(map(str, result['versions_left']))} (current {result['current_version']})"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     vault = sub.add_parser("vault", help="the vault's encryption keys: init, rotate, status, rewrap")
     vault_sub = vault.add_subparsers(dest="vault_command", required=True, parser_class=type(vault))
-    init = vault_sub.add_parser("init", help="create the vault key file (CALLPIPE_VAULT_KEY_FILE, mode 0600)")
+    init = vault_sub.add_parser(
+        "init",
+        help="create the vault key file (CALLPIPE_VAULT_KEY_FILE or <home>/keys/vault.keys, mode 0600)",
+    )
     init.set_defaults(func=cmd_init, vault_keys=False)
     rotate = vault_sub.add_parser("rotate", help="add a new master key version; new files use it")
     rotate.set_defaults(func=cmd_rotate, vault_keys=False)
@@ -85,3 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rw = vault_sub.add_parser("rewrap", help="rewrite the oldest days' files under the current key version")
     rw.add_argument("--days", type=int, default=1, help="day partitions per run (default 1)")
     rw.set_defaults(func=cmd_rewrap)
+    retire = vault_sub.add_parser(
+        "retire", help="remove an old key version from the key file (refused while a vault file uses it)"
+    )
+    retire.add_argument("version", type=int, help="the key version to remove (not the current one)")
+    retire.set_defaults(func=cmd_retire)

@@ -10,7 +10,8 @@ instead, whole, under the current version, fresh data keys included: every vault
 footer names another version (or that is plaintext, from before the key file existed), oldest
 day first, at most `days` day partitions per run, through the intent journal of `jobs.replace`
 (a killed run leaves every file old or new, never half) and recorded in the audit trail. Run it
-daily until `files_left` is 0; then an old version may be removed from the key file.
+daily until `files_left` is 0; then `callpipe vault retire N` removes version N from the key file
+(`retire`, refused while any vault file still uses it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from jobs import audit
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from sinks import crypt
-from sinks.layout import VAULT
+from sinks.files import TEMP_SUFFIX
+from sinks.layout import VAULT, table_dir
 from sinks.read import zone_files
 
 
@@ -49,12 +51,57 @@ def status(lake: Path) -> dict[str, Any]:
     return {"current_version": current, "files_by_version": dict(sorted(counts.items()))}
 
 
+class RetireRefused(RuntimeError):
+    """A key version cannot be retired yet; the message says why (counts, never a key)."""
+
+
+def retire(lake: Path, version: int) -> dict[str, Any]:
+    """Remove master key `version` from the key file, refusing while any vault file still names it
+    (it would never open again) or while a vault file is being written (a writer that loaded the
+    key file before the last rotation may still be using it). Under the job lock, so no job is
+    rewriting files meanwhile and a killed job's change is finished first."""
+    crypto = crypt.active()
+    if crypto is None:
+        raise crypt.VaultKeyError(
+            "retiring a key version needs the vault key file (CALLPIPE_VAULT_ENCRYPTION is off)"
+        )
+    keys = crypto.keys
+    if not isinstance(keys, crypt.KeyFile):
+        raise RetireRefused("the configured KMS retires its key versions itself")
+    if version == keys.current_version():
+        raise RetireRefused(f"key version {version} is current: `callpipe vault rotate` first")
+    if version not in keys.versions():
+        raise RetireRefused(f"the key file holds no version {version}")
+    with job_lock(lake):
+        using = sum(1 for path in zone_files(lake, VAULT) if crypt.key_version(path) == version)
+        if using:
+            raise RetireRefused(
+                f"{using} vault files still use key version {version}: `callpipe vault rewrap` them first"
+            )
+        writing = [p for p in table_dir(lake, VAULT).rglob("*") if p.name.endswith(TEMP_SUFFIX)]
+        if writing:
+            raise RetireRefused(
+                f"{len(writing)} vault files are being written; retry when they are published"
+            )
+        keys.retire(version)
+        audit.record(
+            lake,
+            job="vault-retire",
+            params={"key_version": version},
+            counts={"versions_left": len(keys.versions())},
+            files=[],
+            duration_s=0.0,
+            outcome="ok",
+        )
+    return {"retired": version, "versions_left": keys.versions(), "current_version": keys.current_version()}
+
+
 def run(lake: Path, *, days: int = 1, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Rewrite the vault files of the `days` oldest days holding files under an older key version
     (or none) under the current one; returns counts."""
     crypto = crypt.active()
     if crypto is None:
-        raise crypt.VaultKeyError("rewrap needs the vault key file: set CALLPIPE_VAULT_KEY_FILE")
+        raise crypt.VaultKeyError("rewrap needs the vault key file (CALLPIPE_VAULT_ENCRYPTION is off)")
     started = time.monotonic()
     with job_lock(lake) as recovered:
         current = crypto.keys.current_version()

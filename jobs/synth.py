@@ -33,6 +33,7 @@ from jobs.replace import write_parquet
 from pipeline.keys import Domain, PseudonymKey
 from schemas.clock import DAY_MS
 from schemas.zones import analytics_schema, vault_schema
+from sinks import crypt
 from sinks.layout import ANALYTICS, VAULT, bucket_of, partition_dir
 
 KAFKA_PARTITIONS = 4
@@ -337,7 +338,11 @@ def build(lake: Path, key: PseudonymKey, spec: SynthSpec = SynthSpec()) -> dict[
     started = time.monotonic()
     tasks = [(spec, key.version, key.secret, str(lake), d) for d in range(spec.days)]
     if spec.workers > 1:
-        with multiprocessing.get_context("spawn").Pool(spec.workers) as pool:
+        # the vault written with this process's keys in the spawned workers too
+        spawn = multiprocessing.get_context("spawn")
+        with spawn.Pool(
+            spec.workers, initializer=crypt.configure_from, initargs=(crypt.for_subprocess(),)
+        ) as pool:
             results = pool.map(_day_star, tasks, chunksize=1)
     else:
         results = [_day_star(t) for t in tasks]

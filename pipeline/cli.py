@@ -61,8 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         handler: Handler = args.func
         # The vault's keys for every writer and reader of this command (restored after it, so an
-        # in-process caller such as a test keeps its own).
-        keys = settings.vault_crypto() if getattr(args, "vault_keys", True) else None
+        # in-process caller such as a test keeps its own). A command that never opens the vault
+        # (vault_keys False, or a function of its arguments) leaves them unset: it needs no key
+        # file and could not write a vault file. A missing key file fails here, before any work.
+        needs = getattr(args, "vault_keys", True)
+        if callable(needs):
+            needs = needs(args)
+        keys = settings.vault_crypto() if needs else crypt.UNSET
         with crypt.configured(keys):
             return handler(args, settings)
     except CliError as exc:

@@ -34,8 +34,10 @@ class Settings:
     kafka_data: Path | None = None  # CALLPIPE_KAFKA_DATA (default: <home>/kafka/data)
     key_file: Path | None = None  # CALLPIPE_KEY_FILE: pseudonymization key file (overrides the policy)
     key_hex: str | None = field(default=None, repr=False)  # the variable the policy names (key.env)
-    # CALLPIPE_VAULT_KEY_FILE: the vault's master keys (sinks.crypt); unset: vault files in plaintext
+    # CALLPIPE_VAULT_KEY_FILE: the vault's master keys (sinks.crypt; default <home>/keys/vault.keys)
     vault_key_file: Path | None = None
+    # CALLPIPE_VAULT_ENCRYPTION: on (default) or off, the explicit opt-out to a plaintext vault
+    vault_encryption: bool = True
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
@@ -79,17 +81,24 @@ class Settings:
             ca_file=self.kafka_ca,
         )
 
+    @property
+    def vault_keys(self) -> Path:
+        """The vault key file: CALLPIPE_VAULT_KEY_FILE, else <home>/keys/vault.keys (beside the
+        dead-letter operator key, created with it by `callpipe kafka up`)."""
+        return self.vault_key_file or self.home / "keys" / "vault.keys"
+
     def vault_crypto(self) -> VaultCrypto | None:
-        """The vault's encryption keys from CALLPIPE_VAULT_KEY_FILE (None when it is not set).
-        The file must not be the pseudonymization key's: the two keys are held apart."""
-        if self.vault_key_file is None:
+        """The vault's encryption keys (`vault_keys`); None only for CALLPIPE_VAULT_ENCRYPTION=off.
+        A missing key file is an error (VaultKeyError), never a plaintext vault. The file must not
+        be the pseudonymization key's: the two keys are held apart."""
+        if not self.vault_encryption:
             return None
         pseudonym = self.key_file or (Path(self.policy.key.file) if self.policy.key.file else None)
-        if pseudonym is not None and pseudonym.resolve() == self.vault_key_file.resolve():
-            raise SettingsError("CALLPIPE_VAULT_KEY_FILE must not be the pseudonymization key file")
+        if pseudonym is not None and pseudonym.resolve() == self.vault_keys.resolve():
+            raise SettingsError("the vault key file must not be the pseudonymization key file")
         from sinks.crypt import from_key_file
 
-        return from_key_file(self.vault_key_file)
+        return from_key_file(self.vault_keys)
 
     @property
     def dlq_key_file(self) -> Path:
@@ -145,6 +154,9 @@ class Settings:
         if level not in ("debug", "info", "warning", "error"):
             raise SettingsError("CALLPIPE_LOG_LEVEL must be debug, info, warning or error")
         policy = load_policy(path("POLICY"))
+        encryption = text("VAULT_ENCRYPTION", "on").lower()
+        if encryption not in ("on", "off"):
+            raise SettingsError("CALLPIPE_VAULT_ENCRYPTION must be on or off")
         security = text("KAFKA_SECURITY", "sasl_ssl").lower()
         if security not in SECURITY:
             raise SettingsError("CALLPIPE_KAFKA_SECURITY must be sasl_ssl or plaintext")
@@ -159,6 +171,7 @@ class Settings:
             kafka_data=path("KAFKA_DATA"),
             key_file=path("KEY_FILE"),
             vault_key_file=path("VAULT_KEY_FILE"),
+            vault_encryption=encryption == "on",
             flush_rows=number("FLUSH_ROWS", 50_000),
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),

@@ -23,6 +23,10 @@ with `read_table`/`read_metadata`, many files as a `pyarrow.dataset` (`dataset`)
 lazily with projection and filter pushdown (`sinks.read`). Plaintext files (a lake written before
 a key file was configured) stay readable through the same path. Which vault writer uses the keys
 is set once per process (`configure`, called by the CLI from settings; tests call it too).
+
+Encryption is the default: a process that configured nothing refuses to write a vault file
+(`VaultKeyError`) rather than write it in plaintext; a plaintext vault is only ever written after an
+explicit `configure(None)` (the CLI does so for CALLPIPE_VAULT_ENCRYPTION=off).
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ ENCRYPTED_MAGIC = b"PARE"
 CACHE_LIFETIME = timedelta(minutes=10)  # writers: how long one key-encryption key wraps data keys
 # Readers keep unwrapped key-encryption keys this long: a scan must never call the KMS (see `warm`).
 READ_CACHE_LIFETIME = timedelta(hours=24)
+
+
+# What a missing key file's error says (the settings name the file; docs/ARCHITECTURE.md "Vault encryption")
+MISSING_HINT = (
+    "create it with `callpipe vault init` (`callpipe kafka up` does for a local set-up), point "
+    "CALLPIPE_VAULT_KEY_FILE at it, or set CALLPIPE_VAULT_ENCRYPTION=off for a plaintext vault"
+)
 
 
 class VaultKeyError(RuntimeError):
@@ -104,9 +115,19 @@ def personal_leaves() -> tuple[str, ...]:
 # --- the local key-file KMS ------------------------------------------------------------------
 
 
+def ensure_key_file(path: Path) -> bool:
+    """A local set-up's key file (`callpipe kafka up`, the demo, benchmarks): created when there is
+    none, left alone otherwise. Returns whether it was created."""
+    try:
+        create_key_file(path)
+    except FileExistsError:
+        return False
+    return True
+
+
 def create_key_file(path: Path) -> None:
     """A new key file (mode 0600) with version 1 of every master key; refuses to overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: private, like the key
     doc = {"format": KEY_FILE_FORMAT, "current": 1, "versions": {"1": _new_version()}}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -140,7 +161,7 @@ class KeyFile:
             st = self.path.stat()
             data = self.path.read_bytes()
         except OSError as exc:
-            hint = " (create one with `callpipe vault init`)" if isinstance(exc, FileNotFoundError) else ""
+            hint = f" ({MISSING_HINT})" if isinstance(exc, FileNotFoundError) else ""
             raise VaultKeyError(
                 f"{self.path}: cannot read the vault key file ({exc.strerror}){hint}"
             ) from None
@@ -218,21 +239,43 @@ class KeyFile:
                 for v, ks in self._keys.items()
             }
             versions[str(version)] = _new_version()
-            doc = {"format": KEY_FILE_FORMAT, "current": version, "versions": versions}
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-            self._load()
+            self._replace({"format": KEY_FILE_FORMAT, "current": version, "versions": versions})
         return version
+
+    def retire(self, version: int) -> None:
+        """Remove an old version of the master keys from the file (after `rewrap` moved every file
+        off it: files still wrapped with it could never be read again). The current version
+        cannot be retired."""
+        with self._lock:
+            self._load()
+            if version not in self._keys:
+                raise VaultKeyError(f"{self.path}: no version {version} of the vault master keys")
+            if version == self._current:
+                raise VaultKeyError(
+                    f"{self.path}: version {version} is current (`callpipe vault rotate` first)"
+                )
+            versions = {
+                str(v): {n: base64.b64encode(k).decode() for n, k in ks.items()}
+                for v, ks in self._keys.items()
+                if v != version
+            }
+            self._replace({"format": KEY_FILE_FORMAT, "current": self._current, "versions": versions})
+
+    def _replace(self, doc: dict[str, Any]) -> None:
+        """Write the key file anew (0600, a temp renamed over it, durably) and load it."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        self._load()
 
 
 def _aad(master_key_id: str, version: int) -> bytes:
@@ -317,21 +360,28 @@ class VaultCrypto:
         )
 
 
-_active: VaultCrypto | None = None
+class _Unset:
+    """No `configure` yet: vault files are not written at all (never silently in plaintext)."""
 
 
-def configure(crypto: VaultCrypto | None) -> None:
-    """Set the vault keys of this process (None: vault files are written in plaintext)."""
+UNSET = _Unset()
+_active: VaultCrypto | _Unset | None = UNSET
+
+
+def configure(crypto: VaultCrypto | _Unset | None) -> None:
+    """Set the vault keys of this process. None is the explicit opt-out: vault files are written
+    in plaintext. `UNSET` (the start state) refuses to write vault files."""
     global _active
     _active = crypto
 
 
 def active() -> VaultCrypto | None:
-    return _active
+    """The configured keys; None when vault files are plaintext or nothing is configured."""
+    return _active if isinstance(_active, VaultCrypto) else None
 
 
 @contextmanager
-def configured(crypto: VaultCrypto | None) -> Iterator[VaultCrypto | None]:
+def configured(crypto: VaultCrypto | _Unset | None) -> Iterator[VaultCrypto | _Unset | None]:
     """`configure` for a block (tests, benchmarks); the previous setting is restored after it."""
     before = _active
     configure(crypto)
@@ -339,6 +389,41 @@ def configured(crypto: VaultCrypto | None) -> Iterator[VaultCrypto | None]:
         yield crypto
     finally:
         configure(before)
+
+
+def configure_temporary(*, encrypted: bool) -> None:
+    """For a script without the CLI (benchmarks): `configure` a fresh key file in a temporary
+    folder removed at exit, or the plaintext opt-out when not `encrypted`."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not encrypted:
+        configure(None)
+        return
+    keys = Path(tempfile.mkdtemp(prefix="callpipe-keys-")) / "vault.keys"
+    atexit.register(shutil.rmtree, keys.parent, True)
+    create_key_file(keys)
+    configure(from_key_file(keys))
+
+
+def for_subprocess() -> tuple[str, str | None]:
+    """What a spawned worker process needs to set up this process's vault keys (picklable:
+    `configure_from` it there): the key file's path, the plaintext opt-out, or nothing."""
+    if _active is None:
+        return ("plaintext", None)
+    if isinstance(_active, VaultCrypto) and isinstance(_active.keys, KeyFile):
+        return ("key_file", str(_active.keys.path))
+    return ("unset", None)  # another KMS or nothing configured: the child refuses vault writes
+
+
+def configure_from(setup: tuple[str, str | None]) -> None:
+    """`configure` in a spawned process from what `for_subprocess` returned in its parent."""
+    kind, path = setup
+    if kind == "key_file" and path is not None:
+        configure(from_key_file(Path(path)))
+    else:
+        configure(None if kind == "plaintext" else UNSET)
 
 
 def from_key_file(path: Path) -> VaultCrypto:
@@ -355,6 +440,11 @@ def write_options(zone: str) -> tuple[dict[str, Any], dict[bytes, bytes]]:
 
     if zone != VAULT or _active is None:
         return {}, {}
+    if not isinstance(_active, VaultCrypto):
+        raise VaultKeyError(
+            "no vault keys configured in this process: vault files are written encrypted "
+            "(CALLPIPE_VAULT_KEY_FILE) or, by explicit opt-out, in plaintext (CALLPIPE_VAULT_ENCRYPTION=off)"
+        )
     properties, version = _active.encryption()
     return {"encryption_properties": properties}, {VERSION_KEY: str(version).encode()}
 
@@ -371,11 +461,13 @@ def any_encrypted(paths: Sequence[Path | str]) -> bool:
 
 
 def _decryption_for(paths: Sequence[Path | str]) -> Any:
-    if _active is not None:
-        return _active.decryption
+    crypto = active()
+    if crypto is not None:
+        return crypto.decryption
     if any_encrypted(paths):
         raise VaultKeyError(
-            "vault files are encrypted: set CALLPIPE_VAULT_KEY_FILE to the vault key file to read them"
+            "vault files are encrypted: they need the vault key file (CALLPIPE_VAULT_KEY_FILE, by "
+            "default <CALLPIPE_HOME>/keys/vault.keys), and CALLPIPE_VAULT_ENCRYPTION=off does not open them"
         )
     return None
 
@@ -390,7 +482,7 @@ def _reading(path: Path | str) -> Iterator[None]:
         failure = getattr(_failure, "error", None)
         if failure is not None:
             raise VaultKeyError(f"{Path(path).name}: {failure}") from None
-        if _active is not None and is_encrypted(path):
+        if active() is not None and is_encrypted(path):
             raise VaultKeyError(f"{Path(path).name}: cannot decrypt ({type(exc).__name__})") from None
         raise
 
@@ -452,6 +544,7 @@ def file_format(paths: Sequence[Path | str]) -> ds.ParquetFileFormat | str:
     files' keys are unwrapped first, here (`warm`)."""
     if _decryption_for(paths) is None:
         return "parquet"
-    assert _active is not None
+    crypto = active()
+    assert crypto is not None
     warm(paths)
-    return _active.file_format()
+    return crypto.file_format()

@@ -16,6 +16,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def vault_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The whole suite runs with the encrypted vault, as callpipe does by default: one vault key
+    file for the session, configured in this process and named by CALLPIPE_VAULT_KEY_FILE for
+    every worker, ingest and job the tests start (a test wanting another sets its own)."""
+    from sinks import crypt
+
+    path = tmp_path_factory.mktemp("vault-keys") / "vault.keys"
+    crypt.create_key_file(path)
+    before = os.environ.get("CALLPIPE_VAULT_KEY_FILE")
+    os.environ["CALLPIPE_VAULT_KEY_FILE"] = str(path)
+    os.environ.pop("CALLPIPE_VAULT_ENCRYPTION", None)
+    with crypt.configured(crypt.from_key_file(path)):
+        yield path
+    if before is None:
+        os.environ.pop("CALLPIPE_VAULT_KEY_FILE", None)
+    else:
+        os.environ["CALLPIPE_VAULT_KEY_FILE"] = before
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     bootstrap = os.environ.get("CALLPIPE_BOOTSTRAP", "127.0.0.1:9092")

@@ -99,4 +99,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from pipeline.bench.common import own_vault_keys
+
+    own_vault_keys()
     main()

@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline import codec
 from pipeline.bench.canary import KEY, seeded
+from pipeline.bench.common import own_vault_keys
 from pipeline.settings import Settings
 from pipeline.stream.runner import PartitionRunner
 
@@ -46,6 +47,7 @@ def main() -> None:
         Message(v, 0, i) for i, v in enumerate(codec.encode(traffic.calls, "CallEvent", "avro", size))
     ]
     step = max(1, 2_000 // size)
+    own_vault_keys()  # the vault encrypted, as a worker writes it by default
 
     def run() -> None:
         lake = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-"))

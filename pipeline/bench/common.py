@@ -73,3 +73,13 @@ def _cell(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def own_vault_keys() -> None:
+    """For a benchmark run as a script (no `callpipe` CLI to configure the vault's keys): the
+    vault encrypted as callpipe writes it by default, with a temporary key file of its own;
+    CALLPIPE_VAULT_ENCRYPTION=off measures a plaintext vault (`sinks.crypt.configure_temporary`)."""
+    from pipeline.settings import Settings
+    from sinks import crypt
+
+    crypt.configure_temporary(encrypted=Settings.from_env().vault_encryption)

@@ -36,12 +36,11 @@ from pipeline import codec
 from pipeline.bench import kafka
 from pipeline.bench.common import SEED, BenchError, percentile, table
 from pipeline.bench.passthrough import CLIENTS, Commit, run_passthrough
-from pipeline.bench.worker import Worker, lake_commits
+from pipeline.bench.worker import Worker, home_keys, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.kafka_access import CARRIER, OPERATOR, WORKER
 from pipeline.keys import create_key_file
-from pipeline.sealed import ensure_keys
 from pipeline.settings import Settings
 from schemas.topics import CALLS, CONSENT, REQUESTS
 from sinks.lake import source_name
@@ -250,7 +249,7 @@ def _legs(settings: Settings, work: Path, spec: StreamSpec) -> tuple[dict[str, s
     with its start (ms)."""
     key_file = work / "key.hex"
     create_key_file(key_file)
-    ensure_keys(work / "home" / "keys" / "dlq-operator.key", work / "home" / "keys" / "dlq-operator.pub")
+    home_keys(work / "home")  # the operator key and the vault key file, as `kafka up` makes them
     base = {
         "CALLPIPE_KEY_FILE": str(key_file),
         "CALLPIPE_HOME": str(work / "home"),

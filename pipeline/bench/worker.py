@@ -20,11 +20,19 @@ from pipeline.bench.passthrough import Commit
 from pipeline.kafka_access import KafkaAccess
 from pipeline.keys import create_key_file
 from pipeline.sealed import ensure_keys
-from sinks import lineage
+from sinks import crypt, lineage
 from sinks.stats import read_stats, stats_path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _RESUMES = re.compile(rb"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*resumes at offset", re.M)
+
+
+def home_keys(home: Path) -> None:
+    """The keys a worker finds in its CALLPIPE_HOME, as `callpipe kafka up` creates them: the
+    operator key it seals dead letters to and the vault's master keys (a CALLPIPE_VAULT_KEY_FILE in
+    the environment, as the tests set, takes precedence)."""
+    ensure_keys(home / "keys" / "dlq-operator.key", home / "keys" / "dlq-operator.pub")
+    crypt.ensure_key_file(home / "keys" / "vault.keys")
 
 
 def worker_env(tmp: Path, access: KafkaAccess, partitions: int = 4) -> dict[str, str]:
@@ -34,8 +42,7 @@ def worker_env(tmp: Path, access: KafkaAccess, partitions: int = 4) -> dict[str,
     key = tmp / "key.hex"
     if not key.exists():
         create_key_file(key)
-    # The operator key the worker seals dead letters to, in the worker's home.
-    ensure_keys(tmp / "home" / "keys" / "dlq-operator.key", tmp / "home" / "keys" / "dlq-operator.pub")
+    home_keys(tmp / "home")
     return {
         "CALLPIPE_KEY_FILE": str(key),
         # The worker's principal: its own home is elsewhere, its password file and CA are the broker's.

@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write <topic>.jsonl (json) or <topic>.avro (avro container) files into DIR instead of "
         "publishing: input for `callpipe ingest` and `--from`",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, vault_keys=False)
 
 
 def build_shipments(args: argparse.Namespace, now: datetime) -> list[Shipment]:

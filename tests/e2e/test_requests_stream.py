@@ -22,8 +22,7 @@ from jobs import ledger
 from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import Domain, load_key
 from schemas import topics
-from sinks.layout import glob
-from tests.support.ops_lake import callpipe_cmd
+from tests.support.ops_lake import callpipe_cmd, zone_source
 from tests.support.streamkit import (
     PARTITIONS,
     ROOT,
@@ -42,8 +41,9 @@ NEW_NUMBER = "+442071838750"
 
 
 def zone_rows(lake: Path, zone: str, column: str, value: str) -> list[dict[str, Any]]:
-    sql = f"SELECT * FROM read_parquet('{glob(lake, zone)}', hive_partitioning = false) WHERE {column} = $v"
-    table = duckdb.connect().sql(sql, params={"v": value}).to_arrow_table()
+    con = duckdb.connect()
+    sql = f"SELECT * FROM {zone_source(con, lake, zone)} WHERE {column} = $v"
+    table = con.sql(sql, params={"v": value}).to_arrow_table()
     return sorted(table.to_pylist(), key=lambda r: r["event_id"])
 
 

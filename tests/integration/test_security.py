@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from pipeline.kafka_access import ANALYST, CARRIER, WORKER
 from schemas import topics
+from sinks import crypt
 from tests.support.streamkit import access, make_topics
 
 pytestmark = pytest.mark.integration
@@ -202,3 +203,10 @@ def test_secret_files_are_private(kafka_bootstrap: str) -> None:
         expected = 0o644 if f.name == "ca.pem" else 0o600  # the CA certificate is public
         assert stat.S_IMODE(f.stat().st_mode) == expected, f.name
     assert stat.S_IMODE((home / "server.properties").stat().st_mode) == 0o600
+    # `kafka up` also made the keys a local set-up needs: the dead-letter operator key and the
+    # vault's master keys (the vault is encrypted by default), each 0600 in a 0700 folder
+    keys = home.parent / "keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for name in ("dlq-operator.key", "vault.keys"):
+        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600, name
+    assert crypt.KeyFile(keys / "vault.keys").versions() == [1]

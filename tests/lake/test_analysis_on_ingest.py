@@ -18,6 +18,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import create_key_file
 from schemas.clock import DAY_MS
 from sinks.stats import read_stats
+from tests.support.ops_lake import zone_source
 
 pytestmark = pytest.mark.e2e
 
@@ -67,10 +68,9 @@ def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[s
 
     con = duckdb.connect()
     analytics = str(lake / "analytics/calls/dt=*/bucket=*/*.parquet")
-    vault = str(lake / "vault/calls/dt=*/bucket=*/*.parquet")
     [(analytics_rows,)] = con.execute(f"SELECT count(*) FROM read_parquet('{analytics}')").fetchall()
     [(vault_rows, transcripts)] = con.execute(
-        f"SELECT count(*), count(transcript) FROM read_parquet('{vault}')"
+        f"SELECT count(*), count(transcript) FROM {zone_source(con, lake, 'vault')}"
     ).fetchall()
     assert result["source_rows"] == analytics_rows > 0
     for agg in result["aggregates"]:

@@ -14,7 +14,14 @@ import pytest
 from jobs.bench_jobs import typical_subject
 from jobs.synth import SynthSpec, build
 from pipeline.keys import Domain
-from tests.support.ops_lake import callpipe_env, callpipe_json, make_key, per_subject, stray_files
+from tests.support.ops_lake import (
+    callpipe_env,
+    callpipe_json,
+    make_key,
+    per_subject,
+    stray_files,
+    zone_source,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -22,8 +29,7 @@ AS_OF = datetime(2026, 11, 29, tzinfo=UTC)  # the day after the lake's last day
 
 
 def _one(con: duckdb.DuckDBPyConnection, sql: str, **params: object) -> int:
-    row = con.execute(sql, params).fetchone()
-    assert row is not None
+    [row] = con.execute(sql, params).fetchall()  # done with: the connection registers scans next
     return int(row[0])
 
 
@@ -47,8 +53,8 @@ def test_retention_and_erase_on_ten_million_rows(tmp_path_factory: pytest.TempPa
     result = callpipe_json(env, "jobs", "retention", "--as-of", AS_OF.isoformat())
     times["retention"] = time.monotonic() - started
     vault_cut, text_cut = AS_OF - timedelta(days=90), AS_OF - timedelta(days=30)
-    old = f"read_parquet('{before}/vault/calls/*/*/*.parquet', hive_partitioning = false)"
-    new = f"read_parquet('{lake}/vault/calls/*/*/*.parquet', hive_partitioning = false)"
+    con = duckdb.connect()  # a fresh connection: scans are registered on it (typical_subject's stays open)
+    old, new = zone_source(con, before, "vault"), zone_source(con, lake, "vault")
     # no vault row older than its limit
     assert _one(con, f"SELECT count(*) FROM {new} WHERE started_at < $c", c=vault_cut) == 0
     # no younger row gone (by event id) and none added
@@ -58,8 +64,7 @@ def test_retention_and_erase_on_ten_million_rows(tmp_path_factory: pytest.TempPa
     assert _one(con, missing, c=vault_cut) == 0
     # transcripts and recordings older than 30 days are null, younger ones unchanged
     for zone, columns in (("vault", ("transcript", "recording_uri")), ("analytics", ("transcript",))):
-        o = f"read_parquet('{before}/{zone}/calls/*/*/*.parquet', hive_partitioning = false)"
-        n = f"read_parquet('{lake}/{zone}/calls/*/*/*.parquet', hive_partitioning = false)"
+        o, n = zone_source(con, before, zone), zone_source(con, lake, zone)
         for column in columns:
             assert _one(con, f"SELECT count({column}) FROM {n} WHERE started_at < $t", t=text_cut) == 0
             assert _one(con, f"SELECT count({column}) FROM {o} WHERE started_at < $t", t=text_cut) > 0

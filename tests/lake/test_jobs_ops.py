@@ -13,13 +13,13 @@ from pathlib import Path
 import duckdb
 import orjson
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import audit, compact
 from jobs.synth import SynthSpec, build
 from pipeline.keys import Domain, PseudonymKey
-from sinks import lineage
+from sinks import crypt, files, lineage
+from sinks.layout import VAULT
 from tests.support.ops_lake import (
     callpipe_cmd,
     callpipe_env,
@@ -28,6 +28,7 @@ from tests.support.ops_lake import (
     make_key,
     per_subject,
     stray_files,
+    zone_source,
 )
 
 pytestmark = pytest.mark.e2e
@@ -73,10 +74,10 @@ def test_retention_dry_run_prints_the_plan_and_touches_nothing(
     plan = callpipe_json(env, "jobs", "retention", "--as-of", AS_OF.isoformat(), "--dry-run")
     assert _tree(lake) == before
     con = duckdb.connect()
-    glob = str(lake / "vault/calls/*/*/*.parquet")
+    vault = zone_source(con, lake, "vault")
     cutoff = AS_OF - timedelta(days=25)
     expired_days = con.execute(
-        f"SELECT count(DISTINCT started_at::DATE) FROM read_parquet('{glob}') "
+        f"SELECT count(DISTINCT started_at::DATE) FROM {vault} "
         "WHERE started_at + INTERVAL 1 DAY <= $c",
         {"c": cutoff},
     ).fetchone()
@@ -86,11 +87,11 @@ def test_retention_dry_run_prints_the_plan_and_touches_nothing(
     )
     assert sum(1 for d in plan["partitions"] if d["zone"] == "vault") == expired_days[0]
     expired = con.execute(
-        f"SELECT count(*) FROM read_parquet('{glob}') WHERE started_at < $c", {"c": cutoff}
+        f"SELECT count(*) FROM {vault} WHERE started_at < $c", {"c": cutoff}
     ).fetchone()
     assert expired is not None and plan["summary"]["rows_removed"]["vault"] == expired[0]
     nulled = con.execute(
-        f"SELECT count(transcript) FROM read_parquet('{glob}') WHERE started_at >= $c AND started_at < $t",
+        f"SELECT count(transcript) FROM {vault} WHERE started_at >= $c AND started_at < $t",
         {"c": cutoff, "t": AS_OF - timedelta(days=12)},
     ).fetchone()
     assert nulled is not None and plan["summary"]["values_nulled"]["vault.transcript"] == nulled[0]
@@ -107,9 +108,9 @@ def test_retention_matches_duckdb_on_the_copy_taken_before_and_reruns_as_a_no_op
     con = duckdb.connect()
     category_days = {"transcript": 12, "recording_uri": 30}  # recording keeps the default
     limits = {"vault": (25, ("transcript", "recording_uri")), "analytics": (30, ("transcript",))}
+    sources = {z: (zone_source(con, before, z), zone_source(con, lake, z)) for z in limits}
     for zone, (days, categories) in limits.items():
-        old = f"read_parquet('{before}/{zone}/calls/*/*/*.parquet', hive_partitioning = false)"
-        new = f"read_parquet('{lake}/{zone}/calls/*/*/*.parquet', hive_partitioning = false)"
+        old, new = sources[zone]
         params = {"c": AS_OF - timedelta(days=days)}
         params.update({c: AS_OF - timedelta(days=category_days[c]) for c in categories})
         nulls = ", ".join(f"CASE WHEN started_at < ${c} THEN NULL ELSE {c} END AS {c}" for c in categories)
@@ -145,8 +146,8 @@ def test_erase_removes_only_the_subject_touching_only_its_files(
     token = key.token(Domain.ACCOUNT, SUBJECT)
     con = duckdb.connect()
     holding = con.execute(
-        f"SELECT count(DISTINCT filename) FROM read_parquet('{lake}/vault/calls/*/*/*.parquet',"
-        " filename = true) WHERE account_id = $a",
+        f"SELECT count(DISTINCT filename) FROM {zone_source(con, lake, 'vault', filename=True)}"
+        " WHERE account_id = $a",
         {"a": SUBJECT},
     ).fetchone()
     holding_a = con.execute(
@@ -215,9 +216,9 @@ def test_compact_merges_small_files_keeping_rows_and_lineage(
     build(lake, base[2], SynthSpec(rows=8_000, days=3, buckets=2, files_per_partition=3, workers=1, seed=5))
     part = lake / "vault/calls/dt=2026-11-28/bucket=01"
     for i, path in enumerate(sorted(part.glob("*.parquet"))):
-        table = pq.read_table(path)
+        table = crypt.read_table(path)
         meta = lineage.lineage_metadata({"calls.raw-p000": [(i * 100, i * 100 + 99)]})
-        pq.write_table(table.replace_schema_metadata(meta), path)
+        files.write_table(table.replace_schema_metadata(meta), path, VAULT)
     manifest = lake / "_manifest" / "calls.raw-p000" / "000000000000-000000000299.json"
     manifest.parent.mkdir(parents=True)
     manifest.write_text('{"version": 1}')
@@ -253,10 +254,10 @@ def test_erase_deletes_a_file_that_held_only_the_subject(
     base: tuple[Path, Path, PseudonymKey], lake: Path
 ) -> None:
     source = next(p for p in sorted(lake.glob("vault/calls/dt=*/bucket=00/*.parquet")))
-    table = pq.read_table(source)
+    table = crypt.read_table(source)
     first = table["account_id"][0].as_py()
     only = source.with_name("only-one-subject.parquet")
-    pq.write_table(table.filter(pc.equal(table["account_id"], first)), only)
+    files.write_table(table.filter(pc.equal(table["account_id"], first)), only, VAULT)
     env = callpipe_env(lake, base[1])
     env["CALLPIPE_BUCKETS"] = "4"
     result = callpipe_json(env, "jobs", "erase", "--account", first)

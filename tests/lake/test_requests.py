@@ -22,7 +22,8 @@ from jobs import breach, ledger
 from jobs.synth import SynthSpec, build
 from pipeline import codec
 from pipeline.keys import Domain, PseudonymKey
-from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob
+from sinks import crypt
+from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob, zone_source
 
 pytestmark = pytest.mark.e2e
 
@@ -103,8 +104,8 @@ def run_requests(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
 
 
 def rows(lake: Path, zone: str, where: str) -> list[dict[str, Any]]:
-    sql = f"SELECT * FROM read_parquet('{zone_glob(lake, zone)}', hive_partitioning = false) WHERE {where}"
-    table = duckdb.connect().sql(sql).to_arrow_table()
+    con = duckdb.connect()
+    table = con.sql(f"SELECT * FROM {zone_source(con, lake, zone)} WHERE {where}").to_arrow_table()
     return sorted(table.to_pylist(), key=lambda r: r["event_id"])
 
 
@@ -239,15 +240,15 @@ def test_late_rows_of_an_erased_subject_are_erased_by_the_next_pass(
     late = [r for r in rows(base["lake"], "vault", f"account_id = '{ERASED}'")]
     assert late
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schema = pq.read_schema(src)
+    schema = crypt.read_schema(src)
+    from sinks.files import write_table
     from sinks.layout import bucket_of
 
     bucket = bucket_of(base["key"].token(Domain.ACCOUNT, ERASED), 2)
     dst = lake / "vault" / "calls" / "dt=2026-11-28" / f"bucket={bucket:02d}" / "late.parquet"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(late[:2], schema=schema), dst)
+    write_table(pa.Table.from_pylist(late[:2], schema=schema), dst, "vault")
     out = run_requests(env_of(base, lake), "--json")
     assert out.returncode == 0, out.stderr.decode()
     assert orjson.loads(out.stdout)["enforced"] == 1
@@ -339,7 +340,7 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
         if zone == "vault":
             assert {s["account_id"] for s in notify["subjects"]} == expected
     one = sorted((lake / "vault" / "calls").glob("dt=*/bucket=*/*.parquet"))[0]
-    in_file = {r["account_id"] for r in duckdb.connect().read_parquet(str(one)).to_arrow_table().to_pylist()}
+    in_file = set(crypt.read_table(one, columns=["account_id"]).column(0).to_pylist())
     result = breach.scope(duckdb.connect(), lake, key, "vault", files=[one], now=datetime.now(UTC))
     assert set(result["subject_tokens"]) == {key.token(Domain.ACCOUNT, a) for a in in_file}
 

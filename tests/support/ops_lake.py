@@ -14,6 +14,7 @@ import orjson
 
 from pipeline.keys import PseudonymKey, load_key
 from sinks.layout import ANALYTICS, VAULT
+from sinks.read import scan
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBJECT_COLUMN = {VAULT: "account_id", ANALYTICS: "account_token"}
@@ -35,6 +36,15 @@ def zone_glob(lake: Path, zone: str) -> str:
     return str(lake / zone / "calls" / "dt=*" / "bucket=*" / "*.parquet")
 
 
+def zone_source(con: duckdb.DuckDBPyConnection, lake: Path, zone: str, *, filename: bool = False) -> str:
+    """A FROM item (no parameters) over a zone's files, registered with `con`, the vault decrypted
+    with this process's keys (`sinks.read.scan`): a test's SQL reads hand-built and job-written
+    lakes alike, encrypted or not."""
+    files = sorted(lake.glob(f"{zone}/calls/dt=*/bucket=*/*.parquet"))
+    source, _ = scan(con, files, filename=filename, decrypt=True)
+    return source
+
+
 def digest(lake: Path, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, tuple[int, int]]:
     """Per zone: (rows, order-independent content checksum) as DuckDB reads the lake."""
     con = con or duckdb.connect()
@@ -43,11 +53,8 @@ def digest(lake: Path, con: duckdb.DuckDBPyConnection | None = None) -> dict[str
         if not list(lake.glob(f"{zone}/calls/dt=*/bucket=*/*.parquet")):
             out[zone] = (0, 0)
             continue
-        sql = (
-            "SELECT count(*), coalesce(sum(hash(t)), 0)"
-            f" FROM read_parquet('{zone_glob(lake, zone)}', hive_partitioning = false) t"
-        )
-        row = con.execute(sql).fetchone()
+        source = zone_source(con, lake, zone)
+        [row] = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {source} t").fetchall()
         assert row is not None
         out[zone] = (int(row[0]), int(row[1]))
     return out
@@ -59,10 +66,7 @@ def per_subject(
     """Per subject of a zone: (rows, content checksum)."""
     con = con or duckdb.connect()
     column = SUBJECT_COLUMN[zone]
-    sql = (
-        f"SELECT {column}, count(*), sum(hash(t)) FROM read_parquet('{zone_glob(lake, zone)}',"
-        f" hive_partitioning = false) t GROUP BY 1"
-    )
+    sql = f"SELECT {column}, count(*), sum(hash(t)) FROM {zone_source(con, lake, zone)} t GROUP BY 1"
     return {r[0]: (int(r[1]), int(r[2])) for r in con.execute(sql).fetchall()}
 
 
@@ -75,6 +79,8 @@ def stray_files(lake: Path) -> list[str]:
 def callpipe_env(lake: Path, key_file: Path, policy: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLPIPE_")}
     env.update({"CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(key_file), "PYTHONPATH": str(ROOT)})
+    if "CALLPIPE_VAULT_KEY_FILE" in os.environ:  # the suite's vault keys (tests/conftest.py)
+        env["CALLPIPE_VAULT_KEY_FILE"] = os.environ["CALLPIPE_VAULT_KEY_FILE"]
     if policy is not None:
         env["CALLPIPE_POLICY"] = str(policy)
     return env

@@ -27,7 +27,7 @@ from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
 from pipeline.settings import Settings
 from schemas import topics
 from schemas.clock import HOUR_MS
-from sinks.layout import glob
+from sinks.read import scan, zone_files
 from sinks.stats import StreamStats, read_stats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,13 +129,23 @@ PARTITIONS = 4  # of the test topics
 
 
 def worker_env(tmp: Path, bootstrap: str) -> dict[str, str]:
-    return bench_worker.worker_env(tmp, access(WORKER, bootstrap), PARTITIONS)
+    """A worker's environment, naming the suite's vault key file (tests/conftest.py) so that a
+    job run with this environment alone opens what the worker wrote."""
+    env = bench_worker.worker_env(tmp, access(WORKER, bootstrap), PARTITIONS)
+    if "CALLPIPE_VAULT_KEY_FILE" in os.environ:
+        env["CALLPIPE_VAULT_KEY_FILE"] = os.environ["CALLPIPE_VAULT_KEY_FILE"]
+    return env
 
 
 def zone(lake: Path, name: str) -> list[dict[str, Any]]:
+    """A zone's rows as DuckDB reads them (the vault decrypted with this process's keys)."""
     con = duckdb.connect()
-    rel = con.sql(f"SELECT * FROM read_parquet('{glob(lake, name)}', hive_partitioning=false)")
-    cols = rel.columns
+    files = zone_files(lake, name)
+    if not files:
+        return []
+    source, params = scan(con, files, filename=False)
+    rel = con.execute(f"SELECT * FROM {source}", params)
+    cols = [d[0] for d in rel.description]
     return [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
 
 

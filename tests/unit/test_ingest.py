@@ -173,7 +173,10 @@ CHILD = """
 import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
+from pipeline.settings import Settings
+from sinks import crypt
 from test_ingest import inputs, run
+crypt.configure(Settings.from_env().vault_crypto())  # as the CLI does
 target, lake, root = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 def hook(step):
     if step == target:

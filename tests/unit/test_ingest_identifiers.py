@@ -17,7 +17,7 @@ from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.identifiers import identifier_paths
 from pipeline.ingest import load_states
-from tests.support.ops_lake import make_key
+from tests.support.ops_lake import make_key, zone_source
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(5, 40, START, accounts=10)
@@ -84,9 +84,7 @@ def test_control_characters_in_identifiers_are_dead_letters_never_landed(
     # Nothing spoiled landed: every identifier in the lake is printable, every good call is there.
     con = duckdb.connect()
     columns = [p[-1] for p, _ in identifier_paths("CallEvent") if len(p) == 1]
-    rows = con.sql(
-        f"SELECT {', '.join(columns)} FROM read_parquet('{lake}/vault/calls/*/*/*.parquet')"
-    ).fetchall()
+    rows = con.sql(f"SELECT {', '.join(columns)} FROM {zone_source(con, lake, 'vault')}").fetchall()
     assert rows and all(v is None or v.isprintable() for row in rows for v in row)
     landed = {r[0] for r in rows}
     assert landed <= {c["event_id"] for c in TRAFFIC.calls}

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import audit
 from jobs.replace import COMMITTED, Change, JobBusy, job_lock, pending, recover, write_parquet
+from schemas.zones import vault_schema
+from sinks import crypt
+from sinks.arrow import vault_table
+from tests.support.sink_rows import filled
 
 
 def _lake(tmp_path: Path) -> Path:
@@ -114,10 +116,10 @@ def test_only_one_job_holds_the_lock(tmp_path: Path) -> None:
 def test_write_parquet_uses_zone_modes_and_keeps_metadata(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     path = lake / "vault" / "calls" / "dt=2026-01-01" / "bucket=03" / ".x.tmp"
-    table = pa.table({"account_id": ["a", "b"], "started_at": [1, 2], "event_id": ["e1", "e2"]})
+    table = vault_table([filled(vault_schema(), i) for i in range(2)])  # encrypted by column name
     write_parquet(table.replace_schema_metadata({b"callpipe.lineage": b"{}"}), path, "vault")
     assert path.stat().st_mode & 0o777 == 0o600
     assert (lake / "vault").stat().st_mode & 0o777 == 0o700
     assert (lake / "vault" / "calls" / "dt=2026-01-01").stat().st_mode & 0o777 == 0o700
     assert lake.stat().st_mode & 0o777 == 0o755
-    assert pq.read_metadata(path).metadata[b"callpipe.lineage"] == b"{}"
+    assert crypt.read_metadata(path).metadata[b"callpipe.lineage"] == b"{}"

@@ -20,6 +20,7 @@ from jobs.replace import write_parquet
 from pipeline.policy import Policy, Retention
 from schemas.clock import DAY_MS
 from schemas.zones import analytics_schema, vault_schema
+from sinks import crypt
 from sinks.layout import ANALYTICS, VAULT, partition_dir
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -106,7 +107,7 @@ def _read(lake: Path, zone: str) -> dict[str, dict[str, Any]]:
     files = sorted(lake.glob(f"{zone}/calls/dt=*/bucket=*/*.parquet"))
     if not files:
         return {}
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    table = pa.concat_tables([crypt.read_table(f) for f in files])
     return {r["event_id"]: r for r in table.to_pylist()}
 
 

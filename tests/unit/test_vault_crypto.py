@@ -1,7 +1,9 @@
-"""The vault encrypted at rest (docs/ARCHITECTURE.md "Vault encryption"): a vault file read with
-plain pyarrow or DuckDB fails without the key; with it, the jobs' results equal those on a
-plaintext lake of the same input; key rotation keeps old files readable and `vault rewrap` moves
-them to the new version; a wrong or missing key file gives a clear error with no secret in it."""
+"""The vault encrypted at rest (docs/ARCHITECTURE.md "Vault encryption"): by default, with the key
+file in CALLPIPE_HOME; a vault file read with plain pyarrow or DuckDB fails without the key; with
+it, the jobs' results equal those on a plaintext lake of the same input (CALLPIPE_VAULT_ENCRYPTION=off,
+the explicit opt-out); key rotation keeps old files readable and `vault rewrap` moves them to the
+new version; a wrong or missing key file gives a clear error with no secret in it, and nothing is
+written in plaintext instead."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.settings import Settings, SettingsError
 from schemas.clock import DAY_MS
-from sinks import crypt
+from sinks import crypt, files
 from sinks.layout import ANALYTICS, VAULT, glob
 from sinks.read import read_zone, zone_files
 from tests.support.ops_lake import make_key
@@ -41,23 +43,26 @@ def _write_calls(path: Path, calls: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The same input ingested twice: a plaintext lake and an encrypted one (pristine copies)."""
+    """The same input ingested twice: encrypted by default (the key file `vault init` creates in
+    CALLPIPE_HOME, no CALLPIPE_VAULT_KEY_FILE) and plaintext by opt-out (pristine copies)."""
     folder = tmp_path_factory.mktemp("vault")
     key_file, _key = make_key(folder)
-    vault_keys = folder / "vault.keys"
+    home = folder / "home"
+    vault_keys = home / "keys" / "vault.keys"
     calls = _write_calls(folder / "calls.jsonl", TRAFFIC.calls)
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("CALLPIPE_")]:
             mp.delenv(name)
         mp.setenv("CALLPIPE_KEY_FILE", str(key_file))
-        mp.setenv("CALLPIPE_VAULT_KEY_FILE", str(vault_keys))
+        mp.setenv("CALLPIPE_HOME", str(home))
         assert main(["vault", "init"]) == 0
+        assert (vault_keys.stat().st_mode & 0o777) == 0o600
         mp.setenv("CALLPIPE_LAKE", str(folder / "encrypted"))
         assert main(["ingest", str(calls)]) == 0
-        mp.delenv("CALLPIPE_VAULT_KEY_FILE")
+        mp.setenv("CALLPIPE_VAULT_ENCRYPTION", "off")
         mp.setenv("CALLPIPE_LAKE", str(folder / "plain"))
         assert main(["ingest", str(calls)]) == 0
-    yield {"folder": folder, "key_file": key_file, "vault_keys": vault_keys, "calls": calls}
+    yield {"folder": folder, "key_file": key_file, "home": home, "vault_keys": vault_keys, "calls": calls}
 
 
 @pytest.fixture
@@ -66,6 +71,7 @@ def lakes(built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for name in [n for n in os.environ if n.startswith("CALLPIPE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CALLPIPE_KEY_FILE", str(built["key_file"]))
+    monkeypatch.setenv("CALLPIPE_HOME", str(built["home"]))
     out = {}
     for kind in ("plain", "encrypted"):
         out[kind] = tmp_path / kind
@@ -75,10 +81,10 @@ def lakes(built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def _use(monkeypatch: pytest.MonkeyPatch, built: dict[str, Any], lake: Path, kind: str) -> None:
     monkeypatch.setenv("CALLPIPE_LAKE", str(lake))
-    if kind == "encrypted":
-        monkeypatch.setenv("CALLPIPE_VAULT_KEY_FILE", str(built["vault_keys"]))
+    if kind == "encrypted":  # the default: the key file in CALLPIPE_HOME
+        monkeypatch.delenv("CALLPIPE_VAULT_ENCRYPTION", raising=False)
     else:
-        monkeypatch.delenv("CALLPIPE_VAULT_KEY_FILE", raising=False)
+        monkeypatch.setenv("CALLPIPE_VAULT_ENCRYPTION", "off")
 
 
 def _zone_rows(lake: Path, zone: str, built: dict[str, Any]) -> list[dict[str, Any]]:
@@ -120,9 +126,11 @@ def test_vault_files_fail_without_the_key(built: dict[str, Any]) -> None:
         assert SUBJECT.encode() not in raw and b"PAR1" not in raw[-4:]
     with pytest.raises(duckdb.Error, match="encrypted"):
         duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob(lake, VAULT)}')").fetchall()
-    # Without a key file callpipe's own readers refuse too, saying what to set.
-    with pytest.raises(crypt.VaultKeyError, match="CALLPIPE_VAULT_KEY_FILE"):
-        read_zone(lake, VAULT)
+    # Without a key file callpipe's own readers refuse too, saying what to set; the plaintext
+    # opt-out does not open an encrypted vault either.
+    for unkeyed in (crypt.UNSET, None):
+        with crypt.configured(unkeyed), pytest.raises(crypt.VaultKeyError, match="CALLPIPE_VAULT_KEY_FILE"):
+            read_zone(lake, VAULT)
     # The analytics zone stays plain Parquet: analysts need no vault key.
     assert not any(crypt.is_encrypted(f) for f in zone_files(lake, ANALYTICS))
     # With the key both lakes hold the same rows.
@@ -217,6 +225,9 @@ def test_rotation_keeps_old_files_readable_and_rewrap_moves_them(
         assert {crypt.key_version(f) for f in old} == {1}
         assert read_zone(lake, VAULT).num_rows > before  # old and new files read together
     content = _zone_rows(lake, VAULT, built | {"vault_keys": keys})
+    assert main(["vault", "retire", "1"]) == 3  # files still use it: they would never open again
+    assert "vault files still use key version 1" in capsys.readouterr().err
+    assert crypt.KeyFile(keys).versions() == [1, 2]
     assert main(["vault", "rewrap", "--days", "2"]) == 0
     assert "files left" in capsys.readouterr().out
     with crypt.configured(crypto):
@@ -231,6 +242,13 @@ def test_rotation_keeps_old_files_readable_and_rewrap_moves_them(
     # the audit trail records the rewrites
     assert main(["vault", "rewrap"]) == 0
     assert "rewrapped 0 vault files" in capsys.readouterr().out
+    # every file moved: version 1 can go; the current one cannot
+    assert main(["vault", "retire", "2"]) == 3
+    assert "version 2 is current" in capsys.readouterr().err
+    assert main(["vault", "retire", "1"]) == 0
+    assert "version 1 retired" in capsys.readouterr().out
+    assert crypt.KeyFile(keys).versions() == [2] and (keys.stat().st_mode & 0o777) == 0o600
+    assert _zone_rows(lake, VAULT, built | {"vault_keys": keys}) == content
 
 
 def _secrets(path: Path) -> list[str]:
@@ -260,8 +278,11 @@ def test_wrong_or_missing_key_file_is_a_clear_error(
     assert "cannot read the vault key file" in err and "callpipe vault init" in err
 
     monkeypatch.delenv("CALLPIPE_VAULT_KEY_FILE")
+    monkeypatch.setenv("CALLPIPE_HOME", str(lake.parent / "bare-home"))  # no key file in it
     assert main(argv) == 2
-    assert "set CALLPIPE_VAULT_KEY_FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bare-home/keys/vault.keys: cannot read the vault key file" in err
+    assert "CALLPIPE_VAULT_ENCRYPTION=off" in err
 
     other = lake.parent / "other.keys"
     monkeypatch.setenv("CALLPIPE_VAULT_KEY_FILE", str(other))
@@ -304,3 +325,46 @@ def test_key_file_wraps_with_the_current_version(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(crypt.VaultKeyError, match="not a callpipe vault key file"):
         crypt.KeyFile(path)
+
+
+def test_without_the_key_file_nothing_is_written_and_off_is_the_only_plaintext(
+    built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A writer that cannot find the vault's keys fails before it writes anything (never a
+    plaintext vault instead); CALLPIPE_VAULT_ENCRYPTION=off is how a plaintext vault is asked for;
+    a process that configured no keys at all refuses to write a vault file."""
+    for name in [n for n in os.environ if n.startswith("CALLPIPE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CALLPIPE_KEY_FILE", str(built["key_file"]))
+    monkeypatch.setenv("CALLPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CALLPIPE_LAKE", str(tmp_path / "lake"))
+    assert main(["ingest", str(built["calls"])]) == 2
+    assert "vault key file" in capsys.readouterr().err
+    assert not zone_files(tmp_path / "lake", VAULT) and not zone_files(tmp_path / "lake", ANALYTICS)
+    monkeypatch.setenv("CALLPIPE_VAULT_ENCRYPTION", "maybe")
+    assert main(["ingest", str(built["calls"])]) == 2
+    assert "CALLPIPE_VAULT_ENCRYPTION must be on or off" in capsys.readouterr().err
+    monkeypatch.setenv("CALLPIPE_VAULT_ENCRYPTION", "off")
+    assert main(["ingest", str(built["calls"])]) == 0
+    plain = zone_files(tmp_path / "lake", VAULT)
+    assert plain and not any(crypt.is_encrypted(f) for f in plain)
+    with crypt.configured(crypt.UNSET), pytest.raises(crypt.VaultKeyError, match="no vault keys configured"):
+        files.write_table(pq.read_table(plain[0]), tmp_path / "x.parquet", VAULT)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_spawned_process_writes_the_vault_with_its_parents_keys(tmp_path: Path) -> None:
+    """The synthetic lake's worker processes (spawned, so nothing inherited) set up the parent's
+    vault keys: an encrypted parent gets encrypted files, the opt-out plaintext ones."""
+    from jobs.synth import SynthSpec, build
+
+    key = make_key(tmp_path)[1]
+    spec = SynthSpec(rows=400, days=2, buckets=1, files_per_partition=1, workers=2, seed=3)
+    built = build(tmp_path / "encrypted", key, spec)  # under the suite's keys (tests/conftest.py)
+    encrypted = zone_files(tmp_path / "encrypted", VAULT)
+    assert encrypted and all(crypt.is_encrypted(f) for f in encrypted)
+    assert read_zone(tmp_path / "encrypted", VAULT).num_rows == built["vault_rows"] > 0
+    with crypt.configured(None):
+        build(tmp_path / "plain", key, spec)
+    assert not any(crypt.is_encrypted(f) for f in zone_files(tmp_path / "plain", VAULT))
+    assert crypt.for_subprocess() == ("key_file", os.environ["CALLPIPE_VAULT_KEY_FILE"])

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pytest
 
@@ -33,7 +32,7 @@ from pipeline.stream.worker import RETRY_S, StreamWorker
 from schemas import topics
 from sinks import files
 from sinks.lake import SourceBusy
-from sinks.layout import glob
+from sinks.read import read_zone
 from sinks.stats import read_stats
 
 KEY = PseudonymKey("v1", b"k" * 32)
@@ -139,8 +138,7 @@ def messages(records: list[dict[str, Any]], partition: int = 0, first: int = 0) 
 def vault_ids(lake: Path) -> Counter[str]:
     if not list(lake.glob("vault/calls/dt=*/bucket=*/*.parquet")):
         return Counter()
-    rows = duckdb.sql(f"SELECT event_id FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
-    return Counter(r[0] for r in rows)
+    return Counter(read_zone(lake, "vault", columns=["event_id"]).column(0).to_pylist())
 
 
 def run(coro: Any) -> Any:
@@ -398,8 +396,8 @@ def test_consent_read_from_any_control_partition_governs_the_calls(lake: Path) -
         await w.shutdown()
 
     run(go())
-    rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
-    assert len(rows) == len(recs) and all(t is None for (t,) in rows)
+    rows = read_zone(lake, "vault", columns=["transcript"]).column(0).to_pylist()
+    assert len(rows) == len(recs) and all(t is None for t in rows)
 
 
 def test_calls_wait_for_a_control_partition_still_behind_them_then_obey_what_it_brings(lake: Path) -> None:
@@ -440,8 +438,8 @@ def test_calls_wait_for_a_control_partition_still_behind_them_then_obey_what_it_
         await w.shutdown()
 
     run(go())
-    rows = duckdb.sql(f"SELECT transcript FROM read_parquet('{glob(lake, 'vault')}')").fetchall()
-    assert len(rows) == len(recs) and all(t is None for (t,) in rows)
+    rows = read_zone(lake, "vault", columns=["transcript"]).column(0).to_pylist()
+    assert len(rows) == len(recs) and all(t is None for t in rows)
 
 
 def test_a_run_of_internal_errors_trips_the_worker_which_lands_nothing_more(
