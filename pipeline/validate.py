@@ -403,7 +403,7 @@ def carrier_region(carrier_id: str) -> str | None:
 def _resolve(number: str, other: str | None, fallback: str | None) -> tuple[str, str | None]:
     """(E.164 or the number as given, its region) with the region hints tried in order: its own
     international prefix, the other number's region, the carrier's region. The reference
-    definition; the hot path is `resolve_number`, which gives the same answers with one parse."""
+    definition; the hot path is `normalize_numbers`, which gives the same answers with one parse."""
     own = international_region(number)
     for region in (own, other, fallback):
         if region is not None:
@@ -471,20 +471,6 @@ def parsed_info(text: str, region: str | None) -> NumberInfo | None:
     except phonenumbers.NumberParseException:
         return None
     return _info(parsed)
-
-
-def resolve_number(number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
-    """What `_resolve` finds, with the number's type: read internationally if it is written so,
-    else in the other number's region, else the carrier's."""
-    text = number.strip()
-    if text.startswith(("+", "00")):
-        return number_info(text, None)
-    for region in (other, fallback):
-        if region is not None:
-            info = number_info(text, region)
-            if info is not None:
-                return info
-    return None
 
 
 @lru_cache(maxsize=1)
