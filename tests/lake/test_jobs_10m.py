@@ -23,7 +23,7 @@ from tests.support.ops_lake import (
     zone_source,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.soak]  # the 10M-row lake: the soak suite
 
 AS_OF = datetime(2026, 11, 29, tzinfo=UTC)  # the day after the lake's last day
 
