@@ -139,6 +139,9 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[st
 
 
 _VERDICTS: dict[frozenset[str], dict[Any, bool]] = {}
+# per set of names, the keys judged no secret: a map whose keys are all in it holds none, which
+# `dict.keys() <= set` tells in C (no Python step per key); cleared with the verdicts
+_HARMLESS: dict[frozenset[str], set[Any]] = {}
 _MAX_VERDICTS = 8192
 
 
@@ -149,16 +152,25 @@ def _holds_secret(value: Mapping[Any, Any], names: frozenset[str]) -> bool:
     verdicts = _VERDICTS.get(names)
     if verdicts is None:
         verdicts = _VERDICTS.setdefault(names, {})
+    harmless = _harmless(names)
     for k in value:
         verdict = verdicts.get(k)
         if verdict is None:
             verdict = isinstance(k, str) and _is_secret(k, names)
             if len(verdicts) >= _MAX_VERDICTS:
                 verdicts.clear()
+                harmless.clear()
             verdicts[k] = verdict
+            if not verdict:
+                harmless.add(k)
         if verdict:
             return True
     return False
+
+
+def _harmless(names: frozenset[str]) -> set[Any]:
+    found = _HARMLESS.get(names)
+    return found if found is not None else _HARMLESS.setdefault(names, set())
 
 
 @lru_cache(maxsize=1)
@@ -711,15 +723,24 @@ def validated(
     paid ~4 us for that)."""
     names = _lowered(secret_names)
     check = _fast_checker()
+    maps = _map_fields()
+    harmless = _harmless(names)
     seen: set[str] = set()
     latest = now_ms + MAX_FUTURE_MS
     for index, raw in enumerate(records):
         if type(raw) is not dict and not isinstance(raw, Mapping):  # decoders give dicts: no abc check
             rejections.append(_rejection(Reason.MALFORMED, raw, index, sources, names))
             continue
-        record, stripped = _strip(raw, names)
-        if stripped:
-            drops[Drop.SECRET_ATTRIBUTE] += stripped
+        # _strip gives the record itself when its maps hold only keys known harmless: asked
+        # only when one holds another (a secret, a new name, or it is no plain dict)
+        record: Mapping[str, Any] = raw
+        for name in maps:
+            value = raw.get(name)
+            if value is not None and not (type(value) is dict and value.keys() <= harmless):
+                record, stripped = _strip(raw, names)
+                if stripped:
+                    drops[Drop.SECRET_ATTRIBUTE] += stripped
+                break
         reason, clean = check(record)
         if reason is None and clean is not None:
             # _check_times, inlined on the checked copy (the same values): its common case is
