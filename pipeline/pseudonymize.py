@@ -322,7 +322,7 @@ def _generated() -> tuple[Pseudonymizer, RowPseudonymizer]:
         "fields": tuple(tops),
         "map": map,
         "token_of": token_of,
-        "phone_facts": phone_facts,
+        "phone": _phone,
         "cell_area": cell_area,
         "ip_prefix": ip_prefix,
         "redact_text": redact_text,
@@ -351,18 +351,15 @@ def _generated() -> tuple[Pseudonymizer, RowPseudonymizer]:
                 f"            {outs[0]} = token_of(key, domain{i}, {value}, memo)",
             ]
         elif transform is _phone:
-            namespace[f"domain{i}"] = Domain.PHONE
             lines += [
                 f"    if {value} is None:",
                 f"        {' = '.join(outs)} = None",
-                "    else:",  # _phone's steps, in its order
-                f"        facts = peek(('facts', {value}))",
-                "        if facts is None:",
-                f"            facts = memo.put(('facts', {value}), phone_facts({value}))",
-                f"        {outs[0]} = peek(('token', secret, {Domain.PHONE._value_!r}, {value}))",
-                f"        if {outs[0]} is None:",
-                f"            {outs[0]} = token_of(key, domain{i}, {value}, memo)",
-                f"        {', '.join(outs[1:])}, = facts",
+                "    else:",  # _phone's answer, remembered whole: one look-up, not two
+                f"        entry = ('phone', secret, {value})",
+                "        found = peek(entry)",
+                "        if found is None:",
+                f"            found = memo.put(entry, phone({value}, key, regions, memo))",
+                f"        {', '.join(outs)}, = found",
             ]
         elif transform is _cell:
             lines += [
