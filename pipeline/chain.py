@@ -157,14 +157,17 @@ def process_batch(
     return ChainResult(vault_rows, vault_routes, analytics_rows, analytics_routes, rejections, erased, drops)
 
 
-_NO_HISTORY: list[tuple[ConsentDefaults, Decision]] = []
+_no_history_of: tuple[ConsentDefaults, Decision] | None = None
 
 
 def _no_history(defaults: ConsentDefaults) -> Decision:
     """`decide` for an account without history (the same at every time), remembered for the
-    last defaults seen (one policy per process): ~2 us per batch of one event."""
-    if _NO_HISTORY and _NO_HISTORY[0][0] is defaults:
-        return _NO_HISTORY[0][1]
+    last defaults seen (one policy per process): ~2 us per batch of one event. One tuple,
+    read and replaced whole, so a thread never pairs one policy's defaults with another's."""
+    global _no_history_of
+    found = _no_history_of
+    if found is not None and found[0] is defaults:
+        return found[1]
     decision = decide(None, 0, defaults)
-    _NO_HISTORY[:] = [(defaults, decision)]
+    _no_history_of = (defaults, decision)
     return decision
