@@ -39,7 +39,11 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         states, control = load_states(args.consent, args.requests, settings.lake)
         totals: Counter[str] = Counter(control)
         started = time.monotonic()
-        for result in ingest_files(args.calls, settings, key, states, int(time.time() * 1000)):
+        jobs = args.jobs if args.jobs is not None else settings.ingest_processes
+        if jobs < 1:
+            raise CliError("--jobs must be at least 1")
+        now_ms = int(time.time() * 1000)
+        for result in ingest_files(args.calls, settings, key, states, now_ms, jobs=jobs):
             totals.update(result.counts)
             totals["skipped_already_in_lake"] += result.skipped
     except (IngestError, SourceBusy, Tripped) as exc:
@@ -158,4 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--lake", type=Path, default=None, help="lake root (default: CALLPIPE_LAKE or ./lake)")
     i.add_argument("--consent", type=Path, action="append", default=[], help="consent events file")
     i.add_argument("--requests", type=Path, action="append", default=[], help="privacy requests file")
+    i.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes sharing the calls files (default: CALLPIPE_INGEST_JOBS, else one per core)",
+    )
     i.set_defaults(func=ingest_cmd)
