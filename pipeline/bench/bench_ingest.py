@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import codec
+from pipeline import codec, collector
 from pipeline.bench.common import INGEST_FILE_EVENTS, SEED
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.ingest import ingest_files, load_states
@@ -53,6 +53,7 @@ def measure(
         profile.enable()
     started, cpu = time.perf_counter(), time.process_time() + _children_cpu()
     states, _ = load_states([consent], [requests])
+    collector.freeze()  # as `callpipe ingest` does
     results = ingest_files(paths, local, key, states, int(time.time() * 1000), jobs=jobs)
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() + _children_cpu() - cpu
@@ -90,6 +91,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = Settings.from_env()
+    collector.tune()  # as `callpipe ingest` runs
     jobs = 1 if args.profile else (args.jobs or settings.ingest_processes)
     work = Path(tempfile.mkdtemp(prefix="callpipe-bench-ingest-"))
     try:

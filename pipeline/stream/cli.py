@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pipeline import collector
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.settings import Settings
@@ -19,6 +20,7 @@ from sinks.stats import StreamStats
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.app import run_worker
 
+    collector.tune()
     settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
@@ -35,8 +37,10 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         if not path.is_file():
             raise CliError(f"{path}: no such file")
     key = settings.key()
+    collector.tune()
     try:
         states, control = load_states(args.consent, args.requests, settings.lake)
+        collector.freeze()  # the consent history lives as long as the run
         totals: Counter[str] = Counter(control)
         started = time.monotonic()
         jobs = args.jobs if args.jobs is not None else settings.ingest_processes
