@@ -204,6 +204,7 @@ def _read_container(value: bytes, record_name: str, limit: int) -> tuple[list[di
     measure: list[int] = []
     try:
         blocks = fastavro.block_reader(io.BytesIO(value))
+        writer = orjson.dumps(blocks.writer_schema)
         if fastavro.schema.to_parsing_canonical_form(blocks.writer_schema) != _canonical(record_name):
             # written with another schema: resolve every record against ours (about 3x slower)
             blocks = fastavro.block_reader(io.BytesIO(value), reader_schema=schemas.parsed(record_name))
@@ -217,10 +218,11 @@ def _read_container(value: bytes, record_name: str, limit: int) -> tuple[list[di
         raise Invalid(Reason.WRONG_TYPE) from None
     except Exception:
         raise Invalid(Reason.MALFORMED) from None
-    for rec in records:  # a writer schema with timestamp logical types yields datetimes
-        for key, v in rec.items():
-            if isinstance(v, datetime):
-                rec[key] = _ms(v)
+    if b"logicalType" in writer:  # a writer schema with timestamp logical types yields datetimes
+        for rec in records:
+            for key, v in rec.items():
+                if isinstance(v, datetime):
+                    rec[key] = _ms(v)
     return records, measure
 
 

@@ -25,11 +25,15 @@ file as the stream's are per partition. The chain's caches (`pipeline.memo.Memo`
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing as mp
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
@@ -37,10 +41,10 @@ from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.reasons import Rejection
 from pipeline.settings import Settings
-from pipeline.stream.runner import PartitionRunner
+from pipeline.stream.runner import PartitionRunner, Tripped, Unit
 from sinks import stats
 from sinks.group import Hook, land_together
-from sinks.lake import file_source
+from sinks.lake import SourceBusy, file_source
 from sinks.rejects import write_rejects
 from sinks.stats import write_stats
 
@@ -117,17 +121,23 @@ def _keep_rejects(lake: Path, source: str, decoded: Decoded) -> None:
     write_rejects(lake, source, min(offsets), max(offsets), dead)
 
 
-def _units(decoded: Decoded) -> Iterator[tuple[int, Decoded]]:
+def _units(decoded: Decoded) -> list[Unit]:
     """Input units in order: a record (container files: its index) or a line with its events."""
-    by_unit: dict[int, Decoded] = {}
+    records: dict[int, list[dict[str, Any]]] = {}
     for rec, lin in zip(decoded.records, decoded.lineage, strict=True):
         unit = lin.offset if lin.offset >= 0 else lin.index
-        by_unit.setdefault(unit, Decoded()).records.append(rec)
+        found = records.get(unit)
+        if found is None:
+            records[unit] = [rec]
+        else:
+            found.append(rec)
+    rejections: dict[int, list[Rejection]] = {}
     for rej in decoded.rejections:
-        unit = rej.offset if rej.offset >= 0 else (rej.index or 0)
-        by_unit.setdefault(unit, Decoded()).rejections.append(rej)
-    for unit in sorted(by_unit):
-        yield unit, by_unit[unit]
+        rejections.setdefault(rej.offset if rej.offset >= 0 else (rej.index or 0), []).append(rej)
+    return [
+        (unit, records.get(unit, []), rejections.get(unit, ()))
+        for unit in sorted(records.keys() | rejections)
+    ]
 
 
 @dataclass
@@ -154,9 +164,90 @@ def ingest_files(
     now_ms: int,
     *,
     hook: Hook | None = None,
+    jobs: int = 1,
 ) -> list[IngestResult]:
-    """Ingest `paths` in order, landing many files' rows per flush; one result per path. `hook`
-    is called after each durable step of a flush (tests raise in it to simulate a crash)."""
+    """Ingest `paths`, landing many files' rows per flush; one result per path, in order. `hook`
+    is called after each durable step of a flush (tests raise in it to simulate a crash).
+
+    With `jobs` > 1 the distinct files are shared among that many processes (`_in_processes`),
+    the chain being CPU-bound Python: one process uses one core."""
+    if jobs > 1 and hook is None and len(paths) > 1 and "fork" in mp.get_all_start_methods():
+        return _in_processes(paths, settings, key, states, now_ms, jobs)
+    return _ingest(paths, settings, key, states, now_ms, hook)
+
+
+# What forked ingest processes inherit (set just before the fork, cleared after): the consent
+# history may hold millions of accounts, which a fork shares and pickling would copy per process.
+_INHERITED: tuple[Settings, PseudonymKey, Mapping[str, AccountState], int] | None = None
+
+
+def _in_processes(
+    paths: Sequence[Path],
+    settings: Settings,
+    key: PseudonymKey,
+    states: Mapping[str, AccountState],
+    now_ms: int,
+    jobs: int,
+) -> list[IngestResult]:
+    """Each process takes a share of the distinct files (balanced by size, largest first) and
+    ingests it as one run would: its own memo, flush groups and locks. Exactly once stays per
+    file (its source, manifests and lock), so shares need no coordination; a file given twice
+    is ingested once, as in one process. The flush budget is shared out: `jobs` processes hold
+    no more staged rows together than one would. A failing share does not stop the others (what
+    they land is landed whole); the first failure is raised once all have ended."""
+    global _INHERITED
+    sources = [file_source(path) for path in paths]
+    distinct = list(dict(zip(sources, paths, strict=True)).items())
+    shares: list[list[tuple[str, Path]]] = [[] for _ in range(min(jobs, len(distinct)))]
+    loads = [0] * len(shares)
+    for source, path in sorted(distinct, key=lambda sp: -sp[1].stat().st_size):
+        least = loads.index(min(loads))
+        shares[least].append((source, path))
+        loads[least] += path.stat().st_size
+    share_settings = dataclasses.replace(
+        settings, ingest_flush_rows=max(1, settings.ingest_flush_rows // len(shares))
+    )
+    _INHERITED = (share_settings, key, states, now_ms)
+    try:
+        # an executor, not a Pool: a share killed outright breaks the run (BrokenProcessPool)
+        # instead of leaving the parent waiting for its answer
+        with ProcessPoolExecutor(len(shares), mp_context=mp.get_context("fork")) as pool:
+            outcomes = list(pool.map(_share, [[path for _s, path in share] for share in shares]))
+    finally:
+        _INHERITED = None
+    found: dict[str, IngestResult] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        found.update((result.source, result) for result in outcome)
+    first: set[str] = set()
+    results = []
+    for source in sources:  # a file given again is reported as one process would: nothing new
+        results.append(found[source] if source not in first else IngestResult(source, Counter(), 0))
+        first.add(source)
+    return results
+
+
+def _share(paths: list[Path]) -> list[IngestResult] | Exception:
+    """One forked process's share. What the command reports as a clean error comes back as a
+    value (its message names files and partitions, never contents): such exceptions do not all
+    survive pickling."""
+    assert _INHERITED is not None, "a share runs in a process forked by _in_processes"
+    settings, key, states, now_ms = _INHERITED
+    try:
+        return _ingest(paths, settings, key, states, now_ms, None)
+    except (IngestError, SourceBusy, Tripped) as exc:
+        return IngestError(str(exc))
+
+
+def _ingest(
+    paths: Sequence[Path],
+    settings: Settings,
+    key: PseudonymKey,
+    states: Mapping[str, AccountState],
+    now_ms: int,
+    hook: Hook | None,
+) -> list[IngestResult]:
     memo = Memo()
     open_files: list[_Open] = []
     results: dict[str, _Open] = {}
@@ -182,11 +273,10 @@ def ingest_files(
             open_files.append(item)
             results[source] = item
             order.append((source, item))
-            units = list(_units(decoded))
+            units = _units(decoded)
+            del decoded
             for start in range(0, len(units), CHUNK):
-                for unit, one in units[start : start + CHUNK]:
-                    item.dead.extend(runner.feed_records(unit, one))
-                item.dead.extend(runner.pump(now_ms, time.monotonic(), drain=True))
+                item.dead.extend(runner.take_units(units[start : start + CHUNK], now_ms, time.monotonic()))
                 runner.writer.stage()
                 if sum(o.runner.writer.pending_rows for o in open_files) >= settings.ingest_flush_rows:
                     open_files = _flush(settings.lake, open_files, hook)

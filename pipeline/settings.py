@@ -41,6 +41,7 @@ class Settings:
     flush_rows: int = 50_000  # CALLPIPE_FLUSH_ROWS: a sink file is written at this many rows...
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
+    ingest_jobs: int = 0  # CALLPIPE_INGEST_JOBS: processes of `callpipe ingest` (0: one per core)
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
     # How clients connect (pipeline/kafka_access.py): sasl_ssl (default) or plaintext (development)
@@ -55,6 +56,11 @@ class Settings:
     dlq_public: Path | None = None
     # CALLPIPE_TRIP_INTERNAL_ERRORS: events in a row failing with internal errors that stop a worker
     trip_internal_errors: int = 50
+
+    @property
+    def ingest_processes(self) -> int:
+        """How many processes `callpipe ingest` shares its files among."""
+        return self.ingest_jobs or os.cpu_count() or 1
 
     def key(self) -> PseudonymKey:
         """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
@@ -175,6 +181,7 @@ class Settings:
             flush_rows=number("FLUSH_ROWS", 50_000),
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),
+            ingest_jobs=number("INGEST_JOBS", 0, minimum=0),
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
             policy=policy,

@@ -53,12 +53,11 @@ from sinks.group_record import (
     groups_dir,
     record_bytes,
 )
-from sinks.lake import Flushed, LakeWriter, RangeConflict, zone_parts
+from sinks.lake import WRITE_THREADS, Flushed, LakeWriter, RangeConflict, zone_parts
 from sinks.layout import ANALYTICS, DIR_MODE, VAULT, partition_dir
 from sinks.lineage import Manifest, ManifestFile
 
 MEMBER_COLUMN = "__member"
-WRITE_THREADS = 2  # Parquet encoding releases the GIL: temps are written two at a time
 
 
 def _with_member(table: pa.Table, member: int) -> pa.Table:

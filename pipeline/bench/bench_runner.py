@@ -5,14 +5,16 @@
 Generates EVENTS seeded calls (pipeline.carrier.generate) with their accounts' consents and
 privacy requests, encodes them as Avro messages (Confluent wire format) of EVENTS_PER_MESSAGE
 events, and feeds them to a fresh PartitionRunner (its own Memo, so identifiers start unseen)
-over a temporary lake, 2,000 events per pump, then flushes. Runs once to warm up, then prints
-events per second of CPU time; with --profile, cProfile's top entries instead. No broker: the
-Kafka side is `callpipe bench stream`'s.
+over a temporary lake, 2,000 events per pump, then flushes. Runs once to warm up, then twice
+more: with CPython's default garbage collector and as the worker sets it (pipeline/collector.py),
+printing events per second of CPU time and the share of time the collector took; with
+--profile, cProfile's top entries instead. No broker: the Kafka side is `callpipe bench stream`'s.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import pstats
 import shutil
 import sys
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import codec
+from pipeline import codec, collector
 from pipeline.bench.canary import KEY, seeded
 from pipeline.bench.common import own_vault_keys
 from pipeline.settings import Settings
@@ -71,14 +73,32 @@ def main() -> None:
 
     run()
     if "--profile" in sys.argv:
+        collector.tune()
         profile = cProfile.Profile()
         profile.runcall(run)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
         return
-    cpu = time.process_time()
-    run()
-    rate = events / (time.process_time() - cpu)
-    print(f"{events} events in {size}-event messages: {rate:,.0f} events/s of CPU time")
+    for name in ("CPython's default", "the worker's (pipeline/collector.py)"):
+        if name.startswith("the worker"):
+            collector.tune()
+        spent = [0.0, 0.0]
+
+        def timed(phase: str, _info: dict[str, int], spent: list[float] = spent) -> None:
+            now = time.perf_counter()
+            if phase == "start":
+                spent[1] = now
+            else:
+                spent[0] += now - spent[1]
+
+        gc.callbacks.append(timed)
+        cpu, wall = time.process_time(), time.perf_counter()
+        run()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        gc.callbacks.remove(timed)
+        print(
+            f"{events} events in {size}-event messages, garbage collector {name}: "
+            f"{events / cpu:,.0f} events/s of CPU time, {spent[0] / wall:.0%} of the time collecting"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from pipeline import collector
 from pipeline.errors import CliError
 from pipeline.settings import Settings
 
@@ -18,6 +19,7 @@ WHAT = ("stream", "detect", "jobs", "control", "vault", "dlq")
 def bench_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench.common import BenchError
 
+    collector.tune()  # as the worker and ingest run, and so the baselines beside them
     try:
         figures, text = _measure(args.what, settings, args.quick, getattr(args, "tls_cost", False))
     except BenchError as exc:

@@ -239,8 +239,9 @@ def _ingest(settings: Settings, work: Path, traffic: Traffic, name: str) -> dict
     measurement `pipeline/bench/bench_ingest.py` runs alone."""
     from pipeline.bench.bench_ingest import measure
 
-    log.info("stream ingest %s: %s events from files", name, len(traffic.calls))
-    return measure(settings, work / f"ingest-{name}", traffic, None)
+    jobs = settings.ingest_processes  # as `callpipe ingest` runs by default
+    log.info("stream ingest %s: %s events from files, %s processes", name, len(traffic.calls), jobs)
+    return measure(settings, work / f"ingest-{name}", traffic, None, jobs)
 
 
 def _legs(settings: Settings, work: Path, spec: StreamSpec) -> tuple[dict[str, str], int, Traffic]:

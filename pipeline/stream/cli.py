@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pipeline import collector
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.settings import Settings
@@ -19,6 +20,7 @@ from sinks.stats import StreamStats
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.app import run_worker
 
+    collector.tune()
     settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
@@ -35,11 +37,17 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         if not path.is_file():
             raise CliError(f"{path}: no such file")
     key = settings.key()
+    collector.tune()
     try:
         states, control = load_states(args.consent, args.requests, settings.lake)
+        collector.freeze()  # the consent history lives as long as the run
         totals: Counter[str] = Counter(control)
         started = time.monotonic()
-        for result in ingest_files(args.calls, settings, key, states, int(time.time() * 1000)):
+        jobs = args.jobs if args.jobs is not None else settings.ingest_processes
+        if jobs < 1:
+            raise CliError("--jobs must be at least 1")
+        now_ms = int(time.time() * 1000)
+        for result in ingest_files(args.calls, settings, key, states, now_ms, jobs=jobs):
             totals.update(result.counts)
             totals["skipped_already_in_lake"] += result.skipped
     except (IngestError, SourceBusy, Tripped) as exc:
@@ -158,4 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--lake", type=Path, default=None, help="lake root (default: CALLPIPE_LAKE or ./lake)")
     i.add_argument("--consent", type=Path, action="append", default=[], help="consent events file")
     i.add_argument("--requests", type=Path, action="append", default=[], help="privacy requests file")
+    i.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes sharing the calls files (default: CALLPIPE_INGEST_JOBS, else one per core)",
+    )
     i.set_defaults(func=ingest_cmd)

@@ -38,6 +38,9 @@ from sinks.stats import write_stats
 log = logging.getLogger("callpipe.runner")
 
 StatesFor = Callable[[Iterable[str]], Mapping[str, AccountState]]
+# An input unit of `callpipe ingest`: its offset (a file's record or line number), its decoded
+# events and its rejections of decoding.
+Unit = tuple[int, list[dict[str, Any]], Sequence[Rejection]]
 
 
 class Tripped(RuntimeError):
@@ -141,16 +144,42 @@ class PartitionRunner:
             dead.extend(self._accept(msg.partition, msg.offset, decoded.records, decoded.rejections))
         return dead
 
-    def feed_records(self, offset: int, decoded: Decoded) -> list[Rejection]:
-        """Take the already decoded events of one input unit (`callpipe ingest`: a file record)."""
-        if offset <= self._consumed:
-            self.skipped += 1
-            return []
-        return self._accept(self.partition, offset, decoded.records, decoded.rejections)
+    def take_units(self, units: Iterable[Unit], now_ms: int, mono: float) -> list[Rejection]:
+        """`callpipe ingest`: take already decoded input units (offset, events, rejections), in
+        offset order, and run their events through the chain at once. The whole consent history
+        is known before the first call, so nothing waits: the merger is passed by (it would
+        release the units in their own order, one heap push and pop per unit)."""
+        dead: list[Rejection] = []
+        released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]] = []
+        partition = self.partition
+        for offset, records, rejections in units:
+            if offset <= self._consumed:
+                self.skipped += 1
+                continue
+            if rejections:
+                dead.extend(self._arrive(partition, offset, records, rejections))
+            else:  # the common case, inline: one message record, no counts
+                self._consumed = offset
+                self._messages.append(_Message(offset, len(records), len(records), None))
+            if records:
+                released.append((offset, [(r, Lineage(partition, offset, i)) for i, r in enumerate(records)]))
+        dead.extend(self._run(released, now_ms, mono))
+        return dead
 
     def _accept(
         self, partition: int, offset: int, records: list[dict[str, Any]], rejections: Sequence[Rejection]
     ) -> list[Rejection]:
+        dead = self._arrive(partition, offset, records, rejections)
+        if records:
+            self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
+            items = [(r, Lineage(partition, offset, i)) for i, r in enumerate(records)]
+            self.merger.add([(self._key_ms, (offset, items))])
+        return dead
+
+    def _arrive(
+        self, partition: int, offset: int, records: list[dict[str, Any]], rejections: Sequence[Rejection]
+    ) -> list[Rejection]:
+        """Note a message's arrival; returns its dead letters of decoding."""
         self._consumed = offset
         # Counted with the message, not yet in `counts`: a flush writes the stats of the offsets
         # it lands, and this message may wait past that flush for the control streams.
@@ -160,10 +189,6 @@ class PartitionRunner:
             arrived[stats.dead_letter(rej.reason.value)] += 1  # type: ignore[index]
             dead.append(Rejection(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
         self._messages.append(_Message(offset, len(records), len(records) + len(rejections), arrived))
-        if records:
-            self._key_ms = max(self._key_ms, max(r["started_at"] for r in records))
-            items = [(r, Lineage(partition, offset, i)) for i, r in enumerate(records)]
-            self.merger.add([(self._key_ms, (offset, items))])
         return dead
 
     def _mask(self, raw: bytes) -> bytes:
@@ -180,6 +205,11 @@ class PartitionRunner:
             released = self.merger.drain(budget, _events)
         else:
             released = self.merger.release(now_ms, budget, _events)
+        return self._run(released, now_ms, mono)
+
+    def _run(
+        self, released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]], now_ms: int, mono: float
+    ) -> list[Rejection]:
         dead: list[Rejection] = []
         if released:
             try:

@@ -480,16 +480,21 @@ class StreamWorker:
 
     async def _write(self, due: list[int], *, commit: bool) -> None:
         offsets: dict[int, int] = {}
-        for p in due:
-            part = self.parts.get(p)
-            if part is None:
+        landing = [(p, self.parts[p].runner) for p in due if p in self.parts]
+        began = time.perf_counter()
+        # The due partitions land at once, each in a thread (fsync-bound, and Parquet encoding
+        # runs without the GIL): partitions due together are durable together, not one after
+        # another, and the loop stays free.
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(runner.flush) for _p, runner in landing), return_exceptions=True
+        )
+        failed: BaseException | None = None
+        for (p, runner), flushed in zip(landing, outcomes, strict=True):
+            if isinstance(flushed, OSError):
+                self._stall(p, flushed)
                 continue
-            runner = part.runner
-            began = time.perf_counter()
-            try:
-                flushed = await asyncio.to_thread(runner.flush)  # fsync-bound: keep the loop free
-            except OSError as exc:
-                self._stall(p, exc)
+            if isinstance(flushed, BaseException):
+                failed = failed or flushed
                 continue
             if flushed is not None:
                 self.counters["flushes"] += 1
@@ -506,6 +511,8 @@ class StreamWorker:
                 offsets[p] = runner.next_offset
         if commit and offsets:
             await self.broker.commit({p: o for p, o in offsets.items() if p in self.owned})
+        if failed is not None:
+            raise failed
 
     def _stall(self, partition: int, exc: OSError) -> None:
         """A flush failed on the file system: drop the writer, pause, reopen after a back-off."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
@@ -84,6 +85,24 @@ def test_json_array_bare_avro_and_container_are_batches() -> None:
     assert only_records(decode_value(bare, "CallEvent", headers={FORMAT_HEADER: b"avro"})) == calls[:1]
     batch = encode(calls, "CallEvent", "avro", 30)[0][5:]
     assert only_records(decode_value(batch, "CallEvent", headers=[(FORMAT_HEADER, b"avro-batch")])) == calls
+
+
+def test_a_container_written_with_timestamp_types_gives_epoch_milliseconds() -> None:
+    """A carrier's own Avro writer keeps the schema's timestamp-millis types: its file reads to
+    datetimes, which become the same epoch milliseconds as every other framing gives."""
+    calls = RECORDS["CallEvent"][:10]
+    typed = fastavro.parse_schema(schemas.raw("CallEvent"))
+    assert "logicalType" in repr(typed)
+    dated = [
+        {
+            k: datetime.fromtimestamp(v / 1000, UTC) if k.endswith("ed_at") and v is not None else v
+            for k, v in c.items()
+        }
+        for c in calls
+    ]
+    out = io.BytesIO()
+    fastavro.writer(out, typed, dated)
+    assert only_records(decode_value(out.getvalue(), "CallEvent")) == calls
 
 
 def test_pretty_printed_json_object_is_one_event() -> None:

@@ -6,6 +6,7 @@ next run finishes the job exactly once."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,11 +17,12 @@ import pytest
 
 from pipeline import codec, ingest
 from pipeline.carrier.generate import generate_traffic
-from pipeline.ingest import IngestResult, ingest_files, load_states
+from pipeline.ingest import IngestError, IngestResult, ingest_files, load_states
 from pipeline.keys import PseudonymKey
 from pipeline.settings import Settings
 from schemas.clock import DAY_MS
 from sinks import layout, lineage
+from sinks.lake import claim, file_source
 from sinks.layout import ANALYTICS, VAULT, ZONES
 from sinks.read import read_zone, zone_files
 from sinks.stats import read_stats
@@ -60,11 +62,12 @@ def run(
     budget: int = 1_000_000,
     buckets: int = 2,
     hook: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[IngestResult]:
     settings = dataclasses.replace(Settings(), lake=lake, buckets=buckets, ingest_flush_rows=budget)
     states, _ = load_states(given["consent"], given["requests"])
     chosen = given["calls"] if calls is None else calls
-    return ingest_files(chosen, settings, KEY, states, START + 400 * DAY_MS, hook=hook)
+    return ingest_files(chosen, settings, KEY, states, START + 400 * DAY_MS, hook=hook, jobs=jobs)
 
 
 def landed(lake: Path) -> dict[str, Counter[str]]:
@@ -125,6 +128,37 @@ def test_a_file_ingested_again_lands_nothing(
     assert sorted(p for zone in ZONES for p in zone_files(lake, zone)) == before
     results = run(lake, given)  # the other two land, the first is skipped
     assert [r.skipped for r in results] == [40, 0, 0]
+    assert_exactly_once(lake, reference)
+
+
+def test_processes_sharing_the_files_land_each_event_once_and_report_in_order(
+    lake: Path, given: dict[str, list[Path]], reference: dict[str, Counter[str]]
+) -> None:
+    first, second, third = given["calls"]
+    results = run(lake, given, calls=[first, second, first, third], jobs=2)
+    assert [r.source for r in results] == [file_source(p) for p in (first, second, first, third)]
+    assert [r.counts["events_in"] for r in results] == [40, 40, 0, 40]  # given twice: landed once
+    assert_exactly_once(lake, reference)
+    assert sum(r.counts["vault"] for r in results) == sum(reference[VAULT].values())
+    again = run(lake, given, jobs=3)
+    assert [r.skipped for r in again] == [40, 40, 40]
+    assert_exactly_once(lake, reference)
+
+
+def test_a_share_that_fails_is_reported_and_the_others_land(
+    lake: Path, given: dict[str, list[Path]], reference: dict[str, Counter[str]]
+) -> None:
+    first, second, third = given["calls"]
+    held = claim(lake, file_source(second))  # another process writes it (a POSIX lock: not this one's)
+    try:
+        with pytest.raises(IngestError, match="another process is writing this source"):
+            run(lake, given, jobs=3)
+    finally:
+        os.close(held)
+    assert lineage.held_ranges(lake, file_source(second)) == []
+    for path in (first, third):
+        assert lineage.held_ranges(lake, file_source(path)) == [(0, 39)]
+    run(lake, given, jobs=3)
     assert_exactly_once(lake, reference)
 
 

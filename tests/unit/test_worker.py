@@ -625,7 +625,9 @@ def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
     """A landing behind that has finished, found by the next landing of another partition:
     taking its backlog starts the next landing, and no second one may start beside it (two at
     once let the loop count into a runner whose range was being written: in a 600-message run,
-    four messages landed without being counted in the stats)."""
+    four messages landed without being counted in the stats). One landing flushes its due
+    partitions together; what must never happen is the loop feeding or pumping a runner while
+    that runner is being flushed, nor two landings at once."""
     recs = calls(80)
     first, second = messages(recs[:40], partition=0), messages(recs[40:], partition=1)
     broker = FakeBroker()
@@ -634,14 +636,13 @@ def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
     lock = threading.Lock()
     running: list[int] = []
     overlaps: list[list[int]] = []
+    landings: list[frozenset[int]] = []
 
     def held(self: Any) -> Any:
         if self.partition == 0 and not gate.is_set():
             assert gate.wait(30)
         with lock:
             running.append(self.partition)
-            if len(running) > 1:
-                overlaps.append(list(running))
         try:
             time.sleep(0.2)  # long enough for a second landing to meet this one
             return real(self)
@@ -649,7 +650,20 @@ def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
             with lock:
                 running.remove(self.partition)
 
+    def touched(name: str) -> Any:
+        original = getattr(runner_module.PartitionRunner, name)
+
+        def touch(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                if self.partition in running:
+                    overlaps.append([self.partition, *running])
+            return original(self, *args, **kwargs)
+
+        return touch
+
     monkeypatch.setattr(runner_module.PartitionRunner, "flush", held)
+    for name in ("feed", "pump"):
+        monkeypatch.setattr(runner_module.PartitionRunner, name, touched(name))
 
     async def go() -> StreamWorker:
         w = make_worker(lake, broker, clock=Ticking(), land_behind=True)
@@ -672,8 +686,24 @@ def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
         await w.shutdown()
         return w
 
+    real_write = StreamWorker._write
+
+    active: list[frozenset[int]] = []
+
+    async def write(self: StreamWorker, due: list[int], *, commit: bool) -> None:
+        landings.append(frozenset(due))
+        if active:  # a landing starting while another one is on
+            overlaps.append([-1, *due])
+        active.append(frozenset(due))
+        try:
+            await real_write(self, due, commit=commit)
+        finally:
+            active.remove(frozenset(due))
+
+    monkeypatch.setattr(StreamWorker, "_write", write)
     run(go())
     assert overlaps == []
+    assert len(landings) >= 2
     assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
     assert read_stats(lake).events_in == 80
 
