@@ -18,19 +18,20 @@ it, the account token, its hash bucket and the day partition, is in the parallel
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from pipeline.codec import Lineage
-from pipeline.consent import AccountState, Decisions, apply_consent, decide
+from pipeline.consent import AccountState, Decision, Decisions, consent_fields, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import ConsentDefaults, Policy
-from pipeline.pseudonymize import pseudonymizer, token_of
+from pipeline.pseudonymize import row_pseudonymizer, token_of
 from pipeline.reasons import Drop, Rejection
-from pipeline.validate import validate_batch
+from pipeline.validate import validated
 from schemas import clock
 from schemas.clock import DAY_MS
 from sinks.layout import bucket_of
@@ -82,16 +83,27 @@ def process_batch(
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
     memo = memo if memo is not None else Memo()
-    validated = validate_batch(records, policy.secret_names, now_ms, memo, sources)
-    result = ChainResult(rejections=validated.rejections, drops=validated.drops)
-    drops = result.drops
-    tokens: dict[str, tuple[str, int]] = {}
-    days: dict[int, str] = {}
+    rejections: list[Rejection] = []
+    drops: Counter[Drop] = Counter()  # validation's counts (secret strips) come first
+    # then the chain's, as when validation ran whole first (a plain dict: a Counter's set-up,
+    # its misses and its update are Python code, ~2 us per batch of one event)
+    routed: dict[Drop, int] = {}
+    vault_rows: list[dict[str, Any]] = []
+    vault_routes: list[Route] = []
+    analytics_rows: list[dict[str, Any]] = []
+    analytics_routes: list[Route] = []
+    erased: list[int] = []
     defaults = policy.consent
-    analytics_row = pseudonymizer()  # `pseudonymize` without its per-call look-up
-    no_history = decide(None, 0, defaults)  # the same at every time
-    for record, index, regions in zip(validated.records, validated.indices, validated.regions, strict=True):
+    no_history = _no_history(defaults)
+    analytics_row = row_pseudonymizer()  # the vault row's values, unpacked in its column order
+    needs = consent_fields()
+    peek, put = memo.peek, memo.put
+    secret = key.secret
+    for record, index, hints in validated(
+        records, policy.secret_names, now_ms, memo, sources, rejections, drops
+    ):
         account = record["account_id"]
+        started = record["started_at"]
         state = states.get(account)
         if state is None:
             decision = no_history
@@ -99,19 +111,22 @@ def process_batch(
             # an account's decisions by time, remembered while its state object stays the same:
             # its first event is judged alone, a table by time (a `decide` per entry of the
             # history) is built at its second, when the account is seen to call again
-            table = memo.peek(("decisions", account))
+            table = peek(("decisions", account))
             if table is None or table.state is not state or table.defaults is not defaults:
-                memo.put(("decisions", account), _Seen(state, defaults))
-                decision = decide(state, record["started_at"], defaults)
+                put(("decisions", account), _Seen(state, defaults))
+                decision = decide(state, started, defaults)
             else:
                 if type(table) is _Seen:
-                    table = memo.put(("decisions", account), Decisions(state, defaults))
-                decision = table.at(record["started_at"])
+                    table = put(("decisions", account), Decisions(state, defaults))
+                decision = table.decisions[bisect_right(table.times, started)]  # table.at, inlined
         if decision.erased:
-            drops[Drop.ERASED] += 1
-            result.erased.append(index)
+            routed[Drop.ERASED] = routed.get(Drop.ERASED, 0) + 1
+            erased.append(index)
             continue
-        apply_consent(record, decision, drops)
+        for name, purpose, drop in needs:  # apply_consent, inlined
+            if record[name] is not None and not getattr(decision, purpose):
+                record[name] = None
+                routed[drop] = routed.get(drop, 0) + 1
         # the record is validate's own copy: it becomes the vault row, lineage added in place
         if sources is not None:
             source = sources[index]
@@ -120,21 +135,39 @@ def process_batch(
             record["source_index"] = source.index
         else:
             record["source_partition"], record["source_offset"], record["source_index"] = -1, index, 0
-        if account not in tokens:
+        # an account's route on a day, remembered across batches (a batch of one event made
+        # its token, bucket, day name and Route anew each time)
+        day = started // DAY_MS
+        route = peek(("route", secret, buckets, account, day))
+        if route is None:
             token = token_of(key, Domain.ACCOUNT, account, memo)
-            tokens[account] = (token, bucket_of(token, buckets))
-        token, bucket = tokens[account]
-        day = record["started_at"] // DAY_MS
-        if day not in days:
-            days[day] = clock.day_of_ms(record["started_at"])
-        route = Route(days[day], bucket, token)
-        result.vault_rows.append(record)
-        result.vault_routes.append(route)
+            route = Route(clock.day_of_epoch_day(day), bucket_of(token, buckets), token)
+            put(("route", secret, buckets, account, day), route)
+        vault_rows.append(record)
+        vault_routes.append(route)
         if decision.restricted:
-            drops[Drop.RESTRICTED] += 1
+            routed[Drop.RESTRICTED] = routed.get(Drop.RESTRICTED, 0) + 1
         elif not decision.analytics:
-            drops[Drop.ANALYTICS_OBJECTED] += 1
+            routed[Drop.ANALYTICS_OBJECTED] = routed.get(Drop.ANALYTICS_OBJECTED, 0) + 1
         else:
-            result.analytics_rows.append(analytics_row(record, key, regions, record, memo))
-            result.analytics_routes.append(route)
-    return result
+            analytics_rows.append(analytics_row(record, key, hints, memo))
+            analytics_routes.append(route)
+    for drop, n in routed.items():  # keys first counted here follow validation's, in their order
+        drops[drop] += n
+    return ChainResult(vault_rows, vault_routes, analytics_rows, analytics_routes, rejections, erased, drops)
+
+
+_no_history_of: tuple[ConsentDefaults, Decision] | None = None
+
+
+def _no_history(defaults: ConsentDefaults) -> Decision:
+    """`decide` for an account without history (the same at every time), remembered for the
+    last defaults seen (one policy per process): ~2 us per batch of one event. One tuple,
+    read and replaced whole, so a thread never pairs one policy's defaults with another's."""
+    global _no_history_of
+    found = _no_history_of
+    if found is not None and found[0] is defaults:
+        return found[1]
+    decision = decide(None, 0, defaults)
+    _no_history_of = (defaults, decision)
+    return decision

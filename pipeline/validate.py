@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -77,6 +77,24 @@ def _is_secret(key: str, names: frozenset[str]) -> bool:
     return any(len(name) >= 6 and name in part for part in parts for name in names)
 
 
+_LOWERED: dict[Any, frozenset[str]] = {}
+
+
+def _lowered(names: Iterable[str]) -> frozenset[str]:
+    """The secret names lowered, remembered by the policy's own tuple: a batch of one event
+    paid ~1.5 us lowering the same thirteen names. Names, never values: safe to keep."""
+    try:
+        found = _LOWERED.get(names)
+    except TypeError:  # an unhashable iterable (a list)
+        return frozenset(n.lower() for n in names)
+    if found is None:
+        found = frozenset(n.lower() for n in names)
+        if len(_LOWERED) >= 64:
+            _LOWERED.clear()
+        _LOWERED[names] = found
+    return found
+
+
 def is_secret_name(key: str, names: Iterable[str]) -> bool:
     """True if the attribute key names a secret: a name part ("user_password", "PIN",
     "authToken", "x-api-key"), compared case-insensitively."""
@@ -108,7 +126,9 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[st
     stripped = 0
     for name in _map_fields():
         value = record.get(name)
-        if isinstance(value, Mapping) and _holds_secret(value, names):
+        if value is None:  # most calls carry no map, and None is none: no abc isinstance
+            continue
+        if (type(value) is dict or isinstance(value, Mapping)) and _holds_secret(value, names):
             kept = {k: v for k, v in value.items() if not (isinstance(k, str) and _is_secret(k, names))}
             if len(kept) != len(value):
                 if out is None:
@@ -119,6 +139,9 @@ def _strip(record: Mapping[str, Any], names: frozenset[str]) -> tuple[Mapping[st
 
 
 _VERDICTS: dict[frozenset[str], dict[Any, bool]] = {}
+# per set of names, the keys judged no secret: a map whose keys are all in it holds none, which
+# `dict.keys() <= set` tells in C (no Python step per key); cleared with the verdicts
+_HARMLESS: dict[frozenset[str], set[Any]] = {}
 _MAX_VERDICTS = 8192
 
 
@@ -129,16 +152,25 @@ def _holds_secret(value: Mapping[Any, Any], names: frozenset[str]) -> bool:
     verdicts = _VERDICTS.get(names)
     if verdicts is None:
         verdicts = _VERDICTS.setdefault(names, {})
+    harmless = _harmless(names)
     for k in value:
         verdict = verdicts.get(k)
         if verdict is None:
             verdict = isinstance(k, str) and _is_secret(k, names)
             if len(verdicts) >= _MAX_VERDICTS:
                 verdicts.clear()
+                harmless.clear()
             verdicts[k] = verdict
+            if not verdict:
+                harmless.add(k)
         if verdict:
             return True
     return False
+
+
+def _harmless(names: frozenset[str]) -> set[Any]:
+    found = _HARMLESS.get(names)
+    return found if found is not None else _HARMLESS.setdefault(names, set())
 
 
 @lru_cache(maxsize=1)
@@ -336,6 +368,86 @@ def _write_checker(
     lines += [*body, ""]
 
 
+@lru_cache(maxsize=1)
+def _fast_checker() -> Checked:
+    """`_checker` for a record in the decoders' own shape (both give one): a plain dict holding
+    exactly the schema's fields in the schema's order, a nested record likewise. Its values are
+    unpacked at once into locals, checked as `_checker` checks them, and the record is copied
+    whole (`dict.copy` copies the table, no insert per key): what `_project` makes of it, as the
+    keys and their order are the schema's. Any other shape and any failed check goes to
+    `_checker`, which names the reason: this one only ever says yes faster (~half the cost)."""
+    rules = _rules()
+    namespace: dict[str, Any] = {"check": _checker(), "dict": dict}
+    top = [f"f{i}" for i in range(len(rules))]
+    namespace["fields"] = [rule.name for rule in rules]
+    body = [
+        "def fast(record):",
+        "    if type(record) is not dict or list(record) != fields:",
+        "        return check(record)",
+        f"    {', '.join(top)}, = record.values()",
+    ]
+    copies = []
+    for i, rule in enumerate(rules):
+        body += _fast_checks(rule, top[i], f"t{i}", namespace, "    ")
+        if rule.nested:
+            if any(inner.nested for inner in rule.nested):
+                raise ValueError(f"schema {RECORD}: records nest at most one record deep")
+            inner_vars = [f"{top[i]}_{j}" for j in range(len(rule.nested))]
+            namespace[f"fields{i}"] = [inner.name for inner in rule.nested]
+            indent = "    " if rule.required or not rule.nullable else "        "
+            if indent != "    ":
+                body.append(f"    if {top[i]} is not None:")
+            body += [
+                f"{indent}if list({top[i]}) != fields{i}:",
+                f"{indent}    return check(record)",
+                f"{indent}{', '.join(inner_vars)}, = {top[i]}.values()",
+            ]
+            for j, inner in enumerate(rule.nested):
+                body += _fast_checks(inner, inner_vars[j], f"t{i}_{j}", namespace, indent)
+            copies.append((rule.name, top[i], indent))
+    body.append("    out = record.copy()")
+    for name, var, indent in copies:
+        if indent != "    ":
+            body.append(f"    if {var} is not None:")
+        body.append(f"{indent}out[{name!r}] = {var}.copy()")
+    body.append("    return None, out")
+    exec(compile("\n".join(body), "<validate fast rules>", "exec"), namespace)  # our own source
+    fn: Checked = namespace["fast"]
+    return fn
+
+
+def _fast_checks(rule: _FieldRule, var: str, name: str, namespace: dict[str, Any], indent: str) -> list[str]:
+    """The lines that send a record whose field (in local `var`) breaks `rule` to `check`."""
+    fail = f"{indent}    return check(record)"
+    lines = []
+    if rule.nullable and not rule.required:
+        lines.append(f"{indent}if {var} is not None:")
+        indent += "    "
+        fail = f"{indent}    return check(record)"
+    # else None fails the type test below: no rule's types hold NoneType
+    namespace[name] = rule.types[0] if len(rule.types) == 1 else rule.types
+    test = f"type({var}) is not {name}" if len(rule.types) == 1 else f"type({var}) not in {name}"
+    lines += [f"{indent}if {test}:", fail]
+    if rule.symbols is not None:
+        namespace[f"{name}_symbols"] = rule.symbols
+        lines += [f"{indent}if {var} not in {name}_symbols:", fail]
+    if not rule.nested and rule.types == (dict,):
+        lines += [
+            f"{indent}for k, x in {var}.items():",
+            f"{indent}    if type(k) is not str or type(x) is not str:",
+            f"    {fail}",
+        ]
+    if rule.category in ID_CATEGORIES and str in rule.types:
+        limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
+        test = "" if rule.types == (str,) else f"type({var}) is str and "  # a str already
+        lines += [
+            f"{indent}if {test}not (0 < len({var}) <= {limit} and {var}.isprintable()"
+            f" and not {var}.isspace()):",
+            fail,
+        ]
+    return lines
+
+
 def _check_times(record: Mapping[str, Any], now_ms: int) -> Reason | None:
     started = record["started_at"]
     answered = record.get("answered_at")
@@ -491,18 +603,27 @@ def normalize_numbers(record: Record, memo: Memo | None = None) -> tuple[str, ..
     (a, b), carrier = _phone_and_carrier_fields()
     first, second = record[a], record[b]
     fallback = carrier_region(record[carrier])
-    intl_first = _international(memo, first)
-    intl_second = _international(memo, second)
-    info_first = (
-        intl_first
-        if intl_first is not False
-        else _national(memo, first, intl_second.region if intl_second else None, fallback)
-    )
-    info_second = (
-        intl_second
-        if intl_second is not False
-        else _national(memo, second, intl_first.region if intl_first else None, fallback)
-    )
+    # _international's and _national's look-ups first, inline: once the spellings are known
+    # (nearly always) each number costs a dict look-up, no call
+    peek = memo.peek
+    intl_first = peek(("intl", first), _MISSING)
+    if intl_first is _MISSING:
+        intl_first = _international(memo, first)
+    intl_second = peek(("intl", second), _MISSING)
+    if intl_second is _MISSING:
+        intl_second = _international(memo, second)
+    info_first = intl_first
+    if intl_first is False:
+        other = intl_second.region if intl_second else None
+        info_first = peek(("num", first, other, fallback), _MISSING)
+        if info_first is _MISSING:
+            info_first = _national(memo, first, other, fallback)
+    info_second = intl_second
+    if intl_second is False:
+        other = intl_first.region if intl_first else None
+        info_second = peek(("num", second, other, fallback), _MISSING)
+        if info_second is _MISSING:
+            info_second = _national(memo, second, other, fallback)
     record[a] = info_first.e164 if info_first is not None else first
     record[b] = info_second.e164 if info_second is not None else second
     return _regions(
@@ -575,31 +696,73 @@ def validate_batch(
     the batch is rejected (the first occurrence is kept). A rejection names the record's source
     (`sources[i]`; default partition -1, offset = position in the batch, index 0) and holds the
     record as JSON with secret-named attributes masked."""
+    rejections: list[Rejection] = []
+    drops: Counter[Drop] = Counter()
     memo = memo if memo is not None else Memo()
-    names = frozenset(n.lower() for n in secret_names)
-    check = _checker()
-    out = Validated()
-    seen: set[str] = set()
-    for index, raw in enumerate(records):
-        if not isinstance(raw, Mapping):
-            out.rejections.append(_rejection(Reason.MALFORMED, raw, index, sources, names))
-            continue
-        record, stripped = _strip(raw, names)
-        if stripped:
-            out.drops[Drop.SECRET_ATTRIBUTE] += stripped
-        reason, clean = check(record)
-        if reason is None:
-            reason = _check_times(record, now_ms)
-        if reason is None and record["event_id"] in seen:
-            reason = Reason.DUPLICATE
-        if reason is not None or clean is None:
-            out.rejections.append(_rejection(reason or Reason.INTERNAL, raw, index, sources, names))
-            continue
-        seen.add(record["event_id"])
-        out.regions.append(normalize_numbers(clean, memo))
+    out = Validated(rejections=rejections, drops=drops)
+    for clean, index, regions in validated(records, secret_names, now_ms, memo, sources, rejections, drops):
         out.records.append(clean)
         out.indices.append(index)
+        out.regions.append(regions)
     return out
+
+
+def validated(
+    records: Sequence[Any],
+    secret_names: Iterable[str],
+    now_ms: int,
+    memo: Memo,
+    sources: Sequence[Lineage] | None,
+    rejections: list[Rejection],
+    drops: Counter[Drop],
+) -> Iterator[tuple[Record, int, tuple[str, ...]]]:
+    """`validate_batch` as it goes: each accepted record (a normalized copy) with its batch
+    position and regions, as soon as it is checked; rejections go to the caller's list and
+    secret strips are counted in its counter. The chain takes each record on while it is still
+    in the CPU's caches, and builds no lists and no `Validated` to unpack (a batch of one event
+    paid ~4 us for that)."""
+    names = _lowered(secret_names)
+    check = _fast_checker()
+    maps = _map_fields()
+    harmless = _harmless(names)
+    seen: set[str] = set()
+    latest = now_ms + MAX_FUTURE_MS
+    for index, raw in enumerate(records):
+        if type(raw) is not dict and not isinstance(raw, Mapping):  # decoders give dicts: no abc check
+            rejections.append(_rejection(Reason.MALFORMED, raw, index, sources, names))
+            continue
+        # _strip gives the record itself when its maps hold only keys known harmless: asked
+        # only when one holds another (a secret, a new name, or it is no plain dict)
+        record: Mapping[str, Any] = raw
+        for name in maps:
+            value = raw.get(name)
+            if value is not None and not (type(value) is dict and value.keys() <= harmless):
+                record, stripped = _strip(raw, names)
+                if stripped:
+                    drops[Drop.SECRET_ATTRIBUTE] += stripped
+                break
+        reason, clean = check(record)
+        if reason is None and clean is not None:
+            # _check_times, inlined on the checked copy (the same values): its common case is
+            # three comparisons with the times present
+            started, answered, ended = clean["started_at"], clean["answered_at"], clean["ended_at"]
+            if not (
+                EPOCH_OF_SERVICE_MS <= started <= latest
+                and (answered is None or started <= answered <= latest)
+                and (
+                    ended is None or (started <= ended <= latest and (answered is None or answered <= ended))
+                )
+            ):
+                reason = _check_times(record, now_ms)
+            elif not 0 <= clean["duration_s"] <= MAX_DURATION_S:
+                reason = Reason.BAD_DURATION
+            if reason is None and clean["event_id"] in seen:
+                reason = Reason.DUPLICATE
+        if reason is not None or clean is None:
+            rejections.append(_rejection(reason or Reason.INTERNAL, raw, index, sources, names))
+            continue
+        seen.add(clean["event_id"])
+        yield clean, index, normalize_numbers(clean, memo)
 
 
 def _rejection(

@@ -298,7 +298,7 @@ def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_k
     """validate_batch runs the schema's field rules unrolled into one function (`_checker`); it
     must agree with `_check_fields` + `_project`, field by field and damage by damage."""
     from pipeline.carrier.generate import generate_traffic
-    from pipeline.validate import _check_fields, _checker, _project, _rules
+    from pipeline.validate import _check_fields, _checker, _fast_checker, _project, _rules
 
     rules = _rules()
     check = _checker()
@@ -316,9 +316,18 @@ def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_k
                 cases.append({**call, "device": {**call["device"], "device_id": bad}})
         cases.append({k: v for k, v in call.items() if k != name})
         cases.append({**call, "unknown_field": 1})
+        cases.append(dict(reversed(call.items())))  # another order: the fast form hands it on
+        cases.append({**call, "started_at": True, "duration_s": 1.0})
+    fast = _fast_checker()
     for case in cases:
         expected = _check_fields(case, rules)
         reason, row = check(case)
         assert reason == expected, case
         if expected is None:
             assert row == _project(case, rules)
+        assert fast(case) == (reason, row), case
+        if row is not None:  # the same keys in the same order, the device a copy of its own
+            got = fast(case)[1]
+            assert got is not None and list(got) == list(row) and got is not case
+            assert list(got["device"] or ()) == list(row["device"] or ())
+            assert got["device"] is None or got["device"] is not case["device"]
