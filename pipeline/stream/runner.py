@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chain import process_batch
-from pipeline.codec import Decoded, Lineage, MessageLike, decode_value
+from pipeline.codec import Decoded, Lineage, MessageLike, decode_value, plain_record
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
@@ -121,9 +121,18 @@ class PartitionRunner:
     def feed(self, messages: Sequence[MessageLike], now_ms: int) -> list[Rejection]:
         """Take messages of this partition in offset order; returns the dead letters of decoding."""
         dead: list[Rejection] = []
+        partition = self.partition
         for msg in messages:
             if msg.offset <= self._consumed:
                 self.skipped += 1
+                continue
+            record = plain_record(msg.value, msg.headers, "CallEvent")
+            if record is not None and msg.partition == partition:  # one event, admitted: the usual case
+                offset = self._consumed = msg.offset
+                self._messages.append(_Message(offset, 1, 1, None))
+                if record["started_at"] > self._key_ms:
+                    self._key_ms = record["started_at"]
+                self.merger.add([(self._key_ms, (offset, [(record, Lineage(partition, offset, 0))]))])
                 continue
             try:
                 decoded = decode_value(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -458,3 +460,48 @@ def test_privacy_request_v1_messages_still_decode_as_v2() -> None:
     (value,) = codec.encode([v2], "PrivacyRequest", "avro")
     assert value[1:5] == (4).to_bytes(4, "big")
     assert codec.decode_value(value, "PrivacyRequest").records == [v2]
+
+
+def _agrees(value: bytes | None, headers: Any = None) -> dict[str, Any] | None:
+    """plain_record's answer, held to decode_value's: the same record when decode_value keeps
+    exactly one event of a Confluent single-record message and rejects nothing, else None."""
+    got = codec.plain_record(value, headers, "CallEvent")
+    out = decode_value(value, "CallEvent", headers=headers)
+    if got is not None:
+        assert out.rejections == [] and out.records == [got]
+    elif value and value[:1] == b"\x00" and codec._header_format(headers) in (None, codec.Format.CONFLUENT):
+        sid = int.from_bytes(value[1:5], "big")
+        plain = schemas.SCHEMA_IDS.get(sid) == ("CallEvent", schemas.CURRENT["CallEvent"])
+        assert not (plain and not out.rejections and len(out.records) == 1), "a plain message was not taken"
+    return got
+
+
+def test_the_plain_record_shortcut_gives_what_decode_value_gives() -> None:
+    """The worker's shortcut for one-event Confluent messages: every valid message is taken with
+    the record decode_value gives; every message decode_value rejects, every other framing,
+    version or format header is left to decode_value (thousands of corrupted messages too)."""
+    calls = RECORDS["CallEvent"][:50]
+    values = encode(calls, "CallEvent", "avro")
+    for value, call in zip(values, calls, strict=True):
+        assert _agrees(value) == call
+        assert _agrees(value, [(FORMAT_HEADER, b"confluent")]) == call
+        assert _agrees(value, [(FORMAT_HEADER, b"json")]) is None
+    assert _agrees(encode(calls, "CallEvent", "avro", 5)[0]) is None  # a batch id
+    assert _agrees(encode(calls[:1], "CallEvent", "json")[0]) is None
+    assert _agrees(None) is None and _agrees(b"") is None and _agrees(values[0][:5]) is None
+    bad = Path(__file__).resolve().parent.parent / "bad_inputs"
+    for path in sorted(p for p in bad.rglob("*") if p.is_file() and p.suffix not in (".py", ".md")):
+        _agrees(path.read_bytes())
+    rng = random.Random(8)
+    taken = 0
+    for _ in range(3_000):
+        value = bytearray(rng.choice(values))
+        how = rng.randrange(3)
+        if how == 0:
+            del value[rng.randrange(5, len(value)) :]
+        elif how == 1:
+            value[rng.randrange(5, len(value))] = rng.randrange(256)
+        else:
+            value += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        taken += _agrees(bytes(value)) is not None
+    assert 0 < taken < 3_000  # some corruptions still decode (a changed letter), most do not
