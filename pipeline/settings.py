@@ -42,6 +42,8 @@ class Settings:
     flush_seconds: float = 10.0  # CALLPIPE_FLUSH_SECONDS: ...or when its oldest row is this old
     ingest_flush_rows: int = 1_000_000  # CALLPIPE_INGEST_FLUSH_ROWS: rows `callpipe ingest` holds per flush
     ingest_jobs: int = 0  # CALLPIPE_INGEST_JOBS: processes of `callpipe ingest` (0: one per core)
+    # CALLPIPE_WORKER_PROCESSES: members of the consumer group `callpipe worker` runs (0: one per core)
+    worker_jobs: int = 1
     max_idle_ms: int = 2_000  # CALLPIPE_MAX_IDLE_MS: how long calls wait for a silent consent stream
     log_level: str = "info"  # CALLPIPE_LOG_LEVEL
     # How clients connect (pipeline/kafka_access.py): sasl_ssl (default) or plaintext (development)
@@ -61,6 +63,11 @@ class Settings:
     def ingest_processes(self) -> int:
         """How many processes `callpipe ingest` shares its files among."""
         return self.ingest_jobs or os.cpu_count() or 1
+
+    @property
+    def worker_processes(self) -> int:
+        """How many group members (processes) `callpipe worker` runs."""
+        return self.worker_jobs or os.cpu_count() or 1
 
     def key(self) -> PseudonymKey:
         """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
@@ -182,6 +189,7 @@ class Settings:
             flush_seconds=seconds("FLUSH_SECONDS", 10.0),
             ingest_flush_rows=number("INGEST_FLUSH_ROWS", 1_000_000),
             ingest_jobs=number("INGEST_JOBS", 0, minimum=0),
+            worker_jobs=number("WORKER_PROCESSES", 1, minimum=0),
             max_idle_ms=number("MAX_IDLE_MS", 2_000, minimum=0),
             log_level=level,
             policy=policy,

@@ -23,6 +23,7 @@ import asyncio
 import bisect
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -126,9 +127,11 @@ def _shape(
     batch: int,
     prefix: str,
     then: Callable[[Worker, dict[str, float]], dict[str, Any]] | None = None,
+    processes: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Worker then passthrough on one message shape; `then(worker, rates)` runs with the caught-up
-    worker before it stops (the paced phase)."""
+    """Worker then passthrough on one message shape, then (`processes` > 1) a worker of that many
+    members; `then(worker, rates)` runs with the caught-up one-process worker before it stops (the
+    paced phase)."""
     kafka.make_topics(settings, prefix)
     produce_rate = _preload(settings, prefix, traffic, batch)
     n = len(traffic.calls)
@@ -171,6 +174,26 @@ def _shape(
         "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
         "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
     }
+    if processes > 1:
+        # The same topic again, into a lake of its own, by a worker of one member per core
+        # (`callpipe worker --processes`): what a carrier's host gets, beside the one-process
+        # worker the ratio compares with the one-process passthrough.
+        env_n = {**env, "CALLPIPE_WORKER_PROCESSES": str(processes)}
+        many = Worker.start(
+            prefix, work / f"lake-{name}-p{processes}", env_n, work / f"worker-{name}-p{processes}.log"
+        )
+        try:
+            peak_n = many.wait_for(n, timeout)
+            commits_n = lake_commits(many.lake)
+            first_n = many.first_consume()
+            w_n = rates(first_n, commits_n, many.idle_seconds(first_n, max(c.at for c in commits_n)))
+        finally:
+            many.stop()
+        log.info("stream %s: worker of %s processes %s", name, processes, w_n)
+        result["worker_processes"] = {"processes": processes, **w_n, "peak_rss_mib": round(peak_n / 1024, 1)}
+        result["ratio_processes"] = (
+            round(w_n["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None
+        )
     return result, extra
 
 
@@ -288,7 +311,10 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
             },
         }
         prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
-        batch_result, _ = _shape(settings, env, work, traffic, "batch", spec.batch, prefixes[-1])
+        cores = os.cpu_count() or 1
+        batch_result, _ = _shape(
+            settings, env, work, traffic, "batch", spec.batch, prefixes[-1], processes=cores
+        )
 
         def paced_phase(worker: Worker, measured: dict[str, float]) -> dict[str, Any]:
             rate = spec.paced_rate or max(500.0, measured["events_per_s"] / 2)
@@ -296,7 +322,7 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
 
         prefixes.append(f"cpbench{uuid.uuid4().hex[:8]}.")
         single_result, paced = _shape(
-            settings, env, work, traffic, "single", 1, prefixes[-1], then=paced_phase
+            settings, env, work, traffic, "single", 1, prefixes[-1], then=paced_phase, processes=cores
         )
         figures["shapes"] = {"single": single_result, f"batch{spec.batch}": batch_result}
         figures.update(paced)
@@ -320,6 +346,13 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
             and single_result["ratio"] >= TARGET_RATIO,
             "single_events_per_s_at_least_12000": single_result["worker"]["events_per_s"]
             >= TARGET_SINGLE_RATE,
+            # the same with `callpipe worker --processes` one per core (absent on one core)
+            "single_events_per_s_at_least_12000_one_process_per_core": single_result.get(
+                "worker_processes", {}
+            ).get("events_per_s", 0)
+            >= TARGET_SINGLE_RATE
+            if "worker_processes" in single_result
+            else None,
             "memory_growth_within_20pct": None if quick or growth is None else growth <= TARGET_MEMORY_GROWTH,
             "paced_p99_within_flush_interval_plus_2s": None
             if figures["latency"].get("p99_ms") is None
@@ -428,6 +461,21 @@ def render(figures: dict[str, Any]) -> str:
                 ", ".join(f"{c} {r}" for c, r in s["passthrough_by_client"].items()),
             ]
         )
+        many = s.get("worker_processes")
+        if many is not None:
+            rows.append(
+                [
+                    f"{name}, worker of {many['processes']} processes",
+                    s["events"],
+                    many["events_per_s"],
+                    s["passthrough"]["events_per_s"],
+                    s["ratio_processes"],
+                    many["end_to_end_events_per_s"],
+                    s["passthrough"]["end_to_end_events_per_s"],
+                    many["peak_rss_mib"],
+                    "",
+                ]
+            )
     out = [
         table(
             [

@@ -75,8 +75,21 @@ class Worker:
             )
         return cls(proc, lake, log, time.time())
 
+    def pids(self) -> list[int]:
+        """The command's process and its members' (`callpipe worker --processes`)."""
+        try:
+            members = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            members = []
+        return [self.proc.pid, *(int(m) for m in members)]
+
     def memory_kib(self) -> dict[str, int]:
-        return proc_memory_kib(self.proc.pid)
+        """VmRSS and VmHWM summed over the command and its members (a sum of each one's peak)."""
+        total: dict[str, int] = {}
+        for pid in self.pids():
+            for name, kib in proc_memory_kib(pid).items():
+                total[name] = total.get(name, 0) + kib
+        return total
 
     def wait_for(self, events: int, timeout_s: float) -> int:
         """Poll the lake until it holds `events` events; returns the peak RSS seen (KiB)."""
@@ -93,11 +106,14 @@ class Worker:
         raise BenchError(f"the worker landed {held} of {events} events in {timeout_s:.0f}s; see {self.log}")
 
     def sample_cpu(self) -> None:
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return
-        self.cpu.append((time.time(), (int(fields[11]) + int(fields[12])) / _TICKS))
+        ticks = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+        self.cpu.append((time.time(), ticks / _TICKS))
 
     def idle_seconds(self, start: float, end: float, busy_share: float = 0.05) -> float:
         """Wall time between start and end in which the worker used under `busy_share` of a CPU

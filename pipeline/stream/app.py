@@ -37,6 +37,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pipeline import lograte
 from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
+from pipeline.errors import EXIT_TRIPPED
 from pipeline.kafka_access import WORKER, KafkaAccess
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Rejection, Stage
@@ -52,7 +53,6 @@ log = logging.getLogger("callpipe.worker")
 TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
-EXIT_TRIPPED = 3  # the trip-wire stopped the worker (pipeline/stream/runner.py Tripped)
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
 MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start

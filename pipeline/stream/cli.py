@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,10 +19,20 @@ from sinks.stats import StreamStats
 
 
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    if args.processes is not None and args.processes < 0:
+        raise CliError("--processes must be 0 (one per core) or more")
+    processes = (
+        (args.processes or os.cpu_count() or 1) if args.processes is not None else settings.worker_processes
+    )
+    settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
+    settings.key()  # ...or a missing key, once, not once per process
+    if processes > 1:
+        from pipeline.stream.supervise import member_argv, supervise
+
+        return supervise(member_argv(args.prefix), processes)
     from pipeline.stream.app import run_worker
 
     collector.tune()
-    settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     run_worker(settings, settings.key(), prefix=args.prefix)
     return 0
 
@@ -159,6 +170,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")
     w.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # isolated topic sets (tests, demo)
+    w.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="members of the consumer group this command runs, one process each, to use more "
+        "than one core (default: CALLPIPE_WORKER_PROCESSES, else 1; 0: one per core)",
+    )
     w.set_defaults(func=worker_cmd)
 
     i = sub.add_parser("ingest", help="run the same chain over files, without a broker, into the lake")

@@ -277,6 +277,14 @@ def test_kill_minus_nine_loses_and_duplicates_nothing(
     kill_trial(kafka_bootstrap, tmp_path, seed)
 
 
+def test_a_worker_of_two_processes_killed_minus_nine_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """`callpipe worker --processes 2`: the SIGKILL of the command takes both members with it,
+    and the restarted command (two members again) lands every event once."""
+    kill_trial(kafka_bootstrap, tmp_path, 6, processes=2)
+
+
 def test_ingest_gives_the_same_rows_as_the_stream(full_run: dict[str, Any], tmp_path: Path) -> None:
     from pipeline.ingest import ingest_file, load_states
     from pipeline.settings import Settings

@@ -95,3 +95,11 @@ def test_two_broker_outages_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp
 @pytest.mark.parametrize("seed", range(101, 116))
 def test_fifteen_kill_minus_nine_trials(kafka_bootstrap: str, tmp_path: Path, seed: int) -> None:
     kill_trial(kafka_bootstrap, tmp_path, seed)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(121, 126))
+def test_five_kill_minus_nine_trials_of_a_worker_of_two_processes(
+    kafka_bootstrap: str, tmp_path: Path, seed: int
+) -> None:
+    kill_trial(kafka_bootstrap, tmp_path, seed, processes=2)

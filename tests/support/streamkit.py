@@ -100,6 +100,24 @@ def start_worker(prefix: str, lake: Path, env: dict[str, str], log: Path) -> sub
         )
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float = 30) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -169,9 +187,11 @@ def consume_all(bootstrap: str, topic: str) -> list[Any]:
     return asyncio.run(run())
 
 
-def kill_trial(kafka_bootstrap: str, tmp: Path, seed: int) -> None:
+def kill_trial(kafka_bootstrap: str, tmp: Path, seed: int, processes: int = 1) -> None:
     """A worker killed with SIGKILL a few seconds into 6,000 events (half single-event
-    messages, half 100-event batches), then restarted: every event lands once in both zones."""
+    messages, half 100-event batches), then restarted: every event lands once in both zones.
+    With `processes` > 1 (`callpipe worker --processes`), the SIGKILL hits the command and its
+    members must die with it."""
     prefix = f"k{seed}x{random.randrange(1 << 30):x}."
     make_topics(kafka_bootstrap, prefix, PARTITIONS)
     start = int(time.time() * 1000) - 3 * HOUR_MS
@@ -180,11 +200,17 @@ def kill_trial(kafka_bootstrap: str, tmp: Path, seed: int) -> None:
     messages += records_to_messages(traffic.calls[3_000:], "CallEvent", PARTITIONS, "avro", 100)
     publish(kafka_bootstrap, prefix + topics.CALLS, messages)
     lake = tmp / f"lake{seed}"
-    env = worker_env(tmp, kafka_bootstrap)
+    env = {**worker_env(tmp, kafka_bootstrap), "CALLPIPE_WORKER_PROCESSES": str(processes)}
     proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
     rng = random.Random(seed)
     time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; kill mid-stream
+    members = children(proc.pid)
+    assert len(members) == (processes if processes > 1 else 0)
     stop(proc, signal.SIGKILL)
+    gone_by = time.monotonic() + 10
+    while [m for m in members if alive(m)] and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert [m for m in members if alive(m)] == [], "members outlived the killed worker"
     proc = start_worker(prefix, lake, env, tmp / f"worker{seed}.log")
     try:
         wait_for_events(lake, 6_000, 180, proc)

@@ -1,0 +1,128 @@
+"""`callpipe worker --processes N`: one command, N members of the consumer group.
+
+A worker process runs the chain in Python, so it uses one core. Kafka Streams runs
+`num.stream.threads` consumers in one instance for the same reason; Python's threads share one
+interpreter lock, so here the members are processes. Each member is today's worker, unchanged: it
+joins the group, owns the calls partitions the group gives it, reads the control streams whole
+(pipeline/stream/control.py) and lands into the lake under its partitions' writer locks. Every
+guarantee of a group of workers (exactly-once per range, takeover, gaps, dead letters) is therefore
+the one the suite already checks for several workers; this module only keeps them together:
+
+  - SIGTERM or SIGINT to the command is passed to every member once; each lands what it has taken
+    and leaves the group; the command exits when all have.
+  - A member that stops on its own (the trip-wire, a crash, the kernel's out-of-memory killer)
+    stops the others the same way: the worker fails as one, so its supervisor (systemd,
+    Kubernetes) sees one failure and restarts one unit. The exit status is the trip-wire's
+    (pipeline.errors.EXIT_TRIPPED) if any member tripped, else the first failure's.
+  - A command killed with SIGKILL takes its members with it (Linux PR_SET_PDEATHSIG): no orphan
+    keeps a partition's lake writer from its next owner.
+
+Each member holds the whole control state, so memory grows with the members (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from pipeline.errors import EXIT_TRIPPED
+
+log = logging.getLogger("callpipe.worker")
+
+POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
+
+
+def member_argv(prefix: str) -> list[str]:
+    """The command of one member: a worker of one process."""
+    return [sys.executable, "-m", "pipeline.cli", "worker", "--prefix", prefix, "--processes", "1"]
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """What a member runs between fork and exec: the kernel kills it with SIGKILL when the command
+    dies; if the command died before that was set, the member exits at once."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
+    parent = os.getpid()
+
+    def setup() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def exit_status(codes: Sequence[int], first_failure: int | None) -> int:
+    """The command's exit status from its members' (a negative code: killed by that signal,
+    reported as a shell does, 128 + the signal). `first_failure` is the code of the member that
+    stopped on its own, if one did: even 0 is a failure then, no one asked it to stop."""
+    if EXIT_TRIPPED in codes:
+        return EXIT_TRIPPED
+    failure = first_failure if first_failure is not None else next((c for c in codes if c != 0), 0)
+    if failure < 0:
+        return 128 - failure
+    if failure == 0 and first_failure is not None:
+        return 1
+    return failure
+
+
+def supervise(argv: Sequence[str], processes: int, env: dict[str, str] | None = None) -> int:
+    """Run `processes` members, each `argv`, until they all stop; returns the exit status."""
+    base = dict(os.environ if env is None else env)
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop_all() -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.info("worker: %s received; stopping %s processes", signal.Signals(signum).name, len(procs))
+            stop_all()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    first_failure: int | None = None
+    try:
+        setup = _die_with_parent()
+        for i in range(processes):
+            member_env = {**base, "CALLPIPE_WORKER_PROCESSES": "1", "CALLPIPE_WORKER_MEMBER": str(i)}
+            # Its own process group: a terminal's Ctrl-C reaches the command only, which passes
+            # one SIGTERM on (a member signalled twice would stop without landing).
+            procs.append(subprocess.Popen(list(argv), env=member_env, preexec_fn=setup, process_group=0))
+            if stopping:  # a signal came while starting: the new member stops too
+                stop_all()
+        log.info("worker: %s processes, pids %s", processes, " ".join(str(p.pid) for p in procs))
+        while [p.poll() for p in procs].count(None):  # every member polled: its status is read
+            if not stopping:
+                for i, p in enumerate(procs):
+                    if p.returncode is not None:
+                        # One member stopped on its own: the worker stops as one.
+                        stopping = True
+                        first_failure = p.returncode
+                        log.error(
+                            "worker: process %s (pid %s) exited with %s; stopping the others",
+                            i,
+                            p.pid,
+                            p.returncode,
+                        )
+                        stop_all()
+                        break
+            time.sleep(POLL_S)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    codes = [p.returncode for p in procs]
+    if first_failure is None and not stopping:  # all stopped on their own between two looks
+        first_failure = next((c for c in codes if c != 0), 0)
+    return exit_status(codes, first_failure)

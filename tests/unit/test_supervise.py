@@ -1,0 +1,170 @@
+"""`callpipe worker --processes N` keeps its members together (pipeline/stream/supervise.py):
+real processes stand in for the members, no broker. The members' Kafka side is the e2e suite's
+(tests/e2e/test_stream_e2e.py, a two-process worker killed -9 and restarted)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import EXIT_TRIPPED
+from pipeline.settings import Settings
+from pipeline.stream.supervise import exit_status, supervise
+from tests.support.streamkit import ROOT, alive
+
+# A member: writes its pid, then waits; on SIGTERM notes it (once per signal) and exits with
+# the code in its file `exit-<member>` if there is one, else 0. `die-<member>` makes it exit
+# on its own with that code.
+MEMBER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    here = Path(sys.argv[1]); me = os.environ["CALLPIPE_WORKER_MEMBER"]
+    def on_term(signum, frame):
+        with open(here / f"term-{me}", "a") as f:
+            f.write("x")
+        code = here / f"exit-{me}"
+        time.sleep(0.3)  # landing takes a moment: a second signal meanwhile would be seen
+        sys.exit(int(code.read_text()) if code.exists() else 0)
+    signal.signal(signal.SIGTERM, on_term)
+    (here / f"pid-{me}").write_text(str(os.getpid()))
+    while True:
+        die = here / f"die-{me}"
+        if die.exists():
+            sys.exit(int(die.read_text()))
+        time.sleep(0.05)
+    """
+)
+
+
+def _argv(tmp: Path) -> list[str]:
+    script = tmp / "member.py"
+    script.write_text(MEMBER)
+    return [sys.executable, str(script), str(tmp)]
+
+
+def _command(tmp: Path, processes: int) -> subprocess.Popen[bytes]:
+    """supervise() in a process of its own, as `callpipe worker --processes` runs it."""
+    code = (
+        "import sys; from pipeline.stream.supervise import supervise; "
+        f"sys.exit(supervise({_argv(tmp)!r}, {processes}))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+
+
+def _pids(tmp: Path, n: int, timeout_s: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        files = [tmp / f"pid-{i}" for i in range(n)]
+        if all(f.exists() and f.read_text() for f in files):
+            return [int(f.read_text()) for f in files]
+        time.sleep(0.05)
+    raise AssertionError("the members did not start")
+
+
+def _gone(pids: list[int], timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_reaches_every_member_once_and_the_command_exits_with_them(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 3)
+    _pids(tmp_path, 3)
+    cmd.send_signal(signal.SIGTERM)
+    assert cmd.wait(20) == 0
+    assert [(tmp_path / f"term-{i}").read_text() for i in range(3)] == ["x", "x", "x"]
+
+
+def test_sigint_reaches_the_members_as_one_sigterm(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 2)
+    _pids(tmp_path, 2)
+    cmd.send_signal(signal.SIGINT)
+    assert cmd.wait(20) == 0
+    assert [(tmp_path / f"term-{i}").read_text() for i in range(2)] == ["x", "x"]
+
+
+def test_a_tripped_member_stops_the_others_and_the_command_reports_the_trip(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 3)
+    _pids(tmp_path, 3)
+    (tmp_path / "die-1").write_text(str(EXIT_TRIPPED))
+    assert cmd.wait(20) == EXIT_TRIPPED
+    # the others were asked to stop (and land), the tripped one was not signalled
+    assert (tmp_path / "term-0").read_text() == "x"
+    assert (tmp_path / "term-2").read_text() == "x"
+    assert not (tmp_path / "term-1").exists()
+
+
+def test_a_member_killed_by_the_kernel_stops_the_others_and_fails_the_command(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 2)
+    pids = _pids(tmp_path, 2)
+    os.kill(pids[0], signal.SIGKILL)  # as the out-of-memory killer would
+    assert cmd.wait(20) == 128 + signal.SIGKILL
+    assert (tmp_path / "term-1").read_text() == "x"
+
+
+def test_a_member_that_exits_unasked_fails_the_command_even_with_status_zero(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 2)
+    _pids(tmp_path, 2)
+    (tmp_path / "die-0").write_text("0")
+    assert cmd.wait(20) == 1
+    assert (tmp_path / "term-1").read_text() == "x"
+
+
+def test_sigkill_of_the_command_takes_its_members_with_it(tmp_path: Path) -> None:
+    cmd = _command(tmp_path, 2)
+    pids = _pids(tmp_path, 2)
+    cmd.kill()
+    cmd.wait(10)
+    assert _gone(pids), "a member outlived the killed command and would hold its partitions"
+
+
+def test_members_are_told_apart_and_run_as_single_process_workers(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import os, sys; from pathlib import Path\n"
+        "m = os.environ['CALLPIPE_WORKER_MEMBER']\n"
+        "(Path(sys.argv[1]) / m).write_text(os.environ['CALLPIPE_WORKER_PROCESSES'])\n"
+    )
+    # members that exit 0 at once, unasked: the command fails (nobody asked them to stop)
+    assert supervise([sys.executable, str(script), str(seen)], 2) == 1
+    assert {p.name: p.read_text() for p in seen.iterdir()} == {"0": "1", "1": "1"}
+
+
+@pytest.mark.parametrize(
+    ("codes", "first", "status"),
+    [
+        ([0, 0], None, 0),  # asked to stop, all landed
+        ([0, EXIT_TRIPPED, 0], EXIT_TRIPPED, EXIT_TRIPPED),
+        ([0, 0, EXIT_TRIPPED], None, EXIT_TRIPPED),  # tripped while stopping
+        ([-9, 0], -9, 137),
+        ([0, 1], 1, 1),
+        ([0, 0], 0, 1),  # exited unasked
+        ([2, 0], None, 2),
+    ],
+)
+def test_exit_status(codes: list[int], first: int | None, status: int) -> None:
+    assert exit_status(codes, first) == status
+
+
+def test_processes_setting_and_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert Settings.from_env({}).worker_processes == 1  # like Kafka Streams' num.stream.threads
+    assert Settings.from_env({"CALLPIPE_WORKER_PROCESSES": "3"}).worker_processes == 3
+    assert Settings.from_env({"CALLPIPE_WORKER_PROCESSES": "0"}).worker_processes == (os.cpu_count() or 1)
+    assert main(["worker", "--processes", "-1"]) == 2
+    assert "--processes must be 0 (one per core) or more" in capsys.readouterr().err
