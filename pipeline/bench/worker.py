@@ -61,6 +61,7 @@ class Worker:
     log: Path
     started: float  # wall clock
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (wall clock, CPU seconds) samples
+    processes: int = 1  # members of the consumer group it runs (`callpipe worker --processes`)
 
     @classmethod
     def start(cls, prefix: str, lake: Path, env: dict[str, str], log: Path) -> Worker:
@@ -73,7 +74,13 @@ class Worker:
                 env=full,
                 cwd=log.parent,
             )
-        return cls(proc, lake, log, time.time())
+        return cls(
+            proc,
+            lake,
+            log,
+            time.time(),
+            processes=int(full.get("CALLPIPE_WORKER_PROCESSES", "1")) or os.cpu_count() or 1,
+        )
 
     def pids(self) -> list[int]:
         """The command's process and its members' (`callpipe worker --processes`)."""
@@ -116,12 +123,14 @@ class Worker:
         self.cpu.append((time.time(), ticks / _TICKS))
 
     def idle_seconds(self, start: float, end: float, busy_share: float = 0.05) -> float:
-        """Wall time between start and end in which the worker used under `busy_share` of a CPU
-        (waiting for its flush timer or an idle consent stream, not working)."""
+        """Wall time between start and end in which each of the worker's processes used under
+        `busy_share` of a CPU on average (waiting for its flush timer or an idle consent stream,
+        not working)."""
         idle = 0.0
+        share = busy_share * self.processes
         for (t0, c0), (t1, c1) in zip(self.cpu, self.cpu[1:], strict=False):
             lo, hi = max(t0, start), min(t1, end)
-            if hi > lo and (c1 - c0) < busy_share * (t1 - t0):
+            if hi > lo and (c1 - c0) < share * (t1 - t0):
                 idle += hi - lo
         return idle
 
