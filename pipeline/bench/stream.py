@@ -118,6 +118,22 @@ def _preload(settings: Settings, prefix: str, traffic: Traffic, batch: int) -> f
     return summary.events / summary.seconds if summary.seconds else 0.0
 
 
+def _worker_leg(
+    env: dict[str, str], work: Path, name: str, prefix: str, n: int, timeout: float
+) -> tuple[Worker, dict[str, float], int]:
+    """Start a worker on the shape's topic into a lake of its own and wait until it holds `n`
+    events; returns it still running, its rates and its peak RSS (KiB)."""
+    worker = Worker.start(prefix, work / f"lake-{name}", env, work / f"worker-{name}.log")
+    try:
+        peak = worker.wait_for(n, timeout)
+        commits = lake_commits(worker.lake)
+        first = worker.first_consume()
+        return worker, rates(first, commits, worker.idle_seconds(first, max(c.at for c in commits))), peak
+    except BaseException:
+        worker.stop()
+        raise
+
+
 def _shape(
     settings: Settings,
     env: dict[str, str],
@@ -129,20 +145,26 @@ def _shape(
     then: Callable[[Worker, dict[str, float]], dict[str, Any]] | None = None,
     processes: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Worker then passthrough on one message shape, then (`processes` > 1) a worker of that many
-    members; `then(worker, rates)` runs with the caught-up one-process worker before it stops (the
-    paced phase)."""
+    """On one message shape: (`processes` > 1) a worker of that many members, then the
+    one-process worker, then the passthrough, each reading the same backlog from the start.
+    `then(worker, rates)` runs with the caught-up one-process worker before it stops (the paced
+    phase, which adds events to the topic: so it comes after the other worker)."""
     kafka.make_topics(settings, prefix)
     produce_rate = _preload(settings, prefix, traffic, batch)
     n = len(traffic.calls)
     log.info("stream %s: %s events published (%.0f/s); starting the worker", name, n, produce_rate)
     timeout = max(300.0, n / 300)
-    worker = Worker.start(prefix, work / f"lake-{name}", env, work / f"worker-{name}.log")
+    many: dict[str, Any] | None = None
+    if processes > 1:
+        # `callpipe worker --processes`, one member per core: what a carrier's host gets from one
+        # worker, beside the one-process worker the ratio compares with the one-process passthrough.
+        env_n = {**env, "CALLPIPE_WORKER_PROCESSES": str(processes)}
+        leg, w_n, peak_n = _worker_leg(env_n, work, f"{name}-p{processes}", prefix, n, timeout)
+        leg.stop()
+        log.info("stream %s: worker of %s processes %s", name, processes, w_n)
+        many = {"processes": processes, **w_n, "peak_rss_mib": round(peak_n / 1024, 1)}
+    worker, w, peak = _worker_leg(env, work, name, prefix, n, timeout)
     try:
-        peak = worker.wait_for(n, timeout)
-        commits = lake_commits(worker.lake)
-        first = worker.first_consume()
-        w = rates(first, commits, worker.idle_seconds(first, max(c.at for c in commits)))
         log.info("stream %s: worker %s", name, w)
         extra = then(worker, w) if then is not None else {}
     finally:
@@ -174,25 +196,10 @@ def _shape(
         "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
         "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
     }
-    if processes > 1:
-        # The same topic again, into a lake of its own, by a worker of one member per core
-        # (`callpipe worker --processes`): what a carrier's host gets, beside the one-process
-        # worker the ratio compares with the one-process passthrough.
-        env_n = {**env, "CALLPIPE_WORKER_PROCESSES": str(processes)}
-        many = Worker.start(
-            prefix, work / f"lake-{name}-p{processes}", env_n, work / f"worker-{name}-p{processes}.log"
-        )
-        try:
-            peak_n = many.wait_for(n, timeout)
-            commits_n = lake_commits(many.lake)
-            first_n = many.first_consume()
-            w_n = rates(first_n, commits_n, many.idle_seconds(first_n, max(c.at for c in commits_n)))
-        finally:
-            many.stop()
-        log.info("stream %s: worker of %s processes %s", name, processes, w_n)
-        result["worker_processes"] = {"processes": processes, **w_n, "peak_rss_mib": round(peak_n / 1024, 1)}
+    if many is not None:
+        result["worker_processes"] = many
         result["ratio_processes"] = (
-            round(w_n["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None
+            round(many["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None
         )
     return result, extra
 
