@@ -17,7 +17,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import EXIT_TRIPPED
 from pipeline.settings import Settings
-from pipeline.stream.supervise import exit_status, supervise
+from pipeline.stream.supervise import exit_status
 from tests.support.streamkit import ROOT, alive
 
 # A member: writes its pid, then waits; on SIGTERM notes it (once per signal) and exits with
@@ -135,12 +135,19 @@ def test_members_are_told_apart_and_run_as_single_process_workers(tmp_path: Path
     seen.mkdir()
     script = tmp_path / "env.py"
     script.write_text(
-        "import os, sys; from pathlib import Path\n"
+        "import os, sys, time; from pathlib import Path\n"
         "m = os.environ['CALLPIPE_WORKER_MEMBER']\n"
         "(Path(sys.argv[1]) / m).write_text(os.environ['CALLPIPE_WORKER_PROCESSES'])\n"
+        "time.sleep(60)\n"
     )
-    # members that exit 0 at once, unasked: the command fails (nobody asked them to stop)
-    assert supervise([sys.executable, str(script), str(seen)], 2) == 1
+    argv = [sys.executable, str(script), str(seen)]
+    code = f"import sys; from pipeline.stream.supervise import supervise; sys.exit(supervise({argv!r}, 2))"
+    cmd = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while len([p for p in seen.iterdir() if p.read_text()]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cmd.send_signal(signal.SIGTERM)
+    cmd.wait(20)
     assert {p.name: p.read_text() for p in seen.iterdir()} == {"0": "1", "1": "1"}
 
 
