@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,11 +20,11 @@ from sinks.stats import StreamStats
 def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.processes is not None and args.processes < 0:
         raise CliError("--processes must be 0 (one per core) or more")
-    processes = (
-        (args.processes or os.cpu_count() or 1) if args.processes is not None else settings.worker_processes
-    )
+    if args.processes is not None:
+        settings = dataclasses.replace(settings, worker_jobs=args.processes)
+    processes = settings.worker_processes
     settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
-    settings.key()  # ...or a missing key, once, not once per process
+    key = settings.key()  # ...or a missing key, once, not once per process
     if processes > 1:
         from pipeline.stream.supervise import member_argv, supervise
 
@@ -33,7 +32,7 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.app import run_worker
 
     collector.tune()
-    run_worker(settings, settings.key(), prefix=args.prefix)
+    run_worker(settings, key, prefix=args.prefix)
     return 0
 
 

@@ -73,9 +73,8 @@ def exit_status(codes: Sequence[int], first_failure: int | None) -> int:
     return failure
 
 
-def supervise(argv: Sequence[str], processes: int, env: dict[str, str] | None = None) -> int:
+def supervise(argv: Sequence[str], processes: int) -> int:
     """Run `processes` members, each `argv`, until they all stop; returns the exit status."""
-    base = dict(os.environ if env is None else env)
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -96,7 +95,7 @@ def supervise(argv: Sequence[str], processes: int, env: dict[str, str] | None = 
     try:
         setup = _die_with_parent()
         for i in range(processes):
-            member_env = {**base, "CALLPIPE_WORKER_PROCESSES": "1", "CALLPIPE_WORKER_MEMBER": str(i)}
+            member_env = {**os.environ, "CALLPIPE_WORKER_PROCESSES": "1", "CALLPIPE_WORKER_MEMBER": str(i)}
             # Its own process group: a terminal's Ctrl-C reaches the command only, which passes
             # one SIGTERM on (a member signalled twice would stop without landing).
             procs.append(subprocess.Popen(list(argv), env=member_env, preexec_fn=setup, process_group=0))
