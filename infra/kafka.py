@@ -204,7 +204,12 @@ def _write_config(broker: Broker) -> None:
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",
         "share.coordinator.state.topic.replication.factor=1",
-        "group.initial.rebalance.delay.ms=0",
+        # How long a new group waits for more members before its first assignment (Kafka's
+        # default is 3 s). Not 0: the members of `callpipe worker --processes N` subscribe within
+        # milliseconds of each other, and at 0 the first of them took every partition alone, then
+        # landed them at the rebalance its siblings caused a moment later (seconds of one member
+        # working); 1 s keeps a test's first join quick.
+        "group.initial.rebalance.delay.ms=1000",
         # Topics are declared by `callpipe topics create`.
         "auto.create.topics.enable=true",
         "message.max.bytes=10485760",

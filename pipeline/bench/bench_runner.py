@@ -76,7 +76,7 @@ def main() -> None:
         collector.tune()
         profile = cProfile.Profile()
         profile.runcall(run)
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(profile).sort_stats("tottime" if "--self" in sys.argv else "cumulative").print_stats(40)
         return
     for name in ("CPython's default", "the worker's (pipeline/collector.py)"):
         if name.startswith("the worker"):

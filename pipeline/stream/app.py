@@ -54,6 +54,12 @@ TAKE_MAX = 20_000  # messages per poll, over all partitions
 TICK_S = 0.25
 COMMIT_TIMEOUT_S = 10.0
 SESSION_TIMEOUT_MS = 10_000  # a worker killed -9 holds its partitions this long
+# How soon a member learns that the group is rebalancing (a member joined or left): a member that
+# learns late holds partitions another member waits for. At 3 s (the Java client's default), the
+# second member of `callpipe worker --processes 2` sat idle ~5 s while the first, which had joined
+# a moment before it and took every partition, went on alone; Kafka asks for at most a third of
+# the session timeout.
+HEARTBEAT_INTERVAL_MS = 1_000
 MAX_FETCH = 8 * 1024 * 1024
 MAX_REQUEST = 16 * 1024 * 1024  # the producer's own bound; calls.dlq's limit is read at start
 DLQ_BATCH = 512 * 1024  # bytes of dead letters per partition batch
@@ -285,7 +291,7 @@ class WorkerRuntime(mode.Service):
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=3_000,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             max_partition_fetch_bytes=MAX_FETCH,
         )
         self.broker = KafkaBroker(
