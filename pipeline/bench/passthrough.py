@@ -11,8 +11,11 @@ this machine allows, measured in the same run on the same topic as the worker.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +153,7 @@ class _Sink:
 
 
 async def _consume_aiokafka(
-    access: KafkaAccess, topic: str, partitions: int, sink: _Sink, timeout_s: float
+    access: KafkaAccess, topic: str, partitions: Sequence[int], sink: _Sink, timeout_s: float
 ) -> PassthroughResult:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -163,7 +166,7 @@ async def _consume_aiokafka(
         fetch_max_bytes=50 * 1024 * 1024,
     )
     await consumer.start()
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.assign([TopicPartition(topic, p) for p in partitions])
     deadline = time.monotonic() + timeout_s
     try:
         while sink.landed < sink.expected:
@@ -189,7 +192,7 @@ class _Message:
 
 
 def _consume_confluent(
-    access: KafkaAccess, topic: str, partitions: int, sink: _Sink, timeout_s: float
+    access: KafkaAccess, topic: str, partitions: Sequence[int], sink: _Sink, timeout_s: float
 ) -> PassthroughResult:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -202,7 +205,7 @@ def _consume_confluent(
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
         }
     )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     deadline = time.monotonic() + timeout_s
     try:
         while sink.landed < sink.expected:
@@ -227,7 +230,7 @@ CLIENTS = ("aiokafka", "confluent-kafka")
 def run_passthrough(
     access: KafkaAccess,
     topic: str,
-    partitions: int,
+    partitions: int | Sequence[int],
     expected: int,
     out: Path,
     *,
@@ -236,10 +239,57 @@ def run_passthrough(
     timeout_s: float = 900.0,
     client: str = "aiokafka",
 ) -> PassthroughResult:
-    """Consume `expected` events of `topic` into Parquet files under `out` with `client` (one of
-    CLIENTS); every buffer is flushed as soon as the last event is consumed."""
+    """Consume `expected` events of `topic` (its first `partitions` partitions, or those listed)
+    into Parquet files under `out` with `client` (one of CLIENTS); every buffer is flushed as
+    soon as the last event is consumed."""
     out.mkdir(parents=True, exist_ok=True)
     sink = _Sink(out, expected, flush_rows, flush_seconds)
+    chosen = range(partitions) if isinstance(partitions, int) else partitions
     if client == "confluent-kafka":
-        return _consume_confluent(access, topic, partitions, sink, timeout_s)
-    return asyncio.run(_consume_aiokafka(access, topic, partitions, sink, timeout_s))
+        return _consume_confluent(access, topic, chosen, sink, timeout_s)
+    return asyncio.run(_consume_aiokafka(access, topic, chosen, sink, timeout_s))
+
+
+def run_passthrough_processes(
+    access: KafkaAccess,
+    topic: str,
+    expected_by_partition: Mapping[int, int],
+    out: Path,
+    processes: int,
+    *,
+    flush_rows: int,
+    flush_seconds: float,
+    timeout_s: float = 900.0,
+    client: str = "aiokafka",
+) -> PassthroughResult:
+    """`run_passthrough` in `processes` processes at once, process i consuming the partitions p
+    with p % processes == i (`expected_by_partition` gives each partition's events): the baseline
+    of a worker of as many processes, on the same cores. One result: the first consume of any
+    process, every process's commits."""
+    shares = [sorted(p for p in expected_by_partition if p % processes == i) for i in range(processes)]
+    shares = [share for share in shares if share]
+    # fresh interpreters (spawn): the bench process may hold client threads a fork would copy
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        futures = [
+            pool.submit(
+                run_passthrough,
+                access,
+                topic,
+                share,
+                sum(expected_by_partition[p] for p in share),
+                out / f"process-{i}",
+                flush_rows=flush_rows,
+                flush_seconds=flush_seconds,
+                timeout_s=timeout_s,
+                client=client,
+            )
+            for i, share in enumerate(shares)
+        ]
+        results = [f.result() for f in futures]
+    starts = [r.first_consume for r in results if r.first_consume]
+    return PassthroughResult(
+        min(starts) if starts else 0.0,
+        tuple(c for r in results for c in r.commits),
+        sum(r.events for r in results),
+    )

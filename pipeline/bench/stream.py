@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 from pipeline import codec
 from pipeline.bench import kafka
 from pipeline.bench.common import SEED, BenchError, percentile, table
-from pipeline.bench.passthrough import CLIENTS, Commit, run_passthrough
+from pipeline.bench.passthrough import CLIENTS, Commit, run_passthrough, run_passthrough_processes
 from pipeline.bench.worker import Worker, home_keys, lake_commits
 from pipeline.carrier.generate import HOUR_MS, Traffic, generate_traffic
 from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
@@ -146,7 +147,9 @@ def _shape(
     processes: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """On one message shape: (`processes` > 1) a worker of that many members, then the
-    one-process worker, then the passthrough, each reading the same backlog from the start.
+    one-process worker, then the passthrough with each client, then (`processes` > 1) the
+    passthrough in that many processes with the faster client (the baseline on the same cores),
+    each reading the same backlog from the start.
     `then(worker, rates)` runs with the caught-up one-process worker before it stops (the paced
     phase, which adds events to the topic: so it comes after the other worker)."""
     kafka.make_topics(settings, prefix)
@@ -186,6 +189,25 @@ def _shape(
         log.info("stream %s: passthrough with %s %s", name, client, clients[client])
     fastest = max(CLIENTS, key=lambda c: clients[c]["events_per_s"])
     p = clients[fastest]
+    same_cores: dict[str, float] | None = None
+    if many is not None:
+        # the fair baseline of the worker of many processes: the passthrough on as many cores
+        per_partition = Counter(
+            partition_for(c["account_id"].encode(), settings.partitions) for c in traffic.calls
+        )
+        base = run_passthrough_processes(
+            settings.kafka(WORKER),
+            prefix + CALLS,
+            per_partition,
+            work / f"passthrough-{name}-p{processes}",
+            processes,
+            flush_rows=max(1, settings.flush_rows // 2),
+            flush_seconds=settings.flush_seconds,
+            timeout_s=timeout,
+            client=fastest,
+        )
+        same_cores = rates(base.first_consume, base.commits)
+        log.info("stream %s: passthrough of %s processes with %s %s", name, processes, fastest, same_cores)
     result: dict[str, Any] = {
         "events": n,
         "events_per_message": batch,
@@ -196,10 +218,16 @@ def _shape(
         "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
         "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
     }
-    if many is not None:
+    if many is not None and same_cores is not None:
         result["worker_processes"] = many
         result["ratio_processes"] = (
             round(many["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None
+        )
+        result["passthrough_processes"] = {"processes": processes, **same_cores}
+        result["ratio_processes_same_cores"] = (
+            round(many["events_per_s"] / same_cores["events_per_s"], 3)
+            if same_cores["events_per_s"]
+            else None
         )
     return result, extra
 
@@ -353,10 +381,17 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
             and single_result["ratio"] >= TARGET_RATIO,
             "single_events_per_s_at_least_12000": single_result["worker"]["events_per_s"]
             >= TARGET_SINGLE_RATE,
-            # the same with `callpipe worker --processes` one per core (absent on one core)
+            # the same with `callpipe worker --processes` one per core (absent on one core),
+            # its ratios against the passthrough in as many processes
             "single_events_per_s_at_least_12000_one_process_per_core": None
             if "worker_processes" not in single_result
             else single_result["worker_processes"]["events_per_s"] >= TARGET_SINGLE_RATE,
+            "batch_ratio_at_least_0.6_one_process_per_core": _met(
+                batch_result.get("ratio_processes_same_cores")
+            ),
+            "single_ratio_at_least_0.6_one_process_per_core": _met(
+                single_result.get("ratio_processes_same_cores")
+            ),
             "memory_growth_within_20pct": None if quick or growth is None else growth <= TARGET_MEMORY_GROWTH,
             "paced_p99_within_flush_interval_plus_2s": None
             if figures["latency"].get("p99_ms") is None
@@ -370,6 +405,10 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
         for prefix in prefixes:
             kafka.delete_topics(settings.kafka(OPERATOR), prefix)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _met(ratio: float | None) -> bool | None:
+    return None if ratio is None else ratio >= TARGET_RATIO
 
 
 def run_tls_cost(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict[str, Any]:
@@ -478,6 +517,20 @@ def render(figures: dict[str, Any]) -> str:
                     s["passthrough"]["end_to_end_events_per_s"],
                     many["peak_rss_mib"],
                     "",
+                ]
+            )
+            same = s["passthrough_processes"]
+            rows.append(
+                [
+                    f"{name}, both in {many['processes']} processes",
+                    s["events"],
+                    many["events_per_s"],
+                    same["events_per_s"],
+                    s["ratio_processes_same_cores"],
+                    many["end_to_end_events_per_s"],
+                    same["end_to_end_events_per_s"],
+                    many["peak_rss_mib"],
+                    f"{s['passthrough_client']} in {same['processes']} processes",
                 ]
             )
     out = [
