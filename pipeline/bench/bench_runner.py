@@ -1,6 +1,6 @@
 """Throughput of one partition's way to the lake in-process: decode, chain, lake (PartitionRunner).
 
-    python -m pipeline.bench.bench_runner [EVENTS] [EVENTS_PER_MESSAGE] [--profile]
+    python -m pipeline.bench.bench_runner [EVENTS] [EVENTS_PER_MESSAGE] [--profile [--self]]
 
 Generates EVENTS seeded calls (pipeline.carrier.generate) with their accounts' consents and
 privacy requests, encodes them as Avro messages (Confluent wire format) of EVENTS_PER_MESSAGE
@@ -8,7 +8,8 @@ events, and feeds them to a fresh PartitionRunner (its own Memo, so identifiers 
 over a temporary lake, 2,000 events per pump, then flushes. Runs once to warm up, then twice
 more: with CPython's default garbage collector and as the worker sets it (pipeline/collector.py),
 printing events per second of CPU time and the share of time the collector took; with
---profile, cProfile's top entries instead. No broker: the Kafka side is `callpipe bench stream`'s.
+--profile, cProfile's top entries instead (by cumulative time; with --self, by own time).
+No broker: the Kafka side is `callpipe bench stream`'s.
 """
 
 from __future__ import annotations
