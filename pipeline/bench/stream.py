@@ -189,7 +189,16 @@ def _shape(
         log.info("stream %s: passthrough with %s %s", name, client, clients[client])
     fastest = max(CLIENTS, key=lambda c: clients[c]["events_per_s"])
     p = clients[fastest]
-    same_cores: dict[str, float] | None = None
+    result: dict[str, Any] = {
+        "events": n,
+        "events_per_message": batch,
+        "produce_events_per_s": round(produce_rate),
+        "worker": {**w, "peak_rss_mib": round(peak / 1024, 1)},
+        "passthrough": p,
+        "passthrough_client": fastest,
+        "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
+        "ratio": _ratio(w, p),
+    }
     if many is not None:
         # the fair baseline of the worker of many processes: the passthrough on as many cores
         per_partition = Counter(
@@ -208,27 +217,10 @@ def _shape(
         )
         same_cores = rates(base.first_consume, base.commits)
         log.info("stream %s: passthrough of %s processes with %s %s", name, processes, fastest, same_cores)
-    result: dict[str, Any] = {
-        "events": n,
-        "events_per_message": batch,
-        "produce_events_per_s": round(produce_rate),
-        "worker": {**w, "peak_rss_mib": round(peak / 1024, 1)},
-        "passthrough": p,
-        "passthrough_client": fastest,
-        "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
-        "ratio": round(w["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None,
-    }
-    if many is not None and same_cores is not None:
         result["worker_processes"] = many
-        result["ratio_processes"] = (
-            round(many["events_per_s"] / p["events_per_s"], 3) if p["events_per_s"] else None
-        )
+        result["ratio_processes"] = _ratio(many, p)
         result["passthrough_processes"] = {"processes": processes, **same_cores}
-        result["ratio_processes_same_cores"] = (
-            round(many["events_per_s"] / same_cores["events_per_s"], 3)
-            if same_cores["events_per_s"]
-            else None
-        )
+        result["ratio_processes_same_cores"] = _ratio(many, same_cores)
     return result, extra
 
 
@@ -405,6 +397,11 @@ def run(settings: Settings, quick: bool, spec: StreamSpec | None = None) -> dict
         for prefix in prefixes:
             kafka.delete_topics(settings.kafka(OPERATOR), prefix)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _ratio(worker: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+    """Events per second of `worker` over `baseline`'s (None when the baseline measured none)."""
+    return round(worker["events_per_s"] / baseline["events_per_s"], 3) if baseline["events_per_s"] else None
 
 
 def _met(ratio: float | None) -> bool | None:
