@@ -80,6 +80,56 @@ def process_batch(
     state (absent: no history); `sources` gives each record's lineage (default: partition -1,
     offset = position in the batch); `buckets` is Settings.buckets; `memo` remembers what
     identifiers became across batches (pipeline/memo.py; a fresh one per call when absent)."""
+    memo = memo if memo is not None else Memo()
+    routed = route_batch(records, states, policy, key, now_ms, sources=sources, buckets=buckets, memo=memo)
+    analytics_row = row_pseudonymizer()  # the vault row's values, unpacked in its column order
+    vault_rows, vault_routes = routed.vault_rows, routed.vault_routes
+    analytics_rows = [
+        analytics_row(vault_rows[i], key, hints, memo)
+        for i, hints in zip(routed.analytics, routed.regions, strict=True)
+    ]
+    analytics_routes = [vault_routes[i] for i in routed.analytics]
+    return ChainResult(
+        vault_rows,
+        vault_routes,
+        analytics_rows,
+        analytics_routes,
+        routed.rejections,
+        routed.erased,
+        routed.drops,
+    )
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A batch judged and routed, before its analytics rows are made: the vault rows with their
+    routes, which of them go to the analytics zone (`analytics`, positions in `vault_rows`) with
+    the regions of each one's call (`regions`, for free-text detection), and what was rejected,
+    erased and counted. `process_batch` makes analytics rows of it; the runner makes tables
+    (pipeline/chain_columns.py)."""
+
+    vault_rows: list[dict[str, Any]] = field(default_factory=list)
+    vault_routes: list[Route] = field(default_factory=list)
+    analytics: list[int] = field(default_factory=list)
+    regions: list[tuple[str, ...]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    erased: list[int] = field(default_factory=list)
+    drops: Counter[Drop] = field(default_factory=Counter)
+
+
+def route_batch(
+    records: Sequence[Any],
+    states: Mapping[str, AccountState],
+    policy: Policy,
+    key: PseudonymKey,
+    now_ms: int,
+    *,
+    sources: Sequence[Lineage] | None = None,
+    buckets: int = DEFAULT_BUCKETS,
+    memo: Memo | None = None,
+) -> Routed:
+    """The chain up to the analytics rows: validate, judge consent and subject state at each
+    event's time, null what lacks consent, add lineage, route (`process_batch`'s arguments)."""
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
     memo = memo if memo is not None else Memo()
@@ -90,12 +140,11 @@ def process_batch(
     routed: dict[Drop, int] = {}
     vault_rows: list[dict[str, Any]] = []
     vault_routes: list[Route] = []
-    analytics_rows: list[dict[str, Any]] = []
-    analytics_routes: list[Route] = []
+    analytics: list[int] = []
+    regions: list[tuple[str, ...]] = []
     erased: list[int] = []
     defaults = policy.consent
     no_history = _no_history(defaults)
-    analytics_row = row_pseudonymizer()  # the vault row's values, unpacked in its column order
     needs = consent_fields()
     peek, put = memo.peek, memo.put
     secret = key.secret
@@ -143,18 +192,18 @@ def process_batch(
             token = token_of(key, Domain.ACCOUNT, account, memo)
             route = Route(clock.day_of_epoch_day(day), bucket_of(token, buckets), token)
             put(("route", secret, buckets, account, day), route)
-        vault_rows.append(record)
-        vault_routes.append(route)
         if decision.restricted:
             routed[Drop.RESTRICTED] = routed.get(Drop.RESTRICTED, 0) + 1
         elif not decision.analytics:
             routed[Drop.ANALYTICS_OBJECTED] = routed.get(Drop.ANALYTICS_OBJECTED, 0) + 1
         else:
-            analytics_rows.append(analytics_row(record, key, hints, memo))
-            analytics_routes.append(route)
+            analytics.append(len(vault_rows))
+            regions.append(hints)
+        vault_rows.append(record)
+        vault_routes.append(route)
     for drop, n in routed.items():  # keys first counted here follow validation's, in their order
         drops[drop] += n
-    return ChainResult(vault_rows, vault_routes, analytics_rows, analytics_routes, rejections, erased, drops)
+    return Routed(vault_rows, vault_routes, analytics, regions, rejections, erased, drops)
 
 
 _no_history_of: tuple[ConsentDefaults, Decision] | None = None

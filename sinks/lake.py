@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sinks import files, lineage
 from sinks.arrow import Part, analytics_table, buckets_of, partition, vault_table
@@ -189,6 +190,9 @@ class LakeWriter:
         self._vault: list[Row] = []
         self._tokens: list[str] = []
         self._analytics: list[Row] = []
+        # what `add_tables` gave, already Arrow: (vault, its buckets, analytics) per call
+        self._chunks: list[tuple[pa.Table, pa.Array, pa.Table]] = []
+        self._chunk_rows = 0
         self._since: float | None = None
         self._broken = False
         # rows of offsets next_offset..staged_through, already converted to Arrow (see `stage`)
@@ -251,7 +255,7 @@ class LakeWriter:
 
     @property
     def pending_rows(self) -> int:
-        return len(self._vault) + len(self._analytics) + self._staged_rows
+        return len(self._vault) + len(self._analytics) + self._chunk_rows + self._staged_rows
 
     def add(
         self,
@@ -284,6 +288,24 @@ class LakeWriter:
             if self._since is None:
                 self._since = now
 
+    def add_tables(self, *, vault: pa.Table, buckets: pa.Array, analytics: pa.Table, now: float) -> None:
+        """`add` for rows the chain already made tables of (pipeline/chain_tables.py): `vault` and
+        `analytics` of their zones' schemas, `buckets[i]` the bucket of `vault`'s row i (its
+        account token's, as `analytics`' rows are bucketed by their account_token column). What
+        is handed over (`through`) still goes through `add`. Rows of offsets the lake already
+        holds are dropped and counted, as `add` does."""
+        if len(buckets) != vault.num_rows:
+            raise ValueError("one bucket per vault row is required")
+        (vault, buckets, analytics), replayed = _later(vault, buckets, analytics, self._next - 1)
+        if replayed is not None:
+            self.replayed_rows += replayed[0].num_rows + replayed[2].num_rows
+        rows = vault.num_rows + analytics.num_rows
+        if rows:
+            self._chunks.append((vault, buckets, analytics))
+            self._chunk_rows += rows
+            if self._since is None:
+                self._since = now
+
     def due(self, now: float) -> bool:
         """Whether a flush is due: enough rows, or the oldest buffered input is old enough."""
         if self._through < self._next:
@@ -307,6 +329,16 @@ class LakeWriter:
                 (vault_table(vault), buckets_of(tokens, self.buckets), analytics_table(analytics))
             )
             self._staged_rows += len(vault) + len(analytics)
+        if self._chunks:
+            vault_t = pa.concat_tables([v for v, _b, _a in self._chunks])
+            buckets_t = pa.concat_arrays([b for _v, b, _a in self._chunks])
+            analytics_t = pa.concat_tables([a for _v, _b, a in self._chunks])
+            later, upto = _later(vault_t, buckets_t, analytics_t, last)
+            if upto is not None:
+                self._staged.append(upto)
+                self._staged_rows += upto[0].num_rows + upto[2].num_rows
+            self._chunks = [later] if later[0].num_rows or later[2].num_rows else []
+            self._chunk_rows = later[0].num_rows + later[2].num_rows
         self._staged_through = last
         self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
 
@@ -329,7 +361,7 @@ class LakeWriter:
             raise ValueError("only the whole staged range can be landed")
         self._next = last + 1
         self._staged, self._staged_rows = [], 0
-        self._since = self._since if self._vault or self._analytics else None
+        self._since = self._since if self._vault or self._analytics or self._chunks else None
 
     def broken(self) -> None:
         """A flush of this writer's rows failed part-way: refuse further flushes."""
@@ -430,6 +462,30 @@ def _split(rows: Sequence[Row], tokens: Sequence[str] | None, last: int) -> tupl
         ([rows[i] for i in upto], [tokens[i] for i in upto] if tokens else []),
         ([rows[i] for i in later], [tokens[i] for i in later] if tokens else []),
     )
+
+
+Chunk = tuple[pa.Table, pa.Array, pa.Table]
+
+
+def _later(vault: pa.Table, buckets: pa.Array, analytics: pa.Table, last: int) -> tuple[Chunk, Chunk | None]:
+    """(the rows of offsets after `last`, the rows up to it or None when there are none): the
+    vault rows with their buckets, and the analytics rows, split by their source_offset."""
+    vault_offsets, analytics_offsets = vault["source_offset"], analytics["source_offset"]
+    if _at_least(vault_offsets, last + 1) and _at_least(analytics_offsets, last + 1):
+        return (vault, buckets, analytics), None
+    vault_later = pc.greater(vault_offsets, last).combine_chunks()
+    analytics_later = pc.greater(analytics_offsets, last).combine_chunks()
+    vault_upto, analytics_upto = pc.invert(vault_later), pc.invert(analytics_later)
+    return (
+        (vault.filter(vault_later), buckets.filter(vault_later), analytics.filter(analytics_later)),
+        (vault.filter(vault_upto), buckets.filter(vault_upto), analytics.filter(analytics_upto)),
+    )
+
+
+def _at_least(offsets: pa.ChunkedArray, first: int) -> bool:
+    """Whether every offset of a column (none: true) is at least `first`."""
+    least = pc.min(offsets).as_py()
+    return least is None or least >= first
 
 
 def held(lake: Path) -> dict[str, int]:

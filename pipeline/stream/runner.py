@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.chain import process_batch
+from pipeline.chain import route_batch
+from pipeline.chain_tables import tables_of
 from pipeline.codec import Decoded, Lineage, MessageLike, decode_value, plain_record
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
@@ -267,7 +268,7 @@ class PartitionRunner:
         records = [r for _off, items in released for r, _src in items]
         sources = [s for _off, items in released for _r, s in items]
         states = self.states_for({r["account_id"] for r in records if isinstance(r.get("account_id"), str)})
-        result = process_batch(
+        routed = route_batch(
             records,
             states,
             self.settings.policy,
@@ -277,24 +278,21 @@ class PartitionRunner:
             buckets=self.settings.buckets,
             memo=self.memo,
         )
+        tables = tables_of(routed, self.key, self.memo)
         counts = self.counts
-        counts["vault"] += len(result.vault_rows)
-        counts["analytics"] += len(result.analytics_rows)
-        for drop, n in result.drops.items():
+        counts["vault"] += len(routed.vault_rows)
+        counts["analytics"] += len(routed.analytics)
+        for drop, n in routed.drops.items():
             counts[stats.drop(drop.value)] += n
         by_offset = {m.offset: m for m in self._messages}
-        for rej in result.rejections:
+        for rej in routed.rejections:
             counts[stats.dead_letter(rej.reason.value)] += 1
-        dead = result.rejections
         for offset, items in released:
             by_offset[offset].waiting -= len(items)
-        self.writer.add(
-            vault=result.vault_rows,
-            vault_tokens=[route.account_token for route in result.vault_routes],
-            analytics=result.analytics_rows,
-            now=mono,
+        self.writer.add_tables(
+            vault=tables.vault, buckets=tables.buckets, analytics=tables.analytics, now=mono
         )
-        return dead
+        return routed.rejections
 
     def _reencode(self, record: dict[str, Any]) -> bytes:
         return rejected_bytes(record, self.settings.policy.secret_names)

@@ -201,7 +201,7 @@ def test_a_broken_chain_trips_the_worker_and_a_fixed_restart_lands_everything_on
     broken = (
         "import sys, pipeline.stream.runner as r\n"
         "def bug(*a, **k):\n    raise KeyError('a bug')\n"
-        "r.process_batch = bug\n"
+        "r.route_batch = bug\n"
         "from pipeline.cli import main\n"
         f"sys.exit(main(['worker', '--prefix', {prefix!r}]))\n"
     )

@@ -462,12 +462,12 @@ def test_a_run_of_internal_errors_trips_the_worker_which_lands_nothing_more(
         await w.shutdown()
 
     run(landed_first())
-    real = runner_module.process_batch
+    real = runner_module.route_batch
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(runner_module, "process_batch", broken)
+    monkeypatch.setattr(runner_module, "route_batch", broken)
     broker = FakeBroker()
 
     async def tripped() -> StreamWorker:
@@ -485,7 +485,7 @@ def test_a_run_of_internal_errors_trips_the_worker_which_lands_nothing_more(
     assert broker.dlq == [] and broker.commits == []
     assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs[:20]})
 
-    monkeypatch.setattr(runner_module, "process_batch", real)
+    monkeypatch.setattr(runner_module, "route_batch", real)
     fixed = FakeBroker()
 
     async def restarted() -> None:
@@ -503,7 +503,7 @@ def test_an_isolated_internal_error_is_a_dead_letter_and_does_not_trip(
     lake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recs = calls(30)
-    real = runner_module.process_batch
+    real = runner_module.route_batch
     poison = recs[7]["event_id"]
 
     def picky(records: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
@@ -511,7 +511,7 @@ def test_an_isolated_internal_error_is_a_dead_letter_and_does_not_trip(
             raise ValueError("a bug")
         return real(records, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "process_batch", picky)
+    monkeypatch.setattr(runner_module, "route_batch", picky)
     broker = FakeBroker()
 
     async def go() -> StreamWorker:

@@ -1,0 +1,42 @@
+"""The chain's output as Arrow tables, what the lake writer lands (`LakeWriter.add_tables`): the
+vault rows converted once, in the chain, and the analytics zone made of the vault table per
+column (docs/ARCHITECTURE.md "The chain per column"), not a dict per event converted later.
+
+Pure, like the chain: no Kafka, files or clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipeline.chain import Routed
+from pipeline.keys import PseudonymKey
+from pipeline.memo import Memo
+from pipeline.pseudonymize import row_pseudonymizer
+from sinks.arrow import analytics_table, vault_table
+
+
+@dataclass(frozen=True)
+class Tables:
+    """A routed batch's rows of both zones; `buckets[i]` is the bucket of `vault`'s row i."""
+
+    vault: pa.Table
+    buckets: pa.Array
+    analytics: pa.Table
+
+
+def tables_of(routed: Routed, key: PseudonymKey, memo: Memo) -> Tables:
+    """Both zones' tables of a routed batch (`pipeline.chain.route_batch`)."""
+    vault = vault_table(routed.vault_rows)
+    buckets = pa.array([route.bucket for route in routed.vault_routes], pa.int32())
+    analytics_row = row_pseudonymizer()
+    rows = routed.vault_rows
+    analytics = analytics_table(
+        [
+            analytics_row(rows[i], key, hints, memo)
+            for i, hints in zip(routed.analytics, routed.regions, strict=True)
+        ]
+    )
+    return Tables(vault, buckets, analytics)
