@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from jobs.requests import Batch, Reader
 from pipeline import codec
 from pipeline.kafka_access import AccessError, KafkaAccess
+from pipeline.kafka_metadata import topic_partitions
 from schemas.topics import REQUESTS
 
 TOPIC = REQUESTS
@@ -40,9 +41,8 @@ async def _read(access: KafkaAccess, topic: str, position: dict[int, int], timeo
     except Exception as exc:
         raise TopicUnavailable(f"cannot reach the broker to read {topic} ({type(exc).__name__})") from None
     try:
-        # `topics()` fetches fresh metadata but does not keep it where partitions_for_topic looks.
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic)
+        # Read fresh at every pass: a partition added since the last pass is read from its start.
+        partitions = (await topic_partitions(access, [topic])).get(topic)
         if not partitions:
             raise TopicUnavailable(f"topic {topic} does not exist")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -13,6 +13,7 @@ The figure that matters is the ratio of the two start-up times, measured in the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import shutil
@@ -92,6 +93,7 @@ def _read(access: KafkaAccess, prefix: str, snapshot: str) -> dict[str, Any]:
     """In a child process: read the control topics (from the snapshot if there is one)."""
     from aiokafka import AIOKafkaConsumer
 
+    from pipeline.kafka_metadata import topic_partitions
     from pipeline.stream.control import ControlReader, ControlState
 
     async def go() -> dict[str, Any]:
@@ -106,6 +108,7 @@ def _read(access: KafkaAccess, prefix: str, snapshot: str) -> dict[str, Any]:
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4 << 20,
             ),
+            functools.partial(topic_partitions, access),
             snapshot=Path(snapshot),
         )
         started = time.monotonic()

@@ -22,6 +22,7 @@ What faust-streaming still does here, and what it no longer does:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,7 @@ from pipeline.codec import decode_value
 from pipeline.consent import Stream, record_consent, record_request
 from pipeline.errors import EXIT_TRIPPED
 from pipeline.kafka_access import WORKER, KafkaAccess
+from pipeline.kafka_metadata import topic_partitions
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
@@ -269,6 +271,7 @@ class WorkerRuntime(mode.Service):
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=MAX_FETCH,
             ),
+            functools.partial(topic_partitions, access),
             snapshot=snapshot_path(settings.home, prefix),
         )
         self._topics = topics

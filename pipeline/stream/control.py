@@ -36,7 +36,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,19 +182,23 @@ def save_snapshot(path: Path, snap: ControlSnapshot) -> None:
 class ControlReader:
     """Reads every partition of the control topics into a `ControlState` (no consumer group: each
     worker reads all of them). `ready` is set once the reader has reached the end offsets that
-    the control topics had when it started."""
+    the control topics had when it started. `partitions` tells the partitions the topics have on
+    the broker now (`pipeline.kafka_metadata.topic_partitions`); they are looked up once, at
+    start: a partition added while the reader runs is read from the next start."""
 
     def __init__(
         self,
         topics: Mapping[Stream, str],
         state: ControlState,
         consumer_factory: Callable[[], Any],
+        partitions: Callable[[Iterable[str]], Awaitable[Mapping[str, Collection[int]]]],
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         snapshot: Path | None = None,
     ) -> None:
         self.topics = dict(topics)
         self.state = state
         self._factory = consumer_factory
+        self._lookup = partitions
         self._now_ms = now_ms
         self.ready = asyncio.Event()
         self._consumer: Any = None
@@ -283,23 +287,22 @@ class ControlReader:
 
         self._consumer = self._factory()
         await self._consumer.start()
-        tps: list[Any] = []
-        for topic in self.topics.values():
-            parts = await self._partitions(topic)
-            tps += [TopicPartition(topic, p) for p in parts]
+        found = await self._partitions()
+        tps = [TopicPartition(topic, p) for topic in self.topics.values() for p in found[topic]]
         self._consumer.assign(tps)
         await self._resume(tps)
         ends = await self._consumer.end_offsets(tps)
         self._task = asyncio.create_task(self._run(tps, dict(ends)))
 
-    async def _partitions(self, topic: str) -> Sequence[int]:
+    async def _partitions(self) -> dict[str, list[int]]:
+        """Every control topic's partitions, waiting ~10 s for topics being created."""
         for _ in range(100):
-            parts = self._consumer.partitions_for_topic(topic)
-            if parts:
-                return sorted(parts)
-            await self._consumer._client.force_metadata_update()
+            found = await self._lookup(self.topics.values())
+            missing = [topic for topic in self.topics.values() if not found.get(topic)]
+            if not missing:
+                return {topic: sorted(found[topic]) for topic in self.topics.values()}
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {topic} does not exist; run `callpipe topics create`")
+        raise RuntimeError(f"topic {missing[0]} does not exist; run `callpipe topics create`")
 
     async def _run(self, tps: list[Any], ends: dict[Any, int]) -> None:
         pending = {

@@ -4,6 +4,7 @@ ends with the same state as a full read; a snapshot that does not match the logs
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 from pathlib import Path
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from pipeline import codec
 from pipeline.consent import Stream
 from pipeline.kafka_access import WORKER
+from pipeline.kafka_metadata import topic_partitions
 from pipeline.stream.control import ControlReader, ControlState, load_snapshot, save_snapshot
 from schemas import topics
 from tests.support.streamkit import access, make_topics, publish
@@ -58,6 +60,7 @@ async def read(bootstrap: str, prefix: str, snapshot: Path | None) -> ControlRea
         lambda: AIOKafkaConsumer(
             **access(WORKER, bootstrap).aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest"
         ),
+        functools.partial(topic_partitions, access(WORKER, bootstrap)),
         snapshot=snapshot,
     )
     await reader.start()
