@@ -14,8 +14,8 @@ import pyarrow as pa
 from pipeline.chain import Routed
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
-from pipeline.pseudonymize import row_pseudonymizer
-from sinks.arrow import analytics_table, vault_table
+from pipeline.pseudonymize_columns import analytics_columns
+from sinks.arrow import vault_table
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,7 @@ def tables_of(routed: Routed, key: PseudonymKey, memo: Memo) -> Tables:
     """Both zones' tables of a routed batch (`pipeline.chain.route_batch`)."""
     vault = vault_table(routed.vault_rows)
     buckets = pa.array([route.bucket for route in routed.vault_routes], pa.int32())
-    analytics_row = row_pseudonymizer()
-    rows = routed.vault_rows
-    analytics = analytics_table(
-        [
-            analytics_row(rows[i], key, hints, memo)
-            for i, hints in zip(routed.analytics, routed.regions, strict=True)
-        ]
+    analytics = analytics_columns(
+        vault.take(pa.array(routed.analytics, pa.int64())), routed.regions, key, memo
     )
     return Tables(vault, buckets, analytics)

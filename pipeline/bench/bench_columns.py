@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +27,12 @@ import pyarrow as pa
 
 from pipeline import collector
 from pipeline.bench.canary import KEY, Canary, seeded
-from pipeline.chain import process_batch
+from pipeline.chain import process_batch, route_batch
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import DEFAULT_POLICY, Policy
 from pipeline.pseudonymize import row_pseudonymizer
 from pipeline.pseudonymize_columns import analytics_columns
-from pipeline.reasons import Drop, Rejection
-from pipeline.validate import validated
 from sinks.arrow import analytics_table, vault_table
 
 BATCH = 2_000
@@ -56,20 +53,11 @@ class Analytics:
 def chain_batch(
     calls: Sequence[dict[str, Any]], canary: Canary, key: PseudonymKey, policy: Policy = DEFAULT_POLICY
 ) -> Analytics:
-    """`process_batch` over `calls`, with each analytics row's regions: validation, which gives
-    them to the chain, run again on the same calls (pure; the chain keeps them to itself) and
-    matched by batch position (the default lineage's source_offset)."""
-    regions_at = {
-        index: hints
-        for _record, index, hints in validated(
-            calls, policy.secret_names, canary.now_ms, Memo(), None, list[Rejection](), Counter[Drop]()
-        )
-    }
-    result = process_batch(calls, canary.states, policy, key, canary.now_ms)
-    reached = {row["source_offset"] for row in result.analytics_rows}
-    vault_rows = [row for row in result.vault_rows if row["source_offset"] in reached]
-    regions = [regions_at[row["source_offset"]] for row in vault_rows]
-    return Analytics(vault_rows, vault_table(vault_rows), regions, result.analytics_rows)
+    """`process_batch` over `calls`, with each analytics row's regions (`route_batch` gives them)."""
+    routed = route_batch([dict(c) for c in calls], canary.states, policy, key, canary.now_ms)
+    result = process_batch([dict(c) for c in calls], canary.states, policy, key, canary.now_ms)
+    vault_rows = [routed.vault_rows[i] for i in routed.analytics]
+    return Analytics(vault_rows, vault_table(vault_rows), routed.regions, result.analytics_rows)
 
 
 def row_path(batches: Sequence[Analytics], memo: Memo) -> list[pa.Table]:

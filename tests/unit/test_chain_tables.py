@@ -1,0 +1,51 @@
+"""The chain's tables (what the runner lands) are the row chain's rows as tables: the vault rows
+converted, the analytics zone made per column equal to the row form's, the buckets the routes'."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipeline.bench.canary import KEY, seeded
+from pipeline.chain import process_batch, route_batch
+from pipeline.chain_tables import tables_of
+from pipeline.memo import Memo
+from pipeline.policy import DEFAULT_POLICY
+from sinks.arrow import analytics_table, vault_table
+
+
+@pytest.mark.parametrize("batch", [1, 37, 2_000])
+def test_the_chains_tables_are_its_rows_as_tables(batch: int) -> None:
+    canary = seeded(3_000)
+    calls = canary.traffic.calls
+    row_memo, column_memo = Memo(), Memo()
+    analytics_rows = vault_rows = 0
+    for i in range(0, len(calls), batch):
+        chunk = calls[i : i + batch]
+        rows = process_batch(
+            [dict(c) for c in chunk], canary.states, DEFAULT_POLICY, KEY, canary.now_ms, memo=row_memo
+        )
+        routed = route_batch(
+            [dict(c) for c in chunk], canary.states, DEFAULT_POLICY, KEY, canary.now_ms, memo=column_memo
+        )
+        tables = tables_of(routed, KEY, column_memo)
+        assert tables.vault.equals(vault_table(rows.vault_rows))
+        assert tables.analytics.equals(analytics_table(rows.analytics_rows))
+        assert tables.buckets.equals(pa.array([r.bucket for r in rows.vault_routes], pa.int32()))
+        assert routed.rejections == rows.rejections and routed.erased == rows.erased
+        assert list(routed.drops.items()) == list(rows.drops.items())
+        analytics_rows += tables.analytics.num_rows
+        vault_rows += tables.vault.num_rows
+    # the traffic reaches both zones and skips analytics for some (restricted, objected, erased)
+    assert 0 < analytics_rows < vault_rows <= len(calls)
+
+
+def test_a_batch_wholly_rejected_or_erased_gives_empty_tables_of_the_zones_schemas() -> None:
+    canary = seeded(50)
+    bad = [{"event_id": "x"}, "not a record", None]
+    routed = route_batch(bad, canary.states, DEFAULT_POLICY, KEY, canary.now_ms)
+    tables = tables_of(routed, KEY, Memo())
+    assert len(routed.rejections) == 3
+    assert tables.vault.num_rows == tables.analytics.num_rows == len(tables.buckets) == 0
+    assert tables.vault.schema.equals(vault_table([]).schema)
+    assert tables.analytics.schema.equals(analytics_table([]).schema)
