@@ -95,6 +95,8 @@ class ControlState:
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_EVERY_S = 60.0
+# how often the reader looks for partitions added to the control topics (one metadata request)
+LOOKUP_EVERY_S = 10.0
 SNAPSHOT_MIN_APPLIED = 1_000  # fewer new records than this are cheaper to re-read than to snapshot
 
 
@@ -183,8 +185,10 @@ class ControlReader:
     """Reads every partition of the control topics into a `ControlState` (no consumer group: each
     worker reads all of them). `ready` is set once the reader has reached the end offsets that
     the control topics had when it started. `partitions` tells the partitions the topics have on
-    the broker now (`pipeline.kafka_metadata.topic_partitions`); they are looked up once, at
-    start: a partition added while the reader runs is read from the next start."""
+    the broker now (`pipeline.kafka_metadata.topic_partitions`); they are looked up at start and
+    every LOOKUP_EVERY_S after: a partition added to a control topic while the reader runs
+    (carriers grow topics as they grow) is read from its start once seen, not ignored until a
+    restart."""
 
     def __init__(
         self,
@@ -310,7 +314,7 @@ class ControlReader:
         }
         if not pending:
             self.ready.set()
-        last_snapshot = time.monotonic()
+        last_snapshot = last_lookup = time.monotonic()
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=5_000)
@@ -350,6 +354,9 @@ class ControlReader:
                 if not self.resumed_from_snapshot and self._applied_since_snapshot >= SNAPSHOT_MIN_APPLIED:
                     await self.save()
                     last_snapshot = time.monotonic()
+            if time.monotonic() - last_lookup >= LOOKUP_EVERY_S:
+                tps = await self._grow(tps)
+                last_lookup = time.monotonic()
             if (
                 time.monotonic() - last_snapshot >= SNAPSHOT_EVERY_S
                 and self._applied_since_snapshot >= SNAPSHOT_MIN_APPLIED
@@ -357,6 +364,36 @@ class ControlReader:
                 await self.save()
                 last_snapshot = time.monotonic()
             await asyncio.sleep(0)
+
+    async def _grow(self, tps: list[Any]) -> list[Any]:
+        """`tps` and the control partitions added since they were looked up; the added ones are
+        read from their start, the others go on from where they are."""
+        from aiokafka import TopicPartition
+
+        try:
+            found = await self._lookup(self.topics.values())
+        except Exception as exc:  # a broker outage: looked up again next time
+            log.warning("control reader: partition look-up failed (%s)", type(exc).__name__)
+            return tps
+        known = {(tp.topic, tp.partition) for tp in tps}
+        added = [
+            TopicPartition(topic, p)
+            for topic in self.topics.values()
+            for p in sorted(found.get(topic, ()))
+            if (topic, p) not in known
+        ]
+        if not added:
+            return tps
+        # assign() starts a new assignment: every partition read so far is put back where it was
+        at = {tp: await self._consumer.position(tp) for tp in tps}
+        self._consumer.assign(tps + added)
+        for tp, offset in at.items():
+            self._consumer.seek(tp, offset)
+        await self._consumer.seek_to_beginning(*added)
+        log.info(
+            "control reader: %s partitions added to the control topics, read from their start", len(added)
+        )
+        return tps + added
 
     @property
     def failed(self) -> BaseException | None:

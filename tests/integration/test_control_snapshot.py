@@ -17,9 +17,10 @@ from pipeline import codec
 from pipeline.consent import Stream
 from pipeline.kafka_access import WORKER
 from pipeline.kafka_metadata import topic_partitions
+from pipeline.stream import control
 from pipeline.stream.control import ControlReader, ControlState, load_snapshot, save_snapshot
 from schemas import topics
-from tests.support.streamkit import access, make_topics, publish
+from tests.support.streamkit import access, grow, make_topics, publish
 
 pytestmark = pytest.mark.integration
 
@@ -115,5 +116,39 @@ def test_a_restart_reads_only_the_tail_and_a_foreign_snapshot_is_refused(
         assert not refused.resumed_from_snapshot
         assert refused.state.accounts == fresh.state.accounts
         assert refused.state.counts["consent_applied"] == 2_200
+
+    asyncio.run(scenario())
+
+
+def test_a_partition_added_to_a_control_topic_while_the_reader_runs_is_read_from_its_start(
+    kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A carrier grows consent.events from 2 to 4 partitions while a worker runs: the consent
+    it then writes to the new partitions is applied, with what the old ones carry, no restart."""
+    monkeypatch.setattr(control, "LOOKUP_EVERY_S", 0.5)
+    make_topics(kafka_bootstrap, topic_prefix, 2)
+    consent_topic = topic_prefix + topics.CONSENT
+    publish(kafka_bootstrap, consent_topic, messages(consents(0, 40, 0), 2))
+
+    async def scenario() -> None:
+        reader = await read(kafka_bootstrap, topic_prefix, None)
+        try:
+            assert reader.state.counts["consent_applied"] == 40
+            await asyncio.to_thread(grow, kafka_bootstrap, consent_topic, 4)
+            added = [
+                (None, codec.encode([rec], "ConsentEvent", "avro", 1)[0], 2 + n % 2)
+                for n, rec in enumerate(consents(40, 10, 0))
+            ]
+            await asyncio.to_thread(publish, kafka_bootstrap, consent_topic, added)
+            await asyncio.to_thread(publish, kafka_bootstrap, consent_topic, messages(consents(50, 10, 0), 2))
+            for _ in range(300):
+                if reader.state.counts["consent_applied"] >= 60:
+                    break
+                await asyncio.sleep(0.1)
+            assert reader.state.counts["consent_applied"] == 60
+            assert {f"acct-{i:05d}" for i in range(60)} <= set(reader.state.accounts)
+            assert {p for (_stream, p) in reader.state.watermarks.event_times()} >= {2, 3}
+        finally:
+            await reader.stop()
 
     asyncio.run(scenario())

@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from jobs import requests_topic
 from pipeline import codec
 from pipeline.kafka_access import ADMIN, OPERATOR
 from pipeline.kafka_metadata import topic_partitions
 from schemas import topics
-from tests.support.streamkit import access, make_topics, publish
+from tests.support.streamkit import access, grow, make_topics, publish
 
 pytestmark = pytest.mark.integration
 
@@ -36,24 +35,6 @@ def requests_to(partitions: list[int], first: int) -> list[tuple[bytes | None, b
         }
         out.append((None, codec.encode([rec], "PrivacyRequest", "avro", 1)[0], partition))
     return out
-
-
-def grow(bootstrap: str, topic: str, total: int) -> None:
-    """Add partitions to `topic` up to `total`, and wait until the broker's metadata shows them."""
-
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(**access(ADMIN, bootstrap).aiokafka())
-        await admin.start()
-        try:
-            await admin.create_partitions({topic: NewPartitions(total_count=total)})
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-    deadline = time.monotonic() + 30
-    while len(asyncio.run(topic_partitions(access(OPERATOR, bootstrap), [topic])).get(topic, ())) < total:
-        assert time.monotonic() < deadline, f"{topic} did not grow to {total} partitions"
-        time.sleep(0.2)
 
 
 def test_a_requests_pass_reads_the_partitions_added_since_the_last_pass(

@@ -17,13 +17,15 @@ from typing import Any
 
 import duckdb
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import codec
 from pipeline.bench import kafka as bench_kafka
 from pipeline.bench import worker as bench_worker
 from pipeline.carrier.generate import generate_traffic
-from pipeline.kafka_access import CARRIER, OPERATOR, WORKER, KafkaAccess
+from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR, WORKER, KafkaAccess
+from pipeline.kafka_metadata import topic_partitions
 from pipeline.settings import Settings
 from schemas import topics
 from schemas.clock import HOUR_MS
@@ -43,6 +45,24 @@ def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     """A prefixed topic set, created as the operator, with the roles' ACLs granted by the admin
     (the benchmarks' own, for the tests)."""
     bench_kafka.make_topics(replace(Settings.from_env(), bootstrap=bootstrap, partitions=partitions), prefix)
+
+
+def grow(bootstrap: str, topic: str, total: int) -> None:
+    """Add partitions to `topic` up to `total`, and wait until the broker's metadata shows them."""
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(**access(ADMIN, bootstrap).aiokafka())
+        await admin.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=total)})
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+    deadline = time.monotonic() + 30
+    while len(asyncio.run(topic_partitions(access(OPERATOR, bootstrap), [topic])).get(topic, ())) < total:
+        assert time.monotonic() < deadline, f"{topic} did not grow to {total} partitions"
+        time.sleep(0.2)
 
 
 def wait_for_group(bootstrap: str, group: str, members: int, timeout_s: float) -> None:
