@@ -25,6 +25,7 @@ from aiokafka.partitioner import murmur2
 from pipeline import codec
 from pipeline.carrier.generate import BadMessage
 from pipeline.kafka_access import KafkaAccess
+from pipeline.kafka_metadata import topic_partitions
 from schemas.topics import TOPIC_OF
 
 RECORD_OF = {topic: name for name, topic in TOPIC_OF.items()}
@@ -261,11 +262,11 @@ async def publish(
         raise ProduceError(f"cannot reach Kafka at {bootstrap} ({type(exc).__name__})") from None
     summary = Summary()
     try:
-        metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
+        found = await asyncio.wait_for(topic_partitions(access, {s.topic for s in shipments}), timeout_s)
         started = time.perf_counter()
         plans = []
         for shipment in shipments:
-            parts = metadata.partitions_for_topic(shipment.topic)
+            parts = found.get(shipment.topic)
             if not parts:
                 raise ProduceError(f"topic {shipment.topic} does not exist (run `callpipe topics create`)")
             msgs = plan_messages(
@@ -279,7 +280,7 @@ async def publish(
             plans.append((shipment.topic, mix_in_bad(msgs, shipment.bad), len(shipment.bad)))
         sent_events = 0
         for topic, msgs, bad in plans:
-            partitions = sorted(metadata.partitions_for_topic(topic))
+            partitions = sorted(found[topic])
             sent_events = await _send(producer, topic, msgs, partitions, rate, started, sent_events)
             summary.topics[topic] = [sum(m.events for m in msgs), len(msgs), bad]
         summary.seconds = time.perf_counter() - started

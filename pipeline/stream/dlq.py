@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.errors import CliError
 from pipeline.kafka_access import KafkaAccess
+from pipeline.kafka_metadata import topic_partitions
 from pipeline.sealed import OperatorKeys, unseal
 from schemas.topics import DLQ, REPLAY_TXN, REPLAYED
 from sinks import files
@@ -89,14 +89,9 @@ async def _read(
 ) -> list[Any]:
     """Records of `topic` from `offset` (default: the start) to the end as it was when the read
     began, at most `count`, in partition then offset order."""
-    admin = AIOKafkaAdminClient(**access.aiokafka())
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    parts = [p["partition"] for p in described.get("partitions") or ()]
-    if described.get("error_code") or not parts:
+    # looked up among all topics: naming a missing one would have the broker create it
+    parts = (await topic_partitions(access, [topic])).get(topic)
+    if not parts:
         raise CliError(f"topic {topic} does not exist")
     consumer = _consumer(access)
     await consumer.start()
