@@ -361,7 +361,8 @@ class LakeWriter:
             raise ValueError("only the whole staged range can be landed")
         self._next = last + 1
         self._staged, self._staged_rows = [], 0
-        self._since = self._since if self._vault or self._analytics or self._chunks else None
+        if not (self._vault or self._analytics or self._chunks) and self._through <= last:
+            self._since = None
 
     def broken(self) -> None:
         """A flush of this writer's rows failed part-way: refuse further flushes."""
@@ -369,17 +370,30 @@ class LakeWriter:
 
     def flush(self) -> Flushed | None:
         """Land offsets next_offset..through durably; None when nothing new was consumed."""
-        self.stage()
-        staged = self.staged()
+        staged = self.prepare()
         if staged is None:
             return None
+        flushed = self.write(staged)
+        self.landed(staged.last)
+        return flushed
+
+    def prepare(self) -> Staged | None:
+        """`flush` in three steps, for a caller that keeps adding while a range lands: the range
+        next_offset..through staged now (None when nothing new was consumed), written by `write`
+        (in any thread: it reads only the staged tables), then `landed`. Rows and offsets added
+        meanwhile belong to the next range; no second range is prepared before `landed`."""
+        self.stage()
+        if not (self._vault or self._analytics or self._chunks):
+            self._since = None  # the staged input's clock is done; the next input starts one
+        return self.staged()
+
+    def write(self, staged: Staged) -> Flushed:
+        """Land a prepared range durably (see `prepare`); a failure breaks the writer."""
         try:
-            flushed = self._land(staged)
+            return self._land(staged)
         except BaseException:
             self._broken = True
             raise
-        self.landed(staged.last)
-        return flushed
 
     def _land(self, staged: Staged) -> Flushed:
         first, last = staged.first, staged.last

@@ -33,7 +33,7 @@ from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.settings import Settings
 from pipeline.validate import rejected_bytes, strip_secrets_json
 from sinks import stats
-from sinks.lake import Flushed, LakeWriter
+from sinks.lake import Flushed, LakeWriter, Staged
 from sinks.stats import write_stats
 
 log = logging.getLogger("callpipe.runner")
@@ -332,13 +332,39 @@ class PartitionRunner:
     def flush(self) -> Flushed | None:
         """Land the handed-over offsets; their stats record is written first, under the same
         range name, and counts only once the range's manifest exists (see `sinks.stats.read_stats`)."""
-        first, through = self.writer.next_offset, self.writer.through
-        if through < first:
+        landing = self.prepare()
+        if landing is None:
             return None
-        write_stats(self.writer.lake, self.source, first, through, self.counts)
-        flushed = self.writer.flush()
-        self.counts = Counter()
+        flushed = self.write(landing)
+        self.landed(landing)
         return flushed
+
+    def prepare(self) -> Landing | None:
+        """`flush` in three steps, for the worker that goes on taking while a range lands: the
+        handed-over range and its counts, staged now (None when there is none); `write` (in any
+        thread: it touches only what is staged) and `landed` after. What is taken meanwhile
+        belongs to the next range."""
+        staged = self.writer.prepare()
+        if staged is None:
+            return None
+        counts, self.counts = self.counts, Counter()
+        return Landing(staged, counts)
+
+    def write(self, landing: Landing) -> Flushed:
+        staged = landing.staged
+        write_stats(self.writer.lake, self.source, staged.first, staged.last, landing.counts)
+        return self.writer.write(staged)
+
+    def landed(self, landing: Landing) -> None:
+        self.writer.landed(landing.staged.last)
+
+
+@dataclass(frozen=True)
+class Landing:
+    """A prepared range: its staged rows and the stats of its offsets."""
+
+    staged: Staged
+    counts: Counter[str]
 
 
 def _events(message: tuple[int, list[Any]]) -> int:

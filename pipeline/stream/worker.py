@@ -15,10 +15,11 @@ Invariants, whatever the order of calls:
     every member, and most come back. Only partitions not assigned again are landed and their
     lake writers released (their new owner waits for the writer's lock meanwhile), so a
     rebalance costs no flush of the partitions a worker keeps.
-  - Landing behind (the Kafka runtime): one range lands at a time in a thread while the loop
-    takes the other partitions; a landing partition's runner is not touched meanwhile (what
-    arrives for it waits in its backlog and is taken, in order, right after), and a rebalance or a
-    stop waits for the landing (`settle`).
+  - Landing behind (the Kafka runtime): one landing at a time runs in a thread while the loop
+    goes on taking, the landing partitions too. Its ranges are staged on the loop right after
+    their dead letters are known durable, with no await between (`PartitionRunner.prepare`); the
+    thread writes only what was staged, and what is taken meanwhile belongs to the next range. A
+    rebalance or a stop waits for the landing (`settle`).
   - A flush that fails on the file system (disk full, I/O error) does not stop the worker: the
     partition's writer is dropped (rows not landed are consumed again), the partition is paused
     and reopened after a back-off; `recover` removes the failed flush's temp files at reopen.
@@ -46,9 +47,9 @@ from pipeline.reasons import Rejection
 from pipeline.settings import Settings
 from pipeline.stream.control import ControlState
 from pipeline.stream.offsets import OffsetGuard
-from pipeline.stream.runner import PartitionRunner, Tripped
+from pipeline.stream.runner import Landing, PartitionRunner, Tripped
 from schemas.topics import CALLS
-from sinks.lake import SourceBusy, source_name
+from sinks.lake import Flushed, SourceBusy, source_name
 from sinks.rejects import REJECTS_DIR, write_rejects
 
 log = logging.getLogger("callpipe.worker")
@@ -162,11 +163,9 @@ class StreamWorker:
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
         self.tripped: Tripped | None = None  # the trip-wire fired: nothing more is landed
         # Landing behind (the Kafka runtime): a due range lands in a thread while the loop goes on
-        # with the other partitions; what arrives for a landing partition waits in its backlog.
+        # taking, its own partition's messages too (they belong to the next range).
         self.land_behind = land_behind
         self._landing: asyncio.Task[None] | None = None
-        self._landing_parts: frozenset[int] = frozenset()
-        self._backlog: dict[int, list[Sequence[MessageLike]]] = {}
         control.listeners.append(self._on_request)
 
     def _on_request(self, account: str, kind: str) -> None:
@@ -274,9 +273,6 @@ class StreamWorker:
         if self.tripped is not None:
             return  # stopping: the next worker reads these again from the lake's next offset
         await self._landed()
-        if partition in self._landing_parts:  # its runner is being landed: taken right after
-            self._backlog.setdefault(partition, []).append(messages)
-            return
         await self._take(partition, messages)
 
     async def _take(self, partition: int, messages: Sequence[MessageLike]) -> None:
@@ -328,7 +324,7 @@ class StreamWorker:
             return
         await self._landed()
         for p, part in list(self.parts.items()):
-            if p not in self.stalled and p not in self._landing_parts:
+            if p not in self.stalled:
                 await self._pump(part.runner)
         await self._land(list(self.parts))
         await self._retry_stalled()
@@ -428,31 +424,23 @@ class StreamWorker:
             return
         if self._landing is not None:
             if not self._landing.done():
-                return
+                return  # one landing at a time: a range is prepared only after the last landed
             await self._landed()
-            if self._landing is not None:
-                # taking the backlog started the next landing: one at a time, or the loop would
-                # touch a runner whose range is being written
-                return
         due = self._due(partitions, force=False)
         if not due or self.tripped is not None:
             return
         if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
             return
-        self._landing_parts = frozenset(due)
-        self._landing = asyncio.create_task(self._write(due, commit=True))
+        prepared = self._prepare(due)  # at once: what is taken from here on is the next range's
+        self._landing = asyncio.create_task(self._write(prepared, commit=True))
 
     async def _landed(self) -> None:
-        """A finished landing behind: its errors raised, its partitions' backlogs taken, in order."""
+        """A finished landing behind: its errors raised."""
         task = self._landing
         if task is None or not task.done():
             return
-        self._landing, self._landing_parts = None, frozenset()
-        backlog, self._backlog = self._backlog, {}
+        self._landing = None
         task.result()
-        for partition, takes in backlog.items():
-            for messages in takes:
-                await self.take(partition, messages)
 
     async def settle(self) -> None:
         """Wait for the landing behind, if any, and take what waited for it."""
@@ -476,27 +464,46 @@ class StreamWorker:
             return
         if not await self.dead_letters_durable():  # a range's dead letters are in Kafka before it lands
             return
-        await self._write(due, commit=commit)
+        await self._write(self._prepare(due), commit=commit)
 
-    async def _write(self, due: list[int], *, commit: bool) -> None:
+    def _prepare(self, due: list[int]) -> list[tuple[int, PartitionRunner, Landing | BaseException]]:
+        """Stage the due partitions' ranges (or the error that refused it, raised after the
+        landing as a failed flush would be)."""
+        prepared: list[tuple[int, PartitionRunner, Landing | BaseException]] = []
+        for p in due:
+            part = self.parts.get(p)
+            if part is None:
+                continue
+            try:
+                landing = part.runner.prepare()
+            except Exception as exc:
+                prepared.append((p, part.runner, exc))
+                continue
+            if landing is not None:
+                prepared.append((p, part.runner, landing))
+        return prepared
+
+    async def _write(
+        self, prepared: list[tuple[int, PartitionRunner, Landing | BaseException]], *, commit: bool
+    ) -> None:
         offsets: dict[int, int] = {}
-        landing = [(p, self.parts[p].runner) for p in due if p in self.parts]
         began = time.perf_counter()
         # The due partitions land at once, each in a thread (fsync-bound, and Parquet encoding
         # runs without the GIL): partitions due together are durable together, not one after
         # another, and the loop stays free.
         outcomes = await asyncio.gather(
-            *(asyncio.to_thread(runner.flush) for _p, runner in landing), return_exceptions=True
+            *(_written(runner, landing) for _p, runner, landing in prepared), return_exceptions=True
         )
         failed: BaseException | None = None
-        for (p, runner), flushed in zip(landing, outcomes, strict=True):
+        for (p, runner, landing), flushed in zip(prepared, outcomes, strict=True):
             if isinstance(flushed, OSError):
                 self._stall(p, flushed)
                 continue
             if isinstance(flushed, BaseException):
                 failed = failed or flushed
                 continue
-            if flushed is not None:
+            if isinstance(landing, Landing):
+                runner.landed(landing)
                 self.counters["flushes"] += 1
                 log.info(
                     "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files (%.2fs)",
@@ -568,6 +575,13 @@ class StreamWorker:
             return False
         self._logged[key] = mono
         return True
+
+
+async def _written(runner: PartitionRunner, landing: Landing | BaseException) -> Flushed:
+    """A prepared range written in a thread (a preparation that failed raises its error)."""
+    if isinstance(landing, BaseException):
+        raise landing
+    return await asyncio.to_thread(runner.write, landing)
 
 
 # ---------------------------------------------------------------- oversize dead letters

@@ -565,25 +565,25 @@ def test_an_erasure_leaves_no_identifier_of_the_account_in_the_workers_caches(la
     assert account not in text
 
 
-def test_landing_behind_lets_the_other_partitions_go_on_and_takes_what_waited_once(
+def test_landing_behind_goes_on_taking_every_partition_and_what_came_meanwhile_is_the_next_range(
     lake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The Kafka runtime lands a due range in a thread while the loop goes on: a partition not
-    landing is taken meanwhile, and what arrives for the landing one is taken after it, in order;
-    every call is landed once and the commits only grow."""
+    """The Kafka runtime lands a due range in a thread while the loop goes on taking, the landing
+    partition too: the range landing is the one staged when it started, what was taken meanwhile
+    lands in the next one; every call is landed once, counted once, and the commits only grow."""
     recs = calls(80)
     first, second = messages(recs[:40], partition=0), messages(recs[40:], partition=1)
     clock = Clock()
     broker = FakeBroker()
     gate = threading.Event()
-    real = runner_module.PartitionRunner.flush
+    real = runner_module.PartitionRunner.write
 
-    def held(self: Any) -> Any:
+    def held(self: Any, landing: Any) -> Any:
         if self.partition == 0:
             assert gate.wait(30)
-        return real(self)
+        return real(self, landing)
 
-    monkeypatch.setattr(runner_module.PartitionRunner, "flush", held)
+    monkeypatch.setattr(runner_module.PartitionRunner, "write", held)
 
     async def go() -> StreamWorker:
         w = make_worker(lake, broker, clock=clock, land_behind=True)
@@ -593,12 +593,13 @@ def test_landing_behind_lets_the_other_partitions_go_on_and_takes_what_waited_on
         await asyncio.wait_for(w.tick(), 10)  # partition 0 lands behind, held at the gate
         await asyncio.sleep(0.05)
         await asyncio.wait_for(w.take(1, second), 10)  # not waiting for it
-        await asyncio.wait_for(w.take(0, first[20:]), 10)  # waits in the backlog
-        assert w.parts[1].runner.expected == 40 and w.parts[0].runner.expected == 20
+        await asyncio.wait_for(w.take(0, first[20:]), 10)  # nor this: the next range's
+        assert w.parts[1].runner.expected == 40 and w.parts[0].runner.expected == 40
         assert not vault_ids(lake)
         gate.set()
         await w.settle()
-        assert w.parts[0].runner.expected == 40  # taken right after the landing
+        assert sum(vault_ids(lake).values()) == 20  # what was staged when the landing began
+        assert [c[0] for c in broker.commits if 0 in c] == [20]
         clock.mono += 6
         await w.tick()
         await w.settle()
@@ -608,7 +609,8 @@ def test_landing_behind_lets_the_other_partitions_go_on_and_takes_what_waited_on
     run(go())
     assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
     zero = [c[0] for c in broker.commits if 0 in c]
-    assert zero == sorted(zero) and zero[-1] == 40
+    assert zero == sorted(zero) and zero[0] == 20 and zero[-1] == 40
+    assert read_stats(lake).events_in == 80
 
 
 class Ticking(Clock):
@@ -619,64 +621,64 @@ class Ticking(Clock):
         return self.mono
 
 
-def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
+def test_one_landing_at_a_time_and_every_event_counted_once_while_the_loop_takes_beside_it(
     lake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A landing behind that has finished, found by the next landing of another partition:
-    taking its backlog starts the next landing, and no second one may start beside it (two at
-    once let the loop count into a runner whose range was being written: in a 600-message run,
-    four messages landed without being counted in the stats). One landing flushes its due
-    partitions together; what must never happen is the loop feeding or pumping a runner while
-    that runner is being flushed, nor two landings at once."""
+    """Ranges due all the time (a clock that jumps 10 s at every reading) and a landing held at a
+    gate while the loop takes into the landing partition and the other: no second landing starts
+    beside one (a second would stage a range of a runner whose range is being written), and the
+    stats count every event once (counted into the range being written, some would go uncounted:
+    four of 600 did once)."""
     recs = calls(80)
     first, second = messages(recs[:40], partition=0), messages(recs[40:], partition=1)
     broker = FakeBroker()
     gate = threading.Event()
-    real = runner_module.PartitionRunner.flush
+    real = runner_module.PartitionRunner.write
     lock = threading.Lock()
-    running: list[int] = []
+    writing: list[int] = []
     overlaps: list[list[int]] = []
-    landings: list[frozenset[int]] = []
+    landings: list[int] = []
 
-    def held(self: Any) -> Any:
+    def held(self: Any, landing: Any) -> Any:
         if self.partition == 0 and not gate.is_set():
             assert gate.wait(30)
         with lock:
-            running.append(self.partition)
+            if self.partition in writing:
+                overlaps.append([self.partition, *writing])
+            writing.append(self.partition)
         try:
             time.sleep(0.2)  # long enough for a second landing to meet this one
-            return real(self)
+            return real(self, landing)
         finally:
             with lock:
-                running.remove(self.partition)
+                writing.remove(self.partition)
 
-    def touched(name: str) -> Any:
-        original = getattr(runner_module.PartitionRunner, name)
+    monkeypatch.setattr(runner_module.PartitionRunner, "write", held)
+    real_write = StreamWorker._write
+    active: list[int] = []
 
-        def touch(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with lock:
-                if self.partition in running:
-                    overlaps.append([self.partition, *running])
-            return original(self, *args, **kwargs)
+    async def write(self: StreamWorker, prepared: Any, *, commit: bool) -> None:
+        landings.append(len(prepared))
+        if active:  # a landing starting while another one is on
+            overlaps.append([-1, len(prepared)])
+        active.append(1)
+        try:
+            await real_write(self, prepared, commit=commit)
+        finally:
+            active.pop()
 
-        return touch
-
-    monkeypatch.setattr(runner_module.PartitionRunner, "flush", held)
-    for name in ("feed", "pump"):
-        monkeypatch.setattr(runner_module.PartitionRunner, name, touched(name))
+    monkeypatch.setattr(StreamWorker, "_write", write)
 
     async def go() -> StreamWorker:
         w = make_worker(lake, broker, clock=Ticking(), land_behind=True)
         await w.assigned([0, 1])
         await w.take(0, first[:20])  # lands behind at once, held at the gate
-        await w.take(0, first[20:])  # waits in the backlog
-        await w.take(1, second[:20])  # a landing is on: partition 1 waits for the next
+        await w.take(0, first[20:])  # taken beside it
+        await w.take(1, second[:20])  # a landing is on: partition 1 lands next
         landing = w._landing
         assert landing is not None
         gate.set()
-        await asyncio.wait([landing])  # finished, its backlog not yet taken
-        # the end of a take of partition 1 (the loop's usual way here, when the landing ends
-        # during that take): the backlog of 0 is taken, which starts 0's next landing
+        await asyncio.wait([landing])
         await w._land([1])
         await w.settle()
         await w.take(1, second[20:])
@@ -686,21 +688,6 @@ def test_a_landing_that_ends_while_another_is_due_starts_one_landing_at_a_time(
         await w.shutdown()
         return w
 
-    real_write = StreamWorker._write
-
-    active: list[frozenset[int]] = []
-
-    async def write(self: StreamWorker, due: list[int], *, commit: bool) -> None:
-        landings.append(frozenset(due))
-        if active:  # a landing starting while another one is on
-            overlaps.append([-1, *due])
-        active.append(frozenset(due))
-        try:
-            await real_write(self, due, commit=commit)
-        finally:
-            active.remove(frozenset(due))
-
-    monkeypatch.setattr(StreamWorker, "_write", write)
     run(go())
     assert overlaps == []
     assert len(landings) >= 2
@@ -727,10 +714,10 @@ def test_a_landing_behind_that_fails_on_the_disk_pauses_the_partition(
         await w.take(0, msgs[:10])
         clock.mono += 6
         await w.tick()
-        await w.take(0, msgs[10:])  # arrives while it lands: waits, then found paused
+        await w.take(0, msgs[10:])  # taken while it lands, then dropped with the failed writer
         await w.settle()
-        assert 0 in broker.paused and w.stalled
-        assert w.counters["stale_messages"] == 10
+        assert 0 in broker.paused and w.stalled and 0 not in w.parts
+        assert not vault_ids(lake)
         monkeypatch.setattr(files, "write_temp_parquet", real)
         clock.mono += RETRY_S[0] + 0.1
         await w.tick()
