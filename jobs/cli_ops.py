@@ -1,4 +1,5 @@
-"""The operators' commands: `callpipe jobs retention|erase|export|compact` and `callpipe policy check`.
+"""The operators' commands: `callpipe jobs retention|erase|export|compact|rebuild-manifests` and
+`callpipe policy check`.
 
 Each handler reads the clock and builds the DuckDB connection here, at the edge, and passes them
 to the job. Human-readable output by default; `--json` prints one JSON document on stdout for
@@ -18,6 +19,21 @@ import orjson
 
 from pipeline.errors import CliError
 from pipeline.settings import Settings
+
+REBUILD_HELP = """\
+Rewrite <lake>/_manifest/ (the committed offset ranges a worker resumes from) after it was lost,
+from the ranges every file of the vault and analytics zones records in its metadata: without it a
+restarted worker reads every partition from offset 0 and lands its rows twice. Run it with every
+worker and ingest stopped (it refuses while one holds a source's lock, exit 3) and before they
+start again. Vault files are read with the vault keys (CALLPIPE_VAULT_KEY_FILE).
+
+What it cannot recover: ranges that landed no row (all dead-lettered or dropped) or whose rows were
+all erased are in no file. Below a source's last recovered offset they stay gaps nothing reads
+again (harmless: no row of them is in the lake). After it, a worker reads them again: their dead
+letters are sent and counted again, and rows land that the chain lets through now (subjects
+erased through privacy.requests stay out; rows removed by `jobs erase --account` alone land
+again: run that erase again once the workers have caught up).
+"""
 
 
 def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersAction) -> None:
@@ -52,6 +68,18 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     compact.add_argument("--dry-run", action="store_true", help="print the merges and touch nothing")
     compact.add_argument("--json", action="store_true", help="print the result as JSON")
     compact.set_defaults(func=cmd_compact)
+
+    rebuild = jobs_sub.add_parser(
+        "rebuild-manifests",
+        help="rewrite a lost <lake>/_manifest/ from the offset ranges the lake's files record",
+        description=REBUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rebuild.add_argument(
+        "--dry-run", action="store_true", help="print the ranges it would write, touch nothing"
+    )
+    rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
+    rebuild.set_defaults(func=cmd_rebuild_manifests)
 
     policy = sub.add_parser("policy", help="the policy file")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, parser_class=type(policy))
@@ -272,6 +300,36 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"  {result.files_in} files in {result.partitions} partitions -> {result.files_out} files"
         + ("" if args.dry_run else f"; {result.rows:,} rows, counts and checksums equal")
+    )
+    return 0
+
+
+def cmd_rebuild_manifests(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import manifests
+
+    lake = _lake(settings)
+    try:
+        result = manifests.run(lake, dry_run=args.dry_run)
+    except manifests.Busy as exc:
+        raise _busy(exc) from None
+    if args.json:
+        _print_json(result.as_dict())
+        return 0
+    head = "manifests to write (dry run, nothing touched)" if args.dry_run else "manifests rebuilt"
+    read = ", ".join(f"{n} {zone}" for zone, n in result.files_read.items())
+    print(f"{head}: {read} files read")
+    for s in result.sources:
+        ranges = ", ".join(f"{a}..{b}" for a, b in s.written) or "none (all held)"
+        print(
+            f"  {s.source}: {'would write' if args.dry_run else 'wrote'} {ranges}; resumes at {s.next_offset}"
+        )
+        if s.gaps:
+            gaps = ", ".join(f"{a}..{b}" for a, b in s.gaps)
+            print(f"    not in any file (no row landed, or all erased; not read again): {gaps}")
+    print(
+        f"  {result.ranges_written} ranges of {len(result.sources)} sources"
+        f" {'to write' if args.dry_run else 'written'}. Ranges past a source's last file that landed"
+        " no row or were erased cannot be seen: a worker reads them again (see --help)"
     )
     return 0
 

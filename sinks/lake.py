@@ -92,6 +92,23 @@ def claim(lake: Path, source: str) -> int:
     return fd
 
 
+def is_busy(lake: Path, source: str) -> bool:
+    """Whether another process holds `source`'s writer lock, creating nothing: the lock is taken
+    and dropped at once. Never call it in a process that has the source open (a POSIX lock is the
+    process's: closing any descriptor of the file drops it)."""
+    try:
+        fd = os.open(lineage.manifest_dir(lake, source) / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        return False  # no lock file: no process opened the source since `_manifest/` was made
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def file_name(source: str, first: int, last: int, zone: str) -> str:
     return f"{source}-o{first:012d}-o{last:012d}-{zone}.parquet"
 

@@ -164,17 +164,56 @@ def carry_lineage(table: pa.Table, replaced: Sequence[Path]) -> pa.Table:
     return files.table_metadata(table, lineage_metadata(combined_lineage(replaced)))
 
 
-def rebuild_manifests(lake: Path, lake_files: Sequence[Path]) -> dict[str, list[Range]]:
-    """Write manifests for the ranges the files' metadata records and no manifest covers (after
-    `_manifest/` was lost). Ranges that landed no row, or whose files were all erased, cannot be
-    seen in files and stay missing: a replay of them lands only rows the chain lets through.
-    Returns the ranges written, per source."""
-    written: dict[str, list[Range]] = {}
-    for source, ranges in sorted(combined_lineage(lake_files).items()):
+def recorded_ranges(lineages: Iterable[Mapping[str, Sequence[Range]]]) -> dict[str, list[Range]]:
+    """The ranges files record (`read_lineage` of each), per source, as they record them (not
+    merged), leaving out those inside another: a file written by a flush records the flush's own
+    range, so these are the original manifests' ranges wherever no compaction merged them."""
+    found: dict[str, set[Range]] = {}
+    for recorded in lineages:
+        for source, ranges in recorded.items():
+            found.setdefault(source, set()).update(ranges)
+    return {source: _outermost(ranges) for source, ranges in found.items()}
+
+
+def _outermost(ranges: Iterable[Range]) -> list[Range]:
+    """The ranges not inside another one, ascending."""
+    out: list[Range] = []
+    reach = -1  # the furthest last of the ranges kept (each starts at or before this one)
+    for first, last in sorted(ranges, key=lambda r: (r[0], -r[1])):
+        if out and last <= reach:
+            continue
+        out.append((first, last))
+        reach = max(reach, last)
+    return out
+
+
+def missing_ranges(lake: Path, found: Mapping[str, Sequence[Range]]) -> dict[str, list[Range]]:
+    """The ranges of `found` (per source) that no manifest of `lake` covers, per source (sources
+    with none left out)."""
+    missing: dict[str, list[Range]] = {}
+    for source, ranges in sorted(found.items()):
         covered = merge_ranges(held_ranges(lake, source))
         for first, last in ranges:
-            if any(a <= first and last <= b for a, b in covered):
-                continue
+            if not any(a <= first and last <= b for a, b in covered):
+                missing.setdefault(source, []).append((first, last))
+    return missing
+
+
+def write_ranges(lake: Path, ranges: Mapping[str, Sequence[Range]]) -> None:
+    """Commit each range with a manifest listing no files (durably, as a flush commits it)."""
+    for source, rs in sorted(ranges.items()):
+        for first, last in rs:
             write_manifest(lake, Manifest(source, first, last, ()))
-            written.setdefault(source, []).append((first, last))
+
+
+def rebuild_manifests(lake: Path, lake_files: Sequence[Path]) -> dict[str, list[Range]]:
+    """Write manifests for the ranges the files' metadata records and no manifest covers (after
+    `_manifest/` was lost), as the files record them (`recorded_ranges`: a flush's own range
+    unless compaction merged it, so its `_stats/` record, matched by range, counts again).
+    Ranges that landed no row, or whose files were all erased, cannot be seen in files and stay
+    missing: a replay of them lands only rows the chain lets through. Returns the ranges
+    written, per source. `callpipe jobs rebuild-manifests` (jobs/manifests.py) does this under
+    the writers' and the jobs' locks."""
+    written = missing_ranges(lake, recorded_ranges(map(read_lineage, lake_files)))
+    write_ranges(lake, written)
     return written
