@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from tests.support.analysis_lake import T0, analytics_row, vault_row, write_zone
 
 pytestmark = pytest.mark.e2e

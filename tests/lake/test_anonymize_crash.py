@@ -15,9 +15,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from tests.support.analysis_lake import T0, analytics_row, write_zone
 
 from jobs.anonymize import AGGREGATES, aggregate_path
+from tests.support.analysis_lake import T0, analytics_row, write_zone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TRIALS = 12

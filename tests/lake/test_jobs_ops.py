@@ -77,8 +77,7 @@ def test_retention_dry_run_prints_the_plan_and_touches_nothing(
     vault = zone_source(con, lake, "vault")
     cutoff = AS_OF - timedelta(days=25)
     expired_days = con.execute(
-        f"SELECT count(DISTINCT started_at::DATE) FROM {vault} "
-        "WHERE started_at + INTERVAL 1 DAY <= $c",
+        f"SELECT count(DISTINCT started_at::DATE) FROM {vault} WHERE started_at + INTERVAL 1 DAY <= $c",
         {"c": cutoff},
     ).fetchone()
     assert expired_days is not None
@@ -86,9 +85,7 @@ def test_retention_dry_run_prints_the_plan_and_touches_nothing(
         d["dt"] for d in plan["partitions"] if d["zone"] == "vault"
     )
     assert sum(1 for d in plan["partitions"] if d["zone"] == "vault") == expired_days[0]
-    expired = con.execute(
-        f"SELECT count(*) FROM {vault} WHERE started_at < $c", {"c": cutoff}
-    ).fetchone()
+    expired = con.execute(f"SELECT count(*) FROM {vault} WHERE started_at < $c", {"c": cutoff}).fetchone()
     assert expired is not None and plan["summary"]["rows_removed"]["vault"] == expired[0]
     nulled = con.execute(
         f"SELECT count(transcript) FROM {vault} WHERE started_at >= $c AND started_at < $t",

@@ -147,7 +147,9 @@ def test_a_running_writer_makes_it_refuse(
 
 
 def test_an_encrypted_vault_without_its_keys_stops_with_one_line(
-    lost: tuple[Path, dict[str, list[str]]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    lost: tuple[Path, dict[str, list[str]]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     lake, _before = lost
     monkeypatch.setenv("CALLPIPE_VAULT_ENCRYPTION", "off")  # no keys configured: cannot open the vault

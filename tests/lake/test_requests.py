@@ -23,7 +23,14 @@ from jobs.synth import SynthSpec, build
 from pipeline import codec
 from pipeline.keys import Domain, PseudonymKey
 from sinks import crypt
-from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files, zone_glob, zone_source
+from tests.support.ops_lake import (
+    callpipe_cmd,
+    callpipe_env,
+    digest,
+    make_key,
+    stray_files,
+    zone_source,
+)
 
 pytestmark = pytest.mark.e2e
 
