@@ -10,7 +10,8 @@
   outbound, callee of its inbound calls), how many subjects and rows.
 The list of subjects to notify goes to the restricted outbox (`<lake>/_outbox/breach-<run>.json`,
 0600): vault account ids where the vault knows them, tokens always. What is printed and audited
-holds counts and tokens only.
+holds counts and tokens only. Erasing a subject later leaves the breach lists that name it as they
+are: they record a notification owed by law, not a copy of the subject's data (`jobs.outbox`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import orjson
 import schemas
 from jobs import audit
 from jobs.ledger import iso
-from jobs.requests import outbox_dir, write_private
+from jobs.outbox import outbox_dir
+from jobs.requests import write_private
 from jobs.subject import zone_files
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts

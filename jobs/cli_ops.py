@@ -204,7 +204,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         rows = preview["rows_removed"]
         print(
             f"  {rows['vault']:,} vault rows, {rows['analytics']:,} analytics rows,"
-            f" {preview['dead_letters_removed']:,} dead letters; {preview['files_rewritten']} of"
+            f" {preview['dead_letters_removed']:,} dead letters,"
+            f" {preview['access_exports_removed']} access exports; {preview['files_rewritten']} of"
             f" {preview['files_total']} files ({100 * preview['files_touched_share']:.2f}%)"
         )
         return 0
@@ -236,6 +237,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     )
     if result.dead_letters_removed:
         print(f"  dead letters removed: {result.dead_letters_removed:,}")
+    if result.access_exports_removed:
+        print(f"  access exports removed from the outbox: {result.access_exports_removed}")
     print("  verified: no rows of the subject remain in any bucket")
     return 0
 

@@ -12,6 +12,12 @@ outside the subject's bucket (a lake written with another bucket count) are eras
 pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
 (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change. The request is recorded
 in the audit trail by the subject's token, never its id.
+
+Erasure covers every copy callpipe holds: after the lake, the subject's access exports still in
+the outbox (`<lake>/_outbox/access-<request>.json` and its manifest, found through the request
+ledger, see `jobs.outbox`) are deleted durably and counted (`access_exports_removed`). A run killed
+between the lake and the outbox is finished by running it again (the lake part then finds nothing).
+A restriction or objection (`zones` = analytics only) keeps them: the subject keeps its data.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import duckdb
 import pyarrow.compute as pc
 
-from jobs import audit
+from jobs import audit, outbox
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
@@ -45,6 +51,7 @@ class EraseResult:
     subject: str  # the account token
     rows_removed: dict[str, int]  # by zone
     dead_letters_removed: int
+    access_exports_removed: int  # the subject's access exports deleted from the outbox
     files_total: int
     files_probed: int  # files whose footers were read
     files_maybe: int  # files whose statistics or Bloom filter said the subject may be there
@@ -155,6 +162,7 @@ def plan(
         "bucket": bucket,
         "rows_removed": {loc.zone: sum(loc.hits.values()) for loc in located},
         "dead_letters_removed": sum(len(h.matching) for h in rejects.find(lake, account_id)),
+        "access_exports_removed": outbox.count_access_exports(lake, values[ANALYTICS]),
         "files": sorted(str(Path(f).relative_to(lake)) for loc in located for f in loc.hits),
         "files_total": files_total,
         "files_probed": sum(loc.files_probed for loc in located),
@@ -221,12 +229,15 @@ def erase_locked(
     remaining = sum(sum(v.hits.values()) for v in verify)
     if VAULT in zones:
         remaining += sum(len(h.matching) for h in rejects.find(lake, account_id))
+    # Then the copies outside the lake: the subject's access exports in the outbox.
+    exports = outbox.remove_access_exports(lake, token) if VAULT in zones else 0
     files_total = sum(v.files_total for v in verify)
     rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
     dead_letters = removed.pop("dead_letters")
     counts: dict[str, Any] = {
         "rows_removed": removed,
         "dead_letters_removed": dead_letters,
+        "access_exports_removed": exports,
         "files_total": files_total,
         "files_probed": sum(loc.files_probed for loc in located),
         "files_maybe": sum(loc.files_maybe for loc in located),

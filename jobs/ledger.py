@@ -29,7 +29,9 @@ overrides an earlier one, and `fulfilled_at` is the first fulfilment). The deadl
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,10 +51,19 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 OPEN = ("received", "in_progress")
 CLOSED = ("fulfilled", "refused")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def ledger_dir(lake: Path) -> Path:
     return lake / REQUESTS
+
+
+def file_name(request_id: str) -> str:
+    """A request id as a file name: itself when plain, else a digest (ids come from producers).
+    Names a request's intake file (`jobs.requests`) and its access export (`jobs.outbox`)."""
+    if _SAFE.match(request_id):
+        return request_id
+    return "h-" + hashlib.sha256(request_id.encode()).hexdigest()[:32]
 
 
 def iso(when: datetime) -> str:

@@ -10,9 +10,11 @@ finished first):
    the ledger ignores request ids it holds, so nothing is lost or doubled.
 2. Fulfilment, oldest request first (an access before an erase of the same subject exports first):
    an `in_progress` event records what the subject's data was when work began (`found`), then:
-   - erase: `jobs.erase` over vault, analytics and the dead letters under `_rejects/`. A subject
-     erased twice: the second request is fulfilled with nothing left to remove. The request's
-     raw-id file is kept in the vault as the suppression list of step 3.
+   - erase: `jobs.erase` over vault, analytics and the dead letters under `_rejects/`, then the
+     subject's access exports still in `_outbox/` (`jobs.outbox`: found through this ledger,
+     counted as `access_exports_removed`, an access answered earlier in the same pass included).
+     A subject erased twice: the second request is fulfilled with nothing left to remove. The
+     request's raw-id file is kept in the vault as the suppression list of step 3.
    - access: `jobs.export` of every row of the subject into `<lake>/_outbox/access-<request>.json`
      (0600) with `access-<request>.manifest.json` (checksum, counts, deadline) to hand over.
    - rectify: `jobs.rectify` in the vault and, through the tokens, in analytics.
@@ -28,7 +30,9 @@ finished first):
 3. Enforcement. A subject whose events were still streaming in when its erasure ran can have rows
    landed after it (the worker drops its events once it has read the request, not before): every
    pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
-   erases what it finds, recorded as an `enforced` ledger event.
+   erases what it finds, recorded as an `enforced` ledger event. An access export of an erased
+   subject still in the outbox (left by an erasure that ran before erasure covered exports) is
+   removed the same way.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
 lake and the same ledger as an uninterrupted pass.
@@ -37,7 +41,6 @@ lake and the same ledger as an uninterrupted pass.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,16 +50,15 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit, erase, export, ledger, rectify
-from jobs.ledger import Request, iso
+from jobs import audit, erase, export, ledger, outbox, rectify
+from jobs.ledger import Request, file_name, iso
+from jobs.outbox import outbox_dir
 from jobs.replace import job_lock
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
 from sinks import rejects
 from sinks.files import fsync_dir, make_dirs, write_bytes
-from sinks.layout import ANALYTICS, OUTBOX, VAULT_REQUESTS
-
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+from sinks.layout import ANALYTICS, VAULT_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,8 @@ class Batch:
 Reader = Callable[[dict[int, int]], Batch]  # position -> what the topic holds past it
 
 
-def file_name(request_id: str) -> str:
-    """A request id as a file name: itself when plain, else a digest (ids come from producers)."""
-    if _SAFE.match(request_id):
-        return request_id
-    return "h-" + hashlib.sha256(request_id.encode()).hexdigest()[:32]
-
-
 def intake_dir(lake: Path) -> Path:
     return lake.joinpath(*VAULT_REQUESTS)
-
-
-def outbox_dir(lake: Path) -> Path:
-    return lake / OUTBOX
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -156,16 +147,32 @@ def receive(
 
 
 def _found(
-    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, account_id: str, kind: str, buckets: int
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    account_id: str,
+    kind: str,
+    buckets: int,
+    exports: int,
 ) -> dict[str, int]:
+    """What the lake holds on the subject for a request of `kind`; an erasure also counts the
+    subject's access exports in the outbox (`exports`, the caller's count)."""
     if kind == "unrestrict":
         return {}
     rows = rectify.rows_of(con, lake, key, account_id, buckets)
     if kind in ("restrict", "object"):
         return {ANALYTICS: rows[ANALYTICS]}
     if kind == "erase":
-        return {**rows, "dead_letters": sum(len(h.matching) for h in rejects.find(lake, account_id))}
+        dead = sum(len(h.matching) for h in rejects.find(lake, account_id))
+        return {**rows, "dead_letters": dead, "access_exports": exports}
     return rows
+
+
+def _erased(found: Mapping[str, Any], removed_now: int) -> dict[str, Any]:
+    """An erasure's ledger record from its `found`: rows per zone and the access exports removed
+    (a count; `removed_now` for a ledger whose `found` predates the count)."""
+    rows = {k: v for k, v in found.items() if k != "access_exports"}
+    return {"rows_removed": rows, "access_exports_removed": int(found.get("access_exports", removed_now))}
 
 
 def _access(
@@ -179,7 +186,7 @@ def _access(
     doc = export.collect(con, lake, key, account_id, now)
     doc["request"] = {"request_id": req.request, "requested_at": req.requested_at, "deadline": req.deadline}
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
-    name = f"access-{file_name(req.request)}.json"
+    name, manifest_name = outbox.access_names(req.request)
     write_private(outbox_dir(lake) / name, data)
     manifest = {
         "request": req.request,
@@ -195,7 +202,7 @@ def _access(
         "format": "JSON (UTF-8): vault rows, analytics rows, dead letters, audit entries of the subject",
     }
     write_private(
-        outbox_dir(lake) / f"access-{file_name(req.request)}.manifest.json",
+        outbox_dir(lake) / manifest_name,
         orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
     )
     audit.record(
@@ -225,14 +232,16 @@ def _fulfil(
     account_id = str(intake["account_id"])
     found = req.found or {}
     if req.kind == "erase":
+        # Lake, dead letters, then the subject's access exports (an access answered earlier in
+        # this pass included): what it removed is `found`, so a rerun after a kill reports the same.
         done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
-        del done  # what it removed is `found`: a rerun after a kill removes nothing the second time
         note = (
             "already erased"
             if req.subject in erased
             else ("no data held" if not any(found.values()) else None)
         )
-        return "fulfilled", {"rows_removed": found, **({"note": note} if note else {})}
+        touched = _erased(found, done.access_exports_removed)
+        return "fulfilled", {**touched, **({"note": note} if note else {})}
     if req.subject in erased and req.kind in ("access", "rectify"):
         return "refused", {"reason": "subject_erased"}
     if req.kind == "access":
@@ -263,9 +272,11 @@ def _enforce(
     now: datetime,
     buckets: int,
 ) -> list[dict[str, Any]]:
-    """Erase rows of already-erased subjects that landed after their erasure."""
+    """Erase rows of already-erased subjects that landed after their erasure, and access exports
+    of theirs still in the outbox."""
     events = []
     seen: set[str] = set()
+    held = outbox.access_exports(lake, folded)
     for req in folded.values():
         if req.kind != "erase" or req.status != "fulfilled" or req.subject in seen:
             continue
@@ -274,15 +285,16 @@ def _enforce(
         if intake is None:
             continue
         account_id = str(intake["account_id"])
-        found = _found(con, lake, key, account_id, "erase", buckets)
+        exports = sum(1 for e in held.get(req.subject, []) if e.export.exists())
+        found = _found(con, lake, key, account_id, "erase", buckets, exports)
         if not any(found.values()):
             continue
-        erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
+        done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
         event = {
             "event": "enforced",
             "request": req.request,
             "at": iso(now),
-            "touched": {"rows_removed": found},
+            "touched": _erased(found, done.access_exports_removed),
         }
         ledger.append(lake, [event])
         events.append(event)
@@ -335,7 +347,8 @@ def run(
                 )
                 continue
             if req.found is None:
-                found = _found(con, lake, key, str(intake["account_id"]), req.kind, buckets)
+                exports = outbox.count_access_exports(lake, req.subject, folded) if req.kind == "erase" else 0
+                found = _found(con, lake, key, str(intake["account_id"]), req.kind, buckets, exports)
                 ledger.append(
                     lake, [{"event": "in_progress", "request": req.request, "at": iso(now), "found": found}]
                 )

@@ -5,7 +5,7 @@
 <lake>/aggregates/<name>/...                               anonymous, k-checked
 <lake>/_audit/                                             append-only job and request record
 <lake>/_requests/                                          request ledger, topic position (0700)
-<lake>/_outbox/                                            access exports, breach lists (0700/0600)
+<lake>/_outbox/                                            access exports, breach lists (jobs/outbox.py), 0700
 <lake>/vault/requests/                                     raw subject ids of requests (0700/0600)
 <lake>/_groups/                                            group flushes under way (sinks/group.py), 0700
 <lake>/_stats/                                             stream counters per range (sinks/stats.py)
