@@ -171,4 +171,3 @@ def test_erase_command_removes_the_exports_too(base: dict[str, Any], tmp_path: P
     assert out.returncode == 0, out.stderr.decode()
     assert orjson.loads(out.stdout)["access_exports_removed"] == 1
     assert held(lake) == ["access-r-other.json", "access-r-other.manifest.json"]
-
