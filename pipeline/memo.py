@@ -1,8 +1,9 @@
 """A bounded memory of values derived from identifiers (E.164 forms, number facts, tokens, IP
 prefixes), owned by whoever runs the chain, never module-global.
 
-Its keys are plaintext identifiers, so it is personal data held in memory: it is bounded (it
-forgets everything when full, which costs a few seconds of recomputation at carrier rates), it
+Its keys are plaintext identifiers, so it is personal data held in memory: it is bounded (when
+full it forgets the one-off values, cell areas and attribute values, or everything if those are
+few; recomputing costs a few seconds at carrier rates), it
 lives and dies with its owner (a stream worker, one `callpipe ingest` run), and `forget()` drops
 it whole when an account is erased, so an erased subject's identifiers do not linger in a
 long-running worker. Erasures are rare; forgetting everything is simpler to prove than tracking
@@ -15,6 +16,11 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 DEFAULT_ENTRIES = 262_144
+# Kinds of entry (a key's first item) that are one-off values: a call's cell area, an attribute
+# value. They are the most numerous (a cell id per call) and the least often seen again, so a
+# full memo forgets them first, and numbers, tokens and decisions, which every call of an
+# account or number reads again, outlive them.
+VOLATILE = frozenset({"cell", "attr"})
 
 
 class Memo:
@@ -37,7 +43,7 @@ class Memo:
             pass
         value = compute()
         if len(values) >= self.max_entries:
-            self.forget()
+            self._make_room()
         values[key] = value
         return value
 
@@ -52,9 +58,19 @@ class Memo:
         """Remember `value` for `key` (forgetting everything first when full); returns it."""
         values = self._values
         if len(values) >= self.max_entries:
-            self.forget()
+            self._make_room()
         values[key] = value
         return value
+
+    def _make_room(self) -> None:
+        """Full: forget the one-off values (VOLATILE), or everything when what else is held
+        fills more than three quarters of the bound (the same dict, emptied and refilled:
+        `peek` is bound to it)."""
+        values = self._values
+        kept = {k: v for k, v in values.items() if not (type(k) is tuple and k and k[0] in VOLATILE)}
+        values.clear()
+        if len(kept) <= self.max_entries * 3 // 4:
+            values.update(kept)
 
     def forget(self) -> None:
         self._values.clear()

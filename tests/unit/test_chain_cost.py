@@ -151,3 +151,29 @@ def test_an_accounts_first_event_judged_alone_and_its_later_ones_by_table_route_
                     [r["event_id"] for r in result.analytics_rows],
                 )
                 assert got == expected(batch)
+
+
+def test_a_full_memo_forgets_the_one_off_values_first_and_everything_when_they_are_few() -> None:
+    """Cell areas and attribute values (one per call, seldom seen again) go first, so numbers
+    and tokens outlive them; when they are too few to make room, everything goes, and the memo
+    stays within its bound either way."""
+    memo = Memo(8)
+    for i in range(3):
+        memo.put(("num", f"+4420794609{i:02d}"), i)
+    for i in range(5):
+        memo.put(("cell", f"234-15-1-{i}"), i)
+    assert len(memo) == 8
+    memo.put(("token", "x"), "t")  # full: the cells go, the numbers stay
+    assert (
+        len(memo) == 4
+        and memo.peek(("num", "+442079460900")) == 0
+        and memo.peek(("cell", "234-15-1-0")) is None
+    )
+    for i in range(4):
+        memo.put(("facts", i), i)
+    assert len(memo) == 8
+    memo.put(("attr", "v"), "v")  # full of what is read again (8 > 3/4 of 8): everything goes
+    assert len(memo) == 1 and memo.peek(("num", "+442079460900")) is None
+    for i in range(50):
+        memo.put(("cell" if i % 2 else "route", i), i)
+        assert len(memo) <= 8
