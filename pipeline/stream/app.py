@@ -45,7 +45,7 @@ from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
-from pipeline.stream.control import RECORDS, ControlReader, ControlState, snapshot_path
+from pipeline.stream.control import METADATA_MAX_AGE_MS, RECORDS, ControlReader, ControlState, snapshot_path
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
 from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS, STREAM_GROUP
@@ -270,6 +270,7 @@ class WorkerRuntime(mode.Service):
                 auto_offset_reset="earliest",
                 isolation_level="read_committed",
                 max_partition_fetch_bytes=MAX_FETCH,
+                metadata_max_age_ms=METADATA_MAX_AGE_MS,  # control partitions added are seen
             ),
             functools.partial(topic_partitions, access),
             snapshot=snapshot_path(settings.home, prefix),

@@ -95,8 +95,10 @@ class ControlState:
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_EVERY_S = 60.0
-# how often the reader looks for partitions added to the control topics (one metadata request)
-LOOKUP_EVERY_S = 10.0
+# How often the control consumer refreshes its metadata (aiokafka's metadata_max_age_ms, on the
+# connection it has): a partition added to a control topic is seen within this. Set by whoever
+# makes the consumer (`consumer_factory`); aiokafka's default is 5 minutes.
+METADATA_MAX_AGE_MS = 10_000
 SNAPSHOT_MIN_APPLIED = 1_000  # fewer new records than this are cheaper to re-read than to snapshot
 
 
@@ -185,10 +187,10 @@ class ControlReader:
     """Reads every partition of the control topics into a `ControlState` (no consumer group: each
     worker reads all of them). `ready` is set once the reader has reached the end offsets that
     the control topics had when it started. `partitions` tells the partitions the topics have on
-    the broker now (`pipeline.kafka_metadata.topic_partitions`); they are looked up at start and
-    every LOOKUP_EVERY_S after: a partition added to a control topic while the reader runs
-    (carriers grow topics as they grow) is read from its start once seen, not ignored until a
-    restart."""
+    the broker now (`pipeline.kafka_metadata.topic_partitions`), looked up at start; after that
+    the consumer's own metadata (refreshed every METADATA_MAX_AGE_MS when the factory sets it)
+    shows partitions added to a control topic while the reader runs (carriers grow topics as they
+    grow): each is read from its start once seen, not ignored until a restart."""
 
     def __init__(
         self,
@@ -354,7 +356,7 @@ class ControlReader:
                 if not self.resumed_from_snapshot and self._applied_since_snapshot >= SNAPSHOT_MIN_APPLIED:
                     await self.save()
                     last_snapshot = time.monotonic()
-            if time.monotonic() - last_lookup >= LOOKUP_EVERY_S:
+            if time.monotonic() - last_lookup >= 1.0:
                 tps = await self._grow(tps)
                 last_lookup = time.monotonic()
             if (
@@ -366,15 +368,12 @@ class ControlReader:
             await asyncio.sleep(0)
 
     async def _grow(self, tps: list[Any]) -> list[Any]:
-        """`tps` and the control partitions added since they were looked up; the added ones are
-        read from their start, the others go on from where they are."""
+        """`tps` and the control partitions added since, as the consumer's metadata shows them
+        (read without a request: no new connection, nothing to fail in an outage); the added ones
+        are read from their start, the others go on from where they are."""
         from aiokafka import TopicPartition
 
-        try:
-            found = await self._lookup(self.topics.values())
-        except Exception as exc:  # a broker outage: looked up again next time
-            log.warning("control reader: partition look-up failed (%s)", type(exc).__name__)
-            return tps
+        found = {topic: self._consumer.partitions_for_topic(topic) or () for topic in self.topics.values()}
         known = {(tp.topic, tp.partition) for tp in tps}
         added = [
             TopicPartition(topic, p)

@@ -17,7 +17,6 @@ from pipeline import codec
 from pipeline.consent import Stream
 from pipeline.kafka_access import WORKER
 from pipeline.kafka_metadata import topic_partitions
-from pipeline.stream import control
 from pipeline.stream.control import ControlReader, ControlState, load_snapshot, save_snapshot
 from schemas import topics
 from tests.support.streamkit import access, grow, make_topics, publish
@@ -59,7 +58,10 @@ async def read(bootstrap: str, prefix: str, snapshot: Path | None) -> ControlRea
         topics_of(prefix),
         state,
         lambda: AIOKafkaConsumer(
-            **access(WORKER, bootstrap).aiokafka(), enable_auto_commit=False, auto_offset_reset="earliest"
+            **access(WORKER, bootstrap).aiokafka(),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=500,  # partitions added are seen within half a second
         ),
         functools.partial(topic_partitions, access(WORKER, bootstrap)),
         snapshot=snapshot,
@@ -121,11 +123,10 @@ def test_a_restart_reads_only_the_tail_and_a_foreign_snapshot_is_refused(
 
 
 def test_a_partition_added_to_a_control_topic_while_the_reader_runs_is_read_from_its_start(
-    kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, topic_prefix: str
 ) -> None:
     """A carrier grows consent.events from 2 to 4 partitions while a worker runs: the consent
     it then writes to the new partitions is applied, with what the old ones carry, no restart."""
-    monkeypatch.setattr(control, "LOOKUP_EVERY_S", 0.5)
     make_topics(kafka_bootstrap, topic_prefix, 2)
     consent_topic = topic_prefix + topics.CONSENT
     publish(kafka_bootstrap, consent_topic, messages(consents(0, 40, 0), 2))
