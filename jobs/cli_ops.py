@@ -39,7 +39,9 @@ again: run that erase again once the workers have caught up).
 def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersAction) -> None:
     """Add top-level commands to `sub` and `callpipe jobs` commands to `jobs_sub`."""
     ret = jobs_sub.add_parser(
-        "retention", help="remove expired partitions and rows, null expired recordings and transcripts"
+        "retention",
+        help="remove expired partitions and rows, null expired recordings and transcripts, expire access"
+        " exports in the outbox",
     )
     ret.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
     ret.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
@@ -182,6 +184,7 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  rows removed from {zone}: {n:,}")
     for column, n in s.values_nulled.items():
         print(f"  values nulled in {column}: {n:,}")
+    print(f"  expired access exports removed from the outbox: {s.access_exports_removed:,}")
     if not args.dry_run and result.recovered:
         print(f"  completed {len(result.recovered)} killed job(s) first")
     return 0
@@ -352,7 +355,8 @@ def cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"  retention: vault {r.vault_days} d, analytics {r.analytics_days} d, aggregates "
         f"{'kept' if r.aggregates_days is None else f'{r.aggregates_days} d'}, recordings"
-        f" {r.recording_days} d, transcripts {r.transcript_days} d"
+        f" {r.recording_days} d, transcripts {r.transcript_days} d, outbox access exports"
+        f" {r.outbox_days} d"
     )
     c = policy.consent
     print(f"  aggregates: k = {policy.k}")

@@ -11,16 +11,23 @@ access request records its subject's token), never from a file's name or content
 is read to find them, and other subjects' exports are never opened. Removal is durable (unlink,
 then fsync of the folder) and idempotent: a run killed half-way and run again removes what is left.
 
-Breach lists are kept when a subject they name is erased: they are the record of a notification
-owed by law (to the authority and to the subjects), made to be acted on, not a copy of the
-subject's data held for processing. Nothing here expires files: an export stays until its subject
-is erased or an operator deletes it after hand-over.
+Access exports expire: `jobs.retention` removes an export with its manifest once its request was
+fulfilled more than `retention.outbox.days` ago (30 by default) before `as_of`. The age is the
+ledger's `fulfilled_at` (when the requests job wrote the export), not the file's mtime, which a
+copy or a `touch` would reset; an export whose request is not yet fulfilled (a pass killed between
+writing it and recording it) is left to the requests job that finishes it. Hand an export over
+before it expires: callpipe does not know about hand-overs.
+
+Breach lists are kept when a subject they name is erased, and do not expire: they are the record
+of a notification owed by law (to the authority and to the subjects), made to be acted on, not a
+copy of the subject's data held for processing. They stay until an operator deletes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from jobs import ledger
@@ -81,7 +88,26 @@ def remove_access_exports(
     """Delete the subject's access exports and their manifests, durably; returns how many exports
     were removed (0 when there are none, or no outbox)."""
     held = access_exports(lake, ledger.requests(lake) if requests is None else requests)
-    found = held.get(subject, [])
+    return remove(lake, held.get(subject, []))
+
+
+def expired_access_exports(
+    lake: Path, requests: Mapping[str, ledger.Request], cutoff: datetime
+) -> list[AccessExport]:
+    """Access exports still in the outbox whose request was fulfilled before `cutoff`, from the
+    folded ledger `requests` (one listing of the folder; no file is opened)."""
+    out = []
+    for found in access_exports(lake, requests).values():
+        for files in found:
+            fulfilled = requests[files.request].fulfilled_at
+            if fulfilled is not None and ledger.parse_time(fulfilled) < cutoff:
+                out.append(files)
+    return sorted(out, key=lambda e: e.request)
+
+
+def remove(lake: Path, found: list[AccessExport]) -> int:
+    """Delete these access exports and their manifests, durably (unlink, then fsync of the
+    folder); returns how many exports were removed (a manifest alone is not counted)."""
     removed = 0
     for files in found:
         try:

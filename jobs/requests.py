@@ -16,7 +16,8 @@ finished first):
      A subject erased twice: the second request is fulfilled with nothing left to remove. The
      request's raw-id file is kept in the vault as the suppression list of step 3.
    - access: `jobs.export` of every row of the subject into `<lake>/_outbox/access-<request>.json`
-     (0600) with `access-<request>.manifest.json` (checksum, counts, deadline) to hand over.
+     (0600) with `access-<request>.manifest.json` (checksum, counts, deadline) to hand over
+     before `jobs retention` expires them (`retention.outbox.days` after fulfilment).
    - rectify: `jobs.rectify` in the vault and, through the tokens, in analytics.
    - restrict, object: in force in the stream from the request's time on (the worker reads the
      same topic); the subject's existing analytics rows are removed too (restriction: stored in

@@ -14,13 +14,18 @@ null counts per row group), so untouched files are never opened:
   actually changes. A second run therefore plans nothing: re-running is a no-op.
 Files are changed through the intent journal of `jobs.replace`, so a killed run leaves the old
 or the new lake and the next run completes it.
+
+Access exports in `<lake>/_outbox/` expire too: an export (and its manifest) whose request was
+fulfilled more than `retention.outbox.days` before `as_of` is removed (`jobs.outbox`: found through
+the request ledger, aged by the ledger's fulfilment time, unlinked then the folder fsynced) and
+counted as `access_exports_removed`. Breach lists are not touched.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import audit
+from jobs import audit, ledger, outbox
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, pending, run_change, write_parquet
 from pipeline.policy import Policy
@@ -50,6 +55,7 @@ class Cutoffs:
 
     rows: dict[str, datetime]
     categories: dict[str, dict[str, datetime]]  # zone -> column -> cutoff
+    outbox: datetime  # access exports fulfilled before it expire
 
 
 def cutoffs(policy: Policy, as_of: datetime) -> Cutoffs:
@@ -64,6 +70,7 @@ def cutoffs(policy: Policy, as_of: datetime) -> Cutoffs:
             zone: {column: as_of - timedelta(days=category_days[cat]) for cat, column in cols.items()}
             for zone, cols in CATEGORY_COLUMNS.items()
         },
+        outbox=as_of - timedelta(days=r.outbox_days),
     )
 
 
@@ -85,10 +92,11 @@ class Plan:
     files: list[FileAction]
     files_total: int
     pending_journals: int
+    access_exports: int = 0  # expired access exports in the outbox
 
     @property
     def empty(self) -> bool:
-        return not (self.drops or self.files)
+        return not (self.drops or self.files or self.access_exports)
 
     def summary(self) -> RetentionSummary:
         rows_removed: dict[str, int] = defaultdict(int)
@@ -109,6 +117,7 @@ class Plan:
             files_touched_share=round(touched / self.files_total, 4) if self.files_total else 0.0,
             rows_removed=dict(rows_removed),
             values_nulled=dict(nulled),
+            access_exports_removed=self.access_exports,
         )
 
 
@@ -123,6 +132,7 @@ class RetentionSummary:
     files_touched_share: float
     rows_removed: dict[str, int]  # by zone
     values_nulled: dict[str, int]  # by zone.column
+    access_exports_removed: int = 0  # expired access exports (with their manifests) in the outbox
 
 
 @dataclass(frozen=True)
@@ -268,13 +278,17 @@ def plan(con: duckdb.DuckDBPyConnection, lake: Path, policy: Policy, as_of: date
     return Plan(
         as_of=as_of.isoformat(),
         cutoffs={
-            zone: {"rows": cuts.rows[zone].isoformat(), **{c: t.isoformat() for c, t in cols.items()}}
-            for zone, cols in cuts.categories.items()
+            **{
+                zone: {"rows": cuts.rows[zone].isoformat(), **{c: t.isoformat() for c, t in cols.items()}}
+                for zone, cols in cuts.categories.items()
+            },
+            "outbox": {"access_exports": cuts.outbox.isoformat()},
         },
         drops=drops,
         files=sorted(actions, key=lambda a: a.path),
         files_total=total,
         pending_journals=len(pending(lake)),
+        access_exports=len(outbox.expired_access_exports(lake, ledger.requests(lake), cuts.outbox)),
     )
 
 
@@ -369,7 +383,9 @@ def run(
             }
 
         run_change(change, write)
-        summary = the_plan.summary()
+        # The outbox after the lake: a run killed in between removes them next time (idempotent).
+        expired = outbox.expired_access_exports(lake, ledger.requests(lake), cuts.outbox)
+        summary = replace(the_plan.summary(), access_exports_removed=outbox.remove(lake, expired))
         duration = time.monotonic() - started
         audit.record(
             lake,

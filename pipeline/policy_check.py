@@ -7,6 +7,7 @@ The file (every table and key optional; what is left out keeps its default):
     [retention.aggregates]   days = 3650    # leave out: kept until removed by hand
     [retention.recording]    days = 30      # recording_uri, inside live rows
     [retention.transcript]   days = 30      # transcript, inside live rows
+    [retention.outbox]       days = 30      # access exports in _outbox/, from their fulfilment
     [aggregates]             k = 5          # every published group covers at least k subjects
     [consent.defaults]       recording = false, transcription = false, analytics = true
     [secrets]                attribute_names = ["password", "pin", ...]
@@ -125,6 +126,7 @@ SHAPE: dict[str, Any] = {
         "aggregates": {"days": _days},
         "recording": {"days": _days},
         "transcript": {"days": _days},
+        "outbox": {"days": _days},
     },
     "aggregates": {"k": _k},
     "consent": {"defaults": {"recording": _bool, "transcription": _bool, "analytics": _bool}},
@@ -232,6 +234,7 @@ def build(doc: dict[str, Any], source: str) -> Policy:
             aggregates_days=None if aggregates_days is None else int(aggregates_days),
             recording_days=days("recording", default.recording_days),
             transcript_days=days("transcript", default.transcript_days),
+            outbox_days=days("outbox", default.outbox_days),
         ),
         k=int(doc.get("aggregates", {}).get("k", 5)),
         consent=consent,

@@ -24,6 +24,8 @@ days = 3650
 days = 14
 [retention.transcript]
 days = 21
+[retention.outbox]
+days = 7
 
 [aggregates]
 k = 10
@@ -55,6 +57,7 @@ def test_a_full_policy_is_read() -> None:
         14,
         21,
     )
+    assert r.outbox_days == 7
     assert policy.k == 10
     assert (policy.consent.recording, policy.consent.transcription, policy.consent.analytics) == (
         False,
@@ -108,7 +111,7 @@ BAD = [
     (
         "[retention.archive]\ndays = 9\n",
         "p.toml:1: retention.archive: unknown key"
-        " (known: aggregates, analytics, recording, transcript, vault)",
+        " (known: aggregates, analytics, outbox, recording, transcript, vault)",
     ),
     (
         "[aggregates]\nk = 1\n",
@@ -140,6 +143,22 @@ BAD = [
         "[pseudonymization]\nkey_version = ''\n",
         'p.toml:2: pseudonymization.key_version: must be a short version label such as "v1"'
         " (letters, digits, . _ -)",
+    ),
+    (
+        "[retention.outbox]\ndays = 0\n",
+        "p.toml:2: retention.outbox.days: must be an integer from 1 to 36500 (got 0)",
+    ),
+    (
+        "[retention.outbox]\ndays = '30'\n",
+        "p.toml:2: retention.outbox.days: must be an integer from 1 to 36500 (got string)",
+    ),
+    (
+        "[retention.outbox]\ndays = 36501\n",
+        "p.toml:2: retention.outbox.days: must be an integer from 1 to 36500 (got 36501)",
+    ),
+    (
+        "[retention.outbox]\nday = 30\n",
+        "p.toml:2: retention.outbox.day: unknown key; did you mean 'days'?",
     ),
     ("retention = 5\n", "p.toml:1: retention: must be a table (got integer)"),
     (
