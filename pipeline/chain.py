@@ -106,7 +106,7 @@ class Routed:
     routes, which of them go to the analytics zone (`analytics`, positions in `vault_rows`) with
     the regions of each one's call (`regions`, for free-text detection), and what was rejected,
     erased and counted. `process_batch` makes analytics rows of it; the runner makes tables
-    (pipeline/chain_columns.py)."""
+    (pipeline/chain_tables.py)."""
 
     vault_rows: list[dict[str, Any]] = field(default_factory=list)
     vault_routes: list[Route] = field(default_factory=list)

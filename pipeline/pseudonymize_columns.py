@@ -33,10 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.detect import redact_text, redact_value, rememberable
-from pipeline.keys import Domain, PseudonymKey
+from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.pseudonymize import (
-    _MISSING,
     _TOKEN_DOMAINS,
     KEY_VERSION,
     LINEAGE_NAMES,
@@ -49,9 +48,6 @@ from pipeline.pseudonymize import (
     _same,
     _text,
     _text_map,
-    cell_area,
-    ip_prefix,
-    token_of,
 )
 from schemas.zones import analytics_schema, vault_schema
 
@@ -110,7 +106,7 @@ def plan_of(steps: Sequence[tuple[str, str | None, tuple[str, ...], Transform]])
         path = name if inner is None else f"{name}.{inner}"
         build = _BUILDS.get(transform)
         if build is None and transform in _TOKEN_DOMAINS:
-            build = _tokens(_TOKEN_DOMAINS[transform])
+            build = _per_value(transform)
         if build is None:
             raise ValueError(f"no column transform for field {path}")
         types = tuple(analytics.field(c).type for c in columns)
@@ -139,11 +135,14 @@ def _per_distinct(
     )
 
 
-def _tokens(domain: Domain) -> Build:
+def _per_value(transform: Transform) -> Build:
+    """A row transform that reads no regions (a token, a cell area, an IP prefix), run once per
+    distinct value: it keeps its own memo entries, the ones the row form reads."""
+
     def build(
         values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
     ) -> tuple[pa.Array, ...]:
-        return _per_distinct(values, step.types, lambda v: (token_of(key, domain, v, memo),))
+        return _per_distinct(values, step.types, lambda v: transform(v, key, (), memo))
 
     return build
 
@@ -165,32 +164,6 @@ def _phone_columns(
         if found is None:
             found = memo.put(entry, _phone(number, key, (), memo))  # _phone reads no regions
         return found
-
-    return _per_distinct(values, step.types, compute)
-
-
-def _cell_columns(
-    values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
-) -> tuple[pa.Array, ...]:
-    secret = key.secret
-
-    def compute(cell: str) -> tuple[Any, ...]:
-        area = memo.peek(("cell", secret, cell))
-        if area is None:
-            area = memo.put(("cell", secret, cell), cell_area(cell, key))
-        return (area,)
-
-    return _per_distinct(values, step.types, compute)
-
-
-def _ip_columns(
-    values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
-) -> tuple[pa.Array, ...]:
-    def compute(ip: str) -> tuple[Any, ...]:
-        prefix = memo.peek(("ip", ip), _MISSING)  # None is an answer: not an address
-        if prefix is _MISSING:
-            prefix = memo.put(("ip", ip), ip_prefix(ip))
-        return (prefix,)
 
     return _per_distinct(values, step.types, compute)
 
@@ -255,8 +228,8 @@ def _map_column(
 _BUILDS: dict[Transform, Build] = {
     _same: _same_column,
     _phone: _phone_columns,
-    _cell: _cell_columns,
-    _ip: _ip_columns,
+    _cell: _per_value(_cell),
+    _ip: _per_value(_ip),
     _has: _has_column,
     _text: _text_column,
     _text_map: _map_column,

@@ -209,7 +209,6 @@ class LakeWriter:
         self._analytics: list[Row] = []
         # what `add_tables` gave, already Arrow: (vault, its buckets, analytics) per call
         self._chunks: list[tuple[pa.Table, pa.Array, pa.Table]] = []
-        self._chunk_rows = 0
         self._since: float | None = None
         self._broken = False
         # rows of offsets next_offset..staged_through, already converted to Arrow (see `stage`)
@@ -272,7 +271,8 @@ class LakeWriter:
 
     @property
     def pending_rows(self) -> int:
-        return len(self._vault) + len(self._analytics) + self._chunk_rows + self._staged_rows
+        chunks = sum(v.num_rows + a.num_rows for v, _b, a in self._chunks)
+        return len(self._vault) + len(self._analytics) + chunks + self._staged_rows
 
     def add(
         self,
@@ -319,7 +319,6 @@ class LakeWriter:
         rows = vault.num_rows + analytics.num_rows
         if rows:
             self._chunks.append((vault, buckets, analytics))
-            self._chunk_rows += rows
             if self._since is None:
                 self._since = now
 
@@ -355,7 +354,6 @@ class LakeWriter:
                 self._staged.append(upto)
                 self._staged_rows += upto[0].num_rows + upto[2].num_rows
             self._chunks = [later] if later[0].num_rows or later[2].num_rows else []
-            self._chunk_rows = later[0].num_rows + later[2].num_rows
         self._staged_through = last
         self._vault, self._tokens, self._analytics = vault_later, tokens_later, analytics_later
 

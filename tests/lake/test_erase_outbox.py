@@ -54,15 +54,15 @@ def pass_over(base: dict[str, Any], lake: Path, tmp_path: Path, *records: dict[s
     assert out.returncode == 0, out.stderr.decode()
 
 
-def erase_in_process(base: dict[str, Any], lake: Path, *records: dict[str, Any]) -> None:
-    """A pass run in this process (so a test can patch what erasure calls)."""
+def pass_at(base: dict[str, Any], lake: Path, now: datetime, *records: dict[str, Any]) -> None:
+    """A pass run in this process at `now` (so a test can patch what erasure calls)."""
     requests.run(
         duckdb.connect(),
         lake,
         base["key"],
         buckets=2,
         deadlines=RequestDeadlines(),
-        now=datetime(2026, 11, 29, tzinfo=UTC),
+        now=now,
         files=[requests.Batch(records=list(records), source="file")],
     )
 
@@ -127,7 +127,7 @@ def test_an_erasure_killed_before_the_outbox_is_finished_by_the_rerun(
     with monkeypatch.context() as patch:
         patch.setattr(outbox, "remove_access_exports", crash)
         with pytest.raises(Crash):
-            erase_in_process(base, lake, req("r-erase", "erase", SUBJECT, AT + 1))
+            pass_at(base, lake, datetime(2026, 11, 29, tzinfo=UTC), req("r-erase", "erase", SUBJECT, AT + 1))
     assert rows(lake, "vault", f"account_id = '{SUBJECT}'") == []  # the lake part was done
     assert "access-r-access.json" in held(lake)
     assert ledger.requests(lake)["r-erase"].status == "in_progress"

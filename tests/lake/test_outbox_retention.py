@@ -17,9 +17,10 @@ import duckdb
 import orjson
 import pytest
 
-from jobs import audit, breach, ledger, requests, retention
+from jobs import audit, breach, ledger, retention
 from jobs.synth import SynthSpec, build
-from pipeline.policy import Policy, RequestDeadlines, Retention
+from pipeline.policy import Policy, Retention
+from tests.lake.test_erase_outbox import pass_at
 from tests.lake.test_requests import AT, env_of, req
 from tests.support.ops_lake import callpipe_cmd, make_key
 
@@ -37,18 +38,6 @@ KEPT_FILES = [
     "access-r-young.json",
     "access-r-young.manifest.json",
 ]
-
-
-def pass_at(base: dict[str, Any], lake: Path, now: datetime, *records: dict[str, Any]) -> None:
-    requests.run(
-        duckdb.connect(),
-        lake,
-        base["key"],
-        buckets=2,
-        deadlines=RequestDeadlines(),
-        now=now,
-        files=[requests.Batch(records=list(records), source="file")],
-    )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from sinks.lake import LakeWriter
 from sinks.layout import ANALYTICS, VAULT
 from sinks.read import read_zone
 from tests.support.sink_rows import events
+from tests.unit.test_lake_writer import feed
 
 SOURCE = "calls.raw-p003"
 OTHER = "calls.raw-p004"
@@ -30,20 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _feed(lake: Path, source: str, n: int, *, start: int | None = None, empty_tail: int = 0) -> LakeWriter:
     """Land `n` events of `source` like the worker (flushing when due), then `empty_tail` more
     offsets that yield no row (all dead-lettered) as one last range."""
-    evs = events(n, accounts=6, days=2)
-    writer = LakeWriter.open(lake, source, SETTINGS)
-    for k in range(writer.next_offset if start is None else start, n, 9):
-        chunk = evs[k : k + 9]
-        writer.add(
-            vault=[e.vault for e in chunk],
-            analytics=[e.analytics for e in chunk],
-            vault_tokens=[e.token for e in chunk],
-            through=chunk[-1].offset,
-            now=0.0,
-        )
-        if writer.due(0.0):
-            writer.flush()
-    writer.flush()
+    writer = feed(lake, events(n, accounts=6, days=2), start=start, batch=9, settings=SETTINGS, source=source)
     if empty_tail:
         writer.add(through=n - 1 + empty_tail, now=0.0)
         writer.flush()

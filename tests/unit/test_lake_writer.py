@@ -55,10 +55,11 @@ def feed(
     start: int | None = None,
     batch: int = 7,
     settings: Settings = SETTINGS,
+    source: str = SOURCE,
 ) -> LakeWriter:
     """Consume `evs` like the worker does: from the lake's next offset (or `start`), in batches,
     flushing when due and at the end."""
-    writer = LakeWriter.open(lake, SOURCE, settings, hook=hook)
+    writer = LakeWriter.open(lake, source, settings, hook=hook)
     position = writer.next_offset if start is None else start
     for k in range(position, len(evs), batch):
         chunk = evs[k : k + batch]
