@@ -46,6 +46,7 @@ from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
 from pipeline.stream.control import METADATA_MAX_AGE_MS, RECORDS, ControlReader, ControlState, snapshot_path
+from pipeline.stream.supervise import siblings_ready
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
 from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS, STREAM_GROUP
@@ -320,6 +321,7 @@ class WorkerRuntime(mode.Service):
         started = time.monotonic()
         await self.reader.ready.wait()  # no call is judged before the whole control state is read
         log.info("control state ready after %.1fs", time.monotonic() - started)
+        await siblings_ready()  # the members of `--processes N` join the group together
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=_Listener(self))
 

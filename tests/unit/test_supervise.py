@@ -175,3 +175,96 @@ def test_processes_setting_and_option(
     assert Settings.from_env({"CALLPIPE_WORKER_PROCESSES": "0"}).worker_processes == (os.cpu_count() or 1)
     assert main(["worker", "--processes", "-1"]) == 2
     assert "--processes must be 0 (one per core) or more" in capsys.readouterr().err
+
+
+# A member with the worker's side of the join barrier: ready after `ready-<member>` seconds (its
+# control state read), then notes when it was let on, or that it was stopped while waiting.
+BARRIER_MEMBER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, time
+    from pathlib import Path
+    from pipeline.stream.supervise import siblings_ready
+    here = Path(sys.argv[1]); me = os.environ["CALLPIPE_WORKER_MEMBER"]
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        (here / f"pid-{me}").write_text(str(os.getpid()))
+        try:
+            await asyncio.sleep(float((here / f"ready-{me}").read_text()))
+        except asyncio.CancelledError:
+            return  # stopped while reading its state
+        (here / f"readyat-{me}").write_text(repr(time.time()))
+        try:
+            await siblings_ready()
+        except asyncio.CancelledError:
+            (here / f"stopped-{me}").write_text("waiting")
+            return
+        (here / f"goat-{me}").write_text(repr(time.time()))
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass
+    asyncio.run(main())
+    """
+)
+
+
+def _barrier_command(tmp: Path, readies: list[float], timeout_s: float = 60) -> subprocess.Popen[bytes]:
+    script = tmp / "member.py"
+    script.write_text(BARRIER_MEMBER)
+    for i, s in enumerate(readies):
+        (tmp / f"ready-{i}").write_text(str(s))
+    argv = [sys.executable, str(script), str(tmp)]
+    code = (
+        "import sys; from pipeline.stream.supervise import supervise; "
+        f"sys.exit(supervise({argv!r}, {len(readies)}, barrier_timeout_s={timeout_s}))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+
+
+def _times(tmp: Path, name: str, n: int, timeout_s: float = 20) -> list[float]:
+    deadline = time.monotonic() + timeout_s
+    files = [tmp / f"{name}-{i}" for i in range(n)]
+    while time.monotonic() < deadline:
+        if all(f.exists() and f.read_text() for f in files):
+            return [float(f.read_text()) for f in files]
+        time.sleep(0.05)
+    raise AssertionError(f"not every member wrote {name}")
+
+
+def test_members_join_together_when_the_slowest_has_read_its_state(tmp_path: Path) -> None:
+    cmd = _barrier_command(tmp_path, [0.0, 2.5, 0.5])
+    try:
+        ready, go = _times(tmp_path, "readyat", 3), _times(tmp_path, "goat", 3)
+        # none went on before the last was ready (2.5 s after the first), and all within moments
+        assert min(go) >= max(ready)
+        assert max(go) - min(go) < 1.0
+        assert max(ready) - min(ready) > 2.0
+    finally:
+        cmd.send_signal(signal.SIGTERM)
+        assert cmd.wait(20) == 0
+
+
+def test_a_member_that_is_never_ready_does_not_hold_the_others_past_the_timeout(tmp_path: Path) -> None:
+    cmd = _barrier_command(tmp_path, [0.0, 3600.0], timeout_s=1.5)
+    try:
+        (ready,) = _times(tmp_path, "readyat", 1)
+        (go,) = _times(tmp_path, "goat", 1)
+        assert 1.0 <= go - ready < 5.0
+    finally:
+        cmd.send_signal(signal.SIGTERM)
+        assert cmd.wait(20) == 0
+
+
+def test_a_stop_while_members_wait_for_their_siblings_stops_them_at_once(tmp_path: Path) -> None:
+    cmd = _barrier_command(tmp_path, [0.0, 3600.0])
+    _pids(tmp_path, 2)  # both handle SIGTERM
+    _times(tmp_path, "readyat", 1)
+    started = time.monotonic()
+    cmd.send_signal(signal.SIGTERM)
+    assert cmd.wait(20) == 0
+    assert time.monotonic() - started < 10  # the ready member did not wait for its sibling
+    assert not (tmp_path / "readyat-1").exists()
