@@ -21,11 +21,11 @@ One message carries ONE event or a BATCH of events. How a value is recognized, i
      5- or 16-byte one; send the header when such a body must not be taken for JSON.)
 
 Rejections carry a reason code and the raw bytes, never an input value. An undecodable Avro
-message rejects the whole message; a bad line in JSON lines (or a bad element of a JSON array)
-rejects only that event (a bad line carries its own bytes, a bad array element the whole
-message and its index), unless more than 10 events of a JSON message are bad (for JSON
-lines: and more than half of them): then the message is rejected whole, one dead letter, so
-garbage cannot multiply into thousands of dead letters. Two rules hold per event in every
+message rejects the whole message; a bad line in JSON lines (or a bad element of a JSON array,
+or a bad record of an Avro batch) rejects only that event, with its index (a bad line carries
+its own bytes, any other bad event itself as JSON, never the whole message), unless more than
+10 events of a batch are bad and more than half of them: then the message is rejected whole,
+one dead letter, so garbage cannot multiply into thousands of dead letters. Two rules hold per event in every
 framing, so a batch cannot smuggle past them: the event size limit (``Limits``:
 ``too_large``), and identifiers that a command can name (``pipeline.identifiers``: ``bad_id``);
 an event of a batch (array element, line, Avro batch or container record) that breaks one is
@@ -250,14 +250,32 @@ def _avro_confluent(value: bytes, record_name: str, limits: Limits) -> tuple[Any
 def _admit(
     out: Decoded, record: Any, record_name: str, index: int | None, raw: bytes, p: int, o: int
 ) -> None:
-    """Keep one decoded record, or reject it (index None: the whole message) if an identifier
-    could not be named by any command (`pipeline.identifiers`)."""
+    """Keep one decoded record, or reject it if an identifier could not be named by any command
+    (`pipeline.identifiers`): with `raw`, the whole message, if it is the message's only event
+    (index None), else with the event alone (`_event_bytes`)."""
     reason = bad_identifier(record, record_name)
     if reason is not None:
-        _reject(out, reason, index, raw, p, o)
+        _reject(out, reason, index, raw if index is None else _event_bytes(record), p, o)
         return
     out.records.append(record)
     out.lineage.append(Lineage(p, o, 0 if index is None else index))
+
+
+def _event_bytes(item: Any) -> bytes:
+    """One event of a batch message, rejected alone: the event as JSON (b"" if it does not
+    serialize), not the whole message. A dead letter per bad event then holds that event only,
+    not its neighbours' data once per bad one, and it is what an operator can edit and replay
+    (`callpipe dlq replay`) without landing the message's good events twice."""
+    try:
+        return orjson.dumps(item, default=_jsonable)
+    except TypeError:
+        return b""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    return str(value)
 
 
 def _admit_batch(
@@ -273,12 +291,15 @@ def _admit_batch(
 ) -> None:
     """Keep the events of a batch message; an oversized event (`size_of` it over the event limit;
     with `only`, just the events at those positions are measured) or one with a bad identifier
-    is rejected alone, with its index and the whole message."""
+    is rejected alone, with its index, as JSON (`_event_bytes`). Most events bad: the message
+    is rejected whole (`_settle`)."""
+    one = Decoded()
     for i, record in enumerate(records):
         if size_of is not None and (only is None or i in only) and size_of(record) > limits.max_event_bytes:
-            _reject(out, Reason.TOO_LARGE, i, raw, p, o)
+            _reject(one, Reason.TOO_LARGE, i, _event_bytes(record), p, o)
         else:
-            _admit(out, record, record_name, i, raw, p, o)
+            _admit(one, record, record_name, i, raw, p, o)
+    _settle(out, one)
 
 
 def _json_size(item: Any) -> int:
@@ -339,10 +360,10 @@ def _decode_json(
                         raise Invalid(Reason.TOO_LARGE)
                     record = conv(item)
                 except Invalid as bad:
-                    _reject(one, bad.reason, i, value, p, o)
+                    _reject(one, bad.reason, i, _event_bytes(item), p, o)
                     continue
                 _admit(one, record, record_name, i, value, p, o)
-            _settle(out, one, copies=True)
+            _settle(out, one)
             return
     lines = [line for line in value.split(b"\n") if line.strip(_WS)]
     if fmt is not Format.JSONL and len(lines) < 2:
@@ -364,21 +385,20 @@ def _decode_json(
             _reject(one, bad.reason, i, line, p, o)
             continue
         _admit(one, record, record_name, i, line, p, o)
-    _settle(out, one, copies=False)
+    _settle(out, one)
 
 
-# A JSON batch message is rejected whole (one dead letter) rather than event by event when more than
-# this many of its events are bad and, for JSON lines, more than half of them: garbage that happens
-# to split into lines (a blob of "{" and newlines), or an array of bad elements that would each
-# carry a copy of the whole message, must not turn one message into thousands of dead letters.
+# A batch message (JSON array or lines, Avro array or container) is rejected whole (one dead
+# letter) rather than event by event when more than this many of its events are bad and more than
+# half of them: garbage that happens to split into lines (a blob of "{" and newlines) must not turn
+# one message into thousands of dead letters, nor a batch from a broken producer into one per event.
 MAX_EVENT_REJECTIONS = 10
 
 
-def _settle(out: Decoded, one: Decoded, *, copies: bool) -> None:
-    """Add one JSON batch message's outcome to `out`, or raise Invalid to reject it whole (above).
-    `copies`: each rejected event would carry the whole message (array elements)."""
+def _settle(out: Decoded, one: Decoded) -> None:
+    """Add one batch message's outcome to `out`, or raise Invalid to reject it whole (above)."""
     bad = len(one.rejections)
-    if bad > MAX_EVENT_REJECTIONS and (copies or bad * 2 > bad + len(one.records)):
+    if bad > MAX_EVENT_REJECTIONS and bad * 2 > bad + len(one.records):
         raise Invalid(Counter(r.reason for r in one.rejections).most_common(1)[0][0])
     out.records += one.records
     out.lineage += one.lineage

@@ -218,17 +218,48 @@ def test_json_lines_with_a_few_bad_lines_keep_their_good_ones() -> None:
     assert out.records == [] and [r.index for r in out.rejections] == [None]
 
 
-def test_an_array_of_many_bad_elements_is_one_dead_letter_not_a_copy_per_element() -> None:
-    """Each bad element of a JSON array carries the whole message (for replay); past 10 of them,
-    the message is rejected whole instead of copied into calls.dlq once per element."""
+def test_a_bad_element_of_an_array_is_dead_lettered_alone_as_json_not_with_the_whole_message() -> None:
+    """A bad event of a batch carries itself, not its neighbours (their data would sit in
+    calls.dlq once per bad event, and replaying it would land the good ones again); most events
+    bad, more than 10, the message is one dead letter."""
     calls = RECORDS["CallEvent"][:40]
     items = [{**c, "duration_s": "long"} if i < 11 else c for i, c in enumerate(calls)]
-    value = orjson.dumps(items)
+    out = decode_value(orjson.dumps(items), "CallEvent")
+    assert len(out.records) == 29
+    assert [r.index for r in out.rejections] == list(range(11))
+    assert [orjson.loads(r.raw) for r in out.rejections] == items[:11]
+    mostly_bad = [{**c, "duration_s": "long"} for c in calls[:12]] + calls[12:20]
+    value = orjson.dumps(mostly_bad)
     out = decode_value(value, "CallEvent")
     assert out.records == []
     assert [(r.reason, r.index, r.raw) for r in out.rejections] == [(Reason.WRONG_TYPE, None, value)]
-    out = decode_value(orjson.dumps(items[1:]), "CallEvent")  # 10 bad: each goes alone
-    assert len(out.records) == 29 and [r.index for r in out.rejections] == list(range(10))
+
+
+@pytest.mark.parametrize("fmt", ["avro", "avro-container"])
+def test_a_bad_event_of_an_avro_batch_is_dead_lettered_alone_as_json(fmt: str) -> None:
+    calls = [dict(c) for c in RECORDS["CallEvent"][:30]]
+    for i in (3, 17):
+        calls[i]["account_id"] = "\x00" * 3  # no command could name it: rejected after decoding
+
+    def packed(records: list[dict[str, Any]]) -> bytes:
+        if fmt == "avro":
+            return encode(records, "CallEvent", "avro", len(records))[0]
+        buf = io.BytesIO()
+        fastavro.writer(buf, schemas.parsed("CallEvent"), records)
+        return buf.getvalue()
+
+    value = packed(calls)
+    out = decode_value(value, "CallEvent")
+    assert len(out.records) == 28
+    assert [(r.reason, r.index) for r in out.rejections] == [(Reason.BAD_ID, 3), (Reason.BAD_ID, 17)]
+    assert [orjson.loads(r.raw)["event_id"] for r in out.rejections] == [
+        calls[3]["event_id"],
+        calls[17]["event_id"],
+    ]
+    assert all(len(r.raw) < len(value) // 10 for r in out.rejections)
+    value = packed([{**c, "account_id": "\x00"} for c in calls[:20]] + calls[20:])
+    out = decode_value(value, "CallEvent")
+    assert out.records == [] and [(r.index, r.raw) for r in out.rejections] == [(None, value)]
 
 
 def test_size_limits() -> None:
@@ -392,7 +423,8 @@ def test_arbitrary_bytes_never_raise(value: bytes) -> None:
     for name in RECORDS:
         out = decode_value(value, name)
         assert out.records or out.rejections
-        assert all(r.raw in value for r in out.rejections)
+        # the message, or a line of it, or one event of a batch alone, as JSON
+        assert all(r.raw in value or orjson.loads(r.raw) for r in out.rejections)
 
 
 @settings(max_examples=200, deadline=None)
