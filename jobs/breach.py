@@ -27,7 +27,7 @@ import orjson
 import schemas
 from jobs import audit
 from jobs.ledger import iso
-from jobs.outbox import outbox_dir
+from jobs.outbox import breach_name, outbox_dir
 from jobs.requests import write_private
 from jobs.subject import zone_files
 from pipeline.keys import Domain, PseudonymKey
@@ -146,7 +146,7 @@ def scope(
         }
         for token, sid in sorted(tokens.items())
     ]
-    name = f"breach-{run[:12]}.json"
+    name = breach_name(run)
     scope_doc = {
         "zone": zone,
         "files": [str(p.relative_to(lake.resolve())) for p in paths] if files is not None else None,

@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     """Add top-level commands to `sub` and `callpipe jobs` commands to `jobs_sub`."""
     ret = jobs_sub.add_parser(
         "retention",
-        help="remove expired partitions and rows, null expired recordings and transcripts, expire access"
-        " exports in the outbox",
+        help="remove expired partitions and rows, null expired recordings and transcripts, expire what"
+        " the outbox holds (breach lists aside)",
     )
     ret.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
     ret.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
@@ -185,6 +185,14 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     for column, n in s.values_nulled.items():
         print(f"  values nulled in {column}: {n:,}")
     print(f"  expired access exports removed from the outbox: {s.access_exports_removed:,}")
+    print(f"  expired exports of requests never marked fulfilled: {s.unfulfilled_exports_removed:,}")
+    print(f"  expired outbox files no request names: {s.unledgered_files_removed:,}")
+    if s.unledgered_files_held:
+        print(
+            f"  outbox files no request names, not yet expired: {s.unledgered_files_held:,}"
+            f" ({s.unattributed_files_held:,} tied to no subject: erasure cannot find them; check them)"
+        )
+    print(f"  breach lists kept (they do not expire): {s.breach_lists_kept:,}")
     if not args.dry_run and result.recovered:
         print(f"  completed {len(result.recovered)} killed job(s) first")
     return 0
@@ -211,6 +219,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             f" {preview['access_exports_removed']} access exports; {preview['files_rewritten']} of"
             f" {preview['files_total']} files ({100 * preview['files_touched_share']:.2f}%)"
         )
+        if preview["outbox_files_unattributed"]:
+            print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
         return 0
     try:
         result = erase.run(
@@ -242,6 +252,11 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  dead letters removed: {result.dead_letters_removed:,}")
     if result.access_exports_removed:
         print(f"  access exports removed from the outbox: {result.access_exports_removed}")
+    if result.outbox_files_unattributed:
+        print(
+            f"  outbox files tied to no subject, not searched: {result.outbox_files_unattributed}"
+            " (they expire with `jobs retention`; check them)"
+        )
     print("  verified: no rows of the subject remain in any bucket")
     return 0
 

@@ -14,10 +14,14 @@ pass; anything left after it fails the job. The subject's dead letters kept by `
 in the audit trail by the subject's token, never its id.
 
 Erasure covers every copy callpipe holds: after the lake, the subject's access exports still in
-the outbox (`<lake>/_outbox/access-<request>.json` and its manifest, found through the request
-ledger, see `jobs.outbox`) are deleted durably and counted (`access_exports_removed`). A run killed
-between the lake and the outbox is finished by running it again (the lake part then finds nothing).
-A restriction or objection (`zones` = analytics only) keeps them: the subject keeps its data.
+the outbox (`<lake>/_outbox/access-<request>.json`, its manifest and temps, found through the
+request ledger, or through the manifest of an export no request names; see `jobs.outbox`) are
+deleted durably and counted (`access_exports_removed`). Files there that no subject can be tied to
+without opening them (an export without its manifest, a file put there by hand) are not opened:
+they are counted (`outbox_files_unattributed`) for the operator, and `jobs retention` expires them
+by their own clock. A run killed between the lake and the outbox is finished by running it again
+(the lake part then finds nothing). A restriction or objection (`zones` = analytics only) keeps
+them: the subject keeps its data.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 import duckdb
 import pyarrow.compute as pc
 
-from jobs import audit, outbox
+from jobs import audit, ledger, outbox
 from jobs.progress import ProgressFn
 from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
@@ -52,6 +56,7 @@ class EraseResult:
     rows_removed: dict[str, int]  # by zone
     dead_letters_removed: int
     access_exports_removed: int  # the subject's access exports deleted from the outbox
+    outbox_files_unattributed: int  # outbox files tied to no subject: erasure cannot tell if theirs
     files_total: int
     files_probed: int  # files whose footers were read
     files_maybe: int  # files whose statistics or Bloom filter said the subject may be there
@@ -154,6 +159,7 @@ def plan(
     values = _values(key, account_id)
     bucket = bucket_of(values[ANALYTICS], buckets)
     located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
+    requests = ledger.requests(lake)
     files_total = sum(loc.files_total for loc in located)
     rewritten = sum(len(loc.hits) for loc in located)
     return {
@@ -162,7 +168,8 @@ def plan(
         "bucket": bucket,
         "rows_removed": {loc.zone: sum(loc.hits.values()) for loc in located},
         "dead_letters_removed": sum(len(h.matching) for h in rejects.find(lake, account_id)),
-        "access_exports_removed": outbox.count_access_exports(lake, values[ANALYTICS]),
+        "access_exports_removed": outbox.count_access_exports(lake, values[ANALYTICS], requests),
+        "outbox_files_unattributed": outbox.unattributed(lake, requests),
         "files": sorted(str(Path(f).relative_to(lake)) for loc in located for f in loc.hits),
         "files_total": files_total,
         "files_probed": sum(loc.files_probed for loc in located),
@@ -229,8 +236,13 @@ def erase_locked(
     remaining = sum(sum(v.hits.values()) for v in verify)
     if VAULT in zones:
         remaining += sum(len(h.matching) for h in rejects.find(lake, account_id))
-    # Then the copies outside the lake: the subject's access exports in the outbox.
-    exports = outbox.remove_access_exports(lake, token) if VAULT in zones else 0
+    # Then the copies outside the lake: the subject's access exports in the outbox, and a count of
+    # the files there that no subject can be tied to (they expire by their own clock).
+    exports = unattributed = 0
+    if VAULT in zones:
+        requests = ledger.requests(lake)
+        exports = outbox.remove_access_exports(lake, token, requests)
+        unattributed = outbox.unattributed(lake, requests)
     files_total = sum(v.files_total for v in verify)
     rewritten = sum(1 for f in files_audit if not f["path"].startswith(rejects.REJECTS_DIR))
     dead_letters = removed.pop("dead_letters")
@@ -238,6 +250,7 @@ def erase_locked(
         "rows_removed": removed,
         "dead_letters_removed": dead_letters,
         "access_exports_removed": exports,
+        "outbox_files_unattributed": unattributed,
         "files_total": files_total,
         "files_probed": sum(loc.files_probed for loc in located),
         "files_maybe": sum(loc.files_maybe for loc in located),

@@ -16,8 +16,10 @@ finished first):
      A subject erased twice: the second request is fulfilled with nothing left to remove. The
      request's raw-id file is kept in the vault as the suppression list of step 3.
    - access: `jobs.export` of every row of the subject into `<lake>/_outbox/access-<request>.json`
-     (0600) with `access-<request>.manifest.json` (checksum, counts, deadline) to hand over
-     before `jobs retention` expires them (`retention.outbox.days` after fulfilment).
+     (0600) with `access-<request>.manifest.json` (checksum, counts, deadline, the subject's
+     token) to hand over before `jobs retention` expires them (`retention.outbox.days` after
+     fulfilment; an export written by a pass killed before it recorded the fulfilment expires
+     that long after work on the request began, and the next pass writes it again).
    - rectify: `jobs.rectify` in the vault and, through the tokens, in analytics.
    - restrict, object: in force in the stream from the request's time on (the worker reads the
      same topic); the subject's existing analytics rows are removed too (restriction: stored in
@@ -32,8 +34,9 @@ finished first):
    landed after it (the worker drops its events once it has read the request, not before): every
    pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
    erases what it finds, recorded as an `enforced` ledger event. An access export of an erased
-   subject still in the outbox (left by an erasure that ran before erasure covered exports) is
-   removed the same way.
+   subject still in the outbox (left by an erasure that ran before erasure covered exports, or
+   one no request names whose manifest names the subject, put back by a restore) is removed the
+   same way.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
 lake and the same ledger as an uninterrupted pass.
@@ -286,7 +289,7 @@ def _enforce(
         if intake is None:
             continue
         account_id = str(intake["account_id"])
-        exports = sum(1 for e in held.get(req.subject, []) if e.export.exists())
+        exports = sum(1 for e in held.get(req.subject, []) if e.holds_data)
         found = _found(con, lake, key, account_id, "erase", buckets, exports)
         if not any(found.values()):
             continue

@@ -16,15 +16,15 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Retention:
-    """Days to keep, per zone and data category, and for access exports waiting in the outbox to
-    be handed over. None means kept until erased."""
+    """Days to keep, per zone and data category, and for what waits in the outbox (access exports
+    to be handed over). None means kept until erased."""
 
     vault_days: int = 90
     analytics_days: int = 400
     aggregates_days: int | None = None
     recording_days: int = 30  # recording_uri, in every zone that holds it
     transcript_days: int = 30  # transcript (vault) and redacted transcript (analytics)
-    outbox_days: int = 30  # access exports in <lake>/_outbox/, counted from their request's fulfilment
+    outbox_days: int = 30  # <lake>/_outbox/ but breach lists; access exports from their fulfilment
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ The file (every table and key optional; what is left out keeps its default):
     [retention.aggregates]   days = 3650    # leave out: kept until removed by hand
     [retention.recording]    days = 30      # recording_uri, inside live rows
     [retention.transcript]   days = 30      # transcript, inside live rows
-    [retention.outbox]       days = 30      # access exports in _outbox/, from their fulfilment
+    [retention.outbox]       days = 30      # _outbox/ but breach lists; exports from their fulfilment
     [aggregates]             k = 5          # every published group covers at least k subjects
     [consent.defaults]       recording = false, transcription = false, analytics = true
     [secrets]                attribute_names = ["password", "pin", ...]

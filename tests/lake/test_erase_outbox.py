@@ -1,7 +1,8 @@
 """Erasure covers the access exports in `<lake>/_outbox/` (jobs/outbox.py): a subject's export
 answered before its erasure is deleted with it, other subjects' exports stay, the erase request's
 ledger record counts what went, and a run killed between the lake and the outbox is finished by
-the next. Over a synthetic lake with `callpipe jobs requests`, as tests/lake/test_requests.py."""
+the next. An export no request names is found through its manifest; what no subject can be tied
+to is counted. Over a synthetic lake with `callpipe jobs requests`, as tests/lake/test_requests.py."""
 
 from __future__ import annotations
 
@@ -171,3 +172,34 @@ def test_erase_command_removes_the_exports_too(base: dict[str, Any], tmp_path: P
     assert out.returncode == 0, out.stderr.decode()
     assert orjson.loads(out.stdout)["access_exports_removed"] == 1
     assert held(lake) == ["access-r-other.json", "access-r-other.manifest.json"]
+
+
+def test_erasure_finds_an_export_no_request_names_by_its_manifest_and_counts_the_rest(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    """A ledger lost after the accesses were answered: their exports are named by no request. The
+    subject's is found through its manifest's token (the export is not opened); one without its
+    manifest cannot be tied to anyone: it stays, counted, never named, for the operator."""
+    lake = copy(base, tmp_path, "unledgered")
+    pass_over(base, lake, tmp_path, req("r-access", "access", SUBJECT), req("r-other", "access", OTHER))
+    (lake / "_requests" / "ledger.jsonl").unlink()
+    (lake / "_outbox" / "access-r-other.manifest.json").unlink()
+    preview = subprocess.run(
+        callpipe_cmd("jobs", "erase", "--account", SUBJECT, "--dry-run"),
+        env=env_of(base, lake),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert preview.returncode == 0, preview.stderr.decode()
+    text = preview.stdout.decode()
+    assert " 1 access exports;" in text and "outbox files tied to no subject, not searched: 1" in text
+    assert OTHER not in text and "r-other" not in text and "r-access" not in text
+
+    pass_over(base, lake, tmp_path, req("r-erase", "erase", SUBJECT, AT + 1))
+    assert held(lake) == ["access-r-other.json"]
+    assert touched(lake, "r-erase")["access_exports_removed"] == 1
+    [erasure] = [e for e in audit.read(lake) if e.get("job") == "erase"]
+    assert erasure["counts"]["access_exports_removed"] == 1
+    assert erasure["counts"]["outbox_files_unattributed"] == 1
+    assert b"r-other" not in orjson.dumps(erasure) and OTHER.encode() not in orjson.dumps(erasure)

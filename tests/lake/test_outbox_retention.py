@@ -1,8 +1,11 @@
-"""Access exports in `<lake>/_outbox/` expire (jobs/outbox.py, jobs/retention.py): `jobs retention`
-removes an export with its manifest once its request was fulfilled more than
+"""Access exports in `<lake>/_outbox/` expire (jobs/outbox.py, jobs/retention_outbox.py): `jobs
+retention` removes an export with its manifest once its request was fulfilled more than
 `retention.outbox.days` before `as_of`, counts it, and keeps younger exports, other subjects'
-exports and breach lists. The age is the ledger's fulfilment time, not the file's mtime. Exports
-are made by the real requests job over a synthetic lake, as tests/lake/test_erase_outbox.py."""
+exports and breach lists. The age is the ledger's fulfilment time, not the file's mtime. Nothing
+else in the outbox outlives the policy either: an export of a request never marked fulfilled
+expires from when work on it began (and the next requests pass writes it again), a file no
+request names by its own clock; each is counted apart, never named. Exports are made by the real
+requests job over a synthetic lake, as tests/lake/test_erase_outbox.py."""
 
 from __future__ import annotations
 
@@ -139,3 +142,96 @@ def test_the_command_reads_the_setting_and_its_dry_run_removes_nothing(
     assert contents(lake) == before
     assert "expired access exports removed from the outbox: 1" in retention_cmd()
     assert held(lake) == sorted([*KEPT_FILES, base["breach"]])
+
+
+def ledger_file(lake: Path) -> Path:
+    return lake / "_requests" / "ledger.jsonl"
+
+
+def killed_pass(base: dict[str, Any], lake: Path, now: datetime, *records: dict[str, Any]) -> None:
+    """A requests pass killed after writing its exports, before recording them fulfilled."""
+    real = ledger.append
+
+    def append(lake: Path, entries: Any) -> None:
+        entries = list(entries)
+        if any(e["event"] == "fulfilled" for e in entries):
+            raise SystemExit("killed")
+        real(lake, entries)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ledger, "append", append)
+        with pytest.raises(SystemExit):
+            pass_at(base, lake, now, *records)
+
+
+def test_what_no_fulfilled_request_names_expires_too_counted_apart(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = copy(base, tmp_path, "strays")
+    outbox = lake / "_outbox"
+    # A ledger restored from before an access was answered: its export and manifest are unledgered.
+    saved = ledger_file(lake).read_bytes()
+    pass_at(base, lake, MADE, req("r-lost", "access", OTHER, AT + 3))
+    ledger_file(lake).write_bytes(saved)
+    # A pass killed between writing an export and marking its request fulfilled.
+    killed_pass(base, lake, MADE, req("r-killed", "access", OTHER, AT + 4))
+    assert ledger.requests(lake)["r-killed"].status == "in_progress"
+    # Put there by hand: an old note, and a young export copy without its manifest.
+    (outbox / "notes.txt").write_bytes(SUBJECT.encode())
+    (outbox / "access-r-bare.json").write_bytes((outbox / "access-r-lost.json").read_bytes())
+    fresh, made = AS_OF.timestamp(), MADE.timestamp()
+    for name in (
+        "access-r-lost.json",
+        "access-r-lost.manifest.json",
+        "access-r-killed.json",
+        "access-r-bare.json",
+    ):
+        os.utime(outbox / name, (fresh, fresh))  # copied or touched: their mtime says nothing
+    os.utime(outbox / "notes.txt", (made, made))
+    young = sorted([*KEPT_FILES, base["breach"], "access-r-bare.json"])
+    before = contents(lake)
+    env = {**env_of(base, lake), "CALLPIPE_POLICY": str(tmp_path / "policy.toml")}
+    (tmp_path / "policy.toml").write_text("[retention.outbox]\ndays = 10\n")
+
+    def retention_cmd(*args: str) -> str:
+        done = subprocess.run(
+            callpipe_cmd("jobs", "retention", "--as-of", AS_OF.isoformat(), *args),
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        out = done.stdout.decode()
+        for secret in (SUBJECT, OTHER, "r-lost", "r-killed", "r-bare", "notes"):
+            assert secret not in out  # counts only
+        return out
+
+    expected = {
+        "access_exports_removed": 1,  # r-old, by its fulfilment
+        "unfulfilled_exports_removed": 1,  # r-killed, from when work on it began
+        "unledgered_files_removed": 3,  # r-lost's export and manifest (its manifest's time), the note
+        "unledgered_files_held": 1,  # the young copy
+        "unattributed_files_held": 1,  # which no manifest ties to anyone
+        "breach_lists_kept": 1,
+    }
+    plan = orjson.loads(retention_cmd("--dry-run", "--json"))
+    assert {k: plan["summary"][k] for k in expected} == expected
+    assert contents(lake) == before
+    out = retention_cmd()
+    assert "expired exports of requests never marked fulfilled: 1" in out
+    assert "expired outbox files no request names: 3" in out
+    assert "not yet expired: 1 (1 tied to no subject" in out
+    assert held(lake) == young
+    entry = [e for e in audit.read(lake) if e["job"] == "retention"][-1]
+    assert {k: entry["counts"][k] for k in expected} == expected
+    raw = orjson.dumps(entry)
+    assert SUBJECT.encode() not in raw and b"r-lost" not in raw and b"notes" not in raw
+
+    # The killed request is still open: the next requests pass writes its export again, fulfilled.
+    pass_at(base, lake, AS_OF)
+    assert ledger.requests(lake)["r-killed"].status == "fulfilled"
+    assert held(lake) == sorted([*young, "access-r-killed.json", "access-r-killed.manifest.json"])
+    later = retention.run(duckdb.connect(), lake, POLICY, AS_OF + timedelta(days=11))
+    assert held(lake) == [base["breach"]]  # nothing but the breach list outlives the policy
+    assert later.summary.unledgered_files_removed == 1 and later.summary.breach_lists_kept == 1

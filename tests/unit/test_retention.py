@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs import retention
+from jobs import retention, retention_plan
 from jobs.replace import write_parquet
 from pipeline.policy import Policy, Retention
 from schemas.clock import DAY_MS
@@ -164,7 +164,7 @@ def test_apply_limits_is_exact(rows: list[tuple[int, int, bool, bool]]) -> None:
 
 
 def test_cutoffs_follow_the_policy() -> None:
-    cuts = retention.cutoffs(POLICY, AS_OF)
+    cuts = retention_plan.cutoffs(POLICY, AS_OF)
     assert cuts.rows == {VAULT: AS_OF - timedelta(days=10), ANALYTICS: AS_OF - timedelta(days=20)}
     assert cuts.categories[VAULT] == {
         "recording_uri": AS_OF - timedelta(days=3),
@@ -190,4 +190,4 @@ def test_files_without_statistics_are_read_not_trusted(tmp_path: Path) -> None:
 
 def test_a_naive_as_of_is_refused() -> None:
     with pytest.raises(ValueError, match="time zone"):
-        retention.cutoffs(POLICY, AS_OF.replace(tzinfo=None))
+        retention_plan.cutoffs(POLICY, AS_OF.replace(tzinfo=None))
