@@ -29,7 +29,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import compact, erase, retention
+from jobs import compact, erase_direct, retention
 from jobs.synth import SynthSpec, build
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
@@ -129,7 +129,16 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         buckets = len({p.name for p in (lake / VAULT / "calls").glob("dt=*/bucket=*")})
         subject, subject_days, subject_calls = typical_subject(con, lake)
         started = time.monotonic()
-        era = erase.run(con, work, BENCH_KEY, subject, buckets=buckets)
+        era = erase_direct.run(
+            con,
+            work,
+            BENCH_KEY,
+            subject,
+            buckets=buckets,
+            deadlines=DEFAULT_POLICY.requests,
+            now=as_of,
+            by="bench",
+        ).erasure
         erase_s = time.monotonic() - started
         shutil.rmtree(work)
 

@@ -26,9 +26,9 @@ import orjson
 
 import schemas
 from jobs import audit
+from jobs.intake import write_private
 from jobs.ledger import iso
 from jobs.outbox import breach_name, outbox_dir
-from jobs.requests import write_private
 from jobs.subject import zone_files
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts

@@ -1,5 +1,5 @@
-"""The operators' commands: `callpipe jobs retention|erase|export|compact|rebuild-manifests` and
-`callpipe policy check`.
+"""The operators' commands: `callpipe jobs retention|export|compact|rebuild-manifests` and
+`callpipe policy check` (`jobs erase` is jobs/cli_erase.py).
 
 Each handler reads the clock and builds the DuckDB connection here, at the edge, and passes them
 to the job. Human-readable output by default; `--json` prints one JSON document on stdout for
@@ -32,7 +32,7 @@ all erased are in no file. Below a source's last recovered offset they stay gaps
 again (harmless: no row of them is in the lake). After it, a worker reads them again: their dead
 letters are sent and counted again, and rows land that the chain lets through now (subjects
 erased through privacy.requests stay out; rows removed by `jobs erase --account` alone land
-again: run that erase again once the workers have caught up).
+again, and the next `jobs requests` pass erases them again, or run that erase again).
 """
 
 
@@ -47,14 +47,6 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     ret.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
     ret.add_argument("--json", action="store_true", help="print the result as JSON")
     ret.set_defaults(func=cmd_retention)
-
-    erase = jobs_sub.add_parser("erase", help="remove one account from the vault and analytics zones")
-    erase.add_argument("--account", required=True, metavar="ID", help="the account id to erase")
-    erase.add_argument(
-        "--dry-run", action="store_true", help="print the files it would rewrite, touch nothing"
-    )
-    erase.add_argument("--json", action="store_true", help="print the result as JSON")
-    erase.set_defaults(func=cmd_erase)
 
     export = jobs_sub.add_parser("export", help="everything the lake holds on one account, as JSON")
     export.add_argument("--account", required=True, metavar="ID", help="the account id")
@@ -195,69 +187,6 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  breach lists kept (they do not expire): {s.breach_lists_kept:,}")
     if not args.dry_run and result.recovered:
         print(f"  completed {len(result.recovered)} killed job(s) first")
-    return 0
-
-
-def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs import erase
-    from jobs.progress import Progress
-    from jobs.replace import JobBusy
-
-    lake = _lake(settings)
-    if args.dry_run:
-        preview = erase.plan(_connect(), lake, settings.key(), args.account, buckets=settings.buckets)
-        if args.json:
-            _print_json(preview)
-            return 0
-        print(f"erase plan for subject {preview['subject']} (dry run, nothing touched)")
-        for path in preview["files"]:
-            print(f"  rewrite {path}")
-        rows = preview["rows_removed"]
-        print(
-            f"  {rows['vault']:,} vault rows, {rows['analytics']:,} analytics rows,"
-            f" {preview['dead_letters_removed']:,} dead letters,"
-            f" {preview['access_exports_removed']} access exports; {preview['files_rewritten']} of"
-            f" {preview['files_total']} files ({100 * preview['files_touched_share']:.2f}%)"
-        )
-        if preview["outbox_files_unattributed"]:
-            print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
-        return 0
-    try:
-        result = erase.run(
-            _connect(),
-            lake,
-            settings.key(),
-            args.account,
-            buckets=settings.buckets,
-            progress=Progress("erase: rewriting"),
-        )
-    except JobBusy as exc:
-        raise _busy(exc) from None
-    except erase.ErasureIncomplete as exc:
-        raise CliError(str(exc), status=1) from None
-    if args.json:
-        _print_json(result.as_dict())
-        return 0
-    removed = result.rows_removed
-    print(
-        f"erased subject {result.subject}: {removed['vault']:,} vault rows,"
-        f" {removed['analytics']:,} analytics rows"
-    )
-    print(
-        f"  files rewritten {result.files_rewritten} of {result.files_total}"
-        f" ({100 * result.files_touched_share:.2f}% of files touched);"
-        f" probed {result.files_probed}, Bloom/statistics said maybe {result.files_maybe}"
-    )
-    if result.dead_letters_removed:
-        print(f"  dead letters removed: {result.dead_letters_removed:,}")
-    if result.access_exports_removed:
-        print(f"  access exports removed from the outbox: {result.access_exports_removed}")
-    if result.outbox_files_unattributed:
-        print(
-            f"  outbox files tied to no subject, not searched: {result.outbox_files_unattributed}"
-            " (they expire with `jobs retention`; check them)"
-        )
-    print("  verified: no rows of the subject remain in any bucket")
     return 0
 
 

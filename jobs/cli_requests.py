@@ -129,7 +129,7 @@ def cmd_breach(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from jobs import breach
-    from jobs.requests import write_private
+    from jobs.intake import write_private
 
     lake = _lake(settings)
     if (args.files is None) == (args.since is None and args.until is None):

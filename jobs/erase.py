@@ -1,5 +1,9 @@
 """Erasure: remove one data subject from the vault (account_id) and analytics (account token).
 
+This is the mechanism both erasures use, under the job lock their callers hold: an erase request
+(`jobs.requests`) and an operator's direct erasure (`callpipe jobs erase`, `jobs.erase_direct`,
+which records itself in the request ledger as an erase request). It writes no ledger itself.
+
 Only files that may hold the subject are rewritten (`jobs.subject.locate`: bucket, statistics,
 Bloom filters, then an exact count), all through one intent journal (`jobs.replace`), so a
 killed run leaves the subject either fully present or fully gone and the next run finishes.
@@ -11,7 +15,7 @@ and Bloom filters only), and any file that may still hold the subject is read. R
 outside the subject's bucket (a lake written with another bucket count) are erased in a second
 pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
 (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change. The request is recorded
-in the audit trail by the subject's token, never its id.
+in the audit trail by the subject's token, never its id, with the request it fulfils.
 
 Erasure covers every copy callpipe holds: after the lake, the subject's access exports still in
 the outbox (`<lake>/_outbox/access-<request>.json`, its manifest and temps, found through the
@@ -36,7 +40,7 @@ import pyarrow.compute as pc
 
 from jobs import audit, ledger, outbox
 from jobs.progress import ProgressFn
-from jobs.replace import Change, job_lock, parallel, run_change, write_parquet
+from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
 from pipeline.keys import Domain, PseudonymKey
 from schemas.zones import SUBJECT_COLUMN
@@ -179,23 +183,6 @@ def plan(
     }
 
 
-def run(
-    con: duckdb.DuckDBPyConnection,
-    lake: Path,
-    key: PseudonymKey,
-    account_id: str,
-    *,
-    buckets: int,
-    progress: ProgressFn | None = None,
-) -> EraseResult:
-    """Erase one account. Returns counts (rows removed per zone, files touched and their share);
-    raises ErasureIncomplete if verification still finds rows."""
-    with job_lock(lake) as recovered:
-        return erase_locked(
-            con, lake, key, account_id, buckets=buckets, progress=progress, recovered=recovered
-        )
-
-
 def erase_locked(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
@@ -205,17 +192,22 @@ def erase_locked(
     buckets: int,
     zones: tuple[str, ...] = (VAULT, ANALYTICS),
     request: str | None = None,
+    by: str | None = None,
     progress: ProgressFn | None = None,
     recovered: list[tuple[str, str]] | None = None,
 ) -> EraseResult:
-    """`run` for a caller that already holds the job lock (`jobs.requests`). `zones` limits the
-    erasure (a restriction removes analytics rows only; dead letters go with the vault);
-    `request` names the data-subject request it fulfils in the audit entry."""
+    """Erase one account; the caller holds the job lock (`jobs.requests`, `jobs.erase_direct`).
+    Returns counts (rows removed per zone, files touched and their share); raises
+    ErasureIncomplete if verification still finds rows. `zones` limits the erasure (a
+    restriction removes analytics rows only; dead letters go with the vault); `request` names the
+    data-subject request it fulfils in the audit entry, `by` the operator who made it."""
     started = time.monotonic()
     values = _values(key, account_id)
     token = values[ANALYTICS]
     bucket = bucket_of(token, buckets)
     extra: dict[str, Any] = {} if request is None else {"request": request}
+    if by is not None:
+        extra["by"] = by
     if zones != (VAULT, ANALYTICS):
         extra["zones"] = list(zones)
     located = [locate(con, lake, zone, values[zone], bucket) for zone in zones]

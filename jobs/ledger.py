@@ -16,11 +16,19 @@ account id a request names is kept under the vault (`<lake>/vault/requests/<requ
 Events, in the order a request goes through them:
 
     {"event": "received", "request": "r-1", "kind": "erase", "subject": "<token>",
-     "requested_at": "...", "received_at": "...", "deadline": "...", "source": "topic"|"file"}
+     "requested_at": "...", "received_at": "...", "deadline": "...",
+     "source": "topic"|"file"|"operator", "by": "<login>" (operator only)}
     {"event": "in_progress", "request": "r-1", "at": "...", "found": {...}}
     {"event": "fulfilled", "request": "r-1", "at": "...", "touched": {...}}
     {"event": "refused", "request": "r-1", "at": "...", "reason": "no_data"}
+    {"event": "refused", "request": "r-2", "at": "...", "reason": "subject_erased",
+     "erased_at": "...", "erasure": "r-1"}  (an access or rectify after the subject's erasure)
     {"event": "enforced", "request": "r-1", "at": "...", "touched": {...}}  (erasure re-applied)
+
+Source `operator` is an operator's direct erasure (`callpipe jobs erase --account ID`,
+`jobs.erase_direct`): an erase request the operator makes and fulfils at once, named
+`op-erase-<digest of the token>` (one per subject; a re-run adds an `enforced` event when it
+removes anything, `by` who ran it) and answered for from then on like any other erasure.
 
 `fold` turns the events into one `Request` per id (first `received` wins; a later status event
 overrides an earlier one, and `fulfilled_at` is the first fulfilment). The deadline is
@@ -51,6 +59,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 OPEN = ("received", "in_progress")
 CLOSED = ("fulfilled", "refused")
+REFUSED_KEYS = ("event", "request", "at", "reason")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -120,6 +129,8 @@ class Request:
     reason: str | None = None
     found: dict[str, Any] | None = None
     touched: dict[str, Any] | None = None
+    detail: dict[str, Any] | None = None  # a refusal's particulars (subject_erased: when, which erasure)
+    by: str | None = None  # who made an operator's request (source "operator")
     enforced: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -158,6 +169,7 @@ def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Request]:
                     received_at=str(e["received_at"]),
                     deadline=str(e["deadline"]),
                     source=str(e.get("source", "")),
+                    by=None if e.get("by") is None else str(e["by"]),
                 )
             continue
         req = out.get(rid)
@@ -178,13 +190,25 @@ def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Request]:
             req.status = "refused"
             req.refused_at = req.refused_at or e.get("at")
             req.reason = str(e.get("reason"))
+            req.detail = {k: v for k, v in e.items() if k not in REFUSED_KEYS} or None
         elif kind == "enforced":
-            req.enforced.append({"at": e.get("at"), "touched": e.get("touched")})
+            again = {"at": e.get("at"), "touched": e.get("touched")}
+            req.enforced.append(again | ({"by": e["by"]} if "by" in e else {}))
     return out
 
 
 def requests(lake: Path) -> dict[str, Request]:
     return fold(read(lake))
+
+
+def erasures(folded: Mapping[str, Request]) -> dict[str, dict[str, str]]:
+    """Each erased subject (token) with when and by which request it was first erased
+    (`erased_at`, `erasure`), from the fulfilled erase requests of every source."""
+    done = [r for r in folded.values() if r.kind == "erase" and r.status == "fulfilled"]
+    out: dict[str, dict[str, str]] = {}
+    for r in sorted(done, key=lambda r: (r.fulfilled_at or "", r.request)):
+        out.setdefault(r.subject, {"erased_at": r.fulfilled_at or "", "erasure": r.request})
+    return out
 
 
 def status(lake: Path, now: datetime, warn_days: int) -> dict[str, Any]:

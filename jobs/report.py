@@ -338,9 +338,13 @@ def render_text(data: dict[str, Any]) -> str:
         )
     for r in q["closed"][:10]:
         when = r.get("fulfilled_at") or r.get("refused_at")
-        out.append(
-            f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} at {when}  {r.get('reason') or ''}"
-        )
+        why = [r.get("reason") or ""]
+        if (r.get("detail") or {}).get("erased_at"):
+            why.append(f"(erased at {r['detail']['erased_at']})")
+        if r.get("source") == "operator":
+            why.append(f"(operator {r.get('by')})")
+        note = " ".join(w for w in why if w)
+        out.append(f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} at {when}  {note}")
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
     if data["unfinished_changes"]:
         out.append(

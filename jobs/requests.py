@@ -5,7 +5,7 @@ A pass, under the lake's job lock (so it never runs beside another job, and kill
 finished first):
 1. Intake. New PrivacyRequests (from privacy.requests, read from the ledger's position up to the
    end offsets taken at the start, and from files given on the command line) are recorded: the
-   raw account id and corrections to `<lake>/vault/requests/<request>.json` (0600, atomic), then
+   raw account id and corrections to `<lake>/vault/requests/<request>.json` (`jobs.intake`), then
    one `received` ledger event by token, then the topic position. A kill anywhere re-reads and
    the ledger ignores request ids it holds, so nothing is lost or doubled.
 2. Fulfilment, oldest request first (an access before an erase of the same subject exports first):
@@ -27,16 +27,19 @@ finished first):
      recorded; nothing to undo (rows kept out of analytics are not rebuilt).
    then `fulfilled` with what it touched (`found`, so a rerun after a kill reports the same), or
    `refused` with a reason: `no_data` (rectify of a subject the lake holds nothing on),
-   `invalid_correction`, `subject_erased` (rectify or access after the subject's erasure).
+   `invalid_correction`, `subject_erased` (rectify or access after the subject's erasure, by any
+   erase request, an operator's direct erasure included: the refusal names when and which,
+   `erased_at` and `erasure`; nothing is exported, and step 3 erases rows that landed since).
    An erase or access for a subject the lake holds nothing on is fulfilled (nothing to remove;
    an export that says so).
 3. Enforcement. A subject whose events were still streaming in when its erasure ran can have rows
    landed after it (the worker drops its events once it has read the request, not before): every
    pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
-   erases what it finds, recorded as an `enforced` ledger event. An access export of an erased
-   subject still in the outbox (left by an erasure that ran before erasure covered exports, or
-   one no request names whose manifest names the subject, put back by a restore) is removed the
-   same way.
+   erases what it finds, recorded as an `enforced` ledger event; subjects an operator erased
+   directly (`jobs.erase_direct`: an erase request of source `operator`) too. An access export
+   of an erased subject still in the outbox (left by an erasure that ran before erasure covered
+   exports, or one no request names whose manifest names the subject, put back by a restore) is
+   removed the same way.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
 lake and the same ledger as an uninterrupted pass.
@@ -54,15 +57,16 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit, erase, export, ledger, outbox, rectify
-from jobs.ledger import Request, file_name, iso
+from jobs import audit, erase, export, intake, ledger, outbox, rectify
+from jobs.intake import write_private
+from jobs.ledger import Request, iso
 from jobs.outbox import outbox_dir
+from jobs.progress import ProgressFn
 from jobs.replace import job_lock
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
 from sinks import rejects
-from sinks.files import fsync_dir, make_dirs, write_bytes
-from sinks.layout import ANALYTICS, VAULT_REQUESTS
+from sinks.layout import ANALYTICS
 
 
 @dataclass(frozen=True)
@@ -77,35 +81,6 @@ class Batch:
 
 
 Reader = Callable[[dict[int, int]], Batch]  # position -> what the topic holds past it
-
-
-def intake_dir(lake: Path) -> Path:
-    return lake.joinpath(*VAULT_REQUESTS)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a restricted file (0600) atomically in a 0700 folder."""
-    make_dirs(path.parent, 0o700)
-    write_bytes(data, path, mode=0o600, root=path.parent, dir_mode=0o700)
-
-
-def _intake_path(lake: Path, request_id: str) -> Path:
-    return intake_dir(lake) / f"{file_name(request_id)}.json"
-
-
-def _read_intake(lake: Path, request_id: str) -> dict[str, Any] | None:
-    path = _intake_path(lake, request_id)
-    if not path.exists():
-        return None
-    doc: dict[str, Any] = orjson.loads(path.read_bytes())
-    return doc
-
-
-def _forget_intake(lake: Path, request_id: str) -> None:
-    path = _intake_path(lake, request_id)
-    if path.exists():
-        path.unlink()
-        fsync_dir(path.parent)
 
 
 def receive(
@@ -125,14 +100,14 @@ def receive(
         known.add(rid)
         requested = datetime.fromtimestamp(int(rec["at"]) / 1000, UTC)
         kind = str(rec["kind"])
-        intake = {
+        doc = {
             "request_id": rid,
             "account_id": rec["account_id"],
             "kind": kind,
             "at": int(rec["at"]),
             "corrections": rec.get("corrections"),
         }
-        write_private(_intake_path(lake, rid), orjson.dumps(intake))
+        intake.write(lake, rid, doc)
         entries.append(
             {
                 "event": "received",
@@ -150,7 +125,7 @@ def receive(
     return len(entries)
 
 
-def _found(
+def found_of(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
     key: PseudonymKey,
@@ -172,11 +147,47 @@ def _found(
     return rows
 
 
-def _erased(found: Mapping[str, Any], removed_now: int) -> dict[str, Any]:
+def erasure_touched(found: Mapping[str, Any], removed_now: int) -> dict[str, Any]:
     """An erasure's ledger record from its `found`: rows per zone and the access exports removed
     (a count; `removed_now` for a ledger whose `found` predates the count)."""
     rows = {k: v for k, v in found.items() if k != "access_exports"}
     return {"rows_removed": rows, "access_exports_removed": int(found.get("access_exports", removed_now))}
+
+
+def fulfil_erase(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    req: Request,
+    account_id: str,
+    erased: Mapping[str, Any],
+    *,
+    buckets: int,
+    by: str | None = None,
+    progress: ProgressFn | None = None,
+    recovered: list[tuple[str, str]] | None = None,
+) -> tuple[dict[str, Any], erase.EraseResult]:
+    """Erase the subject of an erase request whose `found` is recorded: lake, dead letters, then
+    its access exports (an access answered earlier in this pass included). Returns the ledger's
+    record, made from `found` so that a rerun after a kill reports the same, and what this run
+    removed. `erased` holds the subjects erased before (their erasure notes "already erased")."""
+    found = req.found or {}
+    done = erase.erase_locked(
+        con,
+        lake,
+        key,
+        account_id,
+        buckets=buckets,
+        request=req.request,
+        by=by,
+        progress=progress,
+        recovered=recovered,
+    )
+    note = (
+        "already erased" if req.subject in erased else ("no data held" if not any(found.values()) else None)
+    )
+    touched = erasure_touched(found, done.access_exports_removed)
+    return {**touched, **({"note": note} if note else {})}, done
 
 
 def _access(
@@ -227,32 +238,26 @@ def _fulfil(
     lake: Path,
     key: PseudonymKey,
     req: Request,
-    intake: Mapping[str, Any],
-    erased: set[str],
+    raw: Mapping[str, Any],
+    erased: Mapping[str, Mapping[str, str]],
     now: datetime,
     buckets: int,
 ) -> tuple[str, dict[str, Any]]:
     """Do what the request asks; returns ("fulfilled", touched) or ("refused", {"reason": ...})."""
-    account_id = str(intake["account_id"])
+    account_id = str(raw["account_id"])
     found = req.found or {}
     if req.kind == "erase":
-        # Lake, dead letters, then the subject's access exports (an access answered earlier in
-        # this pass included): what it removed is `found`, so a rerun after a kill reports the same.
-        done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
-        note = (
-            "already erased"
-            if req.subject in erased
-            else ("no data held" if not any(found.values()) else None)
-        )
-        touched = _erased(found, done.access_exports_removed)
-        return "fulfilled", {**touched, **({"note": note} if note else {})}
+        touched, _done = fulfil_erase(con, lake, key, req, account_id, erased, buckets=buckets)
+        return "fulfilled", touched
     if req.subject in erased and req.kind in ("access", "rectify"):
-        return "refused", {"reason": "subject_erased"}
+        # Nothing is exported: the answer is the erasure (when, by which request). Rows that
+        # landed after it are erased by this pass's enforcement, never handed over.
+        return "refused", {"reason": "subject_erased", **erased[req.subject]}
     if req.kind == "access":
         return "fulfilled", {"rows_exported": found, **_access(con, lake, key, req, account_id, now)}
     if req.kind == "rectify":
         try:
-            fixes = rectify.corrections_of(intake.get("corrections"))
+            fixes = rectify.corrections_of(raw.get("corrections"))
         except (rectify.InvalidCorrection, KeyError, TypeError):
             return "refused", {"reason": "invalid_correction"}
         if not any(found.values()):
@@ -285,12 +290,12 @@ def _enforce(
         if req.kind != "erase" or req.status != "fulfilled" or req.subject in seen:
             continue
         seen.add(req.subject)
-        intake = _read_intake(lake, req.request)
-        if intake is None:
+        raw = intake.read(lake, req.request)
+        if raw is None:
             continue
-        account_id = str(intake["account_id"])
+        account_id = str(raw["account_id"])
         exports = sum(1 for e in held.get(req.subject, []) if e.holds_data)
-        found = _found(con, lake, key, account_id, "erase", buckets, exports)
+        found = found_of(con, lake, key, account_id, "erase", buckets, exports)
         if not any(found.values()):
             continue
         done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
@@ -298,7 +303,7 @@ def _enforce(
             "event": "enforced",
             "request": req.request,
             "at": iso(now),
-            "touched": _erased(found, done.access_exports_removed),
+            "touched": erasure_touched(found, done.access_exports_removed),
         }
         ledger.append(lake, [event])
         events.append(event)
@@ -332,12 +337,12 @@ def run(
         folded = ledger.requests(lake)
         for done in folded.values():  # a kill between the closing event and the unlink
             if not done.open and done.kind != "erase":
-                _forget_intake(lake, done.request)
-        erased = {r.subject for r in folded.values() if r.kind == "erase" and r.status == "fulfilled"}
+                intake.forget(lake, done.request)
+        erased = ledger.erasures(folded)
         outcomes: dict[str, int] = {}
         for req in sorted((r for r in folded.values() if r.open), key=lambda r: (r.requested_at, r.request)):
-            intake = _read_intake(lake, req.request)
-            if intake is None:  # cannot happen: intake is written before the ledger line
+            raw = intake.read(lake, req.request)
+            if raw is None:  # cannot happen: intake is written before the ledger line
                 ledger.append(
                     lake,
                     [
@@ -352,12 +357,12 @@ def run(
                 continue
             if req.found is None:
                 exports = outbox.count_access_exports(lake, req.subject, folded) if req.kind == "erase" else 0
-                found = _found(con, lake, key, str(intake["account_id"]), req.kind, buckets, exports)
+                found = found_of(con, lake, key, str(raw["account_id"]), req.kind, buckets, exports)
                 ledger.append(
                     lake, [{"event": "in_progress", "request": req.request, "at": iso(now), "found": found}]
                 )
                 req.found = found
-            state, detail = _fulfil(con, lake, key, req, intake, erased, now, buckets)
+            state, detail = _fulfil(con, lake, key, req, raw, erased, now, buckets)
             if state == "fulfilled":
                 ledger.append(
                     lake, [{"event": "fulfilled", "request": req.request, "at": iso(now), "touched": detail}]
@@ -365,9 +370,10 @@ def run(
             else:
                 ledger.append(lake, [{"event": "refused", "request": req.request, "at": iso(now), **detail}])
             if req.kind == "erase":
-                erased.add(req.subject)  # the raw-id file stays: the suppression list of _enforce
+                # the raw-id file stays: the suppression list of _enforce
+                erased.setdefault(req.subject, {"erased_at": iso(now), "erasure": req.request})
             else:
-                _forget_intake(lake, req.request)
+                intake.forget(lake, req.request)
             outcomes[f"{req.kind} {state}"] = outcomes.get(f"{req.kind} {state}", 0) + 1
         enforced = _enforce(con, lake, key, ledger.requests(lake), now, buckets)
         result = {

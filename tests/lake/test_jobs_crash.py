@@ -8,7 +8,8 @@ Then, every time:
 - with no journal left, the lake reads (DuckDB, all files) exactly as the old or the new state;
 - with a pending journal, it reads as the old state (temps are invisible), and recovery keeps it;
 - with a committed journal, recovery rolls it forward to the new state;
-- a re-run of the job finishes the work: the new state, no temps or trash left, no journal.
+- a re-run of the job finishes the work: the new state, no temps or trash left, no journal, and
+  the request ledger's record of an erasure as an uninterrupted run writes it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jobs import erase, retention
+from jobs import erase_direct, ledger, retention
 from jobs.replace import COMMITTED, jobs_dir, pending, recover
 from jobs.synth import SynthSpec, build
 from pipeline.settings import Settings
@@ -81,7 +82,21 @@ def _rerun(job: str, env: dict[str, str]) -> None:
     if job == "retention":
         retention.run(con, settings.lake, settings.policy, datetime.fromisoformat(AS_OF))
     else:
-        erase.run(con, settings.lake, settings.key(), ACCOUNT, buckets=settings.buckets)
+        erase_direct.run(
+            con,
+            settings.lake,
+            settings.key(),
+            ACCOUNT,
+            buckets=settings.buckets,
+            deadlines=settings.policy.requests,
+            now=datetime.fromisoformat(AS_OF),
+            by="rerun",
+        )
+
+
+def _ledger(lake: Path) -> dict[str, tuple[object, ...]]:
+    """The request ledger without its clock and who ran the job: a direct erasure's record."""
+    return {rid: (r.kind, r.source, r.status, r.touched) for rid, r in ledger.requests(lake).items()}
 
 
 def _expected(base: dict[str, Path], job: str) -> tuple[dict, dict, float]:
@@ -100,6 +115,8 @@ def _expected(base: dict[str, Path], job: str) -> tuple[dict, dict, float]:
 def test_a_killed_job_leaves_old_or_new_state_and_a_rerun_finishes(base: dict[str, Path], job: str) -> None:
     old, new, full = _expected(base, job)
     assert old != new  # the job has work to do
+    records = _ledger(base["root"] / f"expected-{job}")
+    assert len(records) == (1 if job == "erase" else 0)  # an erasure is recorded in the ledger
     rng = random.Random(f"crash-{job}")
     seen: Counter[str] = Counter()
     for trial in range(TRIALS):
@@ -135,6 +152,7 @@ def test_a_killed_job_leaves_old_or_new_state_and_a_rerun_finishes(base: dict[st
             assert digest(lake) == old, f"trial {trial}: roll-back did not restore the old state"
         _rerun(job, env)
         assert digest(lake) == new, f"trial {trial}: the re-run did not finish the work"
+        assert _ledger(lake) == records, f"trial {trial}: the ledger differs"
         assert stray_files(lake) == [] and pending(lake) == []
         shutil.rmtree(lake)
     print(f"{job}: {dict(seen)} over {TRIALS} SIGKILL trials (uninterrupted run {full:.2f}s)")

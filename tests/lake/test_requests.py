@@ -152,6 +152,7 @@ def test_every_request_gets_its_defined_answer(done: dict[str, Any]) -> None:
     folded = ledger.requests(done["lake"])
     assert {rid: r.status for rid, r in folded.items()} == EXPECTED_STATUS
     assert folded["r-access-erased"].reason == "subject_erased"
+    assert folded["r-access-erased"].detail == {"erased_at": "2026-11-29T00:00:00.000Z", "erasure": "r-erase"}
     assert folded["r-rectify-nobody"].reason == "no_data"
     assert folded["r-rectify-bad"].reason == "invalid_correction"
     assert (

@@ -104,7 +104,17 @@ def _comparable(doc: Any) -> Any:
         return {
             k: _comparable(v)
             for k, v in doc.items()
-            if k not in ("duration_s", "run", "sha256", "previous_sha256", "out", "outbox", "generated_at")
+            if k
+            not in (
+                "duration_s",
+                "run",
+                "sha256",
+                "previous_sha256",
+                "out",
+                "outbox",
+                "generated_at",
+                "erased_at",
+            )
         }
     if isinstance(doc, list):
         return [_comparable(v) for v in doc]

@@ -1,0 +1,135 @@
+"""`callpipe jobs erase --account ID`: an operator's direct erasure of one subject (jobs/erase_direct.py).
+
+The handler reads the clock and who runs it (`operator_login`) here, at the edge, and passes them
+to the job with the DuckDB connection. Human-readable output by default; `--json` prints one JSON
+document on stdout: the erasure's counts, and the request ledger's record of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+from datetime import UTC, datetime
+
+from jobs.cli_ops import _busy, _connect, _lake, _print_json
+from pipeline.errors import CliError
+from pipeline.settings import Settings
+
+ERASE_HELP = """\
+Remove one account from the vault and analytics zones, its dead letters and its access exports in
+the outbox, verify that nothing is left, and audit the run (the subject by token only).
+
+The erasure is recorded in the request ledger (<lake>/_requests/) as an erase request of source
+"operator" made and fulfilled now, with who ran it and the counts removed, under one id per
+subject (op-erase-...): `jobs requests --status` and `jobs report` show it, an access or rectify
+request of the subject is refused as "subject_erased" with the erasure's time, and rows of the
+subject that land later are erased by the next `jobs requests` pass. Running it again is safe:
+a run killed midway is finished, and rows landed since are erased and recorded (docs/ARCHITECTURE.md
+"Privacy semantics").
+"""
+
+
+def register(jobs_sub: argparse._SubParsersAction) -> None:
+    erase = jobs_sub.add_parser(
+        "erase",
+        help="remove one account from the vault and analytics zones, recorded in the request ledger",
+        description=ERASE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    erase.add_argument("--account", required=True, metavar="ID", help="the account id to erase")
+    erase.add_argument(
+        "--dry-run", action="store_true", help="print the files it would rewrite, touch nothing"
+    )
+    erase.add_argument("--json", action="store_true", help="print the result as JSON")
+    erase.set_defaults(func=cmd_erase)
+
+
+def operator_login() -> str:
+    """Who runs an operator's command, for the request ledger: the session's login name (the
+    person, also under sudo), else the name of the process's user."""
+    try:
+        return os.getlogin()
+    except OSError:
+        try:
+            return pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            return f"uid {os.getuid()}"
+
+
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs import erase, erase_direct
+    from jobs.progress import Progress
+    from jobs.replace import JobBusy
+
+    lake = _lake(settings)
+    if args.dry_run:
+        preview = erase.plan(_connect(), lake, settings.key(), args.account, buckets=settings.buckets)
+        if args.json:
+            _print_json(preview)
+            return 0
+        print(f"erase plan for subject {preview['subject']} (dry run, nothing touched)")
+        for path in preview["files"]:
+            print(f"  rewrite {path}")
+        rows = preview["rows_removed"]
+        print(
+            f"  {rows['vault']:,} vault rows, {rows['analytics']:,} analytics rows,"
+            f" {preview['dead_letters_removed']:,} dead letters,"
+            f" {preview['access_exports_removed']} access exports; {preview['files_rewritten']} of"
+            f" {preview['files_total']} files ({100 * preview['files_touched_share']:.2f}%)"
+        )
+        if preview["outbox_files_unattributed"]:
+            print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
+        return 0
+    try:
+        recorded = erase_direct.run(
+            _connect(),
+            lake,
+            settings.key(),
+            args.account,
+            buckets=settings.buckets,
+            deadlines=settings.policy.requests,
+            now=datetime.now(UTC),
+            by=operator_login(),
+            progress=Progress("erase: rewriting"),
+        )
+    except JobBusy as exc:
+        raise _busy(exc) from None
+    except erase.ErasureIncomplete as exc:
+        raise CliError(str(exc), status=1) from None
+    if args.json:
+        _print_json(recorded.as_dict())
+        return 0
+    result = recorded.erasure
+    removed = result.rows_removed
+    print(
+        f"erased subject {result.subject}: {removed['vault']:,} vault rows,"
+        f" {removed['analytics']:,} analytics rows"
+    )
+    print(
+        f"  files rewritten {result.files_rewritten} of {result.files_total}"
+        f" ({100 * result.files_touched_share:.2f}% of files touched);"
+        f" probed {result.files_probed}, Bloom/statistics said maybe {result.files_maybe}"
+    )
+    if result.dead_letters_removed:
+        print(f"  dead letters removed: {result.dead_letters_removed:,}")
+    if result.access_exports_removed:
+        print(f"  access exports removed from the outbox: {result.access_exports_removed}")
+    if result.outbox_files_unattributed:
+        print(
+            f"  outbox files tied to no subject, not searched: {result.outbox_files_unattributed}"
+            " (they expire with `jobs retention`; check them)"
+        )
+    print("  verified: no rows of the subject remain in any bucket")
+    said = {
+        "fulfilled": "erase request recorded and fulfilled",
+        "enforced": "erasure re-applied (rows landed since)",
+        "none": "already recorded; nothing more to remove",
+    }[recorded.recorded]
+    print(f"  request ledger: {recorded.request} (source operator): {said}; erased at {recorded.erased_at}")
+    if recorded.open_requests:
+        print(
+            f"  {recorded.open_requests} open request(s) of the subject: the next `jobs requests` pass"
+            " answers them (access and rectify: refused, subject erased)"
+        )
+    return 0
