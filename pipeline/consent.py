@@ -1,7 +1,8 @@
 """Consent and subject state per account, decisions at an event's time, and event-time ordering.
 
-`AccountState` is one account's consent history per purpose and its privacy-request history, a
-small JSON-serializable value (every worker holds all of them, pipeline/stream/control.py). Histories
+`AccountState` is one account's consent history per purpose and the part of its privacy-request
+history that decisions read, packed into one small `bytes` (every worker holds all of them,
+pipeline/stream/control.py, so they are kept compact; the layout is beside `_ENTRY`). Histories
 are kept sorted by event time and free of repeats, so recording an event twice, or out of
 arrival order, changes nothing: a replayed or late consent event lands where its time puts it.
 
@@ -26,12 +27,13 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NewType, TypeVar
 
 import schemas
 from pipeline.policy import ConsentDefaults
@@ -47,67 +49,110 @@ class Stream(StrEnum):
     REQUESTS = "requests"
 
 
-@dataclass(frozen=True, slots=True)
-class AccountState:
-    """One account's histories, sorted by time:
-    consents: (at_ms, purpose, granted); requests: (at_ms, kind, request_id)."""
+# An account's state packs its history into one `bytes`: 9 bytes an entry, sorted by time, and
+# nothing else (no object per entry, no int per time; ~3x less memory than tuples of tuples,
+# docs/BENCHMARKS.md). An entry is the time in ms plus 2**63, big-endian, so that entries sort
+# as bytes in time order, then a code for what happened at that time:
+_ENTRY = struct.Struct(">QB")
+_SIZE = _ENTRY.size
+_BIAS = 1 << 63  # int64 times (what the schemas' longs hold) -> unsigned, in the same order
+# consents: 2 * purpose + 1 for a withdrawal (at equal times a withdrawal sorts last, so it counts)
+_CONSENT = {
+    (purpose, granted): 2 * n + (not granted)
+    for n, purpose in enumerate(PURPOSES)
+    for granted in (True, False)
+}
+# requests that change a decision: at equal times they sort after consents (an objection
+# stamped with an analytics grant wins), and an unrestrict after a restrict
+RESTRICT, UNRESTRICT, OBJECT, ERASE = 6, 7, 8, 9
+_REQUEST = {"restrict": RESTRICT, "unrestrict": UNRESTRICT, "object": OBJECT, "erase": ERASE}
+# Erasure holds whatever the event's time, so an erase is kept once, as the entry that sorts
+# last (the greatest time and code): its own time and request id would change no decision.
+# Access and rectify requests change none either and are not kept; neither are request ids.
+_ERASED = _ENTRY.pack((1 << 64) - 1, ERASE)
 
-    consents: tuple[tuple[int, str, bool], ...] = ()
-    requests: tuple[tuple[int, str, str], ...] = ()
+AccountState = NewType("AccountState", bytes)
+"""One account's consent and decision-changing request history, packed as above (`entries`
+reads it back). Immutable, so a state object stands for its history: the chain remembers an
+account's decisions for as long as its state is the same object."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "consents": [list(c) for c in self.consents],
-            "requests": [list(r) for r in self.requests],
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> AccountState:
-        return cls(
-            consents=tuple((int(a), str(p), bool(g)) for a, p, g in doc.get("consents", ())),
-            requests=tuple((int(a), str(k), str(i)) for a, k, i in doc.get("requests", ())),
-        )
-
-
-def _consent_key(entry: tuple[int, str, bool]) -> tuple[int, bool, str]:
-    at, purpose, granted = entry
-    return (at, not granted, purpose)  # at equal times a withdrawal sorts last, so it counts
-
-
-def _request_key(entry: tuple[int, str, str]) -> tuple[int, int, str]:
-    at, kind, request_id = entry
-    return (at, REQUEST_KINDS.index(kind) if kind in REQUEST_KINDS else -1, request_id)
+_EMPTY = AccountState(b"")
 
 
-_EMPTY = AccountState()
-E = TypeVar("E", bound=tuple[Any, ...])
+def _entry(at: int, code: int) -> bytes:
+    if not -_BIAS <= at < _BIAS:  # the schemas' longs never are; a time kept wrongly never may be
+        raise ValueError("time out of the int64 range")
+    return _ENTRY.pack(at + _BIAS, code)
 
 
-def _added(history: tuple[E, ...], entry: E, key: Callable[[E], tuple[Any, ...]]) -> tuple[E, ...]:
-    """`history` with `entry` in its sorted place, unchanged when it holds it already. Events mostly
-    arrive in time order, so the common case appends without sorting (the control state replays
-    every account's whole history at start-up)."""
-    if entry in history:
-        return history
-    if not history or key(history[-1]) <= key(entry):
-        return (*history, entry)
-    return tuple(sorted((*history, entry), key=key))
+def _added(state: AccountState, entry: bytes) -> AccountState:
+    """`state` with `entry` in its sorted place, unchanged when it holds it already. Events mostly
+    arrive in time order, so the common case appends (the control state replays every account's
+    whole history at start-up)."""
+    last = state[-_SIZE:]
+    if last == entry:
+        return state
+    if last < entry:
+        return AccountState(state + entry)
+    held = [state[i : i + _SIZE] for i in range(0, len(state), _SIZE)]
+    if entry in held:
+        return state
+    bisect.insort(held, entry)
+    return AccountState(b"".join(held))
 
 
 def record_consent(state: AccountState | None, event: Mapping[str, Any]) -> AccountState:
-    """The state with a ConsentEvent (purpose, granted, at) added to its history."""
+    """The state with a ConsentEvent (purpose, granted, at) added to its history (a purpose no
+    decision reads, which the schema's enum does not admit anyway, is not kept)."""
+    at, purpose, granted = int(event["at"]), str(event["purpose"]), bool(event["granted"])
+    code = _CONSENT.get((purpose, granted))
     state = state or _EMPTY
-    entry = (int(event["at"]), str(event["purpose"]), bool(event["granted"]))
-    consents = _added(state.consents, entry, _consent_key)
-    return state if consents is state.consents else AccountState(consents, state.requests)
+    return state if code is None else _added(state, _entry(at, code))
 
 
 def record_request(state: AccountState | None, request: Mapping[str, Any]) -> AccountState:
     """The state with a PrivacyRequest (request_id, kind, at) added to its history."""
+    # the id is not kept, but a request without one fails here, as a malformed time does, so
+    # the partition's owner dead-letters it (pipeline/stream/app.py)
+    at, kind, _request_id = int(request["at"]), str(request["kind"]), str(request["request_id"])
+    code = _REQUEST.get(kind)
     state = state or _EMPTY
-    entry = (int(request["at"]), str(request["kind"]), str(request["request_id"]))
-    requests = _added(state.requests, entry, _request_key)
-    return state if requests is state.requests else AccountState(state.consents, requests)
+    if code is None:
+        return state
+    if code == ERASE:
+        return state if state.endswith(_ERASED) else AccountState(state + _ERASED)
+    return _added(state, _entry(at, code))
+
+
+def account_state(
+    consents: Iterable[tuple[int, str, bool]] = (), requests: Iterable[tuple[Any, ...]] = ()
+) -> AccountState:
+    """The state of these histories: consents (at_ms, purpose, granted) and requests (at_ms,
+    kind, request_id), as the version-1 control snapshot kept them."""
+    state = _EMPTY
+    for at, purpose, granted in consents:
+        state = record_consent(state, {"at": at, "purpose": purpose, "granted": granted})
+    for at, kind, *_request_id in requests:
+        state = record_request(state, {"at": at, "kind": kind, "request_id": ""})
+    return state
+
+
+def is_state(data: bytes) -> bool:
+    """Whether `data` is whole entries (what a saved state must be; its order is not checked)."""
+    return len(data) % _SIZE == 0
+
+
+_WHAT = {code: f"{p}:{'granted' if g else 'withdrawn'}" for (p, g), code in _CONSENT.items()} | {
+    code: kind for kind, code in _REQUEST.items()
+}
+
+
+def entries(state: AccountState) -> list[tuple[int | None, str]]:
+    """The history as (at_ms, what), in order: what is `purpose:granted`, `purpose:withdrawn` or
+    a request kind; an erase has no time (it holds at every time)."""
+    return [
+        (None if code == ERASE else packed - _BIAS, _WHAT[code]) for packed, code in _ENTRY.iter_unpack(state)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,36 +166,33 @@ class Decision:
 
 def decide(state: AccountState | None, at_ms: int, defaults: ConsentDefaults) -> Decision:
     """What may be done with an event of this account at time `at_ms`."""
-    last: dict[str, bool] = {}
+    recording, transcription, analytics = defaults.recording, defaults.transcription, defaults.analytics
     erased = restricted = False
-    if state is not None:
-        for at, purpose, granted in state.consents:
-            if at > at_ms:
-                break
-            last[purpose] = granted
-        analytics_at = max(
-            (at for at, p, _ in state.consents if p == "analytics" and at <= at_ms), default=-1
-        )
+    if state:
         # Erasure is final whatever the event's time: once the request is known, nothing of the
         # account is stored again, late-arriving older events included (the erase job removes
         # what landed before the request arrived).
-        erased = any(kind == "erase" for _at, kind, _id in state.requests)
-        for at, kind, _ in state.requests:
-            if at > at_ms:
+        erased = state.endswith(_ERASED)
+        until = at_ms + _BIAS
+        analytics_at = -1 + _BIAS  # the last analytics consent so far (an objection after it counts)
+        for at, code in _ENTRY.iter_unpack(state):
+            if at > until:
                 break
-            if kind == "restrict":
+            if code < RESTRICT:
+                granted = not code & 1
+                if code < 2:
+                    recording = granted
+                elif code < 4:
+                    transcription = granted
+                else:
+                    analytics, analytics_at = granted, at
+            elif code == RESTRICT:
                 restricted = True
-            elif kind == "unrestrict":
+            elif code == UNRESTRICT:
                 restricted = False
-            elif kind == "object" and at >= analytics_at:
-                last["analytics"] = False
-    return Decision(
-        erased=erased,
-        restricted=restricted,
-        recording=last.get("recording", defaults.recording),
-        transcription=last.get("transcription", defaults.transcription),
-        analytics=last.get("analytics", defaults.analytics),
-    )
+            elif code == OBJECT and at >= analytics_at:
+                analytics = False
+    return Decision(erased, restricted, recording, transcription, analytics)
 
 
 class Decisions:
@@ -164,7 +206,7 @@ class Decisions:
     def __init__(self, state: AccountState, defaults: ConsentDefaults) -> None:
         self.state = state
         self.defaults = defaults
-        self.times = sorted({at for at, _p, _g in state.consents} | {at for at, _k, _i in state.requests})
+        self.times = sorted({at - _BIAS for at, code in _ENTRY.iter_unpack(state) if code != ERASE})
         before = (self.times[0] - 1) if self.times else 0
         self.decisions = [decide(state, before, defaults)] + [decide(state, t, defaults) for t in self.times]
 

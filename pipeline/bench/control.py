@@ -8,6 +8,10 @@ partitions. Then, each in a fresh child process (so its memory is the state's al
                adds (VmRSS after minus before, per account);
   resume       a ControlReader given the snapshot the full read wrote: the start-up of a restart.
 The figure that matters is the ratio of the two start-up times, measured in the same run.
+After the full read, the child also times the worker's look-ups against the state it holds
+(`_lookups`): `ControlState.states_for` over batches of 500 account ids as a runner asks for them,
+`decide` on each state found at a time in the account's history, and the chain's table by time
+(`Decisions`, built and read); figures to compare as ratios within one run.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import asyncio
 import functools
 import multiprocessing
 import os
+import random
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,46 @@ async def _produce(access: KafkaAccess, prefix: str, accounts: int, partitions: 
     return sent
 
 
+def _lookups(state: Any, accounts: int) -> dict[str, float]:
+    """Look-ups per second against a loaded `ControlState` (ids as fresh strings, as decoded
+    records carry them; one in ten unknown), each the best of five passes (the machine is shared)."""
+    from pipeline.consent import Decisions, decide
+    from pipeline.policy import ConsentDefaults
+
+    rng = random.Random(7)
+    known = list(state.accounts)
+    ids = [(rng.choice(known) if n % 10 else f"none-{n:08d}") + "." for n in range(100_000)]
+    states = [s for s in state.states_for({a[:-1] for a in ids}).values()]
+    at = [T0 + rng.randrange(3 * accounts) for _ in states]
+    defaults = ConsentDefaults()
+
+    def states_for() -> None:
+        for i in range(0, len(ids), 500):
+            state.states_for({a[:-1] for a in ids[i : i + 500]})
+
+    def judge() -> None:
+        for s, t in zip(states, at, strict=True):
+            decide(s, t, defaults)
+
+    def table() -> None:
+        for s, t in zip(states, at, strict=True):
+            Decisions(s, defaults).at(t)
+
+    def best(work: Callable[[], None]) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    return {
+        "states_for_per_s": len(ids) / best(states_for),
+        "decide_per_s": len(states) / best(judge),
+        "table_per_s": len(states) / best(table),
+    }
+
+
 def _read(access: KafkaAccess, prefix: str, snapshot: str) -> dict[str, Any]:
     """In a child process: read the control topics (from the snapshot if there is one)."""
     from aiokafka import AIOKafkaConsumer
@@ -116,9 +162,11 @@ def _read(access: KafkaAccess, prefix: str, snapshot: str) -> dict[str, Any]:
         await reader.ready.wait()
         ready_s = time.monotonic() - started
         after = proc_memory_kib(os.getpid()).get("VmRSS", 0)
+        lookups = {} if reader.resumed_from_snapshot else _lookups(state, len(state.accounts))
         saved = time.monotonic()
         await reader.stop()  # writes the snapshot when anything was read
         return {
+            **lookups,
             "ready_s": ready_s,
             "records": state.counts["consent_applied"] + state.counts["requests_applied"],
             "accounts": len(state.accounts),
@@ -190,5 +238,8 @@ def render(f: dict[str, Any]) -> str:
             table(["start-up", "ready after s", "records/s", "records read", "memory added MiB"], rows),
             f"start-up ratio full/resume: {f['startup_ratio']:.1f}x; snapshot {f['snapshot_mib']:.0f} MiB, "
             f"written in {full['snapshot_write_s']:.1f}s; state ~{f['bytes_per_account']:.0f} B per account",
+            f"look-ups: states_for {full['states_for_per_s']:,.0f} accounts/s, "
+            f"decide {full['decide_per_s']:,.0f}/s, table by time (Decisions, built and read) "
+            f"{full['table_per_s']:,.0f}/s",
         ]
     )

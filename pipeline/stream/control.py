@@ -20,8 +20,10 @@ it was read up to (`ControlSnapshot`, a 0600 file under CALLPIPE_HOME/state writ
 SNAPSHOT_EVERY_S and at stop, in the manner of Kafka Streams' checkpoint of a global store). A
 restart loads it and reads only what came after, once it has proved the topics are the same logs:
 the record at each partition's snapshot position must still be there with the same fingerprint.
-Anything else (another broker, a re-created topic, records removed by retention, a torn or old
-file) falls back to reading every partition from the beginning.
+Anything else (another broker, a re-created topic, records removed by retention, a torn file or
+one of an unknown version) falls back to reading every partition from the beginning. Each
+account's state is saved as it is held, packed (pipeline/consent.py), in base64; a version-1
+file, which kept the histories as lists, is still read and packed to the same state.
 
 `ControlState` is pure (no Kafka, no clock); `ControlReader` is its Kafka edge.
 """
@@ -29,6 +31,7 @@ file) falls back to reading every partition from the beginning.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import hashlib
 import logging
@@ -44,7 +47,15 @@ from typing import Any
 import orjson
 
 from pipeline.codec import decode_value
-from pipeline.consent import AccountState, Stream, Watermarks, record_consent, record_request
+from pipeline.consent import (
+    AccountState,
+    Stream,
+    Watermarks,
+    account_state,
+    is_state,
+    record_consent,
+    record_request,
+)
 from sinks.files import fsync_dir, write_synced
 
 log = logging.getLogger("callpipe.control")
@@ -93,7 +104,7 @@ class ControlState:
         return {a: found[a] for a in accounts if a in found}
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 1 kept histories as lists ([at, purpose, granted], [at, kind, id]); still read
 SNAPSHOT_EVERY_S = 60.0
 # How often the control consumer refreshes its metadata (aiokafka's metadata_max_age_ms, on the
 # connection it has): a partition added to a control topic is seen within this. Set by whoever
@@ -128,24 +139,39 @@ class ControlSnapshot:
                 "topics": self.topics,
                 "positions": [[t, p, o, f] for (t, p), (o, f) in self.positions.items()],
                 "event_ms": [[s, p, ms] for (s, p), ms in self.event_ms.items()],
-                "accounts": {a: (s.consents, s.requests) for a, s in self.accounts.items()},
+                "accounts": {
+                    a: binascii.b2a_base64(s, newline=False).decode() for a, s in self.accounts.items()
+                },
             }
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ControlSnapshot:
         doc = orjson.loads(data)
-        if doc.get("version") != SNAPSHOT_VERSION:
+        version = doc.get("version")
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError("unknown snapshot version")
+        accounts: dict[str, Any] = doc.pop("accounts")  # each state is freed once converted
+        for a in accounts:
+            if version == 1:  # the same histories as the new form would hold: the positions stand
+                c, r = accounts[a]
+                accounts[a] = account_state(c, r)
+            else:
+                accounts[a] = _state_of(accounts[a])
         return cls(
             topics={str(s): str(t) for s, t in doc["topics"].items()},
             positions={(str(t), int(p)): (int(o), str(f)) for t, p, o, f in doc["positions"]},
             event_ms={(str(s), int(p)): int(ms) for s, p, ms in doc["event_ms"]},
-            accounts={
-                a: AccountState(tuple(map(tuple, c)), tuple(map(tuple, r)))
-                for a, (c, r) in doc["accounts"].items()
-            },
+            accounts=accounts,
         )
+
+
+def _state_of(text: str) -> AccountState:
+    """A state as a snapshot keeps it (base64), checked to be whole entries."""
+    state = binascii.a2b_base64(text, strict_mode=True)
+    if not is_state(state):
+        raise ValueError("not an account state")
+    return AccountState(state)
 
 
 def snapshot_path(home: Path, prefix: str) -> Path:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline.chain import ChainResult, process_batch
 from pipeline.codec import Lineage
-from pipeline.consent import AccountState, decide, record_consent, record_request
+from pipeline.consent import AccountState, account_state, decide, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
 from pipeline.reasons import Drop, Reason, Stage
@@ -56,7 +56,7 @@ def call(n: int, account: str = "a", **overrides: Any) -> dict[str, Any]:
 def states(**histories: list[dict[str, Any]]) -> dict[str, AccountState]:
     out: dict[str, AccountState] = {}
     for account, events in histories.items():
-        state = AccountState()
+        state = account_state()
         for e in events:
             state = record_request(state, e) if "kind" in e else record_consent(state, e)
         out[account] = state

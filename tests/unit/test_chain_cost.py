@@ -140,7 +140,7 @@ def test_an_accounts_first_event_judged_alone_and_its_later_ones_by_table_route_
     shared = Memo()
     for round_ in range(2):
         if round_:  # new state objects: what was remembered for the old ones must not be used
-            states = {a: AccountState(s.consents, s.requests) for a, s in states.items()}
+            states = {a: AccountState(bytes(bytearray(s))) for a, s in states.items()}
         for start in range(0, len(calls), 250):
             batch = calls[start : start + 250]
             for memo in (shared, Memo()):

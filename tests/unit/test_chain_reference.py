@@ -17,7 +17,7 @@ import pytest
 from pipeline.bench.canary import KEY, seeded
 from pipeline.chain import ChainResult, Route, process_batch
 from pipeline.codec import Lineage
-from pipeline.consent import AccountState, apply_consent, decide
+from pipeline.consent import AccountState, account_state, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy
@@ -228,9 +228,9 @@ def test_replaced_states_are_judged_anew(traffic: tuple[list[Any], dict[str, Acc
     memo = Memo()
     for round_ in range(3):
         if round_:
-            states = {a: AccountState(s.consents, s.requests) for a, s in states.items()}
+            states = {a: AccountState(bytes(bytearray(s))) for a, s in states.items()}  # equal, new
         if round_ == 2:
-            states = {a: AccountState(requests=((0, "erase", "r"),)) for a in states}
+            states = {a: account_state(requests=[(0, "erase", "r")]) for a in states}
         for start in range(0, 600, 100):
             batch = calls[start : start + 100]
             got = process_batch(batch, states, DEFAULT_POLICY, KEY, now, memo=memo)

@@ -15,9 +15,11 @@ from pipeline.consent import (
     Decision,
     EventTimeMerger,
     Stream,
+    account_state,
     apply_consent,
     consent_fields,
     decide,
+    entries,
     record_consent,
     record_request,
 )
@@ -36,7 +38,7 @@ def request(kind: str, at: int, rid: str | None = None) -> dict[str, Any]:
 
 
 def state_of(*events: dict[str, Any]) -> AccountState:
-    state = AccountState()
+    state = account_state()
     for e in events:
         state = record_request(state, e) if "kind" in e else record_consent(state, e)
     return state
@@ -99,13 +101,24 @@ def test_state_is_independent_of_arrival_order_and_repeats(events: list[dict[str
     assert once == state_of(*sorted(events, key=lambda e: (e["at"], json.dumps(e, sort_keys=True))))
 
 
-def test_state_round_trips_through_json() -> None:
+def test_state_reads_back_as_its_entries() -> None:
     state = state_of(
-        consent("recording", True, 5), request("restrict", 7, "r-1"), consent("analytics", False, 9)
+        consent("recording", True, 5),
+        request("restrict", 7, "r-1"),
+        consent("analytics", False, 9),
+        request("erase", 3),
+        request("access", 4),
     )
-    doc = json.loads(json.dumps(state.to_json()))
-    assert AccountState.from_json(doc) == state
-    assert AccountState.from_json({}) == AccountState()
+    assert entries(state) == [
+        (5, "recording:granted"),
+        (7, "restrict"),
+        (9, "analytics:withdrawn"),
+        (None, "erase"),  # held at every time
+    ]
+    assert state == account_state(
+        [(9, "analytics", False), (5, "recording", True)], [(3, "erase", "r-2"), (7, "restrict", "r-1")]
+    )
+    assert entries(account_state()) == []
 
 
 @pytest.mark.parametrize(

@@ -57,3 +57,23 @@ def test_fingerprints_tell_records_apart_and_quote_nothing() -> None:
     assert "4155550100" not in print_
     assert snapshot_path(Path("/h"), "") == Path("/h/state/control-default.snapshot")
     assert snapshot_path(Path("/h"), "a/b.") == Path("/h/state/control-a_b..snapshot")
+
+
+def test_a_version_1_snapshot_still_loads_to_the_same_state(tmp_path: Path) -> None:
+    """Version 1 kept the histories as lists; a worker restarting on one after an upgrade reads
+    it into the packed form (the positions stand: the state is the one the records make)."""
+    want = sample()
+    doc = orjson.loads(want.to_bytes())
+    doc["version"] = 1
+    doc["accounts"] = {"acct-1": [[[5, "analytics", False]], [[9, "erase", "r-1"]]]}  # as version 1 wrote it
+    path = tmp_path / "control.snapshot"
+    path.write_bytes(orjson.dumps(doc))
+    assert load_snapshot(path, TOPICS) == want
+
+
+def test_a_state_that_is_not_whole_entries_is_refused(tmp_path: Path) -> None:
+    doc = orjson.loads(sample().to_bytes())
+    doc["accounts"]["acct-1"] = doc["accounts"]["acct-1"][:-4]  # base64 of 15 bytes, not 18
+    path = tmp_path / "control.snapshot"
+    path.write_bytes(orjson.dumps(doc))
+    assert load_snapshot(path, TOPICS) is None
