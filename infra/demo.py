@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -150,7 +151,31 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         if started_broker and not keep_broker:
             kafka.down(broker)
     _summary(lake, stats, total)
+    _next_steps(lake, prefix, key_file, vault_keys, dlq_key, broker_left=not started_broker or keep_broker)
     return 0 if stats.events_in == total else 1
+
+
+def _next_steps(
+    lake: Path, prefix: str, key_file: Path, vault_keys: Path, dlq_key: Path, *, broker_left: bool
+) -> None:
+    """How to go on with the demo's lake: its keys and topics are its own, not the defaults the
+    other commands read (README "After the demo")."""
+    _say("8. to go on with this lake (its keys and topics are the demo's own), in this shell:")
+    _say(
+        f"   export CALLPIPE_LAKE={shlex.quote(str(lake))} CALLPIPE_KEY_FILE={shlex.quote(str(key_file))} \\"
+    )
+    _say(
+        f"          CALLPIPE_VAULT_KEY_FILE={shlex.quote(str(vault_keys))}"
+        f" CALLPIPE_DLQ_KEY_FILE={shlex.quote(str(dlq_key))}"
+    )
+    _say(
+        "   .venv/bin/callpipe jobs anonymize && .venv/bin/callpipe query 'SELECT * FROM calls_daily LIMIT 5'"
+    )
+    _say("   .venv/bin/callpipe jobs report --html report.html")
+    if broker_left:
+        _say(f"   .venv/bin/callpipe dlq inspect --prefix {prefix}   # the demo's dead letters, opened")
+    else:
+        _say("   (the broker is stopped: run the demo with --keep-broker to inspect its dead letters too)")
 
 
 def _summary(lake: Path, stats: StreamStats, total: int) -> None:

@@ -101,14 +101,16 @@ def record(
 
 
 def read(lake: Path) -> list[dict[str, Any]]:
-    """Every entry, oldest first. Torn lines (a writer killed mid-line) are skipped."""
+    """Every entry, oldest first (by its time: a job that runs another, as `jobs requests` runs
+    erasures, records itself after the job it ran). Torn lines (a writer killed mid-line) are
+    skipped."""
     folder = audit_dir(lake)
     if not folder.is_dir():
         return []
     out: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.jsonl")):
         out += [entry for entry in read_json_lines(path) if isinstance(entry, dict)]
-    return out
+    return sorted(out, key=lambda e: str(e.get("at", "")))  # stable: equal times keep file order
 
 
 def about(entries: Iterable[Mapping[str, Any]], token: str) -> list[dict[str, Any]]:

@@ -217,6 +217,17 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         f" {result.analytics:,} analytics rows, {result.dead_letters:,} dead letters,"
         f" {result.audit:,} audit entries"
     )
+    if not (result.vault or result.analytics or result.dead_letters):
+        from jobs import ledger
+
+        erased = ledger.erasures(ledger.requests(lake)).get(result.subject)
+        if erased is not None:
+            print(
+                f"  nothing held: the subject was erased at {erased['erased_at']} ({erased['erasure']});"
+                " an access request is answered with that refusal (`jobs requests`), not this file"
+            )
+        else:
+            print("  nothing held: the lake has no row of this subject (check the account id)")
     return 0
 
 

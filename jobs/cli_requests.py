@@ -15,6 +15,7 @@ from typing import Any
 from jobs.cli_ops import _busy, _connect, _lake, _print_json, as_of_arg
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR
+from pipeline.reasons import Rejection
 from pipeline.settings import Settings
 
 OVERDUE_STATUS = 4
@@ -29,7 +30,7 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
         "--file", type=Path, action="append", default=[], metavar="FILE", help="PrivacyRequests from a file"
     )
     req.add_argument("--no-topic", action="store_true", help="do not read privacy.requests")
-    req.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # isolated topic sets (tests)
+    req.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
     req.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
     req.add_argument("--json", action="store_true", help="print the result as JSON")
     req.set_defaults(func=cmd_requests)
@@ -59,6 +60,13 @@ def _print_status(status: dict[str, Any]) -> None:
         print(f"  {status['overdue']} request(s) past their deadline")
 
 
+def _position(rejection: Rejection) -> str:
+    """Where in a requests file a bad record is: its line (JSON lines), else its record (Avro)."""
+    if rejection.offset >= 0:
+        return f"line {rejection.offset + 1}"
+    return "the file" if rejection.index is None else f"record {rejection.index + 1}"
+
+
 def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     from jobs import ledger
 
@@ -83,8 +91,13 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
             decoded = _read(path, "PrivacyRequest")
         except IngestError as exc:
             raise CliError(str(exc)) from None
-        if decoded.rejections:
-            raise CliError(f"{path}: {len(decoded.rejections)} record(s) are not valid PrivacyRequests")
+        if decoded.rejections:  # the whole file is refused: a request half-taken is worse than none
+            where = ", ".join(f"{_position(r)} ({r.reason.value})" for r in decoded.rejections[:10])
+            more = "" if len(decoded.rejections) <= 10 else f" and {len(decoded.rejections) - 10} more"
+            raise CliError(
+                f"{path}: {len(decoded.rejections)} record(s) are not valid PrivacyRequests: {where}{more};"
+                " nothing of the file was taken (the format: README, data-subject requests)"
+            )
         batches.append(requests.Batch(records=decoded.records, source="file"))
     topic = None
     if not args.no_topic:
@@ -108,7 +121,7 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
         from jobs.requests_topic import TopicUnavailable
 
         if isinstance(exc, TopicUnavailable):
-            raise CliError(str(exc)) from None
+            raise CliError(f"{exc}; `--no-topic` answers the --file requests without the broker") from None
         raise
     status = ledger.status(lake, now, warn)
     result["status"] = status
@@ -117,6 +130,9 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     else:
         handled = ", ".join(f"{k} {v}" for k, v in sorted(result["handled"].items())) or "nothing to do"
         print(f"requests: {result['received']} received; {handled}")
+        if result["refused_reasons"]:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(result["refused_reasons"].items()))
+            print(f"  refused: {why} (the reasons: README, data-subject requests)")
         if result["enforced"]:
             print(f"  erasure re-applied to {result['enforced']} subject(s) whose rows landed late")
         if result["rejected_messages"]:

@@ -1,6 +1,6 @@
-"""`callpipe vault init|rotate|status|rewrap`: the vault's master keys (docs/ARCHITECTURE.md
-"Vault encryption"). The key file is CALLPIPE_VAULT_KEY_FILE (default <home>/keys/vault.keys);
-no command prints a key."""
+"""`callpipe vault init|rotate|status|rewrap|retire`: the vault's master keys (docs/ARCHITECTURE.md
+"Vault encryption"). The key file is CALLPIPE_VAULT_KEY_FILE (default <home>/keys/vault.keys).
+And `callpipe key init`, the pseudonymization key. No command prints a key."""
 
 from __future__ import annotations
 
@@ -26,6 +26,22 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("the vault key file must not be the pseudonymization key file")
     create_key_file(path)
     print(f"vault key file {path} created (mode 0600), master key version 1")
+    return 0
+
+
+def cmd_key_init(args: argparse.Namespace, settings: Settings) -> int:
+    """`callpipe key init`: the pseudonymization key, where the settings read it from."""
+    from pipeline.keys import create_key_file
+
+    path = settings.key_file_to_create()
+    if path.exists():
+        raise CliError(
+            f"{path} exists; a new pseudonymization key would make new tokens that match no old ones"
+        )
+    if path.resolve() == settings.vault_keys.resolve():
+        raise CliError("the pseudonymization key file must not be the vault key file")
+    create_key_file(path)
+    print(f"pseudonymization key {path} created (mode 0600, 256 bits; never printed)")
     return 0
 
 
@@ -90,7 +106,15 @@ def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    vault = sub.add_parser("vault", help="the vault's encryption keys: init, rotate, status, rewrap")
+    key = sub.add_parser("key", help="the pseudonymization key: init")
+    key_sub = key.add_subparsers(dest="key_command", required=True, parser_class=type(key))
+    key_init = key_sub.add_parser(
+        "init",
+        help="create the pseudonymization key (CALLPIPE_KEY_FILE, else the policy's key file, else "
+        "<home>/keys/pseudonymization.key; 256 bits, hex, mode 0600); refused if it exists",
+    )
+    key_init.set_defaults(func=cmd_key_init, vault_keys=False)
+    vault = sub.add_parser("vault", help="the vault's encryption keys: init, rotate, status, rewrap, retire")
     vault_sub = vault.add_subparsers(dest="vault_command", required=True, parser_class=type(vault))
     init = vault_sub.add_parser(
         "init",

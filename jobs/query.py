@@ -107,7 +107,12 @@ def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
         except duckdb.Error as exc:
             # DuckDB's messages name tables, columns and paths; a cast error may quote a value
             # of the data the caller is allowed to read anyway.
-            raise QueryError(str(exc).splitlines()[0]) from None
+            message = str(exc).splitlines()[0]
+            if isinstance(exc, duckdb.CatalogException) and not (lake / layout.AGGREGATES).is_dir():
+                message += (
+                    " (the aggregates, calls_daily and the others, exist once `callpipe jobs anonymize` ran)"
+                )
+            raise QueryError(message) from None
         columns = tuple(d[0] for d in rel.description or ())
         outcome = "ok"
         return Result(columns, rows)

@@ -336,6 +336,8 @@ def render_text(data: dict[str, Any]) -> str:
             f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} {r['age_days']:>6} d old"
             f"  deadline {r['deadline']}  {flag}"
         )
+    if len(q["closed"]) > 10:
+        out.append(f"  (the latest 10 of {len(q['closed'])} closed requests; --json has them all)")
     for r in q["closed"][:10]:
         when = r.get("fulfilled_at") or r.get("refused_at")
         why = [r.get("reason") or ""]

@@ -326,20 +326,22 @@ def run(
         folded = ledger.requests(lake)
         known = set(folded)
         received = rejected = 0
+        # the topic is read first: a broker out of reach fails the pass before anything is recorded
+        from_topic = topic(ledger.read_position(lake)) if topic is not None else None
         for batch in files:
             received += receive(lake, key, batch, now, deadlines, known)
-        if topic is not None:
-            batch = topic(ledger.read_position(lake))
-            received += receive(lake, key, batch, now, deadlines, known)
-            rejected += batch.rejected
-            if batch.position is not None and batch.topic is not None:
-                ledger.write_position(lake, batch.topic, batch.position)
+        if from_topic is not None:
+            received += receive(lake, key, from_topic, now, deadlines, known)
+            rejected += from_topic.rejected
+            if from_topic.position is not None and from_topic.topic is not None:
+                ledger.write_position(lake, from_topic.topic, from_topic.position)
         folded = ledger.requests(lake)
         for done in folded.values():  # a kill between the closing event and the unlink
             if not done.open and done.kind != "erase":
                 intake.forget(lake, done.request)
         erased = ledger.erasures(folded)
         outcomes: dict[str, int] = {}
+        reasons: dict[str, int] = {}  # refusals by kind and reason (a code, never a value)
         for req in sorted((r for r in folded.values() if r.open), key=lambda r: (r.requested_at, r.request)):
             raw = intake.read(lake, req.request)
             if raw is None:  # cannot happen: intake is written before the ledger line
@@ -369,6 +371,8 @@ def run(
                 )
             else:
                 ledger.append(lake, [{"event": "refused", "request": req.request, "at": iso(now), **detail}])
+                why = f"{req.kind} {detail['reason']}"
+                reasons[why] = reasons.get(why, 0) + 1
             if req.kind == "erase":
                 # the raw-id file stays: the suppression list of _enforce
                 erased.setdefault(req.subject, {"erased_at": iso(now), "erasure": req.request})
@@ -380,6 +384,7 @@ def run(
             "received": received,
             "rejected_messages": rejected,
             "handled": outcomes,
+            "refused_reasons": reasons,
             "enforced": len(enforced),
             "recovered_runs": len(recovered),
         }

@@ -5,6 +5,7 @@ and turns every expected failure into one clear line and a non-zero exit, never 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fmt="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        if args.command != "worker" and settings.log_level.upper() != "DEBUG":
+            # a command's own lines, not the Kafka client's subscriptions and coordinators (a
+            # worker's log keeps them: they tell an operator about its group)
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)
         handler: Handler = args.func
         # The vault's keys for every writer and reader of this command (restored after it, so an
         # in-process caller such as a test keeps its own). A command that never opens the vault

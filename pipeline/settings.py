@@ -70,7 +70,8 @@ class Settings:
         return self.worker_jobs or os.cpu_count() or 1
 
     def key(self) -> PseudonymKey:
-        """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable."""
+        """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable,
+        else <home>/keys/pseudonymization.key if `callpipe key init` made it there."""
         version = self.policy.key.version
         if self.key_file is not None:
             return load_key(self.key_file, version)
@@ -80,7 +81,27 @@ class Settings:
             if not self.key_hex:
                 raise SettingsError(f"the policy takes the key from {self.policy.key.env}, which is not set")
             return key_from_hex(self.key_hex, version, self.policy.key.env)
-        raise SettingsError("no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source")
+        if self.home_key_file.exists():
+            return load_key(self.home_key_file, version)
+        raise SettingsError(
+            "no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source, "
+            "or create one with `callpipe key init`"
+        )
+
+    @property
+    def home_key_file(self) -> Path:
+        """Where `callpipe key init` puts the pseudonymization key when nothing names a file."""
+        return self.home / "keys" / "pseudonymization.key"
+
+    def key_file_to_create(self) -> Path:
+        """The file `callpipe key init` creates: the one `key()` would read."""
+        if self.key_file is not None:
+            return self.key_file
+        if self.policy.key.file:
+            return Path(self.policy.key.file)
+        if self.policy.key.env:
+            raise SettingsError(f"the policy takes the key from {self.policy.key.env}, not from a file")
+        return self.home_key_file
 
     def kafka(self, role: str) -> KafkaAccess:
         """How a client in `role` (carrier, worker, operator, admin) connects to the broker."""

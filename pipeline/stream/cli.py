@@ -160,11 +160,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--offset", type=int, default=None, help="start at this offset (default: the start)")
     ins.add_argument("--count", type=int, default=None, help="at most this many dead letters")
     ins.add_argument("--out", type=Path, default=None, help="export to this folder for repair")
-    ins.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    ins.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
     ins.set_defaults(func=dlq_inspect_cmd, vault_keys=False)
     rep = dsub.add_parser("replay", help="produce the repaired messages of an export folder, once each")
     rep.add_argument("folder", type=Path, help="a folder written by `callpipe dlq inspect --out`")
-    rep.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    rep.add_argument("--prefix", default="", help="the topic set's name prefix (as given to inspect)")
     rep.set_defaults(func=dlq_replay_cmd, vault_keys=False)
 
     w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")

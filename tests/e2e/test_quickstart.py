@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.ops_lake import callpipe_cmd
 from tests.support.streamkit import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -45,3 +47,26 @@ def test_demo_quick_start(kafka_bootstrap: str, tmp_path: Path) -> None:
         assert not IPV6.search(text)
         assert [ip for ip in IPV4.findall(text) if not ip.startswith(("127.", "0."))] == []
         assert not PHONE.search(text)
+    # the producer's line counts both halves of the calls (Avro with the bad ones, then JSON)
+    produced = re.search(r"(\d+) events in \d+ messages to demo\d+\.calls\.raw \(\+(\d+) bad\)", out.stdout)
+    assert produced is not None and int(produced[1]) + int(produced[2]) == 3000
+    # what the demo says to do next works: its export line points the commands at its lake and keys
+    exported = re.search(r"export (.+?) \\\n\s+(.+)\n", out.stdout)
+    assert exported is not None
+    then = dict(pair.split("=", 1) for pair in shlex.split(exported[1] + " " + exported[2]))
+    assert set(then) == {
+        "CALLPIPE_LAKE",
+        "CALLPIPE_KEY_FILE",
+        "CALLPIPE_VAULT_KEY_FILE",
+        "CALLPIPE_DLQ_KEY_FILE",
+    }
+    env = {**os.environ, "CALLPIPE_HOME": str(home), **then}
+    for argv in (
+        ["jobs", "anonymize"],
+        ["query", "SELECT count(*) FROM calls_daily"],
+        ["query", "--vault", "SELECT 1"],
+    ):
+        step = subprocess.run(
+            callpipe_cmd(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert step.returncode == 0, (argv, step.stderr[-2000:])

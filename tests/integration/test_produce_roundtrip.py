@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from infra import security
 from pipeline import cli, codec
 from pipeline.carrier import generate
-from pipeline.carrier.produce import partition_for
+from pipeline.carrier.produce import Shipment, partition_for, plan_messages, publish
 from pipeline.codec import Decoded
 from pipeline.kafka_access import ADMIN, CARRIER, OPERATOR
 from schemas import topics
@@ -212,3 +212,27 @@ def test_unreachable_broker_or_missing_topic_is_one_line(
     assert cli.main(["produce", "--count", "10", "--topic", topic]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_shipments_to_one_topic_are_summed_in_the_summary(env: str, topic_prefix: str) -> None:
+    """The demo sends its calls in two shipments (Avro with bad messages mixed in, then JSON):
+    the line it prints must count both, as the lake does."""
+    topic = f"{topic_prefix}{topics.CALLS}"
+    _create(env, topic)
+    calls = generate.generate_calls(
+        9, 300, START_MS, generate.DAY_MS, accounts=generate.generate_accounts(9, 50)
+    )
+    bad = generate.generate_bad_messages(9, 4, START_MS)
+    summary = asyncio.run(
+        publish(
+            access(CARRIER, env),
+            [
+                Shipment(topic, "CallEvent", calls[:100], bad=bad),
+                Shipment(topic, "CallEvent", calls[100:], fmt="json", batch_size=50),
+            ],
+        )
+    )
+    batches = plan_messages(calls[100:], "CallEvent", "json", 50, PARTITIONS)  # a batch per partition
+    assert summary.topics == {topic: [300, 100 + len(bad) + len(batches), len(bad)]}
+    decoded, _messages = asyncio.run(_read_all(env, topic, "CallEvent"))
+    assert len(decoded.records) == summary.events == 300

@@ -166,6 +166,59 @@ def test_every_request_gets_its_defined_answer(done: dict[str, Any]) -> None:
         assert (r.fulfilled_at or r.refused_at) is not None
 
 
+def test_the_result_counts_refusals_by_reason(done: dict[str, Any]) -> None:
+    assert done["result"]["refused_reasons"] == {
+        "access subject_erased": 1,
+        "rectify invalid_correction": 1,
+        "rectify no_data": 1,
+    }
+
+
+def test_a_file_with_bad_records_is_refused_whole_naming_them(base: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(base["lake"], lake)
+    bad = tmp_path / "bad.jsonl"
+    good = codec.to_json(REQUESTS[0], "PrivacyRequest")
+    bad.write_bytes(b"\n".join([good, b'{"request_id": "x", "kind": "fax"}', good]) + b"\n")
+    out = run_requests(env_of(base, lake), "--file", str(bad))
+    err = out.stderr.decode()
+    assert out.returncode == 2
+    assert "1 record(s) are not valid PrivacyRequests: line 2 (" in err and "nothing of the file" in err
+    assert ACCESSED not in err
+    assert ledger.requests(lake) == {}
+
+
+def test_a_broker_out_of_reach_fails_the_pass_before_anything_is_recorded(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(base["lake"], lake)
+    env = {**env_of(base, lake), "CALLPIPE_BOOTSTRAP": "127.0.0.1:1"}
+    out = subprocess.run(
+        callpipe_cmd("jobs", "requests", "--as-of", NOW, "--file", str(base["file"])),
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "`--no-topic` answers the --file requests" in out.stderr.decode()
+    assert ledger.requests(lake) == {}  # the file's requests wait for a pass that can finish
+
+
+def test_an_export_of_an_erased_subject_says_it_holds_nothing(done: dict[str, Any], tmp_path: Path) -> None:
+    out = subprocess.run(
+        callpipe_cmd("jobs", "export", "--account", ERASED, "--out", str(tmp_path / "e.json")),
+        env=done["env"],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    said = out.stdout.decode()
+    assert "nothing held: the subject was erased at 2026-11-29T00:00:00.000Z (r-erase)" in said
+
+
 def test_erased_subject_is_gone_from_every_zone(done: dict[str, Any], base: dict[str, Any]) -> None:
     lake, key = done["lake"], base["key"]
     assert rows(lake, "vault", f"account_id = '{ERASED}'") == []

@@ -104,3 +104,12 @@ def test_output_formats() -> None:
 def test_empty_lake_has_an_empty_analytics_view(lake: Path) -> None:
     assert set(query.views(lake)) == {"analytics_calls"}
     assert query.run(lake, "SELECT count(*), count(DISTINCT dt) FROM analytics_calls").rows == [(0, 0)]
+
+
+def test_an_aggregate_before_anonymize_says_which_job_makes_it(lake: Path, full_lake: Path) -> None:
+    write_zone(lake.parent / "fresh", "analytics", crowd(subjects=6, hours=3))
+    with pytest.raises(query.QueryError, match=r"calls_daily.*`callpipe jobs anonymize`"):
+        query.run(lake.parent / "fresh", "SELECT * FROM calls_daily")
+    with pytest.raises(query.QueryError) as made:  # once it ran, a misspelt name gets no such hint
+        query.run(full_lake, "SELECT * FROM calls_dialy")
+    assert "anonymize" not in str(made.value)
