@@ -24,7 +24,8 @@ the one the suite already checks for several workers; this module only keeps the
     when the last is ready, or after BARRIER_TIMEOUT_S (a member that slow joins late: one more
     rebalance, nothing lost), or when it stops them.
 
-Each member holds the whole control state, so memory grows with the members (docs/ARCHITECTURE.md).
+Each member holds the whole control state (about 200 MiB at a million accounts), so memory grows
+with the members (docs/ARCHITECTURE.md "Consent whatever the producers' partitioning").
 """
 
 from __future__ import annotations
