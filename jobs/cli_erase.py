@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from jobs.cli_ops import _busy, _connect, _lake, _print_json
 from pipeline.errors import CliError
+from pipeline.kafka_access import OPERATOR
 from pipeline.settings import Settings
+from schemas.topics import REQUESTS
 
 ERASE_HELP = """\
 Remove one account from the vault and analytics zones, its dead letters and its access exports in
@@ -27,6 +29,12 @@ request of the subject is refused as "subject_erased" with the erasure's time, a
 subject that land later are erased by the next `jobs requests` pass. Running it again is safe:
 a run killed midway is finished, and rows landed since are erased and recorded (docs/ARCHITECTURE.md
 "Privacy semantics").
+
+Before it touches the lake it publishes the erase request to privacy.requests as the operator
+principal (the same id, keyed by account id like carriers' requests), so running stream workers
+drop the subject's later events instead of landing them; a broker out of reach stops it with
+nothing changed. --no-topic erases and records without telling the stream (its workers keep
+landing the subject's new events until the next `jobs requests` pass erases them).
 """
 
 
@@ -41,6 +49,12 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
     erase.add_argument(
         "--dry-run", action="store_true", help="print the files it would rewrite, touch nothing"
     )
+    erase.add_argument(
+        "--no-topic",
+        action="store_true",
+        help="do not publish the erasure to privacy.requests (running workers are not told)",
+    )
+    erase.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
     erase.add_argument("--json", action="store_true", help="print the result as JSON")
     erase.set_defaults(func=cmd_erase)
 
@@ -81,6 +95,12 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         if preview["outbox_files_unattributed"]:
             print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
         return 0
+    announce = None
+    if not args.no_topic:
+        from jobs import requests_topic
+
+        topic = args.prefix + requests_topic.TOPIC
+        announce = requests_topic.announcer(settings.kafka(OPERATOR), topic)
     try:
         recorded = erase_direct.run(
             _connect(),
@@ -92,11 +112,21 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             now=datetime.now(UTC),
             by=operator_login(),
             progress=Progress("erase: rewriting"),
+            announce=announce,
         )
     except JobBusy as exc:
         raise _busy(exc) from None
     except erase.ErasureIncomplete as exc:
         raise CliError(str(exc), status=1) from None
+    except Exception as exc:
+        from jobs.requests_topic import TopicUnavailable
+
+        if isinstance(exc, TopicUnavailable):
+            raise CliError(
+                f"{exc}; nothing was erased. `--no-topic` erases the lake and records the ledger"
+                " without telling the stream workers"
+            ) from None
+        raise
     if args.json:
         _print_json(recorded.as_dict())
         return 0
@@ -121,6 +151,16 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             " (they expire with `jobs retention`; check them)"
         )
     print("  verified: no rows of the subject remain in any bucket")
+    if recorded.published:
+        print(
+            f"  {args.prefix}{REQUESTS}: erase request published; running stream workers drop"
+            " the subject's later events"
+        )
+    else:
+        print(
+            f"  {REQUESTS}: not told (--no-topic); running stream workers keep landing the"
+            " subject's new events until the next `jobs requests` pass erases them"
+        )
     said = {
         "fulfilled": "erase request recorded and fulfilled",
         "enforced": "erasure re-applied (rows landed since)",

@@ -4,6 +4,8 @@ A subject an operator erases is erased exactly as by an erase request (`jobs.era
 request ledger (`jobs.ledger`) says so: the erasure is an erase request of source `operator` that
 the operator makes and fulfils at once, under the job lock, in the requests job's own steps:
 
+0. the request, published to privacy.requests (`announce`, given by the caller; `--no-topic` gives
+   none) so that running stream workers drop the subject's later events from now on;
 1. the account id to `<lake>/vault/requests/<request>.json` (`jobs.intake`), then a `received`
    ledger event naming the subject by token, with the run's time and `by` (who ran it);
 2. `in_progress` with what the lake holds on the subject (`found`: rows per zone, dead letters,
@@ -15,10 +17,19 @@ So whatever answers for erased subjects answers for this one too. An access or r
 the subject, open when the erasure ran or arriving later, is refused `subject_erased` with the
 erasure's time and request (`jobs.requests`) rather than answered with an export of whatever
 landed since: those rows are due for erasure themselves, and an export would hand over a fresh
-copy of data the ledger says is gone. Rows that land after the erasure (the subject's events were
-still streaming in; the worker learns of erasures from privacy.requests only) are erased by the
-next `jobs requests` pass (its enforcement reads the kept intake file). An erase request after it
-is fulfilled as "already erased". `jobs requests --status`, the report and the ledger show it.
+copy of data the ledger says is gone. An erase request after it is fulfilled as "already erased".
+`jobs requests --status`, the report and the ledger show it.
+
+The stream learns of the erasure from privacy.requests, as of any erasure: step 0 publishes the
+PrivacyRequest the intake file holds (the same id, kind erase, the account id, `at` the first
+erasure's time) before anything of the lake is touched, so a broker out of reach fails the run
+with nothing changed, and from the moment the erasure starts no worker lands a new event of the
+subject (it drops them, counted as `erased`). Events the worker landed before it read the request
+are removed by the erasure itself or, if they land while it runs, by the next `jobs requests`
+pass (its enforcement reads the kept intake file). That pass also reads the request back from the
+topic and finds its id in the ledger already: it changes nothing. A re-run publishes it again,
+which is as harmless (a worker keeps one erase per account); it tells the stream of an erasure
+run earlier with `--no-topic`.
 
 The request id is one per subject, `op-erase-<digest of the token>` (never the account id), so a
 re-run finds its request. A run killed anywhere leaves the lake in its old or its new state
@@ -32,6 +43,7 @@ left as it was (the audit trail records every run).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -65,11 +77,13 @@ class DirectErasure:
     recorded: str  # this run's ledger event: "fulfilled", "enforced" (a re-run removed more) or "none"
     erased_at: str | None  # when the ledger says the subject was first erased (by any request)
     open_requests: int  # the subject's requests still open, for the next `jobs requests` pass
+    published: bool  # the request was published to privacy.requests (the stream was told)
 
     def as_dict(self) -> dict[str, object]:
         return {
             **self.erasure.as_dict(),
             "request": self.request,
+            "published": self.published,
             "recorded": self.recorded,
             "erased_at": self.erased_at,
             "open_requests": self.open_requests,
@@ -116,17 +130,29 @@ def run(
     now: datetime,
     by: str,
     progress: ProgressFn | None = None,
+    announce: Callable[[dict[str, Any]], None] | None = None,
 ) -> DirectErasure:
     """Erase one account and record it in the request ledger as an operator's erase request made
-    and fulfilled at `now` by `by`. Raises `erase.ErasureIncomplete` if verification still finds
-    rows (the request then stays open)."""
+    and fulfilled at `now` by `by`. `announce` publishes the request (a PrivacyRequest) to
+    privacy.requests before the lake is touched; what it raises stops the run with nothing
+    changed. Raises `erase.ErasureIncomplete` if verification still finds rows (the request then
+    stays open)."""
     with job_lock(lake) as recovered:
         token = audit.subject_ref(key, account_id)
         rid = request_id(token)
         folded = ledger.requests(lake)
-        if intake.read(lake, rid) is None:  # before the ledger line, as the requests job does
-            at = int(now.timestamp() * 1000)
-            doc = {"request_id": rid, "account_id": account_id, "kind": KIND, "at": at, "corrections": None}
+        kept = intake.read(lake, rid)
+        at = int(now.timestamp() * 1000)
+        doc = kept or {
+            "request_id": rid,
+            "account_id": account_id,
+            "kind": KIND,
+            "at": at,
+            "corrections": None,
+        }
+        if announce is not None:
+            announce(dict(doc))
+        if kept is None:  # before the ledger line, as the requests job does
             intake.write(lake, rid, doc)
         req = folded.get(rid) or _receive(lake, rid, token, now, deadlines, by)
         if req.open:
@@ -172,4 +198,4 @@ def run(
         after = ledger.requests(lake)
         first = ledger.erasures(after).get(token, {})
         pending = sum(1 for r in after.values() if r.open and r.subject == token)
-    return DirectErasure(done, rid, recorded, first.get("erased_at"), pending)
+    return DirectErasure(done, rid, recorded, first.get("erased_at"), pending, announce is not None)

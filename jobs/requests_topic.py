@@ -1,4 +1,5 @@
-"""Reading privacy.requests for `callpipe jobs requests`, without a consumer group.
+"""privacy.requests for the jobs: read by `callpipe jobs requests`, without a consumer group, and
+written by `callpipe jobs erase --account ID`, which tells the stream workers of a direct erasure.
 
 The ledger, not Kafka, remembers how far it has read (`jobs.ledger.read_position`). A pass
 assigns itself every partition of the topic, takes the end offsets at its start, seeks each
@@ -6,17 +7,23 @@ partition to the recorded position (or the earliest offset still kept, if retent
 it) and reads up to those end offsets: requests produced during the pass wait for the next one.
 Messages that are not PrivacyRequests are counted, never quoted (the stream worker sends them to
 the dead-letter topic).
+
+`announcer` publishes one PrivacyRequest the way carriers do (Confluent Avro, keyed by account
+id: pipeline/carrier/produce.py), acknowledged by every in-sync replica before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from jobs.requests import Batch, Reader
 from pipeline import codec
+from pipeline.carrier.produce import ProduceError, Shipment, publish
 from pipeline.kafka_access import AccessError, KafkaAccess
 from pipeline.kafka_metadata import topic_partitions
 from schemas.topics import REQUESTS
@@ -87,3 +94,22 @@ def reader(access: KafkaAccess, topic: str = TOPIC, timeout_s: float = 120.0) ->
         return asyncio.run(_read(access, topic, position, timeout_s))
 
     return read
+
+
+Announcer = Callable[[dict[str, Any]], None]  # one PrivacyRequest -> published, or TopicUnavailable
+
+
+def announcer(access: KafkaAccess, topic: str = TOPIC, timeout_s: float = 20.0) -> Announcer:
+    """Publish one PrivacyRequest to the topic; raises `TopicUnavailable` (naming the topic and the
+    exception type, never a value) when the broker or the topic cannot take it."""
+
+    def announce(request: dict[str, Any]) -> None:
+        shipment = Shipment(topic=topic, record_name="PrivacyRequest", records=[request])
+        try:
+            asyncio.run(publish(access, [shipment], timeout_s=timeout_s))
+        except AccessError as exc:
+            raise TopicUnavailable(str(exc)) from None
+        except ProduceError as exc:
+            raise TopicUnavailable(f"cannot publish to {topic}: {exc}") from None
+
+    return announce

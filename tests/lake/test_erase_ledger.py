@@ -219,18 +219,20 @@ def test_the_command_prints_the_ledger_record_and_status_and_report_show_it(
 ) -> None:
     lake = copy(base, tmp_path)
     env = env_of(base, lake)
-    result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
+    result = callpipe_json(env, "jobs", "erase", "--no-topic", "--account", SUBJECT)
     rid = erase_direct.request_id(base["key"].account_token(SUBJECT))
     assert (result["request"], result["recorded"], result["rows_remaining"]) == (rid, "fulfilled", 0)
     assert ledger.requests(lake)[rid].by  # who ran it: the login of the process
     human = subprocess.run(
-        callpipe_cmd("jobs", "erase", "--account", SUBJECT),
+        callpipe_cmd("jobs", "erase", "--no-topic", "--account", SUBJECT),
         env=env,
         capture_output=True,
         timeout=300,
         check=True,
     )
     assert f"request ledger: {rid} (source operator): already recorded".encode() in human.stdout
+    assert b"privacy.requests: not told (--no-topic)" in human.stdout
+    assert result["published"] is False
     assert SUBJECT.encode() not in human.stdout + human.stderr
     status = callpipe_json(env, "jobs", "requests", "--status")
     assert status["totals"] == {"fulfilled": 1} and status["open"] == []
@@ -239,3 +241,24 @@ def test_the_command_prints_the_ledger_record_and_status_and_report_show_it(
     )
     [line] = [x for x in report.stdout.decode().splitlines() if rid in x]
     assert "erase" in line and "fulfilled" in line and "(operator " in line
+
+
+def test_a_broker_out_of_reach_stops_the_erasure_before_it_touches_anything(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    """Without --no-topic the erasure is published first: a broker that cannot be reached (here a
+    closed local port) fails the run, naming --no-topic, with the lake and the ledger unchanged."""
+    lake = copy(base, tmp_path)
+    before = sorted((p.relative_to(lake), p.read_bytes()) for p in lake.rglob("*") if p.is_file())
+    env = env_of(base, lake) | {"CALLPIPE_BOOTSTRAP": "127.0.0.1:9", "CALLPIPE_KAFKA_SECURITY": "plaintext"}
+    done = subprocess.run(
+        callpipe_cmd("jobs", "erase", "--account", SUBJECT), env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr.decode()
+    assert b"--no-topic" in done.stderr and b"nothing was erased" in done.stderr
+    assert SUBJECT.encode() not in done.stdout + done.stderr
+    after = sorted((p.relative_to(lake), p.read_bytes()) for p in lake.rglob("*") if p.is_file())
+    assert [p for p, _ in after if not str(p).startswith("_jobs")] == [
+        p for p, _ in before if not str(p).startswith("_jobs")
+    ]
+    assert ledger.requests(lake) == {}

@@ -163,7 +163,7 @@ def test_erase_command_removes_the_exports_too(base: dict[str, Any], tmp_path: P
     lake = copy(base, tmp_path, "command")
     pass_over(base, lake, tmp_path, req("r-access", "access", SUBJECT), req("r-other", "access", OTHER))
     out = subprocess.run(
-        callpipe_cmd("jobs", "erase", "--account", SUBJECT, "--json"),
+        callpipe_cmd("jobs", "erase", "--no-topic", "--account", SUBJECT, "--json"),
         env=env_of(base, lake),
         capture_output=True,
         timeout=300,

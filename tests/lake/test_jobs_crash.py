@@ -72,7 +72,7 @@ def _journal_has(lake: Path, marker: bytes) -> bool:
 def _job_args(job: str) -> list[str]:
     if job == "retention":
         return ["jobs", "retention", "--as-of", AS_OF]
-    return ["jobs", "erase", "--account", ACCOUNT]
+    return ["jobs", "erase", "--no-topic", "--account", ACCOUNT]
 
 
 def _rerun(job: str, env: dict[str, str]) -> None:

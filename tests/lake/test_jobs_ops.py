@@ -166,7 +166,7 @@ def test_erase_removes_only_the_subject_touching_only_its_files(
     preview = callpipe_json(env, "jobs", "erase", "--account", SUBJECT, "--dry-run")
     assert _tree(lake) == tree  # a dry run touches nothing
 
-    result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
+    result = callpipe_json(env, "jobs", "erase", "--no-topic", "--account", SUBJECT)
     assert result["rows_remaining"] == 0
     assert result["rows_removed"] == {"vault": exported["vault"], "analytics": exported["analytics"]}
     assert (preview["rows_removed"], preview["files_rewritten"]) == (
@@ -190,7 +190,10 @@ def test_erase_removes_only_the_subject_touching_only_its_files(
     assert SUBJECT.encode() not in trail and token.encode() in trail
     # the output states the share of files touched
     human = subprocess.run(
-        callpipe_cmd("jobs", "erase", "--account", SUBJECT), env=env, capture_output=True, check=True
+        callpipe_cmd("jobs", "erase", "--no-topic", "--account", SUBJECT),
+        env=env,
+        capture_output=True,
+        check=True,
     )
     assert b"% of files touched" in human.stdout and b"files rewritten 0 of" in human.stdout
 
@@ -200,7 +203,7 @@ def test_erase_finds_rows_written_under_another_bucket_count(
 ) -> None:
     env = callpipe_env(lake, base[1])
     env["CALLPIPE_BUCKETS"] = "7"  # the lake was written with 4
-    result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
+    result = callpipe_json(env, "jobs", "erase", "--no-topic", "--account", SUBJECT)
     assert result["rows_remaining"] == 0 and result["rows_removed"]["vault"] > 0
     assert result["files_outside_bucket"] > 0
     assert per_subject(lake, "vault").get(SUBJECT) is None
@@ -257,7 +260,7 @@ def test_erase_deletes_a_file_that_held_only_the_subject(
     files.write_table(table.filter(pc.equal(table["account_id"], first)), only, VAULT)
     env = callpipe_env(lake, base[1])
     env["CALLPIPE_BUCKETS"] = "4"
-    result = callpipe_json(env, "jobs", "erase", "--account", first)
+    result = callpipe_json(env, "jobs", "erase", "--no-topic", "--account", first)
     assert result["rows_remaining"] == 0 and not only.exists()
     entry = [e for e in audit.read(lake) if e["job"] == "erase"][-1]
     assert {"path": str(only.relative_to(lake)), "action": "removed"}.items() <= next(
@@ -309,7 +312,7 @@ def test_export_and_erase_cover_the_subjects_dead_letters(
     out = lake.parent / "export.json"
     assert callpipe_json(env, "jobs", "export", "--account", SUBJECT, "--out", str(out))["dead_letters"] == 1
     assert orjson.loads(out.read_bytes())["dead_letters"][0]["raw"] == raws[0].decode()
-    result = callpipe_json(env, "jobs", "erase", "--account", SUBJECT)
+    result = callpipe_json(env, "jobs", "erase", "--no-topic", "--account", SUBJECT)
     assert result["dead_letters_removed"] == 1 and result["rows_remaining"] == 0
     remaining = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [base64.b64decode(e["raw_b64"]) for e in remaining] == [raws[1]]

@@ -71,8 +71,9 @@ def test_the_acl_table_gives_each_role_what_it_needs_and_nothing_more() -> None:
     assert not {(t, n, o) for t, n, o in worker if o == "WRITE" and n != "p.calls.dlq"}
     operator = by_user["operator"]
     assert ("TOPIC", "p.calls.dlq", "READ") in operator and ("TOPIC", "*", "CREATE") in operator
-    # The operator writes only what `callpipe dlq replay` needs: repaired messages back to their
-    # source topics, in a transaction with the replay ledger; never the dead-letter topic itself.
+    # The operator writes only what `callpipe dlq replay` needs (repaired messages back to their
+    # source topics, in a transaction with the replay ledger) and `jobs erase` (its erase request
+    # to privacy.requests); never the dead-letter topic itself.
     assert {(t, n) for t, n, o in operator if o == "WRITE"} == {
         ("TOPIC", "p.calls.raw"),
         ("TOPIC", "p.consent.events"),
