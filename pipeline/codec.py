@@ -252,30 +252,25 @@ def _admit(
 ) -> None:
     """Keep one decoded record, or reject it if an identifier could not be named by any command
     (`pipeline.identifiers`): with `raw`, the whole message, if it is the message's only event
-    (index None), else with the event alone (`_event_bytes`)."""
+    (index None), else with the event alone (`event_json`)."""
     reason = bad_identifier(record, record_name)
     if reason is not None:
-        _reject(out, reason, index, raw if index is None else _event_bytes(record), p, o)
+        _reject(out, reason, index, raw if index is None else event_json(record), p, o)
         return
     out.records.append(record)
     out.lineage.append(Lineage(p, o, 0 if index is None else index))
 
 
-def _event_bytes(item: Any) -> bytes:
-    """One event of a batch message, rejected alone: the event as JSON (b"" if it does not
-    serialize), not the whole message. A dead letter per bad event then holds that event only,
-    not its neighbours' data once per bad one, and it is what an operator can edit and replay
-    (`callpipe dlq replay`) without landing the message's good events twice."""
+def event_json(item: Any) -> bytes:
+    """One event rejected alone, as a dead letter carries it: the event as JSON (b"" if it does
+    not serialize). A bad event of a batch message is so, not the whole message: a dead letter
+    per bad event then holds that event only, not its neighbours' data once per bad one, and it is
+    what an operator can edit and replay (`callpipe dlq replay`) without landing the message's
+    good events twice. Events rejected after decoding are too (`pipeline.validate.rejected_bytes`)."""
     try:
-        return orjson.dumps(item, default=_jsonable)
+        return orjson.dumps(item, default=str)
     except TypeError:
         return b""
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return value.hex()
-    return str(value)
 
 
 def _admit_batch(
@@ -291,12 +286,12 @@ def _admit_batch(
 ) -> None:
     """Keep the events of a batch message; an oversized event (`size_of` it over the event limit;
     with `only`, just the events at those positions are measured) or one with a bad identifier
-    is rejected alone, with its index, as JSON (`_event_bytes`). Most events bad: the message
+    is rejected alone, with its index, as JSON (`event_json`). Most events bad: the message
     is rejected whole (`_settle`)."""
     one = Decoded()
     for i, record in enumerate(records):
         if size_of is not None and (only is None or i in only) and size_of(record) > limits.max_event_bytes:
-            _reject(one, Reason.TOO_LARGE, i, _event_bytes(record), p, o)
+            _reject(one, Reason.TOO_LARGE, i, event_json(record), p, o)
         else:
             _admit(one, record, record_name, i, raw, p, o)
     _settle(out, one)
@@ -360,7 +355,7 @@ def _decode_json(
                         raise Invalid(Reason.TOO_LARGE)
                     record = conv(item)
                 except Invalid as bad:
-                    _reject(one, bad.reason, i, _event_bytes(item), p, o)
+                    _reject(one, bad.reason, i, event_json(item), p, o)
                     continue
                 _admit(one, record, record_name, i, value, p, o)
             _settle(out, one)

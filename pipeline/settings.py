@@ -73,20 +73,17 @@ class Settings:
         """The pseudonymization key: CALLPIPE_KEY_FILE, else the policy's key file or variable,
         else <home>/keys/pseudonymization.key if `callpipe key init` made it there."""
         version = self.policy.key.version
-        if self.key_file is not None:
-            return load_key(self.key_file, version)
-        if self.policy.key.file:
-            return load_key(Path(self.policy.key.file), version)
-        if self.policy.key.env:
+        if self.policy.key.env and self.key_file is None and not self.policy.key.file:
             if not self.key_hex:
                 raise SettingsError(f"the policy takes the key from {self.policy.key.env}, which is not set")
             return key_from_hex(self.key_hex, version, self.policy.key.env)
-        if self.home_key_file.exists():
-            return load_key(self.home_key_file, version)
-        raise SettingsError(
-            "no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source, "
-            "or create one with `callpipe key init`"
-        )
+        path = self.key_file_to_create()
+        if path == self.home_key_file and not path.exists():
+            raise SettingsError(
+                "no pseudonymization key: set CALLPIPE_KEY_FILE or the policy's key source, "
+                "or create one with `callpipe key init`"
+            )
+        return load_key(path, version)
 
     @property
     def home_key_file(self) -> Path:
@@ -94,7 +91,8 @@ class Settings:
         return self.home / "keys" / "pseudonymization.key"
 
     def key_file_to_create(self) -> Path:
-        """The file `callpipe key init` creates: the one `key()` would read."""
+        """The pseudonymization key's file, the one `key()` reads and `callpipe key init` creates:
+        CALLPIPE_KEY_FILE, else the policy's key file, else `home_key_file`."""
         if self.key_file is not None:
             return self.key_file
         if self.policy.key.file:

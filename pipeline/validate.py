@@ -30,7 +30,7 @@ from phonenumbers.phonenumberutil import _number_type_helper
 
 import schemas
 from pipeline import numbers
-from pipeline.codec import Lineage
+from pipeline.codec import Lineage, event_json
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Rejection, Stage
@@ -775,8 +775,4 @@ def _rejection(
 def rejected_bytes(record: Any, secret_names: Iterable[str]) -> bytes:
     """A decoded event rejected after decoding, as JSON with secret-named attributes masked
     (b"" when it does not serialize)."""
-    try:
-        raw = orjson.dumps(record, default=str)
-    except TypeError:
-        return b""
-    return strip_secrets_json(raw, secret_names)
+    return strip_secrets_json(event_json(record), secret_names)
