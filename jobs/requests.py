@@ -116,7 +116,9 @@ def receive(
                 "subject": audit.subject_ref(key, str(rec["account_id"])),
                 "requested_at": iso(requested),
                 "received_at": iso(now),
-                "deadline": iso(ledger.deadline(requested, kind, deadlines)),
+                # counted from receipt when the request is stamped later: a carrier's clock
+                # ahead must not buy time
+                "deadline": iso(ledger.deadline(min(requested, now), kind, deadlines)),
                 "source": batch.source,
                 "at": iso(now),
             }

@@ -254,11 +254,28 @@ def _admit(
     (`pipeline.identifiers`): with `raw`, the whole message, if it is the message's only event
     (index None), else with the event alone (`event_json`)."""
     reason = bad_identifier(record, record_name)
+    if reason is None and record_name in _CONTROL_RECORDS:
+        reason = bad_control_time(record)
     if reason is not None:
         _reject(out, reason, index, raw if index is None else event_json(record), p, o)
         return
     out.records.append(record)
     out.lineage.append(Lineage(p, o, 0 if index is None else index))
+
+
+_CONTROL_RECORDS = frozenset({"ConsentEvent", "PrivacyRequest"})
+
+
+def bad_control_time(record: Mapping[str, Any]) -> Reason | None:
+    """BAD_TIME if a consent event's or privacy request's `at` is before the epoch of service or
+    past 2100: seconds or microseconds, not milliseconds. Such a time would put a withdrawal
+    before every call or after all of them, hold no control partition's watermark, and push a
+    request's deadline out of any calendar, so the record is rejected (a dead letter, or a
+    refused file line) where every reader decodes it, alike in every worker and job."""
+    at = record.get("at")
+    if type(at) is int and not clock.EPOCH_OF_SERVICE_MS <= at < clock.LAST_PLAUSIBLE_MS:
+        return Reason.BAD_TIME
+    return None
 
 
 def event_json(item: Any) -> bytes:

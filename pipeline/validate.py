@@ -34,10 +34,9 @@ from pipeline.codec import Lineage, event_json
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Rejection, Stage
-from schemas.clock import DAY_MS
+from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
 
 RECORD = "CallEvent"
-EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call
 MAX_FUTURE_MS = DAY_MS  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
 

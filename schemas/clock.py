@@ -9,6 +9,10 @@ DAY_S = 86_400
 DAY_MS = DAY_S * 1000
 HOUR_MS = DAY_MS // 24
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_OF_SERVICE_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: nothing older is a real call or consent
+# 2100-01-01T00:00:00Z: a record time past it is in another unit (microseconds, nanoseconds), not
+# a date; one before EPOCH_OF_SERVICE_MS is most often seconds.
+LAST_PLAUSIBLE_MS = 4_102_444_800_000
 
 
 def to_ms(when: datetime) -> int:

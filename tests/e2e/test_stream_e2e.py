@@ -404,6 +404,16 @@ def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: s
         [(b"acct-x", b'{"account_id": "acct-x", "purpose": "fly"', 0)],
     )
     publish(kafka_bootstrap, prefix + topics.REQUESTS, [(b"acct-y", b"\x00\x00\x00\x03\xe7garbage", 1)])
+    micro = {
+        "account_id": "acct-z",
+        "purpose": "analytics",
+        "granted": False,
+        "at": start * 1000,
+        "source": "app",
+    }
+    publish(
+        kafka_bootstrap, prefix + topics.CONSENT, [(b"acct-z", json.dumps(micro).encode(), 1)]
+    )  # microseconds
     publish(
         kafka_bootstrap,
         prefix + topics.CONSENT,
@@ -424,6 +434,7 @@ def test_bad_consent_and_request_messages_become_dead_letters(kafka_bootstrap: s
         for m in dead
     )
     assert sources == [
+        (prefix + topics.CONSENT, "bad_time"),
         (prefix + topics.CONSENT, "malformed"),
         (prefix + topics.REQUESTS, "unknown_schema_id"),
     ]

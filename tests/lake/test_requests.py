@@ -188,6 +188,38 @@ def test_a_file_with_bad_records_is_refused_whole_naming_them(base: dict[str, An
     assert ledger.requests(lake) == {}
 
 
+def test_a_request_stamped_in_microseconds_is_refused_not_a_crash(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(base["lake"], lake)
+    odd = tmp_path / "micro.jsonl"
+    lines = [codec.to_json(REQUESTS[0], "PrivacyRequest"), orjson.dumps({**REQUESTS[1], "at": AT * 1000})]
+    odd.write_bytes(b"\n".join(lines) + b"\n")
+    out = run_requests(env_of(base, lake), "--file", str(odd))
+    err = out.stderr.decode()
+    assert out.returncode == 2, err
+    assert "1 record(s) are not valid PrivacyRequests: line 2 (bad_time)" in err
+    assert "Traceback" not in err and ERASED not in err
+    assert ledger.requests(lake) == {}
+    assert not (lake / "vault" / "requests").exists()  # no intake file of a request never recorded
+
+
+def test_a_request_stamped_ahead_of_its_receipt_is_due_from_its_receipt(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(base["lake"], lake)
+    ahead = tmp_path / "ahead.jsonl"
+    now = datetime.fromisoformat(NOW)
+    stamped = int((now + timedelta(days=20)).timestamp() * 1000)  # a carrier clock 20 days fast
+    ahead.write_bytes(codec.to_json(req("r-ahead", "access", ACCESSED, stamped), "PrivacyRequest") + b"\n")
+    run = run_requests(env_of(base, lake), "--file", str(ahead))
+    assert run.returncode == 0, run.stderr.decode()
+    got = ledger.requests(lake)["r-ahead"]
+    assert got.deadline == ledger.iso(now + timedelta(days=30))  # not 30 days after its stamp
+
+
 def test_a_broker_out_of_reach_fails_the_pass_before_anything_is_recorded(
     base: dict[str, Any], tmp_path: Path
 ) -> None:

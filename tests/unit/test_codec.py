@@ -375,6 +375,45 @@ def test_unnameable_identifiers_are_bad_id_in_every_framing(name: str, path: str
             assert [(r.reason, r.index) for r in out.rejections] == [(Reason.BAD_ID, None)], (framing, text)
 
 
+# A control record's time in seconds, microseconds or nanoseconds (what carriers' clients send by
+# mistake), and the edges of what is taken.
+CONTROL_TIMES = [
+    (1_764_547_200, Reason.BAD_TIME),  # 2025-12-01 in seconds
+    (1_764_547_200_000_000, Reason.BAD_TIME),  # in microseconds
+    (1_764_547_200_000_000_000, Reason.BAD_TIME),  # in nanoseconds
+    (-1, Reason.BAD_TIME),
+    (946_684_799_999, Reason.BAD_TIME),  # a millisecond before the epoch of service
+    (946_684_800_000, None),
+    (1_764_547_200_000, None),
+    (4_102_444_799_999, None),  # the last millisecond of 2099
+    (4_102_444_800_000, Reason.BAD_TIME),
+]
+
+
+@pytest.mark.parametrize("name", ["ConsentEvent", "PrivacyRequest"])
+@pytest.mark.parametrize(("at", "reason"), CONTROL_TIMES, ids=lambda v: str(v))
+def test_a_control_record_stamped_in_another_unit_is_bad_time_in_every_framing(
+    name: str, at: int, reason: Reason | None
+) -> None:
+    first, second, third = RECORDS[name][:3]
+    odd = {**second, "at": at}
+    for framing, (value, headers) in _framings([first, odd, third], name).items():
+        out = decode_value(value, name, headers=headers)
+        if reason is None:
+            assert out.records == [first, odd, third] and not out.rejections, framing
+        else:
+            assert out.records == [first, third], framing
+            assert [(r.reason, r.index) for r in out.rejections] == [(reason, 1)], framing
+    for framing, (value, headers) in _singles(odd, name).items():
+        out = decode_value(value, name, headers=headers)
+        assert [r.reason for r in out.rejections] == ([] if reason is None else [reason]), framing
+
+
+def test_a_call_time_is_left_to_validation_not_the_control_rule() -> None:
+    out = decode_value(_call_json(started_at=1_764_547_200), "CallEvent")  # seconds: validation's BAD_TIME
+    assert len(only_records(out)) == 1
+
+
 def test_printable_identifiers_pass() -> None:
     call = RECORDS["CallEvent"][0]
     for text in ["acct-1", "Ärzte GmbH 7", "ü@x.example", "a b", "客户-42", "x" * 128]:

@@ -374,6 +374,23 @@ def test_a_full_disk_pauses_the_partition_and_it_resumes_by_itself(
     assert not [p for p in lake.rglob("*.tmp")]
 
 
+def test_a_control_record_stamped_in_microseconds_moves_neither_state_nor_watermark() -> None:
+    control = ControlState(0, NOW_MS)
+    micro = {
+        "account_id": "acct-1",
+        "purpose": "analytics",
+        "granted": False,
+        "at": NOW_MS * 1000,
+        "source": "app",
+    }
+    value = codec.encode([micro], "ConsentEvent", "json", 1)[0]
+    assert control.apply(Stream.CONSENT, value, (), partition=0, now_ms=NOW_MS) == 0
+    assert control.accounts == {} and control.watermarks.event_times() == {}
+    good = codec.encode([{**micro, "at": NOW_MS}], "ConsentEvent", "json", 1)[0]
+    assert control.apply(Stream.CONSENT, good, (), partition=0, now_ms=NOW_MS) == 1
+    assert control.watermarks.event_times() == {(Stream.CONSENT, 0): NOW_MS}
+
+
 def test_consent_read_from_any_control_partition_governs_the_calls(lake: Path) -> None:
     recs = [r for r in calls(200) if r.get("transcript")][:5]
     assert recs
