@@ -16,6 +16,7 @@ with a hard link, which fails if the name appeared meanwhile, so nothing is ever
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
@@ -37,6 +38,8 @@ from sinks import files, rejects
 from sinks.files import fsync_dir
 from sinks.layout import ANALYTICS, VAULT
 from sinks.read import scan
+
+OUT_OUTSIDE_LAKE = "(--out, outside the lake)"  # the audit's name for the file `jobs export` wrote
 
 ROWS_SQL = """
 SELECT * EXCLUDE (filename)
@@ -135,14 +138,18 @@ def run(
     check_out(out, lake, force=force)
     with job_lock(lake):
         doc = collect(con, lake, key, account_id, as_of)
-        _write_private(out, orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z), force=force)
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+        _write_private(out, data, force=force)
         duration = time.monotonic() - started
+        # The file handed over, by checksum and size; its path is the operator's choice and may
+        # name the person, so the audit does not keep it.
+        handed = {"path": OUT_OUTSIDE_LAKE, "sha256": hashlib.sha256(data).hexdigest(), "action": "added"}
         audit.record(
             lake,
             job="export",
             params={"subject": doc["subject"]["account_token"], "key_version": key.version},
             counts={**doc["counts"], "files_read": doc["files_read"]},
-            files=[],
+            files=[{**handed, "bytes": len(data)}],
             duration_s=duration,
             outcome="ok",
         )

@@ -218,16 +218,27 @@ def _access(
         "counts": doc["counts"],
         "format": "JSON (UTF-8): vault rows, analytics rows, dead letters, audit entries of the subject",
     }
-    write_private(
-        outbox_dir(lake) / manifest_name,
-        orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
-    )
+    manifest_data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+    write_private(outbox_dir(lake) / manifest_name, manifest_data)
     audit.record(
         lake,
         job="export",
         params={"subject": req.subject, "request": req.request, "key_version": key.version},
         counts={**doc["counts"], "files_read": doc["files_read"]},
-        files=[],
+        files=[  # what is handed over, by checksum: the audit says which file the subject got
+            {
+                "path": outbox_dir(lake) / name,
+                "sha256": manifest["sha256"],
+                "action": "added",
+                "bytes": len(data),
+            },
+            {
+                "path": outbox_dir(lake) / manifest_name,
+                "sha256": hashlib.sha256(manifest_data).hexdigest(),
+                "action": "added",
+                "bytes": len(manifest_data),
+            },
+        ],
         duration_s=0.0,
         outcome="ok",
         at=now,

@@ -18,7 +18,7 @@ import duckdb
 import orjson
 import pytest
 
-from jobs import breach, ledger
+from jobs import audit, breach, ledger
 from jobs.synth import SynthSpec, build
 from pipeline import codec
 from pipeline.keys import Domain, PseudonymKey
@@ -270,6 +270,15 @@ def test_access_export_holds_every_vault_row_and_a_manifest(done: dict[str, Any]
     import hashlib
 
     assert manifest["sha256"] == hashlib.sha256(export.read_bytes()).hexdigest()
+    # the audit names what was handed over: the export and its manifest, by checksum
+    entry = next(e for e in audit.read(done["lake"]) if e["params"].get("request") == "r-access")
+    handed = {f["path"]: f["sha256"] for f in entry["files"]}
+    assert handed == {
+        "_outbox/access-r-access.json": manifest["sha256"],
+        "_outbox/access-r-access.manifest.json": hashlib.sha256(
+            (outbox / "access-r-access.manifest.json").read_bytes()
+        ).hexdigest(),
+    }
 
 
 def test_rectified_values_replace_the_old_ones_in_vault_and_analytics(

@@ -3,6 +3,7 @@ never leaves a temp file holding the subject's data behind, and says why in one 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from jobs import audit, export
 from pipeline import codec
 from pipeline.carrier import generate
 from pipeline.cli import main
@@ -133,6 +135,16 @@ def test_writes_a_new_file_and_force_replaces_an_ordinary_one(
     doc = orjson.loads(new.read_bytes())
     assert doc["subject"]["account_id"] == SUBJECT and doc["vault"]
     assert os.stat(new).st_mode & 0o777 == 0o600
+    last = audit.read(lake)[-1]  # the file handed over, by checksum; not its path (it may name the person)
+    assert last["job"] == "export" and str(new) not in orjson.dumps(last).decode()
+    assert last["files"] == [
+        {
+            "path": export.OUT_OUTSIDE_LAKE,
+            "sha256": hashlib.sha256(new.read_bytes()).hexdigest(),
+            "action": "added",
+            "bytes": new.stat().st_size,
+        }
+    ]
     old = tmp_path / "old.json"
     old.write_bytes(b"stale")
     assert _export(old, "--force") == 0
