@@ -130,6 +130,11 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     else:
         handled = ", ".join(f"{k} {v}" for k, v in sorted(result["handled"].items())) or "nothing to do"
         print(f"requests: {result['received']} received; {handled}")
+        if result["reused_ids"]:
+            print(
+                f"  {result['reused_ids']} request(s) came with an id another request holds: recorded"
+                " under the id and a digest of what they ask (the ledger's reused_id keeps the producer's)"
+            )
         if result["refused_reasons"]:
             why = ", ".join(f"{k} {v}" for k, v in sorted(result["refused_reasons"].items()))
             print(f"  refused: {why} (the reasons: README, data-subject requests)")

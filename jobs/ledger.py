@@ -131,6 +131,7 @@ class Request:
     touched: dict[str, Any] | None = None
     detail: dict[str, Any] | None = None  # a refusal's particulars (subject_erased: when, which erasure)
     by: str | None = None  # who made an operator's request (source "operator")
+    reused_id: str | None = None  # the producer's id, when another request held it (`jobs.requests`)
     enforced: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -170,6 +171,7 @@ def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Request]:
                     deadline=str(e["deadline"]),
                     source=str(e.get("source", "")),
                     by=None if e.get("by") is None else str(e["by"]),
+                    reused_id=None if e.get("reused_id") is None else str(e["reused_id"]),
                 )
             continue
         req = out.get(rid)

@@ -83,23 +83,41 @@ class Batch:
 Reader = Callable[[dict[int, int]], Batch]  # position -> what the topic holds past it
 
 
+Identity = tuple[str, str, str]  # subject token, kind, requested_at: what makes two requests one
+
+
+def identities(folded: Mapping[str, Request]) -> dict[str, Identity]:
+    return {rid: (r.subject, r.kind, r.requested_at) for rid, r in folded.items()}
+
+
 def receive(
     lake: Path,
     key: PseudonymKey,
     batch: Batch,
     now: datetime,
     deadlines: RequestDeadlines,
-    known: set[str],
-) -> int:
-    """Record the batch's new requests (intake, then ledger); returns how many were new."""
+    known: dict[str, Identity],
+) -> tuple[int, int]:
+    """Record the batch's new requests (intake, then ledger); returns how many were new, and how
+    many of those came with an id another request holds.
+
+    A request sent again (same id, subject, kind and time) is the one already recorded. Another
+    request under a known id (carriers number their own requests, and several produce to one
+    topic) is recorded under the id and a digest of what it asks (`reused_id` keeps the
+    producer's): skipping it would leave a subject's erasure unanswered and untracked."""
     entries = []
+    reused = 0
     for rec in batch.records:
-        rid = str(rec["request_id"])
-        if rid in known:
-            continue
-        known.add(rid)
+        given = rid = str(rec["request_id"])
         requested = datetime.fromtimestamp(int(rec["at"]) / 1000, UTC)
         kind = str(rec["kind"])
+        subject = audit.subject_ref(key, str(rec["account_id"]))
+        identity = (subject, kind, iso(requested))
+        if rid in known and known[rid] != identity:
+            rid = f"{given}.{hashlib.blake2b('|'.join(identity).encode(), digest_size=5).hexdigest()}"
+        if rid in known:
+            continue
+        known[rid] = identity
         doc = {
             "request_id": rid,
             "account_id": rec["account_id"],
@@ -113,7 +131,7 @@ def receive(
                 "event": "received",
                 "request": rid,
                 "kind": kind,
-                "subject": audit.subject_ref(key, str(rec["account_id"])),
+                "subject": subject,
                 "requested_at": iso(requested),
                 "received_at": iso(now),
                 # counted from receipt when the request is stamped later: a carrier's clock
@@ -122,9 +140,11 @@ def receive(
                 "source": batch.source,
                 "at": iso(now),
             }
+            | ({"reused_id": given} if rid != given else {})
         )
+        reused += rid != given
     ledger.append(lake, entries)
-    return len(entries)
+    return len(entries), reused
 
 
 def found_of(
@@ -337,14 +357,14 @@ def run(
     """One pass: intake, fulfilment, enforcement. Returns counts and the ledger status."""
     with job_lock(lake) as recovered:
         folded = ledger.requests(lake)
-        known = set(folded)
-        received = rejected = 0
+        known = identities(folded)
+        received = rejected = reused = 0
         # the topic is read first: a broker out of reach fails the pass before anything is recorded
         from_topic = topic(ledger.read_position(lake)) if topic is not None else None
-        for batch in files:
-            received += receive(lake, key, batch, now, deadlines, known)
+        for batch in [*files, *([from_topic] if from_topic is not None else [])]:
+            new, again = receive(lake, key, batch, now, deadlines, known)
+            received, reused = received + new, reused + again
         if from_topic is not None:
-            received += receive(lake, key, from_topic, now, deadlines, known)
             rejected += from_topic.rejected
             if from_topic.position is not None and from_topic.topic is not None:
                 ledger.write_position(lake, from_topic.topic, from_topic.position)
@@ -395,6 +415,7 @@ def run(
         enforced = _enforce(con, lake, key, ledger.requests(lake), now, buckets)
         result = {
             "received": received,
+            "reused_ids": reused,
             "rejected_messages": rejected,
             "handled": outcomes,
             "refused_reasons": reasons,
@@ -405,7 +426,12 @@ def run(
             lake,
             job="requests",
             params={},
-            counts={"received": received, "handled": sum(outcomes.values()), "enforced": len(enforced)},
+            counts={
+                "received": received,
+                "reused_ids": reused,
+                "handled": sum(outcomes.values()),
+                "enforced": len(enforced),
+            },
             files=[],
             duration_s=0.0,
             outcome="ok",

@@ -128,7 +128,7 @@ def test_an_open_and_a_later_access_get_the_erasure_not_an_export_of_late_rows(
 ) -> None:
     lake = copy(base, tmp_path)
     pending = requests.Batch(records=[req("r-open", "access", SUBJECT)], source="file")
-    requests.receive(lake, base["key"], pending, ERASED_AT, RequestDeadlines(), set())  # a pass killed
+    requests.receive(lake, base["key"], pending, ERASED_AT, RequestDeadlines(), {})  # a pass killed
     done = erase_now(base, lake)
     assert done.open_requests == 1
     assert [r["request"] for r in ledger.status(lake, ERASED_AT, 7)["open"]] == ["r-open"]

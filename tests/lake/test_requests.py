@@ -220,6 +220,34 @@ def test_a_request_stamped_ahead_of_its_receipt_is_due_from_its_receipt(
     assert got.deadline == ledger.iso(now + timedelta(days=30))  # not 30 days after its stamp
 
 
+def test_a_request_under_an_id_another_holds_is_recorded_and_answered_not_skipped(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(base["lake"], lake)
+    env = env_of(base, lake)
+    first, clash = tmp_path / "first.jsonl", tmp_path / "clash.jsonl"
+    first.write_bytes(codec.to_json(req("r-1", "access", ACCESSED), "PrivacyRequest") + b"\n")
+    # another carrier numbers its requests too: its r-1 is an erasure of someone else; sent twice
+    clash_line = codec.to_json(req("r-1", "erase", ERASED), "PrivacyRequest")
+    clash.write_bytes(clash_line + b"\n" + clash_line + b"\n")
+    assert rows(lake, "vault", f"account_id = '{ERASED}'")
+    assert run_requests(env, "--file", str(first)).returncode == 0
+    out = run_requests(env, "--file", str(first), "--file", str(clash), "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    result = orjson.loads(out.stdout)
+    assert result["received"] == 1 and result["reused_ids"] == 1  # the resent r-1 access is the same one
+    folded = ledger.requests(lake)
+    assert (
+        sorted(folded) == sorted(["r-1", *[r for r in folded if r.startswith("r-1.")]]) and len(folded) == 2
+    )
+    derived = next(r for r in folded.values() if r.request != "r-1")
+    assert derived.kind == "erase" and derived.status == "fulfilled" and derived.reused_id == "r-1"
+    assert rows(lake, "vault", f"account_id = '{ERASED}'") == []
+    again = run_requests(env, "--file", str(clash), "--json")  # the producer sends it once more
+    assert orjson.loads(again.stdout)["received"] == 0 and len(ledger.requests(lake)) == 2
+
+
 def test_a_broker_out_of_reach_fails_the_pass_before_anything_is_recorded(
     base: dict[str, Any], tmp_path: Path
 ) -> None:
