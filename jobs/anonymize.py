@@ -24,6 +24,8 @@ written in a total order, so the same input gives the same bytes (and the same a
 Aggregates are kept (retention `aggregates_days`, none by default) while analytics expires: rows of
 periods older than the oldest analytics row still present are carried over from the previous build
 of the same definition, so history survives analytics retention without ever being recomputed.
+A carried group is held to today's k: after the policy raised k, history published under the
+smaller one is suppressed (and counted) rather than kept, as it cannot be recomputed.
 When the policy sets `aggregates_days`, periods starting before `as_of` minus that many days are
 left out of each build (fresh or carried), which is how the aggregates zone expires.
 """
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
@@ -305,13 +308,16 @@ def _build_one(
         ).fetchone()
         assert stats is not None
         fresh, _fresh_calls, suppressed, suppressed_calls, oldest = stats
-        carry = _carry_over_sql(con, final, agg, oldest)
+        carry = _carry_over_sql(con, final, agg, oldest, k)
+        if carry:
+            suppressed += carry.below_k
+            suppressed_calls += carry.below_k_calls
         tmp = final.parent / f".{agg.name}.{uuid.uuid4().hex[:8]}.tmp"
         body = f"SELECT {cols} FROM {groups} WHERE subjects >= $k"
         copy_params: dict[str, object] = {"k": k}
-        if carry:
-            body = f"{body} UNION ALL {carry[0]}"
-            copy_params.update(carry[2])
+        if carry and carry.carried:
+            body = f"{body} UNION ALL {carry.sql}"
+            copy_params.update(carry.params)
         if cutoff is not None:
             body = f"SELECT * FROM ({body}) WHERE {PERIOD_START[agg.grain]} >= $cutoff"
             copy_params["cutoff"] = cutoff
@@ -352,17 +358,27 @@ def _build_one(
         published_calls=int(published_calls),
         suppressed_groups=int(suppressed),
         suppressed_calls=int(suppressed_calls),
-        carried_groups=carry[1] if carry else 0,
-        expired_groups=int(fresh) + (carry[1] if carry else 0) - int(published),
+        carried_groups=carry.carried if carry else 0,
+        expired_groups=int(fresh) + (carry.carried if carry else 0) - int(published),
         min_subjects=min_subjects,
         sha256=digest,
     )
 
 
+class CarryOver(NamedTuple):
+    sql: str  # SELECT over the previous build's rows older than the analytics zone's oldest, k met
+    carried: int  # rows it gives
+    params: dict[str, object]
+    below_k: int  # rows of the previous build under today's k (a policy that raised k): suppressed now
+    below_k_calls: int
+
+
 def _carry_over_sql(
-    con: duckdb.DuckDBPyConnection, final: Path, agg: Aggregate, oldest: object
-) -> tuple[str, int, dict[str, object]] | None:
-    """(SELECT over the previous build's rows older than `oldest`, their count, its parameters)."""
+    con: duckdb.DuckDBPyConnection, final: Path, agg: Aggregate, oldest: object, k: int
+) -> CarryOver | None:
+    """The previous build's rows older than `oldest` (no longer in analytics to rebuild them from),
+    those of at least `k` subjects: a group published under a smaller k is suppressed, not
+    carried, when the policy's k was raised since."""
     if not final.exists():
         return None
     path = _quote(str(final))
@@ -372,12 +388,19 @@ def _carry_over_sql(
     if meta.get("callpipe.definition") != agg.definition:
         return None  # a changed definition: old rows would mean something else
     cols = ", ".join(columns(agg))
-    params: dict[str, object] = {} if oldest is None else {"oldest": oldest}
+    params: dict[str, object] = {"k": k} if oldest is None else {"k": k, "oldest": oldest}
     where = "TRUE" if oldest is None else f"{agg.grain} < $oldest"
-    sql = f"SELECT {cols} FROM read_parquet('{path}') WHERE {where}"
-    row = con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
-    carried = int(row[0]) if row else 0
-    return (sql, carried, params) if carried else None
+    older = f"SELECT {cols} FROM read_parquet('{path}') WHERE {where}"
+    row = con.execute(
+        f"""SELECT count(*) FILTER (WHERE subjects >= $k), count(*) FILTER (WHERE subjects < $k),
+                  coalesce(sum(calls) FILTER (WHERE subjects < $k), 0)
+            FROM ({older})""",
+        params,
+    ).fetchone()
+    carried, below_k, below_k_calls = (int(v) for v in row) if row else (0, 0, 0)
+    if not carried and not below_k:
+        return None
+    return CarryOver(f"{older} AND subjects >= $k", carried, params, below_k, below_k_calls)
 
 
 def _empty_source() -> str:

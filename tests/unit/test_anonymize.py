@@ -151,6 +151,21 @@ def test_history_older_than_analytics_is_carried_over(lake: Path) -> None:
     assert [h.astimezone(UTC) for h in hours] == [T0, T0 + timedelta(hours=1), T0 + timedelta(days=1)]
 
 
+def test_a_raised_k_suppresses_carried_history_below_it_and_keeps_building(lake: Path) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=2))  # June 1st: groups of 6
+    assert min(a.min_subjects or 0 for a in _build(lake, k=5).aggregates) == 6
+    for path in (lake / "analytics").rglob("*.parquet"):  # retention removed June 1st
+        path.unlink()
+    write_zone(lake, "analytics", [analytics_row(s, T0 + timedelta(days=1, minutes=s)) for s in range(8)])
+    result = _build(lake, k=7)  # the policy now asks for 7: June 1st's groups of 6 may not stay
+    hourly = next(a for a in result.aggregates if a.name == "calls_hourly")
+    assert hourly.carried_groups == 0 and hourly.suppressed_groups == 2 and hourly.suppressed_calls == 12
+    assert [r["subjects"] for r in _rows(lake, "calls_hourly")] == [8]
+    assert all(a.min_subjects is None or a.min_subjects >= 7 for a in result.aggregates)
+    meta = pq.read_metadata(aggregate_path(lake, "calls_hourly")).metadata
+    assert meta[b"callpipe.k"] == b"7" and meta[b"callpipe.suppressed_groups"] == b"2"
+
+
 def test_empty_lake_gives_empty_aggregates(lake: Path) -> None:
     result = _build(lake)
     assert result.source_rows == 0
