@@ -98,7 +98,7 @@ def topics_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.demo import run_demo
+    from infra.demo import DemoRefused, run_demo
 
     if args.events < 100:
         raise CliError("--events must be at least 100")
@@ -106,7 +106,7 @@ def demo_cmd(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(
             settings, events=args.events, seed=args.seed, lake=args.lake, keep_broker=args.keep_broker
         )
-    except (kafka.BrokerError, topics.TopicError, security.SecurityError, AccessError) as exc:
+    except (kafka.BrokerError, topics.TopicError, security.SecurityError, AccessError, DemoRefused) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -138,7 +138,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--seed", type=int, default=42)
     d.add_argument(
-        "--lake", type=Path, default=Path("demo-lake"), help="lake root, emptied first (default ./demo-lake)"
+        "--lake",
+        type=Path,
+        default=Path("demo-lake"),
+        help="lake root, emptied first if the demo made it; another folder is refused (default ./demo-lake)",
     )
     d.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
     d.set_defaults(func=demo_cmd, vault_keys=False)  # the demo sets up its own

@@ -37,12 +37,35 @@ from sinks.layout import glob
 from sinks.read import duckdb_view, zone_files
 from sinks.stats import StreamStats, read_stats
 
+# Marks a lake the demo made: a rerun empties only such a folder (or an empty one), never a
+# real lake, its audit trail or a checkout named by mistake.
+DEMO_MARK = ".callpipe-demo"
+
+
+class DemoRefused(Exception):
+    """The demo's --lake names a folder it did not make."""
+
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def check_lake(lake: Path) -> None:
+    """Raise DemoRefused unless `lake` is absent, an empty folder, or a lake the demo made."""
+    if not lake.exists() and not lake.is_symlink():
+        return
+    if lake.is_symlink() or not lake.is_dir():
+        raise DemoRefused(f"--lake {lake} is not a folder; name a new one (the demo empties its lake first)")
+    if (lake / DEMO_MARK).is_file() or not any(lake.iterdir()):
+        return
+    raise DemoRefused(
+        f"--lake {lake} holds files the demo did not write, and the demo empties its lake first;"
+        " name a new folder (or remove this one yourself)"
+    )
+
+
 def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_broker: bool) -> int:
+    check_lake(lake)
     home = settings.home / "demo"
     home.mkdir(parents=True, exist_ok=True)
     broker = kafka.broker_for(settings.home, settings.kafka_data_dir, settings.kafka_port)
@@ -86,8 +109,11 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
     ensure_keys(dlq_key, dlq_public)
     _say(f"   dead letters sealed to the operator key {dlq_key} (held apart; the worker has its public half)")
 
+    check_lake(lake)  # again, now that it is about to go: nothing may have written it meanwhile
     if lake.exists():
         shutil.rmtree(lake)
+    lake.mkdir(parents=True)
+    (lake / DEMO_MARK).write_text("a lake `callpipe demo` made; a rerun of the demo empties it\n")
     day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
     start_ms = int(day.timestamp() * 1000)
     bad_count = max(1, events // 100)
@@ -151,12 +177,21 @@ def run_demo(settings: Settings, *, events: int, seed: int, lake: Path, keep_bro
         if started_broker and not keep_broker:
             kafka.down(broker)
     _summary(lake, stats, total)
-    _next_steps(lake, prefix, key_file, vault_keys, dlq_key, broker_left=not started_broker or keep_broker)
+    _next_steps(
+        lake, prefix, key_file, vault_keys, dlq_key, dlq_public, broker_left=not started_broker or keep_broker
+    )
     return 0 if stats.events_in == total else 1
 
 
 def _next_steps(
-    lake: Path, prefix: str, key_file: Path, vault_keys: Path, dlq_key: Path, *, broker_left: bool
+    lake: Path,
+    prefix: str,
+    key_file: Path,
+    vault_keys: Path,
+    dlq_key: Path,
+    dlq_public: Path,
+    *,
+    broker_left: bool,
 ) -> None:
     """How to go on with the demo's lake: its keys and topics are its own, not the defaults the
     other commands read (README "After the demo")."""
@@ -167,15 +202,24 @@ def _next_steps(
     _say(
         f"          CALLPIPE_VAULT_KEY_FILE={shlex.quote(str(vault_keys))}"
         f" CALLPIPE_DLQ_KEY_FILE={shlex.quote(str(dlq_key))}"
+        f" CALLPIPE_DLQ_PUBLIC_KEY={shlex.quote(str(dlq_public))}"
     )
     _say(
         "   .venv/bin/callpipe jobs anonymize && .venv/bin/callpipe query 'SELECT * FROM calls_daily LIMIT 5'"
     )
     _say("   .venv/bin/callpipe jobs report --html report.html")
     if broker_left:
+        _say(
+            f"   .venv/bin/callpipe jobs requests --prefix {prefix}"
+            "   # answer the subject requests waiting in the demo's topic (their deadlines run)"
+        )
         _say(f"   .venv/bin/callpipe dlq inspect --prefix {prefix}   # the demo's dead letters, opened")
+        _say(f"   .venv/bin/callpipe worker --prefix {prefix}   # go on streaming into this lake")
     else:
-        _say("   (the broker is stopped: run the demo with --keep-broker to inspect its dead letters too)")
+        _say(
+            "   (the broker is stopped: run the demo with --keep-broker to answer its subject requests"
+            " (`jobs requests --prefix`), open its dead letters and go on streaming)"
+        )
 
 
 def _summary(lake: Path, stats: StreamStats, total: int) -> None:

@@ -168,7 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=dlq_replay_cmd, vault_keys=False)
 
     w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")
-    w.add_argument("--prefix", default="", help=argparse.SUPPRESS)  # isolated topic sets (tests, demo)
+    w.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
     w.add_argument(
         "--processes",
         type=int,

@@ -3,6 +3,7 @@ event, and the log of the run holds no phone number, email or IP address from th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -59,6 +60,7 @@ def test_demo_quick_start(kafka_bootstrap: str, tmp_path: Path) -> None:
         "CALLPIPE_KEY_FILE",
         "CALLPIPE_VAULT_KEY_FILE",
         "CALLPIPE_DLQ_KEY_FILE",
+        "CALLPIPE_DLQ_PUBLIC_KEY",
     }
     env = {**os.environ, "CALLPIPE_HOME": str(home), **then}
     for argv in (
@@ -70,3 +72,19 @@ def test_demo_quick_start(kafka_bootstrap: str, tmp_path: Path) -> None:
             callpipe_cmd(*argv), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
         assert step.returncode == 0, (argv, step.stderr[-2000:])
+    # the subject requests the demo produced wait in its topic until a pass reads them: the line
+    # the demo prints answers them, and a second pass finds nothing new
+    answer = re.search(r"callpipe jobs requests --prefix (\S+)", out.stdout)
+    assert answer is not None
+    for expected in ("new", "none"):
+        step = subprocess.run(
+            callpipe_cmd("jobs", "requests", "--prefix", answer[1], "--json"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert step.returncode == 0, step.stderr[-2000:]
+        received = json.loads(step.stdout)["received"]
+        assert (received > 0) if expected == "new" else (received == 0)
