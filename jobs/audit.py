@@ -12,7 +12,10 @@ An entry:
     {"at": "2026-11-29T14:30:00.123Z", "run": "<uuid4 hex>", "job": "erase",
      "params": {"subject": "<account token>", ...}, "counts": {...},
      "files": [{"path": "vault/calls/dt=.../x.parquet", "sha256": "...", "action": "replaced"}],
-     "duration_s": 1.23, "outcome": "ok"}
+     "duration_s": 1.23, "outcome": "ok", "by": "<login>"}
+
+`by` is who ran the command (`login`): a vault query, an export or an erasure is then traceable
+to a person, which need-to-know access asks for.
 
 Subjects appear only as tokens: callers put `subject_ref(key, account_id)` in `params["subject"]`
 (the account's analytics token), and `record` refuses parameter names that would carry a raw id.
@@ -21,9 +24,12 @@ Subjects appear only as tokens: callers put `subject_ref(key, account_id)` in `p
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,19 @@ def sha256_file(path: Path) -> str:
 
 def audit_dir(lake: Path) -> Path:
     return lake / AUDIT
+
+
+@cache
+def login() -> str:
+    """Who runs this process: the session's login name (the person, also under sudo), else the
+    name of the process's user."""
+    try:
+        return os.getlogin()
+    except OSError:
+        try:
+            return pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            return f"uid {os.getuid()}"
 
 
 def record(
@@ -89,6 +108,7 @@ def record(
         "files": [_file_entry(lake, f) for f in files],
         "duration_s": round(float(duration_s), 3),
         "outcome": outcome,
+        "by": login(),
     }
     line = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS) + b"\n"
     folder = audit_dir(lake)

@@ -1,6 +1,6 @@
 """`callpipe jobs erase --account ID`: an operator's direct erasure of one subject (jobs/erase_direct.py).
 
-The handler reads the clock and who runs it (`operator_login`) here, at the edge, and passes them
+The handler reads the clock and who runs it (`jobs.audit.login`) here, at the edge, and passes them
 to the job with the DuckDB connection. Human-readable output by default; `--json` prints one JSON
 document on stdout: the erasure's counts, and the request ledger's record of it.
 """
@@ -8,8 +8,6 @@ document on stdout: the erasure's counts, and the request ledger's record of it.
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 from datetime import UTC, datetime
 
 from jobs.cli_ops import _busy, _connect, _lake, _print_json
@@ -59,20 +57,8 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
     erase.set_defaults(func=cmd_erase)
 
 
-def operator_login() -> str:
-    """Who runs an operator's command, for the request ledger: the session's login name (the
-    person, also under sudo), else the name of the process's user."""
-    try:
-        return os.getlogin()
-    except OSError:
-        try:
-            return pwd.getpwuid(os.getuid()).pw_name
-        except KeyError:
-            return f"uid {os.getuid()}"
-
-
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    from jobs import erase, erase_direct
+    from jobs import audit, erase, erase_direct
     from jobs.progress import Progress
     from jobs.replace import JobBusy
 
@@ -110,7 +96,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             buckets=settings.buckets,
             deadlines=settings.policy.requests,
             now=datetime.now(UTC),
-            by=operator_login(),
+            by=audit.login(),
             progress=Progress("erase: rewriting"),
             announce=announce,
         )

@@ -265,6 +265,7 @@ def _job(entry: dict[str, Any]) -> dict[str, Any]:
         "job": entry.get("job"),
         "outcome": entry.get("outcome"),
         "duration_s": entry.get("duration_s"),
+        "by": entry.get("by"),
         "files": len(entry.get("files") or []),
         "counts": dict(list(shown.items())[:6]),
     }
@@ -353,5 +354,8 @@ def render_text(data: dict[str, Any]) -> str:
             f"  {data['unfinished_changes']} change(s) left by a killed job: the next job run completes them"
         )
     for j in data["jobs"]:
-        out.append(f"  {j['at']}  {j['job']:<10} {j['outcome']:<10} {j['duration_s']} s  files {j['files']}")
+        out.append(
+            f"  {j['at']}  {j['job']:<10} {j['outcome']:<10} {j['duration_s']} s  files {j['files']}"
+            f"  by {j['by'] or '-'}"
+        )
     return "\n".join(out) + "\n"

@@ -328,9 +328,9 @@ def render(data: dict[str, Any]) -> str:
             ],
         ),
         "jobs_table": _table(
-            ["at", "job", "outcome", "duration (s)", "files", "counts"],
+            ["at", "job", "by", "outcome", "duration (s)", "files", "counts"],
             [
-                [j["at"], j["job"], j["outcome"], j["duration_s"], j["files"], j["counts"]]
+                [j["at"], j["job"], j["by"] or "", j["outcome"], j["duration_s"], j["files"], j["counts"]]
                 for j in data["jobs"]
             ],
         ),

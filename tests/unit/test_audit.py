@@ -41,6 +41,8 @@ def test_record_appends_one_line_per_entry_and_read_returns_them(tmp_path: Path)
     ]
     assert stat.S_IMODE(first.stat().st_mode) == 0o600
     assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
+    # who ran it: the process's login, in every entry (a vault read, an export traceable to a person)
+    assert audit.login() and [e["by"] for e in entries] == [audit.login()] * 2
 
 
 def test_months_go_to_separate_files(tmp_path: Path) -> None:
