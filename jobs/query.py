@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,11 +81,21 @@ def connect(lake: Path, *, vault: bool = False) -> tuple[duckdb.DuckDBPyConnecti
     return con, names
 
 
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+
+
+def masked(message: str) -> str:
+    """DuckDB's first message line with every single-quoted literal shown as '…': a conversion
+    error quotes the value it could not convert (a phone number of the vault), a parser error the
+    query's own literals; names (double-quoted), positions and types stay."""
+    return _QUOTED.sub("'…'", message.splitlines()[0] if message else "")
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"cannot parse the query ({type(exc).__name__})") from None
+        raise QueryError(f"cannot parse the query: {masked(str(exc))}") from None
     if len(statements) != 1:
         raise QueryError("give exactly one statement")
     if statements[0].type not in READ_ONLY:
@@ -105,9 +116,9 @@ def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
             rel = con.execute(sql)
             rows = rel.fetchall()
         except duckdb.Error as exc:
-            # DuckDB's messages name tables, columns and paths; a cast error may quote a value
-            # of the data the caller is allowed to read anyway.
-            message = str(exc).splitlines()[0]
+            # DuckDB's messages name tables, columns and paths; a cast error quotes the value it
+            # could not convert: masked, as the line may end up in a log or a cron mail.
+            message = masked(str(exc))
             if isinstance(exc, duckdb.CatalogException) and not (lake / layout.AGGREGATES).is_dir():
                 message += (
                     " (the aggregates, calls_daily and the others, exist once `callpipe jobs anonymize` ran)"

@@ -113,3 +113,14 @@ def test_an_aggregate_before_anonymize_says_which_job_makes_it(lake: Path, full_
     with pytest.raises(query.QueryError) as made:  # once it ran, a misspelt name gets no such hint
         query.run(full_lake, "SELECT * FROM calls_dialy")
     assert "anonymize" not in str(made.value)
+
+
+def test_errors_say_what_failed_but_never_quote_a_value(full_lake: Path) -> None:
+    with pytest.raises(query.QueryError) as cast:
+        query.run(full_lake, "SELECT CAST(account_id AS INTEGER) FROM vault_calls", vault=True)
+    assert (
+        "acct-" not in str(cast.value) and "Conversion Error" in str(cast.value) and "'…'" in str(cast.value)
+    )
+    with pytest.raises(query.QueryError) as parse:
+        query.run(full_lake, "SELECT * FORM analytics_calls WHERE caller = '+4915123170828'")
+    assert "syntax error" in str(parse.value) and "+49" not in str(parse.value)
