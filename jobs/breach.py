@@ -16,6 +16,7 @@ are: they record a notification owed by law, not a copy of the subject's data (`
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +86,7 @@ def scope(
     now: datetime,
 ) -> dict[str, Any]:
     """Scope the exposure; writes the notification list to the outbox and audits the run."""
+    started = time.monotonic()
     if zone not in (VAULT, ANALYTICS):
         raise BreachScopeError("zone must be vault or analytics")
     if files is None and (since is None or until is None or since >= until):
@@ -176,7 +178,7 @@ def scope(
         files=[{"path": str(p), "sha256": audit.sha256_file(p), "action": "read"} for p in paths]
         if files is not None
         else [],
-        duration_s=0.0,
+        duration_s=time.monotonic() - started,
         outcome="ok",
         at=now,
         run=run,

@@ -18,6 +18,7 @@ no-op (the old values are gone). The caller holds the job lock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,7 @@ def rectify_locked(
 ) -> dict[str, Any]:
     """Apply the corrections to every file holding the subject; returns rows changed per zone.
     The caller holds the job lock."""
+    started = time.monotonic()
     token = key.token(Domain.ACCOUNT, account_id)
     values = {VAULT: account_id, ANALYTICS: token}
     bucket = bucket_of(token, buckets)
@@ -221,7 +223,7 @@ def rectify_locked(
         params=params,
         counts={"rows_changed": dict(changed)},
         files=files,
-        duration_s=0.0,
+        duration_s=time.monotonic() - started,
         outcome="ok",
         run=change.run,
     )

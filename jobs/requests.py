@@ -48,6 +48,7 @@ lake and the same ledger as an uninterrupted pass.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -220,6 +221,7 @@ def _access(
     account_id: str,
     now: datetime,
 ) -> dict[str, Any]:
+    started = time.monotonic()
     doc = export.collect(con, lake, key, account_id, now)
     doc["request"] = {"request_id": req.request, "requested_at": req.requested_at, "deadline": req.deadline}
     data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
@@ -259,7 +261,7 @@ def _access(
                 "bytes": len(manifest_data),
             },
         ],
-        duration_s=0.0,
+        duration_s=time.monotonic() - started,
         outcome="ok",
         at=now,
     )
@@ -355,6 +357,7 @@ def run(
     files: Iterable[Batch] = (),
 ) -> dict[str, Any]:
     """One pass: intake, fulfilment, enforcement. Returns counts and the ledger status."""
+    started = time.monotonic()
     with job_lock(lake) as recovered:
         folded = ledger.requests(lake)
         known = identities(folded)
@@ -433,7 +436,7 @@ def run(
                 "enforced": len(enforced),
             },
             files=[],
-            duration_s=0.0,
+            duration_s=time.monotonic() - started,
             outcome="ok",
             at=now,
         )
