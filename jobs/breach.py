@@ -9,9 +9,14 @@
 - per category and country (the country calling code of the account's own line: caller of its
   outbound, callee of its inbound calls), how many subjects and rows.
 The list of subjects to notify goes to the restricted outbox (`<lake>/_outbox/breach-<run>.json`,
-0600): vault account ids where the vault knows them, tokens always. What is printed and audited
-holds counts and tokens only. Erasing a subject later leaves the breach lists that name it as they
-are: they record a notification owed by law, not a copy of the subject's data (`jobs.outbox`).
+0600): account ids where the vault knows them (for an analytics exposure, read from the vault's
+rows of the subject: none for a subject the vault no longer holds), tokens always. What is printed
+and audited holds counts and tokens only. A category counts the exposed rows holding any of its
+columns, and says how the zone holds it (`held_as`: as given in the vault; keyed tokens,
+generalized values or redacted text in analytics; analytics' `has_recording` holds whether a
+recording exists, counted when true, never the recording). Erasing a subject later leaves the
+breach lists that name it as they are: they record a notification owed by law, not a copy of the
+subject's data (`jobs.outbox`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from jobs.subject import zone_files
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.pseudonymize import phone_facts
 from schemas.zones import ANALYTICS_COLUMNS, SUBJECT_COLUMN
-from sinks.layout import ANALYTICS, VAULT
+from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.read import scan
 
 
@@ -84,8 +89,11 @@ def scope(
     since: datetime | None = None,
     until: datetime | None = None,
     now: datetime,
+    buckets: int | None = None,
 ) -> dict[str, Any]:
-    """Scope the exposure; writes the notification list to the outbox and audits the run."""
+    """Scope the exposure; writes the notification list to the outbox and audits the run.
+    `buckets` (the lake's bucket count) narrows the vault read that finds analytics subjects'
+    account ids."""
     started = time.monotonic()
     if zone not in (VAULT, ANALYTICS):
         raise BreachScopeError("zone must be vault or analytics")
@@ -98,7 +106,15 @@ def scope(
         own = "CASE WHEN direction = 'outbound' THEN caller ELSE callee END"
     else:
         own = "CASE WHEN direction = 'outbound' THEN caller_country ELSE callee_country END"
-    present = ", ".join(f'count("{c.split(".")[0]}") FILTER (WHERE {_not_null(c)}) AS "{c}"' for c in cats)
+    # one count per category: the exposed rows holding any of its columns (a row with a caller
+    # and a callee is one row of phone numbers, not two)
+    by_name: dict[str, list[str]] = {}
+    for column, (_klass, category) in cats.items():
+        by_name.setdefault(category, []).append(column)
+    present = ", ".join(
+        f"count(*) FILTER (WHERE {' OR '.join(_holds(c, zone) for c in columns)})"
+        for columns in by_name.values()
+    )
     where = "true"
     params: dict[str, Any] = {}
     if files is None:
@@ -115,7 +131,7 @@ def scope(
             GROUP BY ALL
         """
         rows = con.execute(sql, params).fetchall()
-    names = list(cats)
+    names = list(by_name)
     per_subject: dict[str, dict[str, Any]] = {}
     by_category: dict[str, dict[str, dict[str, int]]] = {}
     for row in rows:
@@ -124,10 +140,9 @@ def scope(
         entry = per_subject.setdefault(sid, {"rows": 0, "categories": set(), "countries": set()})
         entry["rows"] += n
         entry["countries"].add(country)
-        for name, count in zip(names, held, strict=True):
+        for category, count in zip(names, held, strict=True):
             if not count:
                 continue
-            category = cats[name][1]
             entry["categories"].add(category)
             cell = by_category.setdefault(category, {}).setdefault(country, {"rows": 0, "subjects": 0})
             cell["rows"] += count
@@ -138,11 +153,14 @@ def scope(
                 if held_here is not None:
                     held_here["subjects"] += 1
     tokens = {(key.token(Domain.ACCOUNT, sid) if zone == VAULT else sid): sid for sid in per_subject}
+    # whom to notify: an analytics subject's account id from the vault, where it still holds a
+    # row of the subject (the vault keeps less time than analytics; an erased subject has none)
+    ids = dict(tokens) if zone == VAULT else vault_ids(con, lake, key, set(tokens), buckets)
     run = uuid.uuid4().hex
     notify = [
         {
             "account_token": token,
-            **({"account_id": sid} if zone == VAULT else {}),
+            "account_id": ids.get(token),
             "rows": per_subject[sid]["rows"],
             "categories": sorted(per_subject[sid]["categories"]),
         }
@@ -165,8 +183,10 @@ def scope(
         "run": run,
         **scope_doc,
         "subjects": len(per_subject),
+        "subjects_without_account_id": sum(1 for t in tokens if t not in ids),
         "rows": sum(e["rows"] for e in per_subject.values()),
         "categories": {c: dict(sorted(v.items())) for c, v in sorted(by_category.items())},
+        "held_as": {c: held_as(zone, by_name[c]) for c in sorted(by_category)},
         "subject_tokens": sorted(tokens),
         "outbox": name,
     }
@@ -186,11 +206,54 @@ def scope(
     return summary
 
 
-def _not_null(column: str) -> str:
+def _holds(column: str, zone: str) -> str:
+    """SQL: the row holds data of `column` (analytics' has_recording holds a recording's existence
+    when true, never the recording)."""
     if "." in column:
         top, leaf = column.split(".", 1)
         return f'"{top}"."{leaf}" IS NOT NULL'
+    if zone == ANALYTICS and column == "has_recording":
+        return '"has_recording" IS TRUE'
     return f'"{column}" IS NOT NULL'
+
+
+def held_as(zone: str, columns: list[str]) -> str:
+    """How a category's data is held in the exposed zone: what the notice must say of it."""
+    if zone == VAULT:
+        return "as given (vault)"
+    if any(c.endswith("_token") for c in columns):
+        return "keyed tokens" + (
+            ", country code and line type" if any(c.endswith("_country") for c in columns) else ""
+        )
+    if columns == ["has_recording"]:
+        return "whether a recording exists (never the recording)"
+    if any(c.endswith("_prefix") or c == "cell_area" for c in columns):
+        return "generalized (IP prefix, cell area)"
+    if columns == ["transcript"] or columns == ["attributes"]:
+        return "text with detected personal data replaced by labels"
+    return "as given"
+
+
+def vault_ids(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, tokens: set[str], buckets: int | None
+) -> dict[str, str]:
+    """token -> account id, for the tokens whose subject the vault holds a row of (the vault's
+    distinct account ids, in the buckets those tokens fall in when `buckets` is known)."""
+    if not tokens:
+        return {}
+    paths = zone_files(lake, VAULT)
+    if buckets is not None:
+        wanted = {f"bucket={bucket_of(t, buckets):02d}" for t in tokens}
+        paths = [p for p in paths if p.parent.name in wanted]
+    if not paths:
+        return {}
+    source, params = scan(con, paths, filename=False, union_by_name=True)
+    found: dict[str, str] = {}
+    for (account_id,) in con.execute(f"SELECT DISTINCT account_id FROM {source}", params).fetchall():
+        token = key.token(Domain.ACCOUNT, str(account_id))
+        if token in tokens:
+            found[token] = str(account_id)
+    return found
 
 
 def _country(value: Any, zone: str) -> str:

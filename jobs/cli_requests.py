@@ -165,6 +165,7 @@ def cmd_breach(args: argparse.Namespace, settings: Settings) -> int:
             since=args.since,
             until=args.until,
             now=datetime.now(UTC),
+            buckets=settings.buckets,
         )
     except breach.BreachScopeError as exc:
         raise CliError(str(exc)) from None

@@ -459,16 +459,31 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
     expected = {r["account_id"] for r in rows(lake, "vault", window)}
     assert expected
     key: PseudonymKey = base["key"]
-    for zone in ("vault", "analytics"):
+    recorded = len(rows(lake, "analytics", f"{window} AND has_recording"))
+    for zone, buckets in (("vault", None), ("analytics", None), ("analytics", 2)):
         result = breach.scope(
-            duckdb.connect(), lake, key, zone, since=since, until=until, now=datetime.now(UTC)
+            duckdb.connect(),
+            lake,
+            key,
+            zone,
+            since=since,
+            until=until,
+            now=datetime.now(UTC),
+            buckets=buckets,
         )
         assert set(result["subject_tokens"]) == {key.token(Domain.ACCOUNT, a) for a in expected}
         assert "phone" in result["categories"] and "account_id" in result["categories"]
+        for category, countries in result["categories"].items():  # a row counts once per category
+            assert sum(c["rows"] for c in countries.values()) <= result["rows"], category
         notify = orjson.loads((lake / "_outbox" / result["outbox"]).read_bytes())
         assert len(notify["subjects"]) == len(expected)
-        if zone == "vault":
-            assert {s["account_id"] for s in notify["subjects"]} == expected
+        # whom to notify: account ids, for an analytics exposure too (the vault knows them all here)
+        assert {s["account_id"] for s in notify["subjects"]} == expected
+        assert result["subjects_without_account_id"] == 0
+        if zone == "analytics":
+            got = sum(c["rows"] for c in result["categories"].get("recording", {}).values())
+            assert 0 < got == recorded < result["rows"]  # calls flagged as recorded, not every row
+            assert result["held_as"]["phone"].startswith("keyed tokens")
     one = sorted((lake / "vault" / "calls").glob("dt=*/bucket=*/*.parquet"))[0]
     in_file = set(crypt.read_table(one, columns=["account_id"]).column(0).to_pylist())
     result = breach.scope(duckdb.connect(), lake, key, "vault", files=[one], now=datetime.now(UTC))
