@@ -93,6 +93,10 @@ def collect(
         for a in aggregates
     ]
     entries = audit.read(lake)
+    for a in aggregates:  # what the aggregates still count that the lake no longer holds
+        a["changes_since"] = sum(
+            1 for e in entries if e.get("job") in CHANGES_AGGREGATES and str(e.get("at", "")) > a["built_at"]
+        )
     return {
         "lake": str(lake),
         "as_of": as_of.isoformat(),
@@ -204,6 +208,10 @@ def _totals(volume: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+# Jobs after which a published aggregate still counts rows the lake no longer holds.
+CHANGES_AGGREGATES = frozenset({"erase", "rectify", "retention"})
+
+
 def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | None) -> list[dict[str, Any]]:
     root = lake / layout.AGGREGATES
     out = []
@@ -238,9 +246,16 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | N
                 "bytes": sum(f.stat().st_size for f in files),
                 "oldest": oldest,
                 "past_limit": int(row[2]),
+                # when the file was published: erasures, rectifications and retention after it
+                # are not in it until `jobs anonymize` runs again
+                "built_at": _iso_ms(max(f.stat().st_mtime for f in files)),
             }
         )
     return out
+
+
+def _iso_ms(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _stream(lake: Path) -> dict[str, Any]:
@@ -299,7 +314,11 @@ def render_text(data: dict[str, Any]) -> str:
             f"  {z['days']:>4} days  transcripts {z['transcripts']:,}  recordings {z['recordings']:,}"
         )
     for a in data["aggregates"]:
-        out.append(f"  aggregates/{a['name']:<14} {a['rows']:>8,} groups  {_size(a['bytes'])}")
+        stale = f"; {a['changes_since']} erase/rectify/retention runs since" if a["changes_since"] else ""
+        out.append(
+            f"  aggregates/{a['name']:<14} {a['rows']:>8,} groups  {_size(a['bytes'])}"
+            f"  built {a['built_at']}{stale}"
+        )
     out += ["", "Retention (oldest data against the policy limit)"]
     for r in data["retention"]:
         limit = "kept" if r["limit_days"] is None else f"{r['limit_days']} d"

@@ -227,6 +227,10 @@ def render(data: dict[str, Any]) -> str:
                 for a in data["aggregates"]
             ],
         ),
+        "aggregates_table": _table(
+            ["aggregate", "built", "erase, rectify, retention runs since (not in it until rebuilt)"],
+            [[a["name"], a["built_at"], a["changes_since"]] for a in data["aggregates"]],
+        ),
         "days_table": _table(
             ["zone", "day", "rows", "files", "bytes", "transcripts", "recordings"],
             [

@@ -107,6 +107,17 @@ def test_job_history_newest_first(data: dict) -> None:
     assert data["jobs"][1]["files"] == 2
 
 
+def test_aggregates_say_when_they_were_built_and_what_changed_the_lake_since(data: dict) -> None:
+    # the fixture's retention run came after the build: its removals are still counted in them
+    assert {a["name"]: a["changes_since"] for a in data["aggregates"]} == {
+        "calls_daily": 1,
+        "calls_hourly": 1,
+    }
+    assert all(a["built_at"].endswith("Z") for a in data["aggregates"])
+    assert "1 erase/rectify/retention runs since" in report.render_text(data)
+    assert "not in it until rebuilt" in report_html.render(data)
+
+
 def test_risk_figures_included(data: dict) -> None:
     assert {k["name"] for k in data["risk"]["k_anonymity"]} == {"calls_hourly", "calls_daily"}
     assert [u["resolution"] for u in data["risk"]["unicity"]] == [
