@@ -195,6 +195,7 @@ def erase_locked(
     by: str | None = None,
     progress: ProgressFn | None = None,
     recovered: list[tuple[str, str]] | None = None,
+    job: str = "erase",
 ) -> EraseResult:
     """Erase one account; the caller holds the job lock (`jobs.requests`, `jobs.erase_direct`).
     Returns counts (rows removed per zone, files touched and their share); raises
@@ -255,7 +256,7 @@ def erase_locked(
     duration = time.monotonic() - started
     audit.record(
         lake,
-        job="erase",
+        job=job,  # "restrict", "object": the request whose analytics rows this removed
         params={
             "subject": token,
             "key_version": key.version,

@@ -302,7 +302,14 @@ def _fulfil(
     if req.kind in ("restrict", "object"):
         if found.get(ANALYTICS):
             erase.erase_locked(
-                con, lake, key, account_id, buckets=buckets, zones=(ANALYTICS,), request=req.request
+                con,
+                lake,
+                key,
+                account_id,
+                buckets=buckets,
+                zones=(ANALYTICS,),
+                request=req.request,
+                job=req.kind,
             )
         return "fulfilled", {"analytics_rows_removed": found.get(ANALYTICS, 0), "in_force": "stream"}
     return "fulfilled", {"in_force": "stream"}  # unrestrict

@@ -339,6 +339,9 @@ def test_restrict_and_object_remove_analytics_rows_but_keep_the_vault(
     for account in (RESTRICTED, OBJECTED):
         assert rows(lake, "analytics", f"account_token = '{key.account_token(account)}'") == []
         assert rows(lake, "vault", f"account_id = '{account}'") != []
+    # the audit names each removal by the request it served, not as an erasure
+    jobs = {e["params"].get("request"): e["job"] for e in audit.read(lake) if e["params"].get("request")}
+    assert jobs["r-restrict"] == "restrict" and jobs["r-object"] == "object" and jobs["r-erase"] == "erase"
 
 
 def test_no_raw_id_outside_the_vault(done: dict[str, Any]) -> None:
