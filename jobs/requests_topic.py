@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from jobs.requests import Batch, Reader
+from jobs.requests_intake import Batch, Reader
 from pipeline import codec
 from pipeline.carrier.produce import ProduceError, Shipment, publish
 from pipeline.kafka_access import AccessError, KafkaAccess
