@@ -58,6 +58,10 @@ class Settings:
     dlq_public: Path | None = None
     # CALLPIPE_TRIP_INTERNAL_ERRORS: events in a row failing with internal errors that stop a worker
     trip_internal_errors: int = 50
+    # CALLPIPE_METRICS_PORT: the worker's /metrics, /healthz and /readyz (0: none; with
+    # `--processes N`, member i serves on port + i); CALLPIPE_METRICS_HOST: the address it binds
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def ingest_processes(self) -> int:
@@ -189,6 +193,9 @@ class Settings:
         encryption = text("VAULT_ENCRYPTION", "on").lower()
         if encryption not in ("on", "off"):
             raise SettingsError("CALLPIPE_VAULT_ENCRYPTION must be on or off")
+        metrics_port = number("METRICS_PORT", 0, minimum=0)
+        if metrics_port > 65535:
+            raise SettingsError("CALLPIPE_METRICS_PORT must be at most 65535")
         security = text("KAFKA_SECURITY", "sasl_ssl").lower()
         if security not in SECURITY:
             raise SettingsError("CALLPIPE_KAFKA_SECURITY must be sasl_ssl or plaintext")
@@ -219,4 +226,6 @@ class Settings:
             dlq_key=path("DLQ_KEY_FILE"),
             dlq_public=path("DLQ_PUBLIC_KEY"),
             trip_internal_errors=number("TRIP_INTERNAL_ERRORS", 50),
+            metrics_port=metrics_port,
+            metrics_host=text("METRICS_HOST", "127.0.0.1") or "127.0.0.1",
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,6 +47,7 @@ from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
 from pipeline.settings import Settings
 from pipeline.stream.control import METADATA_MAX_AGE_MS, RECORDS, ControlReader, ControlState, snapshot_path
+from pipeline.stream.observe import Liveness, MetricsServer, runtime_view
 from pipeline.stream.supervise import siblings_ready
 from pipeline.stream.worker import StreamWorker
 from pipeline.validate import strip_secrets_json
@@ -171,6 +173,11 @@ class KafkaBroker:
                 refused.append((dead, key, topic, exc))
         return refused
 
+    @property
+    def unacknowledged(self) -> int:
+        """Dead letters sent and not yet acknowledged by the broker."""
+        return sum(not future.done() for future, *_ in self._sent)
+
     def too_large(self, exc: BaseException) -> bool:
         return isinstance(exc, MessageSizeTooLargeError)
 
@@ -241,6 +248,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         rt = self.runtime
+        rt.life.joined = False
         async with rt.lock:
             await rt.duty.commit()
             await rt.worker.revoked(tp.partition for tp in revoked if tp.topic == rt.calls)
@@ -249,14 +257,25 @@ class _Listener(ConsumerRebalanceListener):
         rt = self.runtime
         async with rt.lock:
             await rt.worker.assigned(tp.partition for tp in assigned if tp.topic == rt.calls)
+        rt.life.joined = True  # called after every join, with or without partitions
 
 
 class WorkerRuntime(mode.Service):
     """One worker process, run by faust's service runtime (`mode.Worker`)."""
 
-    def __init__(self, settings: Settings, key: PseudonymKey, *, prefix: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        key: PseudonymKey,
+        *,
+        prefix: str = "",
+        metrics: socket.socket | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.life, self.started_ms = Liveness(), now_ms()
+        self.metrics = MetricsServer(metrics, lambda: runtime_view(self)) if metrics is not None else None
         self.calls = prefix + CALLS
         topics = {Stream.CONSENT: prefix + CONSENT, Stream.REQUESTS: prefix + REQUESTS}
         access = settings.kafka(WORKER)
@@ -313,6 +332,8 @@ class WorkerRuntime(mode.Service):
         self.duty = ControlDuty(self.worker, self.broker, {t: s for s, t in topics.items()}, settings)
 
     async def on_start(self) -> None:
+        if self.metrics is not None:  # first: /healthz and /readyz answer while the state loads
+            await self.metrics.start()
         limit = await dlq_limit(self.settings.kafka(WORKER), self._prefix + DLQ)
         self._clients(limit)
         await self.producer.start()
@@ -324,11 +345,13 @@ class WorkerRuntime(mode.Service):
         await siblings_ready()  # the members of `--processes N` join the group together
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+        self.life.phase = "running"
 
     @mode.Service.task
     async def _consume(self) -> None:
         last_tick = time.monotonic()
         while not self.should_stop:
+            self.life.turned = time.monotonic()
             failed = self.reader.failed
             if failed is not None:
                 log.error("control reader stopped (%s); stopping the worker", type(failed).__name__)
@@ -352,12 +375,15 @@ class WorkerRuntime(mode.Service):
 
     async def on_stop(self) -> None:
         """Land what was taken, then leave the group, so a successor starts where this one ended."""
+        self.life.phase = "stopping"
         async with self.lock:
             await self.worker.shutdown()
             await self.duty.commit()
         await self.consumer.stop()
         await self.reader.stop()
         await self.producer.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 class _Worker(mode.Worker):
@@ -367,9 +393,11 @@ class _Worker(mode.Worker):
         lograte.install()
 
 
-def run_worker(settings: Settings, key: PseudonymKey, *, prefix: str = "") -> None:
-    """`callpipe worker`: run until SIGTERM or SIGINT."""
-    service = WorkerRuntime(settings, key, prefix=prefix)
+def run_worker(
+    settings: Settings, key: PseudonymKey, *, prefix: str = "", metrics: socket.socket | None = None
+) -> None:
+    """`callpipe worker`: run until SIGTERM or SIGINT; `metrics`: the endpoint's bound socket."""
+    service = WorkerRuntime(settings, key, prefix=prefix, metrics=metrics)
     try:
         _Worker(service, loglevel=settings.log_level, quiet=True).execute_from_commandline()
     except SystemExit:

@@ -22,17 +22,29 @@ def worker_cmd(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--processes must be 0 (one per core) or more")
     if args.processes is not None:
         settings = dataclasses.replace(settings, worker_jobs=args.processes)
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise CliError("--metrics-port must be a port number, 0 for none")
+        settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
     processes = settings.worker_processes
+    port = settings.metrics_port
     settings.kafka(WORKER).aiokafka()  # a missing password file or CA: one line, before the runtime starts
     key = settings.key()  # ...or a missing key, once, not once per process
     if processes > 1:
-        from pipeline.stream.supervise import member_argv, supervise
+        from pipeline.stream.supervise import member_argv, metrics_env, supervise
 
-        return supervise(member_argv(args.prefix), processes)
+        if port and port + processes - 1 > 65535:
+            raise CliError(f"metrics ports {port}..{port + processes - 1}: the last is past 65535")
+        return supervise(member_argv(args.prefix), processes, env_of=metrics_env(port))
     from pipeline.stream.app import run_worker
+    from pipeline.stream.observe import MetricsPortError, bind
 
+    try:  # bound now: a port in use is one line, not a worker that starts without its metrics
+        sock = bind(settings.metrics_host, port) if port else None
+    except MetricsPortError as exc:
+        raise CliError(str(exc)) from None
     collector.tune()
-    run_worker(settings, key, prefix=args.prefix)
+    run_worker(settings, key, prefix=args.prefix, metrics=sock)
     return 0
 
 
@@ -175,6 +187,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="members of the consumer group this command runs, one process each, to use more "
         "than one core (default: CALLPIPE_WORKER_PROCESSES, else 1; 0: one per core)",
+    )
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics (Prometheus), /healthz and /readyz on this port of CALLPIPE_METRICS_HOST "
+        "(127.0.0.1); with --processes N, member i on port+i (default: CALLPIPE_METRICS_PORT, "
+        "else 0: none)",
     )
     w.set_defaults(func=worker_cmd)
 

@@ -56,6 +56,7 @@ from pipeline.consent import (
     record_consent,
     record_request,
 )
+from sinks import stats
 from sinks.files import fsync_dir, write_synced
 
 log = logging.getLogger("callpipe.control")
@@ -66,7 +67,9 @@ RECORDS = {Stream.CONSENT: "ConsentEvent", Stream.REQUESTS: "PrivacyRequest"}
 class ControlState:
     """Every account's consent and request history, and the event-time progress of every control
     partition. `listeners` are told the account of each applied request (a runner forgets the
-    plaintext identifiers it cached for an erased account)."""
+    plaintext identifiers it cached for an erased account). `counts`, per stream, the records
+    applied (`consent_applied`), rejected by reason (`consent_rejected.bad_time`, the names of
+    `sinks.stats.rejected`) and failed to apply (`consent_errors`): the worker's metrics."""
 
     def __init__(self, max_idle_ms: int, now_ms: int) -> None:
         self.accounts: dict[str, AccountState] = {}
@@ -78,6 +81,8 @@ class ControlState:
         """Apply one control message; returns how many of its records were applied (what does
         not decode is skipped here and dead-lettered by the partition's owner)."""
         decoded = decode_value(value, RECORDS[stream], headers=headers)
+        for rejection in decoded.rejections:  # counted here, dead-lettered by the partition's owner
+            self.counts[stats.rejected(stream.value, rejection.reason.value)] += 1
         applied = 0
         for rec in decoded.records:
             try:
@@ -92,7 +97,7 @@ class ControlState:
                 self.watermarks.observe(stream, int(rec["at"]), now_ms, partition)
                 applied += 1
             except Exception as exc:  # the guard: one bad record must not stop the state
-                self.counts["control_errors"] += 1
+                self.counts[f"{stream.value}_errors"] += 1
                 log.error(
                     "%s record not applied: partition=%s error=%s", stream, partition, type(exc).__name__
                 )

@@ -39,7 +39,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from pipeline.errors import EXIT_TRIPPED
@@ -55,6 +55,11 @@ _PR_SET_PDEATHSIG = 1
 def member_argv(prefix: str) -> list[str]:
     """The command of one member: a worker of one process."""
     return [sys.executable, "-m", "pipeline.cli", "worker", "--prefix", prefix, "--processes", "1"]
+
+
+def metrics_env(port: int) -> Callable[[int], Mapping[str, str]]:
+    """Each member's metrics port: member i serves on `port` + i (none for every member at 0)."""
+    return lambda i: {"CALLPIPE_METRICS_PORT": str(port + i) if port else "0"}
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -173,8 +178,14 @@ class _Barrier:
         os.close(self.ready_r)
 
 
-def supervise(argv: Sequence[str], processes: int, barrier_timeout_s: float = BARRIER_TIMEOUT_S) -> int:
-    """Run `processes` members, each `argv`, until they all stop; returns the exit status."""
+def supervise(
+    argv: Sequence[str],
+    processes: int,
+    barrier_timeout_s: float = BARRIER_TIMEOUT_S,
+    env_of: Callable[[int], Mapping[str, str]] | None = None,
+) -> int:
+    """Run `processes` members, each `argv` (and member i with `env_of(i)` in its
+    environment), until they all stop; returns the exit status."""
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
     barrier = _Barrier(processes, barrier_timeout_s)
@@ -202,6 +213,7 @@ def supervise(argv: Sequence[str], processes: int, barrier_timeout_s: float = BA
                 "CALLPIPE_WORKER_PROCESSES": "1",
                 "CALLPIPE_WORKER_MEMBER": str(i),
                 BARRIER_ENV: barrier.env(),
+                **(env_of(i) if env_of is not None else {}),
             }
             # Its own process group: a terminal's Ctrl-C reaches the command only, which passes
             # one SIGTERM on (a member signalled twice would stop without landing).

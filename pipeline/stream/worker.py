@@ -158,6 +158,10 @@ class StreamWorker:
         self.busy: dict[int, float] = {}  # assigned, lake writer held by the previous owner: since
         self.stalled: dict[int, _Stalled] = {}  # paused after a failed flush
         self.counters: Counter[str] = Counter()
+        # what this process landed: the stats of its ranges (those `_stats/` holds), and when
+        # each partition last landed one (wall clock ms); read by the metrics at scrape time
+        self.landed: Counter[str] = Counter()
+        self.last_landed_ms: dict[int, int] = {}
         self._logged: dict[str, float] = {}
         self._retry_dead: list[tuple[Rejection, bytes | None, str]] = []
         self.memo = Memo()  # identifiers -> E.164, facts, tokens; shared by this worker's runners
@@ -408,6 +412,11 @@ class StreamWorker:
                 self._refused(d, key, topic, exc)
         return not self._retry_dead
 
+    @property
+    def dead_to_resend(self) -> int:
+        """Dead letters the broker did not take, waiting to be sent again."""
+        return len(self._retry_dead)
+
     def _refused(self, d: Rejection, key: bytes | None, topic: str, exc: BaseException) -> None:
         self.counters["dead_letter_retries"] += 1
         if self._once(f"dlq.{type(exc).__name__}", 10):
@@ -505,6 +514,8 @@ class StreamWorker:
             if isinstance(landing, Landing):
                 runner.landed(landing)
                 self.counters["flushes"] += 1
+                self.landed.update(landing.counts)
+                self.last_landed_ms[p] = self.now_ms()
                 log.info(
                     "landed %s offsets %s..%s: %s vault, %s analytics rows in %s files (%.2fs)",
                     flushed.source,

@@ -17,7 +17,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import EXIT_TRIPPED
 from pipeline.settings import Settings
-from pipeline.stream.supervise import exit_status
+from pipeline.stream.supervise import exit_status, metrics_env
 from tests.support.streamkit import ROOT, alive
 
 # A member: writes its pid, then waits; on SIGTERM notes it (once per signal) and exits with
@@ -149,6 +149,33 @@ def test_members_are_told_apart_and_run_as_single_process_workers(tmp_path: Path
     cmd.send_signal(signal.SIGTERM)
     cmd.wait(20)
     assert {p.name: p.read_text() for p in seen.iterdir()} == {"0": "1", "1": "1"}
+
+
+def test_member_i_serves_its_metrics_on_port_plus_i(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import os, sys, time; from pathlib import Path\n"
+        "m = os.environ['CALLPIPE_WORKER_MEMBER']\n"
+        "(Path(sys.argv[1]) / m).write_text(os.environ['CALLPIPE_METRICS_PORT'])\n"
+        "time.sleep(60)\n"
+    )
+    argv = [sys.executable, str(script), str(seen)]
+    code = (
+        "import sys; from pipeline.stream.supervise import metrics_env, supervise; "
+        f"sys.exit(supervise({argv!r}, 3, env_of=metrics_env(9470)))"
+    )
+    cmd = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "CALLPIPE_METRICS_PORT": "1"}
+    )
+    deadline = time.monotonic() + 20
+    while len([p for p in seen.iterdir() if p.read_text()]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cmd.send_signal(signal.SIGTERM)
+    cmd.wait(20)
+    assert {p.name: p.read_text() for p in seen.iterdir()} == {"0": "9470", "1": "9471", "2": "9472"}
+    assert metrics_env(0)(2) == {"CALLPIPE_METRICS_PORT": "0"}  # off for every member, whatever the env says
 
 
 @pytest.mark.parametrize(

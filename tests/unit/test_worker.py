@@ -746,3 +746,29 @@ def test_a_landing_behind_that_fails_on_the_disk_pauses_the_partition(
     w = run(go())
     assert w.counters["flush_failures"] == 1
     assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+
+
+def test_what_the_worker_landed_is_what_the_lakes_stats_hold(lake: Path) -> None:
+    """The metrics read `landed` and `last_landed_ms`: the same counts as `_stats/`, kept as ranges land."""
+    recs = calls(30)
+    msgs = [*messages(recs[:20]), Msg(b"{not json", 0, 20), *messages(recs[20:], first=21)]
+    clock = Clock()
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, clock=clock)
+        await w.assigned([0])
+        await w.take(0, msgs[:15])
+        clock.mono += 6
+        await w.tick()  # one range
+        assert w.landed["events_in"] == 15 and w.last_landed_ms == {0: NOW_MS}
+        await w.take(0, msgs[15:])
+        await w.shutdown()  # the rest
+        return w
+
+    w = run(go())
+    on_disk = read_stats(lake)
+    assert w.counters["flushes"] == 2
+    assert w.landed["events_in"] == on_disk.events_in == 31
+    assert w.landed["vault"] == on_disk.written["vault"] == 30
+    assert w.landed["dead_letter.malformed"] == on_disk.dead_letters["malformed"] == 1
+    assert w.dead_to_resend == 0
