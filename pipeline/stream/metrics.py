@@ -2,8 +2,9 @@
 
 Pure: a `WorkerView` is a plain snapshot of the worker's own counters and state, taken at scrape
 time by pipeline/stream/observe.py (the HTTP edge); here it becomes the Prometheus text format
-(version 0.0.4) and the answers of `/healthz` and `/readyz`. Nothing here is counted: every
-number is one the worker already keeps, so the metrics and the lake's `_stats/` cannot disagree:
+(version 0.0.4, written by prometheus_client) and the answers of `/healthz` and `/readyz`.
+Nothing here is counted: every number is one the worker already keeps, so the metrics and the
+lake's `_stats/` cannot disagree:
 
   - events by outcome are the stats of the ranges this process landed (`PartitionRunner`'s
     counts, the very records `sinks.stats` writes beside each range), so they count an event once
@@ -19,17 +20,21 @@ a partition number, a zone, a stream, a state, a reason code), and the renderer 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from sinks import stats
 from sinks.stats import StreamStats
 
 LABELS = frozenset({"topic", "partition", "zone", "stream", "outcome", "reason", "state"})
 LIVENESS_S = 120.0  # the consume loop turns every 0.25 s; a turn waits at most ~40 s for the broker
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus_client's CONTENT_TYPE_LATEST
 
 # StreamWorker.counters that are not dead letters: metric name, help
 _WORKER_COUNTERS = {
@@ -103,34 +108,33 @@ class Metric:
         return self
 
 
-def _escape(text: str, quote: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if quote else text
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
 def render(metrics: Iterable[Metric]) -> str:
-    """The Prometheus text format: HELP and TYPE, then the samples, of each metric."""
-    lines: list[str] = []
+    """The Prometheus text format of `metrics` (prometheus_client's exposition: HELP, TYPE, the
+    samples), refusing a label name outside `LABELS`."""
+    families: list[Any] = []
     for m in metrics:
-        lines.append(f"# HELP {m.name} {_escape(m.help, quote=False)}")
-        lines.append(f"# TYPE {m.name} {m.kind}")
-        for labels, value in m.samples:
-            bad = set(labels) - LABELS
-            if bad:
-                raise ValueError(f"label {sorted(bad)[0]} may not be rendered")
-            text = ",".join(f'{k}="{_escape(v, quote=True)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{m.name}{{{text}}} {_number(value)}" if text else f"{m.name} {_number(value)}")
-    return "\n".join(lines) + "\n"
+        bad = {k for labels, _ in m.samples for k in labels} - LABELS
+        if bad:
+            raise ValueError(f"label {sorted(bad)[0]} may not be rendered")
+        counter = m.kind == "counter"
+        family = (CounterMetricFamily if counter else GaugeMetricFamily)(m.name, m.help)
+        # samples of one family may carry different labels (a rejection's reason): as given
+        sample = family.name + ("_total" if counter else "")
+        family.samples += [Sample(sample, dict(labels), float(value)) for labels, value in m.samples]
+        families.append(family)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(families))
+    return generate_latest(registry).decode()
+
+
+class _Fixed(Collector):
+    """Metric families computed before the scrape (from a `WorkerView`), handed to the registry."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Any]:
+        return self.families
 
 
 def health(view: WorkerView) -> tuple[bool, dict[str, Any]]:

@@ -67,7 +67,7 @@ def test_render_writes_help_type_and_escaped_labels() -> None:
     assert text.splitlines() == [
         '# HELP callpipe_x_total a "help"\\\\ line\\nnext',
         "# TYPE callpipe_x_total counter",
-        'callpipe_x_total{partition="2",topic="we\\"ird\\\\to\\npic"} 3',
+        'callpipe_x_total{partition="2",topic="we\\"ird\\\\to\\npic"} 3.0',
         "callpipe_x_total 0.25",
     ]
     assert text.endswith("\n")
@@ -77,9 +77,8 @@ def test_render_writes_help_type_and_escaped_labels() -> None:
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (0, "0"),
-        (12, "12"),
-        (12.0, "12"),
+        (0, "0.0"),
+        (12, "12.0"),
         (1.5, "1.5"),
         (math.nan, "NaN"),
         (math.inf, "+Inf"),
