@@ -14,7 +14,14 @@ from jobs.cli_ops import _busy, _connect, _lake, _print_json
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR
 from pipeline.settings import Settings
-from schemas.topics import REQUESTS
+from schemas.topics import DLQ, REQUESTS
+
+# Erasure counts the dead letters kept in the lake (_rejects/) only; calls.dlq is a Kafka log.
+DLQ_NOTE = (
+    f"{DLQ}: not counted (a Kafka log erase cannot rewrite): the subject's dead letters there stay"
+    " sealed to the operator key until the topic's retention expires them (3 days as `topics"
+    " create` makes it), and `dlq inspect`/`dlq replay` withhold them"
+)
 
 ERASE_HELP = """\
 Remove one account from the vault and analytics zones, its dead letters and its access exports in
@@ -80,6 +87,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         )
         if preview["outbox_files_unattributed"]:
             print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
+        print(f"  {DLQ_NOTE}")
         return 0
     announce = None
     if not args.no_topic:
@@ -129,6 +137,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     )
     if result.dead_letters_removed:
         print(f"  dead letters removed: {result.dead_letters_removed:,}")
+    print(f"  {DLQ_NOTE}")
     if result.access_exports_removed:
         print(f"  access exports removed from the outbox: {result.access_exports_removed}")
     if result.outbox_files_unattributed:

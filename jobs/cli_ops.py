@@ -214,7 +214,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(
         f"exported subject {result.subject} to {result.out}: {result.vault:,} vault rows,"
-        f" {result.analytics:,} analytics rows, {result.dead_letters:,} dead letters,"
+        f" {result.analytics:,} analytics rows, {result.dead_letters:,} dead letters (the lake's"
+        f" _rejects/; calls.dlq not searched: sealed, `dlq inspect` opens it),"
         f" {result.audit:,} audit entries"
     )
     if not (result.vault or result.analytics or result.dead_letters):

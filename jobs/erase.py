@@ -17,7 +17,9 @@ pass; anything left after it fails the job. The subject's dead letters kept by `
 (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change. The request is recorded
 in the audit trail by the subject's token, never its id, with the request it fulfils.
 
-Erasure covers every copy callpipe holds: after the lake, the subject's access exports still in
+Erasure covers every copy callpipe can rewrite (not calls.dlq, a Kafka log: its sealed copies are
+withheld by `dlq inspect`/`replay` until retention, pipeline/stream/withhold.py): after the lake,
+the subject's access exports still in
 the outbox (`<lake>/_outbox/access-<request>.json`, its manifest and temps, found through the
 request ledger, or through the manifest of an export no request names; see `jobs.outbox`) are
 deleted durably and counted (`access_exports_removed`). Files there that no subject can be tied to
@@ -262,6 +264,7 @@ def erase_locked(
             "key_version": key.version,
             "bucket": bucket,
             "buckets": buckets,
+            "dead_letters_scope": "_rejects (calls.dlq not counted: a Kafka log, sealed, withheld, expiring)",
             **extra,
         },
         counts=counts,

@@ -58,7 +58,7 @@ import orjson
 import schemas
 from pipeline import codec_avro
 from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
-from pipeline.identifiers import bad_identifier
+from pipeline.identifiers import bad_identifier, bad_identifier_field
 from pipeline.reasons import Reason, Rejection, Stage
 from schemas import clock
 
@@ -151,8 +151,16 @@ class MessageLike(Protocol):
 # ---------------------------------------------------------------- decoding one message value
 
 
-def _reject(out: Decoded, reason: Reason, index: int | None, raw: bytes, partition: int, offset: int) -> None:
-    out.rejections.append(Rejection(reason, Stage.DECODE, partition, offset, index, raw))
+def _reject(
+    out: Decoded,
+    reason: Reason,
+    index: int | None,
+    raw: bytes,
+    partition: int,
+    offset: int,
+    field: str | None = None,
+) -> None:
+    out.rejections.append(Rejection(reason, Stage.DECODE, partition, offset, index, raw, field))
 
 
 def _header_format(headers: Any) -> Format | None:
@@ -257,7 +265,10 @@ def _admit(
     if reason is None and record_name in _CONTROL_RECORDS:
         reason = bad_control_time(record)
     if reason is not None:
-        _reject(out, reason, index, raw if index is None else event_json(record), p, o)
+        name = bad_identifier_field(record, record_name) if reason is Reason.BAD_ID else None
+        if reason is Reason.BAD_TIME:
+            name = "at"  # bad_control_time's field
+        _reject(out, reason, index, raw if index is None else event_json(record), p, o, name)
         return
     out.records.append(record)
     out.lineage.append(Lineage(p, o, 0 if index is None else index))
@@ -372,7 +383,7 @@ def _decode_json(
                         raise Invalid(Reason.TOO_LARGE)
                     record = conv(item)
                 except Invalid as bad:
-                    _reject(one, bad.reason, i, event_json(item), p, o)
+                    _reject(one, bad.reason, i, event_json(item), p, o, bad.field)
                     continue
                 _admit(one, record, record_name, i, value, p, o)
             _settle(out, one)
@@ -394,7 +405,7 @@ def _decode_json(
                 raise Invalid(Reason.MALFORMED) from None
             record = conv(obj)
         except Invalid as bad:
-            _reject(one, bad.reason, i, line, p, o)
+            _reject(one, bad.reason, i, line, p, o, bad.field)
             continue
         _admit(one, record, record_name, i, line, p, o)
     _settle(out, one)
@@ -474,7 +485,7 @@ def _decode_into(
             measure = _avro_size(record_name)
         _admit_batch(out, result, record_name, measure, limits, raw, p, o, only)
     except Invalid as bad:
-        _reject(out, bad.reason, None, raw, p, o)
+        _reject(out, bad.reason, None, raw, p, o, bad.field)
 
 
 def decode_value(

@@ -23,10 +23,12 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 class Invalid(Exception):
-    """A JSON value that does not fit the schema; carries a reason code, never an input value."""
+    """A JSON value that does not fit the schema; carries a reason code and the (dotted) name of
+    the schema field it failed on where known, never an input value."""
 
-    def __init__(self, reason: Reason) -> None:
+    def __init__(self, reason: Reason, field: str | None = None) -> None:
         self.reason = reason
+        self.field = field
 
 
 Conv = Callable[[Any], Any]
@@ -173,18 +175,22 @@ def _record(node: dict[str, Any]) -> Conv:
             raise Invalid(Reason.WRONG_TYPE)
         out = {}
         get = obj.get
-        for name, convert, required, default in fields:
-            v = get(name)
-            if v is None:
-                if required:
-                    raise Invalid(Reason.MISSING_FIELD)
-                out[name] = default
-            elif convert is None:  # plain strings, checked inline: most fields, the hot path
-                if type(v) is not str:
-                    raise Invalid(Reason.WRONG_TYPE)
-                out[name] = v
-            else:
-                out[name] = convert(v)
+        try:  # free when nothing raises (zero-cost exceptions): the field is named on rejection only
+            for name, convert, required, default in fields:
+                v = get(name)
+                if v is None:
+                    if required:
+                        raise Invalid(Reason.MISSING_FIELD)
+                    out[name] = default
+                elif convert is None:  # plain strings, checked inline: most fields, the hot path
+                    if type(v) is not str:
+                        raise Invalid(Reason.WRONG_TYPE)
+                    out[name] = v
+                else:
+                    out[name] = convert(v)
+        except Invalid as bad:  # a nested record named its own field first: prefix ours
+            bad.field = name if bad.field is None else f"{name}.{bad.field}"
+            raise
         return out
 
     return conv

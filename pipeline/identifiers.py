@@ -59,6 +59,18 @@ def _bad(value: Any, limit: int) -> bool:
     )
 
 
+def bad_identifier_field(record: Mapping[str, Any], record_name: str) -> str | None:
+    """The (dotted) name of the identifier field `bad_identifier` rejects, for the dead letter's
+    `callpipe.field` header; asked on the rejection path only, never per good event."""
+    for path, limit in identifier_paths(record_name):
+        node: Any = record
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if _bad(node, limit):
+            return ".".join(path)
+    return None
+
+
 def bad_identifier(record: Mapping[str, Any], record_name: str) -> Reason | None:
     """BAD_ID if a present identifier field of `record` is blank, too long or unprintable.
 

@@ -54,7 +54,9 @@ class Rejection:
 
     `partition`/`offset` are the source message's (-1 where there is none, e.g. a file); `raw` is
     the original bytes (for a bad JSON line that line alone; for an event rejected after decoding,
-    the event as JSON), with secret-named attributes masked where the format allows it."""
+    the event as JSON), with secret-named attributes masked where the format allows it. `field`
+    is the schema field the rejection is about (a dotted name from the schema, never a value),
+    where the rejecting code knows it; it travels as the `callpipe.field` header."""
 
     reason: Reason
     stage: Stage
@@ -62,6 +64,7 @@ class Rejection:
     offset: int
     index: int | None
     raw: bytes
+    field: str | None = None
 
     def headers(self, topic: str) -> list[tuple[str, bytes]]:
         """The dead letter's headers: why, where, and from which source message."""
@@ -74,4 +77,6 @@ class Rejection:
         ]
         if self.index is not None:
             out.append(("callpipe.source.index", str(self.index).encode()))
+        if self.field is not None:
+            out.append(("callpipe.field", self.field.encode()))
         return out

@@ -34,6 +34,7 @@ from pipeline.codec import Lineage, event_json
 from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
 from pipeline.memo import Memo
 from pipeline.reasons import Drop, Reason, Rejection, Stage
+from pipeline.rejected_field import field_of
 from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
 
 RECORD = "CallEvent"
@@ -758,17 +759,23 @@ def validated(
             if reason is None and clean["event_id"] in seen:
                 reason = Reason.DUPLICATE
         if reason is not None or clean is None:
-            rejections.append(_rejection(reason or Reason.INTERNAL, raw, index, sources, names))
+            blamed = field_of(raw, reason, EPOCH_OF_SERVICE_MS, latest) if reason is not None else None
+            rejections.append(_rejection(reason or Reason.INTERNAL, raw, index, sources, names, blamed))
             continue
         seen.add(clean["event_id"])
         yield clean, index, normalize_numbers(clean, memo)
 
 
 def _rejection(
-    reason: Reason, record: Any, index: int, sources: Sequence[Lineage] | None, names: frozenset[str]
+    reason: Reason,
+    record: Any,
+    index: int,
+    sources: Sequence[Lineage] | None,
+    names: frozenset[str],
+    field: str | None = None,
 ) -> Rejection:
     partition, offset, place = sources[index] if sources is not None else (-1, index, 0)
-    return Rejection(reason, Stage.VALIDATE, partition, offset, place, rejected_bytes(record, names))
+    return Rejection(reason, Stage.VALIDATE, partition, offset, place, rejected_bytes(record, names), field)
 
 
 def rejected_bytes(record: Any, secret_names: Iterable[str]) -> bytes:

@@ -216,7 +216,7 @@ class ControlDuty:
         for msg in messages:
             decoded = decode_value(msg.value, RECORDS[stream], headers=msg.headers)
             dead = [
-                Rejection(r.reason, r.stage, tp.partition, msg.offset, r.index, self._mask(r.raw))
+                Rejection(r.reason, r.stage, tp.partition, msg.offset, r.index, self._mask(r.raw), r.field)
                 for r in decoded.rejections
             ]
             for rec in decoded.records:

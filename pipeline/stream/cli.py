@@ -12,6 +12,7 @@ from pipeline import collector
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR, WORKER
 from pipeline.settings import Settings
+from pipeline.stream import withhold
 from sinks import stats
 from sinks.layout import ANALYTICS, VAULT
 from sinks.stats import StreamStats
@@ -105,18 +106,15 @@ def dlq_keygen_cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _shown(raw: bytes) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        import base64
-
-        return "base64:" + base64.b64encode(raw).decode()
+def _suppression(args: argparse.Namespace, settings: Settings) -> withhold.Suppression:
+    """The lake's suppression list: `--lake`, else CALLPIPE_LAKE; no lake stops the command."""
+    return withhold.load(args.lake if args.lake is not None else settings.lake)
 
 
 def dlq_inspect_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.sealed import OperatorKeys
     from pipeline.stream.dlq import export, inspect
+    from pipeline.stream.dlq_show import shown, triage
 
     if not settings.dlq_key_file.exists():
         raise CliError(
@@ -124,42 +122,47 @@ def dlq_inspect_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "CALLPIPE_DLQ_KEY_FILE to the operator key file"
         )
     keys = OperatorKeys.load(settings.dlq_key_file)
-    letters = inspect(
+    suppression = _suppression(args, settings)  # before the read: no lake, nothing opened
+    seen = inspect(
         settings.kafka(OPERATOR),
         keys,
+        suppression,
         prefix=args.prefix,
         partition=args.partition,
         offset=args.offset,
         count=args.count,
     )
+    letters = seen.letters
     if args.out is not None:
         export(letters, args.out)
         print(f"exported {len(letters)} dead letters to {args.out} (<p>-<offset>.json and .value, mode 0600)")
+        print(withhold.withheld_line(seen.withheld))
         return 0
     for letter in letters:
-        d = letter.describe()
-        src = d["source"]
-        index = "" if src["index"] is None else f" index={src['index']}"
-        kept = f" kept={d['kept']}" if d["kept"] else ""
-        print(
-            f"dlq {d['dlq']['partition']}:{d['dlq']['offset']} reason={d['reason']} stage={d['stage']} "
-            f"source={src['topic']} {src['partition']}:{src['offset']}{index} "
-            f"format={d['format']} size={d['size']} sha256={d['sha256']}{kept}"
-        )
-        print(f"  {_shown(letter.raw)}")
+        print(triage(letter.describe(), letter.raw))
+        print(f"  {shown(letter.raw)}")
     print(f"{len(letters)} dead letters")
+    print(withhold.withheld_line(seen.withheld))
     return 0
 
 
 def dlq_replay_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.dlq import replay
 
-    done = replay(settings.kafka(OPERATOR), args.folder, prefix=args.prefix)
+    suppression = _suppression(args, settings)
+    done = replay(settings.kafka(OPERATOR), args.folder, suppression, prefix=args.prefix)
     print(
         f"replayed {len(done.replayed)} dead letters; skipped {len(done.already)} replayed before"
         + (f", {len(done.missing_value)} without a .value file" if done.missing_value else "")
     )
+    print(withhold.withheld_line(len(done.withheld)))
     return 0
+
+
+_LAKE_HELP = (
+    "the lake whose suppression list withholds erased subjects' dead letters "
+    "(default: CALLPIPE_LAKE, else ./lake; required: without it the command stops)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -173,10 +176,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--count", type=int, default=None, help="at most this many dead letters")
     ins.add_argument("--out", type=Path, default=None, help="export to this folder for repair")
     ins.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
+    ins.add_argument("--lake", type=Path, default=None, help=_LAKE_HELP)
     ins.set_defaults(func=dlq_inspect_cmd, vault_keys=False)
     rep = dsub.add_parser("replay", help="produce the repaired messages of an export folder, once each")
     rep.add_argument("folder", type=Path, help="a folder written by `callpipe dlq inspect --out`")
     rep.add_argument("--prefix", default="", help="the topic set's name prefix (as given to inspect)")
+    rep.add_argument("--lake", type=Path, default=None, help=_LAKE_HELP)
     rep.set_defaults(func=dlq_replay_cmd, vault_keys=False)
 
     w = sub.add_parser("worker", help="run a stream worker (one member of the consumer group) until stopped")

@@ -12,6 +12,10 @@
 
 The worker then takes a replayed message like any other: landed once, or dead-lettered again
 with its reason if the repair did not fix it.
+
+Both withhold the dead letters of erased subjects (pipeline/stream/withhold.py): calls.dlq keeps
+them until its retention expires them, but no operator sees, exports or replays them after the
+erasure; they are counted, never named.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.errors import CliError
 from pipeline.kafka_access import KafkaAccess
 from pipeline.kafka_metadata import topic_partitions
 from pipeline.sealed import OperatorKeys, unseal
+from pipeline.stream.withhold import Suppression
 from schemas.topics import DLQ, REPLAY_TXN, REPLAYED
 from sinks import files
 
@@ -59,6 +64,7 @@ class Letter:
             "dlq": {"partition": self.partition, "offset": self.offset},
             "reason": h.get("callpipe.reason"),
             "stage": h.get("callpipe.stage"),
+            "field": h.get("callpipe.field"),  # the schema field it failed on, where known (a name)
             "source": {
                 "topic": h.get("callpipe.source.topic"),
                 "partition": int(h.get("callpipe.source.partition", "-1")),
@@ -132,17 +138,30 @@ def open_letters(records: Sequence[Any], keys: OperatorKeys) -> list[Letter]:
 _BINARY = {"callpipe.dek", "callpipe.source.key"}
 
 
+@dataclass(frozen=True)
+class Inspected:
+    letters: list[Letter]  # opened, none of them an erased subject's
+    withheld: int  # read, but an erased subject's: neither shown nor exported
+
+
+def withhold(letters: Sequence[Letter], suppression: Suppression) -> Inspected:
+    shown = [letter for letter in letters if not suppression.holds(letter.raw, letter.key)]
+    return Inspected(shown, len(letters) - len(shown))
+
+
 def inspect(
     access: KafkaAccess,
     keys: OperatorKeys,
+    suppression: Suppression,
     *,
     prefix: str = "",
     partition: int | None = None,
     offset: int | None = None,
     count: int | None = None,
-) -> list[Letter]:
+) -> Inspected:
+    """At most `count` dead letters read from calls.dlq, opened; an erased subject's withheld."""
     records = asyncio.run(_read(access, prefix + DLQ, partition, offset, count))
-    return open_letters(records, keys)
+    return withhold(open_letters(records, keys), suppression)
 
 
 def export(letters: Sequence[Letter], out: Path) -> list[Path]:
@@ -174,13 +193,14 @@ class Replayed:
     replayed: list[str]  # dead letters produced now (`<p>-<offset>`)
     already: list[str]  # replayed before: skipped
     missing_value: list[str]  # described, but their `.value` file was removed: not replayed
+    withheld: list[str]  # an erased subject's (by key or value): never produced again
 
 
 def _ledger_key(dlq_topic: str, partition: int, offset: int) -> bytes:
     return f"{dlq_topic}:{partition}:{offset}".encode()
 
 
-async def _replay(access: KafkaAccess, prefix: str, folder: Path) -> Replayed:
+async def _replay(access: KafkaAccess, prefix: str, folder: Path, suppression: Suppression) -> Replayed:
     dlq_topic, ledger = prefix + DLQ, prefix + REPLAYED
     docs = []
     for path in sorted(folder.glob("*.json")):
@@ -203,7 +223,7 @@ async def _replay(access: KafkaAccess, prefix: str, folder: Path) -> Replayed:
     await producer.start()
     try:
         done = {r.key for r in await _read(access, ledger, None, None, None)}
-        replayed, already, missing = [], [], []
+        replayed, already, missing, withheld = [], [], [], []
         for path, doc in docs:
             p, o = doc["dlq"]["partition"], doc["dlq"]["offset"]
             name = f"{p}-{o}"
@@ -211,12 +231,15 @@ async def _replay(access: KafkaAccess, prefix: str, folder: Path) -> Replayed:
             if not value_path.exists():
                 missing.append(name)
                 continue
+            value = value_path.read_bytes()
+            key = base64.b64decode(doc["key_b64"]) if doc.get("key_b64") else None
+            if suppression.holds(value, key):  # exported before the erasure, or edited into one
+                withheld.append(name)
+                continue
             ledger_key = _ledger_key(dlq_topic, p, o)
             if ledger_key in done:
                 already.append(name)
                 continue
-            value = value_path.read_bytes()
-            key = base64.b64decode(doc["key_b64"]) if doc.get("key_b64") else None
             source = doc["source"]
             record = orjson.dumps(
                 {
@@ -236,12 +259,12 @@ async def _replay(access: KafkaAccess, prefix: str, folder: Path) -> Replayed:
                 await producer.send(ledger, value=record, key=ledger_key)
             done.add(ledger_key)
             replayed.append(name)
-        return Replayed(replayed, already, missing)
+        return Replayed(replayed, already, missing, withheld)
     finally:
         await producer.stop()
 
 
-def replay(access: KafkaAccess, folder: Path, *, prefix: str = "") -> Replayed:
+def replay(access: KafkaAccess, folder: Path, suppression: Suppression, *, prefix: str = "") -> Replayed:
     if not folder.is_dir():
         raise CliError(f"{folder}: no such folder (export dead letters with `callpipe dlq inspect --out`)")
-    return asyncio.run(_replay(access, prefix, folder))
+    return asyncio.run(_replay(access, prefix, folder, suppression))

@@ -197,7 +197,9 @@ class PartitionRunner:
         dead = []
         for rej in rejections:
             arrived[stats.dead_letter(rej.reason.value)] += 1  # type: ignore[index]
-            dead.append(Rejection(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw)))
+            dead.append(
+                Rejection(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw), rej.field)
+            )
         self._messages.append(_Message(offset, len(records), len(records) + len(rejections), arrived))
         return dead
 

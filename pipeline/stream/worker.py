@@ -610,7 +610,9 @@ def keep_oversize(lake: Path, topic: str, d: Rejection) -> None:
 def stub_of(d: Rejection) -> Rejection:
     """What calls.dlq holds of an oversize dead letter: no bytes, its size and SHA-256 in headers."""
     digest = hashlib.sha256(d.raw).hexdigest()
-    return _Stub(d.reason, d.stage, d.partition, d.offset, d.index, b"", len(d.raw), digest)
+    return _Stub(
+        d.reason, d.stage, d.partition, d.offset, d.index, b"", d.field, size=len(d.raw), sha256=digest
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,7 @@ def test_dead_letters_are_sealed_logs_hold_no_personal_data_and_a_repair_lands_o
 
     # the operator opens them; without the key, a clear error
     env["CALLPIPE_HOME"] = str(tmp_path / "home")
+    env["CALLPIPE_LAKE"] = str(lake)  # the suppression list of erased subjects (none here)
     shown = callpipe(env, "dlq", "inspect", "--prefix", prefix)
     assert shown.returncode == 0, shown.stderr
     for _value, call in bad:

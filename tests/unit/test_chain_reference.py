@@ -23,7 +23,9 @@ from pipeline.memo import Memo
 from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy
 from pipeline.pseudonymize import interpret
 from pipeline.reasons import Drop, Reason, Rejection, Stage
+from pipeline.rejected_field import field_of
 from pipeline.validate import (
+    MAX_FUTURE_MS,
     _check_fields,
     _check_times,
     _is_secret,
@@ -33,6 +35,7 @@ from pipeline.validate import (
     normalize_numbers,
     rejected_bytes,
 )
+from schemas.clock import EPOCH_OF_SERVICE_MS
 from sinks.layout import bucket_of
 
 
@@ -82,8 +85,11 @@ def reference(
                 reason = Reason.DUPLICATE
         if reason is not None:
             partition, offset, place = sources[index] if sources is not None else (-1, index, 0)
+            blamed = field_of(raw, reason, EPOCH_OF_SERVICE_MS, now_ms + MAX_FUTURE_MS)
             result.rejections.append(
-                Rejection(reason, Stage.VALIDATE, partition, offset, place, rejected_bytes(raw, names))
+                Rejection(
+                    reason, Stage.VALIDATE, partition, offset, place, rejected_bytes(raw, names), blamed
+                )
             )
             continue
         seen.add(record["event_id"])
