@@ -42,6 +42,9 @@ Where callpipe deliberately differs from the test suites of Presidio and libphon
   call): text is written by people who dial from elsewhere;
 - a date followed by a time ("20120102 08:00") is never a phone number, as in libphonenumber,
   and neither is a run after an identifier word, which libphonenumber would report.
+- an email address may be internationalized (RFC 6531 local part, IDNA domain: "müller@",
+  "张伟@例子.中国"), where Presidio's ASCII pattern leaves "mü" visible. Text written without
+  spaces before an address (Chinese, Japanese) is redacted with it: no word boundary is known.
 """
 
 from __future__ import annotations
@@ -113,8 +116,29 @@ _TO_ASCII = (
     | {chr(base + d): str(d) for base in (0x660, 0x6F0, 0x966, 0x9E6, 0xE50) for d in range(10)}
 )
 # Found on their own, each anchored on a character that ordinary text rarely holds.
-_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*$")
-_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Emails from each "@", internationalized ones too (RFC 6531 local parts, IDNA domains). Past
+# ASCII every character belongs to an address (letters and digits of any script, the marks of a
+# decomposed "u\u0308" or a Devanagari vowel sign) but for spaces and the punctuation that
+# closes one (quotes, brackets, Arabic, Devanagari and CJK commas and stops; full-width forms
+# were read as ASCII before): a stop not listed costs one character of over-redaction, whereas a
+# letter taken for a stop would leave part of an address visible. The local part starts at a
+# letter or digit and runs over RFC 5322's atext and dots ("o'brien", "a+tag", and "’" as an
+# apostrophe) up to the "@"; the domain is labels of letters, digits and "-", the last one (the
+# TLD) letters only or an A-label ("xn--p1ai"), with no letter, digit or "_" right after it.
+_STOP_LOCAL = (
+    r"\s\u00a1\u00a7\u00ab\u00b6\u00bb\u00bf\u060c\u061b\u061f\u06d4\u0964\u0965\u2000-\u200b"
+    r"\u2010-\u2018\u201a-\u205f\u3001-\u3003\u3008-\u3011\u3014-\u301f\uff61-\uff65"
+)
+_STOP = _STOP_LOCAL + r"\u2019"  # "’" is an apostrophe in a local part only
+_LETTER = rf"[^\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f{_STOP}]"  # any script's, ASCII digits too
+_ATEXT = rf"[^\x00-\x20\x22\x28\x29\x2c\x3a-\x3c\x3e\x40\x5b-\x5d\x7f{_STOP_LOCAL}]"
+_LABEL = rf"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f{_STOP}]"  # _LETTER and "-"
+_TLD = rf"[^\x00-\x40\x5b-\x60\x7b-\x7f{_STOP}]"  # _LETTER but ASCII digits
+# the run of atext right before an "@", matched on the 64 characters before it reversed (one
+# match, where searching forward for a run that ends at the "@" retries at every character)
+_LOCAL_RUN = re.compile(rf"{_ATEXT}*")
+_LOCAL_START = re.compile(_LETTER)
+_EMAIL_DOMAIN = re.compile(rf"{_LABEL}+(?:\.{_LABEL}+)*\.(?:xn--[A-Za-z0-9-]+|{_TLD}{{2,}})(?!{_LETTER}|_)")
 # An IBAN's two check digits after its two country letters; the rest is read by _ibans.
 _IBAN = re.compile(r"[0-9][0-9](?<=[A-Za-z]{2}[0-9]{2})(?<![A-Za-z0-9][A-Za-z]{2}[0-9]{2})")
 _IPV6_SEED = re.compile(r":[0-9A-Fa-f]{0,4}:")
@@ -194,13 +218,12 @@ def _scan_run(
 def _emails(text: str, out: list[Span]) -> None:
     at = text.find("@")
     while at != -1:
-        local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
-        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        before = _LOCAL_RUN.match(text[max(0, at - 64) : at][::-1])  # always matches
+        run = 0 if before is None else before.end()
+        local = _LOCAL_START.search(text, at - run, at) if run else None  # starts at a letter
+        domain = _EMAIL_DOMAIN.match(text, at + 1) if local is not None else None
         if local is not None and domain is not None:
-            start = local.start()
-            while start < at and text[start] == ".":
-                start += 1
-            out.append(Span(start, domain.end(), Label.EMAIL))
+            out.append(Span(local.start(), domain.end(), Label.EMAIL))
             at = text.find("@", domain.end())
         else:
             at = text.find("@", at + 1)

@@ -7,28 +7,28 @@ list of fields is kept here. A field whose annotation has no transform fails at 
 
   identifiers       keyed tokens `key.token(domain, value)` (account, org, device, phone)
   phone numbers     token of the E.164 form, country calling code, number type (mobile, ...)
-  IP addresses      network prefix: /24 for IPv4, /48 for IPv6
+  IP addresses      network prefix: /24 for IPv4, /48 for IPv6, the /24 of an IPv4 address an
+                    IPv6 one carries (6to4, Teredo, ...: pipeline/generalize.py)
   cell ids          cell_area MCC-MNC-LAC (the cell dropped); an id not in that form: a token
   recording URI     has_recording only
   free text         every detected PII span replaced by its label (pipeline.detect); attribute
-                    values through redact_value, which remembers repeating machine identifiers
+                    maps keys and values alike, short texts remembered (pipeline/attributes.py)
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import phonenumbers
-
 import schemas
-from pipeline.detect import redact_text, redact_value, rememberable
+from pipeline.attributes import redact_attributes
+from pipeline.detect import redact_text
+from pipeline.generalize import ip_prefix, phone_facts
 from pipeline.keys import TOKEN_HEX, Domain, PseudonymKey
 from pipeline.memo import Memo
 from schemas.zones import ANALYTICS_COLUMNS, LINEAGE
@@ -42,36 +42,6 @@ _MISSING = object()
 # (value, key, regions of the call, memo) -> the values of the rule's columns, in ANALYTICS_COLUMNS
 # order. `memo` (pipeline/memo.py) remembers what identifiers became.
 Transform = Callable[[Any, PseudonymKey, Sequence[str], Memo], tuple[Any, ...]]
-
-_TYPE_NAMES = {
-    getattr(phonenumbers.PhoneNumberType, n): n.lower()
-    for n in vars(phonenumbers.PhoneNumberType)
-    if n.isupper()
-}
-
-
-def phone_facts(number: str) -> tuple[int | None, str]:
-    """(country calling code, number type) of an E.164 number; (None, "unknown") otherwise."""
-    if not number.startswith("+"):
-        return None, "unknown"
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return None, "unknown"
-    kind = phonenumbers.number_type(parsed)
-    return parsed.country_code, _TYPE_NAMES.get(kind, "unknown")
-
-
-def ip_prefix(value: str) -> str | None:
-    """The network prefix of an IP address (/24, /48), or None if it is not an address."""
-    try:
-        ip = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    bits = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
 def cell_area(value: str, key: PseudonymKey) -> str:
@@ -167,23 +137,7 @@ def _text(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> 
 
 
 def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
-    if value is None:
-        return (None,)
-    out: dict[str, str] = {}
-    hint = tuple(regions)
-    peek = memo.peek
-    for k, v in value.items():
-        # only rememberable values are ever remembered, so a value found is one: the look-up
-        # comes first and `rememberable` runs on a miss only
-        redacted = peek(("attr", v, hint))
-        if redacted is None:
-            redacted = (
-                memo.put(("attr", v, hint), redact_value(v, hint))
-                if rememberable(v)
-                else redact_value(v, hint)
-            )
-        out[k] = redacted
-    return (out,)
+    return (None if value is None else redact_attributes(value, tuple(regions), memo),)
 
 
 # One transform per (class, category) of ANALYTICS_COLUMNS.

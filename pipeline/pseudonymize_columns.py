@@ -10,14 +10,14 @@ The columns follow pipeline.pseudonymize's plan (one transform per (PII class, c
 schema's annotations): each step of `_compiled()` is matched to its column form here by the
 transform it names, and a transform without one fails `column_plan()` at start-up, so a new
 annotated field can never pass through raw. The values come from the same functions
-(`token_of`, `_phone`, `cell_area`, `ip_prefix`, `redact_text`, `redact_value`) under the same
+(`token_of`, `_phone`, `cell_area`, `ip_prefix`, `redact_text`, `redacted`) under the same
 memo entries as the generated row code, so what one path remembered the other finds, and
 `Memo.forget()` on erasure drops both.
 
 Per distinct value: `dictionary_encode`, a Python loop over the dictionary, `take` back to the
 rows (a null index gives a null: a transform is never called on None). Transcripts, rare and
 nearly always unique, are redacted row by row with each row's regions, the non-null ones only;
-attribute values once per distinct (value, regions of the call). Errors name columns, never
+attribute keys and values once per distinct (text, regions of the call). Errors name columns, never
 values.
 """
 
@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.detect import redact_text, redact_value, rememberable
+from pipeline.attributes import ENTRY, distinct_keys, redacted
+from pipeline.detect import redact_text
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.pseudonymize import (
@@ -192,8 +193,9 @@ def _text_column(
 def _map_column(
     values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
 ) -> tuple[pa.Array, ...]:
-    """Keys and map boundaries (nulls, empty maps) as they are; each value redacted once per
-    distinct (value, regions of its call), remembered when `rememberable` as `_text_map` does."""
+    """Map boundaries (nulls, empty maps) as they are; each key and each value redacted once per
+    distinct (text, regions of its call), under `redact_attributes`' memo entries; keys that
+    redact to one text in a map named apart as it names them (`distinct_keys`)."""
     maps: pa.MapArray = values
     offsets = maps.offsets.to_numpy()
     first, last = int(offsets[0]), int(offsets[-1])
@@ -203,26 +205,52 @@ def _map_column(
         raise ValueError(f"column {step.columns[0]} holds a null map value")
     hints: dict[tuple[str, ...], int] = {}
     row_hint = np.fromiter((hints.setdefault(r, len(hints)) for r in regions), np.int64, len(regions))
-    encoded = items.dictionary_encode()
-    pairs = encoded.indices.to_numpy().astype(np.int64) * len(hints) + np.repeat(row_hint, np.diff(offsets))
-    distinct = pa.array(pairs).dictionary_encode()
-    texts = encoded.dictionary.to_pylist()
+    entry_hint = np.repeat(row_hint, np.diff(offsets))
     hint_of = [tuple(r) for r in hints]  # `_text_map`'s hint
-    peek, put = memo.peek, memo.put
-    redacted = []
-    for pair in distinct.dictionary.to_pylist():
-        text_index, hint_index = divmod(pair, len(hints))
-        text, hint = texts[text_index], hint_of[hint_index]
-        value = peek(("attr", text, hint))  # only rememberable values are ever remembered
-        if value is None:
-            value = redact_value(text, hint)
-            if rememberable(text):
-                put(("attr", text, hint), value)
-        redacted.append(value)
-    spread = pa.array(redacted, pa.string()).take(distinct.indices)
+    names = _redacted_per_distinct(keys, entry_hint, hint_of, memo)
+    spread = _redacted_per_distinct(items, entry_hint, hint_of, memo)
+    names = _named_apart(keys, names, offsets - first)
     rebased = pa.array(offsets - first, pa.int32())  # a fresh buffer: from_arrays refuses a sliced one
     mask = maps.is_null() if maps.null_count else None
-    return (pa.MapArray.from_arrays(rebased, keys, spread, type=step.types[0], mask=mask),)
+    return (pa.MapArray.from_arrays(rebased, names, spread, type=step.types[0], mask=mask),)
+
+
+def _redacted_per_distinct(
+    texts: pa.Array, entry_hint: np.ndarray, hint_of: list[tuple[str, ...]], memo: Memo
+) -> pa.Array:
+    """`redacted(text, hint)` of each map entry's text, computed once per distinct pair."""
+    encoded = texts.dictionary_encode()
+    pairs = encoded.indices.to_numpy().astype(np.int64) * len(hint_of) + entry_hint
+    distinct = pa.array(pairs).dictionary_encode()
+    dictionary = encoded.dictionary.to_pylist()
+    peek = memo.peek
+    out = []
+    for pair in distinct.dictionary.to_pylist():
+        text_index, hint_index = divmod(pair, len(hint_of))
+        text, hint = dictionary[text_index], hint_of[hint_index]
+        value = peek((ENTRY, text, hint))  # only rememberable texts are ever remembered
+        out.append(redacted(text, hint, memo) if value is None else value)
+    return pa.array(out, pa.string()).take(distinct.indices)
+
+
+def _named_apart(keys: pa.Array, names: pa.Array, offsets: np.ndarray) -> pa.Array:
+    """`names`, except in maps where two keys redacted to one text: `distinct_keys` there. Only
+    maps with a key redaction changed are looked at (nearly always none)."""
+    changed = pc.not_equal(keys, names)
+    if not pc.any(changed).as_py():
+        return names
+    entries = pc.indices_nonzero(changed).to_numpy()
+    rows = np.unique(np.searchsorted(offsets, entries, side="right") - 1)
+    fixed: list[Any] | None = None
+    for row in rows.tolist():
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        redacted_keys = names.slice(start, end - start).to_pylist()
+        if len(set(redacted_keys)) == len(redacted_keys):
+            continue
+        if fixed is None:
+            fixed = names.to_pylist()
+        fixed[start:end] = distinct_keys(keys.slice(start, end - start).to_pylist(), redacted_keys)
+    return names if fixed is None else pa.array(fixed, pa.string())
 
 
 _BUILDS: dict[Transform, Build] = {

@@ -40,6 +40,38 @@ def test_the_chains_tables_are_its_rows_as_tables(batch: int) -> None:
     assert 0 < analytics_rows < vault_rows <= len(calls)
 
 
+def test_attribute_keys_holding_personal_data_are_redacted_alike_in_both_forms() -> None:
+    """Keys are free text too: a number, an address, two keys that redact to one text."""
+    canary = seeded(600)
+    calls = [dict(c) for c in canary.traffic.calls]
+    planted = [
+        {"callback:+14155550123": "yes", "bob@example.com": "vip", "trunk_group": "tg-1"},
+        {"a@example.com": "1", "b@example.org": "2", "from 198.51.100.7": "x"},
+        {"ring 020 7946 0958": "ok"},  # national: redacted in a GB call only
+    ]
+    for i, call in enumerate(calls):
+        if i % 3 == 0:
+            call["attributes"] = {**(call.get("attributes") or {}), **planted[i // 3 % len(planted)]}
+    for batch in (1, 50, 600):
+        row_memo, column_memo = Memo(), Memo()
+        analytics = []
+        for i in range(0, len(calls), batch):
+            chunk = calls[i : i + batch]
+            rows = process_batch(
+                [dict(c) for c in chunk], canary.states, DEFAULT_POLICY, KEY, canary.now_ms, memo=row_memo
+            )
+            routed = route_batch(
+                [dict(c) for c in chunk], canary.states, DEFAULT_POLICY, KEY, canary.now_ms, memo=column_memo
+            )
+            tables = tables_of(routed, KEY, column_memo)
+            assert tables.analytics.equals(analytics_table(rows.analytics_rows))
+            analytics += tables.analytics.column("attributes").to_pylist()
+        keys = {k for m in analytics if m for k, _v in m}
+        assert {"callback:[PHONE]", "[EMAIL]", "[EMAIL]#2", "from [IP]"} <= keys
+        for raw in ("+14155550123", "bob@example.com", "@example", "198.51.100.7"):
+            assert raw not in str(analytics), raw
+
+
 def test_a_batch_wholly_rejected_or_erased_gives_empty_tables_of_the_zones_schemas() -> None:
     canary = seeded(50)
     bad = [{"event_id": "x"}, "not a record", None]

@@ -46,6 +46,25 @@ def found(text: str, regions: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         ("mail jane.doe@example.com.", (), [("EMAIL", "jane.doe@example.com")]),
         ("<a.b+tag@mail.example.co.uk>", (), [("EMAIL", "a.b+tag@mail.example.co.uk")]),
         ("user@localhost is no address", (), []),
+        # internationalized addresses (RFC 6531 local parts, IDNA domains): the whole address
+        ("write to müller@example.de", (), [("EMAIL", "müller@example.de")]),
+        ("contact: zoë.o'brien@example.ie", (), [("EMAIL", "zoë.o'brien@example.ie")]),
+        ("write to bob@exämple.de", (), [("EMAIL", "bob@exämple.de")]),
+        ("write to 张伟@例子.中国", (), [("EMAIL", "张伟@例子.中国")]),
+        ("почта: иван@пример.рф, спасибо", (), [("EMAIL", "иван@пример.рф")]),
+        ("ईमेल डाटामेल@डाटामेल.भारत पर", (), [("EMAIL", "डाटामेल@डाटामेल.भारत")]),
+        ("mu\u0308ller@example.de (decomposed)", (), [("EMAIL", "mu\u0308ller@example.de")]),
+        ("José.Núñez@correo.es.", (), [("EMAIL", "José.Núñez@correo.es")]),
+        ("«marie@exemple.fr»", (), [("EMAIL", "marie@exemple.fr")]),
+        ("“anna@example.com”", (), [("EMAIL", "anna@example.com")]),
+        ("mailto:bob@example.xn--p1ai today", (), [("EMAIL", "bob@example.xn--p1ai")]),
+        ("o'brien's address 'sean@example.ie'", (), [("EMAIL", "sean@example.ie")]),
+        ("用户名：张伟@例子.中国", (), [("EMAIL", "张伟@例子.中国")]),
+        ("zoë.o’brien@example.ie", (), [("EMAIL", "zoë.o’brien@example.ie")]),
+        ("‘bob@example.com’ …", (), [("EMAIL", "bob@example.com")]),
+        ("अपना ईमेल दें। राम@उदाहरण.भारत।", (), [("EMAIL", "राम@उदाहरण.भारत")]),
+        ("meet @ 5 or ping @bob or see you@home", (), []),
+        ("ö@ü and née@ex", (), []),  # no domain with a TLD
         # IPs
         ("from 203.0.113.45.", (), [("IP", "203.0.113.45")]),
         (
@@ -266,6 +285,9 @@ def test_generated_transcripts_against_their_ground_truth() -> None:
     [
         "e9fcb779fa35da84@sbc6.carrier.net",  # SIP call id: one email address whole
         "3848276298220188511@192.0.2.4",  # SIP call id naming the phone's address
+        "müller@example.de",  # internationalized: the shortcut's ASCII form does not apply
+        "张伟@例子.中国",
+        "zoë.o'brien@example.ie",
         "a84b4c76e66710@pc33.atlanta.com",
         "tg-17",
         "G.711a",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -138,10 +139,32 @@ def test_phone_facts(number: str, facts: tuple[int | None, str]) -> None:
         ("2001:db8:85a3:1:2:3:4:5", "2001:db8:85a3::/48"),
         ("::ffff:198.51.100.7", "198.51.100.0/24"),
         ("not-an-ip", None),
+        # IPv6 forms that carry an IPv4 address: that address's /24, as if it came over IPv4.
+        # 6to4 (2002::/16): bits 16-47 are the IPv4, so its /48 would be the whole of it
+        ("2002:c000:0204::1", "192.0.2.0/24"),
+        ("2002:5db8:d822:7::42", "93.184.216.0/24"),
+        # Teredo (2001::/32): the client's IPv4, obfuscated in the last 32 bits (the server's
+        # is in bits 32-63)
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.0/24"),
+        # NAT64's well-known prefix (64:ff9b::/96) and ISATAP (interface id 0:5efe or 200:5efe)
+        # carry it in the last 32 bits: taken when it is a public address
+        ("64:ff9b::5db8:d822", "93.184.216.0/24"),
+        ("64:ff9b::c000:204", "64:ff9b::/48"),  # a documentation address: no public IPv4
+        ("2001:db8:1:2:0:5efe:5db8:d822", "93.184.216.0/24"),
+        ("2001:db8:1:2:200:5efe:5db8:d822", "93.184.216.0/24"),
+        ("2001:db8:1:2:0:5efe:a00:1", "2001:db8:1::/48"),  # a private IPv4 inside the site
     ],
 )
 def test_ip_prefix(ip: str, prefix: str | None) -> None:
     assert ip_prefix(ip) == prefix
+
+
+@pytest.mark.parametrize("ip", ["2002:c000:0204::1", "2002:5db8:d822::1", "2002:0a00:0001:ffff::"])
+def test_no_6to4_prefix_holds_the_whole_ipv4_address(ip: str) -> None:
+    prefix = ipaddress.ip_network(ip_prefix(ip) or "")
+    embedded = ipaddress.IPv6Address(ip).sixtofour
+    assert embedded is not None
+    assert prefix.version == 4 and prefix.prefixlen == 24 and embedded in prefix
 
 
 @pytest.mark.parametrize(
@@ -199,3 +222,47 @@ def test_a_vault_rows_values_give_what_its_fields_give() -> None:
         assert list(row) == vault_schema().names
         want = pseudonymize(row, KEY, ("GB", "US"), row)
         assert row_pseudonymizer()(row, KEY, ("GB", "US"), memo) == want
+
+
+@pytest.mark.parametrize(
+    ("attributes", "regions", "analytics"),
+    [
+        # the review's reproduction: keys are free text too
+        (
+            {"callback:+14155550123": "yes", "bob@example.com": "vip", "note": "ring +14155550123"},
+            (),
+            {"callback:[PHONE]": "yes", "[EMAIL]": "vip", "note": "ring [PHONE]"},
+        ),
+        ({"from 198.51.100.7": "x", "plan": "gold"}, (), {"from [IP]": "x", "plan": "gold"}),
+        # a national number in a key is read in the call's regions, as in a value
+        ({"cb 07911 123456": "yes"}, ("GB",), {"cb [PHONE]": "yes"}),
+        # two keys that redact to one text: both entries kept, in their order, the later one
+        # numbered with the first free "#n"; a key already so written is not overwritten
+        (
+            {"a@example.com": "1", "b@example.org": "2", "plan": "gold", "c@example.net": "3"},
+            (),
+            {"[EMAIL]": "1", "[EMAIL]#2": "2", "plan": "gold", "[EMAIL]#3": "3"},
+        ),
+        (
+            {"[EMAIL]": "literal", "[EMAIL]#2": "also", "bob@example.com": "vip"},
+            (),
+            {"[EMAIL]": "literal", "[EMAIL]#2": "also", "[EMAIL]#3": "vip"},
+        ),
+    ],
+)
+def test_attribute_keys_are_redacted_like_values(
+    attributes: dict[str, str], regions: tuple[str, ...], analytics: dict[str, str]
+) -> None:
+    from pipeline.memo import Memo
+    from pipeline.pseudonymize import interpret, row_pseudonymizer
+    from schemas.zones import vault_schema
+
+    rec = record(attributes=attributes)
+    row = pseudonymize(rec, KEY, regions, LINEAGE)
+    assert row["attributes"] == analytics
+    assert list(row["attributes"].items()) == list(analytics.items())  # in the map's order
+    assert interpret(rec, KEY, regions, LINEAGE, Memo()) == row
+    vault = {name: rec.get(name) for name in vault_schema().names[:-3]} | LINEAGE
+    memo = Memo()
+    for _ in range(2):  # the second time from the memo
+        assert row_pseudonymizer()(vault, KEY, regions, memo) == row

@@ -152,8 +152,17 @@ def test_cells_ips_and_numbers_off_the_common_form() -> None:
         vault_row(2, cell_id="310-260-7F3A-1B2C", caller_ip="::ffff:198.51.100.7", callee="+999123"),
         vault_row(3, cell_id="weird cell 42", caller_ip=" 10.1.2.3 ", callee="+18005550199"),
         vault_row(4, caller_ip="not-an-ip", caller="0207946 0958"),  # None remembered as an answer
+        # IPv6 forms that carry an IPv4 address: 6to4, Teredo, NAT64, ISATAP
+        vault_row(5, caller_ip="2002:c000:0204::1"),
+        vault_row(6, caller_ip="2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+        vault_row(7, caller_ip="64:ff9b::5db8:d822"),
+        vault_row(8, caller_ip="2001:db8:1:2:200:5efe:5db8:d822"),
+        vault_row(9, caller_ip="2002:c000:0204::1"),
     ]
     assert_same(rows, [("GB",)] * len(rows))
+    got = analytics_columns(vault_table(rows), [("GB",)] * len(rows), KEY, Memo())
+    prefixes = got.column("caller_ip_prefix").to_pylist()[5:]
+    assert prefixes == ["192.0.2.0/24", "192.0.2.0/24", "93.184.216.0/24", "93.184.216.0/24", "192.0.2.0/24"]
 
 
 def test_free_text_with_numbers_emails_and_secret_looking_values() -> None:
@@ -173,6 +182,38 @@ def test_free_text_with_numbers_emails_and_secret_looking_values() -> None:
     got = analytics_columns(vault_table(rows), regions, KEY, Memo())
     assert "jane@example.com" not in str(got.column("transcript").to_pylist())
     assert got.column("attributes")[0].as_py()[0] == ("note", "password=hunter2 from [IP]")
+
+
+PII_KEYS = [
+    {"callback:+14155550123": "yes", "bob@example.com": "vip", "note": "ring +14155550123"},
+    {"cb 07911 123456": "yes", "plan": "gold"},  # a national number: GB's, not US's
+    {"a@example.com": "1", "b@example.org": "2", "plan": "gold", "c@example.net": "3"},
+    {"[EMAIL]": "literal", "[EMAIL]#2": "also", "bob@example.com": "vip"},
+    {"plan": "gold", "from 198.51.100.7": "from 198.51.100.7"},  # one text as key and value
+    {"x" * 70 + " +14155550123": "long"},  # past MAX_REMEMBERED_VALUE: never remembered
+]
+
+
+def test_attribute_keys_redacted_as_the_row_path_does() -> None:
+    rows = [vault_row(n, attributes=a) for n, a in enumerate(PII_KEYS * 2)]
+    rows += [vault_row(len(rows)), vault_row(len(rows) + 1, attributes=None)]
+    regions = [("GB",), ("US",), (), ("GB", "US")] * 3 + [("GB",), ("GB",)]
+    assert_same(rows, regions)
+    for entries in (1, 3, 50):
+        assert_same(rows, regions, max_entries=entries)
+    got = analytics_columns(vault_table(rows), regions, KEY, Memo()).column("attributes").to_pylist()
+    assert got[0] == [("callback:[PHONE]", "yes"), ("[EMAIL]", "vip"), ("note", "ring [PHONE]")]
+    assert got[1] == [("cb 07911 123456", "yes"), ("plan", "gold")]  # US: no such number
+    assert got[7] == [("cb [PHONE]", "yes"), ("plan", "gold")]  # GB
+    assert got[2] == [("[EMAIL]", "1"), ("[EMAIL]#2", "2"), ("plan", "gold"), ("[EMAIL]#3", "3")]
+    assert got[3] == [("[EMAIL]", "literal"), ("[EMAIL]#2", "also"), ("[EMAIL]#3", "vip")]
+    assert got[4] == [("plan", "gold"), ("from [IP]", "from [IP]")]
+    for raw in ("+14155550123", "bob@example.com", "198.51.100.7", "@example"):
+        assert raw not in str(got), raw
+    # sliced: a map's children are not sliced with it
+    table = vault_table(rows)
+    sliced = analytics_columns(table.slice(3, 6), regions[3:9], KEY, Memo())
+    assert sliced.equals(row_path(rows[3:9], regions[3:9], Memo()))
 
 
 def test_duplicates_across_rows_and_a_memo_that_forgets_mid_batch() -> None:
