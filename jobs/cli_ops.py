@@ -217,6 +217,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         f" {result.analytics:,} analytics rows, {result.dead_letters:,} dead letters,"
         f" {result.audit:,} audit entries"
     )
+    if result.dead_letters_unattributed:
+        print(
+            f"  dead letters that could not be searched (damaged compressed bytes):"
+            f" {result.dead_letters_unattributed:,}; they may hold this subject (check them)"
+        )
     if not (result.vault or result.analytics or result.dead_letters):
         from jobs import ledger
 

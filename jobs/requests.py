@@ -65,6 +65,7 @@ from jobs.progress import ProgressFn
 from jobs.replace import job_lock
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
+from pipeline.raw_records import subject_match
 from sinks import rejects
 from sinks.layout import ANALYTICS
 
@@ -144,7 +145,7 @@ def found_of(
     if kind in ("restrict", "object"):
         return {ANALYTICS: rows[ANALYTICS]}
     if kind == "erase":
-        dead = sum(len(h.matching) for h in rejects.find(lake, account_id))
+        dead = rejects.find(lake, subject_match(account_id)).count
         return {**rows, "dead_letters": dead, "access_exports": exports}
     return rows
 
