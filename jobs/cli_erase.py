@@ -87,6 +87,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         )
         if preview["outbox_files_unattributed"]:
             print(f"  outbox files tied to no subject, not searched: {preview['outbox_files_unattributed']}")
+        if preview["dead_letters_unattributed"]:
+            print(f"  dead letters that cannot be searched: {preview['dead_letters_unattributed']}")
         print(f"  {DLQ_NOTE}")
         return 0
     announce = None
@@ -145,7 +147,18 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             f"  outbox files tied to no subject, not searched: {result.outbox_files_unattributed}"
             " (they expire with `jobs retention`; check them)"
         )
-    print("  verified: no rows of the subject remain in any bucket")
+    if result.dead_letters_unattributed:
+        print(
+            f"  dead letters that could not be searched (damaged compressed bytes):"
+            f" {result.dead_letters_unattributed} (whose they are is unknown; they expire with"
+            " `jobs retention`; check them)"
+        )
+        print(
+            "  verified: no rows of the subject remain in any bucket; not verified for the"
+            f" {result.dead_letters_unattributed} dead letters that could not be searched"
+        )
+    else:
+        print("  verified: no rows of the subject remain in any bucket")
     if recorded.published:
         print(
             f"  {args.prefix}{REQUESTS}: erase request published; running stream workers drop"

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     ret = jobs_sub.add_parser(
         "retention",
         help="remove expired partitions and rows, null expired recordings and transcripts, expire what"
-        " the outbox holds (breach lists aside)",
+        " the outbox holds (breach lists aside) and the dead letters under _rejects/",
     )
     ret.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
     ret.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
@@ -185,6 +185,10 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
             f" ({s.unattributed_files_held:,} tied to no subject: erasure cannot find them; check them)"
         )
     print(f"  breach lists kept (they do not expire): {s.breach_lists_kept:,}")
+    print(
+        f"  expired dead-letter files removed from _rejects/: {s.dead_letter_files_removed:,}"
+        f" ({s.dead_letters_expired:,} dead letters); not yet expired: {s.dead_letter_files_held:,}"
+    )
     if not args.dry_run and result.recovered:
         print(f"  completed {len(result.recovered)} killed job(s) first")
     return 0
@@ -218,6 +222,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         f" _rejects/; calls.dlq not searched: sealed, `dlq inspect` opens it),"
         f" {result.audit:,} audit entries"
     )
+    if result.dead_letters_unattributed:
+        print(
+            f"  dead letters that could not be searched (damaged compressed bytes):"
+            f" {result.dead_letters_unattributed:,}; they may hold this subject (check them)"
+        )
     if not (result.vault or result.analytics or result.dead_letters):
         from jobs import ledger
 

@@ -14,7 +14,12 @@ Afterwards erasure verifies: every file of both zones, in every bucket, is probe
 and Bloom filters only), and any file that may still hold the subject is read. Rows found
 outside the subject's bucket (a lake written with another bucket count) are erased in a second
 pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
-(`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change. The request is recorded
+and the stream (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change: those
+whose decoded records carry the account id, or whose bytes spell it in any JSON or Avro form
+(`pipeline.raw_records`). A dead letter that can be neither decoded nor searched (damaged
+compressed bytes) cannot be tied to anyone: verification counts those
+(`dead_letters_unattributed`), in the result and the audit, for the operator; the erasure is then
+not reported as covering them (`jobs retention` expires them by their own clock). The request is recorded
 in the audit trail by the subject's token, never its id, with the request it fulfils.
 
 Erasure covers every copy callpipe can rewrite (not calls.dlq, a Kafka log: its sealed copies are
@@ -45,6 +50,7 @@ from jobs.progress import ProgressFn
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
 from pipeline.keys import Domain, PseudonymKey
+from pipeline.raw_records import subject_match
 from schemas.zones import SUBJECT_COLUMN
 from sinks import crypt, rejects
 from sinks.layout import ANALYTICS, VAULT, bucket_of
@@ -61,6 +67,7 @@ class EraseResult:
     subject: str  # the account token
     rows_removed: dict[str, int]  # by zone
     dead_letters_removed: int
+    dead_letters_unattributed: int  # dead letters that cannot be told whose: not searched
     access_exports_removed: int  # the subject's access exports deleted from the outbox
     outbox_files_unattributed: int  # outbox files tied to no subject: erasure cannot tell if theirs
     files_total: int
@@ -165,6 +172,7 @@ def plan(
     values = _values(key, account_id)
     bucket = bucket_of(values[ANALYTICS], buckets)
     located = [locate(con, lake, zone, values[zone], bucket) for zone in (VAULT, ANALYTICS)]
+    dead = rejects.find(lake, subject_match(account_id))
     requests = ledger.requests(lake)
     files_total = sum(loc.files_total for loc in located)
     rewritten = sum(len(loc.hits) for loc in located)
@@ -173,7 +181,8 @@ def plan(
         "subject": values[ANALYTICS],
         "bucket": bucket,
         "rows_removed": {loc.zone: sum(loc.hits.values()) for loc in located},
-        "dead_letters_removed": sum(len(h.matching) for h in rejects.find(lake, account_id)),
+        "dead_letters_removed": dead.count,
+        "dead_letters_unattributed": dead.unattributed,
         "access_exports_removed": outbox.count_access_exports(lake, values[ANALYTICS], requests),
         "outbox_files_unattributed": outbox.unattributed(lake, requests),
         "files": sorted(str(Path(f).relative_to(lake)) for loc in located for f in loc.hits),
@@ -214,7 +223,7 @@ def erase_locked(
     if zones != (VAULT, ANALYTICS):
         extra["zones"] = list(zones)
     located = [locate(con, lake, zone, values[zone], bucket) for zone in zones]
-    dead = rejects.find(lake, account_id) if VAULT in zones else []
+    dead = rejects.find(lake, subject_match(account_id)).hits if VAULT in zones else []
     change, files_audit, removed = _erase_files(lake, located, values, dead, progress, extra)
     audit_run = change.run
     # Verification over every bucket: footers and Bloom filters, then exact counts.
@@ -229,8 +238,11 @@ def erase_locked(
         change, audit_run = second, second.run
         verify = [locate(con, lake, zone, values[zone], None) for zone in zones]
     remaining = sum(sum(v.hits.values()) for v in verify)
+    dead_unattributed = 0
     if VAULT in zones:
-        remaining += sum(len(h.matching) for h in rejects.find(lake, account_id))
+        dead_left = rejects.find(lake, subject_match(account_id))
+        remaining += dead_left.count
+        dead_unattributed = dead_left.unattributed
     # Then the copies outside the lake: the subject's access exports in the outbox, and a count of
     # the files there that no subject can be tied to (they expire by their own clock).
     exports = unattributed = 0
@@ -244,6 +256,7 @@ def erase_locked(
     counts: dict[str, Any] = {
         "rows_removed": removed,
         "dead_letters_removed": dead_letters,
+        "dead_letters_unattributed": dead_unattributed,
         "access_exports_removed": exports,
         "outbox_files_unattributed": unattributed,
         "files_total": files_total,

@@ -33,6 +33,7 @@ from jobs import audit
 from jobs.replace import job_lock
 from jobs.subject import locate
 from pipeline.keys import Domain, PseudonymKey
+from pipeline.raw_records import subject_match
 from schemas.zones import SUBJECT_COLUMN
 from sinks import files, rejects
 from sinks.files import fsync_dir
@@ -70,12 +71,14 @@ def collect(
             rows = [] if table is None else table.to_pylist(maps_as_pydicts="strict")
         files_read += len(loc.hits)
         out[zone] = rows
-    out["dead_letters"] = rejects.export_entries(rejects.find(lake, account_id))
+    dead = rejects.find(lake, subject_match(account_id))
+    out["dead_letters"] = rejects.export_entries(dead.hits)
     out["audit"] = audit.about(audit.read(lake), token)
     out["counts"] = {
         "vault": len(out[VAULT]),
         "analytics": len(out[ANALYTICS]),
         "dead_letters": len(out["dead_letters"]),
+        "dead_letters_unattributed": dead.unattributed,  # could not be searched: maybe the subject's
         "audit": len(out["audit"]),
     }
     out["files_read"] = files_read
@@ -90,6 +93,7 @@ class ExportResult:
     vault: int
     analytics: int
     dead_letters: int
+    dead_letters_unattributed: int  # dead letters that could not be searched (maybe the subject's)
     audit: int
     out: str
 

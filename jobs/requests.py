@@ -67,6 +67,7 @@ from jobs.replace import job_lock
 from jobs.requests_intake import Batch, Reader, identities, receive
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
+from pipeline.raw_records import subject_match
 from sinks import rejects
 from sinks.layout import ANALYTICS
 
@@ -88,7 +89,7 @@ def found_of(
     if kind in ("restrict", "object"):
         return {ANALYTICS: rows[ANALYTICS]}
     if kind == "erase":
-        dead = sum(len(h.matching) for h in rejects.find(lake, account_id))
+        dead = rejects.find(lake, subject_match(account_id)).count
         return {**rows, "dead_letters": dead, "access_exports": exports}
     return rows
 

@@ -11,6 +11,10 @@ time): every file but the breach lists, `retention.outbox.days` after its clock
 (`jobs.retention_outbox`: the request ledger's fulfilment time for an answered access export, when
 work began for one never marked fulfilled, the file's own time for what no request names), counted
 apart, never named; what no subject can be tied to is counted as held for the operator.
+
+The dead letters kept in the lake (`<lake>/_rejects/`) expire with the lake's changes, in the same
+journal: a file once all of its dead letters are older than the shortest of the vault's,
+recordings' and transcripts' limits (`jobs.retention_rejects`).
 """
 
 from __future__ import annotations
@@ -142,6 +146,16 @@ def run(
                 )
             else:
                 rewrites.append((f, change.temp_for(lake / f.path)))
+        for path in the_plan.rejects.files:
+            change.remove(path)
+            files_audit.append(
+                {
+                    "path": str(path.relative_to(lake)),
+                    "sha256": None,
+                    "previous_sha256": audit.sha256_file(path),
+                    "action": "removed",
+                }
+            )
 
         def rewrite(item: tuple[FileAction, Path]) -> dict[str, Any]:
             f, tmp = item

@@ -14,7 +14,9 @@ null counts per row group), so untouched files are never opened:
   for exact counts (only started_at and the category columns), and rewritten only if a row
   actually changes. A second run therefore plans nothing: re-running is a no-op.
 The outbox's part (what of `<lake>/_outbox/` expires, by which clock) is `jobs.retention_outbox`;
-the plan carries its counts.
+the plan carries its counts. The dead letters' part (which files of `<lake>/_rejects/` expire, at
+the shortest of the vault's, recordings' and transcripts' limits) is `jobs.retention_rejects`;
+the plan carries the files, and the run removes them with the lake's changes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import ledger, retention_outbox
+from jobs import ledger, retention_outbox, retention_rejects
 from jobs.replace import pending
 from jobs.retention_outbox import OutboxCounts
 from pipeline.policy import Policy
@@ -48,6 +50,7 @@ class Cutoffs:
     rows: dict[str, datetime]
     categories: dict[str, dict[str, datetime]]  # zone -> column -> cutoff
     outbox: datetime  # files of the outbox (breach lists aside) made before it expire
+    rejects: datetime  # files of dead letters whose newest is before it expire
 
 
 def cutoffs(policy: Policy, as_of: datetime) -> Cutoffs:
@@ -63,6 +66,7 @@ def cutoffs(policy: Policy, as_of: datetime) -> Cutoffs:
             for zone, cols in CATEGORY_COLUMNS.items()
         },
         outbox=as_of - timedelta(days=r.outbox_days),
+        rejects=retention_rejects.cutoff(policy, as_of),
     )
 
 
@@ -85,12 +89,13 @@ class Plan:
     files_total: int
     pending_journals: int
     outbox: OutboxCounts = field(default_factory=OutboxCounts)  # what expires in the outbox
+    rejects: retention_rejects.Expired = field(default_factory=retention_rejects.Expired)
 
     @property
     def empty(self) -> bool:
         o = self.outbox
         removed = o.access_exports_removed + o.unfulfilled_exports_removed + o.unledgered_files_removed
-        return not (self.drops or self.files or removed)
+        return not (self.drops or self.files or removed or self.rejects.files)
 
     def summary(self) -> RetentionSummary:
         rows_removed: dict[str, int] = defaultdict(int)
@@ -112,6 +117,7 @@ class Plan:
             rows_removed=dict(rows_removed),
             values_nulled=dict(nulled),
             **asdict(self.outbox),
+            **asdict(self.rejects.counts()),
         )
 
 
@@ -133,6 +139,10 @@ class RetentionSummary:
     unledgered_files_held: int = 0
     unattributed_files_held: int = 0
     breach_lists_kept: int = 0
+    # Dead letters under `_rejects/` (`retention_rejects.RejectsCounts`): files, never named on screen.
+    dead_letter_files_removed: int = 0
+    dead_letters_expired: int = 0
+    dead_letter_files_held: int = 0
 
 
 FOOTERS_SQL = """
@@ -243,12 +253,14 @@ def plan(con: duckdb.DuckDBPyConnection, lake: Path, policy: Policy, as_of: date
                 for zone, cols in cuts.categories.items()
             },
             "outbox": {"access_exports": cuts.outbox.isoformat()},
+            "rejects": {"dead_letters": cuts.rejects.isoformat()},
         },
         drops=drops,
         files=sorted(actions, key=lambda a: a.path),
         files_total=total,
         pending_journals=len(pending(lake)),
         outbox=retention_outbox.expired(lake, ledger.requests(lake), cuts.outbox).counts(),
+        rejects=retention_rejects.expired(lake, cuts.rejects),
     )
 
 

@@ -80,3 +80,25 @@ class Rejection:
         if self.field is not None:
             out.append(("callpipe.field", self.field.encode()))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld(Rejection):
+    """A dead letter whose bytes are not kept: they may hold a credential that could not be
+    taken out of them (`pipeline.secrets_raw`). `raw` is empty; the size and SHA-256 of the
+    original bytes say what it was, in calls.dlq's headers and in `_rejects/`. It cannot be
+    replayed: the carrier must send the message again."""
+
+    size: int = 0
+    sha256: str = ""
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        return [
+            *Rejection.headers(self, topic),
+            ("callpipe.withheld", WITHHELD_SECRETS.encode()),
+            ("callpipe.size", str(self.size).encode()),
+            ("callpipe.sha256", self.sha256.encode()),
+        ]
+
+
+WITHHELD_SECRETS = "secrets"  # why a dead letter's bytes were withheld

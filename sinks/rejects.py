@@ -2,20 +2,22 @@
 
 `<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600) holds rejected input as raw bytes
 (base64): what `callpipe ingest` rejects, and what the stream worker could not hand to calls.dlq
-(too large for it). One JSON line per dead letter: reason, stage, offset, index, raw_b64. An
-access request must show them and an erasure must remove them. A rejected record
-failed validation, so it cannot be parsed reliably; it is matched on the account id as the two
-wire formats carry a string: JSON `"<id>"` (quoted, so `A1` does not match `A10`) and Avro (the
-zigzag-varint length, then the bytes). A record that merely mentions the id inside a longer JSON
-string does not match; one whose Avro bytes happen to contain the encoded id does (erring
-towards removal).
+(too large for it). One JSON line per dead letter: reason, stage, offset, index, raw_b64; a dead
+letter whose bytes were withheld (a credential that could not be taken out of them,
+`pipeline.reasons.Withheld`) has an empty raw_b64 and `withheld`, `size` and `sha256` instead.
+
+An access request must show them and an erasure must remove them; retention expires them
+(`jobs.retention_rejects`). A rejected record failed validation, so it cannot be parsed
+reliably: `find` asks the caller's `match` of each raw record whether it is the subject's
+(`pipeline.raw_records.holds_subject` decodes what it can and searches the rest), and counts
+apart the dead letters that cannot be told (`unattributed`): they are never reported as searched.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,39 +49,37 @@ class DeadLetterLike(Protocol):
 
 def write_rejects(lake: Path, source: str, first: int, last: int, dead: Sequence[DeadLetterLike]) -> Path:
     """Keep the dead letters of offsets first..last of `source`, durably, under their range name."""
-    lines = b"".join(
-        orjson.dumps(
-            {
-                "reason": str(d.reason),
-                "stage": str(d.stage),
-                "offset": d.offset,
-                "index": d.index,
-                "raw_b64": base64.b64encode(d.raw).decode(),
-            }
-        )
-        + b"\n"
-        for d in dead
-    )
+    lines = b"".join(orjson.dumps(_entry(d)) + b"\n" for d in dead)
     final = lake / REJECTS_DIR / source / f"{first:012d}-{last:012d}.jsonl"
     return files.write_bytes(lines, final, mode=FILE_MODE, root=lake, dir_mode=DIR_MODE)
 
 
-def _avro_string(value: bytes) -> bytes:
-    n = len(value) << 1  # zigzag of a non-negative length
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out) + value
+def _entry(d: DeadLetterLike) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "reason": str(d.reason),
+        "stage": str(d.stage),
+        "offset": d.offset,
+        "index": d.index,
+        "raw_b64": base64.b64encode(d.raw).decode(),
+    }
+    digest = getattr(d, "sha256", "")
+    if not d.raw and digest:  # withheld: what it was, not what it held
+        entry.update(withheld=True, size=getattr(d, "size", 0), sha256=digest)
+    return entry
 
 
-def matches(raw: bytes, account_id: str) -> bool:
-    value = account_id.encode()
-    return b'"' + value + b'"' in raw or _avro_string(value) in raw
+def files_in(lake: Path) -> list[Path]:
+    """Every dead-letter file of the lake, in name order."""
+    return sorted((lake / REJECTS_DIR).glob("*/*.jsonl"))
+
+
+def raw_of(line: bytes) -> bytes | None:
+    """The raw record of one line (b"" when withheld); None for a line that does not read."""
+    try:
+        raw = orjson.loads(line)["raw_b64"]
+        return base64.b64decode(raw, validate=True) if isinstance(raw, str) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -89,21 +89,38 @@ class Hits:
     matching: list[int]  # indexes of the subject's lines
 
 
-def find(lake: Path, account_id: str) -> list[Hits]:
-    out = []
-    for path in sorted((lake / REJECTS_DIR).glob("*/*.jsonl")):
+@dataclass(frozen=True)
+class Found:
+    """A subject's dead letters, and how many dead letters could not be told (whose they are)."""
+
+    hits: list[Hits]
+    unattributed: int  # undecodable and unsearchable (damaged compressed bytes), or unreadable lines
+
+    @property
+    def count(self) -> int:
+        return sum(len(h.matching) for h in self.hits)
+
+
+Match = Callable[[bytes], "bool | None"]  # a raw record -> the subject's, not, or cannot tell
+
+
+def find(lake: Path, match: Match) -> Found:
+    """The dead letters `match` says are the subject's, file by file, and a count of those it
+    cannot tell about (a line that does not read counts there too)."""
+    out, unattributed = [], 0
+    for path in files_in(lake):
         lines = path.read_bytes().splitlines()
         matching = []
         for i, line in enumerate(lines):
-            try:
-                raw = base64.b64decode(orjson.loads(line)["raw_b64"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-            if matches(raw, account_id):
+            raw = raw_of(line)
+            verdict = None if raw is None else (bool(raw) and match(raw))
+            if verdict is None:
+                unattributed += 1
+            elif verdict:
                 matching.append(i)
         if matching:
             out.append(Hits(path, lines, matching))
-    return out
+    return Found(out, unattributed)
 
 
 def export_entries(hits: list[Hits]) -> list[dict[str, Any]]:

@@ -45,12 +45,12 @@ from pipeline.kafka_metadata import topic_partitions
 from pipeline.keys import PseudonymKey
 from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.sealed import OperatorPublicKey, Sealer
+from pipeline.secrets_raw import without_secrets
 from pipeline.settings import Settings
 from pipeline.stream.control import METADATA_MAX_AGE_MS, RECORDS, ControlReader, ControlState, snapshot_path
 from pipeline.stream.observe import Liveness, MetricsServer, runtime_view
 from pipeline.stream.supervise import siblings_ready
 from pipeline.stream.worker import StreamWorker
-from pipeline.validate import strip_secrets_json
 from schemas.topics import CALLS, CONSENT, DLQ, REQUESTS, STREAM_GROUP
 
 log = logging.getLogger("callpipe.worker")
@@ -216,7 +216,7 @@ class ControlDuty:
         for msg in messages:
             decoded = decode_value(msg.value, RECORDS[stream], headers=msg.headers)
             dead = [
-                Rejection(r.reason, r.stage, tp.partition, msg.offset, r.index, self._mask(r.raw), r.field)
+                self._mask(Rejection(r.reason, r.stage, tp.partition, msg.offset, r.index, r.raw, r.field))
                 for r in decoded.rejections
             ]
             for rec in decoded.records:
@@ -230,8 +230,8 @@ class ControlDuty:
                 self.worker.send_dead(d, msg.key, tp.topic)
             self.pending[tp] = msg.offset + 1
 
-    def _mask(self, raw: bytes) -> bytes:
-        return strip_secrets_json(raw, self.settings.policy.secret_names)
+    def _mask(self, dead: Rejection) -> Rejection:
+        return without_secrets(dead, self.settings.policy.secret_names)
 
     async def commit(self) -> None:
         if not self.pending:

@@ -57,6 +57,11 @@ class Letter:
     def name(self) -> str:
         return f"{self.partition}-{self.offset}"
 
+    @property
+    def stub(self) -> bool:
+        """Whether calls.dlq holds no bytes of it (kept in the lake, or withheld): nothing to replay."""
+        return not self.raw and ("callpipe.kept" in self.headers or "callpipe.withheld" in self.headers)
+
     def describe(self) -> dict[str, Any]:
         h = self.headers
         index = h.get("callpipe.source.index")
@@ -75,6 +80,7 @@ class Letter:
             "size": int(h["callpipe.size"]) if "callpipe.size" in h else len(self.raw),
             "sha256": h.get("callpipe.sha256"),
             "kept": h.get("callpipe.kept"),  # too large for calls.dlq: the bytes are in the lake
+            "withheld": h.get("callpipe.withheld"),  # bytes not kept: a credential could not be removed
             "key_b64": base64.b64encode(self.key).decode() if self.key is not None else None,
         }
 
@@ -165,13 +171,15 @@ def inspect(
 
 
 def export(letters: Sequence[Letter], out: Path) -> list[Path]:
-    """Write each letter's description and original bytes for repair (mode 0600, folder 0700)."""
+    """Write each letter's description and original bytes for repair (mode 0600, folder 0700).
+    A stub (its bytes kept in the lake, or withheld) gets no `.value` file: `replay` then lists it
+    as missing instead of producing an empty message."""
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     out.chmod(0o700)
     written = []
     for letter in letters:
         doc = letter.describe()
-        doc["value_file"] = f"{letter.name}.value"
+        doc["value_file"] = None if letter.stub else f"{letter.name}.value"
         written.append(
             files.write_bytes(
                 orjson.dumps(doc, option=orjson.OPT_INDENT_2),
@@ -181,7 +189,8 @@ def export(letters: Sequence[Letter], out: Path) -> list[Path]:
                 dir_mode=0o700,
             )
         )
-        files.write_bytes(letter.raw, out / f"{letter.name}.value", mode=0o600, root=out, dir_mode=0o700)
+        if not letter.stub:
+            files.write_bytes(letter.raw, out / f"{letter.name}.value", mode=0o600, root=out, dir_mode=0o700)
     return written
 
 

@@ -30,8 +30,9 @@ from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
 from pipeline.reasons import Reason, Rejection, Stage
+from pipeline.secrets_raw import without_secrets
 from pipeline.settings import Settings
-from pipeline.validate import rejected_bytes, strip_secrets_json
+from pipeline.validate import rejected_bytes
 from sinks import stats
 from sinks.lake import Flushed, LakeWriter, Staged
 from sinks.stats import write_stats
@@ -198,13 +199,14 @@ class PartitionRunner:
         for rej in rejections:
             arrived[stats.dead_letter(rej.reason.value)] += 1  # type: ignore[index]
             dead.append(
-                Rejection(rej.reason, rej.stage, partition, offset, rej.index, self._mask(rej.raw), rej.field)
+                self._mask(Rejection(rej.reason, rej.stage, partition, offset, rej.index, rej.raw, rej.field))
             )
         self._messages.append(_Message(offset, len(records), len(records) + len(rejections), arrived))
         return dead
 
-    def _mask(self, raw: bytes) -> bytes:
-        return strip_secrets_json(raw, self.settings.policy.secret_names)
+    def _mask(self, dead: Rejection) -> Rejection:
+        """Its bytes without secrets, whatever their format, else withheld (`pipeline.secrets_raw`)."""
+        return without_secrets(dead, self.settings.policy.secret_names)
 
     # ------------------------------------------------------------ through the chain
 

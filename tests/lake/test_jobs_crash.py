@@ -19,16 +19,19 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
+import orjson
 import pytest
 
 from jobs import erase_direct, ledger, retention
 from jobs.replace import COMMITTED, jobs_dir, pending, recover
 from jobs.synth import SynthSpec, build
 from pipeline.settings import Settings
+from sinks.rejects import REJECTS_DIR, write_rejects
 from tests.support.ops_lake import callpipe_cmd, callpipe_env, digest, make_key, stray_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -56,7 +59,19 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     build(lake, key, SynthSpec(rows=20_000, days=16, buckets=2, workers=1, seed=3))
     policy = root / "policy.toml"
     policy.write_text(POLICY)
+    # dead letters retention expires (events older than the 5-day limit) and keeps (newer)
+    as_of = datetime.fromisoformat(AS_OF)
+    for name, age in (("ingest-old-0123456789ab", 30), ("ingest-new-0123456789ab", 1)):
+        at = int((as_of - timedelta(days=age)).timestamp() * 1000)
+        raw = orjson.dumps({"event_id": name, "account_id": "acct-x", "started_at": at, "duration_s": -1})
+        entry = {"reason": "bad_duration", "stage": "validate", "offset": 0, "index": None}
+        write_rejects(lake, name, 0, 0, [SimpleNamespace(**entry, raw=raw)])  # type: ignore[list-item]
     return {"root": root, "lake": lake, "key_file": key_file, "policy": policy}
+
+
+def state(lake: Path) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """The lake as DuckDB reads it, and the dead-letter files it keeps."""
+    return digest(lake), sorted(str(p.relative_to(lake)) for p in (lake / REJECTS_DIR).glob("*/*.jsonl"))
 
 
 def _journal_has(lake: Path, marker: bytes) -> bool:
@@ -105,10 +120,10 @@ def _expected(base: dict[str, Path], job: str) -> tuple[dict, dict, float]:
     shutil.rmtree(lake, ignore_errors=True)
     shutil.copytree(base["lake"], lake)
     env = callpipe_env(lake, base["key_file"], base["policy"])
-    old = digest(lake)
+    old = state(lake)
     started = time.monotonic()
     subprocess.run(callpipe_cmd(*_job_args(job)), env=env, check=True, capture_output=True, timeout=300)
-    return old, digest(lake), time.monotonic() - started
+    return old, state(lake), time.monotonic() - started
 
 
 @pytest.mark.parametrize("job", ["retention", "erase"])
@@ -140,18 +155,18 @@ def test_a_killed_job_leaves_old_or_new_state_and_a_rerun_finishes(base: dict[st
         journals = pending(lake)
         if not journals:
             seen["no journal"] += 1
-            assert digest(lake) in (old, new), f"trial {trial}: lake between states"
+            assert state(lake) in (old, new), f"trial {trial}: lake between states"
         elif journals[0]["state"] == COMMITTED:
             seen["committed"] += 1
             recover(lake)
-            assert digest(lake) == new, f"trial {trial}: roll-forward did not reach the new state"
+            assert state(lake) == new, f"trial {trial}: roll-forward did not reach the new state"
         else:
             seen["pending"] += 1
-            assert digest(lake) == old, f"trial {trial}: a pending change is visible"
+            assert state(lake) == old, f"trial {trial}: a pending change is visible"
             recover(lake)
-            assert digest(lake) == old, f"trial {trial}: roll-back did not restore the old state"
+            assert state(lake) == old, f"trial {trial}: roll-back did not restore the old state"
         _rerun(job, env)
-        assert digest(lake) == new, f"trial {trial}: the re-run did not finish the work"
+        assert state(lake) == new, f"trial {trial}: the re-run did not finish the work"
         assert _ledger(lake) == records, f"trial {trial}: the ledger differs"
         assert stray_files(lake) == [] and pending(lake) == []
         shutil.rmtree(lake)

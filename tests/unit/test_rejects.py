@@ -1,10 +1,29 @@
-"""Matching a subject in rejected raw records: JSON and Avro string forms, no partial ids."""
+"""Whose a dead letter is (`pipeline.raw_records.holds_subject`), in every form a dead letter's
+bytes take: JSON and Avro string forms without partial ids, escaped JSON, ids with quotes and
+backslashes, Avro container files compressed whole or with a damaged tail; and what cannot be
+told is said so (None), never passed as "not the subject's"."""
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
+import orjson
 import pytest
 
-from sinks.rejects import matches
+from pipeline import codec
+from pipeline.carrier import generate
+from pipeline.raw_records import holds_subject, newest_event_ms, parse_container
+from sinks import rejects
+
+START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+CALLS = generate.generate_calls(5, 6, START, 86_400_000)
+
+
+def _calls(account: str) -> list[dict[str, object]]:
+    return [dict(c, account_id=account) for c in CALLS]
+
 
 CASES = [
     (b'{"account_id": "A1", "x": 1}', "A1", True),
@@ -14,9 +33,66 @@ CASES = [
     (b"\x06A10", "A1", False),
     (b"\x80\x01" + b"x" * 64, "x" * 64, True),  # a length needing two varint bytes
     (b"not a record at all", "A1", False),
+    # a cut JSON line, the id written by Python's json.dumps (non-ASCII as \u escapes)
+    (b'{"event_id": "e-101", "account_id": "jos\\u00e9.m\\u00fcller", "caller": "+1', "josé.müller", True),
+    (b'{"event_id": "e-101", "account_id": "jos\\u00C9", "cal', "josÉ", True),  # uppercase hex
+    (b'{"event_id": "e-101", "account_id": "jos\\u00e9.m\\u00fcller", "caller": "+1', "josé", False),
+    # ids holding a quote or a backslash, as orjson escapes them
+    (orjson.dumps({"account_id": 'acc-"quoted"', "duration_s": -1})[:-4], 'acc-"quoted"', True),
+    (orjson.dumps({"account_id": "acc\\back", "duration_s": -1})[:-4], "acc\\back", True),
+    (orjson.dumps({"account_id": "acc\\back", "duration_s": -1})[:-4], "acc", False),
+    (b'{"account_id": "a\\/b", "x":', "a/b", True),  # the escaped slash some writers emit
 ]
 
 
 @pytest.mark.parametrize(("raw", "account", "expected"), CASES)
-def test_matches(raw: bytes, account: str, expected: bool) -> None:
-    assert matches(raw, account) is expected
+def test_holds_subject(raw: bytes, account: str, expected: bool) -> None:
+    assert holds_subject(raw, account) is expected
+
+
+def test_a_deflate_container_kept_whole_is_attributed_by_its_records() -> None:
+    raw = codec.encode_container(_calls("acc-avro"), "CallEvent")  # deflate: the id is compressed
+    assert b"acc-avro" not in raw
+    assert holds_subject(raw, "acc-avro") is True
+    assert holds_subject(raw, "acc-other") is False
+
+
+def test_a_deflate_container_with_a_cut_tail_is_attributed() -> None:
+    raw = codec.encode_container(_calls("acc-avro"), "CallEvent")[:-30]
+    assert codec.decode_value(raw, "CallEvent").rejections  # a dead letter indeed
+    assert holds_subject(raw, "acc-avro") is True
+    assert holds_subject(raw, "acc-other") is False
+    assert newest_event_ms(raw) is not None
+
+
+def _damaged_block(raw: bytes) -> bytes:
+    block = parse_container(raw).blocks[0]  # type: ignore[union-attr]
+    at = len(raw) - len(block.data) - 16  # the first byte of the compressed data, framing intact
+    return raw[:at] + b"\x07" + raw[at + 1 :]  # deflate block type 3: reserved, never decompresses
+
+
+def test_a_damaged_compressed_block_is_unattributed_not_passed() -> None:
+    raw = _damaged_block(codec.encode_container(_calls("acc-avro"), "CallEvent"))
+    assert holds_subject(raw, "acc-avro") is None
+    assert holds_subject(raw, "acc-other") is None
+
+
+def test_find_counts_what_cannot_be_told(tmp_path: Path) -> None:
+    mine = codec.encode_container(_calls("acc-avro"), "CallEvent")
+    damaged = _damaged_block(mine)
+    lines = [
+        {
+            "reason": "malformed",
+            "stage": "decode",
+            "offset": i,
+            "index": None,
+            "raw_b64": base64.b64encode(r).decode(),
+        }
+        for i, r in enumerate([mine, damaged, json.dumps({"account_id": "other"}).encode()])
+    ]
+    folder = tmp_path / rejects.REJECTS_DIR / "ingest-x"
+    folder.mkdir(parents=True)
+    (folder / "000000000000-000000000002.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    found = rejects.find(tmp_path, lambda raw: holds_subject(raw, "acc-avro"))
+    assert found.count == 1 and found.hits[0].matching == [0]
+    assert found.unattributed == 1
