@@ -239,11 +239,12 @@ def _summary(lake: Path, stats: StreamStats, total: int) -> None:
         f"   accounted: vault {accounted - sum(dead.values()) - drops.get('erased', 0)} + dead letters "
         f"{sum(dead.values())} + erased {drops.get('erased', 0)} = {accounted}"
     )
-    _say("7. an analyst's view (pseudonymized zone; no raw identifiers exist there)")
+    _say("7. an analyst's view (the pseudonymized zone: identifiers there are keyed tokens)")
     view = f"read_parquet('{glob(lake, 'analytics')}')"
     queries = {
-        "calls per caller country (top 5)": f"""
-            SELECT caller_country AS country, count(*) AS calls, round(avg(duration_s), 1) AS avg_s
+        "calls per caller country calling code (top 5)": f"""
+            SELECT '+' || caller_country AS calling_code, count(*) AS calls,
+                   round(avg(duration_s), 1) AS avg_s
             FROM {view} GROUP BY 1 ORDER BY 2 DESC LIMIT 5""",
         "answer rate per carrier": f"""
             SELECT carrier_id, count(*) AS calls,

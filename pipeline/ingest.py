@@ -29,7 +29,7 @@ import dataclasses
 import multiprocessing as mp
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,9 @@ from pipeline.codec import Decoded, Limits, Lineage, decode_value
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
+from pipeline.policy import DEFAULT_SECRET_NAMES
 from pipeline.reasons import Rejection
+from pipeline.secrets_raw import without_secrets
 from pipeline.settings import Settings
 from pipeline.stream.runner import PartitionRunner, Tripped, Unit
 from sinks import stats
@@ -86,7 +88,10 @@ def _read(path: Path, record_name: str) -> Decoded:
 
 
 def load_states(
-    consent: list[Path], requests: list[Path], lake: Path | None = None
+    consent: list[Path],
+    requests: list[Path],
+    lake: Path | None = None,
+    secret_names: Iterable[str] = DEFAULT_SECRET_NAMES,
 ) -> tuple[dict[str, AccountState], Counter[str]]:
     """Every account's consent and request history from the control files. Rejected records are
     counted by reason and, with `lake`, kept as dead letters like rejected calls (under the file's
@@ -102,17 +107,28 @@ def load_states(
             for rej in decoded.rejections:
                 counts[stats.rejected(kind, rej.reason.value)] += 1
             if lake is not None and decoded.rejections:
-                _keep_rejects(lake, file_source(path), decoded)
+                _keep_rejects(lake, file_source(path), decoded, secret_names)
             for rec in sorted(decoded.records, key=lambda r: r["at"]):
                 states[rec["account_id"]] = apply(states.get(rec["account_id"]), rec)
                 counts[stats.CONTROL_APPLIED[0] if kind == "consent" else stats.CONTROL_APPLIED[1]] += 1
     return states, counts
 
 
-def _keep_rejects(lake: Path, source: str, decoded: Decoded) -> None:
+def _keep_rejects(lake: Path, source: str, decoded: Decoded, secret_names: Iterable[str]) -> None:
+    """A control file's rejected records kept as dead letters, without secret-named entries (a
+    JSON line may carry fields the schema does not know), as rejected calls are."""
     dead = [
-        Rejection(
-            rej.reason, rej.stage, -1, rej.offset if rej.offset >= 0 else (rej.index or 0), rej.index, rej.raw
+        without_secrets(
+            Rejection(
+                rej.reason,
+                rej.stage,
+                -1,
+                rej.offset if rej.offset >= 0 else (rej.index or 0),
+                rej.index,
+                rej.raw,
+                rej.field,
+            ),
+            secret_names,
         )
         for rej in decoded.rejections
     ]

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--accounts", type=_positive_int, default=generate.DEFAULT_ACCOUNTS, help="accounts (500)")
     p.add_argument("--start", type=_start, help="window start, ISO-8601 UTC (default: yesterday 00:00 UTC)")
-    p.add_argument("--hours", type=_positive_int, default=24, help="window length in hours (24)")
+    p.add_argument("--hours", type=_positive_int, default=24, help="window length in whole hours (24)")
     p.add_argument("--consent", action="store_true", help="also publish the accounts' consent events")
     p.add_argument("--consent-topic", default=TOPIC_OF["ConsentEvent"], help="(consent.events)")
     p.add_argument("--requests", action="store_true", help="also publish privacy requests")

@@ -62,7 +62,9 @@ def ingest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     key = settings.key()
     collector.tune()
     try:
-        states, control = load_states(args.consent, args.requests, settings.lake)
+        states, control = load_states(
+            args.consent, args.requests, settings.lake, settings.policy.secret_names
+        )
         collector.freeze()  # the consent history lives as long as the run
         totals: Counter[str] = Counter(control)
         started = time.monotonic()

@@ -97,3 +97,16 @@ def test_load_states_never_holds_an_unnameable_account(tmp_path: Path) -> None:
     assert all(account.isprintable() for account in states)
     assert counts["consent_rejected.bad_id"] == len(bad)
     assert counts["consent_events"] == len(TRAFFIC.consents)
+
+
+def test_a_rejected_control_line_is_kept_without_its_secret_named_fields(tmp_path: Path) -> None:
+    good = dict(TRAFFIC.consents[0])
+    bad = orjson.dumps({**good, "purpose": "fly", "password": "hunter2-SECRET"})  # unknown_enum
+    consent = tmp_path / "consent.jsonl"
+    consent.write_bytes(bad + b"\n")
+    lake = tmp_path / "lake"
+    _states, counts = load_states([consent], [], lake)
+    assert counts["consent_rejected.unknown_enum"] == 1
+    lines = [line for p in (lake / "_rejects").rglob("*.jsonl") for line in p.read_bytes().splitlines()]
+    raws = [base64.b64decode(orjson.loads(line)["raw_b64"]) for line in lines]
+    assert len(raws) == 1 and b"fly" in raws[0] and b"hunter2" not in raws[0]
