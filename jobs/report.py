@@ -19,6 +19,7 @@ only format it. Data sources:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pipeline.policy import Policy
 from pipeline.reasons import Drop
 from schemas import clock
 from sinks import layout
+from sinks.layout import ANALYTICS, VAULT
 from sinks.read import scan
 from sinks.stats import read_stats
 
@@ -93,6 +95,9 @@ def collect(
         for a in aggregates
     ]
     entries = audit.read(lake)
+    stream = _stream(lake)
+    held = {z["zone"]: z["rows"] for z in _totals(volume)}
+    stream["reconciled"] = reconcile(stream, held)
     for a in aggregates:  # what the aggregates still count that the lake no longer holds
         a["changes_since"] = sum(
             1 for e in entries if e.get("job") in CHANGES_AGGREGATES and str(e.get("at", "")) > a["built_at"]
@@ -105,7 +110,7 @@ def collect(
         "volume": volume,
         "aggregates": aggregates,
         "retention": retention,
-        "stream": _stream(lake),
+        "stream": stream,
         "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
         "jobs_total": len(entries),
         "unfinished_changes": len(replace.pending(lake)),
@@ -272,6 +277,35 @@ def _stream(lake: Path) -> dict[str, Any]:
     }
 
 
+# Drops that keep a landed event out of a zone, and those that remove a field of it.
+KEPT_OUT = frozenset({Drop.ERASED.value, Drop.ANALYTICS_OBJECTED.value, Drop.RESTRICTED.value})
+
+
+def reconcile(stream: Mapping[str, Any], held: Mapping[str, int]) -> dict[str, Any]:
+    """What the stream's counters say happened to every event, and how the lake's rows now
+    compare with the rows the stream wrote (the difference: rows jobs removed since, by erase,
+    retention, restriction or objection; or rows `ingest` wrote, which the stream did not)."""
+    events = int(stream["other"].get("events_in", 0))
+    vault = int(stream["written"].get(VAULT, 0))
+    dead = sum(stream["dlq"].values())
+    erased = int(stream["drop"].get(Drop.ERASED.value, 0))
+    return {
+        "events_in": events,
+        "vault_written": vault,
+        "dead_letters": dead,
+        "erased": erased,
+        "adds_up": events == vault + dead + erased,
+        "kept_out_of_analytics": {
+            k: v for k, v in stream["drop"].items() if k in KEPT_OUT - {Drop.ERASED.value}
+        },
+        "fields_removed": {k: v for k, v in stream["drop"].items() if k not in KEPT_OUT},
+        "zones": {
+            zone: {"written": int(stream["written"].get(zone, 0)), "held": int(held.get(zone, 0))}
+            for zone in (VAULT, ANALYTICS)
+        },
+    }
+
+
 def _job(entry: dict[str, Any]) -> dict[str, Any]:
     counts = entry.get("counts") or {}
     shown = {k: v for k, v in counts.items() if isinstance(v, int | float)}
@@ -329,8 +363,25 @@ def render_text(data: dict[str, Any]) -> str:
             f"  rows past limit {r['past_limit']:,}  {flag}"
         )
     s = data["stream"]
+    r = s["reconciled"]
     out += ["", f"Stream counters ({s['sources']} sources)"]
-    for group in ("consent", "drop", "dlq", "written", "other"):
+    sums = "adds up" if r["adds_up"] else "DOES NOT ADD UP"
+    out.append(
+        f"  events {r['events_in']:,} = landed in the vault {r['vault_written']:,}"
+        f" + dead letters {r['dead_letters']:,} + erased {r['erased']:,} ({sums})"
+    )
+    out.append(
+        "  kept out of analytics: "
+        + (", ".join(f"{k} {v:,}" for k, v in r["kept_out_of_analytics"].items()) or "none")
+        + "; fields removed from landed events: "
+        + (", ".join(f"{k} {v:,}" for k, v in r["fields_removed"].items()) or "none")
+    )
+    for zone, z in r["zones"].items():
+        out.append(
+            f"  {zone:<9} rows written by the stream {z['written']:,}, held now {z['held']:,}"
+            f" (the difference: removed by jobs since, or written by ingest)"
+        )
+    for group in ("dlq", "other"):
         items = ", ".join(f"{k} {v:,}" for k, v in s[group].items()) or "none recorded"
         out.append(f"  {group:<8} {items}")
     out += ["", f"Risk: k-anonymity of the aggregates (k = {data['policy']['k']})"]

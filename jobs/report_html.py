@@ -192,6 +192,7 @@ def render(data: dict[str, Any]) -> str:
     bins = [b for b, _ in kan[0]["histogram"]] if kan else []
     k_series = {a["name"]: [float(n) for _, n in a["histogram"]] for a in kan}
     stream = data["stream"]
+    rec = stream["reconciled"]
     counters = {
         **{f"dlq {k}": v for k, v in stream["dlq"].items()},
         **{f"drop {k}": v for k, v in stream["drop"].items()},
@@ -297,8 +298,18 @@ def render(data: dict[str, Any]) -> str:
         "consent_table": _table(
             ["counter", "count"],
             [
-                *((f"consent outcome {k}", v) for k, v in stream["consent"].items()),
-                *((f"written to {k}", v) for k, v in stream["written"].items()),
+                (
+                    "events = landed in the vault + dead letters + erased",
+                    f"{rec['events_in']:,} = {rec['vault_written']:,} + {rec['dead_letters']:,}"
+                    f" + {rec['erased']:,} ({'adds up' if rec['adds_up'] else 'DOES NOT ADD UP'})",
+                ),
+                *((f"kept out of analytics: {k}", v) for k, v in rec["kept_out_of_analytics"].items()),
+                *((f"field removed from landed events: {k}", v) for k, v in rec["fields_removed"].items()),
+                *(
+                    (f"{zone} rows written by the stream / held now", f"{z['written']:,} / {z['held']:,}")
+                    for zone, z in rec["zones"].items()
+                ),
+                *((f"dead letters: {k}", v) for k, v in stream["dlq"].items()),
                 *stream["other"].items(),
             ],
         ),

@@ -100,6 +100,27 @@ def test_stream_counters_of_landed_ranges_add_up(data: dict) -> None:
     assert stream["consent"] == {"recording_no_consent": 4}
     assert stream["written"] == {"analytics": 88, "vault": 90}
     assert stream["other"] == {"messages": 100}
+    # the fixture's stats carry no events_in: they do not add up, and the report says so
+    rec = stream["reconciled"]
+    assert (rec["vault_written"], rec["dead_letters"], rec["erased"], rec["adds_up"]) == (90, 6, 0, False)
+    assert rec["fields_removed"] == {"recording_no_consent": 4} and rec["kept_out_of_analytics"] == {}
+    held = {z["zone"]: z["rows"] for z in data["zones"]}
+    assert rec["zones"]["vault"] == {"written": 90, "held": held["vault"]}
+    assert "DOES NOT ADD UP" in report.render_text(data)
+
+
+def test_stream_counters_that_add_up_say_so(lake: Path) -> None:
+    write_stats(
+        lake, "calls.raw-0", 0, 9, {"events_in": 10, "vault": 7, "dead_letter.malformed": 1, "drop.erased": 2}
+    )
+    manifest = lineage.manifest_path(lake, "calls.raw-0", 0, 9)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("{}")
+    data = report.collect(duckdb.connect(), lake, DEFAULT_POLICY, as_of=AS_OF, sample=10, seed=1)
+    assert data["stream"]["reconciled"]["adds_up"]
+    assert "events 10 = landed in the vault 7 + dead letters 1 + erased 2 (adds up)" in report.render_text(
+        data
+    )
 
 
 def test_job_history_newest_first(data: dict) -> None:
