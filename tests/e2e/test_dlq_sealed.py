@@ -20,12 +20,11 @@ import pytest
 from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
 from pipeline.carrier.generate_pii import generate_transcript
-from pipeline.kafka_access import OPERATOR
 from schemas import topics
 from sinks.stats import read_stats
 from tests.support.streamkit import (
     ROOT,
-    access,
+    as_operator,
     consume_all,
     make_topics,
     partition_of,
@@ -50,19 +49,6 @@ def wait_for_messages(lake: Path, messages: int, timeout_s: float, proc: subproc
         assert proc.poll() is None, f"worker exited with {proc.returncode}"
         time.sleep(0.5)
     raise AssertionError(f"lake holds {read_stats(lake).messages} of {messages} messages")
-
-
-def callpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """A `callpipe` command as the operator (dlq inspect and replay are the operator's)."""
-    operator = access(OPERATOR, env["CALLPIPE_BOOTSTRAP"]).env()
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env={**os.environ, **env, **operator},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def hostile(
@@ -140,19 +126,19 @@ def test_dead_letters_are_sealed_logs_hold_no_personal_data_and_a_repair_lands_o
     # the operator opens them; without the key, a clear error
     env["CALLPIPE_HOME"] = str(tmp_path / "home")
     env["CALLPIPE_LAKE"] = str(lake)  # the suppression list of erased subjects (none here)
-    shown = callpipe(env, "dlq", "inspect", "--prefix", prefix)
+    shown = as_operator(env, "dlq", "inspect", "--prefix", prefix)
     assert shown.returncode == 0, shown.stderr
     for _value, call in bad:
         assert call["caller"] in shown.stdout and call["transcript"] in shown.stdout
     assert f"{dead} dead letters" in shown.stdout
-    refused = callpipe({**env, "CALLPIPE_DLQ_KEY_FILE": str(tmp_path / "none.key")}, "dlq", "inspect")
+    refused = as_operator({**env, "CALLPIPE_DLQ_KEY_FILE": str(tmp_path / "none.key")}, "dlq", "inspect")
     assert (
         refused.returncode == 2 and "no operator key" in refused.stderr and "Traceback" not in refused.stderr
     )
 
     # repair the wrong-typed one, replay it twice: it lands once
     out = tmp_path / "repair"
-    exported = callpipe(env, "dlq", "inspect", "--prefix", prefix, "--out", str(out))
+    exported = as_operator(env, "dlq", "inspect", "--prefix", prefix, "--out", str(out))
     assert exported.returncode == 0, exported.stderr
     assert oct(out.stat().st_mode & 0o777) == "0o700"
     target = bad[0][1]
@@ -169,9 +155,9 @@ def test_dead_letters_are_sealed_logs_hold_no_personal_data_and_a_repair_lands_o
         else:
             value_path.unlink()  # not to be replayed
     assert repaired is not None and repaired["source"]["topic"] == prefix + topics.CALLS
-    first = callpipe(env, "dlq", "replay", str(out), "--prefix", prefix)
+    first = as_operator(env, "dlq", "replay", str(out), "--prefix", prefix)
     assert first.returncode == 0 and "replayed 1 dead letters" in first.stdout, first.stderr
-    second = callpipe(env, "dlq", "replay", str(out), "--prefix", prefix)
+    second = as_operator(env, "dlq", "replay", str(out), "--prefix", prefix)
     assert second.returncode == 0 and "replayed 0 dead letters; skipped 1" in second.stdout, second.stderr
 
     proc = start_worker(prefix, lake, env, tmp_path / "worker2.log")

@@ -8,9 +8,6 @@ without Python's None, and without a lake both commands stop."""
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +16,10 @@ import pytest
 
 from pipeline import codec
 from pipeline.carrier.generate import generate_traffic
-from pipeline.kafka_access import OPERATOR
 from schemas import topics
 from sinks.stats import read_stats
 from tests.support.streamkit import (
-    ROOT,
-    access,
+    as_operator,
     consume_all,
     make_topics,
     publish,
@@ -37,18 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PARTITIONS = 2
 HOUR = 3_600_000
 HOSTILE = b"\x1b[2J\x1b]0;pwned\x07"
-
-
-def callpipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    operator = access(OPERATOR, env["CALLPIPE_BOOTSTRAP"]).env()
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env={**os.environ, **env, **operator},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_an_erased_subjects_dead_letters_are_withheld_from_inspect_and_replay(
@@ -87,20 +70,20 @@ def test_an_erased_subjects_dead_letters_are_withheld_from_inspect_and_replay(
     assert dead == len(messages)
     env = {**env, "CALLPIPE_HOME": str(tmp_path / "home"), "CALLPIPE_LAKE": str(lake)}
 
-    before = callpipe(env, "dlq", "inspect", "--prefix", prefix)
+    before = as_operator(env, "dlq", "inspect", "--prefix", prefix)
     assert before.returncode == 0, before.stderr
     assert (
         gone["caller"] in before.stdout and "withheld: 0 dead letter(s) of erased subjects" in before.stdout
     )
     out = tmp_path / "repair"
-    exported = callpipe(env, "dlq", "inspect", "--prefix", prefix, "--out", str(out))
+    exported = as_operator(env, "dlq", "inspect", "--prefix", prefix, "--out", str(out))
     assert exported.returncode == 0 and f"exported {dead} dead letters" in exported.stdout, exported.stderr
 
-    erased = callpipe(env, "jobs", "erase", "--account", a, "--no-topic")
+    erased = as_operator(env, "jobs", "erase", "--account", a, "--no-topic")
     assert erased.returncode == 0, erased.stderr
     assert "calls.dlq: not counted" in erased.stdout and a not in erased.stdout
 
-    shown = callpipe(env, "dlq", "inspect", "--prefix", prefix)
+    shown = as_operator(env, "dlq", "inspect", "--prefix", prefix)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     assert a not in text and gone["caller"] not in text and gone["event_id"] not in text
@@ -111,13 +94,13 @@ def test_an_erased_subjects_dead_letters_are_withheld_from_inspect_and_replay(
     assert "field=duration_s" in text  # B's wrong type names its field
 
     again = tmp_path / "again"
-    exported = callpipe(env, "dlq", "inspect", "--prefix", prefix, "--out", str(again))
+    exported = as_operator(env, "dlq", "inspect", "--prefix", prefix, "--out", str(again))
     assert exported.returncode == 0 and f"exported {dead - 2} dead letters" in exported.stdout
     assert "withheld: 2" in exported.stdout
     assert not any(a.encode() in p.read_bytes() for p in again.iterdir())
 
     # the folder exported before the erasure: A's two are withheld, the others replayed once
-    replayed = callpipe(env, "dlq", "replay", str(out), "--prefix", prefix)
+    replayed = as_operator(env, "dlq", "replay", str(out), "--prefix", prefix)
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed {dead - 2} dead letters" in replayed.stdout
     assert "withheld: 2 dead letter(s) of erased subjects" in replayed.stdout
@@ -134,6 +117,6 @@ def test_an_erased_subjects_dead_letters_are_withheld_from_inspect_and_replay(
     # without a lake: nothing opened, nothing replayed
     nowhere = {**env, "CALLPIPE_LAKE": str(tmp_path / "nowhere")}
     for args in (("inspect", "--prefix", prefix), ("replay", str(out), "--prefix", prefix)):
-        refused = callpipe(nowhere, "dlq", *args)
+        refused = as_operator(nowhere, "dlq", *args)
         assert refused.returncode == 2 and "no lake at" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr and refused.stdout == ""

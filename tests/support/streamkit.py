@@ -41,6 +41,19 @@ def access(role: str, bootstrap: str | None = None) -> KafkaAccess:
     return got.with_bootstrap(bootstrap) if bootstrap else got
 
 
+def as_operator(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A `callpipe` command as the operator (dlq inspect and replay are the operator's)."""
+    operator = access(OPERATOR, env["CALLPIPE_BOOTSTRAP"]).env()
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, **env, **operator},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def make_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     """A prefixed topic set, created as the operator, with the roles' ACLs granted by the admin
     (the benchmarks' own, for the tests)."""
