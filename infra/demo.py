@@ -55,7 +55,10 @@ def check_lake(lake: Path) -> None:
     if not lake.exists() and not lake.is_symlink():
         return
     if lake.is_symlink() or not lake.is_dir():
-        raise DemoRefused(f"--lake {lake} is not a folder; name a new one (the demo empties its lake first)")
+        raise DemoRefused(
+            f"--lake {lake} is a symbolic link or not a folder;"
+            " name a new folder (the demo empties its lake first)"
+        )
     if (lake / DEMO_MARK).is_file() or not any(lake.iterdir()):
         return
     raise DemoRefused(

@@ -229,7 +229,7 @@ def held_as(zone: str, columns: list[str]) -> str:
         return "whether a recording exists (never the recording)"
     if any(c.endswith("_prefix") or c == "cell_area" for c in columns):
         return "generalized (IP prefix, cell area)"
-    if columns == ["transcript"] or columns == ["attributes"]:
+    if set(columns) <= {"transcript", "attributes"}:
         return "text with detected personal data replaced by labels"
     return "as given"
 

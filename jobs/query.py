@@ -81,6 +81,8 @@ def connect(lake: Path, *, vault: bool = False) -> tuple[duckdb.DuckDBPyConnecti
     return con, names
 
 
+# Errors about the query's text (syntax, names, types), never about the data it read.
+SQL_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
 _QUOTED = re.compile(r"'(?:[^']|'')*'")
 
 
@@ -119,6 +121,12 @@ def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
             # DuckDB's messages name tables, columns and paths; a cast error quotes the value it
             # could not convert: masked, as the line may end up in a log or a cron mail.
             message = masked(str(exc))
+            if vault and not isinstance(exc, SQL_ERRORS):
+                # Over the vault, an error about the data (a cast, a function's input, error())
+                # may print a value in any form, quoted or not: only its kind is shown.
+                message = (
+                    f"{type(exc).__name__}: the query failed on vault data (the detail may hold a value)"
+                )
             if isinstance(exc, duckdb.CatalogException) and not (lake / layout.AGGREGATES).is_dir():
                 message += (
                     " (the aggregates, calls_daily and the others, exist once `callpipe jobs anonymize` ran)"

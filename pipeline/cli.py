@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -78,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"callpipe: error: {exc}", file=sys.stderr)
         return exc.status
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head`): the command's work is done and recorded;
+        # say nothing, and keep Python from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (SettingsError, PolicyError, KeyError_, AccessError, VaultKeyError, SealError, OSError) as exc:
         # Settings, policy and key errors name the setting, file and line, never a value.
         print(f"callpipe: error: {exc}", file=sys.stderr)

@@ -138,6 +138,10 @@ def dlq_inspect_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is not None:
         export(letters, args.out)
         print(f"exported {len(letters)} dead letters to {args.out} (<p>-<offset>.json and .value, mode 0600)")
+        print(
+            f"  {args.out} holds the messages in plaintext, personal data included: delete it once"
+            " replayed (an erasure does not reach it; replay withholds erased subjects' letters)"
+        )
         print(withhold.withheld_line(seen.withheld))
         return 0
     for letter in letters:

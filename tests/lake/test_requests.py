@@ -487,6 +487,7 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
             got = sum(c["rows"] for c in result["categories"].get("recording", {}).values())
             assert 0 < got == recorded < result["rows"]  # calls flagged as recorded, not every row
             assert result["held_as"]["phone"].startswith("keyed tokens")
+            assert result["held_as"]["free_text"].startswith("text with detected personal data replaced")
     one = sorted((lake / "vault" / "calls").glob("dt=*/bucket=*/*.parquet"))[0]
     in_file = set(crypt.read_table(one, columns=["account_id"]).column(0).to_pylist())
     result = breach.scope(duckdb.connect(), lake, key, "vault", files=[one], now=datetime.now(UTC))
