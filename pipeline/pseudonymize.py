@@ -26,7 +26,7 @@ from functools import cache
 from typing import Any
 
 import schemas
-from pipeline.attributes import redact_attributes
+from pipeline.attributes import redact_attributes, redacted
 from pipeline.detect import redact_text
 from pipeline.generalize import ip_prefix, phone_facts
 from pipeline.keys import TOKEN_HEX, Domain, PseudonymKey
@@ -136,6 +136,12 @@ def _text(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> 
     return (None if value is None else redact_text(value, regions),)
 
 
+def _short_text(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
+    """A short carrier-written value kept for analysis (a device's OS, an app version): as given,
+    but with any personal data a carrier wrote into it redacted, as an attribute's value is."""
+    return (None if value is None else redacted(value, tuple(regions), memo),)
+
+
 def _text_map(value: Any, key: PseudonymKey, regions: Sequence[str], memo: Memo) -> tuple[Any, ...]:
     return (None if value is None else redact_attributes(value, tuple(regions), memo),)
 
@@ -154,7 +160,7 @@ RULES: dict[tuple[str, str], Transform] = {
     ("none", "status"): _same,
     ("quasi", "location"): _cell,
     ("direct", "ip"): _ip,
-    ("quasi", "device"): _same,
+    ("quasi", "device"): _short_text,
     ("direct", "device_id"): _token(Domain.DEVICE),
     ("none", "device"): _same,
     ("sensitive", "recording"): _has,

@@ -47,6 +47,7 @@ from pipeline.pseudonymize import (
     _ip,
     _phone,
     _same,
+    _short_text,
     _text,
     _text_map,
 )
@@ -190,6 +191,22 @@ def _text_column(
     return (pc.replace_with_mask(values, present, redacted),)
 
 
+def _short_text_column(
+    values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
+) -> tuple[pa.Array, ...]:
+    """Each non-null short text redacted once per distinct (text, regions of its call), under
+    the attribute texts' memo entries (`_short_text`); few distinct values: an OS, a version."""
+    present = pc.is_valid(values)
+    if not pc.any(present).as_py():
+        return (values,)
+    rows = pc.indices_nonzero(present).to_numpy()
+    hints: dict[tuple[str, ...], int] = {}
+    row_hint = np.fromiter((hints.setdefault(tuple(r), len(hints)) for r in regions), np.int64, len(regions))
+    texts = values.filter(present)
+    redacted_texts = _redacted_per_distinct(texts, row_hint[rows], list(hints), memo)
+    return (pc.replace_with_mask(values, present, redacted_texts.cast(step.types[0])),)
+
+
 def _map_column(
     values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
 ) -> tuple[pa.Array, ...]:
@@ -261,4 +278,5 @@ _BUILDS: dict[Transform, Build] = {
     _has: _has_column,
     _text: _text_column,
     _text_map: _map_column,
+    _short_text: _short_text_column,
 }

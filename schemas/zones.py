@@ -96,7 +96,7 @@ ANALYTICS_COLUMNS: dict[tuple[str, str], list[tuple[str, pa.DataType]]] = {
     ("none", "status"): [("{name}", pa.string())],
     ("quasi", "location"): [("cell_area", pa.string())],  # MCC-MNC-LAC: the cell id is dropped
     ("direct", "ip"): [("{name}_prefix", pa.string())],  # /24 for IPv4, /48 for IPv6
-    ("quasi", "device"): [("device_{name}", pa.string())],  # os, app_version
+    ("quasi", "device"): [("device_{name}", pa.string())],  # os, app_version (redacted like attributes)
     ("direct", "device_id"): [("device_token", pa.string())],
     ("none", "device"): [("{name}", pa.string())],
     ("sensitive", "recording"): [("has_recording", pa.bool_())],  # never the URI

@@ -216,6 +216,31 @@ def test_attribute_keys_redacted_as_the_row_path_does() -> None:
     assert sliced.equals(row_path(rows[3:9], regions[3:9], Memo()))
 
 
+def test_device_os_and_app_version_written_with_personal_data_are_redacted_alike() -> None:
+    def device(os: str, version: str) -> dict[str, Any]:
+        return {"device_id": "dev-1", "device_type": "phone", "os": os, "app_version": version}
+
+    rows = [
+        vault_row(0, device=device("iOS +14155550177", "bob@example.com")),
+        vault_row(1, device=device("iOS 17.2", "5.12.3")),  # ordinary values stay
+        vault_row(2, device=device("Android 07911 123456", "1")),
+        vault_row(3, device=None),
+        vault_row(4, device=device("iOS +14155550177", "bob@example.com")),
+    ]
+    regions = [("US",), ("GB",), ("GB",), ("GB",), ("GB", "US")]
+    assert_same(rows, regions)
+    assert_same(rows, regions, max_entries=1)
+    got = analytics_columns(vault_table(rows), regions, KEY, Memo())
+    assert got.column("device_os").to_pylist() == [
+        "iOS [PHONE]",
+        "iOS 17.2",
+        "Android [PHONE]",
+        None,
+        "iOS [PHONE]",
+    ]
+    assert got.column("device_app_version").to_pylist() == ["[EMAIL]", "5.12.3", "1", None, "[EMAIL]"]
+
+
 def test_duplicates_across_rows_and_a_memo_that_forgets_mid_batch() -> None:
     canary = seeded(600)
     part = chain_batch(canary.traffic.calls, canary, KEY)
