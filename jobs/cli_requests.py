@@ -49,7 +49,9 @@ def _print_status(status: dict[str, Any]) -> None:
     totals = ", ".join(f"{k} {v}" for k, v in sorted(status["totals"].items())) or "none"
     print(f"requests as of {status['as_of']}: {totals}")
     if not status["open"]:
-        print("  no open requests")
+        print(
+            "  no open requests in the ledger (requests still unread in privacy.requests count after a pass)"
+        )
     for r in status["open"]:
         flag = {"overdue": "  OVERDUE", "due soon": "  due soon"}.get(r["due"], "")
         print(

@@ -111,8 +111,11 @@ def collect(
         "aggregates": aggregates,
         "retention": retention,
         "stream": stream,
-        "jobs": [_job(e) for e in entries[-HISTORY:]][::-1],
-        "jobs_total": len(entries),
+        # the jobs that change or hand over data; reads (query) are counted apart, so that an
+        # analyst's queries do not push the changes out of the history
+        "jobs": [_job(e) for e in [e for e in entries if e.get("job") not in READS][-HISTORY:]][::-1],
+        "jobs_total": sum(1 for e in entries if e.get("job") not in READS),
+        "reads": _reads(entries),
         "unfinished_changes": len(replace.pending(lake)),
         "requests": _requests(lake, policy, as_of),
         "risk": risk.measure(con, lake, as_of=as_of, sample=sample, seed=seed),
@@ -306,6 +309,14 @@ def reconcile(stream: Mapping[str, Any], held: Mapping[str, int]) -> dict[str, A
     }
 
 
+READS = frozenset({"query"})  # audited reads (query --vault), shown as counts beside the history
+
+
+def _reads(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    reads = [e for e in entries if e.get("job") in READS]
+    return {"count": len(reads), "last": reads[-1].get("at") if reads else None}
+
+
 def _job(entry: dict[str, Any]) -> dict[str, Any]:
     counts = entry.get("counts") or {}
     shown = {k: v for k, v in counts.items() if isinstance(v, int | float)}
@@ -401,6 +412,9 @@ def render_text(data: dict[str, Any]) -> str:
     q = data["requests"]
     totals = ", ".join(f"{k} {v}" for k, v in sorted(q["totals"].items())) or "none"
     out += ["", f"Data-subject requests ({totals}; fulfilled after their deadline: {q['fulfilled_late']})"]
+    out.append(
+        "  (the request ledger: requests unread in privacy.requests appear after a `jobs requests` pass)"
+    )
     for r in q["open"]:
         flag = {"overdue": "OVERDUE", "due soon": "due soon"}.get(r["due"], "on time")
         out.append(
@@ -419,6 +433,10 @@ def render_text(data: dict[str, Any]) -> str:
         note = " ".join(w for w in why if w)
         out.append(f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} at {when}  {note}")
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
+    if data["reads"]["count"]:
+        out.append(
+            f"  vault queries audited: {data['reads']['count']:,}, the last at {data['reads']['last']}"
+        )
     if data["unfinished_changes"]:
         out.append(
             f"  {data['unfinished_changes']} change(s) left by a killed job: the next job run completes them"

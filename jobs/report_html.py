@@ -359,6 +359,10 @@ def render(data: dict[str, Any]) -> str:
         stream_sources=stream["sources"],
         jobs_shown=len(data["jobs"]),
         jobs_total=data["jobs_total"],
+        reads=escape(
+            f"{data['reads']['count']:,}"
+            + (f", the last at {data['reads']['last']}" if data["reads"]["last"] else "")
+        ),
         unfinished=data["unfinished_changes"],
         requests_overdue=data["requests"]["overdue"],
         requests_due_soon=data["requests"]["due_soon"],

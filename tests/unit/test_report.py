@@ -139,6 +139,19 @@ def test_aggregates_say_when_they_were_built_and_what_changed_the_lake_since(dat
     assert "not in it until rebuilt" in report_html.render(data)
 
 
+def test_vault_queries_are_counted_apart_and_do_not_push_jobs_out_of_the_history(lake: Path) -> None:
+    audit.record(lake, job="erase", params={}, counts={}, files=[], duration_s=1, outcome="ok")
+    for _ in range(report.HISTORY + 5):
+        audit.record(
+            lake, job="query", params={"vault": True}, counts={}, files=[], duration_s=0, outcome="ok"
+        )
+    data = report.collect(duckdb.connect(), lake, DEFAULT_POLICY, as_of=AS_OF, sample=10, seed=1)
+    assert [j["job"] for j in data["jobs"]] == ["erase"] and data["jobs_total"] == 1
+    assert data["reads"]["count"] == report.HISTORY + 5
+    assert f"vault queries audited: {report.HISTORY + 5}" in report.render_text(data)
+    assert f"vault queries audited: {report.HISTORY + 5}" in report_html.render(data)
+
+
 def test_risk_figures_included(data: dict) -> None:
     assert {k["name"] for k in data["risk"]["k_anonymity"]} == {"calls_hourly", "calls_daily"}
     assert [u["resolution"] for u in data["risk"]["unicity"]] == [
