@@ -256,14 +256,10 @@ def _aggregates(con: duckdb.DuckDBPyConnection, lake: Path, cutoff: datetime | N
                 "past_limit": int(row[2]),
                 # when the file was published: erasures, rectifications and retention after it
                 # are not in it until `jobs anonymize` runs again
-                "built_at": _iso_ms(max(f.stat().st_mtime for f in files)),
+                "built_at": ledger.iso(datetime.fromtimestamp(max(f.stat().st_mtime for f in files), UTC)),
             }
         )
     return out
-
-
-def _iso_ms(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _stream(lake: Path) -> dict[str, Any]:

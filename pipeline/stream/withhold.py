@@ -11,10 +11,11 @@ under `<lake>/vault/requests/` (jobs/intake.py), which keep the raw account id o
 an erase request (from the topic, a file or `jobs erase --account`) named, done or still open,
 for good. A dead letter is the subject's when
 - its original Kafka key is the account id (carriers key single events by account), or
-- its value holds the id: as any string of the JSON it parses to (one event, an array, JSON
-  lines), or, where it does not parse as JSON (Avro, truncated JSON), as a JSON string
-  (`"<id>"`) or an Avro string (zigzag length, then the bytes) anywhere in the bytes.
-Matching errs towards withholding: a value that merely mentions the id is withheld too.
+- its value holds the id, read as erasure reads a kept dead letter (`pipeline.raw_records`:
+  every framing, a container file block by block, decompressed): as any string of what decodes,
+  or as a JSON string (any escaping) or an Avro string anywhere in the bytes not compressed.
+Matching errs towards withholding: a value that merely mentions the id is withheld too, and so
+is one that cannot be read at all (a damaged compressed block), since it cannot be told.
 
 Without a lake there is no suppression list, and the commands refuse rather than show or replay
 what might be an erased subject's (pipeline/stream/cli.py).
@@ -31,21 +32,12 @@ from typing import Any
 
 import orjson
 
+from pipeline import raw_records
 from pipeline.errors import CliError
 from sinks.layout import MANIFESTS, REQUESTS, VAULT, VAULT_REQUESTS
 
 ERASE = "erase"  # the kind of an erase request, as jobs/intake.py writes it
-_QUOTED = re.compile(rb'"([^"\\\r\n]{1,1024})"')
-
-
-def _zigzag(n: int) -> bytes:
-    """An Avro long (a string's length prefix), zigzag and varint encoded."""
-    z, out = (n << 1) ^ (n >> 63), bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
+_STRING = re.compile(rb'"(?:[^"\\\r\n]|\\.){1,1024}"')  # a JSON string literal, escapes included
 
 
 def _strings(node: Any) -> Iterator[str]:
@@ -59,19 +51,15 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _parsed(raw: bytes) -> list[Any] | None:
-    """The JSON `raw` holds (a value, or each of its lines), or None if it is not JSON."""
+def _literal(quoted: bytes) -> str | None:
+    """The text of a JSON string literal, its escapes read (None if they do not read)."""
+    if b"\\" not in quoted:
+        return quoted[1:-1].decode(errors="replace")
     try:
-        return [orjson.loads(raw)]
-    except orjson.JSONDecodeError:
-        pass
-    lines = [line for line in raw.split(b"\n") if line.strip()]
-    if len(lines) < 2:
-        return None
-    try:
-        return [orjson.loads(line) for line in lines]
+        text = orjson.loads(quoted)
     except orjson.JSONDecodeError:
         return None
+    return text if isinstance(text, str) else None
 
 
 @dataclass(frozen=True)
@@ -84,17 +72,21 @@ class Suppression:
         return f"Suppression({len(self.accounts)} accounts)"
 
     def holds(self, raw: bytes, key: bytes | None) -> bool:
-        """Whether a dead letter (its original bytes and key) is an erased subject's."""
+        """Whether a dead letter (its original bytes and key) is an erased subject's: read as
+        `pipeline.raw_records` reads a kept dead letter (every framing; a container block by
+        block, decompressed), any string of what decodes, or a JSON or Avro string of the bytes
+        that are not compressed; what cannot be read at all (a damaged compressed block) is
+        withheld, since it cannot be told."""
         if not self.accounts:
             return False
         if key is not None and key.decode(errors="replace").strip() in self.accounts:
             return True
         if not raw:
             return False
-        parsed = _parsed(raw)
-        if parsed is not None:
-            return any(s in self.accounts for s in _strings(parsed))
-        return self._scan(raw)
+        found = raw_records.read(raw)
+        if any(s in self.accounts for record in found.records for s in _strings(record)):
+            return True
+        return any(self._scan(part) for part in found.plain) or found.opaque > 0
 
     @cached_property
     def _avro(self) -> dict[int, tuple[bytes, frozenset[bytes]]]:
@@ -103,13 +95,13 @@ class Suppression:
         for account in self.accounts:
             data = account.encode()
             by_len.setdefault(len(data), set()).add(data)
-        return {n: (_zigzag(n), frozenset(ids)) for n, ids in by_len.items()}
+        return {n: (raw_records.write_long(n), frozenset(ids)) for n, ids in by_len.items()}
 
     def _scan(self, raw: bytes) -> bool:
-        """The bytes of a value that is not JSON: any JSON string or Avro string equal to an id
+        """Bytes not compressed: any JSON string (any escaping) or Avro string equal to an id
         (a pass over the bytes per distinct id length, not per id)."""
-        for m in _QUOTED.finditer(raw):
-            if m.group(1).decode(errors="replace") in self.accounts:
+        for m in _STRING.finditer(raw):
+            if _literal(m.group()) in self.accounts:
                 return True
         for n, (prefix, ids) in self._avro.items():
             at = raw.find(prefix)

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline import codec
+from pipeline import codec, raw_records
 from pipeline.carrier.generate import generate_traffic
 from pipeline.errors import CliError
 from pipeline.stream import withhold
@@ -21,7 +21,7 @@ CALL = {"event_id": "e-1", "account_id": "acc-1", "duration_s": "12", "caller": 
 
 def _avro(account: str) -> bytes:
     body = account.encode()
-    return b"\x00\x00\x00\x00\x01" + withhold._zigzag(len(body)) + body + b"\x02\x04rest"
+    return b"\x00\x00\x00\x00\x01" + raw_records.write_long(len(body)) + body + b"\x02\x04rest"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,21 @@ def test_confluent_avro_of_the_subject_is_held_and_of_others_not(batch: int) -> 
     assert Suppression(frozenset({calls[0]["account_id"]})).holds(raw, None)
     others = {c["account_id"] for c in calls}
     assert not Suppression(frozenset({a + "0" for a in others})).holds(raw, None)
+
+
+def test_a_deflate_container_an_escaped_id_and_a_damaged_block_are_held_as_erasure_finds_them() -> None:
+    calls = generate_traffic(4, 3, 1_767_225_600_000, 3_600_000, accounts=3).calls
+    erased = Suppression(frozenset({calls[0]["account_id"]}))
+    container = codec.encode_container(calls, "CallEvent")  # deflate: the id is not in the bytes
+    assert calls[0]["account_id"].encode() not in container
+    assert erased.holds(container, None)
+    assert not Suppression(frozenset({"acc-nobody"})).holds(container, None)
+    escaped = b'{"event_id": "e-9", "account_id": "jos\\u00e9.m\\u00fcller", "dur'  # truncated
+    assert Suppression(frozenset({"jos\u00e9.m\u00fcller"})).holds(escaped, None)
+    block = raw_records.parse_container(container).blocks[0]  # type: ignore[union-attr]
+    at = len(container) - len(block.data) - 16
+    damaged = container[:at] + b"\x07" + container[at + 1 :]  # deflate block type 3: reserved
+    assert Suppression(frozenset({"acc-nobody"})).holds(damaged, None)  # cannot be told: withheld
 
 
 def _lake(tmp_path: Path, docs: list[dict[str, object]]) -> Path:
