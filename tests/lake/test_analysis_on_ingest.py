@@ -12,6 +12,9 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import polars as pl
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.carrier.generate import generate_traffic
@@ -104,3 +107,56 @@ def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[s
     assert json.loads(asked.stdout) == [{"n": analytics_rows}]
     tokens = _callpipe(env, "query", "SELECT * FROM calls_hourly LIMIT 1", "--csv")
     assert not [c for c in tokens.stdout.splitlines()[0].split(",") if c.endswith("_token")]
+
+
+def _pairs(value: object) -> list[tuple[str, str]] | None:
+    """A map cell as each reader gives it (a dict, or a list of pairs or of key/value structs)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return sorted(value.items())
+    assert isinstance(value, list)
+    return sorted((e["key"], e["value"]) if isinstance(e, dict) else tuple(e) for e in value)
+
+
+def test_analysts_read_the_analytics_zone_with_polars_pyarrow_and_duckdb_alike(
+    ingested: tuple[Path, dict[str, str]],
+) -> None:
+    """The analytics zone and the aggregates are plain hive-partitioned Parquet: polars and
+    pyarrow read the same rows and values as DuckDB (and `callpipe query`), maps and times
+    included, without callpipe."""
+    lake, env = ingested
+    done = _callpipe(env, "jobs", "anonymize", "--as-of", "2026-06-10T00:00:00Z")
+    assert done.returncode == 0, done.stderr
+    columns = ["event_id", "account_token", "caller_token", "started_at", "duration_s", "transcript", "dt"]
+    order = "event_id"
+    glob = str(lake / "analytics/calls/dt=*/bucket=*/*.parquet")
+    con = duckdb.connect()
+    by_duckdb = con.execute(
+        f"SELECT {', '.join(columns)}, attributes "
+        f"FROM read_parquet('{glob}', hive_partitioning = true) ORDER BY {order}"
+    ).fetchall()
+    assert len(by_duckdb) > 1000
+
+    frame = pl.scan_parquet(glob, hive_partitioning=True).select(*columns, "attributes").sort(order).collect()
+    by_duckdb = [(*row[:-1], _pairs(row[-1])) for row in by_duckdb]
+    by_polars = [(*row[:-1], _pairs(row[-1])) for row in frame.iter_rows()]
+    assert any(row[-1] for row in by_duckdb) and any(row[-3] for row in by_duckdb)  # maps, transcripts
+    table = pads.dataset(lake / "analytics/calls", format="parquet", partitioning="hive").to_table()
+    table = table.sort_by(order)
+    by_pyarrow = [
+        (*(row[c] for c in columns), _pairs(row["attributes"]))
+        for row in table.select([*columns, "attributes"]).to_pylist()
+    ]
+    # the hive column: a date to DuckDB and polars, the folder's text to pyarrow's default
+    assert [r[:-2] + r[-1:] for r in by_polars] == [r[:-2] + r[-1:] for r in by_duckdb]
+    assert [r[-2] for r in by_polars] == [r[-2] for r in by_duckdb]
+    assert [r[:-2] + r[-1:] for r in by_pyarrow] == [r[:-2] + r[-1:] for r in by_duckdb]
+    assert [r[-2] for r in by_pyarrow] == [r[-2].isoformat() for r in by_duckdb]
+
+    for name in ("calls_hourly", "calls_daily"):
+        path = lake / "aggregates" / name / f"{name}.parquet"
+        rows = con.execute(f"SELECT * FROM '{path}' ORDER BY ALL").fetchall()
+        assert rows
+        assert pl.read_parquet(path).sort(pl.all()).rows() == rows
+        assert sorted(tuple(r.values()) for r in pq.read_table(path).to_pylist()) == rows
