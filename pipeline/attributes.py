@@ -5,7 +5,7 @@ Keys are free text as much as values are: a carrier writes what it likes there
 ("callback:+14155550123": "yes", "bob@example.com": "vip"). A key goes through `redact_value`
 with the call's regions as a value does, remembered under the same memo entry ("attr", text,
 regions): one text gives one answer, key or value. Secret-named keys never get here
-(`pipeline.validate.strip_secrets` removes them with their values before the vault).
+(`pipeline.secret_names.strip_secrets` removes them with their values before the vault).
 
 Two keys may redact to one text ("a@example.com", "b@example.org": "[EMAIL]" twice). No entry is
 lost: a key that redaction left as it was keeps its name, and a redacted key that is already

@@ -72,7 +72,7 @@ def analytics_columns(vault: pa.Table, regions: Regions, key: PseudonymKey, memo
     """The analytics table of vault-zone rows (`sinks.arrow.vault_table`'s schema, lineage
     included): equal to `analytics_table([row_pseudonymizer()(row, key, regions[i], memo) for i,
     row in enumerate(rows)])`. `regions[i]` is row i's call regions, as
-    `pipeline.validate.normalize_numbers` returns them; `memo` is the row path's own."""
+    `pipeline.phones.normalize_numbers` returns them; `memo` is the row path's own."""
     schema = analytics_schema()
     if len(regions) != vault.num_rows:
         raise ValueError("one regions tuple per row is required")

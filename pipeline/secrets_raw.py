@@ -2,8 +2,8 @@
 
 The dead-letter path keeps the original bytes (calls.dlq, sealed; `<lake>/_rejects/`), so a
 secret-named attribute (`password`, `pin`, ... the policy's `secret_names`) must be taken out of
-them first, as `pipeline.validate.strip_secrets` takes it out of a record:
-- JSON (text starting with `{` or `[`): `pipeline.validate.strip_secrets_json` (keys dropped, or
+them first, as `pipeline.secret_names.strip_secrets` takes it out of a record:
+- JSON (text starting with `{` or `[`): `pipeline.secret_names.strip_secrets_json` (keys dropped, or
   their values masked where the text does not parse);
 - Avro that decodes (Confluent, a bare body, every block of a container file): the records
   without secret-named map entries, encoded again with the same writer schema, framing and codec.
@@ -34,7 +34,7 @@ import schemas
 from pipeline import raw_records
 from pipeline.raw_records import CONTAINER_MAGIC, Block, Container, read_long, write_long
 from pipeline.reasons import Rejection, Withheld
-from pipeline.validate import is_secret_name, strip_secrets, strip_secrets_json
+from pipeline.secret_names import is_secret_name, strip_secrets, strip_secrets_json
 
 MAX_KEY_BYTES = 256
 _WS = b" \t\r\n"

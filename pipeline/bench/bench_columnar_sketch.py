@@ -31,8 +31,8 @@ from pipeline.detect import redact_text, redact_value
 from pipeline.identifiers import MAX_ID_LEN, MAX_PHONE_LEN
 from pipeline.keys import Domain
 from pipeline.memo import Memo
+from pipeline.phones import number_info
 from pipeline.pseudonymize import cell_area, ip_prefix, phone_facts, token_of
-from pipeline.validate import number_info
 
 BATCH = 2_000
 IDS: tuple[tuple[str, int], ...] = (

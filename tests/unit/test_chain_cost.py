@@ -15,7 +15,7 @@ from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import DEFAULT_SECRET_NAMES
 from pipeline.pseudonymize import token_of
-from pipeline.validate import _is_secret, _map_fields, _strip
+from pipeline.secret_names import _is_secret, _map_fields, _strip
 
 START_MS = 1_767_225_600_000
 HOSTILE = ["", " ", "\x00", "a\nb", "ünï☃", "\u200b", "+1 (201) 555-0100", "x" * 5000, "🙂" * 40]

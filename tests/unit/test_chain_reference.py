@@ -20,19 +20,18 @@ from pipeline.codec import Lineage
 from pipeline.consent import AccountState, account_state, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
+from pipeline.phones import normalize_numbers
 from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy
 from pipeline.pseudonymize import interpret
 from pipeline.reasons import Drop, Reason, Rejection, Stage
 from pipeline.rejected_field import field_of
+from pipeline.secret_names import _is_secret, _map_fields
 from pipeline.validate import (
     MAX_FUTURE_MS,
     _check_fields,
     _check_times,
-    _is_secret,
-    _map_fields,
     _project,
     _rules,
-    normalize_numbers,
     rejected_bytes,
 )
 from schemas.clock import EPOCH_OF_SERVICE_MS

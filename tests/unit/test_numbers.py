@@ -1,5 +1,5 @@
 """pipeline.numbers against phonenumbers itself: parse + is_valid_number + region_code_for_number +
-number_type (through `pipeline.validate.parsed_info`, the definition), on every region's example
+number_type (through `pipeline.phones.parsed_info`, the definition), on every region's example
 numbers in every format and with every kind of region hint, their one-digit mutations, random
 digits and hostile spellings. Any difference fails; a FALLBACK answer is allowed (the caller
 parses), but the carriers' spellings must not need it."""
@@ -14,7 +14,7 @@ from phonenumbers import PhoneNumberFormat as Fmt
 from phonenumbers import PhoneNumberType
 
 from pipeline import numbers
-from pipeline.validate import NumberInfo, number_info, parsed_info
+from pipeline.phones import NumberInfo, number_info, parsed_info
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 TYPES = [getattr(PhoneNumberType, n) for n in vars(PhoneNumberType) if n.isupper()]

@@ -10,13 +10,8 @@ import pytest
 import schemas
 from pipeline.policy import DEFAULT_SECRET_NAMES
 from pipeline.reasons import Drop, Reason, Stage
-from pipeline.validate import (
-    MAX_DURATION_S,
-    is_secret_name,
-    strip_secrets,
-    strip_secrets_json,
-    validate_batch,
-)
+from pipeline.secret_names import is_secret_name, strip_secrets, strip_secrets_json
+from pipeline.validate import MAX_DURATION_S, validate_batch
 
 NOW = 1_710_500_000_000  # 2024-03-15T10:53:20Z
 T0 = NOW - 3_600_000
@@ -261,8 +256,8 @@ def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic()
     pseudonymization must be phone_facts' own."""
     from pipeline.carrier.generate import generate_traffic
     from pipeline.memo import Memo
+    from pipeline.phones import _resolve, carrier_region, international_region, normalize_numbers
     from pipeline.pseudonymize import phone_facts
-    from pipeline.validate import _resolve, carrier_region, international_region, normalize_numbers
 
     calls = generate_traffic(11, 3_000, 1_767_225_600_000, accounts=800).calls
     odd = [
