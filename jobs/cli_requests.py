@@ -52,6 +52,8 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
 
 
 def _print_status(status: dict[str, Any]) -> None:
+    from jobs import ledger
+
     totals = ", ".join(f"{k} {v}" for k, v in sorted(status["totals"].items())) or "none"
     print(f"requests as of {status['as_of']}: {totals}")
     if not status["open"]:
@@ -60,9 +62,8 @@ def _print_status(status: dict[str, Any]) -> None:
         )
     for r in status["open"]:
         flag = {"overdue": "  OVERDUE", "due soon": "  due soon"}.get(r["due"], "")
-        kind = f"{r['kind']} {r['purpose']}" if r.get("purpose") else r["kind"]
         print(
-            f"  {r['request']} {kind} {r['status']}, {r['age_days']:.1f} days old,"
+            f"  {r['request']} {ledger.kind_of(r)} {r['status']}, {r['age_days']:.1f} days old,"
             f" deadline {r['deadline']}{flag}"
         )
     if status["overdue"]:

@@ -221,6 +221,12 @@ def erasures(folded: Mapping[str, Request]) -> dict[str, dict[str, str]]:
     return out
 
 
+def kind_of(request: Mapping[str, Any]) -> str:
+    """A request's kind as screens and the report show it: a withdrawal with its purpose."""
+    purpose = request.get("purpose")
+    return f"{request['kind']} {purpose}" if purpose else str(request["kind"])
+
+
 def status(lake: Path, now: datetime, warn_days: int) -> dict[str, Any]:
     """Open requests by age (oldest first) with their deadline state, and totals per status."""
     folded = requests(lake)

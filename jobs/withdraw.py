@@ -85,7 +85,7 @@ def held(
 ) -> dict[str, int]:
     """What the lake holds that the withdrawal covers: values (or rows) per zone and column,
     e.g. {"vault.recording_uri": 3, "analytics.has_recording": 3}; zero everywhere when none."""
-    total = {_label(zone, c): 0 for zone, _value, cols in _targets(key, w) for c in cols}
+    total = dict.fromkeys(held_labels(key, w), 0)
     for _zone, _name, _value, found in _held_by_file(con, lake, key, w, buckets):
         for label, n in found.items():
             total[label] += n
@@ -119,9 +119,9 @@ def purge_locked(
     removed (as `held` counts it). The caller holds the job lock."""
     started = time.monotonic()
     token = key.token(Domain.ACCOUNT, w.account_id)
-    removed = {label: 0 for label in held_labels(key, w)}
+    removed = dict.fromkeys(held_labels(key, w), 0)
     change = Change(lake, "withdraw")
-    columns = dict((zone, cols) for zone, _value, cols in _targets(key, w))
+    columns = {zone: cols for zone, _value, cols in _targets(key, w)}
     files: list[dict[str, Any]] = []
     work = []
     for zone, name, value, found in _held_by_file(con, lake, key, w, buckets):

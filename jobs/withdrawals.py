@@ -29,12 +29,12 @@ from functools import cache
 from typing import Any
 
 import schemas
-from pipeline.consent import CONSENT_FOR, PURPOSES, AccountState, decide, entries
+from pipeline.consent import CONSENT_FOR, PURPOSES, WITHDRAW, AccountState, decide, entries
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.policy import ConsentDefaults
 from schemas.zones import ANALYTICS, ANALYTICS_COLUMNS, VAULT
 
-KIND = "withdraw"  # the ledger's kind of a withdrawal's purge
+KIND = WITHDRAW  # the ledger's kind of a withdrawal's purge
 ROWS = "rows"  # in `purpose_columns`: the purpose is the zone's rows themselves
 
 
