@@ -27,7 +27,7 @@ ROLE_OF = {
     ADMIN: "broker and super user (ACLs, users); used by `callpipe kafka` only",
     CARRIER: "writes calls.raw, consent.events, privacy.requests",
     WORKER: "reads the carrier topics, writes calls.dlq",
-    OPERATOR: "manages topics, reads calls.dlq and privacy.requests, writes privacy.requests",
+    OPERATOR: "manages topics, reads calls.dlq, privacy.requests and consent.events, writes privacy.requests",
     ANALYST: "no Kafka access (reads the lake)",
 }
 
@@ -174,8 +174,10 @@ def role_acls(prefix: str = "") -> list[tuple[str, str, str, str, str]]:
     rows += [(WORKER, "GROUP", "LITERAL", prefix + STREAM_GROUP, "READ")]
     rows += [(WORKER, "TOPIC", "LITERAL", dlq, op) for op in ("WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")]
     rows += [(OPERATOR, "TOPIC", "LITERAL", dlq, op) for op in ("READ", "DESCRIBE")]
-    # `jobs requests` reads privacy.requests; `jobs erase` publishes its erase request (WRITE, below).
-    rows += [(OPERATOR, "TOPIC", "LITERAL", requests, op) for op in ("READ", "DESCRIBE")]
+    # `jobs requests` reads privacy.requests, and consent.events for withdrawals; `jobs erase`
+    # publishes its erase request (WRITE, below).
+    for topic in (requests, consent):
+        rows += [(OPERATOR, "TOPIC", "LITERAL", topic, op) for op in ("READ", "DESCRIBE")]
     # `callpipe dlq replay`: a repaired dead letter goes back to its source topic, in one
     # transaction with its record in the replay ledger, which a later replay reads.
     for topic in (calls, consent, requests):

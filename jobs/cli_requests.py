@@ -23,13 +23,19 @@ OVERDUE_STATUS = 4
 
 def register(jobs_sub: argparse._SubParsersAction) -> None:
     req = jobs_sub.add_parser(
-        "requests", help="record and fulfil data-subject requests (erase, access, rectify, ...)"
+        "requests",
+        help="record and fulfil data-subject requests (erase, access, rectify, ...) and purge what"
+        " consent withdrawals in consent.events cover",
     )
     req.add_argument("--status", action="store_true", help="only list open requests and deadlines")
     req.add_argument(
         "--file", type=Path, action="append", default=[], metavar="FILE", help="PrivacyRequests from a file"
     )
-    req.add_argument("--no-topic", action="store_true", help="do not read privacy.requests")
+    req.add_argument(
+        "--no-topic",
+        action="store_true",
+        help="do not read privacy.requests nor consent.events (no withdrawals recorded or re-checked)",
+    )
     req.add_argument("--prefix", default="", help="the topic set's name prefix (the demo prints its own)")
     req.add_argument("--as-of", type=as_of_arg, default=None, help="ISO-8601 time (default: now, UTC)")
     req.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -46,6 +52,8 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
 
 
 def _print_status(status: dict[str, Any]) -> None:
+    from jobs import ledger
+
     totals = ", ".join(f"{k} {v}" for k, v in sorted(status["totals"].items())) or "none"
     print(f"requests as of {status['as_of']}: {totals}")
     if not status["open"]:
@@ -55,7 +63,7 @@ def _print_status(status: dict[str, Any]) -> None:
     for r in status["open"]:
         flag = {"overdue": "  OVERDUE", "due soon": "  due soon"}.get(r["due"], "")
         print(
-            f"  {r['request']} {r['kind']} {r['status']}, {r['age_days']:.1f} days old,"
+            f"  {r['request']} {ledger.kind_of(r)} {r['status']}, {r['age_days']:.1f} days old,"
             f" deadline {r['deadline']}{flag}"
         )
     if status["overdue"]:
@@ -101,11 +109,12 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
                 " nothing of the file was taken (the format: README, data-subject requests)"
             )
         batches.append(requests.Batch(records=decoded.records, source="file"))
-    topic = None
+    topic = consent = None
     if not args.no_topic:
-        from jobs import requests_topic
+        from jobs import consent_topic, requests_topic
 
         topic = requests_topic.reader(settings.kafka(OPERATOR), args.prefix + requests_topic.TOPIC)
+        consent = consent_topic.reader(settings.kafka(OPERATOR), settings.home, args.prefix)
     try:
         result = requests.run(
             _connect(),
@@ -116,6 +125,8 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
             now=now,
             topic=topic,
             files=batches,
+            consent=consent,
+            consent_defaults=settings.policy.consent,
         )
     except JobBusy as exc:
         raise _busy(exc) from None
@@ -123,7 +134,9 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
         from jobs.requests_topic import TopicUnavailable
 
         if isinstance(exc, TopicUnavailable):
-            raise CliError(f"{exc}; `--no-topic` answers the --file requests without the broker") from None
+            raise CliError(
+                f"{exc}; `--no-topic` answers the --file requests without the broker (and no withdrawals)"
+            ) from None
         raise
     status = ledger.status(lake, now, warn)
     result["status"] = status
@@ -132,6 +145,8 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     else:
         handled = ", ".join(f"{k} {v}" for k, v in sorted(result["handled"].items())) or "nothing to do"
         print(f"requests: {result['received']} received; {handled}")
+        if result["withdrawals_received"]:
+            print(f"  {result['withdrawals_received']} consent withdrawal(s) read from consent.events")
         if result["reused_ids"]:
             print(
                 f"  {result['reused_ids']} request(s) came with an id another request holds: recorded"
@@ -142,6 +157,11 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  refused: {why} (the reasons: README, data-subject requests)")
         if result["enforced"]:
             print(f"  erasure re-applied to {result['enforced']} subject(s) whose rows landed late")
+        if result["withdrawals_enforced"]:
+            print(
+                f"  {result['withdrawals_enforced']} withdrawal(s) re-applied to calls from before them"
+                " that landed late"
+            )
         if result["rejected_messages"]:
             print(f"  {result['rejected_messages']} message(s) on the topic were not PrivacyRequests")
         _print_status(status)

@@ -25,6 +25,12 @@ Events, in the order a request goes through them:
      "erased_at": "...", "erasure": "r-1"}  (an access or rectify after the subject's erasure)
     {"event": "enforced", "request": "r-1", "at": "...", "touched": {...}}  (erasure re-applied)
 
+Source `consent` is a consent withdrawal (`jobs.withdrawals`): kind `withdraw`, with the
+withdrawn `purpose`, `requested_at` the withdrawal's time, named `withdraw-<digest of the token,
+purpose and time>`; recorded by the pass that first reads it in consent.events, fulfilled by the
+purge of what the account's earlier calls held under the purpose, and re-applied (`enforced`)
+when calls of before it land later.
+
 Source `operator` is an operator's direct erasure (`callpipe jobs erase --account ID`,
 `jobs.erase_direct`): an erase request the operator makes and fulfils at once, named
 `op-erase-<digest of the token>` (one per subject; a re-run adds an `enforced` event when it
@@ -132,6 +138,7 @@ class Request:
     detail: dict[str, Any] | None = None  # a refusal's particulars (subject_erased: when, which erasure)
     by: str | None = None  # who made an operator's request (source "operator")
     reused_id: str | None = None  # the producer's id, when another request held it (`jobs.requests`)
+    purpose: str | None = None  # a consent withdrawal's purpose (kind "withdraw", `jobs.withdrawals`)
     enforced: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -172,6 +179,7 @@ def fold(events: Iterable[Mapping[str, Any]]) -> dict[str, Request]:
                     source=str(e.get("source", "")),
                     by=None if e.get("by") is None else str(e["by"]),
                     reused_id=None if e.get("reused_id") is None else str(e["reused_id"]),
+                    purpose=None if e.get("purpose") is None else str(e["purpose"]),
                 )
             continue
         req = out.get(rid)
@@ -213,6 +221,12 @@ def erasures(folded: Mapping[str, Request]) -> dict[str, dict[str, str]]:
     return out
 
 
+def kind_of(request: Mapping[str, Any]) -> str:
+    """A request's kind as screens and the report show it: a withdrawal with its purpose."""
+    purpose = request.get("purpose")
+    return f"{request['kind']} {purpose}" if purpose else str(request["kind"])
+
+
 def status(lake: Path, now: datetime, warn_days: int) -> dict[str, Any]:
     """Open requests by age (oldest first) with their deadline state, and totals per status."""
     folded = requests(lake)
@@ -223,6 +237,7 @@ def status(lake: Path, now: datetime, warn_days: int) -> dict[str, Any]:
             "kind": r.kind,
             "subject": r.subject,
             "status": r.status,
+            **({"purpose": r.purpose} if r.purpose else {}),
             "requested_at": r.requested_at,
             "deadline": r.deadline,
             "age_days": r.age_days(now),

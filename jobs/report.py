@@ -414,7 +414,7 @@ def render_text(data: dict[str, Any]) -> str:
     for r in q["open"]:
         flag = {"overdue": "OVERDUE", "due soon": "due soon"}.get(r["due"], "on time")
         out.append(
-            f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} {r['age_days']:>6} d old"
+            f"  {r['request']:<24} {ledger.kind_of(r):<10} {r['status']:<12} {r['age_days']:>6} d old"
             f"  deadline {r['deadline']}  {flag}"
         )
     if len(q["closed"]) > 10:
@@ -427,7 +427,7 @@ def render_text(data: dict[str, Any]) -> str:
         if r.get("source") == "operator":
             why.append(f"(operator {r.get('by')})")
         note = " ".join(w for w in why if w)
-        out.append(f"  {r['request']:<24} {r['kind']:<10} {r['status']:<12} at {when}  {note}")
+        out.append(f"  {r['request']:<24} {ledger.kind_of(r):<10} {r['status']:<12} at {when}  {note}")
     out += ["", f"Job history (latest {len(data['jobs'])} of {data['jobs_total']})"]
     if data["reads"]["count"]:
         out.append(

@@ -13,6 +13,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from jobs import ledger
+
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
 W = 900  # chart width in px
 
@@ -319,7 +321,7 @@ def render(data: dict[str, Any]) -> str:
                 *(
                     [
                         r["request"],
-                        r["kind"],
+                        ledger.kind_of(r),
                         r["status"],
                         r["requested_at"],
                         r["deadline"],
@@ -331,7 +333,7 @@ def render(data: dict[str, Any]) -> str:
                 *(
                     [
                         r["request"],
-                        r["kind"],
+                        ledger.kind_of(r),
                         r["status"],
                         r["requested_at"],
                         r["deadline"],

@@ -26,6 +26,10 @@ finished first):
      same topic); the subject's existing analytics rows are removed too (restriction: stored in
      the vault only, processed no further; objection: no more analytics processing). unrestrict:
      recorded; nothing to undo (rows kept out of analytics are not rebuilt).
+   - withdraw (a consent withdrawal read from consent.events, `jobs.withdrawals`; recorded at
+     intake like a request, source `consent`): what the account's calls before the withdrawal
+     held under its purpose is removed from every zone (`jobs.withdraw`); the stream already
+     keeps nothing under it for later calls.
    then `fulfilled` with what it touched (`found`, so a rerun after a kill reports the same), or
    `refused` with a reason: `no_data` (rectify of a subject the lake holds nothing on),
    `invalid_correction`, `subject_erased` (rectify or access after the subject's erasure, by any
@@ -40,7 +44,11 @@ finished first):
    directly (`jobs.erase_direct`: an erase request of source `operator`) too. An access export
    of an erased subject still in the outbox (left by an erasure that ran before erasure covered
    exports, or one no request names whose manifest names the subject, put back by a restore) is
-   removed the same way.
+   removed the same way. Likewise every fulfilled withdrawal is checked again (its account's
+   bucket, the days up to the withdrawal: statistics and Bloom filters, then the covered rows):
+   a call from before the withdrawal that landed after its purge (late in calls.raw, or judged
+   by a worker that had not read the withdrawal yet) is purged too, recorded as `enforced`. So
+   what a withdrawal leaves does not depend on the order calls and consent arrived in.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
 lake and the same ledger as an uninterrupted pass.
@@ -58,18 +66,23 @@ from typing import Any
 import duckdb
 import orjson
 
-from jobs import audit, erase, export, intake, ledger, outbox, rectify
+from jobs import audit, erase, export, intake, ledger, outbox, rectify, withdraw, withdrawals
 from jobs.intake import write_private
 from jobs.ledger import Request, iso
 from jobs.outbox import outbox_dir
 from jobs.progress import ProgressFn
 from jobs.replace import job_lock
-from jobs.requests_intake import Batch, Reader, identities, receive
+from jobs.requests_intake import Batch, ConsentReader, Reader, identities, receive
+from jobs.withdrawals import Withdrawal
 from pipeline.keys import PseudonymKey
-from pipeline.policy import RequestDeadlines
+from pipeline.policy import ConsentDefaults, RequestDeadlines
 from pipeline.raw_records import subject_match
 from sinks import rejects
 from sinks.layout import ANALYTICS
+
+
+def _withdrawal(raw: Mapping[str, Any]) -> Withdrawal:
+    return Withdrawal(str(raw["account_id"]), str(raw["purpose"]), int(raw["at"]))
 
 
 def found_of(
@@ -208,6 +221,10 @@ def _fulfil(
     if req.kind == "erase":
         touched, _done = fulfil_erase(con, lake, key, req, account_id, erased, buckets=buckets)
         return "fulfilled", touched
+    if req.kind == withdrawals.KIND:
+        if any(found.values()):
+            withdraw.purge_locked(con, lake, key, _withdrawal(raw), buckets=buckets, request=req.request)
+        return "fulfilled", {"removed": found, "purpose": str(raw["purpose"])}
     if req.subject in erased and req.kind in ("access", "rectify"):
         # Nothing is exported: the answer is the erasure (when, by which request). Rows that
         # landed after it are erased by this pass's enforcement, never handed over.
@@ -276,6 +293,33 @@ def _enforce(
     return events
 
 
+def _enforce_withdrawals(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    found: Iterable[Withdrawal],
+    folded: Mapping[str, Request],
+    skip: set[str],
+    now: datetime,
+    buckets: int,
+) -> list[dict[str, Any]]:
+    """Purge again what fulfilled withdrawals cover and landed since (calls of before a
+    withdrawal that arrived after its purge); `skip`: the requests fulfilled by this pass."""
+    events = []
+    for w in found:
+        rid = withdrawals.request_id(key, w)
+        req = folded.get(rid)
+        if req is None or req.status != "fulfilled" or rid in skip:
+            continue
+        if not any(withdraw.held(con, lake, key, w, buckets=buckets).values()):
+            continue
+        removed = withdraw.purge_locked(con, lake, key, w, buckets=buckets, request=rid)
+        event = {"event": "enforced", "request": rid, "at": iso(now), "touched": {"removed": removed}}
+        ledger.append(lake, [event])
+        events.append(event)
+    return events
+
+
 def run(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
@@ -286,8 +330,11 @@ def run(
     now: datetime,
     topic: Reader | None = None,
     files: Iterable[Batch] = (),
+    consent: ConsentReader | None = None,
+    consent_defaults: ConsentDefaults | None = None,
 ) -> dict[str, Any]:
-    """One pass: intake, fulfilment, enforcement. Returns counts and the ledger status."""
+    """One pass: intake, fulfilment, enforcement. Returns counts and the ledger status. Without
+    `consent` (no broker) withdrawals are neither recorded nor re-checked."""
     started = time.monotonic()
     with job_lock(lake) as recovered:
         folded = ledger.requests(lake)
@@ -295,9 +342,13 @@ def run(
         received = rejected = reused = 0
         # the topic is read first: a broker out of reach fails the pass before anything is recorded
         from_topic = topic(ledger.read_position(lake)) if topic is not None else None
+        states = consent() if consent is not None else {}
+        withdrawn = withdrawals.withdrawals(states, consent_defaults or ConsentDefaults())
         for batch in [*files, *([from_topic] if from_topic is not None else [])]:
             new, again = receive(lake, key, batch, now, deadlines, known)
             received, reused = received + new, reused + again
+        from_consent = Batch(records=withdrawals.as_requests(key, withdrawn), source="consent")
+        withdrawals_received, _ = receive(lake, key, from_consent, now, deadlines, known)
         if from_topic is not None:
             rejected += from_topic.rejected
             if from_topic.position is not None and from_topic.topic is not None:
@@ -309,6 +360,7 @@ def run(
         erased = ledger.erasures(folded)
         outcomes: dict[str, int] = {}
         reasons: dict[str, int] = {}  # refusals by kind and reason (a code, never a value)
+        handled: set[str] = set()
         for req in sorted((r for r in folded.values() if r.open), key=lambda r: (r.requested_at, r.request)):
             raw = intake.read(lake, req.request)
             if raw is None:  # cannot happen: intake is written before the ledger line
@@ -324,6 +376,12 @@ def run(
                     ],
                 )
                 continue
+            if req.found is None and req.kind == withdrawals.KIND:
+                found = withdraw.held(con, lake, key, _withdrawal(raw), buckets=buckets)
+                ledger.append(
+                    lake, [{"event": "in_progress", "request": req.request, "at": iso(now), "found": found}]
+                )
+                req.found = found
             if req.found is None:
                 exports = outbox.count_access_exports(lake, req.subject, folded) if req.kind == "erase" else 0
                 found = found_of(con, lake, key, str(raw["account_id"]), req.kind, buckets, exports)
@@ -346,14 +404,20 @@ def run(
             else:
                 intake.forget(lake, req.request)
             outcomes[f"{req.kind} {state}"] = outcomes.get(f"{req.kind} {state}", 0) + 1
+            handled.add(req.request)
         enforced = _enforce(con, lake, key, ledger.requests(lake), now, buckets)
+        reapplied = _enforce_withdrawals(
+            con, lake, key, withdrawn, ledger.requests(lake), handled, now, buckets
+        )
         result = {
             "received": received,
             "reused_ids": reused,
+            "withdrawals_received": withdrawals_received,
             "rejected_messages": rejected,
             "handled": outcomes,
             "refused_reasons": reasons,
             "enforced": len(enforced),
+            "withdrawals_enforced": len(reapplied),
             "recovered_runs": len(recovered),
         }
         audit.record(
@@ -363,8 +427,10 @@ def run(
             counts={
                 "received": received,
                 "reused_ids": reused,
+                "withdrawals_received": withdrawals_received,
                 "handled": sum(outcomes.values()),
                 "enforced": len(enforced),
+                "withdrawals_enforced": len(reapplied),
             },
             files=[],
             duration_s=time.monotonic() - started,

@@ -14,6 +14,7 @@ from typing import Any
 
 from jobs import audit, intake, ledger
 from jobs.ledger import Request, iso
+from pipeline.consent import AccountState
 from pipeline.keys import PseudonymKey
 from pipeline.policy import RequestDeadlines
 
@@ -23,13 +24,14 @@ class Batch:
     """Requests read from one source, and the topic position to record once they are in the ledger."""
 
     records: list[dict[str, Any]]
-    source: str  # "topic" or "file"
+    source: str  # "topic", "file", or "consent" (withdrawals read from consent.events)
     topic: str | None = None
     position: dict[int, int] | None = None
     rejected: int = 0  # messages that were not PrivacyRequests (counted, never quoted)
 
 
 Reader = Callable[[dict[int, int]], Batch]  # position -> what the topic holds past it
+ConsentReader = Callable[[], Mapping[str, AccountState]]  # consent.events read whole, by account
 
 
 Identity = tuple[str, str, str]  # subject token, kind, requested_at: what makes two requests one
@@ -74,7 +76,8 @@ def receive(
             "at": int(rec["at"]),
             "corrections": rec.get("corrections"),
         }
-        intake.write(lake, rid, doc)
+        purpose = {"purpose": str(rec["purpose"])} if rec.get("purpose") else {}  # a withdrawal's
+        intake.write(lake, rid, doc | purpose)
         entries.append(
             {
                 "event": "received",
@@ -90,6 +93,7 @@ def receive(
                 "at": iso(now),
             }
             | ({"reused_id": given} if rid != given else {})
+            | purpose
         )
         reused += rid != given
     ledger.append(lake, entries)

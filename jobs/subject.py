@@ -67,15 +67,27 @@ class Located:
     hits: dict[str, int]  # file (absolute) -> rows of the subject
 
 
-def zone_files(lake: Path, zone: str, bucket: int | None = None) -> list[Path]:
+def zone_files(lake: Path, zone: str, bucket: int | None = None, until_day: str | None = None) -> list[Path]:
+    """The zone's files (of one bucket; of the days up to `until_day`, YYYY-MM-DD, included)."""
     pattern = "dt=*/bucket=*/*.parquet" if bucket is None else f"dt=*/bucket={bucket:02d}/*.parquet"
-    return sorted(table_dir(lake, zone).glob(pattern))
+    found = sorted(table_dir(lake, zone).glob(pattern))
+    if until_day is None:
+        return found
+    return [f for f in found if f.parent.parent.name.removeprefix("dt=") <= until_day]
 
 
-def locate(con: duckdb.DuckDBPyConnection, lake: Path, zone: str, value: str, bucket: int | None) -> Located:
-    """The files of `zone` holding rows whose subject column equals `value`, with row counts."""
+def locate(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    zone: str,
+    value: str,
+    bucket: int | None,
+    until_day: str | None = None,
+) -> Located:
+    """The files of `zone` holding rows whose subject column equals `value`, with row counts
+    (only the day partitions up to `until_day` when given: a consent withdrawal's calls)."""
     total = len(zone_files(lake, zone))
-    files = [str(f) for f in zone_files(lake, zone, bucket)]
+    files = [str(f) for f in zone_files(lake, zone, bucket, until_day)]
     column = SUBJECT_COLUMN[zone]
     if not files:
         return Located(zone, total, 0, 0, {})

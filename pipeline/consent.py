@@ -42,6 +42,9 @@ from pipeline.reasons import Drop
 PURPOSES = ("recording", "transcription", "analytics")
 # rectify corrects stored data (the `jobs requests` job); it changes no stream decision.
 REQUEST_KINDS = ("erase", "restrict", "unrestrict", "object", "access", "rectify")
+# The request ledger's kind for a consent withdrawal's purge (`jobs requests`, read from
+# consent.events, never a PrivacyRequest): deadlines are set per kind for it too.
+WITHDRAW = "withdraw"
 
 
 class Stream(StrEnum):

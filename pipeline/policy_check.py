@@ -14,7 +14,7 @@ The file (every table and key optional; what is left out keeps its default):
     [pseudonymization]       key_file = "/etc/callpipe/key" | key_env = "CALLPIPE_KEY_HEX"
                              key_version = "v1"
     [requests]               days = 30, warn_days = 7   # deadline of a data-subject request
-    [requests.erase]         days = 30      # per kind: erase, access, rectify, restrict, ...
+    [requests.erase]         days = 30      # per kind: erase, access, rectify, restrict, ..., withdraw
 
 Unknown tables and keys are errors (a misspelt `dayz` must not silently keep the default), and
 so are wrong types and values out of range. Every problem found is reported, one line each:
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.consent import REQUEST_KINDS
+from pipeline.consent import REQUEST_KINDS, WITHDRAW
 from pipeline.policy import (
     DEFAULT_POLICY,
     DEFAULT_SECRET_NAMES,
@@ -47,6 +47,7 @@ MAX_K = 10_000
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KEY_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 ATTRIBUTE_NAME = re.compile(r"^[^\s]{1,64}$")
+DEADLINE_KINDS = (*REQUEST_KINDS, WITHDRAW)  # the request ledger's kinds: each may have its own deadline
 
 Check = Callable[[Any], str | None]  # returns what is wrong, or None
 
@@ -132,7 +133,7 @@ SHAPE: dict[str, Any] = {
     "consent": {"defaults": {"recording": _bool, "transcription": _bool, "analytics": _bool}},
     "secrets": {"attribute_names": _names},
     "pseudonymization": {"key_file": _path, "key_env": _env, "key_version": _version},
-    "requests": {"days": _days, "warn_days": _days, **{kind: {"days": _days} for kind in REQUEST_KINDS}},
+    "requests": {"days": _days, "warn_days": _days, **{kind: {"days": _days} for kind in DEADLINE_KINDS}},
 }
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -249,7 +250,7 @@ def build(doc: dict[str, Any], source: str) -> Policy:
 
 def _requests(doc: dict[str, Any]) -> RequestDeadlines:
     default = RequestDeadlines()
-    per_kind = tuple((kind, int(doc[kind]["days"])) for kind in REQUEST_KINDS if "days" in doc.get(kind, {}))
+    per_kind = tuple((kind, int(doc[kind]["days"])) for kind in DEADLINE_KINDS if "days" in doc.get(kind, {}))
     return RequestDeadlines(
         days=int(doc.get("days", default.days)),
         warn_days=int(doc.get("warn_days", default.warn_days)),

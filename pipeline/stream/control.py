@@ -179,10 +179,11 @@ def _state_of(text: str) -> AccountState:
     return AccountState(state)
 
 
-def snapshot_path(home: Path, prefix: str) -> Path:
-    """Where a worker keeps the control snapshot of its topic prefix."""
+def snapshot_path(home: Path, prefix: str, reader: str = "control") -> Path:
+    """Where a worker keeps the control snapshot of its topic prefix (`reader`: another reader of
+    other topics keeps its own, e.g. `jobs requests`' of consent.events alone)."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", prefix) or "default"
-    return home / "state" / f"control-{name}.snapshot"
+    return home / "state" / f"{reader}-{name}.snapshot"
 
 
 def load_snapshot(path: Path, topics: Mapping[Stream, str]) -> ControlSnapshot | None:

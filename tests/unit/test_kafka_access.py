@@ -81,7 +81,14 @@ def test_the_acl_table_gives_each_role_what_it_needs_and_nothing_more() -> None:
         ("TOPIC", "p.calls.dlq.replayed"),
         ("TRANSACTIONAL_ID", "callpipe-dlq-replay"),
     }
-    assert ("TOPIC", "p.consent.events", "READ") not in operator
+    # It reads what its jobs read: dead letters (dlq inspect), the replay ledger, privacy.requests
+    # and consent.events (`jobs requests`: subject requests and consent withdrawals); never calls.raw.
+    assert {(t, n) for t, n, o in operator if o == "READ"} == {
+        ("TOPIC", "p.calls.dlq"),
+        ("TOPIC", "p.calls.dlq.replayed"),
+        ("TOPIC", "p.privacy.requests"),
+        ("TOPIC", "p.consent.events"),
+    }
     assert "analyst" not in by_user and "admin" not in by_user
 
 

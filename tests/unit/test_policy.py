@@ -86,6 +86,11 @@ def test_dotted_and_inline_keys_are_accepted() -> None:
     assert policy.retention.vault_days == 30 and policy.consent.recording is True
 
 
+def test_a_consent_withdrawal_has_a_deadline_of_its_own() -> None:
+    policy = parse_text("[requests.withdraw]\ndays = 14\n", "p.toml")
+    assert policy.requests.days_for("withdraw") == 14 and policy.requests.days_for("erase") == 30
+
+
 BAD = [
     # (text, expected message: file:line: key: what)
     (

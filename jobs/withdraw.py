@@ -1,0 +1,182 @@
+"""A consent withdrawal's purge: what an account's calls before the withdrawal held under its
+purpose, removed from every zone (which withdrawals and which calls: `jobs.withdrawals`).
+
+  recording      vault `recording_uri` and analytics `has_recording` nulled
+  transcription  vault `transcript` and analytics `transcript` (redacted) nulled
+  analytics      the account's analytics rows removed (the vault keeps its calls)
+
+only in the account's rows whose `started_at` is before the withdrawal. The files are found as
+erasure finds a subject's (`jobs.subject.locate`: bucket, statistics, Bloom filters), limited to
+the day partitions up to the withdrawal's day, and only those holding something the withdrawal
+covers are rewritten, all through one intent journal (`jobs.replace`): a killed purge leaves the
+old files or the new, and the next run finishes it. Re-running finds nothing and changes
+nothing, so `jobs requests` re-checks every withdrawal it fulfilled at each pass (late arrivals)
+with the same two calls, `held` then `purge_locked`. The caller holds the job lock. The audit
+entry names the subject by its token and the request, never the account id.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs import audit
+from jobs.replace import Change, parallel, run_change, write_parquet
+from jobs.subject import locate
+from jobs.withdrawals import ROWS, Withdrawal, purpose_columns
+from pipeline.keys import Domain, PseudonymKey
+from schemas.clock import day_of_ms
+from schemas.zones import SUBJECT_COLUMN, TS
+from sinks import crypt
+from sinks.layout import ANALYTICS, VAULT, bucket_of
+from sinks.read import scan
+
+TIME_COLUMN = "started_at"  # the call's time, the one its consent was judged at
+
+
+def _label(zone: str, column: str) -> str:
+    return f"{zone}.{column}"
+
+
+def _targets(key: PseudonymKey, w: Withdrawal) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(zone, subject value, columns) the withdrawal touches."""
+    values = {VAULT: w.account_id, ANALYTICS: key.token(Domain.ACCOUNT, w.account_id)}
+    return [(zone, values[zone], cols) for zone, cols in purpose_columns()[w.purpose].items() if cols]
+
+
+def _held_by_file(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    w: Withdrawal,
+    buckets: int,
+) -> list[tuple[str, str, str, dict[str, int]]]:
+    """(zone, file, subject value, {label: values covered}) of each file holding anything the
+    withdrawal covers."""
+    bucket = bucket_of(key.token(Domain.ACCOUNT, w.account_id), buckets)
+    out = []
+    for zone, value, columns in _targets(key, w):
+        located = locate(con, lake, zone, value, bucket, day_of_ms(w.at_ms))
+        if not located.hits:
+            continue
+        counts = ", ".join(
+            "count(*)" if c == ROWS else f"count(*) FILTER (WHERE {c} IS NOT NULL)" for c in columns
+        )
+        source, params = scan(con, sorted(located.hits))
+        sql = (
+            f"SELECT filename, {counts} FROM {source}"
+            f" WHERE {SUBJECT_COLUMN[zone]} = $value AND epoch_ms({TIME_COLUMN}) < $before"
+            " GROUP BY filename ORDER BY filename"
+        )
+        for name, *ns in con.execute(sql, {**params, "value": value, "before": w.at_ms}).fetchall():
+            found = {_label(zone, c): int(n) for c, n in zip(columns, ns, strict=True)}
+            if any(found.values()):
+                out.append((zone, str(name), value, found))
+    return out
+
+
+def held(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, w: Withdrawal, *, buckets: int
+) -> dict[str, int]:
+    """What the lake holds that the withdrawal covers: values (or rows) per zone and column,
+    e.g. {"vault.recording_uri": 3, "analytics.has_recording": 3}; zero everywhere when none."""
+    total = dict.fromkeys(held_labels(key, w), 0)
+    for _zone, _name, _value, found in _held_by_file(con, lake, key, w, buckets):
+        for label, n in found.items():
+            total[label] += n
+    return total
+
+
+def purged(table: pa.Table, zone: str, subject: str, before_ms: int, columns: tuple[str, ...]) -> pa.Table:
+    """The table without what the withdrawal covers: the subject's rows started before
+    `before_ms` dropped (`ROWS`) or with `columns` nulled."""
+    mine = pc.fill_null(pc.equal(table[SUBJECT_COLUMN[zone]], subject), False)
+    covered = pc.and_(mine, pc.fill_null(pc.less(table[TIME_COLUMN], pa.scalar(before_ms, TS)), False))
+    if ROWS in columns:
+        return table.filter(pc.invert(covered))
+    for column in columns:
+        idx = table.schema.get_field_index(column)
+        field = table.schema.field(idx)
+        table = table.set_column(idx, field, pc.if_else(covered, pa.scalar(None, field.type), table[column]))
+    return table
+
+
+def purge_locked(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    w: Withdrawal,
+    *,
+    buckets: int,
+    request: str,
+) -> dict[str, int]:
+    """Remove what the withdrawal covers from every zone, through one journal; returns what was
+    removed (as `held` counts it). The caller holds the job lock."""
+    started = time.monotonic()
+    token = key.token(Domain.ACCOUNT, w.account_id)
+    removed = dict.fromkeys(held_labels(key, w), 0)
+    change = Change(lake, "withdraw")
+    columns = {zone: cols for zone, _value, cols in _targets(key, w)}
+    files: list[dict[str, Any]] = []
+    work = []
+    for zone, name, value, found in _held_by_file(con, lake, key, w, buckets):
+        src = Path(name)
+        for label, n in found.items():
+            removed[label] += n
+        if columns[zone] == (ROWS,) and sum(found.values()) == crypt.read_metadata(src).num_rows:
+            change.remove(src)  # only covered rows: the file goes, as erasure's do
+            files.append(
+                {
+                    "path": str(src.relative_to(lake)),
+                    "sha256": None,
+                    "previous_sha256": audit.sha256_file(src),
+                    "action": "removed",
+                    "rows": 0,
+                }
+            )
+        else:
+            work.append((zone, src, value, change.temp_for(src)))
+
+    def rewrite(item: tuple[str, Path, str, Path]) -> dict[str, Any]:
+        zone, src, value, tmp = item
+        kept = purged(crypt.read_table(src), zone, value, w.at_ms, columns[zone])
+        write_parquet(kept, tmp, zone)
+        return {
+            "path": str(src.relative_to(lake)),
+            "sha256": audit.sha256_file(tmp),
+            "previous_sha256": audit.sha256_file(src),
+            "action": "replaced",
+            "rows": kept.num_rows,
+        }
+
+    params = {"subject": token, "purpose": w.purpose, "request": request, "key_version": key.version}
+
+    def write() -> None:
+        files.extend(parallel(rewrite, work))
+        change.info = {"params": params, "counts": {"removed": dict(removed)}, "files": files}
+
+    if change.empty:
+        return removed
+    run_change(change, write)
+    audit.record(
+        lake,
+        job="withdraw",
+        params=params,
+        counts={"removed": dict(removed)},
+        files=files,
+        duration_s=time.monotonic() - started,
+        outcome="ok",
+        run=change.run,
+    )
+    change.finish()
+    return removed
+
+
+def held_labels(key: PseudonymKey, w: Withdrawal) -> list[str]:
+    """What `held` counts for the withdrawal, in order."""
+    return [_label(zone, c) for zone, _value, cols in _targets(key, w) for c in cols]

@@ -1,0 +1,338 @@
+"""Consent withdrawals purged by a `jobs requests` pass over a synthetic lake: what the account's
+calls before a withdrawal held under its purpose is gone from every zone, calls at or after it
+(a re-grant's included) and other accounts are untouched; the ledger records each withdrawal once;
+late rows are purged by the next pass; a pass killed with SIGKILL and rerun ends as an
+uninterrupted one. The consent history is given in-process (the real-broker path, consent.events
+read by the job, is tests/e2e/test_withdraw_stream.py)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pytest
+
+from jobs import audit, ledger, requests
+from jobs.synth import SynthSpec, build
+from pipeline.consent import AccountState, record_consent
+from pipeline.keys import Domain
+from pipeline.policy import RequestDeadlines
+from sinks import crypt
+from sinks.files import write_table
+from sinks.layout import bucket_of
+from tests.support.ops_lake import ROOT, callpipe_env, digest, make_key, stray_files, zone_source
+
+pytestmark = pytest.mark.e2e
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+BUCKETS = 2
+
+
+def rows(lake: Path, zone: str, where: str = "true") -> list[dict[str, Any]]:
+    con = duckdb.connect()
+    table = con.sql(f"SELECT * FROM {zone_source(con, lake, zone)} WHERE {where}").to_arrow_table()
+    return sorted(table.to_pylist(), key=lambda r: r["event_id"])
+
+
+def ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def states_of(events: list[dict[str, Any]]) -> dict[str, AccountState]:
+    out: dict[str, AccountState] = {}
+    for e in events:
+        out[e["account_id"]] = record_consent(out.get(e["account_id"]), e)
+    return out
+
+
+def consent(account: str, purpose: str, granted: bool, at: int) -> dict[str, Any]:
+    return {"account_id": account, "purpose": purpose, "granted": granted, "at": at, "source": "app"}
+
+
+def middle(times: list[int]) -> int:
+    """A time with calls on both sides of it."""
+    ordered = sorted(times)
+    return ordered[len(ordered) // 2]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("withdraw")
+    key_file, key = make_key(root)
+    lake = root / "base"
+    spec = SynthSpec(rows=6_000, days=6, buckets=BUCKETS, workers=1, seed=9, restricted_share=0.0)
+    spec = SynthSpec(**{**spec.__dict__, "recording_share": 0.5, "transcript_share": 0.5})
+    build(lake, key, spec)
+    vault = rows(lake, "vault")
+    by_account: dict[str, list[dict[str, Any]]] = {}
+    for r in vault:
+        by_account.setdefault(r["account_id"], []).append(r)
+
+    def busiest(column: str, skip: set[str]) -> str:
+        counts = {
+            a: sum(1 for r in rs if r[column] is not None) for a, rs in by_account.items() if a not in skip
+        }
+        return max(sorted(counts), key=lambda a: counts[a])
+
+    recorder = busiest("recording_uri", set())
+    regranted = busiest("recording_uri", {recorder})
+    never = busiest("recording_uri", {recorder, regranted})
+    talker = busiest("transcript", {recorder, regranted, never})
+    objector = max(
+        sorted(set(by_account) - {recorder, regranted, never, talker}), key=lambda a: len(by_account[a])
+    )
+    cut = {a: middle([ms(r["started_at"]) for r in by_account[a]]) for a in by_account}
+    first = ms(min(r["started_at"] for r in vault)) - 1_000
+    events = [
+        consent(recorder, "recording", True, first),
+        consent(recorder, "recording", False, cut[recorder]),
+        # withdrawn at its middle call, granted again an hour later: calls from then on keep theirs
+        consent(regranted, "recording", True, first),
+        consent(regranted, "recording", False, cut[regranted]),
+        consent(regranted, "recording", True, cut[regranted] + 3_600_000),
+        consent(never, "recording", False, cut[never]),  # never granted (off by default): no purge
+        consent(talker, "transcription", True, first),
+        consent(talker, "transcription", False, cut[talker]),
+        consent(objector, "analytics", False, cut[objector]),  # on by default: switched off
+    ]
+    return {
+        "root": root,
+        "lake": lake,
+        "key_file": key_file,
+        "key": key,
+        "events": events,
+        "cut": cut,
+        "accounts": {"recorder": recorder, "regranted": regranted, "never": never, "talker": talker,
+                     "objector": objector},
+    }  # fmt: skip
+
+
+def run_pass(lake: Path, base: dict[str, Any], states: Mapping[str, AccountState]) -> dict[str, Any]:
+    return requests.run(
+        duckdb.connect(),
+        lake,
+        base["key"],
+        buckets=BUCKETS,
+        deadlines=RequestDeadlines(),
+        now=NOW,
+        consent=lambda: states,
+    )
+
+
+@pytest.fixture(scope="module")
+def done(base: dict[str, Any]) -> dict[str, Any]:
+    lake = base["root"] / "done"
+    shutil.copytree(base["lake"], lake)
+    result = run_pass(lake, base, states_of(base["events"]))
+    return {"lake": lake, "result": result}
+
+
+def ledger_view(lake: Path) -> dict[str, tuple[Any, ...]]:
+    """The ledger without its clock."""
+    return {
+        rid: (
+            r.kind,
+            r.purpose,
+            r.status,
+            r.subject,
+            r.requested_at,
+            orjson.dumps(r.touched),
+            len(r.enforced),
+        )
+        for rid, r in ledger.requests(lake).items()
+    }
+
+
+def test_the_pass_records_each_withdrawal_that_calls_for_a_purge(done: dict[str, Any]) -> None:
+    result = done["result"]
+    assert result["withdrawals_received"] == 4  # the withdrawal of what was never granted is none
+    assert result["handled"] == {"withdraw fulfilled": 4}
+    folded = ledger.requests(done["lake"])
+    assert sorted(r.purpose or "" for r in folded.values()) == [
+        "analytics",
+        "recording",
+        "recording",
+        "transcription",
+    ]
+    for r in folded.values():
+        assert r.kind == "withdraw" and r.source == "consent" and r.status == "fulfilled"
+        assert r.request.startswith("withdraw-") and r.fulfilled_at
+
+
+def _before(base: dict[str, Any], account: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cut = base["cut"][account]
+    mine = rows(base["lake"], "vault", f"account_id = '{account}'")
+    return [r for r in mine if ms(r["started_at"]) < cut], [r for r in mine if ms(r["started_at"]) >= cut]
+
+
+def test_recordings_of_the_calls_before_a_withdrawal_are_gone_from_every_zone(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    key = base["key"]
+    for who in ("recorder", "regranted"):
+        account = base["accounts"][who]
+        before, after = _before(base, account)
+        assert any(r["recording_uri"] for r in before) and any(r["recording_uri"] for r in after)
+        now = {r["event_id"]: r for r in rows(done["lake"], "vault", f"account_id = '{account}'")}
+        assert all(now[r["event_id"]]["recording_uri"] is None for r in before)
+        # calls at or after the withdrawal (the re-grant's among them) keep theirs
+        assert all(now[r["event_id"]]["recording_uri"] == r["recording_uri"] for r in after)
+        # the rest of each row is as it was
+        assert all(
+            {**now[r["event_id"]], "recording_uri": None} == {**r, "recording_uri": None} for r in before
+        )
+        token = key.token(Domain.ACCOUNT, account)
+        analytics = {r["event_id"]: r for r in rows(done["lake"], "analytics", f"account_token = '{token}'")}
+        assert all(analytics[r["event_id"]]["has_recording"] is None for r in before)
+        was = {r["event_id"]: r for r in rows(base["lake"], "analytics", f"account_token = '{token}'")}
+        assert all(
+            analytics[r["event_id"]]["has_recording"] == was[r["event_id"]]["has_recording"] for r in after
+        )
+
+
+def test_transcripts_of_the_calls_before_a_withdrawal_are_gone_from_every_zone(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    account = base["accounts"]["talker"]
+    before, after = _before(base, account)
+    assert any(r["transcript"] for r in before) and any(r["transcript"] for r in after)
+    now = {r["event_id"]: r for r in rows(done["lake"], "vault", f"account_id = '{account}'")}
+    assert all(now[r["event_id"]]["transcript"] is None for r in before)
+    assert all(now[r["event_id"]]["transcript"] == r["transcript"] for r in after)
+    token = base["key"].token(Domain.ACCOUNT, account)
+    analytics = {r["event_id"]: r for r in rows(done["lake"], "analytics", f"account_token = '{token}'")}
+    assert all(analytics[r["event_id"]]["transcript"] is None for r in before)
+    assert any(analytics[r["event_id"]]["transcript"] for r in after)
+
+
+def test_analytics_rows_of_the_calls_before_a_withdrawal_are_removed_the_vault_keeps_them(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    account = base["accounts"]["objector"]
+    before, after = _before(base, account)
+    token = base["key"].token(Domain.ACCOUNT, account)
+    left = {r["event_id"] for r in rows(done["lake"], "analytics", f"account_token = '{token}'")}
+    assert before and after
+    assert left == {r["event_id"] for r in after}
+    assert len(rows(done["lake"], "vault", f"account_id = '{account}'")) == len(before) + len(after)
+
+
+def test_other_accounts_and_a_withdrawal_of_what_was_never_granted_are_untouched(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    touched = {base["accounts"][w] for w in ("recorder", "regranted", "talker", "objector")}
+    quoted = ", ".join(f"'{a}'" for a in sorted(touched))
+    assert rows(done["lake"], "vault", f"account_id NOT IN ({quoted})") == rows(
+        base["lake"], "vault", f"account_id NOT IN ({quoted})"
+    )
+    tokens = ", ".join(f"'{base['key'].token(Domain.ACCOUNT, a)}'" for a in sorted(touched))
+    assert rows(done["lake"], "analytics", f"account_token NOT IN ({tokens})") == rows(
+        base["lake"], "analytics", f"account_token NOT IN ({tokens})"
+    )
+
+
+def test_each_purge_is_audited_by_token_and_no_account_id_leaves_the_vault(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    entries = [e for e in audit.read(done["lake"]) if e.get("job") == "withdraw"]
+    assert len(entries) == 4
+    text = b"".join(p.read_bytes() for p in (done["lake"] / "_audit").rglob("*") if p.is_file())
+    text += (done["lake"] / "_requests" / "ledger.jsonl").read_bytes()
+    for account in base["accounts"].values():
+        assert account.encode() not in text
+    assert list((done["lake"] / "vault" / "requests").glob("withdraw-*")) == []  # forgotten once done
+
+
+def test_a_second_pass_changes_nothing(base: dict[str, Any], done: dict[str, Any], tmp_path: Path) -> None:
+    lake = tmp_path / "again"
+    shutil.copytree(done["lake"], lake)
+    before, view = digest(lake), ledger_view(lake)
+    result = run_pass(lake, base, states_of(base["events"]))
+    assert result["withdrawals_received"] == 0 and result["withdrawals_enforced"] == 0
+    assert digest(lake) == before and ledger_view(lake) == view
+
+
+def test_a_call_from_before_a_withdrawal_that_lands_after_its_purge_is_purged_by_the_next_pass(
+    base: dict[str, Any], done: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "late"
+    shutil.copytree(done["lake"], lake)
+    account = base["accounts"]["recorder"]
+    before, _after = _before(base, account)
+    late = [dict(r, event_id=f"late-{i}") for i, r in enumerate(r for r in before if r["recording_uri"])][:2]
+    src = next(iter(sorted((base["lake"] / "vault" / "calls").glob("dt=*/bucket=*/*.parquet"))))
+    bucket = bucket_of(base["key"].token(Domain.ACCOUNT, account), BUCKETS)
+    day = late[0]["started_at"].strftime("%Y-%m-%d")
+    dst = lake / "vault" / "calls" / f"dt={day}" / f"bucket={bucket:02d}" / "late.parquet"
+    write_table(pa.Table.from_pylist(late, schema=crypt.read_schema(src)), dst, "vault")
+    result = run_pass(lake, base, states_of(base["events"]))
+    assert result["withdrawals_enforced"] == 1
+    assert [r["recording_uri"] for r in rows(lake, "vault", "event_id LIKE 'late-%'")] == [None, None]
+    [recorder] = [
+        r
+        for r in ledger.requests(lake).values()
+        if r.purpose == "recording" and r.enforced and r.source == "consent"
+    ]
+    assert recorder.enforced[0]["touched"] == {
+        "removed": {"vault.recording_uri": 2, "analytics.has_recording": 0}
+    }
+
+
+KILLED_PASS = """
+import sys, orjson, duckdb
+from datetime import datetime
+from pathlib import Path
+from jobs import requests
+from pipeline.consent import record_consent
+from pipeline.keys import load_key
+from pipeline.policy import RequestDeadlines
+from sinks import crypt
+
+lake, key_file, vault_keys, events, now = sys.argv[1:]
+states = {}
+for e in orjson.loads(Path(events).read_bytes()):
+    states[e["account_id"]] = record_consent(states.get(e["account_id"]), e)
+with crypt.configured(crypt.from_key_file(Path(vault_keys))):
+    requests.run(duckdb.connect(), Path(lake), load_key(Path(key_file), "v1"), buckets=2,
+                 deadlines=RequestDeadlines(), now=datetime.fromisoformat(now), consent=lambda: states)
+"""
+
+
+def test_a_pass_killed_mid_purge_and_rerun_equals_an_uninterrupted_one(
+    base: dict[str, Any], done: dict[str, Any], tmp_path: Path
+) -> None:
+    events = tmp_path / "consent.json"
+    events.write_bytes(orjson.dumps(base["events"]))
+    env = callpipe_env(tmp_path, base["key_file"])
+    vault_keys = env["CALLPIPE_VAULT_KEY_FILE"]
+    expected_lake, expected_ledger = digest(done["lake"]), ledger_view(done["lake"])
+    rng = random.Random("withdraw")
+    took = 0.0
+    for trial in range(5):
+        lake = tmp_path / f"kill-{trial}"
+        shutil.copytree(base["lake"], lake)
+        args = [sys.executable, "-c", KILLED_PASS, str(lake), str(base["key_file"]), vault_keys, str(events)]
+        started = time.monotonic()
+        proc = subprocess.Popen([*args, NOW.isoformat()], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+        if trial == 0:  # a whole pass first: the kills below fall inside one
+            proc.wait()
+            took = time.monotonic() - started
+        else:
+            time.sleep(rng.uniform(0.2, took))
+        proc.kill()
+        proc.wait()
+        finish = subprocess.run([*args, NOW.isoformat()], env=env, cwd=ROOT, capture_output=True, check=False)
+        assert finish.returncode == 0, finish.stderr.decode()
+        assert digest(lake) == expected_lake, f"trial {trial}: the lake differs"
+        assert ledger_view(lake) == expected_ledger, f"trial {trial}: the ledger differs"
+        assert stray_files(lake) == []
