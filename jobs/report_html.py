@@ -13,6 +13,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from jobs.report import noise_line
+
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
 W = 900  # chart width in px
 
@@ -264,6 +266,7 @@ def render(data: dict[str, Any]) -> str:
                 "below k",
                 "suppressed groups",
                 "suppressed calls",
+                "values (noise and 95% error bars)",
             ],
             [
                 [
@@ -276,6 +279,7 @@ def render(data: dict[str, Any]) -> str:
                     a["below_k"],
                     a["suppressed_groups"],
                     a["suppressed_calls"],
+                    noise_line(a),
                 ]
                 for a in kan
             ],
