@@ -3,8 +3,18 @@
 Each aggregate generalizes the quasi-identifiers of a call (start time to the hour or day, the
 caller's country code, carrier, kind, direction, status, a duration bucket), drops every token,
 and counts per group: `calls`, `subjects` (distinct account tokens) and `duration_s_total`. A group
-is published only if it covers at least k subjects (Policy.k); smaller groups are suppressed and
-counted, and the counts go to the job's output, the Parquet file's key-value metadata and the audit.
+is published only if it covers at least k subjects (Policy.k, checked on the true count); smaller
+groups are suppressed and counted, and the counts go to the job's output, the Parquet file's
+key-value metadata and the audit.
+
+Noise (Policy.noise, on by default): k holds per build, and without noise two builds could be
+subtracted to show what one subject who left a group in between (an erasure, retention, an
+objection) had contributed. So each subject's contribution to a group is clamped
+(`Aggregate.max_calls`, `Aggregate.max_duration_s`) and every published value gets keyed discrete
+Laplace noise calibrated to that bound (jobs/anonymize_noise.py, jobs/noise.py): the same data
+gives the same values on every rebuild, changed data fresh noise. Each row carries its values'
+95% error bars (`*_ci95`), and the file's metadata the mechanism, epsilon and scales. With noise
+off (`noise=None`) the values are the exact, unclamped counts and the error bars 0.
 
 Known limit: suppression is per aggregate (primary suppression only). calls_daily re-counts what
 calls_hourly suppressed, so the difference of the two tells how many calls of a published day
@@ -40,11 +50,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
 
 import duckdb
 
 from jobs import audit
+from jobs.anonymize_carry import carry_over
+from jobs.anonymize_noise import CI95, VALUES, Noise, add_noise, describe, metadata, summary, value_noise
 from jobs.replace import JobBusy, job_lock
 from sinks import layout
 from sinks.files import fsync_dir
@@ -93,12 +104,16 @@ DIMENSIONS["duration_bucket"] = duration_bucket_sql()
 
 @dataclass(frozen=True)
 class Aggregate:
-    """One published table: a time grain and the generalized dimensions it groups by."""
+    """One published table: a time grain and the generalized dimensions it groups by, and, when
+    noise is on, how much of one subject's calls and seconds a group counts (the bounds the noise
+    is calibrated to: more of a subject's activity in one group is clamped, not counted)."""
 
     name: str
     grain: str  # a key of GRAINS
     dimensions: tuple[str, ...]  # keys of DIMENSIONS
     description: str
+    max_calls: int  # per subject and group
+    max_duration_s: int  # per subject and group, the sum of their calls' durations
 
     def __post_init__(self) -> None:
         if self.grain not in GRAINS:
@@ -106,6 +121,8 @@ class Aggregate:
         unknown = set(self.dimensions) - set(DIMENSIONS)
         if unknown:
             raise ValueError(f"aggregate {self.name}: unknown dimensions {sorted(unknown)}")
+        if self.max_calls < 1 or self.max_duration_s < 1:
+            raise ValueError(f"aggregate {self.name}: contribution bounds must be at least 1")
 
     @property
     def definition(self) -> str:
@@ -114,18 +131,25 @@ class Aggregate:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# The bounds: a subject rarely places more than two calls of one status and duration bucket in
+# one hour, or ten of one kind, direction and status in one day; half an hour and an hour of
+# calls cover all but the longest. What is clamped away is counted in the job's output.
 AGGREGATES: tuple[Aggregate, ...] = (
     Aggregate(
         "calls_hourly",
         "hour",
         ("caller_country", "carrier_id", "direction", "status", "duration_bucket"),
         "calls per UTC hour, caller country code, carrier, direction, status and duration bucket",
+        max_calls=2,
+        max_duration_s=1800,
     ),
     Aggregate(
         "calls_daily",
         "day",
         ("caller_country", "carrier_id", "kind", "direction", "status"),
         "calls per UTC day, caller country code, carrier, kind, direction and status",
+        max_calls=10,
+        max_duration_s=3600,
     ),
 )
 
@@ -140,8 +164,13 @@ class AggregateResult:
     suppressed_calls: int  # calls inside them
     carried_groups: int  # rows kept from the previous build (periods older than analytics)
     expired_groups: int  # rows left out because their period is past the aggregates' retention
-    min_subjects: int | None  # over the published rows; >= k by construction
+    # the fewest subjects of a published group as checked against k: the true count of the
+    # groups built now, the published one of exact carried rows; >= k by construction
+    min_subjects: int | None
     sha256: str
+    noise: dict[str, object] | None  # mechanism, epsilon, each value's bound, scale and error bars
+    clamped_calls: int  # calls of the groups built now left out by the bounds (noise on)
+    clamped_duration_s: int  # seconds likewise
 
 
 @dataclass(frozen=True)
@@ -161,23 +190,42 @@ def aggregate_path(lake: Path, name: str) -> Path:
 
 
 def groups_sql(agg: Aggregate, source: str) -> str:
-    """Every group of `agg` over `source` (a table expression), before suppression. Parameter $as_of."""
+    """Every group of `agg` over `source` (a table expression), before suppression: the exact
+    values, and `calls_clamped` / `duration_s_clamped` with each subject's share held to the
+    aggregate's bounds. Parameter $as_of."""
     dims = ",\n    ".join(f"{DIMENSIONS[d]} AS {d}" for d in agg.dimensions)
+    keys = ", ".join([agg.grain, *agg.dimensions])
     return f"""
+WITH per_subject AS (
+    SELECT
+        {GRAINS[agg.grain]} AS {agg.grain},
+        {dims},
+        account_token,
+        count(*) AS calls,
+        coalesce(sum(duration_s), 0)::BIGINT AS duration_s
+    FROM {source}
+    WHERE started_at < $as_of
+    GROUP BY ALL
+)
 SELECT
-    {GRAINS[agg.grain]} AS {agg.grain},
-    {dims},
-    count(*) AS calls,
-    count(DISTINCT account_token) AS subjects,
-    coalesce(sum(duration_s), 0)::BIGINT AS duration_s_total
-FROM {source}
-WHERE started_at < $as_of
+    {keys},
+    sum(calls)::BIGINT AS calls,
+    count(account_token) AS subjects,
+    sum(duration_s)::BIGINT AS duration_s_total,
+    sum(least(calls, {agg.max_calls}))::BIGINT AS calls_clamped,
+    sum(least(duration_s, {agg.max_duration_s}))::BIGINT AS duration_s_clamped
+FROM per_subject
 GROUP BY ALL
 """
 
 
+def keys(agg: Aggregate) -> list[str]:
+    """The columns that name a group."""
+    return [agg.grain, *agg.dimensions]
+
+
 def columns(agg: Aggregate) -> list[str]:
-    return [agg.grain, *agg.dimensions, "calls", "subjects", "duration_s_total"]
+    return [*keys(agg), *VALUES, *CI95]
 
 
 def anonymize(
@@ -186,14 +234,17 @@ def anonymize(
     *,
     k: int,
     as_of: datetime,
+    noise: Noise | None,
     keep_days: int | None = None,
     aggregates: tuple[Aggregate, ...] = AGGREGATES,
     progress: Callable[[AggregateResult], None] | None = None,
 ) -> AnonymizeResult:
     """Build every aggregate from the analytics zone as of `as_of` and record the run in the audit.
 
-    `keep_days` is the aggregates' retention (Policy.retention.aggregates_days; None keeps them):
-    periods starting before `as_of - keep_days` are not published, carried over or not."""
+    `noise` is the noise on the published values (Policy.noise with the key; None publishes the
+    exact counts: a caller says so, there is no default). `keep_days` is the aggregates'
+    retention (Policy.retention.aggregates_days; None keeps them): periods starting before
+    `as_of - keep_days` are not published, carried over or not."""
     if k < 1:
         raise ValueError("k must be at least 1")
     started = time.monotonic()
@@ -203,12 +254,13 @@ def anonymize(
         "as_of": as_of.isoformat(),
         "keep_days": keep_days,
         "aggregates": [a.name for a in aggregates],
+        "noise": summary(noise),
     }
     try:
         # The lake's job lock: retention, erase and compact cannot replace analytics files while
         # they are read, and a change they left half applied is finished before reading.
         with job_lock(lake):
-            source_rows, results = _build_all(con, lake, k, as_of, cutoff, aggregates, progress)
+            source_rows, results = _build_all(con, lake, k, as_of, cutoff, noise, aggregates, progress)
     except JobBusy:
         raise  # another job's run, not this one: nothing to audit
     except BaseException as exc:
@@ -248,6 +300,7 @@ def _build_all(
     k: int,
     as_of: datetime,
     cutoff: datetime | None,
+    noise: Noise | None,
     aggregates: tuple[Aggregate, ...],
     progress: Callable[[AggregateResult], None] | None,
 ) -> tuple[int, list[AggregateResult]]:
@@ -265,7 +318,7 @@ def _build_all(
     results = []
     try:
         for agg in aggregates:
-            res = _build_one(con, lake, agg, view if has_data else None, k, as_of, cutoff)
+            res = _build_one(con, lake, agg, view if has_data else None, k, as_of, cutoff, noise)
             results.append(res)
             if progress is not None:
                 progress(res)
@@ -282,12 +335,14 @@ def _build_one(
     k: int,
     as_of: datetime,
     cutoff: datetime | None,
+    noise: Noise | None,
 ) -> AggregateResult:
     final = aggregate_path(lake, agg.name)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stray in final.parent.glob(f".{agg.name}.*.tmp"):
         stray.unlink()  # left by a killed run; never visible to readers
     groups = f"_anon_groups_{uuid.uuid4().hex[:8]}"
+    noisy = f"_anon_noisy_{uuid.uuid4().hex[:8]}"
     cols = ", ".join(columns(agg))
     if source is not None:
         con.execute(f"CREATE TEMP TABLE {groups} AS {groups_sql(agg, source)}", {"as_of": as_of})
@@ -295,26 +350,43 @@ def _build_one(
         con.execute(
             f"CREATE TEMP TABLE {groups} AS {groups_sql(agg, _empty_source())} LIMIT 0", {"as_of": as_of}
         )
+    values = value_noise(noise, agg.max_calls, agg.max_duration_s) if noise else ()
     try:
         stats = con.execute(
             f"""SELECT
                   count(*) FILTER (WHERE subjects >= $k),
-                  coalesce(sum(calls) FILTER (WHERE subjects >= $k), 0),
                   count(*) FILTER (WHERE subjects < $k),
                   coalesce(sum(calls) FILTER (WHERE subjects < $k), 0),
-                  min({agg.grain})
+                  min({agg.grain}),
+                  min(subjects) FILTER (WHERE subjects >= $k),
+                  coalesce(sum(calls - calls_clamped) FILTER (WHERE subjects >= $k), 0),
+                  coalesce(sum(duration_s_total - duration_s_clamped) FILTER (WHERE subjects >= $k), 0)
                 FROM {groups}""",
             {"k": k},
-        ).fetchone()
-        assert stats is not None
-        fresh, _fresh_calls, suppressed, suppressed_calls, oldest = stats
-        carry = _carry_over_sql(con, final, agg, oldest, k)
+        ).fetchall()[0]  # fetched whole: the connection serves the next query
+        fresh, suppressed, suppressed_calls, oldest, min_subjects, clamped_calls, clamped_s = stats
+        if min_subjects is not None and min_subjects < k:  # cannot happen; never publish if it does
+            raise RuntimeError(f"aggregate {agg.name}: a group below k reached the output")
+        carry = carry_over(con, final, agg.definition, agg.grain, columns(agg), oldest, k)
         if carry:
             suppressed += carry.below_k
             suppressed_calls += carry.below_k_calls
+            if carry.min_exact is not None:
+                min_subjects = min(carry.min_exact, min_subjects or carry.min_exact)
+        group_keys = ", ".join(keys(agg))
+        if noise is None:
+            exact = ", ".join(f"0::BIGINT AS {c}" for c in CI95)
+            body = f"SELECT {group_keys}, {', '.join(VALUES)}, {exact} FROM {groups} WHERE subjects >= $k"
+        else:
+            true = con.sql(
+                f"SELECT {group_keys}, calls_clamped AS calls, subjects,"
+                f" duration_s_clamped AS duration_s_total FROM {groups} WHERE subjects >= $k",
+                params={"k": k},
+            ).to_arrow_table()
+            con.register(noisy, add_noise(true, agg.name, keys(agg), noise, values))
+            body = f"SELECT {cols} FROM {noisy}"
         tmp = final.parent / f".{agg.name}.{uuid.uuid4().hex[:8]}.tmp"
-        body = f"SELECT {cols} FROM {groups} WHERE subjects >= $k"
-        copy_params: dict[str, object] = {"k": k}
+        copy_params: dict[str, object] = {"k": k} if noise is None else {}
         if carry and carry.carried:
             body = f"{body} UNION ALL {carry.sql}"
             copy_params.update(carry.params)
@@ -329,6 +401,7 @@ def _build_one(
             "callpipe.suppressed_groups": str(suppressed),
             "callpipe.suppressed_calls": str(suppressed_calls),
             "callpipe.description": agg.description,
+            **metadata(noise, values),
         }
         kv = ", ".join(f"'{key}': '{_quote(value)}'" for key, value in meta.items())
         con.execute(
@@ -337,13 +410,10 @@ def _build_one(
             copy_params,
         )
         row = con.execute(
-            f"SELECT count(*), coalesce(sum(calls), 0), min(subjects) FROM read_parquet('{_quote(str(tmp))}')"
+            f"SELECT count(*), coalesce(sum(calls), 0) FROM read_parquet('{_quote(str(tmp))}')"
         ).fetchone()
         assert row is not None
-        published, published_calls, min_subjects = row
-        if min_subjects is not None and min_subjects < k:  # cannot happen; never publish if it does
-            tmp.unlink()
-            raise RuntimeError(f"aggregate {agg.name}: a group below k reached the output")
+        published, published_calls = row
         _fsync_file(tmp)
         os.chmod(tmp, 0o644)
         digest = audit.sha256_file(tmp)
@@ -351,6 +421,8 @@ def _build_one(
         fsync_dir(final.parent)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {groups}")
+        if noise is not None:
+            con.unregister(noisy)
     return AggregateResult(
         name=agg.name,
         path=str(final.relative_to(lake)),
@@ -362,45 +434,10 @@ def _build_one(
         expired_groups=int(fresh) + (carry.carried if carry else 0) - int(published),
         min_subjects=min_subjects,
         sha256=digest,
+        noise=describe(noise, values),
+        clamped_calls=int(clamped_calls) if noise else 0,
+        clamped_duration_s=int(clamped_s) if noise else 0,
     )
-
-
-class CarryOver(NamedTuple):
-    sql: str  # SELECT over the previous build's rows older than the analytics zone's oldest, k met
-    carried: int  # rows it gives
-    params: dict[str, object]
-    below_k: int  # rows of the previous build under today's k (a policy that raised k): suppressed now
-    below_k_calls: int
-
-
-def _carry_over_sql(
-    con: duckdb.DuckDBPyConnection, final: Path, agg: Aggregate, oldest: object, k: int
-) -> CarryOver | None:
-    """The previous build's rows older than `oldest` (no longer in analytics to rebuild them from),
-    those of at least `k` subjects: a group published under a smaller k is suppressed, not
-    carried, when the policy's k was raised since."""
-    if not final.exists():
-        return None
-    path = _quote(str(final))
-    meta = dict(
-        con.execute(f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata('{path}')").fetchall()
-    )
-    if meta.get("callpipe.definition") != agg.definition:
-        return None  # a changed definition: old rows would mean something else
-    cols = ", ".join(columns(agg))
-    params: dict[str, object] = {"k": k} if oldest is None else {"k": k, "oldest": oldest}
-    where = "TRUE" if oldest is None else f"{agg.grain} < $oldest"
-    older = f"SELECT {cols} FROM read_parquet('{path}') WHERE {where}"
-    row = con.execute(
-        f"""SELECT count(*) FILTER (WHERE subjects >= $k), count(*) FILTER (WHERE subjects < $k),
-                  coalesce(sum(calls) FILTER (WHERE subjects < $k), 0)
-            FROM ({older})""",
-        params,
-    ).fetchone()
-    carried, below_k, below_k_calls = (int(v) for v in row) if row else (0, 0, 0)
-    if not carried and not below_k:
-        return None
-    return CarryOver(f"{older} AND subjects >= $k", carried, params, below_k, below_k_calls)
 
 
 def _empty_source() -> str:

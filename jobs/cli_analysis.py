@@ -7,12 +7,16 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from jobs.cli_ops import as_of_arg
 from pipeline.errors import CliError
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.anonymize_noise import Noise
 
 
 def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersAction) -> None:
@@ -51,12 +55,25 @@ def _lake(settings: Settings) -> Path:
     return settings.lake
 
 
+def noise_of(settings: Settings) -> Noise | None:
+    """The aggregates' noise as the policy sets it, under a secret derived from the
+    pseudonymization key (the key `jobs anonymize` needs only when noise is on)."""
+    from jobs.anonymize_noise import KEY_PURPOSE, Noise
+    from jobs.noise import NoiseKey, as_fraction
+
+    if not settings.policy.noise.enabled:
+        return None
+    key = settings.key()
+    return Noise(NoiseKey(key.version, key.derive(KEY_PURPOSE)), as_fraction(settings.policy.noise.epsilon))
+
+
 def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.anonymize import AggregateResult, anonymize
     from jobs.replace import JobBusy
 
     lake = _lake(settings)
     as_of = args.as_of or datetime.now(UTC)
+    noise = noise_of(settings)
 
     def progress(r: AggregateResult) -> None:
         if not args.json:
@@ -66,6 +83,15 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
                 f" {r.carried_groups:,} carried over, {r.expired_groups:,} past retention -> {r.path}",
                 flush=True,
             )
+            if r.noise is not None:
+                bars = r.noise["values"]
+                assert isinstance(bars, dict)
+                print(
+                    f"  noisy values (discrete Laplace, epsilon {r.noise['epsilon_per_row']} per row):"
+                    + ",".join(f" {c} ±{v['ci95']:,}" for c, v in bars.items())
+                    + f" (95%); bounds clamped away {r.clamped_calls:,} calls, {r.clamped_duration_s:,} s",
+                    flush=True,
+                )
 
     con = duckdb.connect()
     try:
@@ -74,6 +100,7 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
             lake,
             k=settings.policy.k,
             as_of=as_of,
+            noise=noise,
             keep_days=settings.policy.retention.aggregates_days,
             progress=progress,
         )
@@ -84,7 +111,12 @@ def cmd_anonymize(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
-        print(f"anonymize: k = {result.k}, {result.source_rows:,} analytics rows, {result.duration_s:.2f} s")
+        eps = settings.policy.noise.epsilon
+        shown = "noise off (exact values)" if noise is None else f"noise epsilon = {eps:g} per row"
+        print(
+            f"anonymize: k = {result.k}, {shown}, {result.source_rows:,} analytics rows,"
+            f" {result.duration_s:.2f} s"
+        )
     return 0
 
 

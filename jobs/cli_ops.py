@@ -324,7 +324,9 @@ def cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
         f" {r.outbox_days} d"
     )
     c = policy.consent
-    print(f"  aggregates: k = {policy.k}")
+    n = policy.noise
+    noise = f"noise on, epsilon {n.epsilon:g} per row and build" if n.enabled else "noise off (exact values)"
+    print(f"  aggregates: k = {policy.k}, {noise}")
     print(
         f"  consent defaults: recording {c.recording}, transcription {c.transcription},"
         f" analytics {c.analytics}"

@@ -105,7 +105,12 @@ def collect(
     return {
         "lake": str(lake),
         "as_of": as_of.isoformat(),
-        "policy": {"k": policy.k, "source": policy.source, "retention": vars(policy.retention)},
+        "policy": {
+            "k": policy.k,
+            "noise": vars(policy.noise),
+            "source": policy.source,
+            "retention": vars(policy.retention),
+        },
         "zones": _totals(volume),
         "volume": volume,
         "aggregates": aggregates,
@@ -345,6 +350,20 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def noise_line(a: Mapping[str, Any]) -> str:
+    """What an aggregate's values are: exact, or noisy with which epsilon and error bars."""
+    n = a.get("noise")
+    if not n:
+        return "values exact (built with noise off)"
+    bars = ", ".join(f"{c} ±{v.get('ci95')}" for c, v in n["values"].items())
+    exact = a["groups"] - a["noisy_groups"]
+    carried = f"; {exact} carried exact groups" if exact else ""
+    return (
+        f"values noisy: {n['mechanism']}, epsilon {n['epsilon_per_row']} per row;"
+        f" error bars (95%) {bars}{carried}"
+    )
+
+
 def render_text(data: dict[str, Any]) -> str:
     """The report for a terminal."""
     out = [f"callpipe report — lake {data['lake']} as of {data['as_of']} (k = {data['policy']['k']})", ""]
@@ -398,6 +417,7 @@ def render_text(data: dict[str, Any]) -> str:
             f"  median {a['median_subjects']}  below k {a['below_k']}"
             f"  suppressed {a['suppressed_groups']} groups / {a['suppressed_calls']} calls"
         )
+        out.append(f"  {'':<14} {noise_line(a)}")
     out.append("Risk: unicity of the analytics zone (share singled out by p known points)")
     for u in data["risk"]["unicity"]:
         shares = "  ".join(

@@ -14,6 +14,7 @@ from string import Template
 from typing import Any
 
 from jobs import ledger
+from jobs.report import noise_line
 
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
 W = 900  # chart width in px
@@ -266,6 +267,7 @@ def render(data: dict[str, Any]) -> str:
                 "below k",
                 "suppressed groups",
                 "suppressed calls",
+                "values (noise and 95% error bars)",
             ],
             [
                 [
@@ -278,6 +280,7 @@ def render(data: dict[str, Any]) -> str:
                     a["below_k"],
                     a["suppressed_groups"],
                     a["suppressed_calls"],
+                    noise_line(a),
                 ]
                 for a in kan
             ],

@@ -2,6 +2,9 @@
 
 k-anonymity: per aggregate, the smallest `subjects` of a published group, the distribution of
 `subjects` over groups, and the groups and calls suppressed at build time (from the file's metadata).
+Where the values are noisy (jobs/anonymize_noise.py) `subjects` is the published, noisy count: k
+was checked on the true count when the file was built, so `below_k` counts exact rows only, and
+`noise` gives the mechanism, epsilon and each value's error bars from the file's metadata.
 
 Unicity, after de Montjoye et al. 2013 ("Unique in the Crowd", Sci. Rep. 3:1376; 4 points single out
 95% of 1.5M people in hourly antenna-level data): a subject's trace is the set of distinct
@@ -28,10 +31,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from jobs.anonymize import AGGREGATES, Aggregate, aggregate_path
+from jobs.anonymize_noise import from_metadata
 from sinks import layout
 
 
@@ -85,10 +90,12 @@ class KAnonymity:
     calls: int
     min_subjects: int | None
     median_subjects: float | None
-    below_k: int  # published groups with fewer than k subjects: must be 0
+    below_k: int  # published exact groups with fewer than k subjects: must be 0
     histogram: tuple[tuple[str, int], ...]  # (bin label, groups)
     suppressed_groups: int | None
     suppressed_calls: int | None
+    noisy_groups: int  # groups whose values carry noise (the rest are exact)
+    noise: dict[str, Any] | None  # the build's mechanism, epsilon, bounds, scales, error bars
 
 
 def k_anonymity(
@@ -107,9 +114,12 @@ def k_anonymity(
             ).fetchall()
         )
         k = _int(meta.get("callpipe.k"))
+        present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        noisy = "subjects_ci95 > 0" if "subjects_ci95" in present else "FALSE"
         row = con.execute(
             f"SELECT count(*), coalesce(sum(calls), 0), min(subjects), median(subjects),"
-            f" count(*) FILTER (WHERE subjects < $k) FROM {src}",
+            f" count(*) FILTER (WHERE subjects < $k AND NOT ({noisy})),"
+            f" count(*) FILTER (WHERE {noisy}) FROM {src}",
             {"k": k if k is not None else 1},
         ).fetchone()
         assert row is not None
@@ -132,6 +142,8 @@ def k_anonymity(
                 histogram=histogram,
                 suppressed_groups=_int(meta.get("callpipe.suppressed_groups")),
                 suppressed_calls=_int(meta.get("callpipe.suppressed_calls")),
+                noisy_groups=int(row[5]),
+                noise=from_metadata(meta),
             )
         )
     return out

@@ -57,6 +57,15 @@ class PseudonymKey:
         """The token of a subject: analytics rows, buckets, erase, export, audit all use this."""
         return self.token(Domain.ACCOUNT, account_id)
 
+    def derive(self, purpose: str) -> bytes:
+        """A secret for another use of this key (the aggregates' noise: jobs/noise.py), so that no
+        second key has to be stored, rotated and guarded: HMAC-SHA256(secret, NUL purpose). It can
+        never equal a token's HMAC, whose input starts with a domain name (never NUL), and knowing
+        it tells nothing about the key or its tokens."""
+        if not purpose:
+            raise ValueError("a derived secret needs a purpose")
+        return hmac.new(self.secret, b"\x00" + purpose.encode(), hashlib.sha256).digest()
+
 
 def create_key_file(path: Path) -> None:
     """Write a new random 256-bit key, hex, with mode 0600 (the file is never world-readable)."""

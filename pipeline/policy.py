@@ -1,4 +1,4 @@
-"""The policy file (TOML): retention per zone and category, k for aggregates, consent defaults,
+"""The policy file (TOML): retention per zone and category, k and noise for aggregates, consent defaults,
 secret attribute names, and where the pseudonymization key comes from.
 
 Validated at start-up; a bad policy is one clear error naming the key and line, before any data
@@ -76,9 +76,23 @@ class RequestDeadlines:
 
 
 @dataclass(frozen=True)
+class AggregateNoise:
+    """Calibrated noise on the aggregates' published values (jobs/anonymize_noise.py), so that two
+    builds cannot be subtracted to show one subject's calls. On by default. `epsilon` is the
+    privacy loss of one published row per build (its three values share it). The default, 1,
+    keeps what one row can add to anyone's odds on a subject's part in it within a factor of
+    e (2.7), at error bars (95%) of about 18 calls on an hourly row and 90 on a daily one
+    (README "Noise on the aggregates")."""
+
+    enabled: bool = True
+    epsilon: float = 1.0
+
+
+@dataclass(frozen=True)
 class Policy:
     retention: Retention = field(default_factory=Retention)
     k: int = 5
+    noise: AggregateNoise = field(default_factory=AggregateNoise)
     consent: ConsentDefaults = field(default_factory=ConsentDefaults)
     secret_names: tuple[str, ...] = DEFAULT_SECRET_NAMES
     key: KeySource = field(default_factory=KeySource)

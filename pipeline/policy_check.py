@@ -9,6 +9,7 @@ The file (every table and key optional; what is left out keeps its default):
     [retention.transcript]   days = 30      # transcript, inside live rows
     [retention.outbox]       days = 30      # _outbox/ but breach lists; exports from their fulfilment
     [aggregates]             k = 5          # every published group covers at least k subjects
+    [aggregates.noise]       enabled = true, epsilon = 1.0   # noise on the published values
     [consent.defaults]       recording = false, transcription = false, analytics = true
     [secrets]                attribute_names = ["password", "pin", ...]
     [pseudonymization]       key_file = "/etc/callpipe/key" | key_env = "CALLPIPE_KEY_HEX"
@@ -34,6 +35,7 @@ from pipeline.consent import REQUEST_KINDS, WITHDRAW
 from pipeline.policy import (
     DEFAULT_POLICY,
     DEFAULT_SECRET_NAMES,
+    AggregateNoise,
     ConsentDefaults,
     KeySource,
     Policy,
@@ -44,6 +46,7 @@ from pipeline.policy import (
 
 MAX_DAYS = 36_500  # a hundred years: anything longer is a typo
 MAX_K = 10_000
+MIN_EPSILON, MAX_EPSILON = 0.01, 10.0  # below: noise that drowns every group; above: no privacy to speak of
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KEY_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 ATTRIBUTE_NAME = re.compile(r"^[^\s]{1,64}$")
@@ -81,6 +84,15 @@ def _k(value: Any) -> str | None:
         return f"must be an integer from 2 to {MAX_K} (got {_type_name(value)})"
     if not 2 <= value <= MAX_K:
         return f"must be an integer from 2 to {MAX_K} (got {value}; k = 1 publishes single subjects)"
+    return None
+
+
+def _epsilon(value: Any) -> str | None:
+    wrong = f"must be a number from {MIN_EPSILON} to {MAX_EPSILON:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{wrong} (got {_type_name(value)})"
+    if not MIN_EPSILON <= value <= MAX_EPSILON:
+        return f"{wrong} (got {value}; to publish exact values, set enabled = false)"
     return None
 
 
@@ -129,7 +141,7 @@ SHAPE: dict[str, Any] = {
         "transcript": {"days": _days},
         "outbox": {"days": _days},
     },
-    "aggregates": {"k": _k},
+    "aggregates": {"k": _k, "noise": {"enabled": _bool, "epsilon": _epsilon}},
     "consent": {"defaults": {"recording": _bool, "transcription": _bool, "analytics": _bool}},
     "secrets": {"attribute_names": _names},
     "pseudonymization": {"key_file": _path, "key_env": _env, "key_version": _version},
@@ -238,6 +250,7 @@ def build(doc: dict[str, Any], source: str) -> Policy:
             outbox_days=days("outbox", default.outbox_days),
         ),
         k=int(doc.get("aggregates", {}).get("k", 5)),
+        noise=_noise(doc.get("aggregates", {}).get("noise", {})),
         consent=consent,
         secret_names=tuple(
             n.lower() for n in doc.get("secrets", {}).get("attribute_names", DEFAULT_SECRET_NAMES)
@@ -245,6 +258,13 @@ def build(doc: dict[str, Any], source: str) -> Policy:
         key=KeySource(file=key.get("key_file"), env=key.get("key_env"), version=key.get("key_version", "v1")),
         requests=_requests(doc.get("requests", {})),
         source=source,
+    )
+
+
+def _noise(doc: dict[str, Any]) -> AggregateNoise:
+    default = AggregateNoise()
+    return AggregateNoise(
+        enabled=bool(doc.get("enabled", default.enabled)), epsilon=float(doc.get("epsilon", default.epsilon))
     )
 
 

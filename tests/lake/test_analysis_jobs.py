@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.keys import create_key_file
 from tests.support.analysis_lake import T0, analytics_row, vault_row, write_zone
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,10 @@ CHART_ORANGE = (0xF9, 0x73, 0x16)
 
 
 def _callpipe(lake: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CALLPIPE_LAKE": str(lake)}
+    key = lake.parent / "pseudonymization.key"  # the aggregates' noise is drawn under it
+    if not key.exists():
+        create_key_file(key)
+    env = {**os.environ, "CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(key)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -70,11 +74,14 @@ def test_anonymize_query_report(busy_lake: Path, tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert {a["name"] for a in result["aggregates"]} == {"calls_hourly", "calls_daily"}
     assert result["source_rows"] == 2000
+    assert all(a["min_subjects"] >= 5 for a in result["aggregates"])  # k, on the true counts
+    # the policy's default: noisy values, and the error bars an analyst reads beside them
+    hourly = next(a for a in result["aggregates"] if a["name"] == "calls_hourly")
+    assert hourly["noise"]["epsilon_per_row"] == "1" and hourly["noise"]["values"]["calls"]["ci95"] == 18
 
-    low = _callpipe(busy_lake, "query", "SELECT min(subjects) AS m FROM calls_hourly", "--json")
+    low = _callpipe(busy_lake, "query", "SELECT min(calls_ci95) AS m FROM calls_hourly", "--json")
     assert low.returncode == 0, low.stderr
-    lowest = json.loads(low.stdout)[0]["m"]
-    assert lowest is not None and lowest >= 5
+    assert json.loads(low.stdout)[0]["m"] == 18
     total = _callpipe(busy_lake, "query", "SELECT count(*) AS n FROM analytics_calls", "--csv")
     assert total.stdout.splitlines() == ["n", "2000"]
     refused = _callpipe(busy_lake, "query", "SELECT count(*) FROM vault_calls")
@@ -87,6 +94,8 @@ def test_anonymize_query_report(busy_lake: Path, tmp_path: Path) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "unicity" in shown.stdout and "calls_hourly" in shown.stdout
+    assert "values noisy: discrete_laplace, epsilon 1 per row" in shown.stdout
+    assert "error bars (95%) calls ±18" in html.read_text()
     as_json = _callpipe(busy_lake, "jobs", "report", "--as-of", "2026-07-01", "--json")
     data = json.loads(as_json.stdout)
     assert data["zones"][0]["zone"] == "vault"
@@ -101,6 +110,25 @@ def test_anonymize_query_report(busy_lake: Path, tmp_path: Path) -> None:
     assert non_white > len(pixels) // 100, "the screenshot is blank"
     assert any(_near(p, CHART_BLUE) for p in pixels), "no chart bars or lines in the first colour"
     assert any(_near(p, CHART_ORANGE) for p in pixels), "no chart bars or lines in the second colour"
+
+
+def test_noise_needs_the_key_and_says_so_in_one_line(lake: Path, tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "CALLPIPE_KEY_FILE"},
+        "CALLPIPE_LAKE": str(lake),
+        "CALLPIPE_HOME": str(tmp_path / "home"),
+    }
+    run = [sys.executable, "-m", "pipeline.cli", "jobs", "anonymize", "--as-of", "2026-07-01"]
+    done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no pseudonymization key" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[aggregates.noise]\nenabled = false\n")
+    exact = subprocess.run(
+        run, env={**env, "CALLPIPE_POLICY": str(policy)}, capture_output=True, text=True, timeout=300
+    )
+    assert exact.returncode == 0, exact.stderr
+    assert "noise off (exact values)" in exact.stdout
 
 
 def test_bad_as_of_is_one_clear_line(lake: Path) -> None:

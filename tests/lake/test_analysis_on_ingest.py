@@ -4,6 +4,7 @@ into a fresh lake, then `anonymize`, `query` and `report`, checked against the l
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,11 +77,31 @@ def test_anonymize_report_query_on_an_ingested_lake(ingested: tuple[Path, dict[s
         f"SELECT count(*), count(transcript) FROM {zone_source(con, lake, 'vault')}"
     ).fetchall()
     assert result["source_rows"] == analytics_rows > 0
-    for agg in result["aggregates"]:
+    for agg in result["aggregates"]:  # noise on (the default): within the error bars of the truth
+        path = lake / agg["path"]
+        [(groups, calls)] = con.execute(f"SELECT count(*), sum(calls) FROM '{path}'").fetchall()
+        assert agg["min_subjects"] is None or agg["min_subjects"] >= 5
+        counted = analytics_rows - agg["suppressed_calls"] - agg["clamped_calls"]
+        spread = agg["noise"]["values"]["calls"]["sd"] * math.sqrt(groups)
+        assert abs((calls or 0) - counted) <= 8 * spread
+
+    policy = lake.parent / "exact.toml"
+    policy.write_text("[aggregates.noise]\nenabled = false\n")
+    done = _callpipe(
+        {**env, "CALLPIPE_POLICY": str(policy)},
+        "jobs",
+        "anonymize",
+        "--as-of",
+        "2026-06-10T00:00:00Z",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    for agg in json.loads(done.stdout)["aggregates"]:  # noise off: the exact counts
         path = lake / agg["path"]
         [(low, calls)] = con.execute(f"SELECT min(subjects), sum(calls) FROM '{path}'").fetchall()
         assert low is None or low >= 5
         assert (calls or 0) + agg["suppressed_calls"] == analytics_rows
+        assert agg["noise"] is None
 
     shown = _callpipe(env, "jobs", "report", "--as-of", "2026-06-10T00:00:00Z", "--json", "--sample", "100")
     assert shown.returncode == 0, shown.stderr

@@ -21,12 +21,17 @@ from tests.support.analysis_lake import T0, analytics_row, write_zone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TRIALS = 12
+# With noise on (the policy's default): a rebuild gives the same bytes, noise included.
 RUN = """
 import sys, duckdb
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from jobs.anonymize import anonymize
-anonymize(duckdb.connect(), Path(sys.argv[1]), k=5, as_of=datetime.fromisoformat(sys.argv[2]))
+from jobs.anonymize_noise import Noise
+from jobs.noise import NoiseKey
+noise = Noise(NoiseKey("v1", bytes(range(32))), Fraction(1))
+anonymize(duckdb.connect(), Path(sys.argv[1]), k=5, as_of=datetime.fromisoformat(sys.argv[2]), noise=noise)
 """
 OLD_AS_OF = (T0 + timedelta(days=4)).isoformat()
 NEW_AS_OF = (T0 + timedelta(days=9)).isoformat()

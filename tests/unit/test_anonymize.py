@@ -1,4 +1,7 @@
-"""The anonymize job: k-anonymous aggregates, suppression counted, atomic and re-runnable."""
+"""The anonymize job: k-anonymous aggregates, suppression counted, atomic and re-runnable.
+
+These tests check the true values, so they build with noise off (`noise=None`); the noise and
+what it protects against are tested in test_anonymize_noise.py."""
 
 from __future__ import annotations
 
@@ -42,13 +45,16 @@ def test_duration_buckets(duration: int | None, bucket: str | None) -> None:
 
 def test_unknown_dimension_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown dimensions"):
-        Aggregate("x", "hour", ("cell_area",), "cell areas are not generalized")
+        Aggregate(
+            "x", "hour", ("cell_area",), "cell areas are not generalized", max_calls=1, max_duration_s=1
+        )
 
 
 def _build(lake: Path, k: int = 5, as_of: datetime = AS_OF):
+    """A build with noise off: the exact values."""
     con = duckdb.connect()
     try:
-        return anonymize(con, lake, k=k, as_of=as_of)
+        return anonymize(con, lake, k=k, as_of=as_of, noise=None)
     finally:
         con.close()
 
@@ -178,7 +184,7 @@ def test_time_grains_are_utc_whatever_the_session_time_zone(lake: Path) -> None:
     write_zone(lake, "analytics", [analytics_row(s, at) for s in range(5)])
     con = duckdb.connect()
     con.execute("SET TimeZone = 'Asia/Kolkata'")
-    anonymize(con, lake, k=5, as_of=AS_OF)
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=None)
     daily = _rows(lake, "calls_daily")
     assert [str(r["day"]) for r in daily] == ["2026-06-01"]
     hourly = _rows(lake, "calls_hourly")
@@ -197,7 +203,7 @@ def test_refuses_to_read_while_another_job_holds_the_lake(lake: Path) -> None:
 def test_aggregates_retention(lake: Path, keep_days: int | None, hours: int) -> None:
     write_zone(lake, "analytics", crowd(subjects=6, hours=3))  # 2026-06-01 00:00 to 03:00
     con = duckdb.connect()
-    result = anonymize(con, lake, k=5, as_of=T0 + timedelta(days=30), keep_days=keep_days)
+    result = anonymize(con, lake, k=5, as_of=T0 + timedelta(days=30), noise=None, keep_days=keep_days)
     assert len(_rows(lake, "calls_hourly")) == hours
     hourly = next(a for a in result.aggregates if a.name == "calls_hourly")
     assert hourly.expired_groups == 3 - hours

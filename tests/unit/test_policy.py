@@ -30,6 +30,10 @@ days = 7
 [aggregates]
 k = 10
 
+[aggregates.noise]
+enabled = true
+epsilon = 0.5
+
 [consent.defaults]
 recording = false
 transcription = true
@@ -59,6 +63,7 @@ def test_a_full_policy_is_read() -> None:
     )
     assert r.outbox_days == 7
     assert policy.k == 10
+    assert (policy.noise.enabled, policy.noise.epsilon) == (True, 0.5)
     assert (policy.consent.recording, policy.consent.transcription, policy.consent.analytics) == (
         False,
         True,
@@ -72,6 +77,7 @@ def test_a_full_policy_is_read() -> None:
 def test_an_empty_policy_keeps_every_default() -> None:
     policy = parse_text("", "empty.toml")
     assert policy.retention == DEFAULT_POLICY.retention
+    assert policy.noise == DEFAULT_POLICY.noise and policy.noise.enabled
     assert (policy.k, policy.consent, policy.secret_names, policy.key) == (
         DEFAULT_POLICY.k,
         DEFAULT_POLICY.consent,
@@ -84,6 +90,8 @@ def test_dotted_and_inline_keys_are_accepted() -> None:
     text = "retention.vault.days = 30\nconsent = { defaults = { recording = true } }\n"
     policy = parse_text(text, "p.toml")
     assert policy.retention.vault_days == 30 and policy.consent.recording is True
+    off = parse_text("aggregates = { k = 7, noise = { enabled = false } }\n", "p.toml")
+    assert (off.k, off.noise.enabled) == (7, False)
 
 
 def test_a_consent_withdrawal_has_a_deadline_of_its_own() -> None:
@@ -121,6 +129,23 @@ BAD = [
     (
         "[aggregates]\nk = 1\n",
         "p.toml:2: aggregates.k: must be an integer from 2 to 10000 (got 1; k = 1 publishes single subjects)",
+    ),
+    (
+        "[aggregates]\nk = 5\n\n[aggregates.noise]\nepsilon = 0\n",
+        "p.toml:5: aggregates.noise.epsilon: must be a number from 0.01 to 10"
+        " (got 0; to publish exact values, set enabled = false)",
+    ),
+    (
+        "[aggregates.noise]\nepsilon = '1'\n",
+        "p.toml:2: aggregates.noise.epsilon: must be a number from 0.01 to 10 (got string)",
+    ),
+    (
+        "[aggregates.noise]\nenabled = 'yes'\n",
+        "p.toml:2: aggregates.noise.enabled: must be true or false (got string)",
+    ),
+    (
+        "[aggregates.noise]\nepsilom = 1.0\n",
+        "p.toml:2: aggregates.noise.epsilom: unknown key; did you mean 'epsilon'?",
     ),
     (
         "[consent.defaults]\nrecording = 'no'\n",

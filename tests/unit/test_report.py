@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,8 @@ import pytest
 
 from jobs import audit, report, report_html
 from jobs.anonymize import anonymize
+from jobs.anonymize_noise import Noise
+from jobs.noise import NoiseKey
 from pipeline.policy import DEFAULT_POLICY
 from sinks import lineage
 from sinks.stats import write_stats
@@ -30,7 +33,7 @@ def data(lake: Path) -> dict:
     analytics = [*crowd(subjects=6, hours=2), analytics_row(1, T0 + timedelta(days=20), has_recording=True)]
     write_zone(lake, "analytics", analytics)
     con = duckdb.connect()
-    anonymize(con, lake, k=5, as_of=AS_OF)
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=None)
     # what the stream leaves: a stats file per landed range, counted once its manifest exists
     write_stats(
         lake,
@@ -195,7 +198,7 @@ def test_empty_lake(lake: Path) -> None:
 def test_aggregates_past_their_retention_are_named(lake: Path) -> None:
     write_zone(lake, "analytics", crowd(subjects=6, hours=2))
     con = duckdb.connect()
-    anonymize(con, lake, k=5, as_of=AS_OF)  # built without a limit
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=None)  # built without a limit
     policy = replace(DEFAULT_POLICY, retention=replace(DEFAULT_POLICY.retention, aggregates_days=10))
     data = report.collect(con, lake, policy, as_of=AS_OF, sample=10)
     ret = {(r["zone"], r["category"]): r for r in data["retention"]}
@@ -221,3 +224,19 @@ def test_charts_draw_edge_cases(chart: str, marks: tuple[str, ...]) -> None:
     for mark in marks:
         assert mark in chart
     assert chart.startswith("<svg") and chart.endswith("</svg>")
+
+
+def test_the_report_shows_whether_aggregates_are_noisy_and_their_error_bars(lake: Path) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=2))
+    con = duckdb.connect()
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=Noise(NoiseKey("v1", bytes(range(32))), Fraction(1)))
+    data = report.collect(con, lake, DEFAULT_POLICY, as_of=AS_OF, sample=50)
+    assert data["policy"]["noise"] == {"enabled": True, "epsilon": 1.0}
+    text = report.render_text(data)
+    assert "values noisy: discrete_laplace, epsilon 1 per row; error bars (95%) calls ±18" in text
+    assert "calls ±90" in text  # the daily bound is 10 calls
+    html = report_html.render(data)
+    assert "subjects ±9" in html and "values (noise and 95% error bars)" in html
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=None)
+    exact = report.render_text(report.collect(con, lake, DEFAULT_POLICY, as_of=AS_OF, sample=50))
+    assert "values exact (built with noise off)" in exact

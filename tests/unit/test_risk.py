@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from jobs import risk
 from jobs.anonymize import anonymize
+from jobs.anonymize_noise import Noise
+from jobs.noise import NoiseKey
 from tests.support.analysis_lake import T0, analytics_row, crowd, write_zone
 
 AS_OF = datetime(2026, 7, 1, tzinfo=UTC)
@@ -132,7 +135,7 @@ def test_k_anonymity_of_built_aggregates(lake: Path, k: int) -> None:
     rows += [analytics_row(100, T0, caller_country=33)]
     write_zone(lake, "analytics", rows)
     con = duckdb.connect()
-    anonymize(con, lake, k=k, as_of=AS_OF)
+    anonymize(con, lake, k=k, as_of=AS_OF, noise=None)  # exact: the true subject counts
     figures = {x.name: x for x in risk.k_anonymity(con, lake)}
     hourly = figures["calls_hourly"]
     assert (hourly.k, hourly.groups, hourly.below_k, hourly.min_subjects) == (k, 3, 0, 6)
@@ -153,3 +156,20 @@ def test_k_anonymity_of_built_aggregates(lake: Path, k: int) -> None:
 )
 def test_wilson_interval(hits: int, n: int, low: float, high: float) -> None:
     assert risk.wilson(hits, n) == (low, high)
+
+
+def test_k_anonymity_of_noisy_aggregates_reads_the_noise_from_the_file(lake: Path) -> None:
+    write_zone(lake, "analytics", crowd(subjects=6, hours=3))
+    con = duckdb.connect()
+    noise = Noise(NoiseKey("v1", bytes(range(32))), Fraction(1))
+    anonymize(con, lake, k=5, as_of=AS_OF, noise=noise)
+    hourly = {x.name: x for x in risk.k_anonymity(con, lake)}["calls_hourly"]
+    assert (hourly.groups, hourly.noisy_groups, hourly.below_k) == (3, 3, 0)  # k held on true counts
+    assert hourly.noise is not None and hourly.noise["epsilon_per_row"] == "1"
+    assert hourly.noise["values"]["subjects"] == {
+        "bound": "1",
+        "epsilon": "1/3",
+        "scale": "3.0",
+        "sd": "4.22",
+        "ci95": "9",
+    }
