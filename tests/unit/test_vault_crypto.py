@@ -162,10 +162,14 @@ def test_jobs_give_the_same_results_on_both_lakes(
         sql = (
             "SELECT account_id, count(*) AS n, count(transcript) AS t FROM vault_calls GROUP BY 1 ORDER BY 1"
         )
-        with crypt.configured(Settings.from_env().vault_crypto()):
-            out["query"] = query.run(lake, sql, vault=True).rows
+        settings = Settings.from_env()
+        with crypt.configured(settings.vault_crypto()):
+            out["query"] = query.run(lake, sql, vault=True, key=settings.key()).rows
             out["query_dt"] = query.run(
-                lake, "SELECT dt, bucket, count(*) FROM vault_calls GROUP BY ALL ORDER BY ALL", vault=True
+                lake,
+                "SELECT dt, bucket, count(*) FROM vault_calls GROUP BY ALL ORDER BY ALL",
+                vault=True,
+                key=settings.key(),
             ).rows
         export = lake.parent / f"{kind}-export.json"
         assert main(["jobs", "export", "--account", SUBJECT, "--out", str(export), "--json"]) == 0
