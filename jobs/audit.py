@@ -19,6 +19,12 @@ to a person, which need-to-know access asks for.
 
 Subjects appear only as tokens: callers put `subject_ref(key, account_id)` in `params["subject"]`
 (the account's analytics token), and `record` refuses parameter names that would carry a raw id.
+
+Text that may name a subject is never digested plainly either: a vault query's SQL is recorded as
+its keyed digest under the pseudonymization key (`query_ref`, `params["sql_hmac"]`), because a
+plain SHA-256 of `... WHERE caller = '+14155550123'` can be tested against every phone number by
+anyone who reads the trail. Whoever holds the key finds a text's entries (`about_query`). Entries
+written before the keyed digest hold `sql_sha256` (plain) and are still read and matched as they are.
 """
 
 from __future__ import annotations
@@ -49,6 +55,25 @@ FILE_ACTIONS = frozenset({"added", "replaced", "removed", "read"})
 def subject_ref(key: PseudonymKey, account_id: str) -> str:
     """How the audit names a subject: the account's keyed token (the analytics `account_token`)."""
     return key.token(Domain.ACCOUNT, account_id)
+
+
+def query_ref(key: PseudonymKey, sql: str) -> str:
+    """How the audit names a vault query's text: its keyed token (HMAC-SHA-256 under the
+    pseudonymization key, in its own domain), never a plain digest of a guessable text."""
+    return key.token(Domain.QUERY, sql)
+
+
+def about_query(entries: Iterable[Mapping[str, Any]], key: PseudonymKey, sql: str) -> list[dict[str, Any]]:
+    """The entries of vault queries of exactly this text: by `sql_hmac` under `key` (entries name
+    the `key_version` they used), and older entries by the plain `sql_sha256` they hold."""
+    keyed = query_ref(key, sql)
+    plain = hashlib.sha256(sql.encode()).hexdigest()
+    return [
+        dict(e)
+        for e in entries
+        if e.get("job") == "query"
+        and (e.get("params", {}).get("sql_hmac") == keyed or e.get("params", {}).get("sql_sha256") == plain)
+    ]
 
 
 def sha256_file(path: Path) -> str:

@@ -42,7 +42,12 @@ def register(sub: argparse._SubParsersAction, jobs_sub: argparse._SubParsersActi
     query.add_argument(
         "sql", help="one SELECT; views: analytics_calls, one per aggregate, vault_calls with --vault"
     )
-    query.add_argument("--vault", action="store_true", help="also expose the restricted vault as vault_calls")
+    query.add_argument(
+        "--vault",
+        action="store_true",
+        help="also expose the restricted vault as vault_calls (audited: needs the vault key file and the"
+        " pseudonymization key, which keys the query's digest in the audit trail)",
+    )
     fmt = query.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print rows as a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="print rows as CSV")
@@ -154,7 +159,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     try:
-        result = query.run(lake, args.sql, vault=args.vault)
+        result = query.run(lake, args.sql, vault=args.vault, key=settings.key() if args.vault else None)
     except query.QueryError as exc:
         hint = " (the vault needs --vault)" if "vault_calls" in str(exc) and not args.vault else ""
         raise CliError(f"{exc}{hint}") from None

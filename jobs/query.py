@@ -8,13 +8,13 @@ Read-only is enforced twice: the text must be one SELECT-like statement (SELECT,
 DESCRIBE, SUMMARIZE, EXPLAIN; never COPY, ATTACH, SET, INSTALL, ...), and the connection may touch
 only the zones it exposes: DuckDB's `enable_external_access` is off with `allowed_directories` set
 to those zones, and the configuration is locked before the query runs. So without `--vault` even
-`read_parquet('<lake>/vault/...')` fails. Every query with the vault exposed is audited.
+`read_parquet('<lake>/vault/...')` fails. Every query with the vault exposed is audited, its text
+by a keyed digest under the pseudonymization key (`jobs.audit.query_ref`), which the caller passes.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
@@ -29,6 +29,7 @@ from typing import Any
 import duckdb
 
 from jobs import audit
+from pipeline.keys import PseudonymKey
 from sinks import layout
 from sinks.read import duckdb_view
 
@@ -104,11 +105,15 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(f"only SELECT queries are allowed, not {statements[0].type.name}")
 
 
-def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
+def run(lake: Path, sql: str, *, vault: bool = False, key: PseudonymKey | None = None) -> Result:
     """Run one read-only query over the lake's views.
 
     A query with the vault exposed is an access to restricted data: it is recorded in the audit
-    trail (the SQL's SHA-256, never its text, which may name a subject; rows returned; outcome)."""
+    trail (rows returned, outcome, and the SQL as its keyed digest under `key`, never its text
+    nor a plain digest: either would let a reader of the trail find the subject it names), so a
+    vault query needs `key`, the pseudonymization key."""
+    if vault and key is None:
+        raise ValueError("a vault query is audited under the pseudonymization key: pass key")
     started = time.monotonic()
     con, _ = connect(lake, vault=vault)
     outcome, rows = "failed", []
@@ -137,11 +142,11 @@ def run(lake: Path, sql: str, *, vault: bool = False) -> Result:
         return Result(columns, rows)
     finally:
         con.close()
-        if vault:
+        if vault and key is not None:
             audit.record(
                 lake,
                 job="query",
-                params={"vault": True, "sql_sha256": hashlib.sha256(sql.encode()).hexdigest()},
+                params={"vault": True, "sql_hmac": audit.query_ref(key, sql), "key_version": key.version},
                 counts={"rows": len(rows)},
                 files=[],
                 duration_s=time.monotonic() - started,

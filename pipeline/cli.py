@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    opened: list[crypt.VaultCrypto] = []
+    status = _run(args, opened)
+    # The vault keys are let go of here, once the command is done and its errors handled, and
+    # only then does the interpreter shut down: a scan stopped early can leave Arrow threads
+    # holding them, and they must let go first (sinks.crypt.VaultCrypto: else SIGABRT at exit).
+    for keys in opened:
+        keys.close()
+    return status
+
+
+def _run(args: argparse.Namespace, opened: list[crypt.VaultCrypto]) -> int:
     try:
         settings = Settings.from_env()
         # Rate-limited: a broker outage logs one line per cause per 10 s, with a count.
@@ -74,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if callable(needs):
             needs = needs(args)
         keys = settings.vault_crypto() if needs else crypt.UNSET
+        if isinstance(keys, crypt.VaultCrypto):
+            opened.append(keys)
         with crypt.configured(keys):
             return handler(args, settings)
     except CliError as exc:

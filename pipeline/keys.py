@@ -33,6 +33,7 @@ class Domain(StrEnum):
     PHONE = "phone"
     DEVICE = "device"
     CELL = "cell"
+    QUERY = "query"  # the text of a vault query, as the audit trail names it (`jobs.audit.query_ref`)
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,18 @@ explicit `configure(None)` (the CLI does so for CALLPIPE_VAULT_ENCRYPTION=off).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
+import gc
 import io
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import cache
@@ -65,6 +69,7 @@ ENCRYPTED_MAGIC = b"PARE"
 CACHE_LIFETIME = timedelta(minutes=10)  # writers: how long one key-encryption key wraps data keys
 # Readers keep unwrapped key-encryption keys this long: a scan must never call the KMS (see `warm`).
 READ_CACHE_LIFETIME = timedelta(hours=24)
+CLOSE_TIMEOUT_S = 10.0  # how long `VaultCrypto.close` waits for Arrow's threads to let go of the keys
 
 
 # What a missing key file's error says (the settings name the file; docs/ARCHITECTURE.md "Vault encryption")
@@ -284,6 +289,7 @@ def _aad(master_key_id: str, version: int) -> bytes:
 
 # --- pyarrow's KMS bridge --------------------------------------------------------------------
 
+_opened: weakref.WeakSet[VaultCrypto] = weakref.WeakSet()  # closed at exit if nobody did (`VaultCrypto`)
 _failure = threading.local()  # the last VaultKeyError raised inside pyarrow's callback, per thread
 
 
@@ -304,26 +310,50 @@ class _Kms(pe.KmsClient):
 
 
 class VaultCrypto:
-    """Encryption and decryption properties for vault files, from one `MasterKeys`."""
+    """Encryption and decryption properties for vault files, from one `MasterKeys`.
+
+    pyarrow keeps the KMS, a Python object, inside C++ objects (each factory's key toolkit) that
+    every file read or written with these keys holds, and they may outlive the reads: a scan
+    DuckDB stopped early (a LIMIT) leaves decoding tasks on Arrow's thread pool, and the task that
+    drops the last reference destroys the KMS there, which takes the GIL. If the interpreter is
+    already shutting down, CPython ends a thread that takes the GIL, and that exit unwinding
+    through a C++ destructor aborts the process (SIGABRT at exit, after the work was done). So
+    whoever made the keys `close`s them before the interpreter shuts down: it lets go of them and
+    waits until Arrow's threads have too. Processes that never do are covered at exit (`atexit`,
+    which runs before the shutdown)."""
 
     def __init__(self, keys: MasterKeys) -> None:
         self.keys = keys
         self._version = -1
         self._writer: pe.CryptoFactory | None = None
         self._lock = threading.Lock()
-        self._factory = self._new_factory()
+        # each factory's KMS callable, held by pyarrow alone: gone once nothing of pyarrow holds the factory
+        self._held_by_pyarrow: list[weakref.ref[Callable[[Any], _Kms]]] = []
+        self._factory: pe.CryptoFactory | None = self._new_factory()
         self._kms = pe.KmsConnectionConfig()
-        self._decryption = self._factory.file_decryption_properties(
+        self._decryption: Any = self._factory.file_decryption_properties(
             self._kms, pe.DecryptionConfiguration(cache_lifetime=READ_CACHE_LIFETIME)
         )
+        _opened.add(self)
 
     def _new_factory(self) -> pe.CryptoFactory:
         keys = self.keys
-        return pe.CryptoFactory(lambda _config: _Kms(keys))
+
+        def kms_client(_config: Any) -> _Kms:
+            return _Kms(keys)
+
+        self._held_by_pyarrow.append(weakref.ref(kms_client))
+        return pe.CryptoFactory(kms_client)
+
+    def _reader_factory(self) -> pe.CryptoFactory:
+        if self._factory is None:
+            raise VaultKeyError("the vault keys of this process were closed")
+        return self._factory
 
     def _writer_factory(self) -> tuple[pe.CryptoFactory, int]:
         """The factory new files are encrypted with; a fresh one (no cached key-encryption keys)
         when the current master key version changed."""
+        self._reader_factory()  # not after close
         refresh = getattr(self.keys, "refresh", None)
         if refresh is not None:
             refresh()
@@ -333,6 +363,26 @@ class VaultCrypto:
                 self._writer = self._new_factory()
                 self._version = version
             return self._writer, version
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Let go of the keys and wait until nothing of pyarrow holds them (Arrow's threads
+        finish what a stopped scan left them), at most `timeout` seconds; returns whether they
+        were released. Call it from a thread that can wait, while the interpreter still runs; the
+        keys are unusable afterwards. Closing again returns at once."""
+        with self._lock:
+            self._factory = self._writer = None
+            self._decryption = None
+        deadline = time.monotonic() + timeout
+        collected = False
+        while any(ref() is not None for ref in self._held_by_pyarrow):
+            if not collected:  # a reference cycle (an exception's frames) may hold a dataset
+                gc.collect()
+                collected = True
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)  # without the GIL: the thread holding the last reference needs it
+        return True
 
     def encryption(self) -> tuple[Any, int]:
         """(FileEncryptionProperties for one new file, the master key version it uses): fresh data
@@ -349,15 +399,24 @@ class VaultCrypto:
 
     @property
     def decryption(self) -> Any:
+        self._reader_factory()  # not after close
         return self._decryption
 
     def file_format(self) -> ds.ParquetFileFormat:
         config = ds.ParquetDecryptionConfig(
-            self._factory, self._kms, pe.DecryptionConfiguration(cache_lifetime=READ_CACHE_LIFETIME)
+            self._reader_factory(), self._kms, pe.DecryptionConfiguration(cache_lifetime=READ_CACHE_LIFETIME)
         )
         return ds.ParquetFileFormat(
             default_fragment_scan_options=ds.ParquetFragmentScanOptions(decryption_config=config)
         )
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close the keys a process left open (spawned workers, scripts), before the interpreter
+    shuts down: `atexit` runs while other threads may still take the GIL."""
+    for crypto in list(_opened):
+        crypto.close()
 
 
 class _Unset:
@@ -394,7 +453,6 @@ def configured(crypto: VaultCrypto | _Unset | None) -> Iterator[VaultCrypto | _U
 def configure_temporary(*, encrypted: bool) -> None:
     """For a script without the CLI (benchmarks): `configure` a fresh key file in a temporary
     folder removed at exit, or the plaintext opt-out when not `encrypted`."""
-    import atexit
     import shutil
     import tempfile
 

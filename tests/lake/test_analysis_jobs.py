@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.keys import create_key_file
 from tests.support.analysis_lake import T0, analytics_row, vault_row, write_zone
+from tests.support.ops_lake import make_key
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,9 @@ CHART_ORANGE = (0xF9, 0x73, 0x16)
 
 
 def _callpipe(lake: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    key = lake.parent / "pseudonymization.key"  # the aggregates' noise is drawn under it
-    if not key.exists():
-        create_key_file(key)
-    env = {**os.environ, "CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(key)}
+    # the pseudonymization key: the aggregates' noise is drawn under it, and it keys the audit's
+    # digest of a vault query's text
+    env = {**os.environ, "CALLPIPE_LAKE": str(lake), "CALLPIPE_KEY_FILE": str(make_key(lake.parent)[0])}
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -87,6 +86,16 @@ def test_anonymize_query_report(busy_lake: Path, tmp_path: Path) -> None:
     refused = _callpipe(busy_lake, "query", "SELECT count(*) FROM vault_calls")
     assert refused.returncode == 2 and "--vault" in refused.stderr
     assert _callpipe(busy_lake, "query", "SELECT count(*) FROM vault_calls", "--vault").returncode == 0
+    # a vault query is audited under the pseudonymization key: without it, it does not run at all
+    env = {**os.environ, "CALLPIPE_LAKE": str(busy_lake), "CALLPIPE_KEY_FILE": str(tmp_path / "none.key")}
+    unkeyed = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "query", "--vault", "SELECT count(*) FROM vault_calls"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert unkeyed.returncode == 2 and "none.key" in unkeyed.stderr and not unkeyed.stdout
 
     html = tmp_path / "report.html"
     shown = _callpipe(

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobs import audit
+from jobs import audit, ledger
+from jobs.cli_erase import EXIT_NOT_VERIFIED
 from pipeline import codec
 from pipeline.carrier import generate
 from pipeline.raw_records import parse_container, read
@@ -183,17 +184,35 @@ def test_erase_and_export_find_dead_letters_in_every_form_and_count_what_cannot_
         "ingest-calls4.avro-0123456789ab",
         [_damaged(codec.encode_container(_calls("acc-z", at), "CallEvent"))],
     )
+    # The run erases and records what it found, but automation sees only the exit status: a
+    # distinct one says "not verified", in text and in --json alike.
     done = subprocess.run(
         callpipe_cmd("jobs", "erase", "--no-topic", "--account", "acc-y"),
         env=env,
         capture_output=True,
-        check=True,
+        check=False,
     )
+    assert done.returncode == EXIT_NOT_VERIFIED, done.stderr.decode()
     text = done.stdout.decode()
     assert "dead letters that could not be searched (damaged compressed bytes): 1" in text
     assert "verified: no rows of the subject remain in any bucket\n" not in text
+    assert "erasure not verified: 1 dead letter(s) could not be searched" in done.stderr.decode()
     entries = [e for e in audit.read(lake) if e["job"] == "erase"]
     assert entries[-1]["counts"]["dead_letters_unattributed"] == 1
+    recorded = ledger.requests(lake)[entries[-1]["params"]["request"]]
+    assert (recorded.source, recorded.status) == ("operator", "fulfilled")
+
+    mine_too = _calls("acc-w", at, 2)
+    _ingest(env, tmp_path, "calls5.jsonl", b"".join(codec.to_json(c, "CallEvent") + b"\n" for c in mine_too))
+    done = subprocess.run(
+        callpipe_cmd("jobs", "erase", "--no-topic", "--account", "acc-w", "--json"),
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == EXIT_NOT_VERIFIED, done.stderr.decode()
+    result = orjson.loads(done.stdout)
+    assert result["rows_removed"]["vault"] == 2 and result["dead_letters_unattributed"] == 1
 
 
 def test_ingest_keeps_no_credential_of_an_avro_dead_letter(tmp_path: Path) -> None:

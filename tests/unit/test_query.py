@@ -14,7 +14,10 @@ import pytest
 
 from jobs import audit, query
 from jobs.anonymize import anonymize
+from pipeline.keys import PseudonymKey
 from tests.support.analysis_lake import T0, crowd, vault_row, write_zone
+
+KEY = PseudonymKey("v1", bytes(range(32)))
 
 
 @pytest.fixture
@@ -54,13 +57,53 @@ def test_vault_needs_the_flag_and_every_vault_query_is_audited(full_lake: Path) 
         query.run(full_lake, "SELECT count(*) FROM vault_calls")
     assert not [e for e in audit.read(full_lake) if e["job"] == "query"]
     sql = "SELECT account_id FROM vault_calls WHERE account_id = 'acct-1'"
-    assert query.run(full_lake, sql, vault=True).rows == [("acct-1",)]
+    assert query.run(full_lake, sql, vault=True, key=KEY).rows == [("acct-1",)]
     with pytest.raises(query.QueryError):
-        query.run(full_lake, "COPY vault_calls TO 'x.csv'", vault=True)
+        query.run(full_lake, "COPY vault_calls TO 'x.csv'", vault=True, key=KEY)
     entries = [e for e in audit.read(full_lake) if e["job"] == "query"]
     assert [(e["outcome"], e["counts"]["rows"]) for e in entries] == [("ok", 1), ("failed", 0)]
-    assert entries[0]["params"]["sql_sha256"] == hashlib.sha256(sql.encode()).hexdigest()
     assert all("acct-1" not in p.read_text() for p in (full_lake / "_audit").iterdir())
+    with pytest.raises(ValueError, match="pseudonymization key"):
+        query.run(full_lake, sql, vault=True)  # a vault query is never run unaudited
+
+
+def test_a_vault_query_is_audited_by_a_keyed_digest_that_only_the_key_holder_can_match(
+    full_lake: Path,
+) -> None:
+    # a templated query differs from the next only by a number: a plain digest of its text would
+    # let anyone with the audit trail try every number until one matched
+    template = "SELECT count(*) FROM vault_calls WHERE caller = '{}'"
+    asked = template.format("+14155550123")
+    query.run(full_lake, asked, vault=True, key=KEY)
+    [entry] = [e for e in audit.read(full_lake) if e["job"] == "query"]
+    assert entry["params"]["sql_hmac"] == audit.query_ref(KEY, asked)
+    assert entry["params"]["key_version"] == KEY.version
+    text = "".join(p.read_text() for p in (full_lake / "_audit").iterdir())
+    assert hashlib.sha256(asked.encode()).hexdigest() not in text and "sql_sha256" not in text
+    assert "+14155550123" not in text
+    # the key holder matches a text to its entries; another text, or another key, matches none
+    assert audit.about_query(audit.read(full_lake), KEY, asked) == [entry]
+    assert audit.about_query(audit.read(full_lake), KEY, template.format("+14155550124")) == []
+    other = PseudonymKey("v1", bytes(32))
+    assert audit.about_query(audit.read(full_lake), other, asked) == []
+
+
+def test_audit_entries_written_with_a_plain_digest_are_still_read_and_matched(full_lake: Path) -> None:
+    older = "SELECT count(*) FROM vault_calls"
+    audit.record(
+        full_lake,
+        job="query",
+        params={"vault": True, "sql_sha256": hashlib.sha256(older.encode()).hexdigest()},
+        counts={"rows": 1},
+        files=[],
+        duration_s=0.1,
+        outcome="ok",
+        at=datetime(2026, 6, 1, tzinfo=UTC),
+    )
+    query.run(full_lake, older, vault=True, key=KEY)
+    entries = [e for e in audit.read(full_lake) if e["job"] == "query"]
+    assert len(entries) == 2
+    assert audit.about_query(entries, KEY, older) == entries
 
 
 @pytest.mark.parametrize(
@@ -123,14 +166,16 @@ def test_errors_say_what_failed_but_never_quote_a_value(full_lake: Path) -> None
         "SELECT error(account_id) FROM vault_calls",
     ):
         with pytest.raises(query.QueryError) as failed:
-            query.run(full_lake, sql, vault=True)
+            query.run(full_lake, sql, vault=True, key=KEY)
         assert "acct-" not in str(failed.value) and "failed on vault data" in str(failed.value), sql
     # errors about the query's text still say what is wrong, a quoted literal masked
     with pytest.raises(query.QueryError) as parse:
-        query.run(full_lake, "SELECT * FORM analytics_calls WHERE caller = '+4915123170828'", vault=True)
+        query.run(
+            full_lake, "SELECT * FORM analytics_calls WHERE caller = '+4915123170828'", vault=True, key=KEY
+        )
     assert "syntax error" in str(parse.value) and "+49" not in str(parse.value)
     with pytest.raises(query.QueryError) as bound:
-        query.run(full_lake, "SELECT no_such_column FROM vault_calls", vault=True)
+        query.run(full_lake, "SELECT no_such_column FROM vault_calls", vault=True, key=KEY)
     assert "no_such_column" in str(bound.value)
     # over analytics, DuckDB's reason is shown with quoted literals masked
     with pytest.raises(query.QueryError) as cast:

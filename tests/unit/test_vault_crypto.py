@@ -162,10 +162,14 @@ def test_jobs_give_the_same_results_on_both_lakes(
         sql = (
             "SELECT account_id, count(*) AS n, count(transcript) AS t FROM vault_calls GROUP BY 1 ORDER BY 1"
         )
-        with crypt.configured(Settings.from_env().vault_crypto()):
-            out["query"] = query.run(lake, sql, vault=True).rows
+        settings = Settings.from_env()
+        with crypt.configured(settings.vault_crypto()):
+            out["query"] = query.run(lake, sql, vault=True, key=settings.key()).rows
             out["query_dt"] = query.run(
-                lake, "SELECT dt, bucket, count(*) FROM vault_calls GROUP BY ALL ORDER BY ALL", vault=True
+                lake,
+                "SELECT dt, bucket, count(*) FROM vault_calls GROUP BY ALL ORDER BY ALL",
+                vault=True,
+                key=settings.key(),
             ).rows
         export = lake.parent / f"{kind}-export.json"
         assert main(["jobs", "export", "--account", SUBJECT, "--out", str(export), "--json"]) == 0
@@ -378,3 +382,42 @@ def test_a_spawned_process_writes_the_vault_with_its_parents_keys(tmp_path: Path
         build(tmp_path / "plain", key, spec)
     assert not any(crypt.is_encrypted(f) for f in zone_files(tmp_path / "plain", VAULT))
     assert crypt.for_subprocess() == ("key_file", os.environ["CALLPIPE_VAULT_KEY_FILE"])
+
+
+def test_closing_the_keys_waits_until_arrows_threads_let_go_of_them(
+    built: dict[str, Any], lakes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scan DuckDB stops early (LIMIT) leaves Arrow's threads decoding with the keys; the one that
+    # lets go of them last runs pyarrow's KMS bridge destructor, which takes the GIL: during
+    # interpreter shutdown that aborts the process (`query --vault`, SIGABRT after the result
+    # was printed). Closing waits for them while the interpreter still runs.
+    _use(monkeypatch, built, lakes["encrypted"], "encrypted")
+    settings = Settings.from_env()
+    keys = settings.vault_crypto()
+    assert keys is not None
+    with crypt.configured(keys):
+        for sql in ("SELECT * FROM vault_calls LIMIT 1", "SELECT caller FROM vault_calls LIMIT 3"):
+            assert len(query.run(lakes["encrypted"], sql, vault=True, key=settings.key()).rows) >= 1
+    assert keys.close(timeout=60)
+    assert keys.close(timeout=0)  # closed: nothing left to wait for
+    with pytest.raises(crypt.VaultKeyError, match="closed"):
+        keys.file_format()
+
+
+def test_the_command_closes_the_vault_keys_it_opened_before_it_returns(
+    built: dict[str, Any],
+    lakes: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    _use(monkeypatch, built, lakes["encrypted"], "encrypted")
+    closed: list[bool] = []
+    close = crypt.VaultCrypto.close
+    monkeypatch.setattr(
+        crypt.VaultCrypto, "close", lambda self, timeout=60: closed.append(close(self, timeout))
+    )
+    assert main(["query", "--vault", "SELECT * FROM vault_calls LIMIT 1"]) == 0
+    assert closed == [True]
+    assert main(["query", "SELECT count(*) FROM analytics_calls"]) == 0  # no vault, no keys to close
+    assert closed == [True]
+    capsys.readouterr()
