@@ -8,10 +8,12 @@ its deadline, so a scheduler can alert; 3 when another job holds the lake; 2 for
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jobs.cli_erase import EXIT_NOT_VERIFIED
 from jobs.cli_ops import _busy, _connect, _lake, _print_json, as_of_arg
 from pipeline.errors import CliError
 from pipeline.kafka_access import OPERATOR
@@ -26,6 +28,10 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
         "requests",
         help="record and fulfil data-subject requests (erase, access, rectify, ...) and purge what"
         " consent withdrawals in consent.events cover",
+        description="One idempotent pass. Exit status: 0 done; 4 a request is past its deadline; 5 an"
+        " erasure this pass fulfilled is not verified (dead letters it could not search, as"
+        " `jobs erase` exits 5; it wins over 4); 2 usage, settings or broker; 3 another job holds"
+        " the lake.",
     )
     req.add_argument("--status", action="store_true", help="only list open requests and deadlines")
     req.add_argument(
@@ -165,6 +171,13 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
         if result["rejected_messages"]:
             print(f"  {result['rejected_messages']} message(s) on the topic were not PrivacyRequests")
         _print_status(status)
+    if result["erasures_not_verified"]:
+        print(
+            f"callpipe: {result['erasures_not_verified']} erasure(s) not verified: dead letters could not"
+            f" be searched (exit {EXIT_NOT_VERIFIED}; the ledger's dead_letters_unattributed)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_VERIFIED
     return OVERDUE_STATUS if status["overdue"] else 0
 
 

@@ -214,6 +214,27 @@ def test_erase_and_export_find_dead_letters_in_every_form_and_count_what_cannot_
     result = orjson.loads(done.stdout)
     assert result["rows_removed"]["vault"] == 2 and result["dead_letters_unattributed"] == 1
 
+    # the same erasure asked by a request: the cron pass exits 5 as well, and its ledger says why
+    requested = tmp_path / "requests.jsonl"
+    record = {"request_id": "r-unverified", "account_id": "acc-v", "kind": "erase", "at": clock.to_ms(at)}
+    requested.write_bytes(codec.to_json(dict(record, corrections=None), "PrivacyRequest") + b"\n")
+    done = subprocess.run(
+        callpipe_cmd("jobs", "requests", "--no-topic", "--file", str(requested), "--json"),
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == EXIT_NOT_VERIFIED, done.stderr.decode()
+    assert orjson.loads(done.stdout)["erasures_not_verified"] == 1
+    assert "1 erasure(s) not verified" in done.stderr.decode()
+    fulfilled = ledger.requests(lake)["r-unverified"]
+    assert fulfilled.status == "fulfilled"
+    assert [
+        e["touched"]["dead_letters_unattributed"]
+        for e in ledger.read(lake)
+        if e.get("request") == "r-unverified" and e["event"] == "fulfilled"
+    ] == [1]
+
 
 def test_ingest_keeps_no_credential_of_an_avro_dead_letter(tmp_path: Path) -> None:
     lake = tmp_path / "lake"

@@ -494,6 +494,31 @@ def test_breach_window_returns_exactly_the_subjects_of_its_rows(base: dict[str, 
     assert set(result["subject_tokens"]) == {key.token(Domain.ACCOUNT, a) for a in in_file}
 
 
+def test_an_access_killed_after_its_audit_entry_answers_the_same_on_the_rerun(
+    base: dict[str, Any], done: dict[str, Any], tmp_path: Path
+) -> None:
+    """A pass killed between the access export's audit entry and the ledger's `fulfilled` leaves
+    that entry behind; the rerun's answer does not count its own earlier attempt (a kill -9 trial
+    hit this window about once in three runs on a busy machine)."""
+    lake = tmp_path / "killed-after-audit"
+    shutil.copytree(base["lake"], lake)
+    key: PseudonymKey = base["key"]
+    audit.record(
+        lake,
+        job="export",
+        params={"subject": key.account_token(ACCESSED), "request": "r-access", "key_version": key.version},
+        counts={},
+        files=[],
+        duration_s=0.0,
+        outcome="ok",
+    )
+    out = run_requests(env_of(base, lake), "--file", str(base["file"]))
+    assert out.returncode == 0, out.stderr.decode()
+    assert ledger_view(lake)["r-access"] == ledger_view(done["lake"])["r-access"]
+    doc = orjson.loads((lake / "_outbox" / "access-r-access.json").read_bytes())
+    assert all(e["params"].get("request") != "r-access" for e in doc["audit"])
+
+
 def _kill_trials(base: dict[str, Any], done: dict[str, Any], trials: int, seed: str) -> None:
     expected_lake, expected_ledger = digest(done["lake"]), ledger_view(done["lake"])
     rng = random.Random(seed)
