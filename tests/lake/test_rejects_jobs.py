@@ -175,7 +175,8 @@ def test_erase_and_export_find_dead_letters_in_every_form_and_count_what_cannot_
         for p in (lake / REJECTS_DIR).glob("*/*.jsonl")
         for x in p.read_bytes().splitlines()
     ]
-    assert left == [other]
+    # seen to fail once in ~25 runs, unexplained: say what was left (the test's own fake data)
+    assert left == [other], [x[:120] for x in left]
 
     # a container whose compressed block is damaged, kept before dead letters were cleared of
     # credentials (now such bytes are withheld): nobody's for sure; counted, never "verified"
