@@ -76,6 +76,30 @@ def about_query(entries: Iterable[Mapping[str, Any]], key: PseudonymKey, sql: st
     ]
 
 
+def file_removed(lake: Path, path: Path, rows: int | None = None) -> dict[str, Any]:
+    """The `files` entry of a lake file a job removed: its path in the lake and the checksum it
+    had (`rows`: what it holds now, when the job counts rows)."""
+    entry: dict[str, Any] = {
+        "path": str(path.relative_to(lake)),
+        "sha256": None,
+        "previous_sha256": sha256_file(path),
+        "action": "removed",
+    }
+    return entry if rows is None else {**entry, "rows": rows}
+
+
+def file_replaced(lake: Path, path: Path, new: Path, rows: int) -> dict[str, Any]:
+    """The `files` entry of a lake file a job rewrote (`new`, the file that replaces it, not yet
+    in place): its checksum before and after, and the rows it holds."""
+    return {
+        "path": str(path.relative_to(lake)),
+        "sha256": sha256_file(new),
+        "previous_sha256": sha256_file(path),
+        "action": "replaced",
+        "rows": rows,
+    }
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as src:

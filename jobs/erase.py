@@ -116,15 +116,7 @@ def _erase_files(
             if rows == crypt.read_metadata(src).num_rows:  # only the subject's rows: delete the file
                 change.remove(src)
                 removed[loc.zone] += rows
-                files_audit.append(
-                    {
-                        "path": str(src.relative_to(lake)),
-                        "sha256": None,
-                        "previous_sha256": audit.sha256_file(src),
-                        "action": "removed",
-                        "rows": 0,
-                    }
-                )
+                files_audit.append(audit.file_removed(lake, src, rows=0))
             else:
                 work.append((loc.zone, src, rows, change.temp_for(src)))
 
@@ -135,11 +127,7 @@ def _erase_files(
         kept = table.filter(pc.invert(pc.fill_null(pc.equal(column, values[zone]), False)))
         write_parquet(kept, tmp, zone)
         return {
-            "path": str(src.relative_to(lake)),
-            "sha256": audit.sha256_file(tmp),
-            "previous_sha256": audit.sha256_file(src),
-            "action": "replaced",
-            "rows": kept.num_rows,
+            **audit.file_replaced(lake, src, tmp, kept.num_rows),
             "removed": table.num_rows - kept.num_rows,
             "zone": zone,
         }

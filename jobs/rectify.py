@@ -192,14 +192,7 @@ def rectify_locked(
         else:
             fixed, n = correct_analytics(table, key, account_id, fixes)
         write_parquet(fixed, tmp, zone)
-        entry = {
-            "path": str(src.relative_to(lake)),
-            "sha256": audit.sha256_file(tmp),
-            "previous_sha256": audit.sha256_file(src),
-            "action": "replaced",
-            "rows": fixed.num_rows,
-        }
-        return zone, n, entry
+        return zone, n, audit.file_replaced(lake, src, tmp, fixed.num_rows)
 
     params = {
         "subject": token,

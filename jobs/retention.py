@@ -135,40 +135,19 @@ def run(
         for f in the_plan.files:
             if f.action == "remove":
                 change.remove(lake / f.path)
-                files_audit.append(
-                    {
-                        "path": f.path,
-                        "sha256": None,
-                        "previous_sha256": audit.sha256_file(lake / f.path),
-                        "action": "removed",
-                        "rows": f.rows,
-                    }
-                )
+                files_audit.append(audit.file_removed(lake, lake / f.path, rows=f.rows))
             else:
                 rewrites.append((f, change.temp_for(lake / f.path)))
         for path in the_plan.rejects.files:
             change.remove(path)
-            files_audit.append(
-                {
-                    "path": str(path.relative_to(lake)),
-                    "sha256": None,
-                    "previous_sha256": audit.sha256_file(path),
-                    "action": "removed",
-                }
-            )
+            files_audit.append(audit.file_removed(lake, path))
 
         def rewrite(item: tuple[FileAction, Path]) -> dict[str, Any]:
             f, tmp = item
             src = lake / f.path
             new = apply_limits(crypt.read_table(src), cuts.rows[f.zone], cuts.categories[f.zone])
             write_parquet(new, tmp, f.zone)
-            return {
-                "path": f.path,
-                "sha256": audit.sha256_file(tmp),
-                "previous_sha256": audit.sha256_file(src),
-                "action": "replaced",
-                "rows": new.num_rows,
-            }
+            return audit.file_replaced(lake, src, tmp, new.num_rows)
 
         def write() -> None:
             files_audit.extend(parallel(rewrite, rewrites, progress))

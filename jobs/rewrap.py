@@ -115,13 +115,7 @@ def run(lake: Path, *, days: int = 1, progress: ProgressFn | None = None) -> dic
             src, tmp = item
             table = crypt.read_table(src)
             write_parquet(table, tmp, VAULT)
-            return {
-                "path": str(src.relative_to(lake)),
-                "sha256": audit.sha256_file(tmp),
-                "previous_sha256": audit.sha256_file(src),
-                "action": "replaced",
-                "rows": table.num_rows,
-            }
+            return audit.file_replaced(lake, src, tmp, table.num_rows)
 
         counts = {
             "key_version": current,

@@ -130,15 +130,7 @@ def purge_locked(
             removed[label] += n
         if columns[zone] == (ROWS,) and sum(found.values()) == crypt.read_metadata(src).num_rows:
             change.remove(src)  # only covered rows: the file goes, as erasure's do
-            files.append(
-                {
-                    "path": str(src.relative_to(lake)),
-                    "sha256": None,
-                    "previous_sha256": audit.sha256_file(src),
-                    "action": "removed",
-                    "rows": 0,
-                }
-            )
+            files.append(audit.file_removed(lake, src, rows=0))
         else:
             work.append((zone, src, value, change.temp_for(src)))
 
@@ -146,13 +138,7 @@ def purge_locked(
         zone, src, value, tmp = item
         kept = purged(crypt.read_table(src), zone, value, w.at_ms, columns[zone])
         write_parquet(kept, tmp, zone)
-        return {
-            "path": str(src.relative_to(lake)),
-            "sha256": audit.sha256_file(tmp),
-            "previous_sha256": audit.sha256_file(src),
-            "action": "replaced",
-            "rows": kept.num_rows,
-        }
+        return audit.file_replaced(lake, src, tmp, kept.num_rows)
 
     params = {"subject": token, "purpose": w.purpose, "request": request, "key_version": key.version}
 
