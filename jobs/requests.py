@@ -317,9 +317,9 @@ def _enforce_withdrawals(
         req = folded.get(rid)
         if req is None or req.status != "fulfilled" or rid in skip:
             continue
-        if not any(withdraw.held(con, lake, key, w, buckets=buckets).values()):
-            continue
         removed = withdraw.purge_locked(con, lake, key, w, buckets=buckets, request=rid)
+        if not any(removed.values()):  # nothing landed since: nothing rewritten, nothing recorded
+            continue
         event = {"event": "enforced", "request": rid, "at": iso(now), "touched": {"removed": removed}}
         ledger.append(lake, [event])
         events.append(event)

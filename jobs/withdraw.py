@@ -11,7 +11,8 @@ the day partitions up to the withdrawal's day, and only those holding something 
 covers are rewritten, all through one intent journal (`jobs.replace`): a killed purge leaves the
 old files or the new, and the next run finishes it. Re-running finds nothing and changes
 nothing, so `jobs requests` re-checks every withdrawal it fulfilled at each pass (late arrivals)
-with the same two calls, `held` then `purge_locked`. The caller holds the job lock. The audit
+with `purge_locked` alone, which finds what is held once and writes nothing when it finds
+nothing. The caller holds the job lock. The audit
 entry names the subject by its token and the request, never the account id.
 """
 
