@@ -127,9 +127,12 @@ def route_batch(
     sources: Sequence[Lineage] | None = None,
     buckets: int = DEFAULT_BUCKETS,
     memo: Memo | None = None,
+    admitted: bool = False,
 ) -> Routed:
     """The chain up to the analytics rows: validate, judge consent and subject state at each
-    event's time, null what lacks consent, add lineage, route (`process_batch`'s arguments)."""
+    event's time, null what lacks consent, add lineage, route (`process_batch`'s arguments;
+    `admitted`: the records are as `pipeline.codec`'s decoders admitted them, whose types and
+    identifiers validation need not check again: `pipeline.validate._admitted_copier`)."""
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
     memo = memo if memo is not None else Memo()
@@ -149,7 +152,7 @@ def route_batch(
     peek, put = memo.peek, memo.put
     secret = key.secret
     for record, index, hints in validated(
-        records, policy.secret_names, now_ms, memo, sources, rejections, drops
+        records, policy.secret_names, now_ms, memo, sources, rejections, drops, admitted=admitted
     ):
         account = record["account_id"]
         started = record["started_at"]

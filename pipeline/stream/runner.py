@@ -281,6 +281,7 @@ class PartitionRunner:
             sources=sources,
             buckets=self.settings.buckets,
             memo=self.memo,
+            admitted=True,  # feed and take_units hold only what pipeline.codec's decoders admitted
         )
         tables = tables_of(routed, self.key, self.memo)
         counts = self.counts

@@ -326,3 +326,53 @@ def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_k
             assert got is not None and list(got) == list(row) and got is not case
             assert list(got["device"] or ()) == list(row["device"] or ())
             assert got["device"] is None or got["device"] is not case["device"]
+
+
+def test_what_the_decoders_admit_the_field_rules_accept_so_the_worker_may_skip_them() -> None:
+    """The worker asks the field rules nothing of a record a decoder admitted (`_admitted_copier`):
+    every such record, from JSON with every kind of damage and from Avro with hostile strings,
+    must be one the rules accept, and the copy must be the rules' own row, device copied too."""
+    from pipeline import codec
+    from pipeline.carrier.generate import generate_traffic
+    from pipeline.validate import _admitted_copier, _fast_checker, _rules
+
+    rules = _rules()
+    calls = generate_traffic(12, 200, 1_767_225_600_000).calls
+    damage: list[Any] = [None, 7, -(2**40), 1.5, True, "", " ", "a\x00b", "x" * 200, "\u200b", "😀", {"k": 1}]
+    damage += [{"k": "v"}, ["l"], "zz", "2024-03-15T10:53:20Z", 2**63]
+    values: list[bytes] = []
+    for i, call in enumerate(calls):
+        name = rules[i % len(rules)].name
+        values.append(orjson.dumps(call))
+        for bad in damage:
+            values.append(orjson.dumps({**call, name: bad}))
+            if call.get("device"):
+                values.append(orjson.dumps({**call, "device": {**call["device"], "device_id": bad}}))
+        values.append(orjson.dumps({k: v for k, v in call.items() if k != name}))
+        values.append(orjson.dumps({**call, "unknown_field": 1}))
+        values.append(orjson.dumps(dict(reversed(call.items()))))
+    strings: list[Any] = ["", " ", "\t", "a\x00b", "x" * 200, "\u200b", "\u2028", "😀", "ok"]
+    avro_calls = []
+    for i, call in enumerate(calls):
+        for s in strings:
+            field = ("event_id", "caller", "cell_id", "org_id")[i % 4]
+            avro_calls.append({**call, field: s})
+            if call.get("device"):
+                avro_calls.append({**call, "device": {**call["device"], "device_id": s}})
+    values += codec.encode(avro_calls, "CallEvent", "avro")
+    values += codec.encode(avro_calls, "CallEvent", "avro", 50)
+    values += codec.encode(avro_calls, "CallEvent", "json", 50)
+    fast, admitted = _fast_checker(), _admitted_copier()
+    seen = 0
+    for value in values:
+        decoded = codec.decode_value(value, "CallEvent")
+        plain = codec.plain_record(value, None, "CallEvent")
+        for record in decoded.records + ([plain] if plain is not None else []):
+            reason, row = fast(record)
+            assert reason is None and row is not None, record
+            assert admitted(record) == (None, row)
+            got = admitted(record)[1]
+            assert got is not None and got is not record and list(got) == list(row)
+            assert got["device"] is None or got["device"] is not record["device"]
+            seen += 1
+    assert seen > 2 * len(calls)  # the damage left most events admissible, and all were asked
