@@ -502,6 +502,9 @@ def _later(vault: pa.Table, buckets: pa.Array, analytics: pa.Table, last: int) -
     vault_offsets, analytics_offsets = vault["source_offset"], analytics["source_offset"]
     if _at_least(vault_offsets, last + 1) and _at_least(analytics_offsets, last + 1):
         return (vault, buckets, analytics), None
+    if _at_most(vault_offsets, last) and _at_most(analytics_offsets, last):
+        # the usual flush: every row is in range, and filtering by an all-true mask would copy them
+        return (vault.slice(0, 0), buckets.slice(0, 0), analytics.slice(0, 0)), (vault, buckets, analytics)
     vault_later = pc.greater(vault_offsets, last).combine_chunks()
     analytics_later = pc.greater(analytics_offsets, last).combine_chunks()
     vault_upto, analytics_upto = pc.invert(vault_later), pc.invert(analytics_later)
@@ -515,6 +518,12 @@ def _at_least(offsets: pa.ChunkedArray, first: int) -> bool:
     """Whether every offset of a column (none: true) is at least `first`."""
     least = pc.min(offsets).as_py()
     return least is None or least >= first
+
+
+def _at_most(offsets: pa.ChunkedArray, last: int) -> bool:
+    """Whether every offset of a column (none: true) is at most `last`."""
+    most = pc.max(offsets).as_py()
+    return most is None or most <= last
 
 
 def held(lake: Path) -> dict[str, int]:

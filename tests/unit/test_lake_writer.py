@@ -520,3 +520,28 @@ def test_ensure_dir_creates_only_missing_folders_with_mode_and_names_changed_par
     assert files.ensure_dir(tmp_path, sibling, 0o700) == {bucket.parent}
     with pytest.raises(ValueError):
         files.ensure_dir(tmp_path / "vault", tmp_path / "elsewhere" / "x", 0o700)
+
+
+@pytest.mark.parametrize("through", [-1, 0, 2, 5])
+def test_tables_of_later_offsets_wait_and_the_rest_land_whole(lake: Path, through: int) -> None:
+    """Rows the chain made tables of split at the handed-over offset like rows do: none, some,
+    or all of them waiting (all landing at once is the usual flush, and takes no copy)."""
+    from sinks.arrow import buckets_of, vault_table
+
+    evs = events(6)
+    writer = LakeWriter.open(lake, SOURCE, SETTINGS)
+    vault = vault_table([e.vault for e in evs])
+    analytics = analytics_table([e.analytics for e in evs])
+    writer.add_tables(vault=vault, buckets=buckets_of([e.token for e in evs], 4), analytics=analytics, now=0)
+    writer.add(through=through, now=0)
+    flushed = writer.flush()
+    landed = [e for e in evs if e.offset <= through]
+    assert (flushed.rows if flushed else {VAULT: 0, ANALYTICS: 0}) == {
+        VAULT: len(landed),
+        ANALYTICS: len(landed),
+    }
+    assert sorted(duck_ids(lake, VAULT)) == sorted(e.vault["event_id"] for e in landed)
+    assert writer.pending_rows == 2 * (len(evs) - len(landed))
+    writer.add(through=5, now=1)
+    writer.flush()
+    assert_exactly_once(lake, evs)
