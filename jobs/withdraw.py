@@ -1,11 +1,12 @@
 """A consent withdrawal's purge: what an account's calls before the withdrawal held under its
 purpose, removed from every zone (which withdrawals and which calls: `jobs.withdrawals`).
 
-  recording      vault `recording_uri` and analytics `has_recording` nulled
+  recording      vault `recording_uri` nulled and analytics `has_recording` made false
   transcription  vault `transcript` and analytics `transcript` (redacted) nulled
   analytics      the account's analytics rows removed (the vault keeps its calls)
 
-only in the account's rows whose `started_at` is before the withdrawal. The files are found as
+only in the account's rows whose `started_at` is before the withdrawal: each row is left as the
+worker lands a call judged without the consent (a `has_*` flag false, its value null). The files are found as
 erasure finds a subject's (`jobs.subject.locate`: bucket, statistics, Bloom filters), limited to
 the day partitions up to the withdrawal's day, and only those holding something the withdrawal
 covers are rewritten, all through one intent journal (`jobs.replace`): a killed purge leaves the
@@ -34,6 +35,7 @@ from pipeline.keys import Domain, PseudonymKey
 from schemas.clock import day_of_ms
 from schemas.zones import SUBJECT_COLUMN, TS
 from sinks import crypt
+from sinks.arrow import zone_schema
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.read import scan
 
@@ -42,6 +44,22 @@ TIME_COLUMN = "started_at"  # the call's time, the one its consent was judged at
 
 def _label(zone: str, column: str) -> str:
     return f"{zone}.{column}"
+
+
+def _flag(zone: str, column: str) -> bool:
+    """Whether the column is a `has_*` flag (analytics' `has_recording`): the purge makes it false,
+    as a call judged without the consent lands, and only a true one is something held."""
+    return pa.types.is_boolean(zone_schema(zone).field(column).type)
+
+
+def _held_sql(zone: str, column: str) -> str:
+    if column == ROWS:
+        return "count(*)"
+    return (
+        f"count(*) FILTER (WHERE {column})"
+        if _flag(zone, column)
+        else f"count(*) FILTER (WHERE {column} IS NOT NULL)"
+    )
 
 
 def _targets(key: PseudonymKey, w: Withdrawal) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -65,9 +83,7 @@ def _held_by_file(
         located = locate(con, lake, zone, value, bucket, day_of_ms(w.at_ms))
         if not located.hits:
             continue
-        counts = ", ".join(
-            "count(*)" if c == ROWS else f"count(*) FILTER (WHERE {c} IS NOT NULL)" for c in columns
-        )
+        counts = ", ".join(_held_sql(zone, c) for c in columns)
         source, params = scan(con, sorted(located.hits))
         sql = (
             f"SELECT filename, {counts} FROM {source}"
@@ -95,7 +111,7 @@ def held(
 
 def purged(table: pa.Table, zone: str, subject: str, before_ms: int, columns: tuple[str, ...]) -> pa.Table:
     """The table without what the withdrawal covers: the subject's rows started before
-    `before_ms` dropped (`ROWS`) or with `columns` nulled."""
+    `before_ms` dropped (`ROWS`) or with `columns` nulled (a `has_*` flag made false)."""
     mine = pc.fill_null(pc.equal(table[SUBJECT_COLUMN[zone]], subject), False)
     covered = pc.and_(mine, pc.fill_null(pc.less(table[TIME_COLUMN], pa.scalar(before_ms, TS)), False))
     if ROWS in columns:
@@ -103,7 +119,8 @@ def purged(table: pa.Table, zone: str, subject: str, before_ms: int, columns: tu
     for column in columns:
         idx = table.schema.get_field_index(column)
         field = table.schema.field(idx)
-        table = table.set_column(idx, field, pc.if_else(covered, pa.scalar(None, field.type), table[column]))
+        left = pa.scalar(False if _flag(zone, column) else None, field.type)
+        table = table.set_column(idx, field, pc.if_else(covered, left, table[column]))
     return table
 
 

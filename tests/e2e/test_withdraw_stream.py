@@ -136,7 +136,7 @@ def test_a_withdrawal_purges_what_the_earlier_calls_held_end_to_end(
             rows, flags = vault(account), analytics(account)
             before = [r for r in rows if ms(r) < cut[account]]
             assert before and all(r["recording_uri"] is None for r in before)
-            assert all(flags[r["event_id"]]["has_recording"] is None for r in before)
+            assert all(flags[r["event_id"]]["has_recording"] is False for r in before)
         assert all(r["transcript"] for r in vault(recorder))  # transcription was not withdrawn
         # calls at or after the re-grant keep their recordings
         after_regrant = [r for r in vault(regranted) if ms(r) >= regrant_at]
@@ -174,7 +174,7 @@ def test_a_withdrawal_purges_what_the_earlier_calls_held_end_to_end(
         assert second_pass["withdrawals_received"] == 0 and second_pass["withdrawals_enforced"] == 1
         [purged] = [r for r in vault(recorder) if r["event_id"] == late["event_id"]]
         assert purged["recording_uri"] is None
-        assert analytics(recorder)[late["event_id"]]["has_recording"] is None
+        assert analytics(recorder)[late["event_id"]]["has_recording"] is False
     finally:
         stop(proc)
     # the pass keeps its own snapshot of consent.events beside the worker's, and a pass from it

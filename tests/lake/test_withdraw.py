@@ -179,6 +179,7 @@ def test_recordings_of_the_calls_before_a_withdrawal_are_gone_from_every_zone(
     base: dict[str, Any], done: dict[str, Any]
 ) -> None:
     key = base["key"]
+    flags_held = 0
     for who in ("recorder", "regranted"):
         account = base["accounts"][who]
         before, after = _before(base, account)
@@ -193,11 +194,19 @@ def test_recordings_of_the_calls_before_a_withdrawal_are_gone_from_every_zone(
         )
         token = key.token(Domain.ACCOUNT, account)
         analytics = {r["event_id"]: r for r in rows(done["lake"], "analytics", f"account_token = '{token}'")}
-        assert all(analytics[r["event_id"]]["has_recording"] is None for r in before)
+        # false, as for a call landed without the consent; only a true flag counts as held
+        assert all(analytics[r["event_id"]]["has_recording"] is False for r in before)
         was = {r["event_id"]: r for r in rows(base["lake"], "analytics", f"account_token = '{token}'")}
+        flags_held += sum(1 for r in before if was[r["event_id"]]["has_recording"])
         assert all(
             analytics[r["event_id"]]["has_recording"] == was[r["event_id"]]["has_recording"] for r in after
         )
+    removed = [
+        r.touched["removed"]["analytics.has_recording"]
+        for r in ledger.requests(done["lake"]).values()
+        if r.kind == "withdraw" and r.purpose == "recording"
+    ]
+    assert len(removed) == 2 and sum(removed) == flags_held
 
 
 def test_transcripts_of_the_calls_before_a_withdrawal_are_gone_from_every_zone(
