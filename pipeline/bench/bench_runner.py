@@ -1,6 +1,6 @@
 """Throughput of one partition's way to the lake in-process: decode, chain, lake (PartitionRunner).
 
-    python -m pipeline.bench.bench_runner [EVENTS] [EVENTS_PER_MESSAGE] [--profile [--self]]
+    python -m pipeline.bench.bench_runner [EVENTS] [EVENTS_PER_MESSAGE] [--profile [--self] | --stages]
 
 Generates EVENTS seeded calls (pipeline.carrier.generate) with their accounts' consents and
 privacy requests, encodes them as Avro messages (Confluent wire format) of EVENTS_PER_MESSAGE
@@ -8,7 +8,10 @@ events, and feeds them to a fresh PartitionRunner (its own Memo, so identifiers 
 over a temporary lake, 2,000 events per pump, then flushes. Runs once to warm up, then twice
 more: with CPython's default garbage collector and as the worker sets it (pipeline/collector.py),
 printing events per second of CPU time and the share of time the collector took; with
---profile, cProfile's top entries instead (by cumulative time; with --self, by own time).
+--profile, cProfile's top entries instead (by cumulative time; with --self, by own time); with
+--stages, CPU microseconds per event of the runner's three steps (three runs, the worker's
+collector): `feed` (decoding, the event-time merger), `pump` (validation, consent, routing, both
+zones' tables) and `flush` (partitioning, sorting and Parquet, its writer threads included).
 No broker: the Kafka side is `callpipe bench stream`'s.
 """
 
@@ -52,6 +55,8 @@ def main() -> None:
     step = max(1, 2_000 // size)
     own_vault_keys()  # the vault encrypted, as a worker writes it by default
 
+    stages = {"feed": 0.0, "pump": 0.0, "flush": 0.0}
+
     def run() -> None:
         lake = Path(tempfile.mkdtemp(prefix="callpipe-bench-runner-"))
         try:
@@ -64,15 +69,34 @@ def main() -> None:
                 states_for=lambda accounts: {a: states[a] for a in accounts if a in states},
                 now_ms=now,
             )
+            clock = time.process_time  # every thread's: the flush writes on two
             for i in range(0, len(messages), step):
+                t0 = clock()
                 runner.feed(messages[i : i + step], now)
+                t1 = clock()
                 runner.pump(now, time.monotonic(), drain=True)
+                stages["feed"] += t1 - t0
+                stages["pump"] += clock() - t1
+            t0 = clock()
             runner.flush()
+            stages["flush"] += clock() - t0
             runner.close()
         finally:
             shutil.rmtree(lake, ignore_errors=True)
 
     run()
+    if "--stages" in sys.argv:
+        collector.tune()
+        stages.update(dict.fromkeys(stages, 0.0))
+        rounds = 3
+        for _ in range(rounds):
+            run()
+        per_event = {name: spent / rounds / events * 1e6 for name, spent in stages.items()}
+        print(f"{events} events in {size}-event messages, CPU us per event (mean of {rounds} runs):")
+        for name, us in per_event.items():
+            print(f"  {name:<6} {us:6.1f}")
+        print(f"  {'total':<6} {sum(per_event.values()):6.1f}")
+        return
     if "--profile" in sys.argv:
         collector.tune()
         profile = cProfile.Profile()

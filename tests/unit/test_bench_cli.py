@@ -166,3 +166,23 @@ def test_table_is_markdown() -> None:
 def test_jobs_targets(parts: dict[str, Any], quick: bool, expected: tuple[bool | None, bool | None]) -> None:
     got = batch.targets(parts, quick)
     assert (got["retention_at_least_70pct_of_copy"], got["erase_touches_at_most_5pct_of_files"]) == expected
+
+
+def test_the_runner_bench_splits_an_events_cpu_time_into_the_runners_steps() -> None:
+    """docs/BENCHMARKS.md quotes `bench_runner --stages`: the three steps and their total, each
+    a positive figure that adds up."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench.bench_runner", "400", "1", "--stages"],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "400 events in 1-event messages, CPU us per event (mean of 3 runs):"
+    figures = {name: float(value) for name, value in (line.split() for line in lines[1:])}
+    assert list(figures) == ["feed", "pump", "flush", "total"]
+    assert all(v > 0 for v in figures.values())
+    assert abs(figures["feed"] + figures["pump"] + figures["flush"] - figures["total"]) < 0.2
