@@ -29,9 +29,9 @@ def register(jobs_sub: argparse._SubParsersAction) -> None:
         help="record and fulfil data-subject requests (erase, access, rectify, ...) and purge what"
         " consent withdrawals in consent.events cover",
         description="One idempotent pass. Exit status: 0 done; 4 a request is past its deadline; 5 an"
-        " erasure this pass fulfilled is not verified (dead letters it could not search, as"
-        " `jobs erase` exits 5; it wins over 4); 2 usage, settings or broker; 3 another job holds"
-        " the lake.",
+        " erasure or a recording/transcription withdrawal this pass fulfilled is not verified (dead"
+        " letters it could not search, as `jobs erase` exits 5; it wins over 4); 2 usage, settings"
+        " or broker; 3 another job holds the lake.",
     )
     req.add_argument("--status", action="store_true", help="only list open requests and deadlines")
     req.add_argument(

@@ -14,10 +14,10 @@ Afterwards erasure verifies: every file of both zones, in every bucket, is probe
 and Bloom filters only), and any file that may still hold the subject is read. Rows found
 outside the subject's bucket (a lake written with another bucket count) are erased in a second
 pass; anything left after it fails the job. The subject's dead letters kept by `callpipe ingest`
-and the stream (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change: those
-whose decoded records carry the account id, or whose bytes spell it in any JSON or Avro form
-(`pipeline.raw_records`). A dead letter that can be neither decoded nor searched (damaged
-compressed bytes) cannot be tied to anyone: verification counts those
+and the stream (`<lake>/_rejects/`, see `sinks.rejects`) are removed in the same change
+(`jobs.dead_letters`): those whose decoded records carry the account id, or whose bytes spell it
+in any JSON or Avro form (`pipeline.raw_records`). A dead letter that can be neither decoded nor
+searched (damaged compressed bytes) cannot be tied to anyone: verification counts those
 (`dead_letters_unattributed`), in the result and the audit, for the operator; the erasure is then
 not reported as covering them (`jobs retention` expires them by their own clock). The request is recorded
 in the audit trail by the subject's token, never its id, with the request it fulfils.
@@ -45,7 +45,7 @@ from typing import Any
 import duckdb
 import pyarrow.compute as pc
 
-from jobs import audit, ledger, outbox
+from jobs import audit, dead_letters, ledger, outbox
 from jobs.progress import ProgressFn
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import Located, locate
@@ -98,18 +98,9 @@ def _erase_files(
 ) -> tuple[Change, list[dict[str, Any]], dict[str, int]]:
     change = Change(lake, "erase")
     work = []
-    files_audit: list[dict[str, Any]] = []
-    removed = {VAULT: 0, ANALYTICS: 0, "dead_letters": 0}
-    dead_work = []
-    for hits in dead:
-        removed["dead_letters"] += len(hits.matching)
-        if len(hits.matching) == len(hits.lines):
-            change.remove(hits.path)
-            files_audit.append(
-                {"path": str(hits.path.relative_to(lake)), "sha256": None, "action": "removed"}
-            )
-        else:
-            dead_work.append((hits, change.temp_for(hits.path)))
+    letters = dead_letters.plan(change, dead)
+    files_audit: list[dict[str, Any]] = list(letters.files)
+    removed = {VAULT: 0, ANALYTICS: 0, "dead_letters": letters.count}
     for loc in located:
         for name, rows in sorted(loc.hits.items()):
             src = Path(name)
@@ -133,12 +124,7 @@ def _erase_files(
         }
 
     def write() -> None:
-        for hits, tmp in dead_work:
-            kept = rejects.write_without(hits, tmp)
-            path = str(hits.path.relative_to(lake))
-            files_audit.append(
-                {"path": path, "sha256": audit.sha256_file(tmp), "action": "replaced", "rows": kept}
-            )
+        files_audit.extend(letters.write())
         for entry in parallel(rewrite, work, progress):
             removed[entry.pop("zone")] += entry.pop("removed")
             files_audit.append(entry)

@@ -28,8 +28,10 @@ finished first):
      recorded; nothing to undo (rows kept out of analytics are not rebuilt).
    - withdraw (a consent withdrawal read from consent.events, `jobs.withdrawals`; recorded at
      intake like a request, source `consent`): what the account's calls before the withdrawal
-     held under its purpose is removed from every zone (`jobs.withdraw`); the stream already
-     keeps nothing under it for later calls.
+     held under its purpose is removed from every zone (`jobs.withdraw`), and a recording or
+     transcription withdrawal removes those calls' dead letters holding one from `_rejects/`
+     (those that cannot be searched are counted, `dead_letters_unattributed`, as an erasure's);
+     the stream already keeps nothing under it for later calls.
    then `fulfilled` with what it touched (`found`, so a rerun after a kill reports the same), or
    `refused` with a reason: `no_data` (rectify of a subject the lake holds nothing on),
    `invalid_correction`, `subject_erased` (rectify or access after the subject's erasure, by any
@@ -45,9 +47,10 @@ finished first):
    of an erased subject still in the outbox (left by an erasure that ran before erasure covered
    exports, or one no request names whose manifest names the subject, put back by a restore) is
    removed the same way. Likewise every fulfilled withdrawal is checked again (its account's
-   bucket, the days up to the withdrawal: statistics and Bloom filters, then the covered rows):
-   a call from before the withdrawal that landed after its purge (late in calls.raw, or judged
-   by a worker that had not read the withdrawal yet) is purged too, recorded as `enforced`. So
+   bucket, the days up to the withdrawal: statistics and Bloom filters, then the covered rows;
+   and `_rejects/`): a call from before the withdrawal that landed after its purge (late in
+   calls.raw, or judged by a worker that had not read the withdrawal yet), or was kept as a dead
+   letter since, is purged too, recorded as `enforced`. So
    what a withdrawal leaves does not depend on the order calls and consent arrived in.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
@@ -228,9 +231,12 @@ def _fulfil(
             touched = {**touched, "dead_letters_unattributed": done.dead_letters_unattributed}
         return "fulfilled", touched
     if req.kind == withdrawals.KIND:
-        if any(found.values()):
-            withdraw.purge_locked(con, lake, key, _withdrawal(raw), buckets=buckets, request=req.request)
-        return "fulfilled", {"removed": found, "purpose": str(raw["purpose"])}
+        # run even when nothing was found: it counts the dead letters nobody can tell about
+        purge = withdraw.purge_locked(con, lake, key, _withdrawal(raw), buckets=buckets, request=req.request)
+        touched = {"removed": found, "purpose": str(raw["purpose"])}
+        if purge.dead_letters_unattributed:  # done, but not verified, as for an erasure
+            touched["dead_letters_unattributed"] = purge.dead_letters_unattributed
+        return "fulfilled", touched
     if req.subject in erased and req.kind in ("access", "rectify"):
         # Nothing is exported: the answer is the erasure (when, by which request). Rows that
         # landed after it are erased by this pass's enforcement, never handed over.
@@ -317,7 +323,7 @@ def _enforce_withdrawals(
         req = folded.get(rid)
         if req is None or req.status != "fulfilled" or rid in skip:
             continue
-        removed = withdraw.purge_locked(con, lake, key, w, buckets=buckets, request=rid)
+        removed = withdraw.purge_locked(con, lake, key, w, buckets=buckets, request=rid).removed
         if not any(removed.values()):  # nothing landed since: nothing rewritten, nothing recorded
             continue
         event = {"event": "enforced", "request": rid, "at": iso(now), "touched": {"removed": removed}}
@@ -367,7 +373,7 @@ def run(
         outcomes: dict[str, int] = {}
         reasons: dict[str, int] = {}  # refusals by kind and reason (a code, never a value)
         handled: set[str] = set()
-        not_verified = 0  # erasures fulfilled with dead letters that could not be searched
+        not_verified = 0  # erasures (withdrawals too) fulfilled with dead letters not searched
         for req in sorted((r for r in folded.values() if r.open), key=lambda r: (r.requested_at, r.request)):
             raw = intake.read(lake, req.request)
             if raw is None:  # cannot happen: intake is written before the ledger line

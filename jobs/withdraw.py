@@ -9,17 +9,24 @@ only in the account's rows whose `started_at` is before the withdrawal: each row
 worker lands a call judged without the consent (a `has_*` flag false, its value null). The files are found as
 erasure finds a subject's (`jobs.subject.locate`: bucket, statistics, Bloom filters), limited to
 the day partitions up to the withdrawal's day, and only those holding something the withdrawal
-covers are rewritten, all through one intent journal (`jobs.replace`): a killed purge leaves the
-old files or the new, and the next run finishes it. Re-running finds nothing and changes
-nothing, so `jobs requests` re-checks every withdrawal it fulfilled at each pass (late arrivals)
-with `purge_locked` alone, which finds what is held once and writes nothing when it finds
-nothing. The caller holds the job lock. The audit
-entry names the subject by its token and the request, never the account id.
+covers are rewritten. A recording or transcription withdrawal also removes the account's dead
+letters in `_rejects/` of calls before it holding a non-empty `recording_uri` / `transcript`
+(`jobs.withdrawals.covers_dead_letter`): whole, as erasure removes a subject's
+(`jobs.dead_letters`), since raw bytes cannot have one field nulled; those it cannot tell about
+(damaged compressed bytes; the account's, but no call of it decodes) are counted,
+`dead_letters_unattributed`, never called clean.
+All of it goes through one intent journal (`jobs.replace`): a killed purge leaves the old files
+or the new, and the next run finishes it. Re-running finds nothing and changes nothing, so `jobs
+requests` re-checks every withdrawal it fulfilled at each pass (calls and dead letters that
+arrived late) with `purge_locked` alone, which finds what is held once and writes nothing when it
+finds nothing. The caller holds the job lock. The audit entry names the subject by its token and
+the request, never the account id.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +34,40 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import audit
+from jobs import audit, dead_letters
 from jobs.replace import Change, parallel, run_change, write_parquet
 from jobs.subject import locate
-from jobs.withdrawals import ROWS, Withdrawal, purpose_columns
+from jobs.withdrawals import (
+    ROWS,
+    TIME_COLUMN,
+    Withdrawal,
+    covers_dead_letter,
+    dead_letter_fields,
+    purpose_columns,
+)
 from pipeline.keys import Domain, PseudonymKey
 from schemas.clock import day_of_ms
 from schemas.zones import SUBJECT_COLUMN, TS
-from sinks import crypt
+from sinks import crypt, rejects
 from sinks.arrow import zone_schema
 from sinks.layout import ANALYTICS, VAULT, bucket_of
 from sinks.read import scan
 
-TIME_COLUMN = "started_at"  # the call's time, the one its consent was judged at
-
 
 def _label(zone: str, column: str) -> str:
     return f"{zone}.{column}"
+
+
+DEAD_LETTERS = _label(rejects.REJECTS_DIR, "dead_letters")  # `held`'s count of covered dead letters
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What a purge removed (as `held` counts it), and how many dead letters it could not tell
+    about (not searchable: never reported as removed or as clean)."""
+
+    removed: dict[str, int]
+    dead_letters_unattributed: int
 
 
 def _flag(zone: str, column: str) -> bool:
@@ -97,15 +121,25 @@ def _held_by_file(
     return out
 
 
+def _dead_letters(lake: Path, w: Withdrawal) -> rejects.Found:
+    """The dead letters in `_rejects/` the withdrawal covers (`jobs.withdrawals.covers_dead_letter`)."""
+    if not dead_letter_fields(w.purpose):
+        return rejects.Found([], 0)
+    return rejects.find(lake, lambda raw: covers_dead_letter(w, raw))
+
+
 def held(
     con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, w: Withdrawal, *, buckets: int
 ) -> dict[str, int]:
-    """What the lake holds that the withdrawal covers: values (or rows) per zone and column,
-    e.g. {"vault.recording_uri": 3, "analytics.has_recording": 3}; zero everywhere when none."""
+    """What the lake holds that the withdrawal covers: values (or rows) per zone and column, and
+    dead letters, e.g. {"vault.recording_uri": 3, "analytics.has_recording": 3,
+    "_rejects.dead_letters": 1}; zero everywhere when none."""
     total = dict.fromkeys(held_labels(key, w), 0)
     for _zone, _name, _value, found in _held_by_file(con, lake, key, w, buckets):
         for label, n in found.items():
             total[label] += n
+    if DEAD_LETTERS in total:
+        total[DEAD_LETTERS] = _dead_letters(lake, w).count
     return total
 
 
@@ -132,15 +166,19 @@ def purge_locked(
     *,
     buckets: int,
     request: str,
-) -> dict[str, int]:
-    """Remove what the withdrawal covers from every zone, through one journal; returns what was
-    removed (as `held` counts it). The caller holds the job lock."""
+) -> Purge:
+    """Remove what the withdrawal covers from every zone and `_rejects/`, through one journal;
+    returns what was removed (as `held` counts it). The caller holds the job lock."""
     started = time.monotonic()
     token = key.token(Domain.ACCOUNT, w.account_id)
     removed = dict.fromkeys(held_labels(key, w), 0)
     change = Change(lake, "withdraw")
     columns = {zone: cols for zone, _value, cols in _targets(key, w)}
-    files: list[dict[str, Any]] = []
+    dead = _dead_letters(lake, w)
+    letters = dead_letters.plan(change, dead.hits)
+    if DEAD_LETTERS in removed:
+        removed[DEAD_LETTERS] = letters.count
+    files: list[dict[str, Any]] = list(letters.files)
     work = []
     for zone, name, value, found in _held_by_file(con, lake, key, w, buckets):
         src = Path(name)
@@ -159,28 +197,34 @@ def purge_locked(
         return audit.file_replaced(lake, src, tmp, kept.num_rows)
 
     params = {"subject": token, "purpose": w.purpose, "request": request, "key_version": key.version}
+    counts: dict[str, Any] = {"removed": removed}
+    if DEAD_LETTERS in removed:
+        counts["dead_letters_unattributed"] = dead.unattributed
 
     def write() -> None:
+        files.extend(letters.write())
         files.extend(parallel(rewrite, work))
-        change.info = {"params": params, "counts": {"removed": dict(removed)}, "files": files}
+        change.info = {"params": params, "counts": counts, "files": files}
 
+    done = Purge(removed, dead.unattributed)
     if change.empty:
-        return removed
+        return done
     run_change(change, write)
     audit.record(
         lake,
         job="withdraw",
         params=params,
-        counts={"removed": dict(removed)},
+        counts=counts,
         files=files,
         duration_s=time.monotonic() - started,
         outcome="ok",
         run=change.run,
     )
     change.finish()
-    return removed
+    return done
 
 
 def held_labels(key: PseudonymKey, w: Withdrawal) -> list[str]:
     """What `held` counts for the withdrawal, in order."""
-    return [_label(zone, c) for zone, _value, cols in _targets(key, w) for c in cols]
+    labels = [_label(zone, c) for zone, _value, cols in _targets(key, w) for c in cols]
+    return [*labels, DEAD_LETTERS] if dead_letter_fields(w.purpose) else labels

@@ -18,6 +18,13 @@ after a later re-grant are never touched. What a purpose holds, per zone, follow
 CallEvent schema's annotations: each sensitive field's purpose (`pipeline.consent.CONSENT_FOR`)
 and what the field becomes in analytics (`schemas.zones.ANALYTICS_COLUMNS`); the analytics
 purpose is the account's analytics rows themselves.
+
+A dead letter (the raw bytes of a rejected event, `sinks.rejects`) is covered when a record it
+decodes to (`pipeline.raw_records`) is the account's, started before T and holds a non-empty
+value in a field of P (the same fields the vault holds: `recording_uri`, `transcript`); the
+analytics purpose covers none (dead letters are not analytics). It cannot be told (None, for the
+caller to count, never to report as searched) when the bytes cannot be searched (damaged
+compressed bytes) or are the account's without a record of it that decodes, or whose time reads.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from functools import cache
 from typing import Any
 
 import schemas
+from pipeline import raw_records
 from pipeline.consent import CONSENT_FOR, PURPOSES, WITHDRAW, AccountState, decide, entries
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.policy import ConsentDefaults
@@ -36,6 +44,7 @@ from schemas.zones import ANALYTICS, ANALYTICS_COLUMNS, VAULT
 
 KIND = WITHDRAW  # the ledger's kind of a withdrawal's purge
 ROWS = "rows"  # in `purpose_columns`: the purpose is the zone's rows themselves
+TIME_COLUMN = "started_at"  # the call's time, the one its consent was judged at
 
 
 @dataclass(frozen=True)
@@ -110,3 +119,32 @@ def purpose_columns() -> dict[str, dict[str, tuple[str, ...]]]:
     if missing:
         raise ValueError(f"no field is held under purpose {sorted(missing)[0]}")
     return out
+
+
+def dead_letter_fields(purpose: str) -> tuple[str, ...]:
+    """The fields of a raw call a withdrawal of `purpose` covers in a dead letter: those the vault
+    holds under it (none for analytics)."""
+    return purpose_columns()[purpose].get(VAULT, ())
+
+
+def covers_dead_letter(w: Withdrawal, raw: bytes) -> bool | None:
+    """Whether the dead letter `raw` holds what `w` covers; None when it cannot be told (module
+    doc)."""
+    fields = dead_letter_fields(w.purpose)
+    if not fields or not raw_records.could_hold(raw, w.account_id):
+        return False
+    found = raw_records.read(raw)
+    whose = raw_records.subject_in(found, w.account_id)
+    if not whose:
+        return whose  # another account's (False), or nobody can tell (None)
+    calls = {_covers_call(w, r, fields) for r in found.records if r.get("account_id") == w.account_id}
+    if True in calls:
+        return True
+    return None if None in calls or found.opaque or not calls else False
+
+
+def _covers_call(w: Withdrawal, record: Mapping[str, Any], fields: tuple[str, ...]) -> bool | None:
+    if all(record.get(f) in (None, "") for f in fields):
+        return False
+    started = raw_records.event_ms(record.get(TIME_COLUMN))
+    return None if started is None else w.covers(started)

@@ -351,7 +351,11 @@ def holds_subject(raw: bytes, account_id: str) -> bool | None:
     """Whether the dead letter `raw` is the subject's; None when it cannot be told (module doc)."""
     if not could_hold(raw, account_id):
         return False
-    found = read(raw)
+    return subject_in(read(raw), account_id)
+
+
+def subject_in(found: Raw, account_id: str) -> bool | None:
+    """`holds_subject` over what `read` gave, for callers that go on to look at the records."""
     if any(r.get("account_id") == account_id for r in found.records):
         return True
     if any(_mentions(part, account_id) for part in found.plain):
@@ -361,11 +365,12 @@ def holds_subject(raw: bytes, account_id: str) -> bool | None:
 
 def newest_event_ms(raw: bytes) -> int | None:
     """The latest event time (epoch ms) of the records `raw` decodes to; None when none has one."""
-    times = [t for r in read(raw).records for f in TIME_FIELDS if (t := _ms(r.get(f))) is not None]
+    times = [t for r in read(raw).records for f in TIME_FIELDS if (t := event_ms(r.get(f))) is not None]
     return max(times) if times else None
 
 
-def _ms(value: Any) -> int | None:
+def event_ms(value: Any) -> int | None:
+    """A record's time field as epoch ms (Avro's datetime, JSON's ms or ISO text); None if not one."""
     if type(value) is int:
         return value
     if isinstance(value, datetime):

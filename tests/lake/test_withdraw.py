@@ -2,11 +2,15 @@
 calls before a withdrawal held under its purpose is gone from every zone, calls at or after it
 (a re-grant's included) and other accounts are untouched; the ledger records each withdrawal once;
 late rows are purged by the next pass; a pass killed with SIGKILL and rerun ends as an
-uninterrupted one. The consent history is given in-process (the real-broker path, consent.events
-read by the job, is tests/e2e/test_withdraw_stream.py)."""
+uninterrupted one. Dead letters in `_rejects/` (JSON lines and a deflate container, as `callpipe
+ingest` keeps them) of the account's calls before a recording or transcription withdrawal that
+hold the value go whole; the rest stay, one that cannot be searched is counted, and one kept after
+the purge goes at the next pass. The consent history is given in-process (the real-broker path,
+consent.events read by the job, is tests/e2e/test_withdraw_stream.py)."""
 
 from __future__ import annotations
 
+import base64
 import random
 import shutil
 import subprocess
@@ -15,6 +19,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -24,12 +29,16 @@ import pytest
 
 from jobs import audit, ledger, requests
 from jobs.synth import SynthSpec, build
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.consent import AccountState, record_consent
 from pipeline.keys import Domain
 from pipeline.policy import RequestDeadlines
+from pipeline.raw_records import parse_container
 from sinks import crypt
 from sinks.files import write_table
 from sinks.layout import bucket_of
+from sinks.rejects import REJECTS_DIR, write_rejects
 from tests.support.ops_lake import ROOT, callpipe_env, digest, make_key, stray_files, zone_source
 
 pytestmark = pytest.mark.e2e
@@ -63,6 +72,50 @@ def middle(times: list[int]) -> int:
     """A time with calls on both sides of it."""
     ordered = sorted(times)
     return ordered[len(ordered) // 2]
+
+
+HOUR = 3_600_000
+TALK = {"transcript": "please call me back"}
+REC = {"recording_uri": "s3://rec/withdrawn.opus"}
+
+
+def dead_call(account: str, started: int, **held: Any) -> dict[str, Any]:
+    """A call as a carrier sends it, rejected (a negative duration), holding `held`."""
+    call = generate.generate_calls(11, 1, started, 1)[0]
+    cleared = {"recording_uri": None, "transcript": None, "duration_s": -5, "answered_at": None}
+    return {**call, **cleared, "account_id": account, "started_at": started, "ended_at": None, **held}
+
+
+def json_line(call: dict[str, Any]) -> bytes:
+    return codec.to_json(call, "CallEvent")
+
+
+def container(*calls: dict[str, Any]) -> bytes:
+    """A deflate container cut short: `callpipe ingest` keeps it whole, as one dead letter."""
+    return codec.encode_container(list(calls), "CallEvent")[:-9]
+
+
+def damaged(raw: bytes) -> bytes:
+    """A container whose compressed block does not decompress: it cannot be searched."""
+    block = parse_container(raw).blocks[0]  # type: ignore[union-attr]
+    at = len(raw) - len(block.data) - 16
+    return raw[:at] + b"\x07" + raw[at + 1 :]  # deflate block type 3: reserved
+
+
+def keep_dead_letters(lake: Path, source: str, raws: list[bytes]) -> None:
+    entry = {"reason": "bad_duration", "stage": "validate", "index": None}
+    dead = [SimpleNamespace(**entry, offset=i, raw=raw) for i, raw in enumerate(raws)]
+    write_rejects(lake, source, 0, len(raws) - 1, dead)  # type: ignore[arg-type]
+
+
+def dead_letters(lake: Path) -> dict[str, list[bytes]]:
+    """The raw dead letters of `_rejects/`, by file."""
+    return {
+        str(p.relative_to(lake)): [
+            base64.b64decode(orjson.loads(x)["raw_b64"]) for x in p.read_bytes().splitlines()
+        ]
+        for p in sorted((lake / REJECTS_DIR).glob("*/*.jsonl"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +158,28 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         consent(talker, "transcription", False, cut[talker]),
         consent(objector, "analytics", False, cut[objector]),  # on by default: switched off
     ]
+    t, r = cut[talker], cut[recorder]
+    lines = {
+        "talker_before": json_line(dead_call(talker, t - HOUR, **TALK)),  # covered
+        "talker_after": json_line(dead_call(talker, t + HOUR, **TALK)),
+        "talker_silent": json_line(dead_call(talker, t - HOUR, **REC)),  # no transcript
+        "other": json_line(dead_call(never, t - HOUR, **TALK, **REC)),
+        "objector": json_line(dead_call(objector, cut[objector] - HOUR, **TALK, **REC)),  # analytics
+    }
+    box_before = container(dead_call(recorder, r - 2 * HOUR), dead_call(recorder, r - HOUR, **REC))
+    box_after = container(dead_call(recorder, r + HOUR, **REC))
+    junk = damaged(codec.encode_container([dead_call("acct-junk", r - HOUR, **REC)], "CallEvent"))
+    keep_dead_letters(lake, "ingest-calls.jsonl-0123456789ab", list(lines.values()))
+    keep_dead_letters(lake, "ingest-calls.avro-0123456789ab", [box_before])
+    keep_dead_letters(lake, "ingest-later.avro-0123456789ab", [box_after])
+    keep_dead_letters(lake, "ingest-junk.avro-0123456789ab", [junk])
+    kept = {
+        f"{REJECTS_DIR}/ingest-calls.jsonl-0123456789ab/000000000000-000000000004.jsonl": [
+            v for k, v in lines.items() if k != "talker_before"
+        ],
+        f"{REJECTS_DIR}/ingest-junk.avro-0123456789ab/000000000000-000000000000.jsonl": [junk],
+        f"{REJECTS_DIR}/ingest-later.avro-0123456789ab/000000000000-000000000000.jsonl": [box_after],
+    }
     return {
         "root": root,
         "lake": lake,
@@ -114,6 +189,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "cut": cut,
         "accounts": {"recorder": recorder, "regranted": regranted, "never": never, "talker": talker,
                      "objector": objector},
+        "dead_letters_kept": kept,
     }  # fmt: skip
 
 
@@ -262,13 +338,77 @@ def test_each_purge_is_audited_by_token_and_no_account_id_leaves_the_vault(
     assert list((done["lake"] / "vault" / "requests").glob("withdraw-*")) == []  # forgotten once done
 
 
+def _withdrawal_records(base: dict[str, Any], lake: Path) -> dict[str, ledger.Request]:
+    """The ledger's withdrawal records, by the name of their account in `base`."""
+    names = {base["key"].token(Domain.ACCOUNT, a): who for who, a in base["accounts"].items()}
+    return {names[r.subject]: r for r in ledger.requests(lake).values() if r.kind == "withdraw"}
+
+
+def test_dead_letters_of_the_calls_before_a_withdrawal_that_hold_its_value_are_removed_whole(
+    base: dict[str, Any], done: dict[str, Any]
+) -> None:
+    # gone: the talker's JSON line (its file written again without it), the recorder's container
+    # (its file removed); kept: calls after, another account's, one without a transcript, the
+    # objector's (analytics leaves dead letters alone), and the container that cannot be searched
+    assert dead_letters(done["lake"]) == base["dead_letters_kept"]
+    records = _withdrawal_records(base, done["lake"])
+    removed = {
+        who: r.touched["removed"].get("_rejects.dead_letters") for who, r in records.items() if r.touched
+    }
+    assert removed == {"recorder": 1, "regranted": 0, "talker": 1, "objector": None}
+    # the damaged container is nobody's for sure: counted for each purge it could concern, and the
+    # pass does not call them verified
+    unattributed = {
+        who: r.touched.get("dead_letters_unattributed") for who, r in records.items() if r.touched
+    }
+    assert unattributed == {"recorder": 1, "regranted": 1, "talker": 1, "objector": None}
+    assert done["result"]["erasures_not_verified"] == 3
+    # audited as the purge's other files, in the same run
+    entries = {e["params"]["request"]: e for e in audit.read(done["lake"]) if e["job"] == "withdraw"}
+    talker, recorder = entries[records["talker"].request], entries[records["recorder"].request]
+    [rewritten] = [f for f in talker["files"] if f["path"].startswith(REJECTS_DIR)]
+    assert (
+        rewritten["path"] == f"{REJECTS_DIR}/ingest-calls.jsonl-0123456789ab/000000000000-000000000004.jsonl"
+    )
+    assert (rewritten["action"], rewritten["rows"]) == ("replaced", 4)
+    assert rewritten["previous_sha256"] != rewritten["sha256"]
+    [gone] = [f for f in recorder["files"] if f["path"].startswith(REJECTS_DIR)]
+    assert gone["path"] == f"{REJECTS_DIR}/ingest-calls.avro-0123456789ab/000000000000-000000000000.jsonl"
+    assert (gone["action"], gone["sha256"]) == ("removed", None) and gone["previous_sha256"]
+    assert (
+        talker["counts"]["dead_letters_unattributed"] == recorder["counts"]["dead_letters_unattributed"] == 1
+    )
+    assert talker["counts"]["removed"]["_rejects.dead_letters"] == 1
+
+
+def test_a_dead_letter_kept_after_a_withdrawal_was_fulfilled_is_removed_by_the_next_pass(
+    base: dict[str, Any], done: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = tmp_path / "late-dead"
+    shutil.copytree(done["lake"], lake)
+    talker = base["accounts"]["talker"]
+    late = json_line(dead_call(talker, base["cut"][talker] - 2 * HOUR, **TALK))
+    after = json_line(dead_call(talker, base["cut"][talker] + 2 * HOUR, **TALK))
+    keep_dead_letters(lake, "ingest-late.jsonl-0123456789ab", [late, after])
+    result = run_pass(lake, base, states_of(base["events"]))
+    assert result["withdrawals_enforced"] == 1
+    path = f"{REJECTS_DIR}/ingest-late.jsonl-0123456789ab/000000000000-000000000001.jsonl"
+    assert dead_letters(lake) == {**base["dead_letters_kept"], path: [after]}
+    [event] = _withdrawal_records(base, lake)["talker"].enforced
+    assert event["touched"] == {
+        "removed": {"vault.transcript": 0, "analytics.transcript": 0, "_rejects.dead_letters": 1}
+    }
+    assert stray_files(lake) == []
+
+
 def test_a_second_pass_changes_nothing(base: dict[str, Any], done: dict[str, Any], tmp_path: Path) -> None:
     lake = tmp_path / "again"
     shutil.copytree(done["lake"], lake)
-    before, view = digest(lake), ledger_view(lake)
+    before, view, letters = digest(lake), ledger_view(lake), dead_letters(lake)
     result = run_pass(lake, base, states_of(base["events"]))
     assert result["withdrawals_received"] == 0 and result["withdrawals_enforced"] == 0
     assert digest(lake) == before and ledger_view(lake) == view
+    assert dead_letters(lake) == letters == base["dead_letters_kept"]
 
 
 def test_a_call_from_before_a_withdrawal_that_lands_after_its_purge_is_purged_by_the_next_pass(
@@ -293,7 +433,7 @@ def test_a_call_from_before_a_withdrawal_that_lands_after_its_purge_is_purged_by
         if r.purpose == "recording" and r.enforced and r.source == "consent"
     ]
     assert recorder.enforced[0]["touched"] == {
-        "removed": {"vault.recording_uri": 2, "analytics.has_recording": 0}
+        "removed": {"vault.recording_uri": 2, "analytics.has_recording": 0, "_rejects.dead_letters": 0}
     }
 
 
@@ -343,5 +483,6 @@ def test_a_pass_killed_mid_purge_and_rerun_equals_an_uninterrupted_one(
         finish = subprocess.run([*args, NOW.isoformat()], env=env, cwd=ROOT, capture_output=True, check=False)
         assert finish.returncode == 0, finish.stderr.decode()
         assert digest(lake) == expected_lake, f"trial {trial}: the lake differs"
+        assert dead_letters(lake) == base["dead_letters_kept"], f"trial {trial}: the dead letters differ"
         assert ledger_view(lake) == expected_ledger, f"trial {trial}: the ledger differs"
         assert stray_files(lake) == []

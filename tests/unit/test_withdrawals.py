@@ -1,4 +1,5 @@
 """Which consent withdrawals call for a purge and which calls each covers (jobs.withdrawals, pure),
+and which dead letters (raw bytes in every form `_rejects/` keeps; None when it cannot be told),
 and what a purge leaves of a zone's table (jobs.withdraw.purged, on Arrow tables)."""
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from jobs.withdrawals import (
     ROWS,
     Withdrawal,
     as_requests,
+    covers_dead_letter,
     purpose_columns,
     request_id,
     withdrawals,
     withdrawals_of,
 )
+from pipeline import codec
+from pipeline.carrier import generate
 from pipeline.consent import AccountState, record_consent, record_request
 from pipeline.keys import PseudonymKey
 from pipeline.policy import ConsentDefaults
+from pipeline.raw_records import parse_container
 from schemas.zones import TS
 
 KEY = PseudonymKey(secret=bytes(range(32)), version="v1")
@@ -144,3 +149,73 @@ def test_a_purge_of_rows_drops_the_covered_calls_only() -> None:
     rows = [{**r, "account_token": r.pop("account_id")} for r in (dict(x) for x in ROWS_IN)]
     out = purged(_table(rows, "account_token"), "analytics", "a", 20, (ROWS,)).to_pylist()
     assert [r["n"] for r in out] == [2, 3, 4]
+
+
+# ---------------------------------------------------------------- dead letters a withdrawal covers
+
+AT = 1_767_225_600_000  # the withdrawal: 2026-01-01T00:00:00Z
+HOUR = 3_600_000
+
+
+def _call(account: str, started: int, **held: Any) -> dict[str, Any]:
+    call = generate.generate_calls(7, 1, started, 1)[0]
+    return {
+        **call,
+        "account_id": account,
+        "started_at": started,
+        "recording_uri": None,
+        "transcript": None,
+        **held,
+    }
+
+
+def _json(call: dict[str, Any]) -> bytes:
+    return codec.to_json(call, "CallEvent")
+
+
+def _box(*calls: dict[str, Any]) -> bytes:
+    return codec.encode_container(list(calls), "CallEvent")  # deflate, as `callpipe ingest` keeps it
+
+
+def _damaged(raw: bytes) -> bytes:
+    block = parse_container(raw).blocks[0]  # type: ignore[union-attr]
+    at = len(raw) - len(block.data) - 16  # the first compressed byte, framing intact
+    return raw[:at] + b"\x07" + raw[at + 1 :]  # deflate block type 3: never decompresses
+
+
+TALK = {"transcript": "hello there"}
+REC = {"recording_uri": "s3://rec/1.opus"}
+DEAD_LETTER_CASES: list[tuple[str, str, bytes, bool | None]] = [
+    ("a JSON line of a call before, with a transcript", "transcription", _json(_call("a", AT - HOUR, **TALK)),
+     True),
+    ("its recording, for a recording withdrawal", "recording", _json(_call("a", AT - HOUR, **REC)), True),
+    ("ISO times, as JSON input may carry them", "transcription",
+     codec.to_json(_call("a", AT - HOUR, **TALK), "CallEvent", iso_times=True), True),
+    ("a call at the withdrawal", "transcription", _json(_call("a", AT, **TALK)), False),
+    ("a call after it", "recording", _json(_call("a", AT + HOUR, **REC)), False),
+    ("another account's", "transcription", _json(_call("b", AT - HOUR, **TALK)), False),
+    ("no transcript", "transcription", _json(_call("a", AT - HOUR, **REC)), False),
+    ("an empty transcript", "transcription", _json(_call("a", AT - HOUR, transcript="")), False),
+    ("a transcript, for a recording withdrawal", "recording", _json(_call("a", AT - HOUR, **TALK)), False),
+    ("analytics: dead letters are not analytics", "analytics", _json(_call("a", AT - HOUR, **TALK)), False),
+    ("a deflate container, one call of it covered", "recording",
+     _box(_call("b", AT - HOUR, **REC), _call("a", AT + HOUR, **REC), _call("a", AT - HOUR, **REC)), True),
+    ("a deflate container of calls after it", "recording",
+     _box(_call("a", AT + HOUR, **REC), _call("a", AT + 2 * HOUR, **REC)), False),
+    ("a deflate container that does not decompress: nobody can tell", "recording",
+     _damaged(_box(_call("a", AT - HOUR, **REC))), None),
+    ("the account's, cut short: no record to tell by", "transcription",
+     _json(_call("a", AT - HOUR, **TALK))[:-30], None),
+    ("the account's, with no time that reads", "transcription",
+     _json({**_call("a", AT - HOUR, **TALK), "started_at": "yesterday"}), None),
+    ("withheld: no bytes", "transcription", b"", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "purpose", "raw", "expected"), DEAD_LETTER_CASES, ids=[c[0] for c in DEAD_LETTER_CASES]
+)
+def test_which_dead_letters_a_withdrawal_covers(
+    name: str, purpose: str, raw: bytes, expected: bool | None
+) -> None:
+    assert covers_dead_letter(Withdrawal("a", purpose, AT), raw) is expected
