@@ -173,8 +173,9 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
         _print_status(status)
     if result["erasures_not_verified"]:
         print(
-            f"callpipe: {result['erasures_not_verified']} erasure(s) not verified: dead letters could not"
-            f" be searched (exit {EXIT_NOT_VERIFIED}; the ledger's dead_letters_unattributed)",
+            f"callpipe: {result['erasures_not_verified']} erasure(s) or withdrawal(s) not verified:"
+            f" dead letters could not be searched (exit {EXIT_NOT_VERIFIED}; the ledger's"
+            " dead_letters_unattributed)",
             file=sys.stderr,
         )
         return EXIT_NOT_VERIFIED

@@ -227,7 +227,7 @@ def test_erase_and_export_find_dead_letters_in_every_form_and_count_what_cannot_
     )
     assert done.returncode == EXIT_NOT_VERIFIED, done.stderr.decode()
     assert orjson.loads(done.stdout)["erasures_not_verified"] == 1
-    assert "1 erasure(s) not verified" in done.stderr.decode()
+    assert "1 erasure(s) or withdrawal(s) not verified" in done.stderr.decode()
     fulfilled = ledger.requests(lake)["r-unverified"]
     assert fulfilled.status == "fulfilled"
     assert [
