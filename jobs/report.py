@@ -281,8 +281,11 @@ def _stream(lake: Path) -> dict[str, Any]:
     }
 
 
-# Drops that keep a landed event out of a zone, and those that remove a field of it.
-KEPT_OUT = frozenset({Drop.ERASED.value, Drop.ANALYTICS_OBJECTED.value, Drop.RESTRICTED.value})
+# Drops that keep an event out of the vault (erased, or past retention when it landed: nowhere, or
+# in analytics only), those that keep a vault row out of analytics, and (the rest) those that
+# remove a field of a landed event.
+NOT_IN_VAULT = frozenset({Drop.ERASED.value, Drop.EXPIRED.value, Drop.VAULT_EXPIRED.value})
+KEPT_OUT = NOT_IN_VAULT | {Drop.ANALYTICS_OBJECTED.value, Drop.RESTRICTED.value, Drop.ANALYTICS_EXPIRED.value}
 
 
 def reconcile(stream: Mapping[str, Any], held: Mapping[str, int]) -> dict[str, Any]:
@@ -293,15 +296,15 @@ def reconcile(stream: Mapping[str, Any], held: Mapping[str, int]) -> dict[str, A
     vault = int(stream["written"].get(VAULT, 0))
     dead = sum(stream["dlq"].values())
     erased = int(stream["drop"].get(Drop.ERASED.value, 0))
+    expired = sum(int(stream["drop"].get(d.value, 0)) for d in (Drop.EXPIRED, Drop.VAULT_EXPIRED))
     return {
         "events_in": events,
         "vault_written": vault,
         "dead_letters": dead,
         "erased": erased,
-        "adds_up": events == vault + dead + erased,
-        "kept_out_of_analytics": {
-            k: v for k, v in stream["drop"].items() if k in KEPT_OUT - {Drop.ERASED.value}
-        },
+        "expired": expired,  # past the vault's retention limit when they landed
+        "adds_up": events == vault + dead + erased + expired,
+        "kept_out_of_analytics": {k: v for k, v in stream["drop"].items() if k in KEPT_OUT - NOT_IN_VAULT},
         "fields_removed": {k: v for k, v in stream["drop"].items() if k not in KEPT_OUT},
         "zones": {
             zone: {"written": int(stream["written"].get(zone, 0)), "held": int(held.get(zone, 0))}
@@ -394,7 +397,8 @@ def render_text(data: dict[str, Any]) -> str:
     sums = "adds up" if r["adds_up"] else "DOES NOT ADD UP"
     out.append(
         f"  events {r['events_in']:,} = landed in the vault {r['vault_written']:,}"
-        f" + dead letters {r['dead_letters']:,} + erased {r['erased']:,} ({sums})"
+        f" + dead letters {r['dead_letters']:,} + erased {r['erased']:,}"
+        f" + past retention {r['expired']:,} ({sums})"
     )
     out.append(
         "  kept out of analytics: "

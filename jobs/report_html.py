@@ -304,9 +304,10 @@ def render(data: dict[str, Any]) -> str:
             ["counter", "count"],
             [
                 (
-                    "events = landed in the vault + dead letters + erased",
+                    "events = landed in the vault + dead letters + erased + past retention",
                     f"{rec['events_in']:,} = {rec['vault_written']:,} + {rec['dead_letters']:,}"
-                    f" + {rec['erased']:,} ({'adds up' if rec['adds_up'] else 'DOES NOT ADD UP'})",
+                    f" + {rec['erased']:,} + {rec['expired']:,}"
+                    f" ({'adds up' if rec['adds_up'] else 'DOES NOT ADD UP'})",
                 ),
                 *((f"kept out of analytics: {k}", v) for k, v in rec["kept_out_of_analytics"].items()),
                 *((f"field removed from landed events: {k}", v) for k, v in rec["fields_removed"].items()),

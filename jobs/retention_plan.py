@@ -3,8 +3,10 @@ anything is touched (`jobs.retention` carries it out; docs/ARCHITECTURE.md "Poli
 
 A row expires when its `started_at` is older than its zone's limit (vault 90 days, analytics 400
 by default); a data category with a shorter limit (recording_uri and transcript, 30 days) is
-nulled in rows older than that. All limits are measured back from `as_of`, exactly, to the
-millisecond.
+nulled in rows older than that (`pipeline.expiry.CATEGORY_COLUMNS`: which columns, per zone). All
+limits are measured back from `as_of`, exactly, to the millisecond. The stream and `callpipe
+ingest` apply the same limits when rows land (`pipeline.expiry`), so this removes only what has
+aged past them since.
 
 The plan reads only Parquet footers (`parquet_metadata`: row counts, min/max of started_at and
 null counts per row group), so untouched files are never opened:
@@ -32,15 +34,10 @@ import duckdb
 from jobs import ledger, retention_outbox, retention_rejects
 from jobs.replace import pending
 from jobs.retention_outbox import OutboxCounts
+from pipeline.expiry import CATEGORY_COLUMNS
 from pipeline.policy import Policy
 from sinks.layout import ANALYTICS, VAULT, table_dir
 from sinks.read import footers, scan
-
-# Category columns with a limit of their own, per zone (policy field -> column).
-CATEGORY_COLUMNS = {
-    VAULT: {"recording": "recording_uri", "transcript": "transcript"},
-    ANALYTICS: {"transcript": "transcript"},
-}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 pseudonymize. Pure: no Kafka, files or clock; `now_ms` and the account states come in.
 
 Every input record is accounted for exactly once:
-    len(records) == len(vault_rows) + len(rejections) + len(erased)
+    len(records) == len(vault_rows) + len(rejections) + len(erased) + len(expired)
+                    + drops[Drop.VAULT_EXPIRED]
 
 Routing (docs/ARCHITECTURE.md "Privacy semantics"):
   erased before the event's time  -> nothing stored, counted Drop.ERASED
@@ -11,6 +12,15 @@ Routing (docs/ARCHITECTURE.md "Privacy semantics"):
   otherwise                       -> vault and analytics
 and in both zones recording_uri / transcript are nulled without consent for them at the event's
 time (counted Drop.RECORDING_NO_CONSENT / TRANSCRIPTION_NO_CONSENT).
+
+Then the policy's retention limits at `now_ms` (pipeline/expiry.py), as `jobs retention --as-of
+now_ms` would apply them to the landed rows:
+  past the limit of every zone it would go to  -> nothing stored, counted Drop.EXPIRED
+  past the vault's limit, not analytics'       -> analytics only, counted Drop.VAULT_EXPIRED
+  past analytics' limit, not the vault's       -> vault only, counted Drop.ANALYTICS_EXPIRED
+and a transcript past its limit is nulled in both zones (Drop.TRANSCRIPT_EXPIRED), a
+recording_uri past its limit in the vault (Drop.RECORDING_EXPIRED), once the analytics row
+(has_recording, which retention leaves) is made. Counted once per event, for values consent kept.
 
 Rows hold exactly their zone's columns (schemas.zones). What the sink needs beside a row to place
 it, the account token, its hash bucket and the day partition, is in the parallel `*_routes` list.
@@ -26,6 +36,7 @@ from typing import Any, NamedTuple
 
 from pipeline.codec import Lineage
 from pipeline.consent import AccountState, Decision, Decisions, consent_fields, decide
+from pipeline.expiry import RECORDING, TRANSCRIPT, Cutoffs, cutoffs, fresh_after
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.policy import ConsentDefaults, Policy
@@ -63,6 +74,7 @@ class ChainResult:
     rejections: list[Rejection] = field(default_factory=list)
     erased: list[int] = field(default_factory=list)  # batch positions of dropped (erased) events
     drops: Counter[Drop] = field(default_factory=Counter)
+    expired: list[int] = field(default_factory=list)  # batch positions of events past every limit
 
 
 def process_batch(
@@ -89,6 +101,12 @@ def process_batch(
         for i, hints in zip(routed.analytics, routed.regions, strict=True)
     ]
     analytics_routes = [vault_routes[i] for i in routed.analytics]
+    if routed.vault_expired or routed.recording_expired:  # past retention: after the analytics rows
+        for i in routed.recording_expired:
+            vault_rows[i][RECORDING] = None
+        gone = set(routed.vault_expired)
+        vault_rows = [row for i, row in enumerate(vault_rows) if i not in gone]
+        vault_routes = [route for i, route in enumerate(vault_routes) if i not in gone]
     return ChainResult(
         vault_rows,
         vault_routes,
@@ -97,6 +115,7 @@ def process_batch(
         routed.rejections,
         routed.erased,
         routed.drops,
+        routed.expired,
     )
 
 
@@ -105,8 +124,13 @@ class Routed:
     """A batch judged and routed, before its analytics rows are made: the vault rows with their
     routes, which of them go to the analytics zone (`analytics`, positions in `vault_rows`) with
     the regions of each one's call (`regions`, for free-text detection), and what was rejected,
-    erased and counted. `process_batch` makes analytics rows of it; the runner makes tables
-    (pipeline/chain_tables.py)."""
+    erased, expired and counted. `process_batch` makes analytics rows of it; the runner makes
+    tables (pipeline/chain_tables.py).
+
+    Both make the analytics rows of `vault_rows` as they are, then apply what is past retention
+    to the vault: the rows at `vault_expired` (positions in `vault_rows`) do not land there, and
+    the rows at `recording_expired` land with recording_uri nulled. Empty unless the batch has
+    an event past a limit."""
 
     vault_rows: list[dict[str, Any]] = field(default_factory=list)
     vault_routes: list[Route] = field(default_factory=list)
@@ -115,6 +139,9 @@ class Routed:
     rejections: list[Rejection] = field(default_factory=list)
     erased: list[int] = field(default_factory=list)
     drops: Counter[Drop] = field(default_factory=Counter)
+    expired: list[int] = field(default_factory=list)  # batch positions, as `erased`
+    vault_expired: list[int] = field(default_factory=list)
+    recording_expired: list[int] = field(default_factory=list)
 
 
 def route_batch(
@@ -130,7 +157,8 @@ def route_batch(
     admitted: bool = False,
 ) -> Routed:
     """The chain up to the analytics rows: validate, judge consent and subject state at each
-    event's time, null what lacks consent, add lineage, route (`process_batch`'s arguments;
+    event's time, null what lacks consent, add lineage, route, apply retention's limits at
+    `now_ms` (`process_batch`'s arguments;
     `admitted`: the records are as `pipeline.codec`'s decoders admitted them, whose types and
     identifiers validation need not check again: `pipeline.validate._admitted_copier`)."""
     if sources is not None and len(sources) != len(records):
@@ -146,6 +174,12 @@ def route_batch(
     analytics: list[int] = []
     regions: list[tuple[str, ...]] = []
     erased: list[int] = []
+    expired: list[int] = []
+    # rows past some retention limit: (position in vault_rows, lands in the vault, its analytics
+    # row is past analytics' limit), for `_expire` after the loop
+    late: list[tuple[int, bool, bool]] = []
+    fresh = fresh_after(policy.retention, now_ms)  # nothing started at or after it has expired
+    cuts: Cutoffs | None = None
     defaults = policy.consent
     no_history = _no_history(defaults)
     needs = consent_fields()
@@ -175,6 +209,17 @@ def route_batch(
             routed[Drop.ERASED] = routed.get(Drop.ERASED, 0) + 1
             erased.append(index)
             continue
+        if started < fresh:  # past a retention limit: rare, but for backfills
+            if cuts is None:
+                cuts = cutoffs(policy.retention, now_ms)
+            to_analytics = decision.analytics and not decision.restricted
+            in_vault = started >= cuts.vault
+            in_analytics = to_analytics and started >= cuts.analytics
+            if not (in_vault or in_analytics):
+                routed[Drop.EXPIRED] = routed.get(Drop.EXPIRED, 0) + 1
+                expired.append(index)
+                continue
+            late.append((len(vault_rows), in_vault, to_analytics and not in_analytics))
         for name, purpose, drop in needs:  # apply_consent, inlined
             if record[name] is not None and not getattr(decision, purpose):
                 record[name] = None
@@ -204,9 +249,65 @@ def route_batch(
             regions.append(hints)
         vault_rows.append(record)
         vault_routes.append(route)
+    vault_expired: list[int] = []
+    recording_expired: list[int] = []
+    if late:
+        assert cuts is not None  # set with the first of them
+        analytics, regions, vault_expired, recording_expired = _expire(
+            late, cuts, vault_rows, analytics, regions, routed
+        )
     for drop, n in routed.items():  # keys first counted here follow validation's, in their order
         drops[drop] += n
-    return Routed(vault_rows, vault_routes, analytics, regions, rejections, erased, drops)
+    return Routed(
+        vault_rows,
+        vault_routes,
+        analytics,
+        regions,
+        rejections,
+        erased,
+        drops,
+        expired,
+        vault_expired,
+        recording_expired,
+    )
+
+
+def _expire(
+    late: list[tuple[int, bool, bool]],
+    cuts: Cutoffs,
+    vault_rows: list[dict[str, Any]],
+    analytics: list[int],
+    regions: list[tuple[str, ...]],
+    routed: dict[Drop, int],
+) -> tuple[list[int], list[tuple[str, ...]], list[int], list[int]]:
+    """Retention's limits on the batch's rows past one (`late`), after consent: the analytics
+    positions and regions without the rows past analytics' limit, the rows past the vault's
+    (`Routed.vault_expired`) and those whose recording_uri is past its own
+    (`Routed.recording_expired`, nulled by the caller once the analytics row is made: retention
+    leaves has_recording as it landed). A transcript past its limit is nulled here, in the row,
+    so in both zones. Counts go to `routed`."""
+    vault_expired: list[int] = []
+    recording_expired: list[int] = []
+    no_analytics: set[int] = set()
+    for position, in_vault, analytics_expired in late:
+        record = vault_rows[position]
+        started = record["started_at"]
+        if analytics_expired:
+            no_analytics.add(position)
+            routed[Drop.ANALYTICS_EXPIRED] = routed.get(Drop.ANALYTICS_EXPIRED, 0) + 1
+        if not in_vault:
+            vault_expired.append(position)
+            routed[Drop.VAULT_EXPIRED] = routed.get(Drop.VAULT_EXPIRED, 0) + 1
+        if record[TRANSCRIPT] is not None and started < cuts.transcript:
+            record[TRANSCRIPT] = None
+            routed[Drop.TRANSCRIPT_EXPIRED] = routed.get(Drop.TRANSCRIPT_EXPIRED, 0) + 1
+        if in_vault and record[RECORDING] is not None and started < cuts.recording:
+            recording_expired.append(position)
+            routed[Drop.RECORDING_EXPIRED] = routed.get(Drop.RECORDING_EXPIRED, 0) + 1
+    if no_analytics:
+        kept = [(i, hints) for i, hints in zip(analytics, regions, strict=True) if i not in no_analytics]
+        analytics, regions = [i for i, _hints in kept], [hints for _i, hints in kept]
+    return analytics, regions, vault_expired, recording_expired
 
 
 _no_history_of: tuple[ConsentDefaults, Decision] | None = None

@@ -5,6 +5,8 @@ For backfills of historical CDR files and the offline path. Each calls file is o
 its records are numbered 0..n-1 and those numbers play the role of offsets. Consent and privacy
 requests are loaded first, whole: every decision is judged at the call's own time against that
 history, which is the event-time order the stream reaches by waiting for its consent streams.
+What the policy's retention no longer allows at `now_ms` (the command's start) does not land:
+a backfill lands what `jobs retention` would keep of it, and counts the rest (pipeline/expiry.py).
 Dead letters go to `<lake>/_rejects/<source>/<first>-<last>.jsonl` (mode 0600: they hold raw
 input), written before the range they belong to lands.
 Rejected consent events and privacy requests are kept the same way, under their file's source.

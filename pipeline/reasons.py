@@ -38,6 +38,12 @@ class Drop(StrEnum):
     ANALYTICS_OBJECTED = "analytics_objected"  # not written to analytics: the account objected
     RESTRICTED = "restricted"  # vault only: processing restricted
     SECRET_ATTRIBUTE = "secret_attribute"  # a secret-named attribute was stripped
+    # past the policy's retention limits when it lands (pipeline/expiry.py)
+    EXPIRED = "expired"  # nothing stored: past the limit of every zone it would go to
+    VAULT_EXPIRED = "vault_expired"  # analytics only: its vault row is past the vault's limit
+    ANALYTICS_EXPIRED = "analytics_expired"  # vault only: its analytics row is past analytics' limit
+    RECORDING_EXPIRED = "recording_expired"  # recording_uri removed: past the recordings' limit
+    TRANSCRIPT_EXPIRED = "transcript_expired"  # transcript removed: past the transcripts' limit
 
 
 class Stage(StrEnum):

@@ -24,7 +24,7 @@ from sinks import files, lineage
 from sinks.layout import ANALYTICS, STATS, VAULT
 
 DEAD_LETTER = "dead_letter"  # events sent to calls.dlq (or kept in _rejects/), by reason
-DROP = "drop"  # events the chain dropped (consent, erasure, restriction), by reason
+DROP = "drop"  # events the chain dropped (consent, erasure, restriction, retention), by reason
 REJECTED = ("consent_rejected", "requests_rejected")  # bad control records (`callpipe ingest`)
 CONTROL_APPLIED = ("consent_events", "privacy_requests")  # control records applied (`callpipe ingest`)
 

@@ -23,9 +23,14 @@ class Canary:
 
 def seeded(events: int, seed: int = 7) -> Canary:
     traffic = generate_traffic(seed, events, START_MS)
+    return Canary(traffic, states_of(traffic), START_MS + 2 * DAY_MS)
+
+
+def states_of(traffic: Traffic) -> dict[str, AccountState]:
+    """Every account's consent and request state after the traffic's control events."""
     states: dict[str, AccountState] = {}
     for c in traffic.consents:
         states[c["account_id"]] = record_consent(states.get(c["account_id"]), c)
     for r in traffic.requests:
         states[r["account_id"]] = record_request(states.get(r["account_id"]), r)
-    return Canary(traffic, states, START_MS + 2 * DAY_MS)
+    return states

@@ -222,7 +222,7 @@ def metrics_of(view: WorkerView) -> list[Metric]:
             Metric(
                 "callpipe_events_dropped_total",
                 "counter",
-                "Events (or parts of them) dropped by consent, erasure or restriction, by reason.",
+                "Events (or parts of them) dropped by consent, erasure, restriction or retention, by reason.",
             ),
             ran.drops,
             "reason",

@@ -285,8 +285,8 @@ class PartitionRunner:
         )
         tables = tables_of(routed, self.key, self.memo)
         counts = self.counts
-        counts["vault"] += len(routed.vault_rows)
-        counts["analytics"] += len(routed.analytics)
+        counts["vault"] += tables.vault.num_rows  # rows past the vault's limit left out
+        counts["analytics"] += tables.analytics.num_rows
         for drop, n in routed.drops.items():
             counts[stats.drop(drop.value)] += n
         by_offset = {m.offset: m for m in self._messages}

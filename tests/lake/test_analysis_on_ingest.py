@@ -22,7 +22,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.keys import create_key_file
 from schemas.clock import DAY_MS
 from sinks.stats import read_stats
-from tests.support.ops_lake import zone_source
+from tests.support.ops_lake import keep_all_policy, zone_source
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,9 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     consent.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in traffic.consents))
     requests = root / "requests.jsonl"
     requests.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in traffic.requests))
-    done = _callpipe(env, "ingest", str(calls), "--consent", str(consent), "--requests", str(requests))
+    # START is long past: the ingest keeps what the default limits would leave out at landing
+    keep = {**env, "CALLPIPE_POLICY": str(keep_all_policy(root))}
+    done = _callpipe(keep, "ingest", str(calls), "--consent", str(consent), "--requests", str(requests))
     assert done.returncode == 0, done.stderr
     return lake, env
 

@@ -32,6 +32,21 @@ def make_key(folder: Path) -> tuple[Path, PseudonymKey]:
     return path, load_key(path, "v1")
 
 
+def keep_all_policy(folder: Path) -> Path:
+    """A policy file keeping rows and values for 36,500 days (the most it allows), for tests that
+    `callpipe ingest` traffic of fixed past dates: ingest lands at the wall clock's now and leaves
+    out what the default limits no longer allow (pipeline/expiry.py). Give it to the ingest only,
+    so the jobs after it run on the default policy."""
+    path = folder / "keep-all.toml"
+    path.write_text(
+        "".join(
+            f"[retention.{name}]\ndays = 36500\n"
+            for name in ("vault", "analytics", "recording", "transcript")
+        )
+    )
+    return path
+
+
 def zone_glob(lake: Path, zone: str) -> str:
     return str(lake / zone / "calls" / "dt=*" / "bucket=*" / "*.parquet")
 

@@ -15,8 +15,9 @@ from pipeline.chain import ChainResult, process_batch
 from pipeline.codec import Lineage
 from pipeline.consent import AccountState, account_state, decide, record_consent, record_request
 from pipeline.keys import PseudonymKey
-from pipeline.policy import DEFAULT_POLICY
+from pipeline.policy import DEFAULT_POLICY, Policy, Retention
 from pipeline.reasons import Drop, Reason, Stage
+from schemas import clock
 from schemas.zones import analytics_schema, vault_schema
 from sinks.arrow import analytics_table, vault_table
 from sinks.layout import bucket_of
@@ -317,3 +318,112 @@ def test_a_rejection_names_its_source_and_holds_the_event_without_secrets() -> N
     held = json.loads(rej.raw)
     assert held["event_id"] == bad["event_id"] and held["attributes"] == {"plan": "gold"}
     assert b"hunter2" not in rej.raw
+
+
+DAY = 86_400_000
+LIMITS = (30, 90, 400)  # recordings and transcripts, vault, analytics: the default policy's days
+# the age of a call at NOW: on each limit (kept: retention removes what started before it), a
+# millisecond inside it and a millisecond past it
+AGES = [0, *(d * DAY + step for d in LIMITS for step in (-1, 0, 1))]
+KEPT_BY = {"both": ("vault", "analytics"), "objector": ("vault",), "gone": ()}
+
+
+def expected_landing(account: str, age: int) -> tuple[bool, bool, bool, dict[Drop, int]]:
+    """(vault row?, analytics row?, recording and transcript kept?, drops) for a call of `account`
+    that is `age` old at NOW under the default policy, as `jobs retention --as-of NOW` leaves it."""
+    if account == "gone":
+        return False, False, False, {Drop.ERASED: 1}
+    zones = KEPT_BY[account]
+    in_vault = "vault" in zones and age <= 90 * DAY
+    in_analytics = "analytics" in zones and age <= 400 * DAY
+    drops: Counter[Drop] = Counter()
+    if account == "objector" and in_vault:
+        drops[Drop.ANALYTICS_OBJECTED] += 1
+    if not (in_vault or in_analytics):
+        return False, False, False, {Drop.EXPIRED: 1}
+    if not in_vault:
+        drops[Drop.VAULT_EXPIRED] += 1
+    fresh = age <= 30 * DAY
+    if not fresh:
+        drops[Drop.TRANSCRIPT_EXPIRED] += 1
+        if in_vault:
+            drops[Drop.RECORDING_EXPIRED] += 1
+    return in_vault, in_analytics, fresh, dict(drops)
+
+
+@pytest.mark.parametrize("account", sorted(KEPT_BY))
+@pytest.mark.parametrize("age", AGES)
+def test_what_is_past_retention_at_now_never_lands(account: str, age: int) -> None:
+    history = [grant("recording"), grant("transcription")]
+    known = states(both=history, objector=[req("object"), *history], gone=[req("erase"), *history])
+    result = run([call(1, account, started_at=NOW - age)], known)
+    vault, analytics, kept, drops = expected_landing(account, age)
+    assert len(result.vault_rows) == int(vault) and len(result.vault_routes) == int(vault)
+    assert len(result.analytics_rows) == int(analytics) and len(result.analytics_routes) == int(analytics)
+    assert result.expired == ([0] if Drop.EXPIRED in drops else [])
+    assert {d: n for d, n in result.drops.items() if d != Drop.SECRET_ATTRIBUTE} == drops
+    for row in result.vault_rows:
+        assert (row["recording_uri"], row["transcript"]) == (
+            ("s3://rec/x.wav", "reach me on 020 7946 0958") if kept else (None, None)
+        )
+    for row in result.analytics_rows:
+        assert row["has_recording"] is True  # retention leaves it as it landed
+        assert row["transcript"] == ("reach me on [PHONE]" if kept else None)
+        assert row["started_at"] == NOW - age
+    landed_only_in_analytics = result.drops[Drop.VAULT_EXPIRED]
+    assert (
+        len(result.vault_rows)
+        + len(result.rejections)
+        + len(result.erased)
+        + len(result.expired)
+        + (landed_only_in_analytics)
+        == 1
+    )
+
+
+def test_a_batch_of_every_age_and_account_is_accounted_for_in_order() -> None:
+    """One batch of all of the above: the rows that land keep their batch order, the routes
+    stay beside their rows, and every event is counted once."""
+    history = [grant("recording"), grant("transcription")]
+    known = states(both=history, objector=[req("object"), *history], gone=[req("erase"), *history])
+    batch = [
+        call(n, account, started_at=NOW - age)
+        for n, (account, age) in enumerate((a, age) for age in AGES for a in sorted(KEPT_BY))
+    ]
+    result = run(batch, known)
+    want_vault, want_analytics, want_drops = [], [], Counter[Drop]()
+    for record in batch:
+        vault, analytics, _kept, drops = expected_landing(record["account_id"], NOW - record["started_at"])
+        want_vault += [record["event_id"]] if vault else []
+        want_analytics += [record["event_id"]] if analytics else []
+        want_drops.update(drops)
+    assert [r["event_id"] for r in result.vault_rows] == want_vault
+    assert [r["event_id"] for r in result.analytics_rows] == want_analytics
+    assert [r.dt for r in result.vault_routes] == [
+        clock.day_of_ms(r["started_at"]) for r in result.vault_rows
+    ]
+    assert [r.account_token for r in result.analytics_routes] == [
+        r["account_token"] for r in result.analytics_rows
+    ]
+    assert +Counter({d: n for d, n in result.drops.items() if d != Drop.SECRET_ATTRIBUTE}) == +want_drops
+    assert len(result.expired) == result.drops[Drop.EXPIRED] > 0
+    assert len(result.vault_rows) + len(result.rejections) + len(result.erased) + len(result.expired) + (
+        result.drops[Drop.VAULT_EXPIRED]
+    ) == len(batch)
+
+
+def test_an_analytics_limit_shorter_than_the_vaults_keeps_the_row_in_the_vault_only() -> None:
+    policy = Policy(retention=Retention(vault_days=90, analytics_days=60))
+    batch = [call(1, started_at=NOW - 60 * DAY), call(2, started_at=NOW - 60 * DAY - 1)]
+    result = process_batch(batch, {}, policy, KEY, NOW)
+    assert [r["event_id"] for r in result.vault_rows] == ["ev-1", "ev-2"]
+    assert [r["event_id"] for r in result.analytics_rows] == ["ev-1"]
+    assert result.drops[Drop.ANALYTICS_EXPIRED] == 1 and not result.expired
+
+
+def test_a_value_consent_removed_is_not_counted_as_expired_too() -> None:
+    """Consent comes first: a recording the account never allowed is `recording_no_consent`, and
+    only what consent kept can expire."""
+    result = run([call(1, "none", started_at=NOW - 60 * DAY)])
+    assert result.drops[Drop.RECORDING_NO_CONSENT] == result.drops[Drop.TRANSCRIPTION_NO_CONSENT] == 1
+    assert not result.drops[Drop.RECORDING_EXPIRED] and not result.drops[Drop.TRANSCRIPT_EXPIRED]

@@ -1,8 +1,9 @@
 """process_batch gives, byte for byte, what the chain's definitions give step by step: the rules
 checked field by field (`_check_fields`, `_project`), `decide` per event, the plan walked by
-`interpret`, tokens from the key itself. The hot path remembers, fuses and inlines; this holds
-it to the same vault rows, analytics rows, routes, rejections and drops (values, their types and
-their keys' order) over seeded traffic, damaged records, every batch size and every kind of memo."""
+`interpret`, tokens from the key itself, retention's limits as `jobs.retention.apply_limits` says
+them. The hot path remembers, fuses and inlines; this holds it to the same vault rows, analytics
+rows, routes, rejections and drops (values, their types and their keys' order) over seeded
+traffic, damaged records, every batch size and every kind of memo, and traffic of 500 days."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.bench.canary import KEY, seeded
+from pipeline.bench.canary import KEY, START_MS, seeded, states_of
+from pipeline.carrier.generate import generate_traffic
 from pipeline.chain import ChainResult, Route, process_batch
 from pipeline.codec import Lineage
 from pipeline.consent import AccountState, account_state, apply_consent, decide
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.phones import normalize_numbers
-from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy
+from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy, Retention
 from pipeline.pseudonymize import interpret
 from pipeline.reasons import Drop, Reason, Rejection, Stage
 from pipeline.rejected_field import field_of
@@ -34,7 +36,7 @@ from pipeline.validate import (
     _rules,
     rejected_bytes,
 )
-from schemas.clock import EPOCH_OF_SERVICE_MS
+from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
 from sinks.layout import bucket_of
 
 
@@ -94,11 +96,24 @@ def reference(
         seen.add(record["event_id"])
         clean = _project(record, rules)
         accepted.append((clean, index, normalize_numbers(clean, Memo())))
+    # retention's limits at now_ms: a row or value started before its cutoff does not land
+    limits = policy.retention
+    vault_cut, analytics_cut = now_ms - limits.vault_days * DAY_MS, now_ms - limits.analytics_days * DAY_MS
+    recording_cut = now_ms - limits.recording_days * DAY_MS
+    transcript_cut = now_ms - limits.transcript_days * DAY_MS
+    landing = []
     for record, index, regions in accepted:
         decision = decide(states.get(record["account_id"]), record["started_at"], policy.consent)
         if decision.erased:
             drops[Drop.ERASED] += 1
             result.erased.append(index)
+            continue
+        to_analytics = decision.analytics and not decision.restricted
+        in_vault = record["started_at"] >= vault_cut
+        in_analytics = to_analytics and record["started_at"] >= analytics_cut
+        if not (in_vault or in_analytics):
+            drops[Drop.EXPIRED] += 1
+            result.expired.append(index)
             continue
         apply_consent(record, decision, drops)
         partition, offset, place = sources[index] if sources is not None else (-1, index, 0)
@@ -106,15 +121,29 @@ def reference(
         token = key.token(Domain.ACCOUNT, record["account_id"])
         day = datetime.fromtimestamp(record["started_at"] / 1000, UTC).strftime("%Y-%m-%d")
         route = Route(day, bucket_of(token, buckets), token)
-        result.vault_rows.append(record)
-        result.vault_routes.append(route)
         if decision.restricted:
             drops[Drop.RESTRICTED] += 1
         elif not decision.analytics:
             drops[Drop.ANALYTICS_OBJECTED] += 1
-        else:
+        landing.append((record, route, regions, in_vault, to_analytics, in_analytics))
+    for record, route, regions, in_vault, to_analytics, in_analytics in landing:
+        old = record["started_at"]
+        if to_analytics and not in_analytics:
+            drops[Drop.ANALYTICS_EXPIRED] += 1
+        if not in_vault:
+            drops[Drop.VAULT_EXPIRED] += 1
+        if record["transcript"] is not None and old < transcript_cut:  # both zones
+            record["transcript"] = None
+            drops[Drop.TRANSCRIPT_EXPIRED] += 1
+        if in_analytics:  # has_recording as it landed: retention leaves it
             result.analytics_rows.append(interpret(record, key, regions, record, Memo()))
             result.analytics_routes.append(route)
+        if in_vault:
+            if record["recording_uri"] is not None and old < recording_cut:
+                record["recording_uri"] = None
+                drops[Drop.RECORDING_EXPIRED] += 1
+            result.vault_rows.append(record)
+            result.vault_routes.append(route)
     return result
 
 
@@ -128,7 +157,15 @@ def _exact(value: Any) -> Any:
 
 
 def assert_same(got: ChainResult, want: ChainResult) -> None:
-    for name in ("vault_rows", "vault_routes", "analytics_rows", "analytics_routes", "rejections", "erased"):
+    for name in (
+        "vault_rows",
+        "vault_routes",
+        "analytics_rows",
+        "analytics_routes",
+        "rejections",
+        "erased",
+        "expired",
+    ):
         assert _exact(getattr(got, name)) == _exact(getattr(want, name)), name
     assert type(got.drops) is Counter
     assert list(got.drops.items()) == list(want.drops.items())
@@ -240,3 +277,50 @@ def test_replaced_states_are_judged_anew(traffic: tuple[list[Any], dict[str, Acc
             batch = calls[start : start + 100]
             got = process_batch(batch, states, DEFAULT_POLICY, KEY, now, memo=memo)
             assert_same(got, reference(batch, states, DEFAULT_POLICY, KEY, now))
+
+
+@pytest.fixture(scope="module")
+def aged() -> tuple[list[Any], dict[str, AccountState], int]:
+    """Traffic of the 500 days before now, damaged: every retention limit falls inside it."""
+    traffic = generate_traffic(31, 1500, START_MS - 500 * DAY_MS, 500 * DAY_MS)
+    return _damaged(traffic.calls, 9), states_of(traffic), START_MS
+
+
+EXPIRY = {
+    Drop.EXPIRED,
+    Drop.VAULT_EXPIRED,
+    Drop.ANALYTICS_EXPIRED,
+    Drop.RECORDING_EXPIRED,
+    Drop.TRANSCRIPT_EXPIRED,
+}
+
+
+@pytest.mark.parametrize(
+    ("retention", "seen"),
+    [
+        (Retention(), EXPIRY - {Drop.ANALYTICS_EXPIRED}),
+        (
+            Retention(vault_days=400, analytics_days=90, recording_days=120, transcript_days=7),
+            EXPIRY - {Drop.VAULT_EXPIRED},
+        ),
+        (Retention(vault_days=1, analytics_days=1, recording_days=1, transcript_days=1), {Drop.EXPIRED}),
+        (
+            Retention(vault_days=36500, analytics_days=36500, recording_days=36500, transcript_days=36500),
+            set(),
+        ),
+    ],
+)
+def test_the_chain_applies_retention_as_its_definitions_say(
+    aged: tuple[list[Any], dict[str, AccountState], int], retention: Retention, seen: set[Drop]
+) -> None:
+    calls, states, now = aged
+    policy = Policy(retention=retention, consent=ConsentDefaults(recording=True, transcription=True))
+    memo = Memo()
+    for size in (1, 40, 1500):
+        for start in range(0, len(calls), size):
+            batch = calls[start : start + size]
+            want = reference(batch, states, policy, KEY, now)
+            assert_same(process_batch(batch, states, policy, KEY, now, memo=memo), want)
+    whole = process_batch(calls, states, policy, KEY, now)
+    assert {d for d in whole.drops if d in EXPIRY} == seen
+    assert len(whole.expired) == whole.drops[Drop.EXPIRED]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.bench.canary import KEY, seeded
+from pipeline.bench.canary import KEY, START_MS, seeded, states_of
+from pipeline.carrier.generate import generate_traffic
 from pipeline.chain import process_batch, route_batch
 from pipeline.chain_tables import tables_of
 from pipeline.memo import Memo
-from pipeline.policy import DEFAULT_POLICY
+from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy
+from pipeline.reasons import Drop
+from schemas.clock import DAY_MS
 from sinks.arrow import analytics_table, vault_table
 
 
@@ -81,3 +84,26 @@ def test_a_batch_wholly_rejected_or_erased_gives_empty_tables_of_the_zones_schem
     assert tables.vault.num_rows == tables.analytics.num_rows == len(tables.buckets) == 0
     assert tables.vault.schema.equals(vault_table([]).schema)
     assert tables.analytics.schema.equals(analytics_table([]).schema)
+
+
+def test_rows_past_retention_leave_the_tables_as_they_leave_the_rows() -> None:
+    """Traffic of 500 days: the vault table loses the rows past its limit and the recordings
+    past theirs only after analytics is made of it (has_recording stays as it landed)."""
+    traffic = generate_traffic(13, 2_000, START_MS - 500 * DAY_MS, 500 * DAY_MS)
+    states = states_of(traffic)
+    policy = Policy(consent=ConsentDefaults(recording=True, transcription=True))
+    for batch in (1, 64, 2_000):
+        row_memo, column_memo = Memo(), Memo()
+        drops: dict[Drop, int] = {}
+        for i in range(0, len(traffic.calls), batch):
+            chunk = traffic.calls[i : i + batch]
+            rows = process_batch([dict(c) for c in chunk], states, policy, KEY, START_MS, memo=row_memo)
+            routed = route_batch([dict(c) for c in chunk], states, policy, KEY, START_MS, memo=column_memo)
+            tables = tables_of(routed, KEY, column_memo)
+            assert tables.vault.equals(vault_table(rows.vault_rows))
+            assert tables.analytics.equals(analytics_table(rows.analytics_rows))
+            assert tables.buckets.equals(pa.array([r.bucket for r in rows.vault_routes], pa.int32()))
+            assert routed.expired == rows.expired and list(routed.drops.items()) == list(rows.drops.items())
+            for drop, n in rows.drops.items():
+                drops[drop] = drops.get(drop, 0) + n
+        assert all(drops.get(d) for d in (Drop.EXPIRED, Drop.VAULT_EXPIRED, Drop.RECORDING_EXPIRED))

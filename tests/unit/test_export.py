@@ -15,7 +15,7 @@ from jobs import audit, export
 from pipeline import codec
 from pipeline.carrier import generate
 from pipeline.cli import main
-from tests.support.ops_lake import make_key
+from tests.support.ops_lake import keep_all_policy, make_key
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(7, 60, START, accounts=6)
@@ -33,6 +33,7 @@ def lake_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
     with pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
+        mp.setenv("CALLPIPE_POLICY", str(keep_all_policy(folder)))  # START is long past
         assert main(["ingest", str(calls)]) == 0
     yield folder / "lake", env
 

@@ -17,7 +17,7 @@ from pipeline.carrier import generate
 from pipeline.cli import main
 from pipeline.identifiers import identifier_paths
 from pipeline.ingest import load_states
-from tests.support.ops_lake import make_key, zone_source
+from tests.support.ops_lake import keep_all_policy, make_key, zone_source
 
 START = 1_767_225_600_000
 TRAFFIC = generate.generate_traffic(5, 40, START, accounts=10)
@@ -61,6 +61,7 @@ def test_control_characters_in_identifiers_are_dead_letters_never_landed(
     key_file, _key = make_key(tmp_path)
     monkeypatch.setenv("CALLPIPE_LAKE", str(lake))
     monkeypatch.setenv("CALLPIPE_KEY_FILE", str(key_file))
+    monkeypatch.setenv("CALLPIPE_POLICY", str(keep_all_policy(tmp_path)))  # START is long past
     bad_calls = _hostile(TRAFFIC.calls, "CallEvent")
     bad_consents = _hostile(TRAFFIC.consents, "ConsentEvent")
     requests = TRAFFIC.requests or [{"request_id": "r1", "account_id": "a1", "kind": "object", "at": START}]

@@ -121,9 +121,35 @@ def test_stream_counters_that_add_up_say_so(lake: Path) -> None:
     manifest.write_text("{}")
     data = report.collect(duckdb.connect(), lake, DEFAULT_POLICY, as_of=AS_OF, sample=10, seed=1)
     assert data["stream"]["reconciled"]["adds_up"]
-    assert "events 10 = landed in the vault 7 + dead letters 1 + erased 2 (adds up)" in report.render_text(
-        data
+    assert (
+        "events 10 = landed in the vault 7 + dead letters 1 + erased 2 + past retention 0 (adds up)"
+        in report.render_text(data)
     )
+
+
+def test_events_past_retention_when_they_landed_add_up_too(lake: Path) -> None:
+    """An event landed nowhere (`expired`) or in analytics only (`vault_expired`) is not a vault
+    row; one kept out of analytics (`analytics_expired`) or a value nulled is no event lost."""
+    counts = {
+        "events_in": 10,
+        "vault": 5,
+        "analytics": 6,
+        "drop.expired": 2,
+        "drop.vault_expired": 3,
+        "drop.analytics_expired": 1,
+        "drop.recording_expired": 4,
+        "drop.transcript_expired": 2,
+    }
+    write_stats(lake, "calls.raw-0", 0, 9, counts)
+    manifest = lineage.manifest_path(lake, "calls.raw-0", 0, 9)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("{}")
+    data = report.collect(duckdb.connect(), lake, DEFAULT_POLICY, as_of=AS_OF, sample=10, seed=1)
+    rec = data["stream"]["reconciled"]
+    assert (rec["expired"], rec["adds_up"]) == (5, True)
+    assert rec["kept_out_of_analytics"] == {"analytics_expired": 1}
+    assert rec["fields_removed"] == {"recording_expired": 4, "transcript_expired": 2}
+    assert "+ past retention 5 (adds up)" in report.render_text(data)
 
 
 def test_job_history_newest_first(data: dict) -> None:

@@ -28,7 +28,7 @@ from schemas.clock import DAY_MS
 from sinks import crypt, files
 from sinks.layout import ANALYTICS, VAULT, glob
 from sinks.read import read_zone, zone_files
-from tests.support.ops_lake import make_key
+from tests.support.ops_lake import keep_all_policy, make_key
 
 START = 1_767_225_600_000  # 2026-01-01
 TRAFFIC = generate.generate_traffic(11, 400, START, 4 * DAY_MS, accounts=12)
@@ -58,6 +58,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         assert main(["vault", "init"]) == 0
         assert (vault_keys.stat().st_mode & 0o777) == 0o600
         mp.setenv("CALLPIPE_LAKE", str(folder / "encrypted"))
+        mp.setenv("CALLPIPE_POLICY", str(keep_all_policy(folder)))  # START is long past
         assert main(["ingest", str(calls)]) == 0
         mp.setenv("CALLPIPE_VAULT_ENCRYPTION", "off")
         mp.setenv("CALLPIPE_LAKE", str(folder / "plain"))
@@ -231,7 +232,9 @@ def test_rotation_keeps_old_files_readable_and_rewrap_moves_them(
     assert main(["vault", "rotate"]) == 0
     assert (keys.stat().st_mode & 0o777) == 0o600
     later = _write_calls(lake.parent / "later.jsonl", LATER.calls)
+    monkeypatch.setenv("CALLPIPE_POLICY", str(keep_all_policy(lake.parent)))
     assert main(["ingest", str(later)]) == 0
+    monkeypatch.delenv("CALLPIPE_POLICY")
     new = [f for f in zone_files(lake, VAULT) if f not in old]
     assert new
     with crypt.configured(crypto):  # a process holding the old key file in memory reloads it
@@ -352,6 +355,7 @@ def test_without_the_key_file_nothing_is_written_and_off_is_the_only_plaintext(
     monkeypatch.setenv("CALLPIPE_KEY_FILE", str(built["key_file"]))
     monkeypatch.setenv("CALLPIPE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CALLPIPE_LAKE", str(tmp_path / "lake"))
+    monkeypatch.setenv("CALLPIPE_POLICY", str(keep_all_policy(tmp_path)))
     assert main(["ingest", str(built["calls"])]) == 2
     assert "vault key file" in capsys.readouterr().err
     assert not zone_files(tmp_path / "lake", VAULT) and not zone_files(tmp_path / "lake", ANALYTICS)
