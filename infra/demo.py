@@ -237,10 +237,13 @@ def _summary(lake: Path, stats: StreamStats, total: int) -> None:
     _say(f"   vault files encrypted at rest (Parquet modular encryption): {encrypted}")
     _say(f"   dead letters (calls.dlq) by reason: {dict(sorted(dead.items()))}")
     _say(f"   consent and subject outcomes: {dict(sorted(drops.items()))}")
-    accounted = (vault[0] if vault else 0) + sum(dead.values()) + drops.get("erased", 0)
+    vault_rows = vault[0] if vault else 0
+    # events past retention when they landed: nowhere (expired) or in analytics only
+    past = drops.get("expired", 0) + drops.get("vault_expired", 0)
+    accounted = vault_rows + sum(dead.values()) + drops.get("erased", 0) + past
     _say(
-        f"   accounted: vault {accounted - sum(dead.values()) - drops.get('erased', 0)} + dead letters "
-        f"{sum(dead.values())} + erased {drops.get('erased', 0)} = {accounted}"
+        f"   accounted: vault {vault_rows} + dead letters {sum(dead.values())} + erased"
+        f" {drops.get('erased', 0)}" + (f" + past retention {past}" if past else "") + f" = {accounted}"
     )
     _say("7. an analyst's view (the pseudonymized zone: identifiers there are keyed tokens)")
     view = f"read_parquet('{glob(lake, 'analytics')}')"
