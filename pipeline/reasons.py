@@ -46,6 +46,18 @@ class Drop(StrEnum):
     TRANSCRIPT_EXPIRED = "transcript_expired"  # transcript removed: past the transcripts' limit
 
 
+# The outcomes of retention's limits applied at landing (pipeline/expiry.py), for their readers.
+PAST_RETENTION = frozenset(
+    {
+        Drop.EXPIRED,
+        Drop.VAULT_EXPIRED,
+        Drop.ANALYTICS_EXPIRED,
+        Drop.RECORDING_EXPIRED,
+        Drop.TRANSCRIPT_EXPIRED,
+    }
+)
+
+
 class Stage(StrEnum):
     DECODE = "decode"
     VALIDATE = "validate"

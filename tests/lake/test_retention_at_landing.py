@@ -19,7 +19,7 @@ from pipeline.consent import AccountState
 from pipeline.ingest import ingest_files
 from pipeline.keys import PseudonymKey
 from pipeline.policy import ConsentDefaults, Policy, Retention
-from pipeline.reasons import Drop
+from pipeline.reasons import PAST_RETENTION, Drop
 from pipeline.settings import Settings
 from schemas import clock
 from schemas.clock import DAY_MS
@@ -30,13 +30,7 @@ from sinks.stats import read_stats
 KEY = PseudonymKey("test", bytes(range(32)))
 T = 1_767_225_600_000 + 12_345  # 2026-01-01T00:00:12.345Z: the limits fall between whole seconds
 KEEP_ALL = Retention(vault_days=36500, analytics_days=36500, recording_days=36500, transcript_days=36500)
-EXPIRY = {
-    Drop.EXPIRED,
-    Drop.VAULT_EXPIRED,
-    Drop.ANALYTICS_EXPIRED,
-    Drop.RECORDING_EXPIRED,
-    Drop.TRANSCRIPT_EXPIRED,
-}
+EXPIRY = PAST_RETENTION
 
 
 def _shifted(call: dict[str, Any], started: int) -> dict[str, Any]:

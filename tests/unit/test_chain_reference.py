@@ -25,7 +25,7 @@ from pipeline.memo import Memo
 from pipeline.phones import normalize_numbers
 from pipeline.policy import DEFAULT_POLICY, ConsentDefaults, Policy, Retention
 from pipeline.pseudonymize import interpret
-from pipeline.reasons import Drop, Reason, Rejection, Stage
+from pipeline.reasons import PAST_RETENTION, Drop, Reason, Rejection, Stage
 from pipeline.rejected_field import field_of
 from pipeline.secret_names import _is_secret, _map_fields
 from pipeline.validate import (
@@ -286,13 +286,7 @@ def aged() -> tuple[list[Any], dict[str, AccountState], int]:
     return _damaged(traffic.calls, 9), states_of(traffic), START_MS
 
 
-EXPIRY = {
-    Drop.EXPIRED,
-    Drop.VAULT_EXPIRED,
-    Drop.ANALYTICS_EXPIRED,
-    Drop.RECORDING_EXPIRED,
-    Drop.TRANSCRIPT_EXPIRED,
-}
+EXPIRY = PAST_RETENTION
 
 
 @pytest.mark.parametrize(
