@@ -160,7 +160,7 @@ def route_batch(
     event's time, null what lacks consent, add lineage, route, apply retention's limits at
     `now_ms` (`process_batch`'s arguments;
     `admitted`: the records are as `pipeline.codec`'s decoders admitted them, whose types and
-    identifiers validation need not check again: `pipeline.validate._admitted_copier`)."""
+    identifiers validation need not check again: `pipeline.field_rules.admitted_copier`)."""
     if sources is not None and len(sources) != len(records):
         raise ValueError("sources must give one lineage per record")
     memo = memo if memo is not None else Memo()

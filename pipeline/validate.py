@@ -3,22 +3,21 @@
 Secret-named attributes go first (`pipeline.secret_names`; here and on the dead-letter path), so
 a credential that a carrier put in `attributes` reaches neither the lake nor calls.dlq.
 `validate_batch` then checks each record against the CallEvent schema (required fields, types,
-enum symbols), sane identifiers (non-blank, bounded, printable: `pipeline.identifiers`), times and
-durations, and duplicate event ids within the batch, and normalizes the phone numbers to E.164
-where they parse (`pipeline.phones`). Each rejection carries one `Reason`, never a value.
+enum symbols: `pipeline.field_rules`), sane identifiers (non-blank, bounded, printable:
+`pipeline.identifiers`), times and durations, and duplicate event ids within the batch, and
+normalizes the phone numbers to E.164 where they parse (`pipeline.phones`). Each rejection
+carries one `Reason`, never a value.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-import schemas
 from pipeline.codec import Lineage, event_json
-from pipeline.identifiers import ID_CATEGORIES, MAX_ID_LEN, MAX_PHONE_LEN, is_nameable
+from pipeline.field_rules import Record, admitted_copier, fast_checker
 from pipeline.memo import Memo
 from pipeline.phones import normalize_numbers
 from pipeline.reasons import Drop, Reason, Rejection, Stage
@@ -26,11 +25,8 @@ from pipeline.rejected_field import field_of
 from pipeline.secret_names import _harmless, _lowered, _map_fields, _strip, strip_secrets_json
 from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
 
-RECORD = "CallEvent"
 MAX_FUTURE_MS = DAY_MS  # clock skew tolerated ahead of `now_ms`
 MAX_DURATION_S = 48 * 3600
-
-Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -43,257 +39,6 @@ class Validated:
     regions: list[tuple[str, ...]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     drops: Counter[Drop] = field(default_factory=Counter)
-
-
-# ---------------------------------------------------------------- schema checks
-
-
-@dataclass(frozen=True)
-class _FieldRule:
-    name: str
-    types: tuple[type, ...]
-    nullable: bool
-    required: bool
-    symbols: frozenset[str] | None
-    category: str
-    nested: tuple[_FieldRule, ...] = ()
-
-
-# Exact Python types per Avro type (exact, so True is no int); decoders give plain dicts and strs.
-_PY = {"string": (str,), "int": (int,), "long": (int,), "boolean": (bool,), "double": (float, int)}
-
-
-def _rule(f: Mapping[str, Any], annotations: Mapping[str, str], prefix: str) -> _FieldRule:
-    t = f["type"]
-    branches = t if isinstance(t, list) else [t]
-    nullable = "null" in branches
-    (branch,) = [b for b in branches if b != "null"]
-    symbols = None
-    nested: tuple[_FieldRule, ...] = ()
-    if isinstance(branch, dict):
-        kind = branch["type"]
-        if kind == "enum":
-            types: tuple[type, ...] = (str,)
-            symbols = frozenset(branch["symbols"])
-        elif kind == "map":
-            types = (dict,)
-        elif kind == "record":
-            types = (dict,)
-            nested = tuple(_rule(g, annotations, prefix + f["name"] + ".") for g in branch["fields"])
-        else:
-            types = _PY[kind]
-    else:
-        types = _PY[branch]
-    return _FieldRule(
-        f["name"], types, nullable, "default" not in f, symbols, annotations[prefix + f["name"]], nested
-    )
-
-
-@lru_cache(maxsize=1)
-def _rules() -> tuple[_FieldRule, ...]:
-    annotations = {p.path: p.category for p in schemas.pii_fields(RECORD)}
-    return tuple(_rule(f, annotations, "") for f in schemas.raw(RECORD)["fields"])
-
-
-def _has_type(value: Any, types: tuple[type, ...]) -> bool:
-    return type(value) in types
-
-
-def _check_fields(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Reason | None:
-    for rule in rules:
-        value = record.get(rule.name)
-        if value is None:
-            if rule.required or not rule.nullable:
-                return Reason.MISSING_FIELD
-            continue
-        if not _has_type(value, rule.types):
-            return Reason.WRONG_TYPE
-        if rule.symbols is not None and value not in rule.symbols:
-            return Reason.UNKNOWN_ENUM
-        if rule.nested:
-            reason = _check_fields(value, rule.nested)
-            if reason is not None:
-                return reason
-        elif rule.types == (dict,) and not all(type(k) is str and type(v) is str for k, v in value.items()):
-            return Reason.WRONG_TYPE
-        if rule.category in ID_CATEGORIES and isinstance(value, str):
-            limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
-            if not is_nameable(value, limit):
-                return Reason.BAD_ID
-    return None
-
-
-Checked = Callable[[Mapping[str, Any]], tuple[Reason | None, Record | None]]
-
-
-@lru_cache(maxsize=1)
-def _checker() -> Checked:
-    """`_check_fields` then `_project`, unrolled into one function written from the schema's rules
-    once per process: the first failing check of the first failing field gives the reason, as
-    in `_check_fields`; a record that passes comes back projected, as `_project` makes it."""
-    namespace: dict[str, Any] = {"Reason": Reason, "nameable": is_nameable}
-    lines: list[str] = []
-    _write_checker("check", _rules(), namespace, lines)
-    exec(compile("\n".join(lines), "<validate rules>", "exec"), namespace)  # our own source, from the schema
-    fn: Checked = namespace["check"]
-    return fn
-
-
-def _write_checker(
-    name: str, rules: Sequence[_FieldRule], namespace: dict[str, Any], lines: list[str]
-) -> None:
-    for rule in rules:
-        if rule.nested:
-            _write_checker(f"{name}_{rule.name}", rule.nested, namespace, lines)
-    body = [f"def {name}(record):", "    get = record.get", "    out = {}"]
-    for i, rule in enumerate(rules):
-        body.append(f"    v = get({rule.name!r})")
-        if rule.required or not rule.nullable:
-            body += ["    if v is None:", "        return Reason.MISSING_FIELD, None"]
-            indent = "    "
-        else:
-            body.append("    if v is not None:")
-            indent = "        "
-        types = f"{name}_types{i}"
-        namespace[types] = rule.types
-        if len(rule.types) == 1:
-            namespace[types] = rule.types[0]
-            body += [f"{indent}if type(v) is not {types}:", f"{indent}    return Reason.WRONG_TYPE, None"]
-        else:
-            body += [f"{indent}if type(v) not in {types}:", f"{indent}    return Reason.WRONG_TYPE, None"]
-        if rule.symbols is not None:
-            symbols = f"{name}_symbols{i}"
-            namespace[symbols] = rule.symbols
-            body += [f"{indent}if v not in {symbols}:", f"{indent}    return Reason.UNKNOWN_ENUM, None"]
-        if rule.nested:
-            body += [
-                f"{indent}reason, v = {name}_{rule.name}(v)",
-                f"{indent}if reason is not None:",
-                f"{indent}    return reason, None",
-            ]
-        elif rule.types == (dict,):
-            body += [
-                f"{indent}if not all(type(k) is str and type(x) is str for k, x in v.items()):",
-                f"{indent}    return Reason.WRONG_TYPE, None",
-            ]
-        if rule.category in ID_CATEGORIES and str in rule.types:
-            limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
-            body += [
-                # is_nameable, inlined
-                f"{indent}if type(v) is str and not (0 < len(v) <= {limit} and v.isprintable()"
-                " and not v.isspace()):",
-                f"{indent}    return Reason.BAD_ID, None",
-            ]
-        body.append(f"    out[{rule.name!r}] = v")
-    body.append("    return None, out")
-    lines += [*body, ""]
-
-
-@lru_cache(maxsize=1)
-def _fast_checker() -> Checked:
-    """`_checker` for a record in the decoders' own shape (both give one): a plain dict holding
-    exactly the schema's fields in the schema's order, a nested record likewise. Its values are
-    unpacked at once into locals, checked as `_checker` checks them, and the record is copied
-    whole (`dict.copy` copies the table, no insert per key): what `_project` makes of it, as the
-    keys and their order are the schema's. Any other shape and any failed check goes to
-    `_checker`, which names the reason: this one only ever says yes faster (~half the cost)."""
-    rules = _rules()
-    namespace: dict[str, Any] = {"check": _checker()}
-    top = [f"f{i}" for i in range(len(rules))]
-    namespace["fields"] = [rule.name for rule in rules]
-    body = [
-        "def fast(record):",
-        "    if type(record) is not dict or list(record) != fields:",
-        "        return check(record)",
-        f"    {', '.join(top)}, = record.values()",
-    ]
-    copies = []
-    for i, rule in enumerate(rules):
-        body += _fast_checks(rule, top[i], f"t{i}", namespace, "    ")
-        if rule.nested:
-            if any(inner.nested for inner in rule.nested):
-                raise ValueError(f"schema {RECORD}: records nest at most one record deep")
-            inner_vars = [f"{top[i]}_{j}" for j in range(len(rule.nested))]
-            namespace[f"fields{i}"] = [inner.name for inner in rule.nested]
-            indent = "    " if rule.required or not rule.nullable else "        "
-            if indent != "    ":
-                body.append(f"    if {top[i]} is not None:")
-            body += [
-                f"{indent}if list({top[i]}) != fields{i}:",
-                f"{indent}    return check(record)",
-                f"{indent}{', '.join(inner_vars)}, = {top[i]}.values()",
-            ]
-            for j, inner in enumerate(rule.nested):
-                body += _fast_checks(inner, inner_vars[j], f"t{i}_{j}", namespace, indent)
-            copies.append((rule.name, top[i], indent))
-    body.append("    out = record.copy()")
-    for name, var, indent in copies:
-        if indent != "    ":
-            body.append(f"    if {var} is not None:")
-        body.append(f"{indent}out[{name!r}] = {var}.copy()")
-    body.append("    return None, out")
-    exec(compile("\n".join(body), "<validate fast rules>", "exec"), namespace)  # our own source
-    fn: Checked = namespace["fast"]
-    return fn
-
-
-@lru_cache(maxsize=1)
-def _admitted_copier() -> Checked:
-    """`_fast_checker` for a record a decoder admitted (`pipeline.codec`'s `decode_value` and
-    `plain_record`): Avro gives the schema's fields in its order with its types and enum symbols,
-    JSON the same by `pipeline.codec_json`'s conversion, and admission found its identifiers
-    nameable (`pipeline.identifiers.bad_identifier`, the checks `_fast_checks` repeats). The field
-    rules can only say yes to it, so it is copied as `_fast_checker` copies it, without asking
-    them again (~4 us per event of a worker's ~40). A record of another shape still goes to
-    `_checker`. tests/unit/test_validate.py holds the decoders to this on every kind of damage."""
-    rules = _rules()
-    fields = [rule.name for rule in rules]
-    nested = tuple(rule.name for rule in rules if rule.nested)
-    check = _checker()
-
-    def copy(record: Mapping[str, Any]) -> tuple[Reason | None, Record | None]:
-        if type(record) is not dict or list(record) != fields:
-            return check(record)
-        out = record.copy()
-        for name in nested:
-            inner = out[name]
-            if inner is not None:
-                out[name] = inner.copy()
-        return None, out
-
-    return copy
-
-
-def _fast_checks(rule: _FieldRule, var: str, name: str, namespace: dict[str, Any], indent: str) -> list[str]:
-    """The lines that send a record whose field (in local `var`) breaks `rule` to `check`."""
-    fail = f"{indent}    return check(record)"
-    lines = []
-    if rule.nullable and not rule.required:
-        lines.append(f"{indent}if {var} is not None:")
-        indent += "    "
-        fail = f"{indent}    return check(record)"
-    # else None fails the type test below: no rule's types hold NoneType
-    namespace[name] = rule.types[0] if len(rule.types) == 1 else rule.types
-    test = f"type({var}) is not {name}" if len(rule.types) == 1 else f"type({var}) not in {name}"
-    lines += [f"{indent}if {test}:", fail]
-    if rule.symbols is not None:
-        namespace[f"{name}_symbols"] = rule.symbols
-        lines += [f"{indent}if {var} not in {name}_symbols:", fail]
-    if not rule.nested and rule.types == (dict,):
-        lines += [
-            f"{indent}for k, x in {var}.items():",
-            f"{indent}    if type(k) is not str or type(x) is not str:",
-            f"    {fail}",
-        ]
-    if rule.category in ID_CATEGORIES and str in rule.types:
-        limit = MAX_PHONE_LEN if rule.category == "phone" else MAX_ID_LEN
-        test = "" if rule.types == (str,) else f"type({var}) is str and "  # a str already
-        lines += [
-            f"{indent}if {test}not (0 < len({var}) <= {limit} and {var}.isprintable()"
-            f" and not {var}.isspace()):",
-            fail,
-        ]
-    return lines
 
 
 def _check_times(record: Mapping[str, Any], now_ms: int) -> Reason | None:
@@ -314,15 +59,6 @@ def _check_times(record: Mapping[str, Any], now_ms: int) -> Reason | None:
 
 
 # ---------------------------------------------------------------- the batch
-
-
-def _project(record: Mapping[str, Any], rules: Sequence[_FieldRule]) -> Record:
-    """A copy holding exactly the schema's fields (absent optional ones as None)."""
-    out = {}
-    for rule in rules:
-        value = record.get(rule.name)
-        out[rule.name] = _project(value, rule.nested) if rule.nested and value is not None else value
-    return out
 
 
 def validate_batch(
@@ -362,9 +98,9 @@ def validated(
     position and regions, as soon as it is checked; rejections go to the caller's list and
     secret strips are counted in its counter. The chain takes each record on while it is still
     in the CPU's caches, and builds no lists and no `Validated` to unpack (a batch of one event
-    paid ~4 us for that). `admitted`: the records are as a decoder admitted them (`_admitted_copier`)."""
+    paid ~4 us for that). `admitted`: the records are as a decoder admitted them (`admitted_copier`)."""
     names = _lowered(secret_names)
-    check = _admitted_copier() if admitted else _fast_checker()
+    check = admitted_copier() if admitted else fast_checker()
     maps = _map_fields()
     harmless = _harmless(names)
     seen: set[str] = set()

@@ -1,5 +1,5 @@
 """process_batch gives, byte for byte, what the chain's definitions give step by step: the rules
-checked field by field (`_check_fields`, `_project`), `decide` per event, the plan walked by
+checked field by field (`check_fields`, `project`), `decide` per event, the plan walked by
 `interpret`, tokens from the key itself, retention's limits as `jobs.retention.apply_limits` says
 them. The hot path remembers, fuses and inlines; this holds it to the same vault rows, analytics
 rows, routes, rejections and drops (values, their types and their keys' order) over seeded
@@ -20,6 +20,7 @@ from pipeline.carrier.generate import generate_traffic
 from pipeline.chain import ChainResult, Route, process_batch
 from pipeline.codec import Lineage
 from pipeline.consent import AccountState, account_state, apply_consent, decide
+from pipeline.field_rules import check_fields, project, schema_rules
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.phones import normalize_numbers
@@ -28,14 +29,7 @@ from pipeline.pseudonymize import interpret
 from pipeline.reasons import PAST_RETENTION, Drop, Reason, Rejection, Stage
 from pipeline.rejected_field import field_of
 from pipeline.secret_names import _is_secret, _map_fields
-from pipeline.validate import (
-    MAX_FUTURE_MS,
-    _check_fields,
-    _check_times,
-    _project,
-    _rules,
-    rejected_bytes,
-)
+from pipeline.validate import MAX_FUTURE_MS, _check_times, rejected_bytes
 from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
 from sinks.layout import bucket_of
 
@@ -66,7 +60,7 @@ def reference(
 ) -> ChainResult:
     """The chain as its definitions say it, one step after another, nothing remembered."""
     names = frozenset(n.lower() for n in policy.secret_names)
-    rules = _rules()
+    rules = schema_rules()
     result = ChainResult()
     drops = result.drops
     accepted: list[tuple[dict[str, Any], int, tuple[str, ...]]] = []
@@ -79,7 +73,7 @@ def reference(
             record, stripped = _strip(raw, names)
             if stripped:
                 drops[Drop.SECRET_ATTRIBUTE] += stripped
-            reason = _check_fields(record, rules)
+            reason = check_fields(record, rules)
             if reason is None:
                 reason = _check_times(record, now_ms)
             if reason is None and record["event_id"] in seen:
@@ -94,7 +88,7 @@ def reference(
             )
             continue
         seen.add(record["event_id"])
-        clean = _project(record, rules)
+        clean = project(record, rules)
         accepted.append((clean, index, normalize_numbers(clean, Memo())))
     # retention's limits at now_ms: a row or value started before its cutoff does not land
     limits = policy.retention

@@ -290,13 +290,13 @@ def test_the_one_parse_resolution_agrees_with_the_reference_on_carrier_traffic()
 
 
 def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_kind_of_damage() -> None:
-    """validate_batch runs the schema's field rules unrolled into one function (`_checker`); it
-    must agree with `_check_fields` + `_project`, field by field and damage by damage."""
+    """validate_batch runs the schema's field rules unrolled into one function (`checker`); it
+    must agree with `check_fields` + `project`, field by field and damage by damage."""
     from pipeline.carrier.generate import generate_traffic
-    from pipeline.validate import _check_fields, _checker, _fast_checker, _project, _rules
+    from pipeline.field_rules import check_fields, checker, fast_checker, project, schema_rules
 
-    rules = _rules()
-    check = _checker()
+    rules = schema_rules()
+    check = checker()
     calls = generate_traffic(12, 200, 1_767_225_600_000).calls
     damage: list[Any] = [None, 7, 1.5, True, "", " ", "a\x00b", "x" * 200, {"k": 1}, {"k": "v"}, ["l"], "zz"]
     cases = []
@@ -313,13 +313,13 @@ def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_k
         cases.append({**call, "unknown_field": 1})
         cases.append(dict(reversed(call.items())))  # another order: the fast form hands it on
         cases.append({**call, "started_at": True, "duration_s": 1.0})
-    fast = _fast_checker()
+    fast = fast_checker()
     for case in cases:
-        expected = _check_fields(case, rules)
+        expected = check_fields(case, rules)
         reason, row = check(case)
         assert reason == expected, case
         if expected is None:
-            assert row == _project(case, rules)
+            assert row == project(case, rules)
         assert fast(case) == (reason, row), case
         if row is not None:  # the same keys in the same order, the device a copy of its own
             got = fast(case)[1]
@@ -329,14 +329,14 @@ def test_the_unrolled_checker_gives_the_reasons_and_rows_of_the_rules_on_every_k
 
 
 def test_what_the_decoders_admit_the_field_rules_accept_so_the_worker_may_skip_them() -> None:
-    """The worker asks the field rules nothing of a record a decoder admitted (`_admitted_copier`):
+    """The worker asks the field rules nothing of a record a decoder admitted (`admitted_copier`):
     every such record, from JSON with every kind of damage and from Avro with hostile strings,
     must be one the rules accept, and the copy must be the rules' own row, device copied too."""
     from pipeline import codec
     from pipeline.carrier.generate import generate_traffic
-    from pipeline.validate import _admitted_copier, _fast_checker, _rules
+    from pipeline.field_rules import admitted_copier, fast_checker, schema_rules
 
-    rules = _rules()
+    rules = schema_rules()
     calls = generate_traffic(12, 200, 1_767_225_600_000).calls
     damage: list[Any] = [None, 7, -(2**40), 1.5, True, "", " ", "a\x00b", "x" * 200, "\u200b", "😀", {"k": 1}]
     damage += [{"k": "v"}, ["l"], "zz", "2024-03-15T10:53:20Z", 2**63]
@@ -362,7 +362,7 @@ def test_what_the_decoders_admit_the_field_rules_accept_so_the_worker_may_skip_t
     values += codec.encode(avro_calls, "CallEvent", "avro")
     values += codec.encode(avro_calls, "CallEvent", "avro", 50)
     values += codec.encode(avro_calls, "CallEvent", "json", 50)
-    fast, admitted = _fast_checker(), _admitted_copier()
+    fast, admitted = fast_checker(), admitted_copier()
     seen = 0
     for value in values:
         decoded = codec.decode_value(value, "CallEvent")
