@@ -500,9 +500,10 @@ def _later(vault: pa.Table, buckets: pa.Array, analytics: pa.Table, last: int) -
     """(the rows of offsets after `last`, the rows up to it or None when there are none): the
     vault rows with their buckets, and the analytics rows, split by their source_offset."""
     vault_offsets, analytics_offsets = vault["source_offset"], analytics["source_offset"]
-    if _at_least(vault_offsets, last + 1) and _at_least(analytics_offsets, last + 1):
+    least, most = _span(vault_offsets, analytics_offsets)
+    if least > last:
         return (vault, buckets, analytics), None
-    if _at_most(vault_offsets, last) and _at_most(analytics_offsets, last):
+    if most <= last:
         # the usual flush: every row is in range, and filtering by an all-true mask would copy them
         return (vault.slice(0, 0), buckets.slice(0, 0), analytics.slice(0, 0)), (vault, buckets, analytics)
     vault_later = pc.greater(vault_offsets, last).combine_chunks()
@@ -514,16 +515,15 @@ def _later(vault: pa.Table, buckets: pa.Array, analytics: pa.Table, last: int) -
     )
 
 
-def _at_least(offsets: pa.ChunkedArray, first: int) -> bool:
-    """Whether every offset of a column (none: true) is at least `first`."""
-    least = pc.min(offsets).as_py()
-    return least is None or least >= first
-
-
-def _at_most(offsets: pa.ChunkedArray, last: int) -> bool:
-    """Whether every offset of a column (none: true) is at most `last`."""
-    most = pc.max(offsets).as_py()
-    return most is None or most <= last
+def _span(*columns: pa.ChunkedArray) -> tuple[float, float]:
+    """The least and the greatest offset of the columns (no rows: +inf, -inf, so a range of
+    nothing is both all later and all in range)."""
+    least, most = float("inf"), float("-inf")
+    for column in columns:
+        found = pc.min_max(column).as_py()
+        if found["min"] is not None:
+            least, most = min(least, found["min"]), max(most, found["max"])
+    return least, most
 
 
 def held(lake: Path) -> dict[str, int]:
