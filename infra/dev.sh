@@ -13,8 +13,19 @@ setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
+  # The native decoder (pipeline/native/) is built by the install with cargo, from rustup's
+  # place when a non-login shell has not put it on PATH.
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH=$HOME/.cargo/bin:$PATH
+  fi
   local stamp=$VENV/.installed
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # Reinstall when pyproject.toml or the decoder's sources changed since, or cargo is here and the
+  # decoder is not: the editable install builds pipeline/_native*.so into the tree, so an edit to
+  # the Rust code is built here.
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || [ -n "$(find pipeline/native/Cargo.toml pipeline/native/Cargo.lock pipeline/native/src \
+      -newer "$stamp" -print -quit)" ] \
+    || { command -v cargo >/dev/null 2>&1 && ! compgen -G 'pipeline/_native*.so' >/dev/null; }; then
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e '.[dev]'
     touch "$stamp"

@@ -1,0 +1,12 @@
+"""Types of the extension module built from pipeline/native/ (src/lib.rs says what it does)."""
+
+from typing import Any
+
+class Decoder:
+    """An Avro record schema (JSON, as `schemas.parsed` gives it less fastavro's private keys)
+    compiled for decoding; ValueError for a schema it cannot mirror fastavro on."""
+
+    def __init__(self, schema_json: str) -> None: ...
+    def decode(self, value: bytes, start: int) -> dict[str, Any] | None:
+        """The record in value[start:], as fastavro.schemaless_reader gives it, or None unless
+        those bytes are exactly one record (or are one only fastavro takes)."""
