@@ -10,3 +10,6 @@ class Decoder:
     def decode(self, value: bytes, start: int) -> dict[str, Any] | None:
         """The record in value[start:], as fastavro.schemaless_reader gives it, or None unless
         those bytes are exactly one record (or are one only fastavro takes)."""
+    def decode_array(self, value: bytes, start: int) -> list[dict[str, Any]] | None:
+        """`decode` for an Avro array of the record (a batch message's body): fastavro's list of
+        records, or None."""

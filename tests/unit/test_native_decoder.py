@@ -188,6 +188,76 @@ def test_random_bytes_are_declined_or_read_as_fastavro_reads_them(name: str, val
     _sound(name, value)
 
 
+BATCH_SCHEMAS = {name: fastavro.parse_schema({"type": "array", "items": SCHEMAS[name]}) for name in SCHEMAS}
+
+
+def _sound_batch(name: str, value: bytes) -> list[Any] | None:
+    """`_sound` for `decode_array`, against fastavro's reader of an array of the record."""
+    got = DECODERS[name].decode_array(value, 0)
+    bio = io.BytesIO(value)
+    try:
+        want = fastavro.schemaless_reader(bio, BATCH_SCHEMAS[name], None)
+    except Exception:
+        want = None
+    if want is None or bio.tell() != len(value):
+        assert got is None, (name, value)
+    elif got is not None:
+        assert _shape(got) == _shape(want), (name, value)
+    return got
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(sorted(SCHEMAS)).flatmap(
+        lambda n: st.tuples(st.just(n), st.lists(STRATEGIES[n], max_size=5))
+    ),
+    st.data(),
+)
+def test_batches_decode_as_fastavro_reads_them_and_damage_is_declined(
+    batch: tuple[str, list[Any]], data: st.DataObject
+) -> None:
+    """A batch message's body (an Avro array of records, in blocks as a writer makes them):
+    read whole as fastavro reads it; cut, lengthened or flipped, declined or read the same."""
+    name, records = batch
+    bio = io.BytesIO()
+    fastavro.schemaless_writer(bio, BATCH_SCHEMAS[name], records)
+    body = bytearray(bio.getvalue())
+    got = _sound_batch(name, bytes(body))
+    assert got is not None, "a batch a writer made was declined"
+    assert len(got) == len(records)
+    _sound_batch(name, bytes(body) + data.draw(st.binary(min_size=1, max_size=8)))
+    _sound_batch(name, bytes(body[: data.draw(st.integers(0, len(body) - 1))]))
+    for _ in range(data.draw(st.integers(1, 3))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    _sound_batch(name, bytes(body))
+
+
+def test_batch_messages_decode_natively_as_with_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_value of Confluent batch messages, whole, cut and flipped: the same records, lineage
+    and rejections (reasons, fields) with the native decoder as with fastavro alone."""
+    calls = canary.seeded(600).traffic.calls
+    values = codec.encode(calls, "CallEvent", "avro", 100)
+    values += [v[: len(v) // 2] for v in values] + [v[:-1] for v in values] + [v + b"\x00" for v in values]
+    values += [v[:40] + bytes([v[40] ^ 0xFF]) + v[41:] for v in values[:6]]
+    assert codec._body_reader("CallEvent", True) is not codec._fastavro_reader("CallEvent", True)
+    assert codec._body_reader("CallEvent", True)(values[0], 5) is not None  # read natively
+
+    def decoded(v: bytes) -> Any:
+        out = codec.decode_value(v, "CallEvent", partition=0, offset=1)
+        return (
+            [_shape(r) for r in out.records],
+            out.lineage,
+            [(r.reason, r.index, r.field, r.raw) for r in out.rejections],
+        )
+
+    native = [decoded(v) for v in values]
+    with monkeypatch.context() as m:
+        m.setattr(codec, "_body_reader", codec._fastavro_reader)
+        slow = [decoded(v) for v in values]
+    assert native == slow
+    assert sum(len(n[0]) for n in native) >= len(calls)  # the whole batches were read
+
+
 def test_every_truncation_of_real_traffic_is_declined() -> None:
     calls = canary.seeded(20).traffic.calls
     for call in calls[:8]:

@@ -67,6 +67,8 @@ struct Program {
     records: Vec<Vec<Field>>,
     enums: Vec<Vec<Py<PyString>>>,
     root: usize,
+    /// An array of the root record: the body of a batch message (`Decoder.decode_array`).
+    batch: Node,
 }
 
 fn invalid<T>(message: String) -> PyResult<T> {
@@ -459,6 +461,10 @@ impl Decoder {
         let Node::Record(root) = compiler.node(&schema, "")? else {
             return invalid("the schema is not a record".into());
         };
+        let batch = Node::Array {
+            items: Box::new(Node::Record(root)),
+            may_be_empty: compiler.may_be_empty(&Node::Record(root), &mut Vec::new()),
+        };
         let records = compiler
             .records
             .into_iter()
@@ -469,6 +475,7 @@ impl Decoder {
                 records,
                 enums: compiler.enums,
                 root,
+                batch,
             },
         })
     }
@@ -479,7 +486,31 @@ impl Decoder {
         py: Python<'py>,
         value: Cow<'_, [u8]>,
         start: usize,
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.read(py, &value, start, None)
+    }
+
+    /// The records of an Avro array of the record in `value[start:]` (a batch message's body),
+    /// or None unless those bytes are exactly one such array.
+    fn decode_array<'py>(
+        &self,
+        py: Python<'py>,
+        value: Cow<'_, [u8]>,
+        start: usize,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.read(py, &value, start, Some(&self.program.batch))
+    }
+}
+
+impl Decoder {
+    /// The root record (`node` None) or `node` read from `value[start:]`, which it must take whole.
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        value: &[u8],
+        start: usize,
+        node: Option<&Node>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(buf) = value.get(start..) else {
             return Ok(None);
         };
@@ -491,8 +522,12 @@ impl Decoder {
             depth: 0,
             empty_items: 0,
         };
-        match reader.record(self.program.root) {
-            Ok(dict) if reader.pos == buf.len() => Ok(Some(dict)),
+        let read = match node {
+            None => reader.record(self.program.root).map(Bound::into_any),
+            Some(node) => reader.value(node),
+        };
+        match read {
+            Ok(found) if reader.pos == buf.len() => Ok(Some(found)),
             Ok(_) | Err(Stop::Bad) => Ok(None),
             Err(Stop::Python(err)) => Err(err),
         }
