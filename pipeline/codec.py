@@ -58,7 +58,7 @@ import orjson
 import schemas
 from pipeline import codec_avro
 from pipeline.codec_json import Invalid, converter, from_json, time_fields, to_json
-from pipeline.identifiers import bad_identifier, bad_identifier_field
+from pipeline.identifiers import bad_identifier, bad_identifier_field, identifier_paths
 from pipeline.reasons import Reason, Rejection, Stage
 from schemas import clock
 
@@ -517,15 +517,19 @@ BodyReader = Callable[[bytes, int], Any]
 
 @cache
 def _body_reader(record_name: str, batch: bool = False) -> BodyReader:
-    """How the Avro body at `value[start:]` of `record_name`'s current schema is read (with
-    `batch`, an array of them: a batch message's body): the record (the list of records), or
-    None unless those bytes are exactly that. The native decoder (pipeline/native/, about 1 us
-    a CallEvent where fastavro takes 7) where the package was built with it and it compiles the
-    schema, else fastavro's reader (`_fastavro_reader`)."""
+    """How the Avro body at `value[start:]` of `record_name`'s current schema is read: the record,
+    or None unless those bytes are exactly one record whose identifiers are nameable
+    (`bad_identifier`); with `batch`, the list of records of an array of them (a batch message's
+    body), or None unless the bytes are exactly that (identifiers are then judged per event, by
+    `_admit`). The native decoder (pipeline/native/, about 1 us a CallEvent where fastavro takes
+    7), where the package was built with it and it compiles the schema, else fastavro
+    (`_fastavro_reader`). The native one also declines an identifier that is not printable ASCII
+    (the rare rest is left to Python's rules on the fastavro path, which names a rejection)."""
     if _native is not None:
         public = {k: v for k, v in schemas.parsed(record_name).items() if not k.startswith("__")}
+        identifiers = [(list(path), limit) for path, limit in identifier_paths(record_name)]
         try:
-            decoder = _native.Decoder(orjson.dumps(public).decode())
+            decoder = _native.Decoder(orjson.dumps(public).decode(), identifiers)
         except ValueError:  # a schema it cannot mirror exactly (fixed, logical types)
             pass
         else:
@@ -545,7 +549,11 @@ def _fastavro_reader(record_name: str, batch: bool = False) -> BodyReader:
             record = fastavro.schemaless_reader(bio, schema, None)
         except Exception:  # decode_value names the reason
             return None
-        return record if type(record) is shape and bio.tell() == len(value) else None
+        if type(record) is not shape or bio.tell() != len(value):
+            return None
+        if isinstance(record, dict) and bad_identifier(record, record_name) is not None:
+            return None  # as the native decoder; a batch's are judged per event (`_admit`)
+        return record
 
     return read
 
@@ -557,10 +565,11 @@ def plain_record(value: bytes | None, headers: Any, record_name: str) -> dict[st
     a format header other than Confluent's, or a message `decode_value` would reject, which the
     caller then hands to `decode_value` for its reason. The shortcut skips what `decode_value`
     does per message to find the framing and to collect lineage and rejections, and reads the
-    body with the native decoder where there is one (`_body_reader`): fastavro's dict in a
-    seventh of the time. That decoder also declines (None) the few bodies fastavro reads but no
-    Avro writer makes (a negative enum or union index, an "int" past 32 bits): `decode_value`
-    then reads them with fastavro, so the outcome is the same, only slower."""
+    body with the native decoder where there is one (`_body_reader`, which also judges the
+    identifiers): fastavro's dict in a seventh of the time. That decoder also declines (None)
+    the few bodies fastavro reads but no Avro writer makes (a negative enum or union index, an
+    "int" past 32 bits) and identifiers beyond printable ASCII: `decode_value` then reads them
+    with fastavro, so the outcome is the same, only slower."""
     if (
         value is None
         or len(value) <= 5
@@ -571,10 +580,7 @@ def plain_record(value: bytes | None, headers: Any, record_name: str) -> dict[st
         != (record_name, schemas.CURRENT[record_name])
     ):
         return None
-    record = _body_reader(record_name)(value, 5)
-    if record is None or bad_identifier(record, record_name) is not None:
-        return None
-    return record
+    return _body_reader(record_name)(value, 5)
 
 
 def decode_batch(

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import schemas
 from pipeline import _native, codec
 from pipeline.bench import canary
+from pipeline.identifiers import bad_identifier, identifier_paths
 
 # Every kind of node the decoder compiles, beyond what the three schemas use: booleans, floats,
 # bytes, arrays of records, maps of arrays, a named enum used twice (the second time by its short
@@ -258,6 +259,56 @@ def test_batch_messages_decode_natively_as_with_fastavro(monkeypatch: pytest.Mon
     assert sum(len(n[0]) for n in native) >= len(calls)  # the whole batches were read
 
 
+IDENTIFYING = {
+    name: _native.Decoder(
+        _public(SCHEMAS[name]), [(list(path), limit) for path, limit in identifier_paths(name)]
+    )
+    for name in NAMES
+}
+PLAIN_ID = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=140)
+ANY_ID = st.one_of(PLAIN_ID, st.text(max_size=140), st.sampled_from(["", " ", "  ", "a\tb", "é", "\x7f"]))
+
+
+def _with_ids(name: str, ids: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Records of `name` whose identifier fields hold values of `ids`."""
+
+    def put(record: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+        for path, _limit in identifier_paths(name):
+            node = record
+            for part in path[:-1]:
+                node = node.get(part) or {}
+            if path[-1] in node and isinstance(node[path[-1]], str):
+                node[path[-1]] = data.draw(ids)
+        return record
+
+    return st.tuples(STRATEGIES[name], st.data()).map(lambda t: put(*t))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(NAMES).flatmap(lambda n: st.tuples(st.just(n), _with_ids(n, ANY_ID))))
+def test_identifiers_are_judged_as_bad_identifier_judges_them(named: tuple[str, Any]) -> None:
+    """With the schema's identifier fields: a record given is fastavro's and `bad_identifier`
+    finds its identifiers nameable; one declined has an identifier that is not printable ASCII
+    within its limit, not all spaces (the only ones the native side leaves to Python)."""
+    name, record = named
+    body = _encode(name, record)
+    got = IDENTIFYING[name].decode(body, 0)
+    want = fastavro.schemaless_reader(io.BytesIO(body), SCHEMAS[name], None)
+    if got is not None:
+        assert _shape(got) == _shape(want) and bad_identifier(got, name) is None
+    else:
+        plain = True
+        for path, limit in identifier_paths(name):
+            node: Any = want
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, str):
+                plain &= (
+                    0 < len(node) <= limit and node.isascii() and node.isprintable() and not node.isspace()
+                )
+        assert not plain, "a record with plainly nameable identifiers was declined"
+
+
 def test_every_truncation_of_real_traffic_is_declined() -> None:
     calls = canary.seeded(20).traffic.calls
     for call in calls[:8]:
@@ -428,6 +479,16 @@ def _plain_both(values: list[bytes], monkeypatch: pytest.MonkeyPatch) -> tuple[l
     return native, slow
 
 
+def _taken(value: bytes) -> Any:
+    """What the worker makes of a message (pipeline/stream/runner.py: feed): plain_record's
+    record, else decode_value's records and rejections."""
+    record = codec.plain_record(value, None, "CallEvent")
+    if record is not None:
+        return [_shape(record)], []
+    out = codec.decode_value(value, "CallEvent", partition=0, offset=1)
+    return [_shape(r) for r in out.records], [(r.reason, r.index, r.field, r.raw) for r in out.rejections]
+
+
 def test_plain_record_reads_canary_traffic_natively_as_with_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
     assert codec._body_reader("CallEvent") is not codec._fastavro_reader("CallEvent")  # the native one
     calls = canary.seeded(2_000).traffic.calls
@@ -438,7 +499,7 @@ def test_plain_record_reads_canary_traffic_natively_as_with_fastavro(monkeypatch
 
 def test_plain_record_on_hostile_messages_natively_as_with_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
     """The known-bad messages (tests/bad_inputs/) and calls with hostile strings in their
-    identifiers and free text: the same record or the same None either way."""
+    identifiers and free text: the same records and rejections either way."""
     bad = Path(__file__).resolve().parent.parent / "bad_inputs"
     values = [
         p.read_bytes() for p in sorted(bad.rglob("*")) if p.is_file() and p.suffix not in (".py", ".md")
@@ -460,5 +521,12 @@ def test_plain_record_on_hostile_messages_natively_as_with_fastavro(monkeypatch:
     ]
     values += codec.encode(damaged, "CallEvent", "avro", 1)
     native, slow = _plain_both(values, monkeypatch)
-    assert [_shape(r) for r in native] == [_shape(r) for r in slow]
+    # the native side declines more (identifiers beyond printable ASCII), never takes more...
+    assert all(n is None or _shape(n) == _shape(s) for n, s in zip(native, slow, strict=True))
+    assert any(n is None and s is not None for n, s in zip(native, slow, strict=True))
     assert any(r is None for r in native) and any(r is not None for r in native)
+    # ...and what the worker makes of every message is the same either way
+    taken = [_taken(v) for v in values]
+    with monkeypatch.context() as m:
+        m.setattr(codec, "_body_reader", codec._fastavro_reader)
+        assert [_taken(v) for v in values] == taken

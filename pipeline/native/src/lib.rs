@@ -43,6 +43,10 @@ enum Node {
     Double,
     Bytes,
     String,
+    /// A string that must also be plainly nameable (`pipeline/identifiers.py`): 1 to the given
+    /// number of printable ASCII characters, not all spaces; anything else is declined, so the
+    /// caller's fastavro path names it (or, not ASCII, judges it by Python's rules).
+    Identifier(usize),
     Enum(usize),
     Record(usize),
     Array { items: Box<Node>, may_be_empty: bool },
@@ -210,6 +214,47 @@ impl<'py> Compiler<'py> {
         }
         self.enums.push(out);
         Ok(Node::Enum(index))
+    }
+
+    /// Mark the string field at `path` (from record `record`, through records and unions holding
+    /// one record) an identifier of at most `limit` characters. A record type is marked wherever
+    /// it appears: checking more than asked only declines more.
+    fn identify(&mut self, record: usize, path: &[String], limit: usize) -> PyResult<()> {
+        let Some((name, rest)) = path.split_first() else {
+            return invalid("an empty identifier path".into());
+        };
+        let py = self.py;
+        let fields = self.records[record].as_mut().expect("compiled");
+        let Some(field) = fields
+            .iter_mut()
+            .find(|f| f.name.bind(py).to_str().is_ok_and(|n| n == name))
+        else {
+            return invalid(format!("no field {name:?} for an identifier"));
+        };
+        if rest.is_empty() {
+            return match field.node {
+                Node::String => {
+                    field.node = Node::Identifier(limit);
+                    Ok(())
+                }
+                _ => invalid(format!("identifier {name:?} is not a string")),
+            };
+        }
+        let inner = match &field.node {
+            Node::Record(i) => *i,
+            Node::Union(branches) => {
+                let mut records = branches.iter().filter_map(|b| match b {
+                    Node::Record(i) => Some(*i),
+                    _ => None,
+                });
+                match (records.next(), records.next()) {
+                    (Some(i), None) => i,
+                    _ => return invalid(format!("identifier path through {name:?} is ambiguous")),
+                }
+            }
+            _ => return invalid(format!("identifier path through {name:?} is not a record")),
+        };
+        self.identify(inner, rest, limit)
     }
 
     /// Whether a value of `node` can be encoded in no bytes; `seen` holds the records being asked
@@ -386,6 +431,18 @@ impl<'a, 'py> Reader<'a, 'py> {
                 PyBytes::new(py, self.take(n)?).into_any()
             }
             Node::String => self.string()?.into_any(),
+            Node::Identifier(limit) => {
+                let n = self.length()?;
+                let raw = self.take(n)?;
+                let nameable = (1..=*limit).contains(&n)
+                    && raw.iter().all(|b| (0x20..0x7f).contains(b))
+                    && raw.iter().any(|&b| b != b' ');
+                if !nameable {
+                    return Err(Stop::Bad);
+                }
+                // printable ASCII is UTF-8 as it is
+                PyString::new(py, std::str::from_utf8(raw).map_err(|_| Stop::Bad)?).into_any()
+            }
             Node::Enum(i) => {
                 let symbols = &self.program.enums[*i];
                 symbols[self.index(symbols.len())?].bind(py).clone().into_any()
@@ -449,8 +506,11 @@ struct Decoder {
 
 #[pymethods]
 impl Decoder {
+    /// `identifiers`: (path of field names from the root record, length limit) of the string
+    /// fields a record is declined for unless they are plainly nameable (`Node::Identifier`).
     #[new]
-    fn new(py: Python<'_>, schema_json: &str) -> PyResult<Self> {
+    #[pyo3(signature = (schema_json, identifiers = Vec::new()))]
+    fn new(py: Python<'_>, schema_json: &str, identifiers: Vec<(Vec<String>, usize)>) -> PyResult<Self> {
         let schema = py.import("json")?.call_method1("loads", (schema_json,))?;
         let mut compiler = Compiler {
             py,
@@ -461,6 +521,9 @@ impl Decoder {
         let Node::Record(root) = compiler.node(&schema, "")? else {
             return invalid("the schema is not a record".into());
         };
+        for (path, limit) in &identifiers {
+            compiler.identify(root, path, *limit)?;
+        }
         let batch = Node::Array {
             items: Box::new(Node::Record(root)),
             may_be_empty: compiler.may_be_empty(&Node::Record(root), &mut Vec::new()),
