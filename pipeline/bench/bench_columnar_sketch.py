@@ -95,7 +95,7 @@ Step = Callable[[str, Callable[[], Any]], Any]
 
 
 def _batch(chunk: list[bytes], memo: Memo, step: Step) -> None:
-    records = step("decode (fastavro)", lambda: [codec.plain_record(m, None, "CallEvent") for m in chunk])
+    records = step("decode (plain_record)", lambda: [codec.plain_record(m, None, "CallEvent") for m in chunk])
     table = step("one Arrow conversion", lambda: pa.Table.from_pylist(records, schema=RAW_SCHEMA))
     step("checks as Arrow compute", lambda: _checks(table))
     phone = _phone_token(memo)
