@@ -94,6 +94,7 @@ class WorkerView:
     watermarks: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (stream, partition) -> ms
     dead_pending: int = 0  # dead letters sent and not yet acknowledged, or waiting to be sent again
     rss_bytes: int | None = None
+    native_decoder: bool = False  # Avro bodies read by pipeline/native/ (else fastavro alone)
 
 
 @dataclass
@@ -182,6 +183,11 @@ def metrics_of(view: WorkerView) -> list[Metric]:
         Metric("callpipe_process_start_time_seconds", "gauge", "When the worker process started.").add(
             view.started_ms / 1000
         ),
+        Metric(
+            "callpipe_native_decoder",
+            "gauge",
+            "1 when Avro bodies are read by the native decoder, 0 when by fastavro alone (not built).",
+        ).add(float(view.native_decoder)),
     ]
     if view.loop_age_s is not None:
         out.append(

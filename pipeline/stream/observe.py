@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.codec import native_decoding
 from pipeline.stream.metrics import (
     CONTENT_TYPE,
     PartitionView,
@@ -101,6 +102,7 @@ def runtime_view(rt: Any) -> WorkerView:
         "accounts": len(control.accounts),
         "watermarks": {(s.value, p): ms for (s, p), ms in control.watermarks.event_times().items()},
         "rss_bytes": rss_bytes(),
+        "native_decoder": native_decoding(),
     }
     worker, broker = getattr(rt, "worker", None), getattr(rt, "broker", None)
     if worker is None or broker is None:

@@ -191,6 +191,8 @@ def test_process_and_loop_gauges() -> None:
     assert got["callpipe_loop_last_turn_age_seconds"] == 0.5
     assert got["callpipe_process_start_time_seconds"] == (NOW_MS - 60_000) / 1000
     assert got["callpipe_worker_ready"] == 1
+    assert got["callpipe_native_decoder"] == 0
+    assert samples(render(metrics_of(view(native_decoder=True))))["callpipe_native_decoder"] == 1
     starting = samples(render(metrics_of(view(phase="starting", loop_age_s=None, rss_bytes=None))))
     assert "callpipe_loop_last_turn_age_seconds" not in starting
     assert "callpipe_process_resident_memory_bytes" not in starting

@@ -489,6 +489,14 @@ def _taken(value: bytes) -> Any:
     return [_shape(r) for r in out.records], [(r.reason, r.index, r.field, r.raw) for r in out.rejections]
 
 
+def test_every_record_is_read_natively_and_the_worker_can_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the worker logs at start and shows as callpipe_native_decoder on /metrics."""
+    assert all(codec.native_decoding(name) for name in NAMES)
+    with monkeypatch.context() as m:
+        m.setattr(codec, "_body_reader", codec._fastavro_reader)
+        assert not codec.native_decoding()
+
+
 def test_plain_record_reads_canary_traffic_natively_as_with_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
     assert codec._body_reader("CallEvent") is not codec._fastavro_reader("CallEvent")  # the native one
     calls = canary.seeded(2_000).traffic.calls
