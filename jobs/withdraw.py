@@ -143,6 +143,13 @@ def held(
     return total
 
 
+def held_in_lake(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, w: Withdrawal, *, buckets: int
+) -> bool:
+    """Whether any zone holds something the withdrawal covers (`held` without `_rejects/`)."""
+    return bool(_held_by_file(con, lake, key, w, buckets))
+
+
 def purged(table: pa.Table, zone: str, subject: str, before_ms: int, columns: tuple[str, ...]) -> pa.Table:
     """The table without what the withdrawal covers: the subject's rows started before
     `before_ms` dropped (`ROWS`) or with `columns` nulled (a `has_*` flag made false)."""

@@ -29,7 +29,7 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -387,3 +387,55 @@ def event_ms(value: Any) -> int | None:
 def subject_match(account_id: str) -> Callable[[bytes], bool | None]:
     """`holds_subject` for one id, as `sinks.rejects.find` takes it."""
     return lambda raw: holds_subject(raw, account_id)
+
+
+def _escaped_literals(part: bytes) -> frozenset[str]:
+    """What `_mentions` decodes the escaped JSON string literals of `part` to (any id's compare)."""
+    out = set()
+    for m in _JSON_STRING.finditer(part):
+        literal = m.group()
+        if b"\\" in literal:
+            try:
+                value = json.loads(literal)
+            except ValueError:
+                continue
+            if isinstance(value, str):
+                out.add(value)
+    return frozenset(out)
+
+
+class Subjects:
+    """`holds_subject` for many ids at once, each raw record read once: what one scan of
+    `_rejects/` for every erased subject asks (`jobs.requests` enforcement). `verdicts(raw)` gives,
+    for each id whose `holds_subject(raw, id)` is not False, that verdict (True, or None when it
+    cannot be told), and what `read` made of the bytes (None when no id could be there)."""
+
+    def __init__(self, account_ids: Iterable[str]) -> None:
+        self._ids = []
+        for account_id in dict.fromkeys(account_ids):
+            forms = spellings(account_id)
+            plain = account_id.encode()
+            # every spelling contains the id's own bytes: a part without them holds none of them
+            needle = plain if all(plain in s for s in forms) else None
+            self._ids.append((account_id, plain, forms, needle))
+
+    def verdicts(self, raw: bytes) -> tuple[Raw | None, dict[str, bool | None]]:
+        if raw.startswith(CONTAINER_MAGIC) or b"\\" in raw:  # `could_hold` is True for every id
+            candidates = self._ids
+        else:
+            candidates = [t for t in self._ids if t[1] in raw]
+        if not candidates:
+            return None, {}
+        found = read(raw)
+        owners = {a for r in found.records if isinstance(a := r.get("account_id"), str)}
+        parts = [(p, _escaped_literals(p) if b"\\" in p else frozenset()) for p in found.plain]
+        out: dict[str, bool | None] = {}
+        for account_id, _plain, forms, needle in candidates:
+            if account_id in owners or any(
+                account_id in literals or ((needle is None or needle in p) and any(s in p for s in forms))
+                for p, literals in parts
+            ):
+                out[account_id] = True
+            elif found.opaque:
+                out[account_id] = None
+        return found, out
