@@ -43,14 +43,21 @@ finished first):
    landed after it (the worker drops its events once it has read the request, not before): every
    pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
    erases what it finds, recorded as an `enforced` ledger event; subjects an operator erased
-   directly (`jobs.erase_direct`: an erase request of source `operator`) too. An access export
+   directly (`jobs.erase_direct`: an erase request of source `operator`) too. Every erased
+   subject is checked at every pass, restored files included (no watermark), so the checks are
+   made together: `_rejects/` is read once for all erased subjects and re-checked withdrawals
+   (`dead_letters_of`, each dead letter decoded once), and the lake probed bucket by bucket for
+   all erased subjects (`rectify.rows_of_many`); then each subject found holding something is
+   erased in turn, its `found` what `found_of` would give at its turn (a dead letter it shares
+   with a subject erased before it in the loop is no longer counted). An access export
    of an erased subject still in the outbox (left by an erasure that ran before erasure covered
    exports, or one no request names whose manifest names the subject, put back by a restore) is
    removed the same way. Likewise every fulfilled withdrawal is checked again (its account's
    bucket, the days up to the withdrawal: statistics and Bloom filters, then the covered rows;
    and `_rejects/`): a call from before the withdrawal that landed after its purge (late in
    calls.raw, or judged by a worker that had not read the withdrawal yet), or was kept as a dead
-   letter since, is purged too, recorded as `enforced`. So
+   letter since, is purged too, recorded as `enforced` (a withdrawal with no dead letter in this
+   pass's read of `_rejects/` and nothing in the lake is passed over: a purge would find nothing). So
    what a withdrawal leaves does not depend on the order calls and consent arrived in.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same

@@ -118,7 +118,9 @@ def _many_forms() -> list[bytes]:
 def test_many_subjects_at_once_judge_each_dead_letter_as_each_alone() -> None:
     """`Subjects` (one read of a dead letter for every erased subject of a pass) says what
     `holds_subject` says for each id, in every form: True, None (cannot tell), or nothing (False)."""
-    ids = sorted({account for _raw, account, _expected in CASES} | {"acc-avro", "acc-other", "josé"})
+    others = {"acc-avro", "acc-other", "josé", "A", "A10", "acc", "", str(CALLS[0]["event_id"])}
+    others |= {str(CALLS[1]["caller"]), str(CALLS[2]["callee"]), *(f"acc-{i:04d}" for i in range(300))}
+    ids = sorted({account for _raw, account, _expected in CASES} | others)
     subjects = Subjects(ids)
     for raw in _many_forms():
         alone = {a: v for a in ids if (v := holds_subject(raw, a)) is not False}
