@@ -15,7 +15,7 @@ every job starts from the same state:
   lineage; its ratio is to a COPY of that lake;
 - enforcement (`jobs.bench_enforce`): a `jobs requests` pass with nothing new to do on a lake
   with N subjects erased before and `_rejects/` of 50 (quick) or 200 dead-letter files, as a
-  ratio to the same pass with none, and per subject.
+  ratio to the same pass with one erased subject (N if the cost were linear), and per subject.
 rows/s is the lake's rows (both zones) over the wall time; `ratio` is the job's rows/s over the
 copy's. Retention and erase rewrite only what they must, so a ratio above 1 means skipping work
 paid off; `rewritten_rows_per_s` is the rows of the files a job actually rewrote, over its time.

@@ -106,6 +106,10 @@ def locate(
 
 
 BLOOM_CHUNK = 200  # values probed in one query (one table function each)
+# Above this many values in a bucket, its files' subject column is read once for all of them
+# rather than each value's Bloom filter probed in every file (a probe per value per row group
+# soon costs more than the column); the hits are the same, Bloom filters only prune.
+BLOOM_MAX = 16
 BLOOM_SQL = """
 SELECT $value{i} AS value, file_name, row_group_id
 FROM parquet_bloom_probe($files, $column, $value{i})
@@ -133,9 +137,10 @@ def locate_many(
 ) -> dict[str, dict[str, int]]:
     """`locate(con, lake, zone, value, bucket).hits` for each value of `buckets` (value -> its
     bucket), bucket by bucket: each bucket's files listed and footers read once, the statistics
-    of all its values in one query, their Bloom filters in one more, then one count over the
-    files left. Each value's hits are limited to the files its own statistics and Bloom filters
-    left, so each is exactly what `locate` finds for it alone."""
+    of all its values in one query, their Bloom filters in one more (up to BLOOM_MAX values a
+    bucket), then one count over the files left. Each value's hits are limited to the files its
+    own statistics (and Bloom filters) left, and neither ever drops a file holding the value, so
+    each is exactly what `locate` finds for it alone."""
     by_bucket: dict[int, list[str]] = {}
     for value, bucket in buckets.items():
         by_bucket.setdefault(bucket, []).append(value)
@@ -150,7 +155,7 @@ def locate_many(
             STATS_MANY_SQL.format(footers=meta), {**params, "column": column, "values": values}
         ).fetchall()
         groups = {(str(v), str(f), int(g)) for v, f, g in stats}
-        if "files" in params:  # plaintext files: Bloom filters too, BLOOM_CHUNK values a query
+        if "files" in params and len(values) <= BLOOM_MAX:  # plaintext files: Bloom filters too
             blooms = set()
             for at in range(0, len(values), BLOOM_CHUNK):
                 chunk = values[at : at + BLOOM_CHUNK]

@@ -404,7 +404,7 @@ def _escaped_literals(part: bytes) -> frozenset[str]:
     return frozenset(out)
 
 
-WINDOW = 8  # bytes of an id's start that `Subjects` indexes it by
+WINDOW = 8  # bytes of an id's end that `Subjects` indexes it by (ids share prefixes, `acct-`)
 
 
 class Subjects:
@@ -414,7 +414,7 @@ class Subjects:
     cannot be told), and what `read` made of the bytes (None when no id could be there).
 
     An id whose every spelling contains its own bytes (most: no quote, backslash, slash or
-    non-ASCII character) is looked up by its first WINDOW bytes in the windows of the bytes
+    non-ASCII character) is looked up by its last WINDOW bytes in the windows of the bytes
     searched, then confirmed by a substring test, so the work per dead letter grows with its
     size, not with the number of ids; any other id is tested as `holds_subject` tests it."""
 
@@ -423,13 +423,13 @@ class Subjects:
         self._known = set(self._ids)
         self._plain = {a: a.encode() for a in self._ids}
         self._forms = {a: spellings(a) for a in self._ids}
-        self._index: dict[int, dict[bytes, list[str]]] = {}  # window size -> id start -> ids
+        self._index: dict[int, dict[bytes, list[str]]] = {}  # window size -> id end -> ids
         self._other: list[str] = []
         for a in self._ids:
             plain = self._plain[a]
             if plain and all(plain in s for s in self._forms[a]):
                 size = min(WINDOW, len(plain))
-                self._index.setdefault(size, {}).setdefault(plain[:size], []).append(a)
+                self._index.setdefault(size, {}).setdefault(plain[-size:], []).append(a)
             else:
                 self._other.append(a)
 

@@ -132,6 +132,8 @@ def find_each(lake: Path, match: MatchEach[K], keys: Iterable[K]) -> dict[K, Fou
     verdict of each key whose verdict is not False (absent: False), so `find_each(lake, m, keys)[k]`
     is `find(lake, lambda raw: m(raw).get(k, False))` for every k, each file read once."""
     keys = list(dict.fromkeys(keys))
+    if not keys:  # nobody to look for: nothing read
+        return {}
     hits: dict[K, list[Hits]] = {k: [] for k in keys}
     unattributed = dict.fromkeys(keys, 0)
     unreadable = 0

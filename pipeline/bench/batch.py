@@ -84,13 +84,13 @@ def render(figures: dict[str, Any]) -> str:
         enforcement = part.get("enforcement")
         if isinstance(enforcement, dict) and isinstance(enforcement.get("passes"), dict):
             rows = [
-                [n, p.get("seconds"), p.get("ratio_to_none"), p.get("ms_per_subject")]
+                [n, p.get("seconds"), p.get("ratio_to_one"), p.get("ms_per_subject")]
                 for n, p in enforcement["passes"].items()
             ]
             head = "jobs requests, a pass with nothing new: " + ", ".join(
                 f"{k}={v}" for k, v in enforcement.get("lake", {}).items()
             )
-            blocks.append(head + "\n\n" + table(["erased subjects", "seconds", "x none", "ms/subject"], rows))
+            blocks.append(head + "\n\n" + table(["erased subjects", "seconds", "x one", "ms/subject"], rows))
         targets = part.get("targets")
         if isinstance(targets, dict):
             blocks.append(table(["target", "met"], [[k, v] for k, v in targets.items()]))
