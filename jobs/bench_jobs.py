@@ -12,7 +12,10 @@ every job starts from the same state:
   and Bloom filters pick the files);
 - compact, on a second lake: the last 14 days at the same daily volume with 8 files per
   partition (fresh stream output), merged into one file each and checked by count, checksum and
-  lineage; its ratio is to a COPY of that lake.
+  lineage; its ratio is to a COPY of that lake;
+- enforcement (`jobs.bench_enforce`): a `jobs requests` pass with nothing new to do on a lake
+  with N subjects erased before and `_rejects/` of 50 (quick) or 200 dead-letter files, as a
+  ratio to the same pass with one erased subject (N if the cost were linear), and per subject.
 rows/s is the lake's rows (both zones) over the wall time; `ratio` is the job's rows/s over the
 copy's. Retention and erase rewrite only what they must, so a ratio above 1 means skipping work
 paid off; `rewritten_rows_per_s` is the rows of the files a job actually rewrote, over its time.
@@ -29,7 +32,7 @@ from typing import Any
 
 import duckdb
 
-from jobs import compact, erase_direct, retention
+from jobs import bench_enforce, compact, erase_direct, retention
 from jobs.synth import SynthSpec, build
 from pipeline.keys import PseudonymKey
 from pipeline.policy import DEFAULT_POLICY
@@ -151,6 +154,7 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
         started = time.monotonic()
         com = compact.run(con, fresh)
         compact_s = time.monotonic() - started
+    enforcement = bench_enforce.run(*bench_enforce.sizes(quick), workdir=workdir)
 
     def job(seconds: float, files_rewritten: int, extra: dict[str, Any]) -> dict[str, Any]:
         rps = total_rows / seconds
@@ -199,6 +203,7 @@ def run(quick: bool, lake: Path | None = None, workdir: Path | None = None) -> d
             "files_out": com.files_out,
             "rows_checked": com.rows,
         },
+        "enforcement": enforcement,
     }
 
 

@@ -43,14 +43,21 @@ finished first):
    landed after it (the worker drops its events once it has read the request, not before): every
    pass probes the buckets of the erased subjects (statistics and Bloom filters, cheap) and
    erases what it finds, recorded as an `enforced` ledger event; subjects an operator erased
-   directly (`jobs.erase_direct`: an erase request of source `operator`) too. An access export
+   directly (`jobs.erase_direct`: an erase request of source `operator`) too. Every erased
+   subject is checked at every pass, restored files included (no watermark), so the checks are
+   made together: `_rejects/` is read once for all erased subjects and re-checked withdrawals
+   (`dead_letters_of`, each dead letter decoded once), and the lake probed bucket by bucket for
+   all erased subjects (`rectify.rows_of_many`); then each subject found holding something is
+   erased in turn, its `found` what `found_of` would give at its turn (a dead letter it shares
+   with a subject erased before it in the loop is no longer counted). An access export
    of an erased subject still in the outbox (left by an erasure that ran before erasure covered
    exports, or one no request names whose manifest names the subject, put back by a restore) is
    removed the same way. Likewise every fulfilled withdrawal is checked again (its account's
    bucket, the days up to the withdrawal: statistics and Bloom filters, then the covered rows;
    and `_rejects/`): a call from before the withdrawal that landed after its purge (late in
    calls.raw, or judged by a worker that had not read the withdrawal yet), or was kept as a dead
-   letter since, is purged too, recorded as `enforced`. So
+   letter since, is purged too, recorded as `enforced` (a withdrawal with no dead letter in this
+   pass's read of `_rejects/` and nothing in the lake is passed over: a purge would find nothing). So
    what a withdrawal leaves does not depend on the order calls and consent arrived in.
 
 Each step is idempotent, so a pass killed at any point (kill -9) and run again ends with the same
@@ -61,7 +68,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,7 +86,7 @@ from jobs.requests_intake import Batch, ConsentReader, Reader, identities, recei
 from jobs.withdrawals import Withdrawal
 from pipeline.keys import PseudonymKey
 from pipeline.policy import ConsentDefaults, RequestDeadlines
-from pipeline.raw_records import subject_match
+from pipeline.raw_records import Subjects, subject_match
 from sinks import rejects
 from sinks.layout import ANALYTICS
 
@@ -268,32 +275,100 @@ def _fulfil(
     return "fulfilled", {"in_force": "stream"}  # unrestrict
 
 
-def _enforce(
-    con: duckdb.DuckDBPyConnection,
-    lake: Path,
-    key: PseudonymKey,
-    folded: Mapping[str, Request],
-    now: datetime,
-    buckets: int,
-) -> list[dict[str, Any]]:
-    """Erase rows of already-erased subjects that landed after their erasure, and access exports
-    of theirs still in the outbox."""
-    events = []
-    seen: set[str] = set()
-    held = outbox.access_exports(lake, folded)
+def _erased_subjects(lake: Path, folded: Mapping[str, Request]) -> list[tuple[Request, str]]:
+    """Each erased subject's first fulfilled erase request, with the raw account id its intake
+    file keeps (the suppression list), in ledger order."""
+    out, seen = [], set()
     for req in folded.values():
         if req.kind != "erase" or req.status != "fulfilled" or req.subject in seen:
             continue
         seen.add(req.subject)
         raw = intake.read(lake, req.request)
-        if raw is None:
-            continue
-        account_id = str(raw["account_id"])
+        if raw is not None:
+            out.append((req, str(raw["account_id"])))
+    return out
+
+
+def _checked_withdrawals(
+    key: PseudonymKey, found: Iterable[Withdrawal], folded: Mapping[str, Request], skip: set[str]
+) -> list[tuple[str, Withdrawal]]:
+    """The fulfilled withdrawals to check again (`skip`: the requests fulfilled by this pass)."""
+    out = []
+    for w in found:
+        rid = withdrawals.request_id(key, w)
+        req = folded.get(rid)
+        if req is not None and req.status == "fulfilled" and rid not in skip:
+            out.append((rid, w))
+    return out
+
+
+def dead_letters_of(
+    lake: Path, accounts: Sequence[str], checks: Sequence[Withdrawal]
+) -> tuple[dict[str, rejects.Found], list[rejects.Found]]:
+    """In one read of `_rejects/`: each account's dead letters, as `rejects.find(lake,
+    subject_match(account))` finds them, and each withdrawal's, as `withdraw.purge_locked` finds
+    them (`withdrawals.covers_dead_letter`). Each dead letter is decoded once for all of them
+    (`raw_records.Subjects`)."""
+    erased = set(accounts)
+    covering: dict[str, list[int]] = {}
+    for i, w in enumerate(checks):
+        if withdrawals.dead_letter_fields(w.purpose):
+            covering.setdefault(w.account_id, []).append(i)
+    subjects = Subjects([*accounts, *covering])
+
+    def match(raw: bytes) -> dict[tuple[str, Any], bool | None]:
+        found, verdicts = subjects.verdicts(raw)
+        out: dict[tuple[str, Any], bool | None] = {
+            ("erase", a): v for a, v in verdicts.items() if a in erased
+        }
+        if found is not None:
+            for account, whose in verdicts.items():
+                for i in covering.get(account, ()):
+                    covered = withdrawals.covers_read(checks[i], found, whose)
+                    if covered is not False:
+                        out[("withdraw", i)] = covered
+        return out
+
+    keys: list[tuple[str, Any]] = [("erase", a) for a in accounts]
+    keys += [("withdraw", i) for ids in covering.values() for i in ids]
+    each = rejects.find_each(lake, match, keys)
+    none = rejects.Found([], 0)
+    return {a: each[("erase", a)] for a in accounts}, [
+        each.get(("withdraw", i), none) for i in range(len(checks))
+    ]
+
+
+def _enforce(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    key: PseudonymKey,
+    folded: Mapping[str, Request],
+    subjects: Sequence[tuple[Request, str]],
+    dead: Mapping[str, rejects.Found],
+    now: datetime,
+    buckets: int,
+) -> list[dict[str, Any]]:
+    """Erase rows of already-erased subjects (`subjects`, their dead letters `dead` as this pass's
+    one read of `_rejects/` found them) that landed after their erasure, and access exports of
+    theirs still in the outbox. What each holds is what `found_of` would find when its turn
+    comes: the lake probed for all of them together (rows of one subject are no other's), and a
+    dead letter also another's, erased earlier in the loop, no longer counted."""
+    events = []
+    held = outbox.access_exports(lake, folded)
+    rows = rectify.rows_of_many(con, lake, key, [account for _req, account in subjects], buckets)
+    gone: set[tuple[Path, int]] = set()  # dead letters erased by this loop, as the read saw them
+    for req, account_id in subjects:
+        letters = [(h.path, i) for h in dead[account_id].hits for i in h.matching]
         exports = sum(1 for e in held.get(req.subject, []) if e.holds_data)
-        found = found_of(con, lake, key, account_id, "erase", buckets, exports)
+        found = {
+            **rows[account_id],
+            "dead_letters": sum(1 for letter in letters if letter not in gone),
+            "access_exports": exports,
+        }
         if not any(found.values()):
             continue
         done = erase.erase_locked(con, lake, key, account_id, buckets=buckets, request=req.request)
+        gone.update(letters)
         event = {
             "event": "enforced",
             "request": req.request,
@@ -309,19 +384,18 @@ def _enforce_withdrawals(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
     key: PseudonymKey,
-    found: Iterable[Withdrawal],
-    folded: Mapping[str, Request],
-    skip: set[str],
+    checks: Sequence[tuple[str, Withdrawal]],
+    dead: Sequence[rejects.Found],
     now: datetime,
     buckets: int,
 ) -> list[dict[str, Any]]:
-    """Purge again what fulfilled withdrawals cover and landed since (calls of before a
-    withdrawal that arrived after its purge); `skip`: the requests fulfilled by this pass."""
+    """Purge again what fulfilled withdrawals (`checks`) cover and landed since (calls of before a
+    withdrawal that arrived after its purge). `dead`: the dead letters each covered when this
+    pass read `_rejects/` (erasure only removes some since): a withdrawal with none, and nothing
+    in the lake, has nothing to purge and is passed over."""
     events = []
-    for w in found:
-        rid = withdrawals.request_id(key, w)
-        req = folded.get(rid)
-        if req is None or req.status != "fulfilled" or rid in skip:
+    for (rid, w), letters in zip(checks, dead, strict=True):
+        if not letters.hits and not withdraw.held_in_lake(con, lake, key, w, buckets=buckets):
             continue
         removed = withdraw.purge_locked(con, lake, key, w, buckets=buckets, request=rid).removed
         if not any(removed.values()):  # nothing landed since: nothing rewritten, nothing recorded
@@ -419,10 +493,13 @@ def run(
                 intake.forget(lake, req.request)
             outcomes[f"{req.kind} {state}"] = outcomes.get(f"{req.kind} {state}", 0) + 1
             handled.add(req.request)
-        enforced = _enforce(con, lake, key, ledger.requests(lake), now, buckets)
-        reapplied = _enforce_withdrawals(
-            con, lake, key, withdrawn, ledger.requests(lake), handled, now, buckets
-        )
+        # Enforcement: `_rejects/` read once for every erased subject and re-checked withdrawal
+        folded = ledger.requests(lake)
+        subjects = _erased_subjects(lake, folded)
+        checks = _checked_withdrawals(key, withdrawn, folded, handled)
+        dead, covered = dead_letters_of(lake, [a for _req, a in subjects], [w for _rid, w in checks])
+        enforced = _enforce(con, lake, key, folded, subjects, dead, now, buckets)
+        reapplied = _enforce_withdrawals(con, lake, key, checks, covered, now, buckets)
         result = {
             "received": received,
             "reused_ids": reused,

@@ -14,6 +14,7 @@ Encrypted vault files are read the same way through pyarrow (`sinks.read.footers
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +103,72 @@ def locate(
         ).fetchall()
         hits = {name: int(n) for name, n in rows if n}
     return Located(zone, total, len(files), len(maybe), hits)
+
+
+# Above this many values in a bucket, its files' subject column is read once for all of them
+# rather than each value's Bloom filter probed in every file (a probe per value per row group
+# soon costs more than the column); the hits are the same, Bloom filters only prune.
+BLOOM_MAX = 16
+BLOOM_SQL = """
+SELECT $value{i} AS value, file_name, row_group_id
+FROM parquet_bloom_probe($files, $column, $value{i})
+WHERE NOT bloom_filter_excludes
+"""
+
+STATS_MANY_SQL = """
+SELECT DISTINCT v.value, f.file_name, f.row_group_id
+FROM {footers} AS f, (SELECT unnest($values) AS value) AS v
+WHERE f.path_in_schema = $column
+  AND coalesce(f.stats_min_value <= v.value, true)
+  AND coalesce(f.stats_max_value >= v.value, true)
+"""
+
+COUNT_MANY_SQL = """
+SELECT filename, {column} AS value, count(*) AS rows
+FROM {source}
+WHERE {column} IN (SELECT unnest($values))
+GROUP BY ALL
+"""
+
+
+def locate_many(
+    con: duckdb.DuckDBPyConnection, lake: Path, zone: str, buckets: Mapping[str, int]
+) -> dict[str, dict[str, int]]:
+    """`locate(con, lake, zone, value, bucket).hits` for each value of `buckets` (value -> its
+    bucket), bucket by bucket: each bucket's files listed and footers read once, the statistics
+    of all its values in one query, their Bloom filters in one more (up to BLOOM_MAX values a
+    bucket), then one count over the files left. Each value's hits are limited to the files its
+    own statistics (and Bloom filters) left, and neither ever drops a file holding the value, so
+    each is exactly what `locate` finds for it alone."""
+    by_bucket: dict[int, list[str]] = {}
+    for value, bucket in buckets.items():
+        by_bucket.setdefault(bucket, []).append(value)
+    column = SUBJECT_COLUMN[zone]
+    out: dict[str, dict[str, int]] = {value: {} for value in buckets}
+    for bucket, values in sorted(by_bucket.items()):
+        files = [str(f) for f in zone_files(lake, zone, bucket)]
+        if not files:
+            continue
+        meta, params = footers(con, files)
+        stats = con.execute(
+            STATS_MANY_SQL.format(footers=meta), {**params, "column": column, "values": values}
+        ).fetchall()
+        groups = {(str(v), str(f), int(g)) for v, f, g in stats}
+        if "files" in params and len(values) <= BLOOM_MAX:  # plaintext files: Bloom filters too
+            sql = " UNION ALL ".join(BLOOM_SQL.format(i=i) for i in range(len(values)))
+            probe = {f"value{i}": v for i, v in enumerate(values)}
+            found = con.execute(sql, {"files": files, "column": column, **probe}).fetchall()
+            groups &= {(str(v), str(f), int(g)) for v, f, g in found}
+        maybe: dict[str, set[str]] = {}
+        for value, name, _group in groups:
+            maybe.setdefault(value, set()).add(name)
+        if not maybe:
+            continue
+        source, params = scan(con, sorted(set().union(*maybe.values())))
+        rows = con.execute(
+            COUNT_MANY_SQL.format(column=column, source=source), {**params, "values": sorted(maybe)}
+        ).fetchall()
+        for name, value, n in rows:
+            if n and name in maybe.get(value, ()):
+                out[value][name] = int(n)
+    return out

@@ -18,9 +18,10 @@ letters in `_rejects/` of calls before it holding a non-empty `recording_uri` / 
 All of it goes through one intent journal (`jobs.replace`): a killed purge leaves the old files
 or the new, and the next run finishes it. Re-running finds nothing and changes nothing, so `jobs
 requests` re-checks every withdrawal it fulfilled at each pass (calls and dead letters that
-arrived late) with `purge_locked` alone, which finds what is held once and writes nothing when it
-finds nothing. The caller holds the job lock. The audit entry names the subject by its token and
-the request, never the account id.
+arrived late): `held_in_lake` and its one read of `_rejects/` for all of them
+(`withdrawals.covers_read`) say whether there is anything, and `purge_locked` then finds what is
+held once and writes nothing when it finds nothing. The caller holds the job lock. The audit
+entry names the subject by its token and the request, never the account id.
 """
 
 from __future__ import annotations
@@ -141,6 +142,13 @@ def held(
     if DEAD_LETTERS in total:
         total[DEAD_LETTERS] = _dead_letters(lake, w).count
     return total
+
+
+def held_in_lake(
+    con: duckdb.DuckDBPyConnection, lake: Path, key: PseudonymKey, w: Withdrawal, *, buckets: int
+) -> bool:
+    """Whether any zone holds something the withdrawal covers (`held` without `_rejects/`)."""
+    return bool(_held_by_file(con, lake, key, w, buckets))
 
 
 def purged(table: pa.Table, zone: str, subject: str, before_ms: int, columns: tuple[str, ...]) -> pa.Table:

@@ -130,13 +130,18 @@ def dead_letter_fields(purpose: str) -> tuple[str, ...]:
 def covers_dead_letter(w: Withdrawal, raw: bytes) -> bool | None:
     """Whether the dead letter `raw` holds what `w` covers; None when it cannot be told (module
     doc)."""
-    fields = dead_letter_fields(w.purpose)
-    if not fields or not raw_records.could_hold(raw, w.account_id):
+    if not dead_letter_fields(w.purpose) or not raw_records.could_hold(raw, w.account_id):
         return False
     found = raw_records.read(raw)
-    whose = raw_records.subject_in(found, w.account_id)
-    if not whose:
-        return whose  # another account's (False), or nobody can tell (None)
+    return covers_read(w, found, raw_records.subject_in(found, w.account_id))
+
+
+def covers_read(w: Withdrawal, found: raw_records.Raw, whose: bool | None) -> bool | None:
+    """`covers_dead_letter` over what `raw_records.read` gave and whose it is (`subject_in`), for a
+    scan that reads each dead letter once for many withdrawals (`raw_records.Subjects`)."""
+    fields = dead_letter_fields(w.purpose)
+    if not fields or not whose:
+        return False if not fields else whose  # another account's (False), or nobody can tell (None)
     calls = {_covers_call(w, r, fields) for r in found.records if r.get("account_id") == w.account_id}
     if True in calls:
         return True

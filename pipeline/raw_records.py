@@ -29,7 +29,7 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -387,3 +387,81 @@ def event_ms(value: Any) -> int | None:
 def subject_match(account_id: str) -> Callable[[bytes], bool | None]:
     """`holds_subject` for one id, as `sinks.rejects.find` takes it."""
     return lambda raw: holds_subject(raw, account_id)
+
+
+def _escaped_literals(part: bytes) -> frozenset[str]:
+    """What `_mentions` decodes the escaped JSON string literals of `part` to (any id's compare)."""
+    out = set()
+    for m in _JSON_STRING.finditer(part):
+        literal = m.group()
+        if b"\\" in literal:
+            try:
+                value = json.loads(literal)
+            except ValueError:
+                continue
+            if isinstance(value, str):
+                out.add(value)
+    return frozenset(out)
+
+
+WINDOW = 8  # bytes of an id's end that `Subjects` indexes it by (ids share prefixes, `acct-`)
+
+
+class Subjects:
+    """`holds_subject` for many ids at once, each raw record read once: what one scan of
+    `_rejects/` for every erased subject asks (`jobs.requests` enforcement). `verdicts(raw)` gives,
+    for each id whose `holds_subject(raw, id)` is not False, that verdict (True, or None when it
+    cannot be told), and what `read` made of the bytes (None when no id could be there).
+
+    An id whose every spelling contains its own bytes (most: no quote, backslash, slash or
+    non-ASCII character) is looked up by its last WINDOW bytes in the windows of the bytes
+    searched, then confirmed by a substring test, so the work per dead letter grows with its
+    size, not with the number of ids; any other id is tested as `holds_subject` tests it."""
+
+    def __init__(self, account_ids: Iterable[str]) -> None:
+        self._ids = list(dict.fromkeys(account_ids))
+        self._known = set(self._ids)
+        self._plain = {a: a.encode() for a in self._ids}
+        self._forms = {a: spellings(a) for a in self._ids}
+        self._index: dict[int, dict[bytes, list[str]]] = {}  # window size -> id end -> ids
+        self._other: list[str] = []
+        for a in self._ids:
+            plain = self._plain[a]
+            if plain and all(plain in s for s in self._forms[a]):
+                size = min(WINDOW, len(plain))
+                self._index.setdefault(size, {}).setdefault(plain[-size:], []).append(a)
+            else:
+                self._other.append(a)
+
+    def _containing(self, data: bytes) -> set[str]:
+        """The indexed ids whose bytes are in `data`."""
+        out: set[str] = set()
+        for size, index in self._index.items():
+            for at in range(len(data) - size + 1):
+                ids = index.get(data[at : at + size])
+                if ids:
+                    out.update(a for a in ids if self._plain[a] in data)
+        return out
+
+    def verdicts(self, raw: bytes) -> tuple[Raw | None, dict[str, bool | None]]:
+        if raw.startswith(CONTAINER_MAGIC) or b"\\" in raw:  # `could_hold` is True for every id
+            scope: Iterable[str] = self._ids
+        else:
+            scope = self._containing(raw) | {a for a in self._other if self._plain[a] in raw}
+            if not scope:
+                return None, {}
+        found = read(raw)
+        mine = {a for r in found.records if isinstance(a := r.get("account_id"), str)} & self._known
+        for part in found.plain:
+            if b"\\" in part:
+                mine |= _escaped_literals(part) & self._known
+            for a in [*self._containing(part), *self._other]:
+                if a not in mine and any(s in part for s in self._forms[a]):
+                    mine.add(a)
+        out: dict[str, bool | None] = {}
+        for a in scope:
+            if a in mine:
+                out[a] = True
+            elif found.opaque:
+                out[a] = None
+        return found, out

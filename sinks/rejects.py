@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -121,6 +121,42 @@ def find(lake: Path, match: Match) -> Found:
         if matching:
             out.append(Hits(path, lines, matching))
     return Found(out, unattributed)
+
+
+K = TypeVar("K", bound=Hashable)
+MatchEach = Callable[[bytes], "Mapping[K, bool | None]"]  # a raw record -> verdicts not False, by key
+
+
+def find_each(lake: Path, match: MatchEach[K], keys: Iterable[K]) -> dict[K, Found]:
+    """`find` for many subjects in one read of `_rejects/`: `match` gives, for one raw record, the
+    verdict of each key whose verdict is not False (absent: False), so `find_each(lake, m, keys)[k]`
+    is `find(lake, lambda raw: m(raw).get(k, False))` for every k, each file read once."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:  # nobody to look for: nothing read
+        return {}
+    hits: dict[K, list[Hits]] = {k: [] for k in keys}
+    unattributed = dict.fromkeys(keys, 0)
+    unreadable = 0
+    for path in files_in(lake):
+        lines = path.read_bytes().splitlines()
+        matching: dict[K, list[int]] = {}
+        for i, line in enumerate(lines):
+            raw = raw_of(line)
+            if raw is None:
+                unreadable += 1
+                continue
+            if not raw:  # withheld: no one's, as `find` judges it
+                continue
+            for k, verdict in match(raw).items():
+                if k not in hits:
+                    continue
+                if verdict is None:
+                    unattributed[k] += 1
+                elif verdict:
+                    matching.setdefault(k, []).append(i)
+        for k, found in matching.items():
+            hits[k].append(Hits(path, lines, found))
+    return {k: Found(hits[k], unattributed[k] + unreadable) for k in keys}
 
 
 def export_entries(hits: list[Hits]) -> list[dict[str, Any]]:

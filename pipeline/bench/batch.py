@@ -81,6 +81,16 @@ def render(figures: dict[str, Any]) -> str:
         if isinstance(lake, dict):
             head += ", lake " + ", ".join(f"{k}={v}" for k, v in lake.items())
         blocks.append(head + "\n\n" + table(["step", "seconds", "rows/s", "x COPY", "notes"], _rows(part)))
+        enforcement = part.get("enforcement")
+        if isinstance(enforcement, dict) and isinstance(enforcement.get("passes"), dict):
+            rows = [
+                [n, p.get("seconds"), p.get("ratio_to_one"), p.get("ms_per_subject")]
+                for n, p in enforcement["passes"].items()
+            ]
+            head = "jobs requests, a pass with nothing new: " + ", ".join(
+                f"{k}={v}" for k, v in enforcement.get("lake", {}).items()
+            )
+            blocks.append(head + "\n\n" + table(["erased subjects", "seconds", "x one", "ms/subject"], rows))
         targets = part.get("targets")
         if isinstance(targets, dict):
             blocks.append(table(["target", "met"], [[k, v] for k, v in targets.items()]))

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import codec
 from pipeline.carrier import generate
-from pipeline.raw_records import holds_subject, newest_event_ms, parse_container
+from pipeline.raw_records import Subjects, holds_subject, newest_event_ms, parse_container
 from sinks import rejects
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -96,3 +96,54 @@ def test_find_counts_what_cannot_be_told(tmp_path: Path) -> None:
     found = rejects.find(tmp_path, lambda raw: holds_subject(raw, "acc-avro"))
     assert found.count == 1 and found.hits[0].matching == [0]
     assert found.unattributed == 1
+
+
+def _many_forms() -> list[bytes]:
+    """Every raw of CASES, and containers whole, cut, damaged and uncompressed, batches of two."""
+    whole = codec.encode_container(_calls("acc-avro"), "CallEvent")
+    two = [dict(c, account_id=a) for c, a in zip(CALLS, ["A1", "acc-avro"] * 3, strict=True)]
+    return [
+        *(raw for raw, _account, _expected in CASES),
+        whole,
+        whole[:-30],
+        _damaged_block(whole),
+        codec.encode_container(_calls("a/b"), "CallEvent", codec="null"),
+        codec.encode_container(two, "CallEvent"),
+        b"\n".join(codec.to_json(c, "CallEvent") for c in two),
+        *codec.encode(two, "CallEvent", "avro", batch_size=3),
+        b"",
+    ]
+
+
+def test_many_subjects_at_once_judge_each_dead_letter_as_each_alone() -> None:
+    """`Subjects` (one read of a dead letter for every erased subject of a pass) says what
+    `holds_subject` says for each id, in every form: True, None (cannot tell), or nothing (False)."""
+    others = {"acc-avro", "acc-other", "josé", "A", "A10", "acc", "", str(CALLS[0]["event_id"])}
+    others |= {str(CALLS[1]["caller"]), str(CALLS[2]["callee"]), *(f"acc-{i:04d}" for i in range(300))}
+    ids = sorted({account for _raw, account, _expected in CASES} | others)
+    subjects = Subjects(ids)
+    for raw in _many_forms():
+        alone = {a: v for a in ids if (v := holds_subject(raw, a)) is not False}
+        assert subjects.verdicts(raw)[1] == alone, raw[:40]
+
+
+def test_find_each_is_find_for_each_subject_reading_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raws = _many_forms()
+    for n, chunk in enumerate((raws[:7], raws[7:14], raws[14:])):
+        folder = tmp_path / rejects.REJECTS_DIR / f"stream-{n}"
+        folder.mkdir(parents=True)
+        lines = [
+            orjson.dumps({"offset": i, "raw_b64": base64.b64encode(r).decode()}) for i, r in enumerate(chunk)
+        ]
+        (folder / "000000000000-000000000009.jsonl").write_bytes(b"\n".join([*lines, b"{not json"]) + b"\n")
+    ids = ["A1", "acc-avro", "a/b", "josé.müller", "acc-other", "nobody"]
+    alone = {a: rejects.find(tmp_path, lambda raw, a=a: holds_subject(raw, a)) for a in ids}
+    read_bytes, reads = Path.read_bytes, []
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    subjects = Subjects(ids)
+    each = rejects.find_each(tmp_path, lambda raw: subjects.verdicts(raw)[1], ids)
+    assert sorted(reads) == rejects.files_in(tmp_path)  # each file once, for all of them
+    assert each == alone
+    assert each["acc-avro"].count and each["acc-avro"].unattributed == 3 + 1  # 3 unreadable, 1 damaged
