@@ -140,8 +140,10 @@ def covers_read(w: Withdrawal, found: raw_records.Raw, whose: bool | None) -> bo
     """`covers_dead_letter` over what `raw_records.read` gave and whose it is (`subject_in`), for a
     scan that reads each dead letter once for many withdrawals (`raw_records.Subjects`)."""
     fields = dead_letter_fields(w.purpose)
-    if not fields or not whose:
-        return False if not fields else whose  # another account's (False), or nobody can tell (None)
+    if not fields:
+        return False
+    if not whose:
+        return whose  # another account's (False), or nobody can tell (None)
     calls = {_covers_call(w, r, fields) for r in found.records if r.get("account_id") == w.account_id}
     if True in calls:
         return True

@@ -106,21 +106,13 @@ Match = Callable[[bytes], "bool | None"]  # a raw record -> the subject's, not, 
 
 def find(lake: Path, match: Match) -> Found:
     """The dead letters `match` says are the subject's, file by file, and a count of those it
-    cannot tell about (a line that does not read counts there too)."""
-    out, unattributed = [], 0
-    for path in files_in(lake):
-        lines = path.read_bytes().splitlines()
-        matching = []
-        for i, line in enumerate(lines):
-            raw = raw_of(line)
-            verdict = None if raw is None else (bool(raw) and match(raw))
-            if verdict is None:
-                unattributed += 1
-            elif verdict:
-                matching.append(i)
-        if matching:
-            out.append(Hits(path, lines, matching))
-    return Found(out, unattributed)
+    cannot tell about (a line that does not read counts there too): `find_each` for one subject."""
+
+    def one(raw: bytes) -> dict[int, bool | None]:
+        verdict = match(raw)
+        return {} if verdict is False else {0: verdict}
+
+    return find_each(lake, one, [0])[0]
 
 
 K = TypeVar("K", bound=Hashable)
