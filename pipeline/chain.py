@@ -181,7 +181,7 @@ def route_batch(
     fresh = fresh_after(policy.retention, now_ms)  # nothing started at or after it has expired
     cuts: Cutoffs | None = None
     defaults = policy.consent
-    no_history = _no_history(defaults)
+    no_history = no_history_decision(defaults)
     needs = consent_fields()
     peek, put = memo.peek, memo.put
     secret = key.secret
@@ -191,20 +191,7 @@ def route_batch(
         account = record["account_id"]
         started = record["started_at"]
         state = states.get(account)
-        if state is None:
-            decision = no_history
-        else:
-            # an account's decisions by time, remembered while its state object stays the same:
-            # its first event is judged alone, a table by time (a `decide` per entry of the
-            # history) is built at its second, when the account is seen to call again
-            table = peek(("decisions", account))
-            if table is None or table.state is not state or table.defaults is not defaults:
-                put(("decisions", account), _Seen(state, defaults))
-                decision = decide(state, started, defaults)
-            else:
-                if type(table) is _Seen:
-                    table = put(("decisions", account), Decisions(state, defaults))
-                decision = table.decisions[bisect_right(table.times, started)]  # table.at, inlined
+        decision = no_history if state is None else decision_of(account, started, state, defaults, memo)
         if decision.erased:
             routed[Drop.ERASED] = routed.get(Drop.ERASED, 0) + 1
             erased.append(index)
@@ -272,6 +259,22 @@ def route_batch(
     )
 
 
+def decision_of(
+    account: str, started: int, state: AccountState, defaults: ConsentDefaults, memo: Memo
+) -> Decision:
+    """`decide(state, started, defaults)` for an account with a history, its decisions by time
+    remembered while its state object stays the same: its first event is judged alone, a table
+    by time (a `decide` per entry of the history) is built at its second, when the account is
+    seen to call again."""
+    table = memo.peek(("decisions", account))
+    if table is None or table.state is not state or table.defaults is not defaults:
+        memo.put(("decisions", account), _Seen(state, defaults))
+        return decide(state, started, defaults)
+    if type(table) is _Seen:
+        table = memo.put(("decisions", account), Decisions(state, defaults))
+    return table.decisions[bisect_right(table.times, started)]  # table.at, inlined
+
+
 def _expire(
     late: list[tuple[int, bool, bool]],
     cuts: Cutoffs,
@@ -313,7 +316,7 @@ def _expire(
 _no_history_of: tuple[ConsentDefaults, Decision] | None = None
 
 
-def _no_history(defaults: ConsentDefaults) -> Decision:
+def no_history_decision(defaults: ConsentDefaults) -> Decision:
     """`decide` for an account without history (the same at every time), remembered for the
     last defaults seen (one policy per process): ~2 us per batch of one event. One tuple,
     read and replaced whole, so a thread never pairs one policy's defaults with another's."""

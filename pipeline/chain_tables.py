@@ -44,6 +44,15 @@ def tables_of(routed: Routed, key: PseudonymKey, memo: Memo) -> Tables:
     return Tables(vault, buckets, analytics)
 
 
+def concat_tables(parts: list[Tables]) -> Tables:
+    """Tables of one batch made in parts (the column chain's rows, the row chain's), as one."""
+    return Tables(
+        pa.concat_tables([p.vault for p in parts]),
+        pa.concat_arrays([p.buckets for p in parts]),
+        pa.concat_tables([p.analytics for p in parts]),
+    )
+
+
 def _within_limits(vault: pa.Table, buckets: pa.Array, routed: Routed) -> tuple[pa.Table, pa.Array]:
     """The vault table without the rows past the vault's limit, recording_uri nulled where it is
     past its own."""

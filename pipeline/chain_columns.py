@@ -1,0 +1,362 @@
+"""The chain over columns: a batch of admitted calls as an Arrow table (decoded straight from Avro
+into columns, `pipeline.native_rows`), judged and routed without a Python object per event.
+
+It gives what `pipeline.chain.route_batch` then `pipeline.chain_tables.tables_of` give for the
+same calls, for the rows it takes on (the common case: times in range, no duplicate event id in
+the batch, attribute keys already known to name no secret, nothing past a retention limit). The
+others it hands back by position (`ColumnsRouted.rows`): the caller runs them through the row
+chain, which names their rejections, strips secret-named attributes and applies retention, so
+one definition of those rules holds and the column form is held to it by tests
+(tests/unit/test_chain_columns.py: equal tables, counts and rejections on the bench's traffic
+and on generated batches).
+
+Per column, each step runs once per distinct value of the batch (a number's E.164 form, an
+account's route on a day) and is spread back to the rows; only consent reads each event of an
+account with a history (a bisect in its decisions by time, as the row chain). The memo entries
+are the row chain's own, so what one form remembered the other finds and `Memo.forget()` on
+erasure drops both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.chain import DEFAULT_BUCKETS, Route, decision_of, no_history_decision
+from pipeline.chain_tables import Tables
+from pipeline.consent import AccountState, consent_fields
+from pipeline.expiry import fresh_after
+from pipeline.keys import Domain, PseudonymKey
+from pipeline.memo import Memo
+from pipeline.phones import (
+    NumberInfo,
+    _international,
+    _national,
+    _phone_and_carrier_fields,
+    _regions,
+    carrier_region,
+)
+from pipeline.policy import Policy
+from pipeline.pseudonymize import token_of
+from pipeline.pseudonymize_columns import analytics_columns
+from pipeline.reasons import Drop
+from pipeline.secret_names import _harmless, _lowered, _map_fields
+from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
+from schemas import clock
+from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
+from schemas.zones import analytics_schema, vault_schema
+from sinks.layout import bucket_of
+
+
+@dataclass(frozen=True)
+class ColumnsRouted:
+    """What the column chain made of a batch: both zones' tables of the rows it took on, its
+    counts, and the positions of the rows left to the row chain (ascending)."""
+
+    tables: Tables
+    drops: Counter[Drop]
+    rows: np.ndarray
+
+
+def route_columns(
+    calls: pa.Table,
+    partition: int,
+    offsets: np.ndarray,
+    indices: np.ndarray,
+    states: Mapping[str, AccountState],
+    policy: Policy,
+    key: PseudonymKey,
+    now_ms: int,
+    *,
+    buckets: int = DEFAULT_BUCKETS,
+    memo: Memo,
+    seen: Sequence[object] = (),
+) -> ColumnsRouted:
+    """The chain over `calls` (the vault schema's CallEvent columns, no lineage, as a decoder
+    admitted them), each row's lineage given by `partition` and the parallel `offsets` and
+    `indices`; `states` holds every account of the batch that has a history. `seen`: the event
+    ids of the batch's other events (the row chain's): a row holding one of them goes to the row
+    chain too, which keeps the first of an id in lineage order."""
+    started = _ints(calls, "started_at")
+    left = _row_path(calls, started, policy, now_ms, seen)
+    if left.any():
+        rows = np.flatnonzero(left)
+        kept = np.flatnonzero(~left)
+        calls = calls.take(pa.array(kept))
+        started, offsets, indices = started[kept], offsets[kept], indices[kept]
+    else:
+        rows = np.empty(0, np.int64)
+    drops: Counter[Drop] = Counter()
+    if calls.num_rows == 0:
+        return ColumnsRouted(_no_tables(), drops, rows)
+
+    accounts = calls.column("account_id").combine_chunks().dictionary_encode()
+    account_of = accounts.indices.to_numpy()
+    names = accounts.dictionary.to_pylist()
+    erased, restricted, objected, allowed = _consent(names, account_of, started, states, policy, memo)
+
+    if erased.any():
+        drops[Drop.ERASED] = int(erased.sum())
+        kept = np.flatnonzero(~erased)
+        calls = calls.take(pa.array(kept))
+        started, offsets, indices, account_of = started[kept], offsets[kept], indices[kept], account_of[kept]
+        restricted, objected = restricted[kept], objected[kept]
+        allowed = {name: mask[kept] for name, mask in allowed.items()}
+        if calls.num_rows == 0:
+            return ColumnsRouted(_no_tables(), drops, rows)
+
+    columns = {name: calls.column(name) for name in calls.column_names}
+    for name, purpose, drop in consent_fields():
+        values = columns[name].combine_chunks()
+        removed = ~allowed[purpose] & ~np.asarray(values.is_null())
+        if removed.any():
+            drops[drop] = int(removed.sum())
+            columns[name] = pc.if_else(pa.array(removed), pa.nulls(len(values), values.type), values)
+    regions = _numbers(columns, memo)
+    if restricted.any():
+        drops[Drop.RESTRICTED] = int(restricted.sum())
+    objected &= ~restricted
+    if objected.any():
+        drops[Drop.ANALYTICS_OBJECTED] = int(objected.sum())
+
+    rows_n = calls.num_rows
+    columns["source_partition"] = pa.repeat(pa.scalar(partition, pa.int32()), rows_n)
+    columns["source_offset"] = pa.array(offsets, pa.int64())
+    columns["source_index"] = pa.array(indices, pa.int32())
+    schema = vault_schema()
+    vault = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    bucket = _buckets(names, account_of, started, key, buckets, memo)
+    to_analytics = np.flatnonzero(~(restricted | objected))
+    analytics = analytics_columns(
+        vault.take(pa.array(to_analytics)), [regions[i] for i in to_analytics.tolist()], key, memo
+    )
+    return ColumnsRouted(Tables(vault, bucket, analytics), drops, rows)
+
+
+def _ints(table: pa.Table, name: str) -> np.ndarray:
+    """A non-null time or number column as int64 values."""
+    column = table.column(name).combine_chunks()
+    return np.asarray(column.view(pa.int64()) if pa.types.is_timestamp(column.type) else column, np.int64)
+
+
+def _row_path(
+    calls: pa.Table, started: np.ndarray, policy: Policy, now_ms: int, seen: Sequence[object]
+) -> np.ndarray:
+    """The rows the row chain must take (True): a time or duration out of range (to be named),
+    an event id twice in the batch (the first is kept, in batch order), an attribute key not
+    yet known to name no secret, a call past a retention limit."""
+    latest = now_ms + MAX_FUTURE_MS
+    ok = (
+        (started >= EPOCH_OF_SERVICE_MS)
+        & (started <= latest)
+        & (started >= fresh_after(policy.retention, now_ms))
+    )
+    answered_col = calls.column("answered_at").combine_chunks()
+    ended_col = calls.column("ended_at").combine_chunks()
+    answered = np.asarray(answered_col.view(pa.int64()).fill_null(0), np.int64)
+    ended = np.asarray(ended_col.view(pa.int64()).fill_null(0), np.int64)
+    has_answer = ~np.asarray(answered_col.is_null())
+    has_end = ~np.asarray(ended_col.is_null())
+    ok &= ~has_answer | ((answered >= started) & (answered <= latest))
+    ok &= ~has_end | ((ended >= started) & (ended <= latest) & (~has_answer | (answered <= ended)))
+    duration = _ints(calls, "duration_s")
+    ok &= (duration >= 0) & (duration <= MAX_DURATION_S)
+    event_ids = calls.column("event_id").combine_chunks()
+    ids = event_ids.dictionary_encode().indices.to_numpy()
+    ok &= np.bincount(ids, minlength=len(ids))[ids] == 1
+    others = [i for i in seen if type(i) is str]
+    if others:
+        ok &= ~np.asarray(pc.is_in(event_ids, value_set=pa.array(others, pa.string())))
+    harmless = _harmless(_lowered(policy.secret_names))
+    for name in _map_fields():
+        maps = calls.column(name).combine_chunks()
+        map_offsets = np.asarray(maps.offsets)
+        if map_offsets[-1] == map_offsets[0]:
+            continue  # no entries in the batch
+        keys = maps.keys.slice(int(map_offsets[0]), int(map_offsets[-1] - map_offsets[0]))
+        unknown = ~np.asarray(pc.is_in(keys, value_set=pa.array(list(harmless), pa.string())))
+        if unknown.any():
+            entries = np.flatnonzero(unknown) + map_offsets[0]
+            ok[np.unique(np.searchsorted(map_offsets, entries, side="right") - 1)] = False
+    return ~ok
+
+
+def _consent(
+    names: list[str],
+    account_of: np.ndarray,
+    started: np.ndarray,
+    states: Mapping[str, AccountState],
+    policy: Policy,
+    memo: Memo,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Each row's decision at its time: (erased, restricted, objected to analytics, and per
+    consent purpose whether it is given). Rows of accounts without a history share one decision;
+    the others are judged per event as the row chain judges them (`decision_of`)."""
+    defaults = policy.consent
+    decisions = [no_history_decision(defaults)]
+    code = np.zeros(len(account_of), np.int64)
+    with_state = [states.get(name) for name in names]
+    if any(state is not None for state in with_state):
+        seen: dict[int, int] = {id(decisions[0]): 0}
+        has = np.array([state is not None for state in with_state])
+        for row in np.flatnonzero(has[account_of]).tolist():
+            account = names[account_of[row]]
+            state = with_state[account_of[row]]
+            assert state is not None
+            decision = decision_of(account, int(started[row]), state, defaults, memo)
+            at = seen.get(id(decision))
+            if at is None:
+                at = seen[id(decision)] = len(decisions)
+                decisions.append(decision)
+            code[row] = at
+
+    def spread(attribute: str) -> np.ndarray:
+        return np.array([getattr(d, attribute) for d in decisions], bool)[code]
+
+    allowed = {purpose: spread(purpose) for _name, purpose, _drop in consent_fields()}
+    return spread("erased"), spread("restricted"), ~spread("analytics"), allowed
+
+
+def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> list[tuple[str, ...]]:
+    """Each call's numbers rewritten to E.164 where they parse (in `columns`), as
+    `normalize_numbers` rewrites a row's, and each row's regions returned. A number written
+    internationally is read once per distinct spelling; one written nationally once per
+    distinct (spelling, the other number's region, the carrier's region), the regions it is
+    read in; the regions once per distinct triple of regions."""
+    (a, b), carrier = _phone_and_carrier_fields()
+    first = columns[a].combine_chunks().dictionary_encode()
+    second = columns[b].combine_chunks().dictionary_encode()
+    carriers = columns[carrier].combine_chunks().dictionary_encode()
+    vocabulary: dict[str | None, int] = {None: 0}  # regions as small codes, 0 for none
+
+    def code(region: str | None) -> int:
+        return vocabulary.setdefault(region, len(vocabulary))
+
+    fallback = np.array([code(carrier_region(c)) for c in carriers.dictionary.to_pylist()], np.int64)
+    fallback_row = fallback[carriers.indices.to_numpy()]
+    spelled_a, info_a, region_a = _read_international(first, memo, code)
+    spelled_b, info_b, region_b = _read_international(second, memo, code)
+    # a nationally written number is read in the other's region as written internationally
+    read_a = _read_national(
+        first, info_a, spelled_a, region_a, region_b, fallback_row, memo, code, vocabulary
+    )
+    read_b = _read_national(
+        second, info_b, spelled_b, region_b, region_a, fallback_row, memo, code, vocabulary
+    )
+    columns[a], final_a = read_a
+    columns[b], final_b = read_b
+    size = len(vocabulary)
+    triples = (final_a * size + final_b) * size + fallback_row
+    distinct, inverse = np.unique(triples, return_inverse=True)
+    names = list(vocabulary)
+    regions_of = []
+    for triple in distinct.tolist():
+        rest, c = divmod(triple, size)
+        x, y = divmod(rest, size)
+        regions_of.append(_regions(names[x], names[y], names[c]))
+    return [regions_of[i] for i in inverse.tolist()]
+
+
+Info = NumberInfo | Literal[False] | None
+
+
+def _read_international(
+    numbers: pa.DictionaryArray, memo: Memo, code: Callable[[str | None], int]
+) -> tuple[list[str], list[Info], np.ndarray]:
+    """Per distinct spelling: what it is written internationally (`_international`: False when
+    written nationally), and per row the code of that number's region (0: none)."""
+    peek = memo.peek
+    spellings = numbers.dictionary.to_pylist()
+    infos: list[Info] = []
+    for spelling in spellings:
+        found = peek(("intl", spelling), _MISSING)
+        infos.append(_international(memo, spelling) if found is _MISSING else found)
+    regions = np.array([code(info.region) if info else 0 for info in infos], np.int64)
+    return spellings, infos, regions[numbers.indices.to_numpy()]
+
+
+def _read_national(
+    numbers: pa.DictionaryArray,
+    infos: list[Info],
+    spellings: list[str],
+    own: np.ndarray,
+    other: np.ndarray,
+    fallback: np.ndarray,
+    memo: Memo,
+    code: Callable[[str | None], int],
+    vocabulary: dict[str | None, int],
+) -> tuple[pa.Array, np.ndarray]:
+    """The number column written as E.164 where it parses, and each row's region code: the
+    international reading, else the national one (`_national`) in `other` then `fallback`."""
+    written = pa.array(
+        [info.e164 if info else spelling for spelling, info in zip(spellings, infos, strict=True)],
+        pa.string(),
+    ).take(numbers.indices)
+    spelling_of = numbers.indices.to_numpy()
+    national = np.array([info is False for info in infos], bool)[spelling_of]
+    if not national.any():
+        return written, own
+    rows = np.flatnonzero(national)
+    size = len(vocabulary)  # `other` and `fallback` hold codes known now (reading adds codes)
+    keys = (spelling_of[rows].astype(np.int64) * size + other[rows]) * size + fallback[rows]
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    names = list(vocabulary)
+    peek = memo.peek
+    e164s, regions = [], []
+    for key in distinct.tolist():
+        rest, c = divmod(key, size)
+        x, y = divmod(rest, size)
+        spelling = spellings[x]
+        info = peek(("num", spelling, names[y], names[c]), _MISSING)
+        if info is _MISSING:
+            info = _national(memo, spelling, names[y], names[c])
+        e164s.append(spelling if info is None else info.e164)
+        regions.append(0 if info is None else code(info.region))
+    final = own.copy()
+    final[rows] = np.asarray(regions, np.int64)[inverse]
+    mask = pa.array(national)
+    return pc.replace_with_mask(written, mask, pa.array(e164s, pa.string()).take(pa.array(inverse))), final
+
+
+_MISSING = object()
+
+
+def _buckets(
+    names: list[str],
+    account_of: np.ndarray,
+    started: np.ndarray,
+    key: PseudonymKey,
+    buckets: int,
+    memo: Memo,
+) -> pa.Array:
+    """Each row's bucket, from its account's route on its day (`Route`), once per distinct
+    (account, day) under the row chain's memo entries."""
+    days = started // DAY_MS
+    first_day = int(days.min())
+    span = int(days.max()) - first_day + 1
+    pairs = account_of.astype(np.int64) * span + (days - first_day)
+    distinct, inverse = np.unique(pairs, return_inverse=True)
+    peek, put, secret = memo.peek, memo.put, key.secret
+    out = []
+    for pair in distinct.tolist():
+        account_at, day_at = divmod(pair, span)
+        account, day = names[account_at], first_day + day_at
+        route = peek(("route", secret, buckets, account, day))
+        if route is None:
+            token = token_of(key, Domain.ACCOUNT, account, memo)
+            route = put(
+                ("route", secret, buckets, account, day),
+                Route(clock.day_of_epoch_day(day), bucket_of(token, buckets), token),
+            )
+        out.append(route.bucket)
+    return pa.array(np.asarray(out, np.int32)[inverse], pa.int32())
+
+
+def _no_tables() -> Tables:
+    return Tables(vault_schema().empty_table(), pa.array([], pa.int32()), analytics_schema().empty_table())
