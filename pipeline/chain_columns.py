@@ -44,7 +44,7 @@ from pipeline.phones import (
 )
 from pipeline.policy import Policy
 from pipeline.pseudonymize import token_of
-from pipeline.pseudonymize_columns import analytics_columns
+from pipeline.pseudonymize_columns import RegionCodes, analytics_columns
 from pipeline.reasons import Drop
 from pipeline.secret_names import _harmless, _lowered, _map_fields
 from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
@@ -134,7 +134,10 @@ def route_columns(
     bucket = _buckets(names, account_of, started, key, buckets, memo)
     to_analytics = np.flatnonzero(~(restricted | objected))
     analytics = analytics_columns(
-        vault.take(pa.array(to_analytics)), [regions[i] for i in to_analytics.tolist()], key, memo
+        vault.take(pa.array(to_analytics)),
+        RegionCodes(regions.codes[to_analytics], regions.distinct),
+        key,
+        memo,
     )
     return ColumnsRouted(Tables(vault, bucket, analytics), drops, rows)
 
@@ -223,7 +226,7 @@ def _consent(
     return spread("erased"), spread("restricted"), ~spread("analytics"), allowed
 
 
-def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> list[tuple[str, ...]]:
+def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> RegionCodes:
     """Each call's numbers rewritten to E.164 where they parse (in `columns`), as
     `normalize_numbers` rewrites a row's, and each row's regions returned. A number written
     internationally is read once per distinct spelling; one written nationally once per
@@ -260,7 +263,7 @@ def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> list
         rest, c = divmod(triple, size)
         x, y = divmod(rest, size)
         regions_of.append(_regions(names[x], names[y], names[c]))
-    return [regions_of[i] for i in inverse.tolist()]
+    return RegionCodes(inverse, regions_of)
 
 
 Info = NumberInfo | Literal[False] | None

@@ -200,10 +200,9 @@ def _short_text_column(
     if not pc.any(present).as_py():
         return (values,)
     rows = pc.indices_nonzero(present).to_numpy()
-    hints: dict[tuple[str, ...], int] = {}
-    row_hint = np.fromiter((hints.setdefault(tuple(r), len(hints)) for r in regions), np.int64, len(regions))
+    row_hint, hint_of = _hints(regions)
     texts = values.filter(present)
-    redacted_texts = _redacted_per_distinct(texts, row_hint[rows], list(hints), memo)
+    redacted_texts = _redacted_per_distinct(texts, row_hint[rows], hint_of, memo)
     return (pc.replace_with_mask(values, present, redacted_texts.cast(step.types[0])),)
 
 
@@ -220,16 +219,39 @@ def _map_column(
     items = maps.items.slice(first, last - first)
     if items.null_count:  # the row path fails on one too
         raise ValueError(f"column {step.columns[0]} holds a null map value")
-    hints: dict[tuple[str, ...], int] = {}
-    row_hint = np.fromiter((hints.setdefault(r, len(hints)) for r in regions), np.int64, len(regions))
+    row_hint, hint_of = _hints(regions)
     entry_hint = np.repeat(row_hint, np.diff(offsets))
-    hint_of = [tuple(r) for r in hints]  # `_text_map`'s hint
     names = _redacted_per_distinct(keys, entry_hint, hint_of, memo)
     spread = _redacted_per_distinct(items, entry_hint, hint_of, memo)
     names = _named_apart(keys, names, offsets - first)
     rebased = pa.array(offsets - first, pa.int32())  # a fresh buffer: from_arrays refuses a sliced one
     mask = maps.is_null() if maps.null_count else None
     return (pa.MapArray.from_arrays(rebased, names, spread, type=step.types[0], mask=mask),)
+
+
+class RegionCodes(Sequence[tuple[str, ...]]):
+    """Each row's regions as a code into the batch's distinct regions (what the column chain
+    has at hand): the per-distinct steps read the codes, not a tuple per row."""
+
+    def __init__(self, codes: np.ndarray, distinct: Sequence[tuple[str, ...]]) -> None:
+        self.codes, self.distinct = codes, list(distinct)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, row: Any) -> Any:
+        if isinstance(row, slice):
+            return [self.distinct[c] for c in self.codes[row].tolist()]
+        return self.distinct[self.codes[row]]
+
+
+def _hints(regions: Regions) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Each row's regions as a code, and the regions of each code (the hints `redacted` takes)."""
+    if isinstance(regions, RegionCodes):
+        return regions.codes, regions.distinct
+    hints: dict[tuple[str, ...], int] = {}
+    row_hint = np.fromiter((hints.setdefault(tuple(r), len(hints)) for r in regions), np.int64, len(regions))
+    return row_hint, list(hints)
 
 
 def _redacted_per_distinct(
