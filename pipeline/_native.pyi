@@ -16,3 +16,28 @@ class Decoder:
     def decode_array(self, value: bytes, start: int) -> list[dict[str, Any]] | None:
         """`decode` for an Avro array of the record (a batch message's body): fastavro's list of
         records, or None."""
+
+# A column of `Rows.take`: (length, null count, validity bitmap or None, buffers after the
+# validity as pyarrow.Array.from_buffers takes them, children columns).
+_Taken = tuple[int, int, bytes | None, list[bytes], list[Any]]
+# A column of `Rows.layout`: (name, "string" | "int" | "long" | "struct" | "map", nullable, children).
+_Layout = tuple[str, str, bool, list[Any]]
+
+class Rows:
+    """Records of a `Decoder`'s schema appended into Arrow column buffers (src/rows.rs), no Python
+    object per record. ValueError for a schema with a type that has no column there (boolean,
+    floats, bytes, arrays, fixed, unions other than [null, T], recursion), or when `key_field` is
+    not a top-level long."""
+
+    def __init__(self, decoder: Decoder, key_field: str) -> None: ...
+    def append(self, value: bytes, start: int) -> int | None:
+        """Append the record in value[start:] and give its key field; None, the columns as they
+        were, unless `Decoder.decode` would give a record for those bytes."""
+    def append_array(self, value: bytes, start: int) -> list[int] | None:
+        """Append every record of an Avro array of the record in value[start:] and give their key
+        fields; None, nothing appended, unless `Decoder.decode` would give each of them."""
+    def __len__(self) -> int: ...
+    def take(self, k: int) -> list[_Taken]:
+        """The first k rows (ValueError past len), removed, one column each in schema order."""
+    def clear(self) -> None: ...
+    def layout(self) -> list[_Layout]: ...

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 import fastavro
 import fastavro.schema
@@ -525,16 +525,25 @@ def _body_reader(record_name: str, batch: bool = False) -> BodyReader:
     7), where the package was built with it and it compiles the schema, else fastavro
     (`_fastavro_reader`). The native one also declines an identifier that is not printable ASCII
     (the rare rest is left to Python's rules on the fastavro path, which names a rejection)."""
-    if _native is not None:
-        public = {k: v for k, v in schemas.parsed(record_name).items() if not k.startswith("__")}
-        identifiers = [(list(path), limit) for path, limit in identifier_paths(record_name)]
-        try:
-            decoder = _native.Decoder(orjson.dumps(public).decode(), identifiers)
-        except ValueError:  # a schema it cannot mirror exactly (fixed, logical types)
-            pass
-        else:
-            return decoder.decode_array if batch else decoder.decode
+    decoder = native_decoder(record_name)
+    if decoder is not None:
+        return decoder.decode_array if batch else decoder.decode
     return _fastavro_reader(record_name, batch)
+
+
+@cache
+def native_decoder(record_name: str) -> _native.Decoder | None:
+    """The native decoder of `record_name`'s current schema, its identifiers judged; None where
+    the package was built without it or it cannot mirror the schema exactly (fixed, logical
+    types). `_body_reader` reads with it, and `pipeline.native_rows` builds its columns on it."""
+    if _native is None:
+        return None
+    public = {k: v for k, v in schemas.parsed(record_name).items() if not k.startswith("__")}
+    identifiers = [(list(path), limit) for path, limit in identifier_paths(record_name)]
+    try:
+        return _native.Decoder(orjson.dumps(public).decode(), identifiers)
+    except ValueError:
+        return None
 
 
 @cache
@@ -577,17 +586,31 @@ def plain_record(value: bytes | None, headers: Any, record_name: str) -> dict[st
     the few bodies fastavro reads but no Avro writer makes (a negative enum or union index, an
     "int" past 32 bits) and identifiers beyond printable ASCII: `decode_value` then reads them
     with fastavro, so the outcome is the same, only slower."""
+    if not plain_framing(value, headers, record_name):
+        return None
+    return _body_reader(record_name)(value, 5)
+
+
+def plain_framing(
+    value: bytes | None, headers: Any, record_name: str, *, batch: bool = False
+) -> TypeGuard[bytes]:
+    """Whether `value` is framed as the shortcuts read it (`plain_record`, `pipeline.native_rows`):
+    the Confluent wire format (magic byte 0, no format header but Confluent's), the schema id of
+    `record_name`'s current version (with `batch`, of an array of it), and no event that
+    `decode_value` would measure against the event limit: a single record's body within it, a
+    batch message within it whole (a larger one has its events measured one by one). Anything
+    else is left to `decode_value`, which finds its framing or names its rejection. The body
+    starts at value[5:]."""
     if (
         value is None
         or len(value) <= 5
         or value[0] != 0
-        or len(value) - 5 > DEFAULT_LIMITS.max_event_bytes
+        or (len(value) if batch else len(value) - 5) > DEFAULT_LIMITS.max_event_bytes
         or (headers and _header_format(headers) not in (None, Format.CONFLUENT))
-        or schemas.SCHEMA_IDS.get(int.from_bytes(value[1:5], "big"))
-        != (record_name, schemas.CURRENT[record_name])
     ):
-        return None
-    return _body_reader(record_name)(value, 5)
+        return False
+    ids = schemas.BATCH_SCHEMA_IDS if batch else schemas.SCHEMA_IDS
+    return ids.get(int.from_bytes(value[1:5], "big")) == (record_name, schemas.CURRENT[record_name])
 
 
 def decode_batch(

@@ -71,9 +71,15 @@ def _field(avro_field: dict[str, Any]) -> pa.Field:
 
 
 @cache
+def call_event_schema() -> pa.Schema:
+    """The CallEvent's own columns: the vault schema less lineage (what a decoded batch is before
+    its rows are placed, `pipeline.native_rows`)."""
+    return pa.schema([_field(f) for f in schemas.raw("CallEvent")["fields"]])
+
+
+@cache
 def vault_schema() -> pa.Schema:
-    fields = [_field(f) for f in schemas.raw("CallEvent")["fields"]]
-    return pa.schema([*fields, *LINEAGE])
+    return pa.schema([*call_event_schema(), *LINEAGE])
 
 
 # What each annotated CallEvent field becomes in the analytics zone, by its PII category and

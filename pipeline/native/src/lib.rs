@@ -18,6 +18,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+mod rows;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
@@ -309,16 +311,18 @@ impl From<PyErr> for Stop {
 
 type Step<T> = Result<T, Stop>;
 
-struct Reader<'a, 'py> {
-    py: Python<'py>,
-    program: &'a Program,
+/// The bytes of one body and how far a read has come: the wire primitives that both readers
+/// (`Reader`'s dicts here, `rows::Rows`' columns) go by, so that they accept the same bytes.
+struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
-    depth: u32,
-    empty_items: u64,
 }
 
-impl<'a, 'py> Reader<'a, 'py> {
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
     fn byte(&mut self) -> Step<u8> {
         let b = *self.buf.get(self.pos).ok_or(Stop::Bad)?;
         self.pos += 1;
@@ -350,6 +354,11 @@ impl<'a, 'py> Reader<'a, 'py> {
         }
     }
 
+    /// An Avro "int": a long that fits 32 bits (fastavro takes wider ones as they are).
+    fn int(&mut self) -> Step<i32> {
+        i32::try_from(self.long()?).map_err(|_| Stop::Bad)
+    }
+
     fn length(&mut self) -> Step<usize> {
         usize::try_from(self.long()?).map_err(|_| Stop::Bad)
     }
@@ -359,19 +368,21 @@ impl<'a, 'py> Reader<'a, 'py> {
         if i < len { Ok(i) } else { Err(Stop::Bad) }
     }
 
-    fn string(&mut self) -> Step<Bound<'py, PyString>> {
+    /// The bytes of a string, which must be UTF-8.
+    fn text(&mut self) -> Step<&'a str> {
         let n = self.length()?;
-        let s = std::str::from_utf8(self.take(n)?).map_err(|_| Stop::Bad)?;
-        Ok(PyString::new(self.py, s))
+        std::str::from_utf8(self.take(n)?).map_err(|_| Stop::Bad)
     }
 
-    fn deeper(&mut self) -> Step<()> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            Err(Stop::Bad)
-        } else {
-            Ok(())
-        }
+    /// The bytes of an identifier string (`Node::Identifier`), declined unless plainly nameable:
+    /// 1 to `limit` printable ASCII characters, not all spaces. Printable ASCII is UTF-8 as it is.
+    fn identifier(&mut self, limit: usize) -> Step<&'a [u8]> {
+        let n = self.length()?;
+        let raw = self.take(n)?;
+        let nameable = (1..=limit).contains(&n)
+            && raw.iter().all(|b| (0x20..0x7f).contains(b))
+            && raw.iter().any(|&b| b != b' ');
+        if nameable { Ok(raw) } else { Err(Stop::Bad) }
     }
 
     /// The item count of the next block of an array or map; 0 ends it. A negative count is
@@ -393,6 +404,29 @@ impl<'a, 'py> Reader<'a, 'py> {
         }
     }
 
+    fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+}
+
+struct Reader<'a, 'py> {
+    py: Python<'py>,
+    program: &'a Program,
+    cur: Cursor<'a>,
+    depth: u32,
+    empty_items: u64,
+}
+
+impl<'a, 'py> Reader<'a, 'py> {
+    fn deeper(&mut self) -> Step<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            Err(Stop::Bad)
+        } else {
+            Ok(())
+        }
+    }
+
     fn record(&mut self, index: usize) -> Step<Bound<'py, PyDict>> {
         self.deeper()?;
         let dict = PyDict::new(self.py);
@@ -408,49 +442,43 @@ impl<'a, 'py> Reader<'a, 'py> {
         let py = self.py;
         Ok(match node {
             Node::Null => py.None().into_bound(py),
-            Node::Boolean => PyBool::new(py, self.byte()? != 0).to_owned().into_any(),
+            Node::Boolean => PyBool::new(py, self.cur.byte()? != 0).to_owned().into_any(),
             Node::Int => {
-                let n = i32::try_from(self.long()?).map_err(|_| Stop::Bad)?;
-                let Ok(int) = n.into_pyobject(py);
+                let Ok(int) = self.cur.int()?.into_pyobject(py);
                 int.into_any()
             }
             Node::Long => {
-                let Ok(int) = self.long()?.into_pyobject(py);
+                let Ok(int) = self.cur.long()?.into_pyobject(py);
                 int.into_any()
             }
             Node::Float => {
-                let raw = self.take(4)?.try_into().map_err(|_| Stop::Bad)?;
+                let raw = self.cur.take(4)?.try_into().map_err(|_| Stop::Bad)?;
                 PyFloat::new(py, f64::from(f32::from_le_bytes(raw))).into_any()
             }
             Node::Double => {
-                let raw = self.take(8)?.try_into().map_err(|_| Stop::Bad)?;
+                let raw = self.cur.take(8)?.try_into().map_err(|_| Stop::Bad)?;
                 PyFloat::new(py, f64::from_le_bytes(raw)).into_any()
             }
             Node::Bytes => {
-                let n = self.length()?;
-                PyBytes::new(py, self.take(n)?).into_any()
+                let n = self.cur.length()?;
+                PyBytes::new(py, self.cur.take(n)?).into_any()
             }
-            Node::String => self.string()?.into_any(),
+            Node::String => PyString::new(py, self.cur.text()?).into_any(),
             Node::Identifier(limit) => {
-                let n = self.length()?;
-                let raw = self.take(n)?;
-                let nameable = (1..=*limit).contains(&n)
-                    && raw.iter().all(|b| (0x20..0x7f).contains(b))
-                    && raw.iter().any(|&b| b != b' ');
-                if !nameable {
-                    return Err(Stop::Bad);
-                }
-                // printable ASCII is UTF-8 as it is
+                let raw = self.cur.identifier(*limit)?;
                 PyString::new(py, std::str::from_utf8(raw).map_err(|_| Stop::Bad)?).into_any()
             }
             Node::Enum(i) => {
                 let symbols = &self.program.enums[*i];
-                symbols[self.index(symbols.len())?].bind(py).clone().into_any()
+                symbols[self.cur.index(symbols.len())?]
+                    .bind(py)
+                    .clone()
+                    .into_any()
             }
             Node::Record(i) => self.record(*i)?.into_any(),
             Node::Union(branches) => {
                 self.deeper()?;
-                let branch = &branches[self.index(branches.len())?];
+                let branch = &branches[self.cur.index(branches.len())?];
                 let value = self.value(branch)?;
                 self.depth -= 1;
                 value
@@ -459,7 +487,7 @@ impl<'a, 'py> Reader<'a, 'py> {
                 self.deeper()?;
                 let list = PyList::empty(py);
                 loop {
-                    let (count, end) = self.block()?;
+                    let (count, end) = self.cur.block()?;
                     if count == 0 {
                         break;
                     }
@@ -472,7 +500,7 @@ impl<'a, 'py> Reader<'a, 'py> {
                     for _ in 0..count {
                         list.append(self.value(items)?)?;
                     }
-                    self.block_end(end)?;
+                    self.cur.block_end(end)?;
                 }
                 self.depth -= 1;
                 list.into_any()
@@ -481,15 +509,16 @@ impl<'a, 'py> Reader<'a, 'py> {
                 self.deeper()?;
                 let dict = PyDict::new(py);
                 loop {
-                    let (count, end) = self.block()?;
+                    let (count, end) = self.cur.block()?;
                     if count == 0 {
                         break;
                     }
                     for _ in 0..count {
-                        let key = self.string()?; // at least a byte each: the count is bounded by the input
+                        // at least a byte each: the count is bounded by the input
+                        let key = PyString::new(py, self.cur.text()?);
                         dict.set_item(key, self.value(values)?)?;
                     }
-                    self.block_end(end)?;
+                    self.cur.block_end(end)?;
                 }
                 self.depth -= 1;
                 dict.into_any()
@@ -580,8 +609,7 @@ impl Decoder {
         let mut reader = Reader {
             py,
             program: &self.program,
-            buf,
-            pos: 0,
+            cur: Cursor::new(buf),
             depth: 0,
             empty_items: 0,
         };
@@ -590,7 +618,7 @@ impl Decoder {
             Some(node) => reader.value(node),
         };
         match read {
-            Ok(found) if reader.pos == buf.len() => Ok(Some(found)),
+            Ok(found) if reader.cur.at_end() => Ok(Some(found)),
             Ok(_) | Err(Stop::Bad) => Ok(None),
             Err(Stop::Python(err)) => Err(err),
         }
@@ -599,5 +627,6 @@ impl Decoder {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Decoder>()
+    m.add_class::<Decoder>()?;
+    m.add_class::<rows::Rows>()
 }
