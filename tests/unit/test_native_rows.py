@@ -18,6 +18,7 @@ from typing import Any
 
 import fastavro
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,13 @@ def _same(table: pa.Table, records: list[dict[str, Any]]) -> None:
     table.validate(full=True)
     assert table.schema.equals(want.schema, check_metadata=True)
     assert table.equals(want, check_metadata=True)
+    # a struct's children as Arrow's converter fills them under a null struct (valid
+    # placeholders): the Parquet writer refuses a null in a non-nullable child even there
+    for name in ("device",):
+        mine, theirs = table.column(name).combine_chunks(), want.column(name).combine_chunks()
+        for i in range(mine.type.num_fields):
+            assert mine.field(i).null_count == theirs.field(i).null_count, (name, i)
+    pq.write_table(table, io.BytesIO())
     assert [_shape(r) for r in records_of(table)] == [_shape(r) for r in records]
 
 

@@ -9,8 +9,8 @@
 //! same wire primitives, `Cursor`, and the same identifier rule), and a declined body leaves the
 //! columns as they were, so the caller's dict path sees it as if `Rows` had never looked. The
 //! columns hold what the dict would: an enum its symbol, a map its keys once each (the first
-//! place, the last value, as a Python dict keeps them), a null struct nulls in its children (as
-//! Arrow's converter fills them). A schema with a type that has no column here (boolean, floats,
+//! place, the last value, as a Python dict keeps them), a null struct valid placeholders in its
+//! children (as Arrow's converter fills them). A schema with a type that has no column here (boolean, floats,
 //! bytes, arrays, fixed, unions other than [null, T], recursion) is refused with ValueError, and
 //! the caller keeps the dict path.
 
@@ -210,15 +210,23 @@ impl Column {
         }
     }
 
-    /// A null row: Arrow's placeholders (an empty string or map, a zero, children null).
+    /// A null row: Arrow's placeholders (an empty string or map, a zero, a record's children
+    /// placeholders too).
     fn push_null(&mut self) {
-        self.valid.push(false);
+        self.push_placeholder(false);
+    }
+
+    /// A placeholder value, valid or not. A null record's children are valid placeholders, as
+    /// pyarrow makes them from None: a non-nullable child holding a null is refused by the
+    /// Parquet writer even under a null parent.
+    fn push_placeholder(&mut self, valid: bool) {
+        self.valid.push(valid);
         match self.kind {
             Kind::Int => self.ints.push(0),
             Kind::Long => self.longs.push(0),
             Kind::Record => {
                 for child in &mut self.children {
-                    child.push_null();
+                    child.push_placeholder(true);
                 }
             }
             _ => {
