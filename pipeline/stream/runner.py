@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from pipeline.chain import route_batch
-from pipeline.chain_tables import tables_of
+from pipeline.chain_columns import route_columns
+from pipeline.chain_tables import Tables, concat_tables, tables_of
 from pipeline.codec import Decoded, Lineage, MessageLike, decode_value, plain_record
 from pipeline.consent import AccountState, EventTimeMerger
 from pipeline.keys import PseudonymKey
 from pipeline.memo import Memo
+from pipeline.native_rows import records_of, row_columns
 from pipeline.reasons import Reason, Rejection, Stage
 from pipeline.secrets_raw import without_secrets
 from pipeline.settings import Settings
@@ -91,6 +96,9 @@ class PartitionRunner:
         self.states_for = states_for
         # what identifiers became: the worker's, shared by its runners and forgotten on erasure
         self.memo = memo if memo is not None else Memo()
+        # the partition's Avro calls decoded straight into columns (None: the native decoder is
+        # not built; every message then goes the row way)
+        self.rows = row_columns("CallEvent")
         self.writer = LakeWriter.open(lake, source, settings)
         # The merger may outlive the runner: the control streams move its watermarks even while
         # the lake writer of the partition is not open (yet).
@@ -124,18 +132,27 @@ class PartitionRunner:
         """Take messages of this partition in offset order; returns the dead letters of decoding."""
         dead: list[Rejection] = []
         partition = self.partition
+        rows = self.rows
         for msg in messages:
             if msg.offset <= self._consumed:
                 self.skipped += 1
                 continue
-            record = plain_record(msg.value, msg.headers, "CallEvent")
-            if record is not None and msg.partition == partition:  # one event, admitted: the usual case
-                offset = self._consumed = msg.offset
-                self._messages.append(_Message(offset, 1, 1, None))
-                if record["started_at"] > self._key_ms:
-                    self._key_ms = record["started_at"]
-                self.merger.add([(self._key_ms, (offset, [(record, Lineage(partition, offset, 0))]))])
-                continue
+            if rows is not None:
+                # the usual case: Avro decoded into the partition's columns, a row count waits
+                if msg.partition == partition and (
+                    self._columns(rows.append(msg.value, msg.headers), msg.offset)
+                    or self._columns(rows.append_batch(msg.value, msg.headers), msg.offset)
+                ):
+                    continue
+            else:
+                record = plain_record(msg.value, msg.headers, "CallEvent")
+                if record is not None and msg.partition == partition:  # one event, admitted
+                    offset = self._consumed = msg.offset
+                    self._messages.append(_Message(offset, 1, 1, None))
+                    if record["started_at"] > self._key_ms:
+                        self._key_ms = record["started_at"]
+                    self.merger.add([(self._key_ms, (offset, [(record, Lineage(partition, offset, 0))]))])
+                    continue
             try:
                 decoded = decode_value(
                     msg.value, "CallEvent", headers=msg.headers, partition=msg.partition, offset=msg.offset
@@ -154,6 +171,24 @@ class PartitionRunner:
                 decoded = Decoded(rejections=[internal])
             dead.extend(self._accept(msg.partition, msg.offset, decoded.records, decoded.rejections))
         return dead
+
+    def _columns(self, started: int | list[int] | None, offset: int) -> bool:
+        """Note a message whose events went into the partition's columns (`started`: their
+        times; None or none: it did not, the caller decodes it the general way)."""
+        if started is None:
+            return False
+        if type(started) is int:
+            events, latest = 1, started
+        elif started:
+            events, latest = len(started), max(started)  # type: ignore[arg-type]
+        else:  # an empty batch: counted as the general way counts it
+            return False
+        self._consumed = offset
+        self._messages.append(_Message(offset, events, events, None))
+        if latest > self._key_ms:
+            self._key_ms = latest
+        self.merger.add([(self._key_ms, (offset, events))])
+        return True
 
     def take_units(self, units: Iterable[Unit], now_ms: int, mono: float) -> list[Rejection]:
         """`callpipe ingest`: take already decoded input units (offset, events, rejections), in
@@ -226,21 +261,57 @@ class PartitionRunner:
     ) -> list[Rejection]:
         dead: list[Rejection] = []
         if released:
+            taken = self._take_columns(released)
             try:
-                dead = self._process(released, now_ms, mono)
+                dead = self._process(released, taken, now_ms, mono)
                 self.internal_run = 0
             except Exception as exc:  # the guard: retry message by message, isolate the culprit
                 log.error(
                     "chain failed on a batch: partition=%s error=%s", self.partition, type(exc).__name__
                 )
-                for one in released:
+                # each message again, the row way (its events out of the columns as records)
+                for one in self._as_records(released, taken):
                     try:
-                        dead.extend(self._process([one], now_ms, mono))
+                        dead.extend(self._process([one], None, now_ms, mono))
                         self.internal_run = 0
                     except Exception as inner:
                         dead.extend(self._internal(one, inner))
         self._advance(mono)
         return dead
+
+    def _take_columns(self, released: list[tuple[int, Any]]) -> _Taken | None:
+        """The released messages' events out of the partition's columns, with their lineage:
+        they are the columns' first rows, released in the order they went in."""
+        counts = [(offset, events) for offset, events in released if type(events) is int]
+        if not counts:
+            return None
+        assert self.rows is not None  # only it puts counts in the merger
+        offsets = np.repeat(
+            np.fromiter((o for o, _n in counts), np.int64, len(counts)),
+            np.fromiter((n for _o, n in counts), np.int64, len(counts)),
+        )
+        if len(counts) == len(offsets):  # one event per message: the usual case
+            indices = np.zeros(len(offsets), np.int64)
+        else:
+            indices = np.concatenate([np.arange(n) for _o, n in counts])
+        return _Taken(self.rows.take(len(offsets)), offsets, indices)
+
+    def _as_records(
+        self, released: list[tuple[int, Any]], taken: _Taken | None
+    ) -> list[tuple[int, list[tuple[dict[str, Any], Lineage]]]]:
+        """`released` with the events taken out of the columns as records, message by message."""
+        out = []
+        records = iter(records_of(taken.calls) if taken is not None else ())
+        lineage = (
+            zip(taken.offsets.tolist(), taken.indices.tolist(), strict=True)
+            if taken is not None
+            else iter(())
+        )
+        for offset, items in released:
+            if type(items) is int:
+                items = [(next(records), Lineage(self.partition, *next(lineage))) for _ in range(items)]
+            out.append((offset, items))
+        return out
 
     def _internal(
         self, message: tuple[int, list[tuple[dict[str, Any], Lineage]]], exc: Exception
@@ -267,37 +338,74 @@ class PartitionRunner:
             raise Tripped(self.partition, self.internal_run, type(exc).__name__) from None
 
     def _process(
-        self, released: list[tuple[int, list[tuple[dict[str, Any], Lineage]]]], now_ms: int, mono: float
+        self, released: list[tuple[int, Any]], taken: _Taken | None, now_ms: int, mono: float
     ) -> list[Rejection]:
-        records = [r for _off, items in released for r, _src in items]
-        sources = [s for _off, items in released for _r, s in items]
-        states = self.states_for({r["account_id"] for r in records if isinstance(r.get("account_id"), str)})
-        routed = route_batch(
-            records,
-            states,
-            self.settings.policy,
-            self.key,
-            now_ms,
-            sources=sources,
-            buckets=self.settings.buckets,
-            memo=self.memo,
-            admitted=True,  # feed and take_units hold only what pipeline.codec's decoders admitted
-        )
-        tables = tables_of(routed, self.key, self.memo)
+        """The chain over released messages: the events in columns through the column chain
+        (`pipeline.chain_columns`), the rest and what it leaves to rows through the row chain."""
+        items = [item for _off, message in released if type(message) is not int for item in message]
+        accounts = {r["account_id"] for r, _src in items if isinstance(r.get("account_id"), str)}
+        if taken is not None:
+            accounts.update(taken.calls.column("account_id").unique().to_pylist())
+        states = self.states_for(accounts)
+        policy, memo = self.settings.policy, self.memo
+        parts: list[Tables] = []
         counts = self.counts
+        if taken is not None:
+            columns = route_columns(
+                taken.calls,
+                self.partition,
+                taken.offsets,
+                taken.indices,
+                states,
+                policy,
+                self.key,
+                now_ms,
+                buckets=self.settings.buckets,
+                memo=memo,
+                seen=[r.get("event_id") for r, _src in items],
+            )
+            parts.append(columns.tables)
+            for drop, n in columns.drops.items():
+                counts[stats.drop(drop.value)] += n
+            if len(columns.rows):  # left to the row chain, in lineage order among the others
+                rows = columns.rows
+                left = zip(
+                    records_of(taken.calls.take(pa.array(rows))),
+                    taken.offsets[rows].tolist(),
+                    taken.indices[rows].tolist(),
+                    strict=True,
+                )
+                items += [(r, Lineage(self.partition, o, i)) for r, o, i in left]
+                items.sort(key=lambda item: (item[1].offset, item[1].index))
+        rejections: list[Rejection] = []
+        if items or taken is None:
+            routed = route_batch(
+                [r for r, _src in items],
+                states,
+                policy,
+                self.key,
+                now_ms,
+                sources=[src for _r, src in items],
+                buckets=self.settings.buckets,
+                memo=memo,
+                admitted=True,  # feed and take_units hold only what pipeline.codec's decoders admitted
+            )
+            parts.append(tables_of(routed, self.key, memo))
+            for drop, n in routed.drops.items():
+                counts[stats.drop(drop.value)] += n
+            rejections = routed.rejections
+        tables = parts[0] if len(parts) == 1 else concat_tables(parts)
         counts["vault"] += tables.vault.num_rows  # rows past the vault's limit left out
         counts["analytics"] += tables.analytics.num_rows
-        for drop, n in routed.drops.items():
-            counts[stats.drop(drop.value)] += n
-        by_offset = {m.offset: m for m in self._messages}
-        for rej in routed.rejections:
+        for rej in rejections:
             counts[stats.dead_letter(rej.reason.value)] += 1
-        for offset, items in released:
-            by_offset[offset].waiting -= len(items)
+        by_offset = {m.offset: m for m in self._messages}
+        for offset, message in released:
+            by_offset[offset].waiting -= message if type(message) is int else len(message)
         self.writer.add_tables(
             vault=tables.vault, buckets=tables.buckets, analytics=tables.analytics, now=mono
         )
-        return routed.rejections
+        return rejections
 
     def _reencode(self, record: dict[str, Any]) -> bytes:
         return rejected_bytes(record, self.settings.policy.secret_names)
@@ -372,5 +480,16 @@ class Landing:
     counts: Counter[str]
 
 
-def _events(message: tuple[int, list[Any]]) -> int:
-    return max(1, len(message[1]))
+@dataclass(frozen=True)
+class _Taken:
+    """Released events out of the partition's columns: the calls and each one's lineage."""
+
+    calls: pa.Table
+    offsets: np.ndarray
+    indices: np.ndarray
+
+
+def _events(message: tuple[int, Any]) -> int:
+    """A released message's events: a count (in the columns) or its records."""
+    events = message[1]
+    return events if type(events) is int else max(1, len(events))
