@@ -6,6 +6,10 @@ partition and flush, Parquet (zstd, statistics) written to a temp file, fsynced 
 validation beyond decoding, no consent, no pseudonymization, no detection, no buckets or zones,
 no consumer group (partitions assigned, offsets not committed): the ceiling a Python consumer on
 this machine allows, measured in the same run on the same topic as the worker.
+
+With `columns=True` the same consumer decodes the Avro messages straight into Arrow columns
+(`pipeline.native_rows`, as the worker does since 2 December) and writes those: the ceiling
+with callpipe's fastest decoder, measured beside the baseline above (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 from pipeline import codec
 from pipeline.bench.common import BenchError
 from pipeline.kafka_access import KafkaAccess
+from pipeline.native_rows import RowColumns, row_columns
 
 DEVICE = pa.struct(
     [
@@ -77,6 +82,11 @@ class _Buffer:
     last: int = -1
     since: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
+    columns: RowColumns | None = None  # `columns=True`: the events decoded straight into columns
+
+    @property
+    def events(self) -> int:
+        return len(self.records) + (len(self.columns) if self.columns is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,18 @@ class PassthroughResult:
     events: int
 
 
-def _write(records: list[dict[str, Any]], path: Path) -> None:
-    table = pa.Table.from_pylist(records, schema=RAW_SCHEMA)
+def _table(buf: _Buffer) -> pa.Table:
+    """The buffer's events as one table: the decoded dicts converted, or the columns (with the
+    dicts of any message they did not take, converted to their schema)."""
+    if buf.columns is None:
+        return pa.Table.from_pylist(buf.records, schema=RAW_SCHEMA)
+    table = buf.columns.take(len(buf.columns))
+    if buf.records:
+        table = pa.concat_tables([table, pa.Table.from_pylist(buf.records, schema=table.schema)])
+    return table
+
+
+def _write(table: pa.Table, path: Path) -> None:
     temp = path.with_name("." + path.name + ".tmp")
     pq.write_table(table, temp, compression="zstd", write_statistics=True)
     fd = os.open(temp, os.O_RDONLY)
@@ -107,8 +127,10 @@ class _Sink:
     """What both clients' loops share: decode batch-wise, buffer per partition, flush by rows or
     age (and everything at once when the last event is in)."""
 
-    def __init__(self, out: Path, expected: int, flush_rows: int, flush_seconds: float) -> None:
-        self.out, self.expected = out, expected
+    def __init__(
+        self, out: Path, expected: int, flush_rows: int, flush_seconds: float, columns: bool = False
+    ) -> None:
+        self.out, self.expected, self.columns = out, expected, columns
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.buffers: dict[int, _Buffer] = {}
         self.commits: list[Commit] = []
@@ -120,27 +142,37 @@ class _Sink:
             return
         if not self.first_consume:
             self.first_consume = time.time()
-        decoded = codec.decode_batch(messages, "CallEvent")
         buf = self.buffers.setdefault(partition, _Buffer())
         if buf.first < 0:
             buf.first, buf.since = messages[0].offset, now
         buf.last = messages[-1].offset
-        buf.records.extend(decoded.records)
-        self.consumed += len(decoded.records)
+        before = buf.events
+        if self.columns:
+            if buf.columns is None:
+                buf.columns = row_columns("CallEvent")
+                if buf.columns is None:
+                    raise BenchError("the native decoder is not built: no columns to decode into")
+            cols = buf.columns
+            messages = [
+                m
+                for m in messages
+                if cols.append(m.value, m.headers) is None and cols.append_batch(m.value, m.headers) is None
+            ]
+        buf.records.extend(codec.decode_batch(messages, "CallEvent").records)
+        self.consumed += buf.events - before
 
     def flush_due(self, now: float) -> None:
         end_of_input = self.consumed >= self.expected  # the baseline knows N: no flush-timer wait
         for partition, buf in list(self.buffers.items()):
-            if buf.records and (
-                end_of_input or len(buf.records) >= self.flush_rows or now - buf.since >= self.flush_seconds
+            events = buf.events
+            if events and (
+                end_of_input or events >= self.flush_rows or now - buf.since >= self.flush_seconds
             ):
                 name = f"p{partition:03d}-o{buf.first:012d}-o{buf.last:012d}.parquet"
-                _write(buf.records, self.out / name)
-                self.commits.append(
-                    Commit(f"p{partition:03d}", buf.first, buf.last, time.time(), len(buf.records))
-                )
-                self.landed += len(buf.records)
-                self.buffers[partition] = _Buffer()
+                _write(_table(buf), self.out / name)
+                self.commits.append(Commit(f"p{partition:03d}", buf.first, buf.last, time.time(), events))
+                self.landed += events
+                self.buffers[partition] = _Buffer(columns=buf.columns)
 
     def check(self, deadline: float, timeout_s: float) -> None:
         if time.monotonic() > deadline:
@@ -238,12 +270,14 @@ def run_passthrough(
     flush_seconds: float,
     timeout_s: float = 900.0,
     client: str = "aiokafka",
+    columns: bool = False,
 ) -> PassthroughResult:
     """Consume `expected` events of `topic` (its first `partitions` partitions, or those listed)
     into Parquet files under `out` with `client` (one of CLIENTS); every buffer is flushed as
-    soon as the last event is consumed."""
+    soon as the last event is consumed. `columns`: decode the Avro messages straight into Arrow
+    columns (`pipeline.native_rows`, as the worker does) instead of dicts converted at flush."""
     out.mkdir(parents=True, exist_ok=True)
-    sink = _Sink(out, expected, flush_rows, flush_seconds)
+    sink = _Sink(out, expected, flush_rows, flush_seconds, columns)
     chosen = range(partitions) if isinstance(partitions, int) else partitions
     if client == "confluent-kafka":
         return _consume_confluent(access, topic, chosen, sink, timeout_s)

@@ -203,6 +203,21 @@ def _shape(
         log.info("stream %s: passthrough with %s %s", name, client, clients[client])
     fastest = max(CLIENTS, key=lambda c: clients[c]["events_per_s"])
     p = clients[fastest]
+    # beside the baseline: the same consumer decoding into columns, as the worker does
+    in_columns = run_passthrough(
+        settings.kafka(WORKER),
+        prefix + CALLS,
+        settings.partitions,
+        n,
+        work / f"passthrough-{name}-columns",
+        flush_rows=max(1, settings.flush_rows // 2),
+        flush_seconds=settings.flush_seconds,
+        timeout_s=timeout,
+        client=fastest,
+        columns=True,
+    )
+    columns = rates(in_columns.first_consume, in_columns.commits)
+    log.info("stream %s: passthrough into columns with %s %s", name, fastest, columns)
     result: dict[str, Any] = {
         "events": n,
         "events_per_message": batch,
@@ -212,6 +227,8 @@ def _shape(
         "passthrough_client": fastest,
         "passthrough_by_client": {c: r["events_per_s"] for c, r in clients.items()},
         "ratio": _ratio(w, p),
+        "passthrough_columns": columns,
+        "ratio_columns": _ratio(w, columns),
     }
     if many is not None:
         # the fair baseline of the worker of many processes: the passthrough on as many cores
@@ -574,6 +591,21 @@ def render(figures: dict[str, Any]) -> str:
                 ", ".join(f"{c} {r}" for c, r in s["passthrough_by_client"].items()),
             ]
         )
+        columns = s.get("passthrough_columns")
+        if columns is not None:
+            rows.append(
+                [
+                    f"{name}, against the passthrough into columns",
+                    s["events"],
+                    s["worker"]["events_per_s"],
+                    columns["events_per_s"],
+                    s["ratio_columns"],
+                    s["worker"]["end_to_end_events_per_s"],
+                    columns["end_to_end_events_per_s"],
+                    "",
+                    s["passthrough_client"],
+                ]
+            )
         many = s.get("worker_processes")
         if many is not None:
             rows.append(

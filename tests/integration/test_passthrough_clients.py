@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.bench.passthrough import CLIENTS, run_passthrough, run_passthrough_processes
@@ -68,3 +69,35 @@ def test_the_baseline_in_two_processes_lands_every_event_once(
     ids = [i for f in files for i in pq.read_table(f).column("event_id").to_pylist()]
     assert sorted(ids) == sorted(c["event_id"] for c in calls)
     assert result.events == len(calls) and {c.source for c in result.commits} == {"p000", "p001", "p002"}
+
+
+def test_the_baseline_into_columns_lands_every_event_once(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Decoding into columns (single and batch Avro messages), and JSON messages it does not
+    take into columns decoded to dicts beside them: every event once, in the columns' schema."""
+    make_topics(kafka_bootstrap, topic_prefix, PARTITIONS)
+    calls = generate_traffic(13, 900, int(time.time() * 1000) - 26 * HOUR_MS, HOUR_MS, accounts=50).calls
+    topic = topic_prefix + topics.CALLS
+    messages = [
+        *records_to_messages(calls[:400], "CallEvent", PARTITIONS),
+        *records_to_messages(calls[400:800], "CallEvent", PARTITIONS, batch=40),
+        *records_to_messages(calls[800:], "CallEvent", PARTITIONS, fmt="json"),
+    ]
+    publish(kafka_bootstrap, topic, messages)
+    result = run_passthrough(
+        access(WORKER, kafka_bootstrap),
+        topic,
+        PARTITIONS,
+        len(calls),
+        tmp_path,
+        flush_rows=250,
+        flush_seconds=10,
+        timeout_s=60,
+        columns=True,
+    )
+    tables = [pq.read_table(f) for f in sorted(tmp_path.glob("*.parquet"))]
+    ids = [i for t in tables for i in t.column("event_id").to_pylist()]
+    assert sorted(ids) == sorted(c["event_id"] for c in calls)
+    assert result.events == len(calls) and sum(c.events for c in result.commits) == len(calls)
+    assert all(t.schema.field("started_at").type == pa.timestamp("ms", tz="UTC") for t in tables)
