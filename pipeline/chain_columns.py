@@ -3,12 +3,13 @@ into columns, `pipeline.native_rows`), judged and routed without a Python object
 
 It gives what `pipeline.chain.route_batch` then `pipeline.chain_tables.tables_of` give for the
 same calls, for the rows it takes on (the common case: times in range, no duplicate event id in
-the batch, attribute keys already known to name no secret, nothing past a retention limit). The
-others it hands back by position (`ColumnsRouted.rows`): the caller runs them through the row
-chain, which names their rejections, strips secret-named attributes and applies retention, so
-one definition of those rules holds and the column form is held to it by tests
+the batch, nothing past a retention limit). The others it hands back by position
+(`ColumnsRouted.rows`): the caller runs them through the row chain, which names their
+rejections and applies retention, so one definition of those rules holds. Secret-named
+attribute keys it removes itself, with the row chain's verdict per key
+(`pipeline.secret_names.secret_key`). The column form is held to the row form by tests
 (tests/unit/test_chain_columns.py: equal tables, counts and rejections on the bench's traffic
-and on generated batches).
+and on batches made to hit each way out).
 
 Per column, each step runs once per distinct value of the batch (a number's E.164 form, an
 account's route on a day) and is spread back to the rows; only consent reads each event of an
@@ -46,7 +47,7 @@ from pipeline.policy import Policy
 from pipeline.pseudonymize import token_of
 from pipeline.pseudonymize_columns import RegionCodes, analytics_columns
 from pipeline.reasons import Drop
-from pipeline.secret_names import _harmless, _lowered, _map_fields
+from pipeline.secret_names import _harmless, _lowered, _map_fields, secret_key
 from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
 from schemas import clock
 from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
@@ -95,6 +96,9 @@ def route_columns(
     drops: Counter[Drop] = Counter()
     if calls.num_rows == 0:
         return ColumnsRouted(_no_tables(), drops, rows)
+    calls, stripped = _without_secrets(calls, policy)
+    if stripped:
+        drops[Drop.SECRET_ATTRIBUTE] = stripped
 
     accounts = calls.column("account_id").combine_chunks().dictionary_encode()
     account_of = accounts.indices.to_numpy()
@@ -152,8 +156,8 @@ def _row_path(
     calls: pa.Table, started: np.ndarray, policy: Policy, now_ms: int, seen: Sequence[object]
 ) -> np.ndarray:
     """The rows the row chain must take (True): a time or duration out of range (to be named),
-    an event id twice in the batch (the first is kept, in batch order), an attribute key not
-    yet known to name no secret, a call past a retention limit."""
+    an event id twice in the batch (the first is kept, in batch order) or among `seen`, a call
+    past a retention limit."""
     latest = now_ms + MAX_FUTURE_MS
     ok = (
         (started >= EPOCH_OF_SERVICE_MS)
@@ -176,18 +180,43 @@ def _row_path(
     others = [i for i in seen if type(i) is str]
     if others:
         ok &= ~np.asarray(pc.is_in(event_ids, value_set=pa.array(others, pa.string())))
-    harmless = _harmless(_lowered(policy.secret_names))
-    for name in _map_fields():
-        maps = calls.column(name).combine_chunks()
-        map_offsets = np.asarray(maps.offsets)
-        if map_offsets[-1] == map_offsets[0]:
-            continue  # no entries in the batch
-        keys = maps.keys.slice(int(map_offsets[0]), int(map_offsets[-1] - map_offsets[0]))
-        unknown = ~np.asarray(pc.is_in(keys, value_set=pa.array(list(harmless), pa.string())))
-        if unknown.any():
-            entries = np.flatnonzero(unknown) + map_offsets[0]
-            ok[np.unique(np.searchsorted(map_offsets, entries, side="right") - 1)] = False
     return ~ok
+
+
+def _without_secrets(calls: pa.Table, policy: Policy) -> tuple[pa.Table, int]:
+    """The calls without the secret-named keys of their maps (attributes), and how many went:
+    `pipeline.secret_names`' verdict per distinct key the batch holds that is not yet known
+    harmless (the row chain's `_strip`, per column)."""
+    names = _lowered(policy.secret_names)
+    harmless = _harmless(names)
+    stripped = 0
+    for name in _map_fields():
+        at = calls.schema.get_field_index(name)
+        maps = calls.column(at).combine_chunks()
+        offsets = np.asarray(maps.offsets)
+        first, last = int(offsets[0]), int(offsets[-1])
+        if last == first:
+            continue  # no entries in the batch
+        keys = maps.keys.slice(first, last - first)  # a sliced map's children are not sliced
+        unknown = keys.filter(pc.invert(pc.is_in(keys, value_set=pa.array(list(harmless), pa.string()))))
+        secret = [k for k in set(unknown.to_pylist()) if secret_key(k, names)]
+        if not secret:
+            continue
+        gone = np.asarray(pc.is_in(keys, value_set=pa.array(secret, pa.string())))
+        stripped += int(gone.sum())
+        kept = pa.array(~gone)
+        before = np.concatenate([[0], np.cumsum(~gone)])  # entries kept before each entry
+        rebased = pa.array(before[offsets - first], pa.int32())
+        items = maps.items.slice(first, last - first)
+        without = pa.MapArray.from_arrays(
+            rebased,
+            keys.filter(kept),
+            items.filter(kept),
+            type=maps.type,
+            mask=maps.is_null() if maps.null_count else None,
+        )
+        calls = calls.set_column(at, calls.schema.field(at), without)
+    return calls, stripped
 
 
 def _consent(

@@ -110,23 +110,26 @@ def _holds_secret(value: Mapping[Any, Any], names: frozenset[str]) -> bool:
     """Whether any key of the map names a secret (what `_strip` removes), from a verdict per
     key remembered by the key (attribute names repeat: a dict look-up per key, no copy of a
     map that holds none, which is nearly every map)."""
+    return any(secret_key(k, names) for k in value)
+
+
+def secret_key(key: Any, names: frozenset[str]) -> bool:
+    """Whether a map key names a secret (what `_strip` removes), remembered per key; a key
+    judged harmless joins `_harmless(names)`, the set a map's keys are checked against at once."""
     verdicts = _VERDICTS.get(names)
     if verdicts is None:
         verdicts = _VERDICTS.setdefault(names, {})
-    harmless = _harmless(names)
-    for k in value:
-        verdict = verdicts.get(k)
-        if verdict is None:
-            verdict = isinstance(k, str) and _is_secret(k, names)
-            if len(verdicts) >= _MAX_VERDICTS:
-                verdicts.clear()
-                harmless.clear()
-            verdicts[k] = verdict
-            if not verdict:
-                harmless.add(k)
-        if verdict:
-            return True
-    return False
+    verdict = verdicts.get(key)
+    if verdict is None:
+        harmless = _harmless(names)
+        verdict = isinstance(key, str) and _is_secret(key, names)
+        if len(verdicts) >= _MAX_VERDICTS:
+            verdicts.clear()
+            harmless.clear()
+        verdicts[key] = verdict
+        if not verdict:
+            harmless.add(key)
+    return verdict
 
 
 def _harmless(names: frozenset[str]) -> set[Any]:

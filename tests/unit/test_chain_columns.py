@@ -128,8 +128,8 @@ def test_the_column_chain_gives_the_row_chains_tables_on_the_bench_traffic(batch
         Drop.SECRET_ATTRIBUTE,
     ):
         assert seen[drop] > 0, drop
-    # and most of it goes the column way: what it leaves is the secret-named attributes
-    assert 0 < left < len(calls) // 10
+    # and all of it goes the column way, secret-named attributes stripped there too
+    assert left == 0
     assert vault > len(calls) * 0.9
 
 
@@ -143,6 +143,8 @@ def _planted(calls: list[dict[str, Any]], now_ms: int) -> list[dict[str, Any]]:
     out[6] = {**out[6], "started_at": START_MS - 400 * DAY_MS, "answered_at": None, "ended_at": None}
     out[7] = {**out[7], "attributes": {"api_key": "s3cr3t", "trunk": "a"}}  # stripped
     out[8] = {**out[8], "attributes": {"never seen key": "x"}}  # kept, once judged
+    out[10] = {**out[10], "attributes": {"password": "x", "Password": "y"}}  # both stripped, left {}
+    out[11] = {**out[11], "started_at": now_ms + 3 * DAY_MS, "attributes": {"token": "t"}}  # the row way
     out[9] = {**out[9], "ended_at": None, "answered_at": None}
     return out
 
@@ -152,10 +154,15 @@ def test_rows_the_column_chain_leaves_are_judged_by_the_row_chain_alike() -> Non
     calls = _planted(list(canary.traffic.calls), canary.now_ms)
     _tables, drops, rejections, left = _both(calls, canary.states, canary.now_ms)
     reasons = Counter(r.reason for r in rejections)
-    assert reasons[Reason.BAD_TIME] == 2 and reasons[Reason.BAD_DURATION] == 1
+    assert reasons[Reason.BAD_TIME] == 3 and reasons[Reason.BAD_DURATION] == 1
     assert reasons[Reason.DUPLICATE] == 1
-    assert drops[Drop.SECRET_ATTRIBUTE] >= 1
-    assert left >= 8
+    assert drops[Drop.SECRET_ATTRIBUTE] >= 4  # three in the columns, one the row way
+    # the bad times and duration, both of the duplicated id, the old call, the future one
+    assert left == 7
+    attributes = _tables.vault.column("attributes").to_pylist()
+    assert [] in attributes and not any(
+        k in ("password", "Password", "api_key") for m in attributes if m for k, _v in m
+    )
 
 
 def test_event_ids_the_row_chain_holds_send_theirs_to_it() -> None:
