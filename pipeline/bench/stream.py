@@ -186,37 +186,30 @@ def _shape(
         extra = then(worker, w) if then is not None else {}
     finally:
         worker.stop()
-    clients: dict[str, dict[str, float]] = {}
-    for client in CLIENTS:  # the baseline is the faster client of this run
+
+    def passthrough(client: str, columns: bool = False) -> dict[str, float]:
         base = run_passthrough(
             settings.kafka(WORKER),
             prefix + CALLS,
             settings.partitions,
             n,
-            work / f"passthrough-{name}-{client}",
+            work / f"passthrough-{name}-{client}{'-columns' if columns else ''}",
             flush_rows=max(1, settings.flush_rows // 2),
             flush_seconds=settings.flush_seconds,
             timeout_s=timeout,
             client=client,
+            columns=columns,
         )
-        clients[client] = rates(base.first_consume, base.commits)
+        return rates(base.first_consume, base.commits)
+
+    clients: dict[str, dict[str, float]] = {}
+    for client in CLIENTS:  # the baseline is the faster client of this run
+        clients[client] = passthrough(client)
         log.info("stream %s: passthrough with %s %s", name, client, clients[client])
     fastest = max(CLIENTS, key=lambda c: clients[c]["events_per_s"])
     p = clients[fastest]
     # beside the baseline: the same consumer decoding into columns, as the worker does
-    in_columns = run_passthrough(
-        settings.kafka(WORKER),
-        prefix + CALLS,
-        settings.partitions,
-        n,
-        work / f"passthrough-{name}-columns",
-        flush_rows=max(1, settings.flush_rows // 2),
-        flush_seconds=settings.flush_seconds,
-        timeout_s=timeout,
-        client=fastest,
-        columns=True,
-    )
-    columns = rates(in_columns.first_consume, in_columns.commits)
+    columns = passthrough(fastest, columns=True)
     log.info("stream %s: passthrough into columns with %s %s", name, fastest, columns)
     result: dict[str, Any] = {
         "events": n,
