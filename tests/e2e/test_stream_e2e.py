@@ -59,6 +59,9 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     start = int(time.time() * 1000) - 26 * HOUR
     canary = canary_calls(start)
     traffic = generate_traffic(11, 49_500 - len(canary), start, 24 * HOUR, accounts=800)
+    # every rule exercised whatever the hour: the generated restrictions can fall after their
+    # accounts' calls (a run on 2 Dec had none in effect), so one account is restricted first
+    traffic.requests.append(_restriction_before_calls(traffic.calls, traffic.requests, start))
     bad = generate_bad_messages(11, 500, start)
     calls = records_to_messages(canary, "CallEvent", PARTITIONS, "avro", 1)
     calls += records_to_messages(traffic.calls[:20_000], "CallEvent", PARTITIONS, "avro", 1)
@@ -105,6 +108,21 @@ def full_run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
 CANARY = [
     json.loads(line) for line in (ROOT / "tests" / "canary" / "transcripts.jsonl").read_text().splitlines()
 ]
+
+
+def _restriction_before_calls(
+    calls: list[dict[str, Any]], requests: list[dict[str, Any]], start: int
+) -> dict[str, Any]:
+    """A restriction, before all its calls, of the busiest account that made no request."""
+    asked = {r["account_id"] for r in requests}
+    busiest = Counter(c["account_id"] for c in calls if c["account_id"] not in asked).most_common(1)
+    return {
+        "request_id": "e2e-restriction",
+        "account_id": busiest[0][0],
+        "kind": "restrict",
+        "at": start - HOUR,
+        "corrections": None,
+    }
 
 
 def canary_calls(start: int) -> list[dict[str, Any]]:
