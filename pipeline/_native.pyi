@@ -41,3 +41,7 @@ class Rows:
         """The first k rows (ValueError past len), removed, one column each in schema order."""
     def clear(self) -> None: ...
     def layout(self) -> list[_Layout]: ...
+
+def tokens(secret: bytes, prefix: bytes, offsets: Any, data: Any, count: int, width: int) -> bytes:
+    """`count` keyed tokens of `width` hex characters, back to back (src/tokens.rs): value i is
+    data[offsets[i]:offsets[i + 1]] (offsets: little-endian int32, an Arrow string array's)."""

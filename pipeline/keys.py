@@ -51,7 +51,7 @@ class PseudonymKey:
         token, would still pass."""
         if not isinstance(domain, Domain):
             raise TypeError("a token domain must be a pipeline.keys.Domain")
-        mac = hmac.new(self.secret, domain.value.encode() + b"\x00" + value.encode(), hashlib.sha256)
+        mac = hmac.new(self.secret, domain_prefix(domain) + value.encode(), hashlib.sha256)
         return mac.hexdigest()[:TOKEN_HEX]
 
     def account_token(self, account_id: str) -> str:
@@ -66,6 +66,12 @@ class PseudonymKey:
         if not purpose:
             raise ValueError("a derived secret needs a purpose")
         return hmac.new(self.secret, b"\x00" + purpose.encode(), hashlib.sha256).digest()
+
+
+def domain_prefix(domain: Domain) -> bytes:
+    """What a token's HMAC reads before the value: the domain's name and a NUL (every form of
+    the token, row, column and native, starts from it)."""
+    return domain.value.encode() + b"\x00"
 
 
 def create_key_file(path: Path) -> None:

@@ -29,7 +29,7 @@ import schemas
 from pipeline.attributes import redact_attributes, redacted
 from pipeline.detect import redact_text
 from pipeline.generalize import ip_prefix, phone_facts
-from pipeline.keys import TOKEN_HEX, Domain, PseudonymKey
+from pipeline.keys import TOKEN_HEX, Domain, PseudonymKey, domain_prefix
 from pipeline.memo import Memo
 from schemas.zones import ANALYTICS_COLUMNS, LINEAGE
 
@@ -80,7 +80,7 @@ def _keyed(key: PseudonymKey, domain: Domain, memo: Memo) -> Callable[[str], str
         return found
     if not isinstance(domain, Domain):
         raise TypeError("a token domain must be a pipeline.keys.Domain")
-    start = hmac.new(key.secret, domain.value.encode() + b"\x00", hashlib.sha256)
+    start = hmac.new(key.secret, domain_prefix(domain), hashlib.sha256)
 
     def keyed(value: str) -> str:
         mac = start.copy()

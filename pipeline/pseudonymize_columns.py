@@ -14,11 +14,14 @@ annotated field can never pass through raw. The values come from the same functi
 memo entries as the generated row code, so what one path remembered the other finds, and
 `Memo.forget()` on erasure drops both.
 
-Per distinct value: `dictionary_encode`, a Python loop over the dictionary, `take` back to the
-rows (a null index gives a null: a transform is never called on None). Transcripts, rare and
-nearly always unique, are redacted row by row with each row's regions, the non-null ones only;
-attribute keys and values once per distinct (text, regions of the call). Errors name columns, never
-values.
+Per distinct value: `dictionary_encode`, the transform over the dictionary, `take` back to the
+rows (a null index gives a null: a transform is never called on None). What needs no memory is
+computed for the whole dictionary at once, without a Python call per value: tokens natively
+(`tokens`, pipeline/native/src/tokens.rs), cell areas of ASCII cell ids and the attribute texts
+that redaction leaves as they are or makes "[EMAIL]" whole by Arrow's regular expressions. The
+rest goes through the row form's function once per distinct value. Transcripts, rare and nearly
+always unique, are redacted row by row with each row's regions, the non-null ones only; attribute
+keys and values once per distinct (text, regions of the call). Errors name columns, never values.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.attributes import ENTRY, distinct_keys, redacted
-from pipeline.detect import redact_text
-from pipeline.keys import PseudonymKey
+from pipeline.detect import _WHOLE_EMAIL, MAX_REMEMBERED_VALUE, Label, redact_text
+from pipeline.generalize import phone_facts
+from pipeline.keys import TOKEN_HEX, Domain, PseudonymKey, domain_prefix
 from pipeline.memo import Memo
 from pipeline.pseudonymize import (
     _TOKEN_DOMAINS,
@@ -52,6 +56,11 @@ from pipeline.pseudonymize import (
     _text_map,
 )
 from schemas.zones import analytics_schema, vault_schema
+
+try:
+    from pipeline import _native
+except ImportError:  # built from pipeline/native/ where cargo is found; else tokens one by one
+    _native = None  # type: ignore[assignment]
 
 Regions = Sequence[tuple[str, ...]]
 # (the field's values, its step, key, each row's regions, memo) -> one array per analytics
@@ -108,7 +117,7 @@ def plan_of(steps: Sequence[tuple[str, str | None, tuple[str, ...], Transform]])
         path = name if inner is None else f"{name}.{inner}"
         build = _BUILDS.get(transform)
         if build is None and transform in _TOKEN_DOMAINS:
-            build = _per_value(transform)
+            build = _token_column(_TOKEN_DOMAINS[transform])
         if build is None:
             raise ValueError(f"no column transform for field {path}")
         types = tuple(analytics.field(c).type for c in columns)
@@ -137,9 +146,37 @@ def _per_distinct(
     )
 
 
+def tokens(key: PseudonymKey, domain: Domain, values: pa.Array) -> pa.Array:
+    """`key.token(domain, v)` of each value of a string array without nulls: natively in one call
+    (pipeline/native/src/tokens.rs, ~0.15 us a value against ~1 in Python), else one by one."""
+    if not pa.types.is_string(values.type) or values.null_count:
+        raise ValueError("tokens are made of a string array without nulls")
+    n = len(values)
+    if _native is None or n == 0:
+        return pa.array([key.token(domain, v) for v in values.to_pylist()], pa.string())
+    _, offsets, data = values.buffers()
+    offsets = offsets.slice(values.offset * 4, (n + 1) * 4)  # a sliced array's own offsets
+    made = _native.tokens(key.secret, domain_prefix(domain), offsets, data or b"", n, TOKEN_HEX)
+    starts = np.arange(0, (n + 1) * TOKEN_HEX, TOKEN_HEX, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(starts), pa.py_buffer(made)])
+
+
+def _token_column(domain: Domain) -> Build:
+    """A token column: each distinct value's token, spread back to the rows. Tokens are not
+    remembered here: making one natively costs less than a look-up in the memo."""
+
+    def build(
+        values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
+    ) -> tuple[pa.Array, ...]:
+        encoded = values.dictionary_encode()
+        return (tokens(key, domain, encoded.dictionary).take(encoded.indices),)
+
+    return build
+
+
 def _per_value(transform: Transform) -> Build:
-    """A row transform that reads no regions (a token, a cell area, an IP prefix), run once per
-    distinct value: it keeps its own memo entries, the ones the row form reads."""
+    """A row transform that reads no regions (a cell area, an IP prefix), run once per distinct
+    value: it keeps its own memo entries, the ones the row form reads."""
 
     def build(
         values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
@@ -158,16 +195,41 @@ def _same_column(
 def _phone_columns(
     values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
 ) -> tuple[pa.Array, ...]:
-    secret = key.secret
+    """`_phone` per distinct number: its token (`tokens`), and its facts (country code, type)
+    under `_phone`'s memo entry, which the reading of the number filled (pipeline.phones)."""
+    encoded = values.dictionary_encode()
+    numbers = encoded.dictionary
+    peek, put = memo.peek, memo.put
+    facts = []
+    for number in numbers.to_pylist():
+        found = peek(("facts", number))
+        facts.append(put(("facts", number), phone_facts(number)) if found is None else found)
+    codes, kinds = zip(*facts, strict=True) if facts else ((), ())
+    made = (
+        tokens(key, Domain.PHONE, numbers),
+        pa.array(codes, step.types[1]),
+        pa.array(kinds, step.types[2]),
+    )
+    return tuple(column.take(encoded.indices) for column in made)
 
-    def compute(number: str) -> tuple[Any, ...]:
-        entry = ("phone", secret, number)  # the generated row code's entry: _phone's answer whole
-        found: tuple[Any, ...] | None = memo.peek(entry)
-        if found is None:
-            found = memo.put(entry, _phone(number, key, (), memo))  # _phone reads no regions
-        return found
 
-    return _per_distinct(values, step.types, compute)
+# A cell id of four ASCII alphanumeric parts (`cell_area`'s form, whose parts may be any
+# alphanumerics: other ids go `_cell`'s way), and its last part, which the area drops.
+_ASCII_CELL = "^[A-Za-z0-9]+-[A-Za-z0-9]+-[A-Za-z0-9]+-[A-Za-z0-9]+$"
+_CELL_PART = "-[A-Za-z0-9]+$"
+
+
+def _cell_column(
+    values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
+) -> tuple[pa.Array, ...]:
+    """`_cell` of each value: the area of an ASCII cell id by a regular expression over the
+    column, any other id (a token, or alphanumerics of other scripts) once per distinct value."""
+    areas = pc.replace_substring_regex(values, _CELL_PART, "")
+    other = pc.invert(pc.fill_null(pc.match_substring_regex(values, _ASCII_CELL), True))
+    if not pc.any(other).as_py():
+        return (areas,)
+    rest = _per_distinct(values.filter(other), step.types, lambda v: _cell(v, key, (), memo))
+    return (pc.replace_with_mask(areas, other, rest[0]),)
 
 
 def _has_column(
@@ -201,8 +263,8 @@ def _short_text_column(
         return (values,)
     rows = pc.indices_nonzero(present).to_numpy()
     row_hint, hint_of = _hints(regions)
-    texts = values.filter(present)
-    redacted_texts = _redacted_per_distinct(texts, row_hint[rows], hint_of, memo)
+    texts = values.filter(present)  # few distinct (an OS, a version): the detector's way alone
+    redacted_texts = _detected_per_distinct(texts, row_hint[rows], hint_of, memo)
     return (pc.replace_with_mask(values, present, redacted_texts.cast(step.types[0])),)
 
 
@@ -254,10 +316,38 @@ def _hints(regions: Regions) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     return row_hint, list(hints)
 
 
+# What `redact_value` answers without reading a text's regions: "[EMAIL]" for one short email
+# address whole (its `_WHOLE_EMAIL`, all ASCII: RE2 reads it as Python does), the text itself
+# for ASCII without a digit or "@" (the detector's gate).
+_EMAIL_WHOLE = f"^(?:{_WHOLE_EMAIL.pattern})$"
+_GATE = "[0-9@]"
+
+
 def _redacted_per_distinct(
     texts: pa.Array, entry_hint: np.ndarray, hint_of: list[tuple[str, ...]], memo: Memo
 ) -> pa.Array:
-    """`redacted(text, hint)` of each map entry's text, computed once per distinct pair."""
+    """`redacted(text, hint)` of each map entry's text: over the column where the answer is
+    known without the detector (an email address whole, a text it would not look at), the
+    others once per distinct pair."""
+    email = pc.and_(
+        pc.less_equal(pc.utf8_length(texts), MAX_REMEMBERED_VALUE),
+        pc.match_substring_regex(texts, _EMAIL_WHOLE),
+    )
+    plain = pc.and_not(pc.string_is_ascii(texts), pc.match_substring_regex(texts, _GATE))
+    known = pc.or_(email, plain)
+    if not pc.any(pc.invert(known)).as_py():
+        return pc.if_else(email, pa.scalar(Label.EMAIL.value), texts)
+    if not pc.any(known).as_py():
+        return _detected_per_distinct(texts, entry_hint, hint_of, memo)
+    rest = pc.invert(known)
+    detected = _detected_per_distinct(texts.filter(rest), entry_hint[np.asarray(rest)], hint_of, memo)
+    return pc.replace_with_mask(pc.if_else(email, pa.scalar(Label.EMAIL.value), texts), rest, detected)
+
+
+def _detected_per_distinct(
+    texts: pa.Array, entry_hint: np.ndarray, hint_of: list[tuple[str, ...]], memo: Memo
+) -> pa.Array:
+    """`redacted(text, hint)` of each text, computed once per distinct pair."""
     encoded = texts.dictionary_encode()
     pairs = encoded.indices.to_numpy().astype(np.int64) * len(hint_of) + entry_hint
     distinct = pa.array(pairs).dictionary_encode()
@@ -295,7 +385,7 @@ def _named_apart(keys: pa.Array, names: pa.Array, offsets: np.ndarray) -> pa.Arr
 _BUILDS: dict[Transform, Build] = {
     _same: _same_column,
     _phone: _phone_columns,
-    _cell: _per_value(_cell),
+    _cell: _cell_column,
     _ip: _per_value(_ip),
     _has: _has_column,
     _text: _text_column,

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 mod rows;
+mod tokens;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -628,5 +629,6 @@ impl Decoder {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
-    m.add_class::<rows::Rows>()
+    m.add_class::<rows::Rows>()?;
+    m.add_function(wrap_pyfunction!(tokens::tokens, m)?)
 }
