@@ -21,9 +21,9 @@ erasure drops both.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -35,17 +35,10 @@ from pipeline.consent import AccountState, consent_fields
 from pipeline.expiry import fresh_after
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
-from pipeline.phones import (
-    NumberInfo,
-    _international,
-    _national,
-    _phone_and_carrier_fields,
-    _regions,
-    carrier_region,
-)
+from pipeline.phones import _phone_and_carrier_fields, _regions, carrier_region, number_info
 from pipeline.policy import Policy
 from pipeline.pseudonymize import token_of
-from pipeline.pseudonymize_columns import RegionCodes, analytics_columns
+from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns
 from pipeline.reasons import Drop
 from pipeline.secret_names import _harmless, _lowered, _map_fields, secret_key
 from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
@@ -260,103 +253,140 @@ def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> Regi
     `normalize_numbers` rewrites a row's, and each row's regions returned. A number written
     internationally is read once per distinct spelling; one written nationally once per
     distinct (spelling, the other number's region, the carrier's region), the regions it is
-    read in; the regions once per distinct triple of regions."""
+    read in; the regions once per distinct triple of regions. What a spelling was read as is
+    remembered in the memo's tables (`Memo.table`), looked up a batch at a time."""
     (a, b), carrier = _phone_and_carrier_fields()
     first = columns[a].combine_chunks().dictionary_encode()
     second = columns[b].combine_chunks().dictionary_encode()
     carriers = columns[carrier].combine_chunks().dictionary_encode()
-    vocabulary: dict[str | None, int] = {None: 0}  # regions as small codes, 0 for none
-
-    def code(region: str | None) -> int:
-        return vocabulary.setdefault(region, len(vocabulary))
-
-    fallback = np.array([code(carrier_region(c)) for c in carriers.dictionary.to_pylist()], np.int64)
+    fallback = np.array([_code(carrier_region(c)) for c in carriers.dictionary.to_pylist()], np.int64)
     fallback_row = fallback[carriers.indices.to_numpy()]
-    spelled_a, info_a, region_a = _read_international(first, memo, code)
-    spelled_b, info_b, region_b = _read_international(second, memo, code)
+    read_a = _read_international(first, memo)
+    read_b = _read_international(second, memo)
     # a nationally written number is read in the other's region as written internationally
-    read_a = _read_national(
-        first, info_a, spelled_a, region_a, region_b, fallback_row, memo, code, vocabulary
-    )
-    read_b = _read_national(
-        second, info_b, spelled_b, region_b, region_a, fallback_row, memo, code, vocabulary
-    )
-    columns[a], final_a = read_a
-    columns[b], final_b = read_b
-    size = len(vocabulary)
+    columns[a], final_a = _read_national(first, read_a, read_b.regions, fallback_row, memo)
+    columns[b], final_b = _read_national(second, read_b, read_a.regions, fallback_row, memo)
+    size = len(_REGION_NAMES)
     triples = (final_a * size + final_b) * size + fallback_row
     distinct, inverse = np.unique(triples, return_inverse=True)
-    names = list(vocabulary)
     regions_of = []
     for triple in distinct.tolist():
         rest, c = divmod(triple, size)
         x, y = divmod(rest, size)
-        regions_of.append(_regions(names[x], names[y], names[c]))
+        regions_of.append(_regions(_REGION_NAMES[x], _REGION_NAMES[y], _REGION_NAMES[c]))
     return RegionCodes(inverse, regions_of)
 
 
-Info = NumberInfo | Literal[False] | None
+# Regions as small codes (0: none), the same in every batch: the national tables' keys and the
+# regions' triples read them. ISO region codes, public: nothing personal is held here.
+_REGION_NAMES: list[str | None] = [None]
+_REGION_CODES: dict[str | None, int] = {None: 0}
 
 
-def _read_international(
-    numbers: pa.DictionaryArray, memo: Memo, code: Callable[[str | None], int]
-) -> tuple[list[str], list[Info], np.ndarray]:
-    """Per distinct spelling: what it is written internationally (`_international`: False when
-    written nationally), and per row the code of that number's region (0: none)."""
-    peek = memo.peek
+def _code(region: str | None) -> int:
+    found = _REGION_CODES.get(region)
+    if found is None:
+        found = _REGION_CODES[region] = len(_REGION_NAMES)
+        _REGION_NAMES.append(region)
+    return found
+
+
+# The memo's tables (`Memo.table`): a spelling's international reading, (written, region code,
+# written nationally); per (other region, carrier region), a national spelling's reading
+# (written, region code). The facts of each E.164 number read go to pseudonymize_columns' FACTS.
+INTERNATIONAL, NATIONAL = "columns:intl", "columns:num"
+Read = tuple[str, int, bool]
+
+
+@dataclass(frozen=True)
+class _Spellings:
+    """A number column's distinct spellings as read internationally, and each row's region."""
+
+    spellings: list[str]
+    written: Sequence[str]  # per spelling: its E.164 form, or itself
+    national: np.ndarray  # per spelling: written nationally (no "+", no "00")
+    regions: np.ndarray  # per row: its region's code (0: none, or written nationally)
+
+
+def _read_international(numbers: pa.DictionaryArray, memo: Memo) -> _Spellings:
+    """Per distinct spelling: what it is as written internationally (`_international`), looked
+    up in C (`map` over the memo's table); only the spellings not yet known call Python."""
     spellings = numbers.dictionary.to_pylist()
-    infos: list[Info] = []
-    for spelling in spellings:
-        found = peek(("intl", spelling), _MISSING)
-        infos.append(_international(memo, spelling) if found is _MISSING else found)
-    regions = np.array([code(info.region) if info else 0 for info in infos], np.int64)
-    return spellings, infos, regions[numbers.indices.to_numpy()]
+    table = memo.table(INTERNATIONAL)
+    found: list[Read | None] = list(map(table.get, spellings))
+    if None in found:
+        for at, read in enumerate(found):
+            if read is None:
+                found[at] = table[spellings[at]] = _international_read(spellings[at], memo)
+        memo.settle()
+    written, codes, national = zip(*found, strict=True) if found else ((), (), ())
+    regions = np.asarray(codes, np.int64)[numbers.indices.to_numpy()]
+    return _Spellings(spellings, written, np.asarray(national, bool), regions)
+
+
+def _international_read(spelling: str, memo: Memo) -> Read:
+    """`_international`'s answer as the columns keep it (its facts kept for `_phone`)."""
+    text = spelling.strip()
+    if not text.startswith(("+", "00")):
+        return spelling, 0, True
+    info = number_info(text, None)
+    if info is None:
+        return spelling, 0, False
+    memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
+    return info.e164, _code(info.region), False
 
 
 def _read_national(
-    numbers: pa.DictionaryArray,
-    infos: list[Info],
-    spellings: list[str],
-    own: np.ndarray,
-    other: np.ndarray,
-    fallback: np.ndarray,
-    memo: Memo,
-    code: Callable[[str | None], int],
-    vocabulary: dict[str | None, int],
+    numbers: pa.DictionaryArray, read: _Spellings, other: np.ndarray, fallback: np.ndarray, memo: Memo
 ) -> tuple[pa.Array, np.ndarray]:
     """The number column written as E.164 where it parses, and each row's region code: the
-    international reading, else the national one (`_national`) in `other` then `fallback`."""
-    written = pa.array(
-        [info.e164 if info else spelling for spelling, info in zip(spellings, infos, strict=True)],
-        pa.string(),
-    ).take(numbers.indices)
+    international reading, else the national one (`_national`) in `other` then `fallback`,
+    looked up per distinct (other, fallback) pair in that pair's table."""
+    written = pa.array(read.written, pa.string()).take(numbers.indices)
     spelling_of = numbers.indices.to_numpy()
-    national = np.array([info is False for info in infos], bool)[spelling_of]
+    national = read.national[spelling_of]
     if not national.any():
-        return written, own
+        return written, read.regions
     rows = np.flatnonzero(national)
-    size = len(vocabulary)  # `other` and `fallback` hold codes known now (reading adds codes)
-    keys = (spelling_of[rows].astype(np.int64) * size + other[rows]) * size + fallback[rows]
+    size, count = len(_REGION_NAMES), len(read.spellings)
+    # distinct (region pair, spelling), pair first: each pair's spellings are one run
+    keys = (other[rows] * size + fallback[rows]) * count + spelling_of[rows]
     distinct, inverse = np.unique(keys, return_inverse=True)
-    names = list(vocabulary)
-    peek = memo.peek
-    e164s, regions = [], []
-    for key in distinct.tolist():
-        rest, c = divmod(key, size)
-        x, y = divmod(rest, size)
-        spelling = spellings[x]
-        info = peek(("num", spelling, names[y], names[c]), _MISSING)
-        if info is _MISSING:
-            info = _national(memo, spelling, names[y], names[c])
-        e164s.append(spelling if info is None else info.e164)
-        regions.append(0 if info is None else code(info.region))
-    final = own.copy()
-    final[rows] = np.asarray(regions, np.int64)[inverse]
-    mask = pa.array(national)
-    return pc.replace_with_mask(written, mask, pa.array(e164s, pa.string()).take(pa.array(inverse))), final
+    pair_of, spelling_at = np.divmod(distinct, count)
+    spelled = list(map(read.spellings.__getitem__, spelling_at.tolist()))
+    bounds = [0, *(np.flatnonzero(np.diff(pair_of)) + 1).tolist(), len(distinct)]
+    found: list[tuple[str, int] | None] = []
+    missed = False
+    for low, high in pairwise(bounds):
+        pair = int(pair_of[low])
+        regions = _REGION_NAMES[pair // size], _REGION_NAMES[pair % size]
+        table = memo.table((NATIONAL, *regions))
+        part = spelled[low:high]
+        answers = list(map(table.get, part))
+        if None in answers:
+            missed = True
+            for at, answer in enumerate(answers):
+                if answer is None:
+                    answers[at] = table[part[at]] = _national_read(part[at], regions, memo)
+        found.extend(answers)
+    if missed:
+        memo.settle()
+    e164s, codes = zip(*found, strict=True)
+    final = read.regions.copy()
+    final[rows] = np.asarray(codes, np.int64)[inverse]
+    replaced = pa.array(e164s, pa.string()).take(pa.array(inverse))
+    return pc.replace_with_mask(written, pa.array(national), replaced), final
 
 
-_MISSING = object()
+def _national_read(spelling: str, regions: tuple[str | None, str | None], memo: Memo) -> tuple[str, int]:
+    """`_national`'s answer as the columns keep it: (E.164 or the spelling, region code)."""
+    for region in regions:
+        if region is not None:
+            info = number_info(spelling, region)
+            if info is not None:
+                memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
+                return info.e164, _code(info.region)
+    return spelling, 0
 
 
 def _buckets(

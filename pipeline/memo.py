@@ -30,9 +30,26 @@ class Memo:
         self.max_entries = max_entries
         self._values: dict[Hashable, Any] = {}
         self.peek = self._values.get  # type: ignore[method-assign,assignment]
+        self._tables: dict[Hashable, dict[Any, Any]] = {}
+        self._in_tables = 0  # their entries when last counted (`settle`)
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._values) + sum(len(table) for table in self._tables.values())
+
+    def table(self, name: Hashable) -> dict[Any, Any]:
+        """A dict of one kind of entry keyed by a plain value, part of this memo (bounded and
+        forgotten with it): the column chain's form, looked up a batch at a time by `map` in C,
+        where a str key costs a third of a tuple's. Whoever fills it calls `settle` after."""
+        found = self._tables.get(name)
+        if found is None:
+            found = self._tables[name] = {}
+        return found
+
+    def settle(self) -> None:
+        """Count the tables' entries again, and make room if the whole is past the bound."""
+        self._in_tables = sum(len(table) for table in self._tables.values())
+        if len(self._values) + self._in_tables > self.max_entries:
+            self._make_room()
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The value remembered for `key`, computing and remembering it on a miss."""
@@ -42,7 +59,7 @@ class Memo:
         except KeyError:
             pass
         value = compute()
-        if len(values) >= self.max_entries:
+        if len(values) + self._in_tables >= self.max_entries:
             self._make_room()
         values[key] = value
         return value
@@ -57,20 +74,28 @@ class Memo:
     def put(self, key: Hashable, value: Any) -> Any:
         """Remember `value` for `key` (forgetting everything first when full); returns it."""
         values = self._values
-        if len(values) >= self.max_entries:
+        if len(values) + self._in_tables >= self.max_entries:
             self._make_room()
         values[key] = value
         return value
 
     def _make_room(self) -> None:
         """Full: forget the one-off values (VOLATILE), or everything when what else is held
-        fills more than three quarters of the bound (the same dict, emptied and refilled:
-        `peek` is bound to it)."""
+        (the tables among it) fills more than three quarters of the bound (the same dict,
+        emptied and refilled: `peek` is bound to it)."""
         values = self._values
         kept = {k: v for k, v in values.items() if not (type(k) is tuple and k and k[0] in VOLATILE)}
         values.clear()
-        if len(kept) <= self.max_entries * 3 // 4:
+        if len(kept) + self._in_tables <= self.max_entries * 3 // 4:
             values.update(kept)
+        else:
+            self._forget_tables()
 
     def forget(self) -> None:
         self._values.clear()
+        self._forget_tables()
+
+    def _forget_tables(self) -> None:
+        for table in self._tables.values():
+            table.clear()  # the same dicts: a caller holding one sees it emptied
+        self._in_tables = 0

@@ -196,14 +196,17 @@ def _phone_columns(
     values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
 ) -> tuple[pa.Array, ...]:
     """`_phone` per distinct number: its token (`tokens`), and its facts (country code, type)
-    under `_phone`'s memo entry, which the reading of the number filled (pipeline.phones)."""
+    from the memo's FACTS table, which the column chain's reading of the number filled."""
     encoded = values.dictionary_encode()
     numbers = encoded.dictionary
-    peek, put = memo.peek, memo.put
-    facts = []
-    for number in numbers.to_pylist():
-        found = peek(("facts", number))
-        facts.append(put(("facts", number), phone_facts(number)) if found is None else found)
+    spelled = numbers.to_pylist()
+    table = memo.table(FACTS)
+    facts = list(map(table.get, spelled))
+    if None in facts:
+        for at, found in enumerate(facts):
+            if found is None:
+                facts[at] = table[spelled[at]] = phone_facts(spelled[at])
+        memo.settle()
     codes, kinds = zip(*facts, strict=True) if facts else ((), ())
     made = (
         tokens(key, Domain.PHONE, numbers),
@@ -211,6 +214,10 @@ def _phone_columns(
         pa.array(kinds, step.types[2]),
     )
     return tuple(column.take(encoded.indices) for column in made)
+
+
+# The memo's table of an E.164 number's facts (country code, type), as `_phone` gives them.
+FACTS = "columns:facts"
 
 
 # A cell id of four ASCII alphanumeric parts (`cell_area`'s form, whose parts may be any

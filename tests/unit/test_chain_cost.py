@@ -177,3 +177,25 @@ def test_a_full_memo_forgets_the_one_off_values_first_and_everything_when_they_a
     for i in range(50):
         memo.put(("cell" if i % 2 else "route", i), i)
         assert len(memo) <= 8
+
+
+def test_the_memos_tables_are_bounded_and_forgotten_with_it() -> None:
+    """The column chain's tables (str keys, looked up a batch at a time) count towards the
+    bound, go when what is read again fills it, and are emptied by `forget` (an erasure)."""
+    memo = Memo(8)
+    numbers = memo.table("columns:intl")
+    assert memo.table("columns:intl") is numbers
+    numbers.update({f"+4420794609{i:02d}": i for i in range(5)})
+    memo.settle()
+    assert len(memo) == 5
+    memo.put(("cell", "234-15-1-0"), 0)
+    memo.put(("route", 1), 1)
+    assert len(memo) == 7
+    numbers.update({f"+4420794610{i:02d}": i for i in range(3)})
+    memo.settle()  # 10 > 8, and without the cell 9 > 3/4 of 8: everything goes
+    assert len(memo) == 0 and numbers == {} and memo.table("columns:intl") is numbers
+    numbers["+442079460900"] = 0
+    memo.settle()
+    memo.put(("route", 2), 2)
+    memo.forget()
+    assert len(memo) == 0 and numbers == {}

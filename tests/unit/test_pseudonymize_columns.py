@@ -17,7 +17,7 @@ from pipeline.bench.canary import KEY, seeded
 from pipeline.keys import Domain
 from pipeline.memo import Memo
 from pipeline.pseudonymize import row_pseudonymizer
-from pipeline.pseudonymize_columns import analytics_columns, column_plan, plan_of, tokens
+from pipeline.pseudonymize_columns import FACTS, analytics_columns, column_plan, plan_of, tokens
 from schemas.zones import analytics_schema, vault_schema
 from sinks.arrow import analytics_table, vault_table
 
@@ -74,6 +74,8 @@ def assert_same(
     if max_entries >= 10_000:  # nothing forgotten: what the columns remember, the rows do alike
         column, row = remembered(column_memo), remembered(row_memo)
         assert {k: row.get(k) for k in column} == column  # the columns make tokens without memory
+        facts = column_memo.table(FACTS)  # the columns' table of what `_phone` remembers
+        assert facts and {number: row.get(("facts", number)) for number in facts} == facts
 
 
 def test_the_plan_covers_the_analytics_schema() -> None:
