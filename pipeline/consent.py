@@ -29,7 +29,7 @@ import heapq
 import itertools
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -342,6 +342,10 @@ class EventTimeMerger(Generic[T]):
     def caught_up(self, stream: Stream, now_ms: int, partition: int = -1) -> None:
         """The stream was polled and is active but had nothing new (resets its idle clock)."""
         self.watermarks.caught_up(stream, now_ms, partition)
+
+    def held(self) -> Iterator[T]:
+        """The buffered calls, in no particular order."""
+        return (entry[2] for entry in self._heap)
 
     def add(self, items: Iterable[tuple[int, T]]) -> None:
         """Buffer calls given as (event time ms, item)."""

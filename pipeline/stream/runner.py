@@ -16,6 +16,7 @@ source of truth for what was written: offsets below `LakeWriter.next_offset` are
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -71,9 +72,27 @@ class _Message:
     offset: int
     waiting: int  # decoded events not yet released
     # what was counted when it arrived (events in, dead letters of decoding): it joins the stats
-    # when it is handed over; one message besides
+    # when it is handed over; `count` messages besides (a run of messages in the columns is one)
     events_in: int
     dead: Counter[str] | None
+    count: int = 1
+
+
+@dataclass(slots=True)
+class _Run:
+    """Messages in a row whose events went into the partition's columns: one item of the merger
+    and one `_Message`, both under the last offset, so the merger, the hand-over and the chain's
+    book-keeping cost a step per run, not per message. Their events are released, taken and
+    handed over together, in the order they went in."""
+
+    offsets: list[int]
+    events: list[int]  # per message
+    total: int
+
+
+# A run closes at this many events: the merger releases about a pump's budget at a time, and a
+# run is never held back for messages that have not come.
+RUN_EVENTS = 500
 
 
 class PartitionRunner:
@@ -133,17 +152,39 @@ class PartitionRunner:
         dead: list[Rejection] = []
         partition = self.partition
         rows = self.rows
+        run: _Run | None = None
         for msg in messages:
             if msg.offset <= self._consumed:
                 self.skipped += 1
                 continue
             if rows is not None:
-                # the usual case: Avro decoded into the partition's columns, a row count waits
-                if msg.partition == partition and (
-                    self._columns(rows.append(msg.value, msg.headers), msg.offset)
-                    or self._columns(rows.append_batch(msg.value, msg.headers), msg.offset)
-                ):
-                    continue
+                # the usual case: Avro decoded into the partition's columns, the run of such
+                # messages grows (`_Run`)
+                if msg.partition == partition:
+                    started: int | list[int] | None = rows.append(msg.value, msg.headers)
+                    if started is None:
+                        started = rows.append_batch(msg.value, msg.headers)
+                    # None: not taken; an empty batch: counted the general way (a time may be 0)
+                    if started is not None and (type(started) is int or started):
+                        if type(started) is int:
+                            events, latest = 1, started
+                        else:
+                            events, latest = len(started), max(started)  # type: ignore[arg-type]
+                        self._consumed = msg.offset
+                        if latest > self._key_ms:
+                            self._key_ms = latest
+                        if run is None:
+                            run = _Run([], [], 0)
+                        run.offsets.append(msg.offset)
+                        run.events.append(events)
+                        run.total += events
+                        if run.total >= RUN_EVENTS:
+                            self._hold(run)
+                            run = None
+                        continue
+                if run is not None:  # what follows waits behind it, in offset order
+                    self._hold(run)
+                    run = None
             else:
                 record = plain_record(msg.value, msg.headers, "CallEvent")
                 if record is not None and msg.partition == partition:  # one event, admitted
@@ -170,25 +211,16 @@ class PartitionRunner:
                 )
                 decoded = Decoded(rejections=[internal])
             dead.extend(self._accept(msg.partition, msg.offset, decoded.records, decoded.rejections))
+        if run is not None:
+            self._hold(run)
         return dead
 
-    def _columns(self, started: int | list[int] | None, offset: int) -> bool:
-        """Note a message whose events went into the partition's columns (`started`: their
-        times; None or none: it did not, the caller decodes it the general way)."""
-        if started is None:
-            return False
-        if type(started) is int:
-            events, latest = 1, started
-        elif started:
-            events, latest = len(started), max(started)  # type: ignore[arg-type]
-        else:  # an empty batch: counted as the general way counts it
-            return False
-        self._consumed = offset
-        self._messages.append(_Message(offset, events, events, None))
-        if latest > self._key_ms:
-            self._key_ms = latest
-        self.merger.add([(self._key_ms, (offset, events))])
-        return True
+    def _hold(self, run: _Run) -> None:
+        """A run of messages in the columns waits in the merger, as one message under its last
+        offset and the running maximum of event times."""
+        last = run.offsets[-1]
+        self._messages.append(_Message(last, run.total, run.total, None, len(run.offsets)))
+        self.merger.add([(self._key_ms, (last, run))])
 
     def take_units(self, units: Iterable[Unit], now_ms: int, mono: float) -> list[Rejection]:
         """`callpipe ingest`: take already decoded input units (offset, events, rejections), in
@@ -280,21 +312,21 @@ class PartitionRunner:
         return dead
 
     def _take_columns(self, released: list[tuple[int, Any]]) -> _Taken | None:
-        """The released messages' events out of the partition's columns, with their lineage:
-        they are the columns' first rows, released in the order they went in."""
-        counts = [(offset, events) for offset, events in released if type(events) is int]
-        if not counts:
+        """The released runs' events out of the partition's columns, with their lineage: they
+        are the columns' first rows, released in the order they went in."""
+        runs = [run for _offset, run in released if type(run) is _Run]
+        if not runs:
             return None
-        assert self.rows is not None  # only it puts counts in the merger
-        offsets = np.repeat(
-            np.fromiter((o for o, _n in counts), np.int64, len(counts)),
-            np.fromiter((n for _o, n in counts), np.int64, len(counts)),
-        )
-        if len(counts) == len(offsets):  # one event per message: the usual case
-            indices = np.zeros(len(offsets), np.int64)
+        assert self.rows is not None  # only it puts runs in the merger
+        offsets = np.fromiter(itertools.chain.from_iterable(run.offsets for run in runs), np.int64)
+        total = sum(run.total for run in runs)
+        if total == len(offsets):  # one event per message: the usual case
+            indices = np.zeros(total, np.int64)
         else:
-            indices = np.concatenate([np.arange(n) for _o, n in counts])
-        return _Taken(self.rows.take(len(offsets)), offsets, indices)
+            events = np.fromiter(itertools.chain.from_iterable(run.events for run in runs), np.int64)
+            offsets = np.repeat(offsets, events)
+            indices = np.arange(total) - np.repeat(np.cumsum(events) - events, events)
+        return _Taken(self.rows.take(total), offsets, indices)
 
     def _as_records(
         self, released: list[tuple[int, Any]], taken: _Taken | None
@@ -308,9 +340,16 @@ class PartitionRunner:
             else iter(())
         )
         for offset, items in released:
-            if type(items) is int:
-                items = [(next(records), Lineage(self.partition, *next(lineage))) for _ in range(items)]
-            out.append((offset, items))
+            if type(items) is not _Run:
+                out.append((offset, items))
+                continue
+            for events in items.events:  # each message alone, under its run's offset
+                out.append(
+                    (
+                        offset,
+                        [(next(records), Lineage(self.partition, *next(lineage))) for _ in range(events)],
+                    )
+                )
         return out
 
     def _internal(
@@ -342,7 +381,7 @@ class PartitionRunner:
     ) -> list[Rejection]:
         """The chain over released messages: the events in columns through the column chain
         (`pipeline.chain_columns`), the rest and what it leaves to rows through the row chain."""
-        items = [item for _off, message in released if type(message) is not int for item in message]
+        items = [item for _off, message in released if type(message) is not _Run for item in message]
         accounts = {r["account_id"] for r, _src in items if isinstance(r.get("account_id"), str)}
         if taken is not None:
             accounts.update(taken.calls.column("account_id").unique().to_pylist())
@@ -401,7 +440,7 @@ class PartitionRunner:
             counts[stats.dead_letter(rej.reason.value)] += 1
         by_offset = {m.offset: m for m in self._messages}
         for offset, message in released:
-            by_offset[offset].waiting -= message if type(message) is int else len(message)
+            by_offset[offset].waiting -= message.total if type(message) is _Run else len(message)
         self.writer.add_tables(
             vault=tables.vault, buckets=tables.buckets, analytics=tables.analytics, now=mono
         )
@@ -416,7 +455,7 @@ class PartitionRunner:
         counts = self.counts
         while self._messages and self._messages[0].waiting <= 0:
             message = self._messages.popleft()
-            counts["messages"] += 1
+            counts["messages"] += message.count
             counts["events_in"] += message.events_in
             if message.dead:
                 counts.update(message.dead)
@@ -433,7 +472,8 @@ class PartitionRunner:
 
     @property
     def waiting(self) -> int:
-        return len(self.merger)
+        """Messages held in the merger (a run counts its messages)."""
+        return sum(len(m.offsets) if type(m) is _Run else 1 for _offset, m in self.merger.held())
 
     def due(self, mono: float) -> bool:
         return self.writer.due(mono)
@@ -490,6 +530,6 @@ class _Taken:
 
 
 def _events(message: tuple[int, Any]) -> int:
-    """A released message's events: a count (in the columns) or its records."""
+    """A released message's events: a run's (in the columns) or its records."""
     events = message[1]
-    return events if type(events) is int else max(1, len(events))
+    return events.total if type(events) is _Run else max(1, len(events))

@@ -772,3 +772,91 @@ def test_what_the_worker_landed_is_what_the_lakes_stats_hold(lake: Path) -> None
     assert w.landed["vault"] == on_disk.written["vault"] == 30
     assert w.landed["dead_letter.malformed"] == on_disk.dead_letters["malformed"] == 1
     assert w.dead_to_resend == 0
+
+
+def avro(records: list[dict[str, Any]], partition: int = 0, first: int = 0, batch: int = 1) -> list[Msg]:
+    """Confluent Avro messages of `batch` events each: what goes into the partition's columns."""
+    values = codec.encode(records, "CallEvent", "avro", batch)
+    return [Msg(v, partition, first + i) for i, v in enumerate(values)]
+
+
+def test_messages_in_the_columns_go_in_runs_and_each_lands_once_among_the_others(lake: Path) -> None:
+    """Avro messages taken into the columns wait as runs (one merger item per run of up to
+    RUN_EVENTS events, closed by any message that goes the general way); every event lands
+    once, every message is counted once, in offset order, with replays skipped."""
+    recs = calls(1_400)
+    msgs = [
+        *avro(recs[:1_100]),  # single events
+        *messages(recs[1_100:1_101], first=1_100),  # JSON: closes the run, goes the row way
+        Msg(b"{not json", 0, 1_101),  # a dead letter between runs
+        *avro(recs[1_101:1_301], first=1_102, batch=50),  # 4 batch messages of 50 events
+        *avro(recs[1_301:], first=1_106),  # single events again
+    ]
+    control = ControlState(60_000, NOW_MS)  # a control partition behind every call: they wait
+    event = {
+        "account_id": "someone-else",
+        "purpose": "transcription",
+        "granted": True,
+        "at": START_MS - 10_000,
+    }
+    control.apply(
+        Stream.CONSENT,
+        codec.encode([{**event, "source": "app"}], "ConsentEvent", "json", 1)[0],
+        (),
+        2,
+        NOW_MS,
+    )
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, control=control)
+        w.settings = dataclasses.replace(w.settings, max_idle_ms=60_000)
+        await w.assigned([0])
+        await w.take(0, msgs[:900])  # runs of 500 and 400 events: a take ends its run
+        await w.take(0, msgs[800:])  # 100 replayed (skipped), a run of 200, JSON, a run of 299
+        runner = w.parts[0].runner
+        assert len(runner.merger) == 5
+        assert runner.waiting == len(msgs) - 1  # messages, a run counting its own; not the dead one
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs})
+    on_disk = read_stats(lake)
+    assert on_disk.messages == len(msgs) and on_disk.events_in == len(recs) + 1
+    assert w.landed["dead_letter.malformed"] == 1
+
+
+def test_a_run_that_fails_the_chain_is_retried_message_by_message_and_the_culprit_named(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the column chain fails on a batch, each message of its runs goes the row way alone:
+    the one that fails there too is a dead letter under its own offset, the others land."""
+    recs = calls(30)
+    real = runner_module.route_batch
+    poison = recs[7]["event_id"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    def picky(records: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        if any(r["event_id"] == poison for r in records):
+            raise ValueError("a bug")
+        return real(records, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "route_columns", broken)
+    monkeypatch.setattr(runner_module, "route_batch", picky)
+    broker = FakeBroker()
+
+    async def go() -> StreamWorker:
+        w = make_worker(lake, broker)
+        await w.assigned([0])
+        await w.take(0, avro(recs))
+        await w.shutdown()
+        return w
+
+    w = run(go())
+    assert w.tripped is None
+    [(_value, headers)] = broker.dlq
+    assert headers["callpipe.reason"] == b"internal_error" and headers["callpipe.source.offset"] == b"7"
+    assert vault_ids(lake) == Counter({r["event_id"]: 1 for r in recs if r["event_id"] != poison})
+    assert read_stats(lake).messages == 30
