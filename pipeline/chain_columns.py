@@ -35,7 +35,13 @@ from pipeline.consent import AccountState, consent_fields
 from pipeline.expiry import fresh_after
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
-from pipeline.phones import _phone_and_carrier_fields, _regions, carrier_region, number_info
+from pipeline.phones import (
+    _phone_and_carrier_fields,
+    _regions,
+    carrier_region,
+    international_info,
+    national_info,
+)
 from pipeline.policy import Policy
 from pipeline.pseudonymize import token_of
 from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns
@@ -325,11 +331,10 @@ def _read_international(numbers: pa.DictionaryArray, memo: Memo) -> _Spellings:
 
 
 def _international_read(spelling: str, memo: Memo) -> Read:
-    """`_international`'s answer as the columns keep it (its facts kept for `_phone`)."""
-    text = spelling.strip()
-    if not text.startswith(("+", "00")):
+    """`international_info` as the columns keep it (its facts kept for `_phone`)."""
+    info = international_info(spelling)
+    if info is False:
         return spelling, 0, True
-    info = number_info(text, None)
     if info is None:
         return spelling, 0, False
     memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
@@ -379,14 +384,12 @@ def _read_national(
 
 
 def _national_read(spelling: str, regions: tuple[str | None, str | None], memo: Memo) -> tuple[str, int]:
-    """`_national`'s answer as the columns keep it: (E.164 or the spelling, region code)."""
-    for region in regions:
-        if region is not None:
-            info = number_info(spelling, region)
-            if info is not None:
-                memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
-                return info.e164, _code(info.region)
-    return spelling, 0
+    """`national_info` as the columns keep it: (E.164 or the spelling, region code)."""
+    info = national_info(spelling, *regions)
+    if info is None:
+        return spelling, 0
+    memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
+    return info.e164, _code(info.region)
 
 
 def _buckets(

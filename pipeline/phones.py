@@ -193,35 +193,46 @@ _MISSING = object()
 
 
 def _international(memo: Memo, number: str) -> NumberInfo | Literal[False] | None:
-    """What a number written internationally ("+", "00") is (None: not valid), remembered by its
-    spelling; False if it is written nationally."""
+    """`international_info`, remembered by its spelling."""
     key = ("intl", number)
     found = memo.peek(key, _MISSING)
     if found is not _MISSING:
         return found
+    info = international_info(number)
+    if info:
+        memo.put(("facts", info.e164), (info.country_code, info.kind))
+    return memo.put(key, info)
+
+
+def international_info(number: str) -> NumberInfo | Literal[False] | None:
+    """What a number written internationally ("+", "00") is (None: not valid); False if it is
+    written nationally."""
     text = number.strip()
     if not text.startswith(("+", "00")):
-        return memo.put(key, False)
-    info = number_info(text, None)
+        return False
+    return number_info(text, None)
+
+
+def _national(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+    """`national_info`, remembered by its spelling and regions."""
+    key = ("num", number, other, fallback)
+    found = memo.peek(key, _MISSING)
+    if found is not _MISSING:
+        return found
+    info = national_info(number, other, fallback)
     if info is not None:
         memo.put(("facts", info.e164), (info.country_code, info.kind))
     return memo.put(key, info)
 
 
-def _national(memo: Memo, number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
+def national_info(number: str, other: str | None, fallback: str | None) -> NumberInfo | None:
     """A nationally written number read in the other number's region, else the carrier's."""
-    key = ("num", number, other, fallback)
-    found = memo.peek(key, _MISSING)
-    if found is not _MISSING:
-        return found
-    info = None
     for region in (other, fallback):
         if region is not None:
             info = number_info(number, region)
             if info is not None:
-                memo.put(("facts", info.e164), (info.country_code, info.kind))
-                break
-    return memo.put(key, info)
+                return info
+    return None
 
 
 @lru_cache(maxsize=4096)
