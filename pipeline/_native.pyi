@@ -36,6 +36,11 @@ class Rows:
     def append_array(self, value: bytes, start: int) -> list[int] | None:
         """Append every record of an Avro array of the record in value[start:] and give their key
         fields; None, nothing appended, unless `Decoder.decode` would give each of them."""
+    def frame(self, single_ids: list[int], batch_ids: list[int], max_event_bytes: int) -> None:
+        """What `append_message` takes: Confluent framing with one of these schema ids."""
+    def append_message(self, value: bytes | None) -> int | list[int] | None:
+        """`append(value, 5)` for a record framed with a single id, `append_array(value, 5)` for
+        an array framed with a batch id (an empty one: None), within the size limit; else None."""
     def __len__(self) -> int: ...
     def take(self, k: int) -> list[_Taken]:
         """The first k rows (ValueError past len), removed, one column each in schema order."""

@@ -606,11 +606,26 @@ def plain_framing(
         or len(value) <= 5
         or value[0] != 0
         or (len(value) if batch else len(value) - 5) > DEFAULT_LIMITS.max_event_bytes
-        or (headers and _header_format(headers) not in (None, Format.CONFLUENT))
+        or (headers and not plain_headers(headers))
     ):
         return False
     ids = schemas.BATCH_SCHEMA_IDS if batch else schemas.SCHEMA_IDS
     return ids.get(int.from_bytes(value[1:5], "big")) == (record_name, schemas.CURRENT[record_name])
+
+
+def plain_headers(headers: Any) -> bool:
+    """Whether a message's headers let `plain_framing` read it: no format header but Confluent's."""
+    return _header_format(headers) in (None, Format.CONFLUENT)
+
+
+def plain_ids(record_name: str) -> tuple[list[int], list[int]]:
+    """The schema ids `plain_framing` takes for `record_name`: of one record, of an array of it
+    (its current version's)."""
+    current = (record_name, schemas.CURRENT[record_name])
+    return (
+        [sid for sid, named in schemas.SCHEMA_IDS.items() if named == current],
+        [sid for sid, named in schemas.BATCH_SCHEMA_IDS.items() if named == current],
+    )
 
 
 def decode_batch(

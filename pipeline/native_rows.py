@@ -49,6 +49,14 @@ class RowColumns:
         self.schema = schema
         self._rows = rows
 
+    def append_message(self, value: bytes | None, headers: Any) -> int | list[int] | None:
+        """`append` or `append_batch`, whichever the message's framing names, in one native call
+        (the framing judged there, `codec.plain_framing`'s rule, its headers here): the started_at
+        of what was appended, or None, nothing appended."""
+        if headers and not codec.plain_headers(headers):
+            return None
+        return self._rows.append_message(value)
+
     def append(self, value: bytes | None, headers: Any) -> int | None:
         """Append the record of a one-record message and give its started_at; None, nothing
         appended, unless `codec.plain_record` would give that record."""
@@ -89,6 +97,7 @@ def row_columns(record_name: str = "CallEvent") -> RowColumns | None:
         rows = _native.Rows(decoder, KEY_FIELD)
     except ValueError:
         return None
+    rows.frame(*codec.plain_ids(record_name), codec.DEFAULT_LIMITS.max_event_bytes)
     schema = schema_of()
     if not _mirrors(rows.layout(), list(schema)):
         return None

@@ -161,11 +161,8 @@ class PartitionRunner:
                 # the usual case: Avro decoded into the partition's columns, the run of such
                 # messages grows (`_Run`)
                 if msg.partition == partition:
-                    started: int | list[int] | None = rows.append(msg.value, msg.headers)
-                    if started is None:
-                        started = rows.append_batch(msg.value, msg.headers)
-                    # None: not taken; an empty batch: counted the general way (a time may be 0)
-                    if started is not None and (type(started) is int or started):
+                    started = rows.append_message(msg.value, msg.headers)
+                    if started is not None:  # None: not taken (nor an empty batch)
                         if type(started) is int:
                             events, latest = 1, started
                         else:

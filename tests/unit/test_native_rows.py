@@ -455,3 +455,35 @@ def test_columns_of_another_schema_follow_its_layout() -> None:
     want = to_table(records * 3, schema)
     assert table.schema.equals(want.schema) and table.equals(want)
     assert [_shape(r) for r in records_of(table)] == [_shape(r) for r in records * 3]
+
+
+def test_append_message_takes_what_append_or_append_batch_takes_and_nothing_else() -> None:
+    """One native call per message (framing judged natively): the same acceptance, the same
+    rows, as `append` then `append_batch` with `codec.plain_framing`, over hostile, damaged,
+    oversize, empty and other-schema messages, singles and batches."""
+    bad = Path(__file__).resolve().parent.parent / "bad_inputs"
+    values: list[bytes | None] = [
+        p.read_bytes() for p in sorted(bad.rglob("*")) if p.is_file() and p.suffix not in (".py", ".md")
+    ]
+    good = codec.encode(CALLS[:40], "CallEvent", "avro", 1)
+    batches = codec.encode(CALLS[:40], "CallEvent", "avro", 7)
+    values += good + _damaged(good) + batches + _damaged(batches)
+    values += codec.encode(_hostile_calls()[:200], "CallEvent", "avro", 1)
+    values += [b"\x00" + BATCH_ID + b"\x00", None, b"", b"\x00", good[0][:5], b"\x01" + good[0][1:]]
+    values += [b"\x00" + schemas.ID_OF["ConsentEvent"].to_bytes(4, "big") + good[0][5:]]
+    limit = codec.DEFAULT_LIMITS.max_event_bytes
+    huge = {**CALLS[0], "transcript": "x" * limit}
+    values += codec.encode([huge], "CallEvent", "avro", 1) + codec.encode(
+        [CALLS[0], huge], "CallEvent", "avro", 2
+    )
+    one, both = _columns(), _columns()
+    for i, value in enumerate(values):
+        want = one.append(value, None)
+        if want is None:
+            want = one.append_batch(value, None)
+        assert both.append_message(value, None) == want, i
+        assert len(both) == len(one)
+    assert 80 <= len(one) < sum(1 for v in values if v) and one.take(len(one)).equals(both.take(len(both)))
+    headers = [("callpipe.format", b"json")]
+    assert both.append_message(good[0], headers) is None and both.append_message(batches[0], headers) is None
+    assert both.append_message(good[0], [("callpipe.format", b"confluent")]) == CALLS[0]["started_at"]

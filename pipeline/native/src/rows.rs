@@ -414,6 +414,18 @@ pub(crate) struct Rows {
     /// started_at, which places the row in the lake).
     key: usize,
     rows: usize,
+    /// What `append_message` takes (`frame`): the schema ids of one record and of an array of
+    /// it, and the largest event (a record's body, a batch message whole).
+    single_ids: Vec<u32>,
+    batch_ids: Vec<u32>,
+    max_event_bytes: usize,
+}
+
+/// What `append_message` appended: one record's key field, or a batch's.
+#[derive(IntoPyObject)]
+enum Appended {
+    One(i64),
+    Many(Vec<i64>),
 }
 
 #[pymethods]
@@ -437,7 +449,40 @@ impl Rows {
             columns,
             key,
             rows: 0,
+            single_ids: Vec::new(),
+            batch_ids: Vec::new(),
+            max_event_bytes: 0,
         })
+    }
+
+    /// Set the framing `append_message` takes: Confluent's wire format with one of
+    /// `single_ids` (one record) or `batch_ids` (an array of it), within `max_event_bytes`.
+    fn frame(&mut self, single_ids: Vec<u32>, batch_ids: Vec<u32>, max_event_bytes: usize) {
+        (self.single_ids, self.batch_ids, self.max_event_bytes) = (single_ids, batch_ids, max_event_bytes);
+    }
+
+    /// A whole message value: `append` for a record framed with a single id, `append_array` for
+    /// an array framed with a batch id (an empty one taken as not appended); None for anything
+    /// else, the columns as they were. pipeline/codec.py: `plain_framing` is the rule, headers
+    /// apart (the caller judges those).
+    fn append_message(&mut self, value: Option<Cow<'_, [u8]>>) -> PyResult<Option<Appended>> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        if value.len() <= 5 || value[0] != 0 {
+            return Ok(None);
+        }
+        let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+        if self.single_ids.contains(&id) {
+            if value.len() - 5 > self.max_event_bytes {
+                return Ok(None);
+            }
+            return Ok(self.append(value, 5)?.map(Appended::One));
+        }
+        if self.batch_ids.contains(&id) && value.len() <= self.max_event_bytes {
+            return Ok(self.append_array(value, 5)?.filter(|keys| !keys.is_empty()).map(Appended::Many));
+        }
+        Ok(None)
     }
 
     /// Append the record in `value[start:]` and give its key field; None, the columns as they
