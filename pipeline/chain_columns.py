@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.chain import DEFAULT_BUCKETS, Route, decision_of, no_history_decision
+from pipeline.chain import DEFAULT_BUCKETS, decision_of, no_history_decision
 from pipeline.chain_tables import Tables
 from pipeline.consent import AccountState, consent_fields
 from pipeline.expiry import fresh_after
@@ -43,15 +43,13 @@ from pipeline.phones import (
     national_info,
 )
 from pipeline.policy import Policy
-from pipeline.pseudonymize import token_of
-from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns
+from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns, tokens
 from pipeline.reasons import Drop
 from pipeline.secret_names import _harmless, _lowered, _map_fields, secret_key
 from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
-from schemas import clock
-from schemas.clock import DAY_MS, EPOCH_OF_SERVICE_MS
+from schemas.clock import EPOCH_OF_SERVICE_MS
 from schemas.zones import analytics_schema, vault_schema
-from sinks.layout import bucket_of
+from sinks.arrow import buckets_of
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def route_columns(
     columns["source_index"] = pa.array(indices, pa.int32())
     schema = vault_schema()
     vault = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
-    bucket = _buckets(names, account_of, started, key, buckets, memo)
+    bucket = _buckets(accounts.dictionary, account_of, key, buckets)
     to_analytics = np.flatnonzero(~(restricted | objected))
     analytics = analytics_columns(
         vault.take(pa.array(to_analytics)),
@@ -392,35 +390,11 @@ def _national_read(spelling: str, regions: tuple[str | None, str | None], memo: 
     return info.e164, _code(info.region)
 
 
-def _buckets(
-    names: list[str],
-    account_of: np.ndarray,
-    started: np.ndarray,
-    key: PseudonymKey,
-    buckets: int,
-    memo: Memo,
-) -> pa.Array:
-    """Each row's bucket, from its account's route on its day (`Route`), once per distinct
-    (account, day) under the row chain's memo entries."""
-    days = started // DAY_MS
-    first_day = int(days.min())
-    span = int(days.max()) - first_day + 1
-    pairs = account_of.astype(np.int64) * span + (days - first_day)
-    distinct, inverse = np.unique(pairs, return_inverse=True)
-    peek, put, secret = memo.peek, memo.put, key.secret
-    out = []
-    for pair in distinct.tolist():
-        account_at, day_at = divmod(pair, span)
-        account, day = names[account_at], first_day + day_at
-        route = peek(("route", secret, buckets, account, day))
-        if route is None:
-            token = token_of(key, Domain.ACCOUNT, account, memo)
-            route = put(
-                ("route", secret, buckets, account, day),
-                Route(clock.day_of_epoch_day(day), bucket_of(token, buckets), token),
-            )
-        out.append(route.bucket)
-    return pa.array(np.asarray(out, np.int32)[inverse], pa.int32())
+def _buckets(accounts: pa.Array, account_of: np.ndarray, key: PseudonymKey, buckets: int) -> pa.Array:
+    """Each row's bucket: its account's (the row chain's `Route.bucket`, which the day does not
+    change), from the tokens of the batch's distinct accounts made natively (`tokens`)."""
+    per_account = buckets_of(tokens(key, Domain.ACCOUNT, accounts), buckets).to_numpy()
+    return pa.array(per_account[account_of], pa.int32())
 
 
 def _no_tables() -> Tables:

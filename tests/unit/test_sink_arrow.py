@@ -104,6 +104,17 @@ def test_buckets_of_matches_keys_bucket_of(accounts: list[str], buckets: int) ->
     assert buckets_of(tokens, buckets).to_pylist() == [bucket_of(t, buckets) for t in tokens]
 
 
+@given(
+    st.lists(st.text("0123456789abcdefABCDEF", min_size=1, max_size=40), min_size=1, max_size=50),
+    st.integers(0, 3),
+)
+def test_buckets_of_any_hex_and_a_sliced_column_as_bucket_of_says(tokens: list[str], start: int) -> None:
+    """The column form (the last 8 hex digits read per column) and the fallback (shorter
+    tokens) give `bucket_of`'s answer, a sliced column too."""
+    column = pa.array(["0" * 32] * start + tokens).slice(start)
+    assert buckets_of(column, 7).to_pylist() == [bucket_of(t, 7) for t in tokens]
+
+
 def test_buckets_of_rejects_null_tokens() -> None:
     with pytest.raises(RowsError):
         buckets_of(pa.array(["ab" * 16, None]), 8)
