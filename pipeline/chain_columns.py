@@ -234,16 +234,18 @@ def _consent(
     if any(state is not None for state in with_state):
         seen: dict[int, int] = {id(decisions[0]): 0}
         has = np.array([state is not None for state in with_state])
-        for row in np.flatnonzero(has[account_of]).tolist():
-            account = names[account_of[row]]
-            state = with_state[account_of[row]]
+        rows = np.flatnonzero(has[account_of])
+        codes = []
+        for account_at, at_ms in zip(account_of[rows].tolist(), started[rows].tolist(), strict=True):
+            state = with_state[account_at]
             assert state is not None
-            decision = decision_of(account, int(started[row]), state, defaults, memo)
+            decision = decision_of(names[account_at], at_ms, state, defaults, memo)
             at = seen.get(id(decision))
             if at is None:
                 at = seen[id(decision)] = len(decisions)
                 decisions.append(decision)
-            code[row] = at
+            codes.append(at)
+        code[rows] = codes
 
     def spread(attribute: str) -> np.ndarray:
         return np.array([getattr(d, attribute) for d in decisions], bool)[code]
