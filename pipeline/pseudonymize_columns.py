@@ -9,9 +9,9 @@ The invariant, tested on the bench's traffic and on hand-made edge cases:
 The columns follow pipeline.pseudonymize's plan (one transform per (PII class, category) of the
 schema's annotations): each step of `_compiled()` is matched to its column form here by the
 transform it names, and a transform without one fails `column_plan()` at start-up, so a new
-annotated field can never pass through raw. The values come from the same functions
-(`token_of`, `_phone`, `cell_area`, `ip_prefix`, `redact_text`, `redacted`) under the same
-memo entries as the generated row code, so what one path remembered the other finds, and
+annotated field can never pass through raw. The values come from the same definitions
+(`PseudonymKey.token`, `_phone`, `cell_area`, `ip_prefix`, `redact_text`, `redacted`); what the
+columns remember is under the row code's memo entries or the memo's tables, and
 `Memo.forget()` on erasure drops both.
 
 Per distinct value: `dictionary_encode`, the transform over the dictionary, `take` back to the

@@ -156,7 +156,7 @@ class _Sink:
             messages = [
                 m
                 for m in messages
-                if cols.append(m.value, m.headers) is None and cols.append_batch(m.value, m.headers) is None
+                if cols.append_message(m.value, m.headers) is None  # as the worker takes them
             ]
         buf.records.extend(codec.decode_batch(messages, "CallEvent").records)
         self.consumed += buf.events - before
