@@ -1,5 +1,6 @@
 """Types of the extension module built from pipeline/native/ (src/lib.rs says what it does)."""
 
+from collections.abc import Callable
 from typing import Any
 
 class Decoder:
@@ -46,6 +47,17 @@ class Rows:
         """The first k rows (ValueError past len), removed, one column each in schema order."""
     def clear(self) -> None: ...
     def layout(self) -> list[_Layout]: ...
+
+class NumberReader:
+    def __init__(
+        self,
+        spec: Callable[[str, int], tuple[object, ...] | None],
+        regions_of: dict[int, list[str]],
+        supported: set[str],
+        fallback: Any,
+    ) -> None: ...
+    def lookup(self, text: str, region: str | None) -> Any: ...
+    def lookup_many(self, texts: list[str], region: str | None) -> list[Any]: ...
 
 def tokens(secret: bytes, prefix: bytes, offsets: Any, data: Any, count: int, width: int) -> bytes:
     """`count` keyed tokens of `width` hex characters, back to back (src/tokens.rs): value i is

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +37,12 @@ from pipeline.expiry import fresh_after
 from pipeline.keys import Domain, PseudonymKey
 from pipeline.memo import Memo
 from pipeline.phones import (
+    NumberInfo,
     _phone_and_carrier_fields,
     _regions,
     carrier_region,
-    international_info,
-    national_info,
+    international_infos,
+    national_infos,
 )
 from pipeline.policy import Policy
 from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns, tokens
@@ -321,18 +323,18 @@ def _read_international(numbers: pa.DictionaryArray, memo: Memo) -> _Spellings:
     table = memo.table(INTERNATIONAL)
     found: list[Read | None] = list(map(table.get, spellings))
     if None in found:
-        for at, read in enumerate(found):
-            if read is None:
-                found[at] = table[spellings[at]] = _international_read(spellings[at], memo)
+        new = [at for at, read in enumerate(found) if read is None]
+        infos = international_infos([spellings[at] for at in new])
+        for at, info in zip(new, infos, strict=True):
+            found[at] = table[spellings[at]] = _international_read(spellings[at], info, memo)
         memo.settle()
     written, codes, national = zip(*found, strict=True) if found else ((), (), ())
     regions = np.asarray(codes, np.int64)[numbers.indices.to_numpy()]
     return _Spellings(spellings, written, np.asarray(national, bool), regions)
 
 
-def _international_read(spelling: str, memo: Memo) -> Read:
+def _international_read(spelling: str, info: NumberInfo | Literal[False] | None, memo: Memo) -> Read:
     """`international_info` as the columns keep it (its facts kept for `_phone`)."""
-    info = international_info(spelling)
     if info is False:
         return spelling, 0, True
     if info is None:
@@ -370,9 +372,10 @@ def _read_national(
         answers = list(map(table.get, part))
         if None in answers:
             missed = True
-            for at, answer in enumerate(answers):
-                if answer is None:
-                    answers[at] = table[part[at]] = _national_read(part[at], regions, memo)
+            new = [at for at, answer in enumerate(answers) if answer is None]
+            infos = national_infos([part[at] for at in new], *regions)
+            for at, info in zip(new, infos, strict=True):
+                answers[at] = table[part[at]] = _national_read(part[at], info, memo)
         found.extend(answers)
     if missed:
         memo.settle()
@@ -383,9 +386,8 @@ def _read_national(
     return pc.replace_with_mask(written, pa.array(national), replaced), final
 
 
-def _national_read(spelling: str, regions: tuple[str | None, str | None], memo: Memo) -> tuple[str, int]:
+def _national_read(spelling: str, info: NumberInfo | None, memo: Memo) -> tuple[str, int]:
     """`national_info` as the columns keep it: (E.164 or the spelling, region code)."""
-    info = national_info(spelling, *regions)
     if info is None:
         return spelling, 0
     memo.table(FACTS)[info.e164] = (info.country_code, info.kind)

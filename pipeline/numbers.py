@@ -27,6 +27,11 @@ from typing import Final
 import phonenumbers
 from phonenumbers import PhoneMetadata
 
+try:
+    from pipeline import _native
+except ImportError:  # installed without the native module: `read` is `lookup`
+    _native = None  # type: ignore[assignment]
+
 NON_GEO: Final = "001"
 
 
@@ -123,31 +128,47 @@ def _fits(desc: phonenumbers.PhoneNumberDesc | None, n: int) -> str | None:
     return pattern
 
 
-def _kinds(m: PhoneMetadata) -> dict[int, re.Pattern[str]]:
-    """For each length: the general pattern as a lookahead, then _number_type_helper's checks as
-    alternatives in its order, each anchored, each a group named by the type."""
+# A type to try: its name, its pattern, and a second pattern that must match too (or None).
+Kind = tuple[str, str, str | None]
+
+
+def _kind_specs(m: PhoneMetadata) -> dict[int, tuple[str, list[Kind]]]:
+    """For each length: the general pattern, then _number_type_helper's checks in its order."""
     out = {}
     for n in range(1, _MAX_NSN + 1):
         general = _fits(m.general_desc, n)
         if general is None:
             continue
-        alternatives = []
+        kinds: list[Kind] = []
         for name in _TYPES:
             pattern = _fits(getattr(m, name), n)
             if pattern is not None:
-                alternatives.append(f"(?P<{name}>(?:{pattern})\\Z)")
+                kinds.append((name, pattern, None))
         fixed, mobile = _fits(m.fixed_line, n), _fits(m.mobile, n)
         if fixed is not None:
             if m.same_mobile_and_fixed_line_pattern:
-                alternatives.append(f"(?P<fixed_line_or_mobile>(?:{fixed})\\Z)")
+                kinds.append(("fixed_line_or_mobile", fixed, None))
             else:
                 if mobile is not None:
-                    alternatives.append(f"(?P<fixed_line_or_mobile>(?=(?:{mobile})\\Z)(?:{fixed})\\Z)")
-                alternatives.append(f"(?P<fixed_line>(?:{fixed})\\Z)")
+                    kinds.append(("fixed_line_or_mobile", fixed, mobile))
+                kinds.append(("fixed_line", fixed, None))
         if mobile is not None and not m.same_mobile_and_fixed_line_pattern:
-            alternatives.append(f"(?P<mobile>(?:{mobile})\\Z)")
-        if alternatives:
-            out[n] = re.compile(f"(?=(?:{general})\\Z)(?:{'|'.join(alternatives)})")
+            kinds.append(("mobile", mobile, None))
+        if kinds:
+            out[n] = (general, kinds)
+    return out
+
+
+def _kinds(m: PhoneMetadata) -> dict[int, re.Pattern[str]]:
+    """For each length: the general pattern as a lookahead, then the types' checks as
+    alternatives in order, each anchored, each a group named by the type."""
+    out = {}
+    for n, (general, kinds) in _kind_specs(m).items():
+        alternatives = []
+        for name, pattern, also in kinds:
+            both = "" if also is None else f"(?=(?:{also})\\Z)"
+            alternatives.append(f"(?P<{name}>{both}(?:{pattern})\\Z)")
+        out[n] = re.compile(f"(?=(?:{general})\\Z)(?:{'|'.join(alternatives)})")
     return out
 
 
@@ -168,20 +189,53 @@ def _compile(m: PhoneMetadata) -> Plan:
     )
 
 
+def _metadata(region: str, country_code: int) -> PhoneMetadata | None:
+    if region == NON_GEO:
+        return PhoneMetadata.metadata_for_nongeo_region(country_code)
+    return PhoneMetadata.metadata_for_region(region)
+
+
 @cache
 def plan_for(region: str, country_code: int = 0) -> Plan | None:
     """The compiled metadata of a region ("001" with the calling code: non-geographic), or None
     when phonenumbers has none or it uses what the compiled form does not follow."""
-    if region == NON_GEO:
-        m = PhoneMetadata.metadata_for_nongeo_region(country_code)
-    else:
-        m = PhoneMetadata.metadata_for_region(region)
+    m = _metadata(region, country_code)
     if m is None:
         return None
     try:
         return _compile(m)
     except (Unsupported, re.error):
         return None
+
+
+# A transform rule's group references ("\\1"), the only escapes the native form rewrites.
+_TEMPLATE = re.compile(r"(?:[^\\$]|\\[1-9])*")
+
+
+def native_spec(region: str, country_code: int) -> tuple[object, ...] | None:
+    """A region's plan as the native reader takes it (pipeline/native/src/numbers.rs): the
+    patterns `plan_for` compiles, as strings. None where plan_for has none, or the transform
+    rule escapes more than group numbers."""
+    m = _metadata(region, country_code)
+    if m is None or plan_for(region, country_code) is None:
+        return None
+    transform = m.national_prefix_transform_rule or None
+    if transform is not None:
+        if _TEMPLATE.fullmatch(transform) is None:
+            return None
+        transform = re.sub(r"\\([1-9])", r"${\1}", transform)
+    general = m.general_desc
+    return (
+        m.country_code or 0,
+        m.international_prefix or None,
+        m.national_prefix_for_parsing or None,
+        transform,
+        _pattern(general),
+        sorted(general.possible_length or ()) if general is not None else [],
+        list(general.possible_length_local_only or ()) if general is not None else [],
+        m.leading_digits or None,
+        _kind_specs(m),
+    )
 
 
 def _country(country_code: int) -> tuple[str, ...]:
@@ -262,3 +316,28 @@ def _finish(plan: Plan, cc: int, number: str, country: tuple[str, ...]) -> Found
     if kind is None:
         return None
     return "+" + str(cc) + number, region, cc, kind
+
+
+def _native_reader() -> _native.NumberReader | None:
+    if _native is None:
+        return None
+    regions_of = {code: list(regions) for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()}
+    return _native.NumberReader(native_spec, regions_of, set(_SUPPORTED), FALLBACK)
+
+
+_READER = _native_reader()
+
+
+def read(text: str, region: str | None) -> Found | Fallback | None:
+    """`lookup`, in native code where the native module is built (pipeline/native/src/numbers.rs,
+    held to `lookup` by tests/unit/test_numbers.py)."""
+    if _READER is None:
+        return lookup(text, region)
+    return _READER.lookup(text, region)
+
+
+def read_many(texts: list[str], region: str | None) -> list[Found | Fallback | None]:
+    """`read` of each text, in one call."""
+    if _READER is None:
+        return [lookup(text, region) for text in texts]
+    return _READER.lookup_many(texts, region)

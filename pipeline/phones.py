@@ -120,16 +120,25 @@ def _info(parsed: phonenumbers.PhoneNumber) -> NumberInfo | None:
 
 def number_info(number: str, region: str | None) -> NumberInfo | None:
     """The number read internationally ("+", "00") or, written nationally, in `region`."""
-    text = number.strip()
-    if text.startswith("00"):
-        text = "+" + text[2:]
+    text = _plain(number)
     international = text.startswith("+")
     if not international and region is None:
         return None
-    fast = numbers.lookup(text, None if international else region)
-    if fast is not numbers.FALLBACK:
-        return None if fast is None else NumberInfo(*fast)
-    return parsed_info(text, None if international else region)
+    region = None if international else region
+    return _known(numbers.read(text, region), text, region)
+
+
+def _known(fast: numbers.Found | numbers.Fallback | None, text: str, region: str | None) -> NumberInfo | None:
+    """What `numbers.read` answered, parsed where it could not say."""
+    if fast is numbers.FALLBACK:
+        return parsed_info(text, region)
+    return None if fast is None else NumberInfo(*fast)
+
+
+def _plain(number: str) -> str:
+    """A spelling as it is read: stripped, a leading "00" written "+"."""
+    text = number.strip()
+    return "+" + text[2:] if text.startswith("00") else text
 
 
 def parsed_info(text: str, region: str | None) -> NumberInfo | None:
@@ -233,6 +242,35 @@ def national_info(number: str, other: str | None, fallback: str | None) -> Numbe
             if info is not None:
                 return info
     return None
+
+
+def international_infos(spellings: list[str]) -> list[NumberInfo | Literal[False] | None]:
+    """`international_info` of each spelling, those written internationally read in one call."""
+    texts = list(map(_plain, spellings))
+    out: list[NumberInfo | Literal[False] | None] = [False] * len(texts)
+    at = [i for i, text in enumerate(texts) if text.startswith("+")]
+    for i, fast in zip(at, numbers.read_many([texts[i] for i in at], None), strict=True):
+        out[i] = _known(fast, texts[i], None)
+    return out
+
+
+def national_infos(spellings: list[str], other: str | None, fallback: str | None) -> list[NumberInfo | None]:
+    """`national_info` of each spelling, read a region at a time."""
+    texts = list(map(_plain, spellings))
+    out: list[NumberInfo | None] = [None] * len(texts)
+    pending = list(range(len(texts)))
+    for region in (other, fallback):
+        if region is None or not pending:
+            continue
+        if any(texts[i].startswith("+") for i in pending):  # not from the columns: one at a time
+            read = [number_info(texts[i], region) for i in pending]
+        else:
+            fast = numbers.read_many([texts[i] for i in pending], region)
+            read = [_known(f, texts[i], region) for f, i in zip(fast, pending, strict=True)]
+        for i, info in zip(pending, read, strict=True):
+            out[i] = info
+        pending = [i for i, info in zip(pending, read, strict=True) if info is None]
+    return out
 
 
 @lru_cache(maxsize=4096)

@@ -2,7 +2,8 @@
 number_type (through `pipeline.phones.parsed_info`, the definition), on every region's example
 numbers in every format and with every kind of region hint, their one-digit mutations, random
 digits and hostile spellings. Any difference fails; a FALLBACK answer is allowed (the caller
-parses), but the carriers' spellings must not need it."""
+parses), but the carriers' spellings must not need it. The native reader (`numbers.read`,
+pipeline/native/src/numbers.rs) is held to `lookup` over the same corpus, answer for answer."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ import phonenumbers
 from phonenumbers import PhoneNumberFormat as Fmt
 from phonenumbers import PhoneNumberType
 
-from pipeline import numbers
-from pipeline.phones import NumberInfo, number_info, parsed_info
+from pipeline import _native, numbers  # imported directly: a missing build fails, never skips
+from pipeline.phones import (
+    NumberInfo,
+    international_info,
+    international_infos,
+    national_info,
+    national_infos,
+    number_info,
+    parsed_info,
+)
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 TYPES = [getattr(PhoneNumberType, n) for n in vars(PhoneNumberType) if n.isupper()]
@@ -138,3 +147,65 @@ def test_the_detectors_phone_check_is_parse_and_is_valid_number() -> None:
         else:
             expected = detect_checks._parsed_valid(digits, region)
             assert detect_checks._valid_digits(detect_checks._Region("0"), digits, digits, region) == expected
+
+
+def test_the_native_reader_answers_as_lookup() -> None:
+    """One at a time and a list at a time, every spelling of the corpus (hostile ones, other
+    regions' hints, "001", unknown regions) gets the Python form's answer, FALLBACK included."""
+    assert isinstance(numbers._READER, _native.NumberReader)
+    corpus = _corpus(1)
+    by_region: dict[str | None, list[str]] = {}
+    for written, region in corpus:
+        text = written.strip()
+        expected = numbers.lookup(text, region)
+        assert numbers.read(text, region) == expected, (written, region)
+        by_region.setdefault(region, []).append(text)
+    for region, texts in by_region.items():
+        assert numbers.read_many(texts, region) == [numbers.lookup(t, region) for t in texts], region
+
+
+def test_the_native_reader_follows_the_trunk_prefix_rules() -> None:
+    """The transform rules (Argentina's mobile "15", Mexico's "044"/"045", Brazil's carrier
+    codes), the length rule that undoes a strip, regions sharing a calling code by leading
+    digits (+1, +7, +44's islands) and non-geographic codes: the native answers are lookup's."""
+    cases = [
+        ("011 15 2345 6789", "AR"),
+        ("0343 15 555 1212", "AR"),
+        ("9 11 2345 6789", "AR"),
+        ("044 55 1234 5678", "MX"),
+        ("0 21 11 2345 6789", "BR"),
+        ("0 15 11 98765 4321", "BR"),
+        ("+1 809 555 1234", None),
+        ("+1 416 555 0199", None),
+        ("+7 701 123 4567", None),
+        ("+7 912 345 6789", None),
+        ("+44 1481 256789", None),
+        ("+44 7781 123456", None),
+        ("+800 1234 5678", None),
+        ("+882 13 1234 5678", None),
+        ("07911 123456", "GG"),
+        ("0049 30 123456", "DE"),
+        ("49 30 123456", "DE"),
+    ]
+    for text, region in cases:
+        assert numbers.read(text, region) == numbers.lookup(text, region), (text, region)
+    answered = [numbers.read(t, r) for t, r in cases]
+    assert sum(a is not None and a is not numbers.FALLBACK for a in answered) >= 10
+
+
+def test_the_column_forms_read_as_the_row_forms() -> None:
+    """What the column chain reads a batch's new spellings with equals, spelling for spelling,
+    what the row chain reads one with: internationally, and nationally in each pair of hints
+    (the other number's region, the carrier's), the first that makes it valid winning."""
+    rng = random.Random(4)
+    spellings = [written for written, _ in rng.sample(_corpus(1), 4_000)]
+    assert international_infos(spellings) == [international_info(s) for s in spellings]
+    national = [s for s in spellings if not s.strip().startswith(("+", "00"))]
+    hints: list[str | None] = [None, "GB", "US", "DE", "IN", "AR", "ZZ"]
+    for other in hints:
+        for fallback in hints:
+            expected = [national_info(s, other, fallback) for s in national]
+            assert national_infos(national, other, fallback) == expected, (other, fallback)
+    mixed = ["+44 20 7946 0000", "020 7946 0000", "0044 20 7946 0000", "7946 0000"]
+    assert national_infos(mixed, "GB", "US") == [national_info(s, "GB", "US") for s in mixed]
+    assert sum(info is not None for info in national_infos(national, "GB", "IN")) > 100

@@ -18,6 +18,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+mod numbers;
 mod rows;
 mod tokens;
 
@@ -630,5 +631,6 @@ impl Decoder {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<rows::Rows>()?;
+    m.add_class::<numbers::NumberReader>()?;
     m.add_function(wrap_pyfunction!(tokens::tokens, m)?)
 }
