@@ -198,7 +198,7 @@ def _parsed_valid(text: str, region: str | None) -> bool:
 def _international(digits: str) -> bool:
     """`digits` after a "+" or an international call prefix: country code, then the number (in
     which a trunk prefix may still be written: "+44 (0)20 7946 0958")."""
-    return _valid(numbers.lookup("+" + digits, None), "+" + digits, None)
+    return _valid(numbers.read("+" + digits, None), "+" + digits, None)
 
 
 def _valid(found: numbers.Found | numbers.Fallback | None, text: str, region: str | None) -> bool:
@@ -224,10 +224,10 @@ def plausibly_national(run: str, region: str) -> bool:
 
 def _valid_digits(meta: _Region, digits: str, text: str, region: str) -> bool:
     """`digits` of a number of `region`, with or without its trunk prefix: what parse(digits,
-    region) + is_valid_number say (pipeline.numbers, which asks parse itself for the forms it
+    region) + is_valid_number say (`pipeline.numbers.read`, which asks parse itself for the forms it
     does not follow: carrier codes, digit-rewriting trunk prefixes, a leading country code or
     international prefix)."""
-    return _valid(numbers.lookup(digits, region), digits, region)
+    return _valid(numbers.read(digits, region), digits, region)
 
 
 def is_phone(run: str, regions: Sequence[str], digits: str | None = None) -> bool:
