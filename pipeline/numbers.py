@@ -14,6 +14,10 @@ extensions, other scripts' digits or separators, a national number that starts w
 international call prefix or its own country code, metadata patterns with capturing groups.
 tests/unit/test_numbers.py holds it to parse's answers over every region's example numbers,
 random digits and hostile spellings.
+
+`read` and `read_many` are what callers use: the same steps in native code where the module is
+built (pipeline/native/src/numbers.rs, compiled from `native_spec`'s patterns), held to `lookup`
+answer for answer by the same tests; `lookup` where it is not.
 """
 
 from __future__ import annotations
@@ -214,11 +218,24 @@ _TEMPLATE = re.compile(r"(?:[^\\$]|\\[1-9])*")
 
 def native_spec(region: str, country_code: int) -> tuple[object, ...] | None:
     """A region's plan as the native reader takes it (pipeline/native/src/numbers.rs): the
-    patterns `plan_for` compiles, as strings. None where plan_for has none, or the transform
-    rule escapes more than group numbers."""
+    patterns `plan_for` compiles, as strings. None where plan_for has none (no metadata, a
+    capturing group, a pattern Python does not compile), or the transform rule escapes more than
+    group numbers."""
     m = _metadata(region, country_code)
-    if m is None or plan_for(region, country_code) is None:
+    if m is None:
         return None
+    try:
+        return _spec(m)
+    except (Unsupported, re.error):
+        return None
+
+
+def _spec(m: PhoneMetadata) -> tuple[object, ...] | None:
+    """`native_spec` of a region's metadata, checked as `_compile` checks it (each pattern on its
+    own: the per-length regexes `_kinds` joins them into are the Python form's alone)."""
+    for pattern in (m.international_prefix, m.national_prefix_for_parsing, m.leading_digits):
+        if pattern:
+            re.compile(pattern)
     transform = m.national_prefix_transform_rule or None
     if transform is not None:
         if _TEMPLATE.fullmatch(transform) is None:
