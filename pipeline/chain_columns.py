@@ -45,7 +45,14 @@ from pipeline.phones import (
     national_infos,
 )
 from pipeline.policy import Policy
-from pipeline.pseudonymize_columns import FACTS, RegionCodes, analytics_columns, tokens
+from pipeline.pseudonymize_columns import (
+    PhoneFacts,
+    RegionCodes,
+    analytics_columns,
+    facts_codes,
+    kind_code,
+    tokens,
+)
 from pipeline.reasons import Drop
 from pipeline.secret_names import _harmless, _lowered, _map_fields, secret_key
 from pipeline.validate import MAX_DURATION_S, MAX_FUTURE_MS
@@ -138,7 +145,7 @@ def route_columns(
     to_analytics = np.flatnonzero(~(restricted | objected))
     analytics = analytics_columns(
         vault.take(pa.array(to_analytics)),
-        RegionCodes(regions.codes[to_analytics], regions.distinct),
+        regions.take(to_analytics),
         key,
         memo,
     )
@@ -262,7 +269,8 @@ def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> Regi
     internationally is read once per distinct spelling; one written nationally once per
     distinct (spelling, the other number's region, the carrier's region), the regions it is
     read in; the regions once per distinct triple of regions. What a spelling was read as is
-    remembered in the memo's tables (`Memo.table`), looked up a batch at a time."""
+    remembered in the memo's tables (`Memo.table`), looked up a batch at a time. The regions
+    carry each row's number facts (country code, type) for the analytics zone's phone columns."""
     (a, b), carrier = _phone_and_carrier_fields()
     first = columns[a].combine_chunks().dictionary_encode()
     second = columns[b].combine_chunks().dictionary_encode()
@@ -272,8 +280,8 @@ def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> Regi
     read_a = _read_international(first, memo)
     read_b = _read_international(second, memo)
     # a nationally written number is read in the other's region as written internationally
-    columns[a], final_a = _read_national(first, read_a, read_b.regions, fallback_row, memo)
-    columns[b], final_b = _read_national(second, read_b, read_a.regions, fallback_row, memo)
+    columns[a], final_a, facts_a = _read_national(first, read_a, read_b.regions, fallback_row, memo)
+    columns[b], final_b, facts_b = _read_national(second, read_b, read_a.regions, fallback_row, memo)
     size = len(_REGION_NAMES)
     triples = (final_a * size + final_b) * size + fallback_row
     distinct, inverse = np.unique(triples, return_inverse=True)
@@ -282,7 +290,7 @@ def _numbers(columns: dict[str, pa.Array | pa.ChunkedArray], memo: Memo) -> Regi
         rest, c = divmod(triple, size)
         x, y = divmod(rest, size)
         regions_of.append(_regions(_REGION_NAMES[x], _REGION_NAMES[y], _REGION_NAMES[c]))
-    return RegionCodes(inverse, regions_of)
+    return RegionCodes(inverse, regions_of, {a: facts_a, b: facts_b})
 
 
 # Regions as small codes (0: none), the same in every batch: the national tables' keys and the
@@ -300,10 +308,12 @@ def _code(region: str | None) -> int:
 
 
 # The memo's tables (`Memo.table`): a spelling's international reading, (written, region code,
-# written nationally); per (other region, carrier region), a national spelling's reading
-# (written, region code). The facts of each E.164 number read go to pseudonymize_columns' FACTS.
+# written nationally, country code, type code); per (other region, carrier region), a national
+# spelling's reading (written, region code, country code, type code). The facts are
+# `phone_facts` of what is written (pseudonymize_columns.PhoneFacts), for the analytics zone.
 INTERNATIONAL, NATIONAL = "columns:intl", "columns:num"
-Read = tuple[str, int, bool]
+Read = tuple[str, int, bool, int, int]
+NationalRead = tuple[str, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -314,6 +324,7 @@ class _Spellings:
     written: Sequence[str]  # per spelling: its E.164 form, or itself
     national: np.ndarray  # per spelling: written nationally (no "+", no "00")
     regions: np.ndarray  # per row: its region's code (0: none, or written nationally)
+    facts: PhoneFacts  # per row (written nationally: to be read)
 
 
 def _read_international(numbers: pa.DictionaryArray, memo: Memo) -> _Spellings:
@@ -326,34 +337,38 @@ def _read_international(numbers: pa.DictionaryArray, memo: Memo) -> _Spellings:
         new = [at for at, read in enumerate(found) if read is None]
         infos = international_infos([spellings[at] for at in new])
         for at, info in zip(new, infos, strict=True):
-            found[at] = table[spellings[at]] = _international_read(spellings[at], info, memo)
+            found[at] = table[spellings[at]] = _international_read(spellings[at], info)
         memo.settle()
-    written, codes, national = zip(*found, strict=True) if found else ((), (), ())
-    regions = np.asarray(codes, np.int64)[numbers.indices.to_numpy()]
-    return _Spellings(spellings, written, np.asarray(national, bool), regions)
+    written, codes, national, countries, kinds = zip(*found, strict=True) if found else ((),) * 5
+    spelling_of = numbers.indices.to_numpy()
+    regions, countries_of, kinds_of = (
+        np.asarray(v, np.int64)[spelling_of] for v in (codes, countries, kinds)
+    )
+    return _Spellings(
+        spellings, written, np.asarray(national, bool), regions, PhoneFacts(countries_of, kinds_of)
+    )
 
 
-def _international_read(spelling: str, info: NumberInfo | Literal[False] | None, memo: Memo) -> Read:
-    """`international_info` as the columns keep it (its facts kept for `_phone`)."""
+def _international_read(spelling: str, info: NumberInfo | Literal[False] | None) -> Read:
+    """`international_info` as the columns keep it, with the facts of what is written."""
     if info is False:
-        return spelling, 0, True
+        return spelling, 0, True, -1, kind_code("unknown")
     if info is None:
-        return spelling, 0, False
-    memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
-    return info.e164, _code(info.region), False
+        return spelling, 0, False, *facts_codes(spelling)
+    return info.e164, _code(info.region), False, info.country_code, kind_code(info.kind)
 
 
 def _read_national(
     numbers: pa.DictionaryArray, read: _Spellings, other: np.ndarray, fallback: np.ndarray, memo: Memo
-) -> tuple[pa.Array, np.ndarray]:
-    """The number column written as E.164 where it parses, and each row's region code: the
-    international reading, else the national one (`_national`) in `other` then `fallback`,
+) -> tuple[pa.Array, np.ndarray, PhoneFacts]:
+    """The number column written as E.164 where it parses, each row's region code and facts:
+    the international reading, else the national one (`_national`) in `other` then `fallback`,
     looked up per distinct (other, fallback) pair in that pair's table."""
     written = pa.array(read.written, pa.string()).take(numbers.indices)
     spelling_of = numbers.indices.to_numpy()
     national = read.national[spelling_of]
     if not national.any():
-        return written, read.regions
+        return written, read.regions, read.facts
     rows = np.flatnonzero(national)
     size, count = len(_REGION_NAMES), len(read.spellings)
     # distinct (region pair, spelling), pair first: each pair's spellings are one run
@@ -362,7 +377,7 @@ def _read_national(
     pair_of, spelling_at = np.divmod(distinct, count)
     spelled = list(map(read.spellings.__getitem__, spelling_at.tolist()))
     bounds = [0, *(np.flatnonzero(np.diff(pair_of)) + 1).tolist(), len(distinct)]
-    found: list[tuple[str, int] | None] = []
+    found: list[NationalRead | None] = []
     missed = False
     for low, high in pairwise(bounds):
         pair = int(pair_of[low])
@@ -375,23 +390,26 @@ def _read_national(
             new = [at for at, answer in enumerate(answers) if answer is None]
             infos = national_infos([part[at] for at in new], *regions)
             for at, info in zip(new, infos, strict=True):
-                answers[at] = table[part[at]] = _national_read(part[at], info, memo)
+                answers[at] = table[part[at]] = _national_read(part[at], info)
         found.extend(answers)
     if missed:
         memo.settle()
-    e164s, codes = zip(*found, strict=True)
-    final = read.regions.copy()
-    final[rows] = np.asarray(codes, np.int64)[inverse]
+    e164s, codes, countries, kinds = zip(*found, strict=True)
+    final, countries_of, kinds_of = (
+        whole.copy() for whole in (read.regions, read.facts.country_codes, read.facts.kinds)
+    )
+    for whole, read_of in ((final, codes), (countries_of, countries), (kinds_of, kinds)):
+        whole[rows] = np.asarray(read_of, np.int64)[inverse]
     replaced = pa.array(e164s, pa.string()).take(pa.array(inverse))
-    return pc.replace_with_mask(written, pa.array(national), replaced), final
+    column = pc.replace_with_mask(written, pa.array(national), replaced)
+    return column, final, PhoneFacts(countries_of, kinds_of)
 
 
-def _national_read(spelling: str, info: NumberInfo | None, memo: Memo) -> tuple[str, int]:
-    """`national_info` as the columns keep it: (E.164 or the spelling, region code)."""
+def _national_read(spelling: str, info: NumberInfo | None) -> NationalRead:
+    """`national_info` as the columns keep it, with the facts of what is written."""
     if info is None:
-        return spelling, 0
-    memo.table(FACTS)[info.e164] = (info.country_code, info.kind)
-    return info.e164, _code(info.region)
+        return spelling, 0, *facts_codes(spelling)
+    return info.e164, _code(info.region), info.country_code, kind_code(info.kind)
 
 
 def _buckets(accounts: pa.Array, account_of: np.ndarray, key: PseudonymKey, buckets: int) -> pa.Array:

@@ -26,7 +26,7 @@ keys and values once per distinct (text, regions of the call). Errors name colum
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -195,10 +195,19 @@ def _same_column(
 def _phone_columns(
     values: pa.Array, step: ColumnStep, key: PseudonymKey, regions: Regions, memo: Memo
 ) -> tuple[pa.Array, ...]:
-    """`_phone` per distinct number: its token (`tokens`), and its facts (country code, type)
-    from the memo's FACTS table, which the column chain's reading of the number filled."""
+    """`_phone` of each number: its token (`tokens`, per distinct number), and its facts
+    (country code, type) as the column chain read them (`RegionCodes.facts`), or else per
+    distinct number from the memo's FACTS table."""
     encoded = values.dictionary_encode()
     numbers = encoded.dictionary
+    read = regions.facts.get(step.field) if isinstance(regions, RegionCodes) and not step.inner else None
+    if read is not None:
+        missing = np.asarray(values.is_null())
+        return (
+            tokens(key, Domain.PHONE, numbers).take(encoded.indices),
+            pa.array(read.country_codes, step.types[1], mask=missing | (read.country_codes < 0)),
+            pa.array(KIND_NAMES, step.types[2]).take(pa.array(read.kinds, mask=missing)),
+        )
     spelled = numbers.to_pylist()
     table = memo.table(FACTS)
     facts = list(map(table.get, spelled))
@@ -216,8 +225,39 @@ def _phone_columns(
     return tuple(column.take(encoded.indices) for column in made)
 
 
-# The memo's table of an E.164 number's facts (country code, type), as `_phone` gives them.
+# The memo's table of an E.164 number's facts (country code, type), as `_phone` gives them, for
+# callers that pass no facts read with the regions.
 FACTS = "columns:facts"
+
+# Number types as small codes (`PhoneFacts.kinds`), the same in every batch.
+KIND_NAMES: list[str] = []
+_KIND_CODES: dict[str, int] = {}
+
+
+def kind_code(kind: str) -> int:
+    found = _KIND_CODES.get(kind)
+    if found is None:
+        found = _KIND_CODES[kind] = len(KIND_NAMES)
+        KIND_NAMES.append(kind)
+    return found
+
+
+@dataclass(frozen=True)
+class PhoneFacts:
+    """Each row's number facts as `phone_facts` gives them: its country code (-1: none) and its
+    type (a code into KIND_NAMES)."""
+
+    country_codes: np.ndarray
+    kinds: np.ndarray
+
+    def take(self, rows: np.ndarray) -> PhoneFacts:
+        return PhoneFacts(self.country_codes[rows], self.kinds[rows])
+
+
+def facts_codes(number: str) -> tuple[int, int]:
+    """`phone_facts` of a number that did not read as valid, as codes."""
+    country_code, kind = phone_facts(number)
+    return -1 if country_code is None else country_code, kind_code(kind)
 
 
 # A cell id of four ASCII alphanumeric parts (`cell_area`'s form, whose parts may be any
@@ -300,10 +340,21 @@ def _map_column(
 
 class RegionCodes(Sequence[tuple[str, ...]]):
     """Each row's regions as a code into the batch's distinct regions (what the column chain
-    has at hand): the per-distinct steps read the codes, not a tuple per row."""
+    has at hand): the per-distinct steps read the codes, not a tuple per row. `facts`: per phone
+    field, each row's number facts as the chain read them, which `_phone_columns` takes."""
 
-    def __init__(self, codes: np.ndarray, distinct: Sequence[tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        codes: np.ndarray,
+        distinct: Sequence[tuple[str, ...]],
+        facts: Mapping[str, PhoneFacts] | None = None,
+    ) -> None:
         self.codes, self.distinct = codes, list(distinct)
+        self.facts = dict(facts or {})
+
+    def take(self, rows: np.ndarray) -> RegionCodes:
+        """These rows' regions and facts."""
+        return RegionCodes(self.codes[rows], self.distinct, {f: v.take(rows) for f, v in self.facts.items()})
 
     def __len__(self) -> int:
         return len(self.codes)

@@ -204,6 +204,27 @@ def test_numbers_written_nationally_are_read_in_the_other_numbers_region_then_th
     assert "+442079460959" in tables.vault.column("callee").to_pylist()
 
 
+def test_the_analytics_facts_of_numbers_that_do_not_read_as_valid_are_the_row_chains() -> None:
+    """A number kept as written still has facts in the analytics zone: a "+" spelling its country
+    code as parse reads it and type unknown, any other none and unknown; as the row chain gives."""
+    canary = seeded(200)
+    calls = [dict(c) for c in canary.traffic.calls[:8]]
+    kept = [
+        ("+44 20 1", "+1 999 555 0100"),  # "+" but not valid: country code, unknown
+        ("12", "0000"),  # written nationally, valid nowhere
+        ("+999 123 4567", "+44 7700 900123"),  # no such country code; a valid mobile
+        ("0044 20 1", "not a number"),
+    ]
+    for i, (caller, callee) in enumerate(kept):
+        calls[i] = {**calls[i], "caller": caller, "callee": callee, "carrier_id": "gb-vodafone"}
+        calls[i + 4] = {**calls[i + 4], "caller": callee, "callee": caller, "carrier_id": "acme"}
+    tables, _drops, _rejections, left = _both(calls, {}, canary.now_ms)
+    assert left == 0
+    countries = set(tables.analytics.column("caller_country").to_pylist())
+    assert {44, 1, None} <= countries
+    assert "unknown" in tables.analytics.column("callee_type").to_pylist()
+
+
 def test_erasure_restriction_objection_and_consent_at_each_events_time() -> None:
     canary = seeded(100)
     calls = [dict(c) for c in canary.traffic.calls[:40]]
