@@ -545,3 +545,26 @@ def test_tables_of_later_offsets_wait_and_the_rest_land_whole(lake: Path, throug
     writer.add(through=5, now=1)
     writer.flush()
     assert_exactly_once(lake, evs)
+
+
+def test_columns_unique_per_event_are_written_plain_the_others_with_a_dictionary(lake: Path) -> None:
+    """Ids, times and offsets: a dictionary would repeat every value (sinks/files.py,
+    PLAIN_COLUMNS); the rest keeps one in files of DICTIONARY_MIN_ROWS rows or more."""
+    wide = Settings(buckets=4, flush_rows=5_000, flush_seconds=1e9)
+    feed(lake, events(3_000, accounts=1, days=1), batch=500, settings=wide)
+    checked = 0
+    for zone in (VAULT, ANALYTICS):
+        for path in zone_files(lake, zone):
+            meta = crypt.parquet_file(path).metadata
+            if meta.num_rows < files.DICTIONARY_MIN_ROWS:
+                continue
+            checked += 1
+            group = meta.row_group(0)
+            for i in range(group.num_columns):
+                column = group.column(i)
+                dictionary = column.dictionary_page_offset is not None
+                plain = column.path_in_schema.split(".")[0] in files.PLAIN_COLUMNS
+                if column.physical_type == "BOOLEAN":  # Parquet has no dictionary for booleans
+                    continue
+                assert dictionary != plain, (zone, column.path_in_schema)
+    assert checked >= 2
