@@ -162,6 +162,11 @@ def test_the_native_reader_answers_as_lookup() -> None:
         by_region.setdefault(region, []).append(text)
     for region, texts in by_region.items():
         assert numbers.read_many(texts, region) == [numbers.lookup(t, region) for t in texts], region
+    # lone surrogates (no UTF-8 form) and NUL: the Python form's to judge, never an error
+    odd = ["+44 20 7946 095\ud800", "\udcff", "020 7946 0958\x00"]
+    for text in odd:
+        assert numbers.read(text, "GB") is numbers.lookup(text, "GB") is numbers.FALLBACK
+    assert numbers.read_many(odd, "GB") == [numbers.FALLBACK] * 3
 
 
 def test_the_native_reader_follows_the_trunk_prefix_rules() -> None:

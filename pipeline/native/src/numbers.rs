@@ -324,10 +324,19 @@ impl NumberReader {
         NumberReader { spec, fallback, regions_of, supported, plans: Mutex::new(HashMap::new()) }
     }
 
-    /// `lookup(text, region)`: (E.164, region, country code, type), None, or the fallback.
+    /// `lookup(text, region)`: (E.164, region, country code, type), None, or the fallback (also
+    /// for a text that is no UTF-8, a lone surrogate: the Python form's to judge).
     #[pyo3(name = "lookup")]
-    fn lookup_one<'py>(&self, py: Python<'py>, text: &str, region: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
-        let answer = self.lookup(py, text, region)?;
+    fn lookup_one<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyString>,
+        region: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let answer = match text.to_str() {
+            Ok(text) => self.lookup(py, text, region)?,
+            Err(_) => Answer::Fallback,
+        };
         self.answer(py, answer)
     }
 
@@ -341,7 +350,10 @@ impl NumberReader {
         let out = PyList::empty(py);
         for text in texts.iter() {
             let text = text.cast::<PyString>().map_err(|_| PyValueError::new_err("a spelling is a str"))?;
-            let answer = self.lookup(py, text.to_str()?, region)?;
+            let answer = match text.to_str() {
+                Ok(text) => self.lookup(py, text, region)?,
+                Err(_) => Answer::Fallback,
+            };
             out.append(self.answer(py, answer)?)?;
         }
         Ok(out)
