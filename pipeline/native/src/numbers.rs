@@ -300,6 +300,16 @@ impl NumberReader {
         Ok(Answer::Valid(format!("+{cc}{digits}"), region.to_owned(), cc, kind.name.clone_ref(py)))
     }
 
+    /// The answer for one text: a text with no UTF-8 form (a lone surrogate) is the Python
+    /// form's to judge.
+    fn read<'py>(&self, py: Python<'py>, text: &Bound<'py, PyString>, region: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+        let answer = match text.to_str() {
+            Ok(text) => self.lookup(py, text, region)?,
+            Err(_) => Answer::Fallback,
+        };
+        self.answer(py, answer)
+    }
+
     fn answer<'py>(&self, py: Python<'py>, answer: Answer) -> PyResult<Bound<'py, PyAny>> {
         Ok(match answer {
             Answer::Valid(e164, region, cc, kind) => (e164, region, cc, kind).into_pyobject(py)?.into_any(),
@@ -333,11 +343,7 @@ impl NumberReader {
         text: &Bound<'py, PyString>,
         region: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let answer = match text.to_str() {
-            Ok(text) => self.lookup(py, text, region)?,
-            Err(_) => Answer::Fallback,
-        };
-        self.answer(py, answer)
+        self.read(py, text, region)
     }
 
     /// `lookup` of each text of a list, in one region (None: international spellings).
@@ -350,11 +356,7 @@ impl NumberReader {
         let out = PyList::empty(py);
         for text in texts.iter() {
             let text = text.cast::<PyString>().map_err(|_| PyValueError::new_err("a spelling is a str"))?;
-            let answer = match text.to_str() {
-                Ok(text) => self.lookup(py, text, region)?,
-                Err(_) => Answer::Fallback,
-            };
-            out.append(self.answer(py, answer)?)?;
+            out.append(self.read(py, text, region)?)?;
         }
         Ok(out)
     }
